@@ -1,0 +1,448 @@
+// Image assembly: base + source layers (large files and already-compressed files split out) +
+// config, through the content-addressed store.
+#include "builder/build.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "builder/oci_layout.h"
+#include "layers/digest.h"
+#include "layers/tar_writer.h"
+#include "spec/tag.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace kiln::builder {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+/// Files of these formats are compressed already (or are model weights that do not compress):
+/// above kPackedMin they go to an uncompressed layer of their own kind.
+bool precompressed_name(const std::string& path) {
+  static const char* exts[] = {".safetensors", ".bin", ".gguf", ".ggml", ".pt", ".pth", ".ckpt", ".onnx",
+                               ".h5", ".keras", ".pb", ".tflite", ".npz", ".zip", ".gz", ".tgz", ".bz2",
+                               ".xz", ".zst", ".zstd", ".lz4", ".7z", ".rar", ".whl", ".jar", ".parquet",
+                               ".jpg", ".jpeg", ".png", ".gif", ".webp", ".mp3", ".mp4", ".webm", ".avif"};
+  std::size_t dot = path.rfind('.');
+  if (dot == std::string::npos || path.find('/', dot) != std::string::npos) return false;
+  std::string ext = path.substr(dot);
+  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
+  for (const char* e : exts)
+    if (ext == e) return true;
+  return false;
+}
+constexpr std::uint64_t kPackedMin = 1 << 20;
+
+/// One layer to produce.
+struct LayerPlan {
+  std::string label;       // for people
+  std::string created_by;  // history entry
+  std::vector<layers::TarEntry> entries;
+  spec::Compression compression = spec::Compression::Gzip;
+  bool sample = false;     // choose compression by sampling the content (large files)
+  std::uint64_t bytes = 0, files = 0;
+  std::string key;
+};
+
+std::pair<std::uint32_t, std::uint32_t> owner_of(const spec::ImageSpec& s) {
+  if (!s.user) return {0, 0};
+  const std::string& u = *s.user;
+  auto numeric = [](const std::string& x) {
+    return !x.empty() && x.size() < 10 && std::all_of(x.begin(), x.end(), [](char c) { return c >= '0' && c <= '9'; });
+  };
+  std::size_t c = u.find(':');
+  std::string uid = u.substr(0, c), gid = c == std::string::npos ? uid : u.substr(c + 1);
+  if (numeric(uid) && numeric(gid)) return {std::stoul(uid), std::stoul(gid)};
+  return {0, 0};  // a user name: files stay root-owned (kiln does not read the base's /etc/passwd)
+}
+
+layers::TarEntry to_tar(const layers::FileEntry& f, std::uint32_t uid, std::uint32_t gid) {
+  layers::TarEntry t;
+  t.path = f.dest;
+  t.mode = f.mode;
+  t.uid = uid;
+  t.gid = gid;
+  switch (f.type) {
+    case layers::FileEntry::Type::Dir: t.type = layers::TarEntry::Type::Dir; break;
+    case layers::FileEntry::Type::Symlink:
+      t.type = layers::TarEntry::Type::Symlink;
+      t.link_target = f.link_target;
+      break;
+    case layers::FileEntry::Type::File:
+      t.type = layers::TarEntry::Type::File;
+      t.size = f.size;
+      t.source = f.abs;
+      t.sha256 = f.sha256;
+      t.mtime_ns = f.key.mtime_ns;
+      t.ctime_ns = f.key.ctime_ns;
+      break;
+  }
+  return t;
+}
+
+/// Within one layer, later paths of a multiply-linked inode become hardlinks to the first.
+void link_hardlinks(std::vector<layers::TarEntry>& entries, const std::map<std::string, const layers::FileEntry*>& by_dest) {
+  std::map<std::pair<std::uint64_t, std::uint64_t>, std::string> first;
+  for (auto& t : entries) {
+    if (t.type != layers::TarEntry::Type::File) continue;
+    auto it = by_dest.find(t.path);
+    if (it == by_dest.end() || it->second->nlink < 2) continue;
+    auto id = std::make_pair(it->second->key.dev, it->second->key.ino);
+    auto [pos, inserted] = first.emplace(id, t.path);
+    if (!inserted) {
+      t.type = layers::TarEntry::Type::Hardlink;
+      t.link_target = pos->second;
+      t.size = 0;
+      t.source.clear();
+    }
+  }
+}
+
+std::string layer_key(const LayerPlan& p, std::int64_t mtime) {
+  layers::KeyHasher h;
+  h.field("kiln-layer-v1");
+  h.field(p.sample ? "auto" : spec::to_string(p.compression));
+  h.field(static_cast<std::uint64_t>(mtime));
+  for (const auto& t : p.entries) {
+    h.field(t.path);
+    h.field(static_cast<std::uint64_t>(t.type));
+    h.field(static_cast<std::uint64_t>(t.mode));
+    h.field(static_cast<std::uint64_t>(t.uid) << 32 | t.gid);
+    h.field(t.size);
+    h.field(t.link_target);
+    h.field(t.sha256);
+  }
+  return h.hex();
+}
+
+/// Splits a list of files into layers: one per large file, one for already-compressed files, one
+/// for the rest (directories included there). Stable, heavy layers come first.
+void plan_layers(const std::vector<layers::FileEntry>& files, const std::string& what, const spec::ImageSpec& s,
+                 std::uint32_t uid, std::uint32_t gid, std::vector<LayerPlan>* out) {
+  if (files.empty()) return;
+  std::map<std::string, const layers::FileEntry*> by_dest;
+  for (const auto& f : files) by_dest[f.dest] = &f;
+  LayerPlan main, packed;
+  std::vector<LayerPlan> large;
+  for (const auto& f : files) {
+    layers::TarEntry t = to_tar(f, uid, gid);
+    if (f.type == layers::FileEntry::Type::File && f.size >= s.large_file_threshold) {
+      LayerPlan p;
+      p.label = what + " large file " + f.rel;
+      p.created_by = "kiln: COPY " + f.rel + " /" + f.dest;
+      p.sample = true;
+      p.bytes = f.size;
+      p.files = 1;
+      p.entries.push_back(std::move(t));
+      large.push_back(std::move(p));
+    } else if (f.type == layers::FileEntry::Type::File && f.size >= kPackedMin && precompressed_name(f.rel)) {
+      packed.bytes += f.size;
+      ++packed.files;
+      packed.entries.push_back(std::move(t));
+    } else {
+      main.bytes += f.size;
+      main.files += f.type == layers::FileEntry::Type::File;
+      main.entries.push_back(std::move(t));
+    }
+  }
+  std::vector<LayerPlan> mine;
+  for (auto& p : large) mine.push_back(std::move(p));
+  if (!packed.entries.empty()) {
+    packed.label = what + " compressed files (" + std::to_string(packed.files) + ")";
+    packed.created_by = "kiln: COPY " + what + " (already-compressed files) " + s.source_dest;
+    packed.compression = spec::Compression::None;
+    mine.push_back(std::move(packed));
+  }
+  if (!main.entries.empty()) {
+    main.label = what + " (" + std::to_string(main.files) + " files)";
+    main.created_by = "kiln: COPY " + what + " " + s.source_dest;
+    main.compression = s.compression;
+    mine.push_back(std::move(main));
+  }
+  for (auto& p : mine) {
+    p.entries = layers::normalize_entries(std::move(p.entries), uid, gid);
+    link_hardlinks(p.entries, by_dest);
+    out->push_back(std::move(p));
+  }
+}
+
+/// Reads the first MiB of a file to decide whether compressing it pays.
+spec::Compression sample_compression(const layers::TarEntry& t, spec::Compression preferred) {
+  if (precompressed_name(t.path)) return spec::Compression::None;
+  int fd = ::open(t.source.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) return preferred;
+  std::vector<char> buf(1 << 20);
+  ssize_t n = ::read(fd, buf.data(), buf.size());
+  ::close(fd);
+  if (n <= 0) return preferred;
+  return layers::worth_compressing(buf.data(), static_cast<std::size_t>(n)) ? preferred : spec::Compression::None;
+}
+
+std::vector<spec::TagFile> tag_files(const std::vector<layers::FileEntry>& files) {
+  std::vector<spec::TagFile> out;
+  out.reserve(files.size());
+  for (const auto& f : files) {
+    spec::TagFile t;
+    t.dest = f.dest;
+    t.mode = f.mode;
+    switch (f.type) {
+      case layers::FileEntry::Type::File: t.type = 'f'; t.content = f.sha256; break;
+      case layers::FileEntry::Type::Dir: t.type = 'd'; break;
+      case layers::FileEntry::Type::Symlink: t.type = 'l'; t.content = f.link_target; break;
+    }
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+
+std::string index_key(const fs::path& dir) {
+  layers::KeyHasher h;
+  h.field("stat-index");
+  h.field(fs::weakly_canonical(dir).string());
+  return h.hex();
+}
+
+}  // namespace
+
+Prepared prepare(const spec::ImageSpec& s, const BuildOptions& opts) {
+  Prepared p;
+  p.spec = &s;
+  switch (s.base_image.kind) {
+    case spec::BaseImage::Kind::Scratch: p.base_id = "scratch"; break;
+    case spec::BaseImage::Kind::OciLayout:
+      p.base_id = resolve_oci_layout(s.base_image.layout_dir, s.base_image.layout_tag, s.platform);
+      break;
+    case spec::BaseImage::Kind::Spec:
+      p.nested = std::make_shared<Prepared>(prepare(*s.base_image.spec, opts));
+      p.base_id = "spec:" + p.nested->spec_hash;
+      break;
+    case spec::BaseImage::Kind::Registry:
+      throw spec::SpecError("base_image", "registry bases are not supported yet: " + s.base_image.ref);
+  }
+  auto t0 = Clock::now();
+  p.files = layers::collect_files(s, opts.extra_modules);
+  p.timings["walk"] = since(t0);
+  t0 = Clock::now();
+  layers::StatIndex index;
+  fs::path idx = opts.store->stat_index_path(index_key(s.base_dir));
+  index.load(idx);
+  layers::hash_files(p.files, &index, opts.jobs);
+  index.save(idx);
+  p.timings["hash"] = since(t0);
+
+  std::vector<spec::TagFile> all = tag_files(p.files.source);
+  std::vector<spec::TagFile> copies = tag_files(p.files.copy);
+  if (p.files.has_source) p.source_digest = "sha256:" + spec::files_digest(all);
+  all.insert(all.end(), copies.begin(), copies.end());
+  p.spec_hash = spec::spec_hash(s, p.base_id, std::move(all));
+  p.tag = spec::make_tag(s, p.spec_hash);
+  p.repository = spec::repository(s);
+  return p;
+}
+
+BuildResult build(const Prepared& prep, const BuildOptions& opts) {
+  const spec::ImageSpec& s = *prep.spec;
+  NullProgress silent;
+  Progress& progress = opts.progress ? *opts.progress : silent;
+  auto t_start = Clock::now();
+  BuildResult r;
+  r.timings = prep.timings;
+  r.warnings = prep.files.warnings;
+  const std::int64_t epoch = s.source_date_epoch.value_or(opts.source_date_epoch);
+  const std::string created = rfc3339(epoch);
+
+  // The base.
+  Image img;
+  std::string base_name, base_digest;
+  switch (s.base_image.kind) {
+    case spec::BaseImage::Kind::Scratch: img = scratch_image(s.platform); break;
+    case spec::BaseImage::Kind::OciLayout: {
+      LayoutImage li = read_oci_layout(s.base_image.layout_dir, s.base_image.layout_tag, s.platform);
+      img = std::move(li.image);
+      base_name = s.base_image.ref;
+      base_digest = li.manifest_digest;
+      break;
+    }
+    case spec::BaseImage::Kind::Spec: {
+      progress.log("building nested base spec " + prep.nested->image_ref());
+      BuildResult nested = build(*prep.nested, opts);
+      img = std::move(nested.image);
+      base_name = prep.nested->image_ref();
+      base_digest = nested.manifest_digest;
+      break;
+    }
+    case spec::BaseImage::Kind::Registry:
+      throw spec::SpecError("base_image", "registry bases are not supported yet: " + s.base_image.ref);
+  }
+  for (const Layer& l : img.layers) {
+    LayerReport lr;
+    lr.label = "base";
+    lr.digest = l.desc.digest;
+    lr.diff_id = l.diff_id;
+    lr.media_type = l.desc.media_type;
+    lr.size = l.desc.size;
+    lr.from_base = true;
+    lr.cache_hit = true;
+    r.layers.push_back(lr);
+  }
+
+  // Plan and build the new layers.
+  auto [uid, gid] = owner_of(s);
+  std::vector<LayerPlan> plans;
+  plan_layers(prep.files.source, "source_root", s, uid, gid, &plans);
+  std::vector<LayerPlan> copy_plans;
+  plan_layers(prep.files.copy, "copy", s, uid, gid, &copy_plans);
+  for (auto& p : copy_plans) plans.push_back(std::move(p));
+  for (auto& p : plans) p.key = layer_key(p, epoch);
+
+  auto t_layers = Clock::now();
+  std::vector<LayerReport> reports(plans.size());
+  std::vector<layers::LayerRecord> records(plans.size());
+  std::atomic<std::size_t> next{0};
+  std::mutex mu;
+  std::exception_ptr failure;
+  auto work = [&] {
+    for (;;) {
+      std::size_t i = next++;
+      if (i >= plans.size()) return;
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        if (failure) return;
+      }
+      LayerPlan& p = plans[i];
+      LayerReport& lr = reports[i];
+      lr.label = p.label;
+      lr.files = p.files;
+      auto t0 = Clock::now();
+      try {
+        if (auto rec = opts.store->find_layer(p.key)) {
+          records[i] = *rec;
+          lr.cache_hit = true;
+          progress.log("layer " + p.label + ": cached " + rec->digest.substr(0, 19));
+        } else {
+          spec::Compression c = p.sample ? sample_compression(p.entries.back(), s.compression) : p.compression;
+          std::string id = "layer" + std::to_string(i);
+          progress.begin(id, p.label, p.bytes);
+          auto blob = opts.store->new_blob();
+          layers::LayerWriteOptions wo;
+          wo.compression = c;
+          wo.mtime = epoch;
+          layers::WrittenLayer w =
+              layers::write_layer(p.entries, wo, blob->sink(), [&](std::uint64_t n) { progress.advance(id, n); });
+          blob->commit(w.digest);
+          records[i] = {w.digest, w.diff_id, w.media_type, w.size, w.tar_size};
+          opts.store->put_layer(p.key, records[i]);
+          progress.end(id, p.label + ": " + w.digest.substr(0, 19) + " " + std::to_string(w.size) + " bytes");
+        }
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(mu);
+        if (!failure) failure = std::current_exception();
+        return;
+      }
+      lr.seconds = since(t0);
+    }
+  };
+  int n = std::max(1, std::min<int>(opts.jobs, static_cast<int>(plans.size())));
+  std::vector<std::thread> threads;
+  for (int t = 1; t < n; ++t) threads.emplace_back(work);
+  work();
+  for (auto& t : threads) t.join();
+  if (failure) std::rethrow_exception(failure);
+  r.timings["layers"] = since(t_layers);
+
+  for (std::size_t i = 0; i < plans.size(); ++i) {
+    const layers::LayerRecord& rec = records[i];
+    Layer l;
+    l.desc.media_type = rec.media_type;
+    l.desc.digest = rec.digest;
+    l.desc.size = rec.size;
+    l.diff_id = rec.diff_id;
+    l.blob = opts.store->blob_path(rec.digest);
+    l.tar_size = rec.tar_size;
+    append_layer(img, std::move(l), plans[i].created_by, created);
+    reports[i].digest = rec.digest;
+    reports[i].diff_id = rec.diff_id;
+    reports[i].media_type = rec.media_type;
+    reports[i].size = rec.size;
+    reports[i].tar_size = rec.tar_size;
+    r.layers.push_back(reports[i]);
+  }
+
+  // Config.
+  json& cfg = img.config["config"];
+  if (!cfg.is_object()) cfg = json::object();
+  std::vector<std::pair<std::string, std::string>> env;
+  for (const auto& e : cfg.value("Env", json::array())) {
+    std::string kv = e.get<std::string>();
+    std::size_t eq = kv.find('=');
+    env.emplace_back(kv.substr(0, eq), eq == std::string::npos ? "" : kv.substr(eq + 1));
+  }
+  auto set_env = [&](const std::string& k, const std::string& v) {
+    for (auto& [ek, ev] : env)
+      if (ek == k) {
+        ev = v;
+        return;
+      }
+    env.emplace_back(k, v);
+  };
+  if (prep.files.has_source && !s.env.count("PYTHONPATH")) set_env("PYTHONPATH", s.source_dest);
+  for (const auto& [k, v] : s.env) set_env(k, v);
+  if (!env.empty()) {
+    json arr = json::array();
+    for (auto& [k, v] : env) arr.push_back(k + "=" + v);
+    cfg["Env"] = arr;
+  }
+  if (!s.entrypoint.empty()) {
+    cfg["Entrypoint"] = s.entrypoint;
+    cfg.erase("Cmd");
+  }
+  if (s.workdir) {
+    cfg["WorkingDir"] = *s.workdir;
+  } else if (prep.files.has_source) {
+    cfg["WorkingDir"] = s.source_dest;
+  }
+  if (s.user) cfg["User"] = *s.user;
+  json labels = cfg.value("Labels", json::object());
+  if (labels.is_null()) labels = json::object();
+  for (const auto& [k, v] : s.labels) labels[k] = v;
+  labels[kLabelSpecHash] = prep.spec_hash;
+  if (prep.files.has_source) {
+    labels[kLabelSourceDigest] = prep.source_digest;
+    labels[kLabelSourceDest] = s.source_dest;
+    labels[kLabelSourceMode] = spec::to_string(prep.files.mode);
+    std::size_t nfiles = 0;
+    for (const auto& f : prep.files.source) nfiles += f.type != layers::FileEntry::Type::Dir;
+    labels[kLabelSourceFiles] = std::to_string(nfiles);
+  }
+  cfg["Labels"] = labels;
+  img.config["created"] = created;
+
+  img.annotations.clear();
+  for (const auto& [k, v] : s.annotations) img.annotations[k] = v;
+  img.annotations["org.opencontainers.image.created"] = created;
+  if (!base_digest.empty()) {
+    img.annotations["org.opencontainers.image.base.name"] = base_name;
+    img.annotations["org.opencontainers.image.base.digest"] = base_digest;
+  }
+
+  // Small blobs go to the store too, so every sink reads from one place.
+  r.config_digest = opts.store->put_bytes(img.config_bytes());
+  std::string man = img.manifest_bytes();
+  r.manifest_digest = opts.store->put_bytes(man);
+  r.image = std::move(img);
+  r.timings["total"] = since(t_start) + prep.timings.at("walk") + prep.timings.at("hash");
+  return r;
+}
+
+}  // namespace kiln::builder

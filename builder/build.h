@@ -1,0 +1,74 @@
+// A build: spec → (base image) → deterministic layers through the store → image value.
+//
+//   prepare()  resolves the base, walks and hashes the files, computes the tag: no layer built.
+//   build()    builds (or finds in the cache) each layer and assembles config and manifest.
+// Writing the result somewhere is the sinks' job (builder/output.h).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "builder/image.h"
+#include "builder/progress.h"
+#include "layers/fileset.h"
+#include "layers/store.h"
+#include "spec/image_spec.h"
+
+namespace kiln::builder {
+
+struct BuildOptions {
+  layers::Store* store = nullptr;         // required
+  Progress* progress = nullptr;           // null: silent
+  std::vector<std::string> extra_modules; // loaded modules passed by an SDK
+  int jobs = 2;                           // threads for hashing and layer writing
+  std::int64_t source_date_epoch = 0;     // unless the spec sets one
+};
+
+/// Everything known before any layer is built.
+struct Prepared {
+  const spec::ImageSpec* spec = nullptr;
+  std::string base_id;          // "scratch", a base manifest digest, or a nested spec hash
+  std::shared_ptr<Prepared> nested;  // the nested base spec, prepared
+  layers::FileSet files;
+  std::string spec_hash;        // 64 hex
+  std::string tag;              // from tag_format
+  std::string repository;       // [registry/]name
+  std::string source_digest;    // digest of the baked source file set ("" without source)
+  std::string image_ref() const { return repository + ":" + tag; }
+  std::map<std::string, double> timings;  // seconds: "walk", "hash"
+};
+
+Prepared prepare(const spec::ImageSpec& spec, const BuildOptions& opts);
+
+/// What happened to one layer.
+struct LayerReport {
+  std::string label;            // "source (1234 files)", "large file models/w.bin", "base"
+  std::string digest, diff_id, media_type;
+  std::uint64_t size = 0, tar_size = 0, files = 0;
+  bool cache_hit = false, from_base = false;
+  double seconds = 0;
+};
+
+struct BuildResult {
+  Image image;
+  std::string manifest_digest, config_digest;
+  std::vector<LayerReport> layers;
+  std::map<std::string, double> timings;  // seconds: "walk", "hash", "layers", "total"
+  std::vector<std::string> warnings;
+};
+
+/// Builds the prepared image. The store receives every new layer; nothing is written elsewhere.
+BuildResult build(const Prepared& prep, const BuildOptions& opts);
+
+/// The labels kiln puts on an image with baked source (see docs/labels.md).
+inline constexpr const char* kLabelSpecHash = "dev.kiln.spec-hash";
+inline constexpr const char* kLabelSourceDigest = "dev.kiln.source.digest";
+inline constexpr const char* kLabelSourceDest = "dev.kiln.source.dest";
+inline constexpr const char* kLabelSourceMode = "dev.kiln.source.copy-mode";
+inline constexpr const char* kLabelSourceFiles = "dev.kiln.source.files";
+
+}  // namespace kiln::builder

@@ -1,0 +1,69 @@
+// The image value, as in go-containerregistry: a config, a list of layers and manifest
+// annotations. Sources (scratch, an OCI layout, a nested spec) produce one; mutations (append a
+// layer, set config fields) return it changed without copying blob bytes; sinks (OCI layout,
+// docker-archive) write it.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+namespace kiln::builder {
+
+inline constexpr const char* kManifestMediaType = "application/vnd.oci.image.manifest.v1+json";
+inline constexpr const char* kIndexMediaType = "application/vnd.oci.image.index.v1+json";
+inline constexpr const char* kConfigMediaType = "application/vnd.oci.image.config.v1+json";
+inline constexpr const char* kDockerManifestMediaType = "application/vnd.docker.distribution.manifest.v2+json";
+inline constexpr const char* kDockerManifestListMediaType = "application/vnd.docker.distribution.manifest.list.v2+json";
+inline constexpr const char* kDockerConfigMediaType = "application/vnd.docker.container.image.v1+json";
+
+struct Descriptor {
+  std::string media_type;
+  std::string digest;
+  std::uint64_t size = 0;
+  std::map<std::string, std::string> annotations;
+  nlohmann::json platform;  // null when absent
+
+  nlohmann::json to_json() const;
+  static Descriptor from_json(const nlohmann::json& j);  // throws std::runtime_error
+};
+
+/// One layer: its blob descriptor, diff_id, and a file holding the blob bytes.
+struct Layer {
+  Descriptor desc;
+  std::string diff_id;
+  std::filesystem::path blob;   // in the store, or in a source layout
+  std::uint64_t tar_size = 0;   // uncompressed size, 0 when unknown (a base layer)
+};
+
+struct Image {
+  nlohmann::json config;        // the full image config, rootfs and history included
+  std::vector<Layer> layers;
+  std::map<std::string, std::string> annotations;  // manifest annotations
+
+  /// Serialized config (deterministic: sorted keys, no whitespace).
+  std::string config_bytes() const;
+  /// Serialized manifest for `config_bytes()`.
+  std::string manifest_bytes() const;
+  std::string manifest_digest() const;
+};
+
+/// An empty image for a platform ("linux/amd64[/variant]").
+Image scratch_image(const std::string& platform);
+
+/// Appends a layer: rootfs.diff_ids and history grow by one.
+void append_layer(Image& img, Layer layer, const std::string& created_by, const std::string& created);
+
+/// RFC 3339 UTC time for seconds since the epoch ("1970-01-01T00:00:00Z").
+std::string rfc3339(std::int64_t seconds);
+
+/// Splits "os/arch[/variant]".
+struct Platform {
+  std::string os, architecture, variant;
+};
+Platform parse_platform(const std::string& platform);
+
+}  // namespace kiln::builder

@@ -1,0 +1,215 @@
+// Reading and writing OCI image layouts.
+#include "builder/oci_layout.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <stdexcept>
+#include <system_error>
+
+#include "layers/digest.h"
+#include "layers/fsutil.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace kiln::builder {
+
+namespace {
+
+const char* kRefName = "org.opencontainers.image.ref.name";
+
+std::string read_blob_verified(const fs::path& dir, const std::string& digest) {
+  std::string s;
+  fs::path p = dir / "blobs" / "sha256" / std::string(layers::digest_hex(digest));
+  if (!layers::read_file_if_exists(p, &s)) throw std::runtime_error("layout " + dir.string() + " lacks blob " + digest);
+  if (layers::sha256_digest(s) != digest) throw std::runtime_error("layout " + dir.string() + ": blob " + digest + " is corrupt");
+  return s;
+}
+
+json parse_json(const std::string& text, const std::string& what) {
+  try {
+    return json::parse(text);
+  } catch (const json::exception& e) {
+    throw std::runtime_error(what + " is not valid JSON: " + e.what());
+  }
+}
+
+bool is_index(const std::string& mt) { return mt == kIndexMediaType || mt == kDockerManifestListMediaType; }
+
+bool platform_matches(const json& p, const Platform& want) {
+  if (!p.is_object()) return false;
+  if (p.value("os", "") != want.os || p.value("architecture", "") != want.architecture) return false;
+  return want.variant.empty() || p.value("variant", "") == want.variant;
+}
+
+/// From an index's manifests, the descriptor for `tag` (or the only one) — or, for a nested
+/// index, the entry matching the platform.
+Descriptor pick(const json& index, const std::string& tag, const Platform* plat, const std::string& where) {
+  const json& ms = index.value("manifests", json::array());
+  std::vector<Descriptor> cands;
+  for (const json& m : ms) cands.push_back(Descriptor::from_json(m));
+  if (plat) {
+    for (const auto& d : cands)
+      if (platform_matches(d.platform, *plat)) return d;
+    throw std::runtime_error(where + " has no image for platform " + plat->os + "/" + plat->architecture +
+                             (plat->variant.empty() ? "" : "/" + plat->variant));
+  }
+  if (!tag.empty()) {
+    for (const auto& d : cands) {
+      auto it = d.annotations.find(kRefName);
+      if (it != d.annotations.end() && it->second == tag) return d;
+    }
+    std::string known;
+    for (const auto& d : cands) {
+      auto it = d.annotations.find(kRefName);
+      if (it != d.annotations.end()) known += (known.empty() ? "" : ", ") + it->second;
+    }
+    throw std::runtime_error(where + " has no tag '" + tag + "'" + (known.empty() ? "" : " (tags: " + known + ")"));
+  }
+  if (cands.size() != 1)
+    throw std::runtime_error(where + " holds " + std::to_string(cands.size()) + " images; name one with oci:DIR:TAG");
+  return cands[0];
+}
+
+json read_index(const fs::path& dir) {
+  std::string text;
+  if (!layers::read_file_if_exists(dir / "index.json", &text))
+    throw std::runtime_error("'" + dir.string() + "' is not an OCI image layout (no index.json)");
+  return parse_json(text, (dir / "index.json").string());
+}
+
+/// Follows index → (nested index →) manifest; returns the manifest descriptor.
+Descriptor resolve(const fs::path& dir, const std::string& tag, const std::string& platform) {
+  Platform plat = parse_platform(platform);
+  Descriptor d = pick(read_index(dir), tag, nullptr, "layout " + dir.string());
+  for (int depth = 0; is_index(d.media_type); ++depth) {
+    if (depth > 4) throw std::runtime_error("layout " + dir.string() + ": image indexes nested too deep");
+    json nested = parse_json(read_blob_verified(dir, d.digest), "index " + d.digest);
+    d = pick(nested, "", &plat, "index " + d.digest);
+  }
+  return d;
+}
+
+class DirLock {
+ public:
+  explicit DirLock(const fs::path& dir) {
+    fs::path p = dir / ".kiln.lock";
+    fd_ = ::open(p.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd_ < 0) throw std::system_error(errno, std::generic_category(), "cannot lock " + dir.string());
+    while (::flock(fd_, LOCK_EX) != 0 && errno == EINTR) {
+    }
+  }
+  ~DirLock() { ::close(fd_); }
+
+ private:
+  int fd_;
+};
+
+void put_blob(const fs::path& dir, const std::string& digest, const fs::path* src, const std::string* bytes) {
+  fs::path dest = dir / "blobs" / "sha256" / std::string(layers::digest_hex(digest));
+  struct stat st{};
+  if (::stat(dest.c_str(), &st) == 0) return;  // content-addressed: present means right
+  fs::path tmp = dir / layers::unique_name(".kiln-tmp");
+  if (src) {
+    layers::link_or_copy(*src, tmp);
+  } else {
+    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0) throw std::system_error(errno, std::generic_category(), "cannot create " + tmp.string());
+    try {
+      layers::write_all(fd, bytes->data(), bytes->size(), tmp);
+      if (::fsync(fd) != 0) throw std::system_error(errno, std::generic_category(), "fsync " + tmp.string());
+    } catch (...) {
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      throw;
+    }
+    ::close(fd);
+  }
+  if (::rename(tmp.c_str(), dest.c_str()) != 0) {
+    int e = errno;
+    ::unlink(tmp.c_str());
+    throw std::system_error(e, std::generic_category(), "cannot write blob " + digest);
+  }
+}
+
+}  // namespace
+
+void split_oci_ref(const std::string& ref, fs::path* dir, std::string* tag) {
+  std::string rest = ref.rfind("oci:", 0) == 0 ? ref.substr(4) : ref;
+  std::size_t c = rest.rfind(':');
+  if (c != std::string::npos && rest.find('/', c) == std::string::npos) {
+    *dir = rest.substr(0, c);
+    *tag = rest.substr(c + 1);
+  } else {
+    *dir = rest;
+    tag->clear();
+  }
+  if (dir->empty()) throw std::runtime_error("'" + ref + "' names no directory; use oci:DIR[:TAG]");
+}
+
+std::string resolve_oci_layout(const fs::path& dir, const std::string& tag, const std::string& platform) {
+  return resolve(dir, tag, platform).digest;
+}
+
+LayoutImage read_oci_layout(const fs::path& dir, const std::string& tag, const std::string& platform) {
+  Descriptor md = resolve(dir, tag, platform);
+  std::string where = "image " + md.digest + " in " + dir.string();
+  json manifest = parse_json(read_blob_verified(dir, md.digest), where);
+  LayoutImage out;
+  out.manifest_digest = md.digest;
+  Descriptor cfgd = Descriptor::from_json(manifest.at("config"));
+  out.image.config = parse_json(read_blob_verified(dir, cfgd.digest), "config of " + where);
+  const json& diff_ids = out.image.config.at("rootfs").at("diff_ids");
+  const json& ls = manifest.value("layers", json::array());
+  if (diff_ids.size() != ls.size())
+    throw std::runtime_error(where + ": " + std::to_string(ls.size()) + " layers but " +
+                             std::to_string(diff_ids.size()) + " diff_ids");
+  for (std::size_t i = 0; i < ls.size(); ++i) {
+    Layer l;
+    l.desc = Descriptor::from_json(ls[i]);
+    l.diff_id = diff_ids[i].get<std::string>();
+    l.blob = dir / "blobs" / "sha256" / std::string(layers::digest_hex(l.desc.digest));
+    struct stat st{};
+    if (::stat(l.blob.c_str(), &st) != 0) throw std::runtime_error(where + " lacks layer blob " + l.desc.digest);
+    if (static_cast<std::uint64_t>(st.st_size) != l.desc.size)
+      throw std::runtime_error(where + ": layer blob " + l.desc.digest + " has the wrong size");
+    out.image.layers.push_back(std::move(l));
+  }
+  return out;
+}
+
+std::string write_oci_layout(const Image& img, const fs::path& dir, const std::string& tag) {
+  fs::create_directories(dir / "blobs" / "sha256");
+  std::string cfg = img.config_bytes();
+  std::string man = img.manifest_bytes();
+  std::string man_digest = layers::sha256_digest(man);
+  // Blobs first, each atomically; a crash here leaves only complete, unreferenced blobs.
+  for (const Layer& l : img.layers) put_blob(dir, l.desc.digest, &l.blob, nullptr);
+  put_blob(dir, layers::sha256_digest(cfg), nullptr, &cfg);
+  put_blob(dir, man_digest, nullptr, &man);
+  layers::sync_dir(dir / "blobs" / "sha256");
+
+  DirLock lock(dir);
+  std::string text;
+  if (!layers::read_file_if_exists(dir / "oci-layout", &text))
+    layers::atomic_write(dir / "oci-layout", "{\"imageLayoutVersion\":\"1.0.0\"}", dir);
+  json index = {{"schemaVersion", 2}, {"mediaType", kIndexMediaType}, {"manifests", json::array()}};
+  if (layers::read_file_if_exists(dir / "index.json", &text)) index = parse_json(text, (dir / "index.json").string());
+  json kept = json::array();
+  for (const json& m : index.value("manifests", json::array())) {
+    bool same_tag = m.contains("annotations") && m["annotations"].value(kRefName, "") == tag;
+    if (!(same_tag && !tag.empty())) kept.push_back(m);
+  }
+  Descriptor d{kManifestMediaType, man_digest, man.size(), {}, nullptr};
+  if (!tag.empty()) d.annotations[kRefName] = tag;
+  kept.push_back(d.to_json());
+  index["manifests"] = kept;
+  if (!index.contains("mediaType")) index["mediaType"] = kIndexMediaType;
+  layers::atomic_write(dir / "index.json", index.dump(), dir);
+  return man_digest;
+}
+
+}  // namespace kiln::builder

@@ -1,0 +1,32 @@
+// OCI image layout as a source (read an image by tag) and a sink (write an image, then replace
+// index.json atomically under a lock, so a failed or concurrent build never moves a tag wrongly).
+#pragma once
+
+#include <filesystem>
+#include <string>
+
+#include "builder/image.h"
+
+namespace kiln::builder {
+
+/// An image read from a layout, with the digest of its manifest.
+struct LayoutImage {
+  Image image;
+  std::string manifest_digest;
+};
+
+/// Reads the image tagged `tag` ("" = the layout's only image) from the layout at `dir`, resolving
+/// an image index to `platform`. Every blob read is verified against its digest.
+LayoutImage read_oci_layout(const std::filesystem::path& dir, const std::string& tag, const std::string& platform);
+
+/// Only resolves `tag` to its manifest digest (cheap: reads index.json, and nested indexes).
+std::string resolve_oci_layout(const std::filesystem::path& dir, const std::string& tag, const std::string& platform);
+
+/// Writes `img` into the layout at `dir` (created if missing) and points `tag` at it. Blobs arrive
+/// by hardlink or reflink from where they are, else by copy. Returns the manifest digest.
+std::string write_oci_layout(const Image& img, const std::filesystem::path& dir, const std::string& tag);
+
+/// Parses "oci:DIR[:TAG]" (the tag after the last ':' when it holds no '/').
+void split_oci_ref(const std::string& ref, std::filesystem::path* dir, std::string* tag);
+
+}  // namespace kiln::builder

@@ -1,0 +1,39 @@
+// Output targets.
+#include "builder/output.h"
+
+#include <stdexcept>
+
+#include "builder/docker_archive.h"
+#include "builder/oci_layout.h"
+
+namespace kiln::builder {
+
+OutputTarget parse_output(const std::string& text) {
+  OutputTarget t;
+  t.text = text;
+  if (text.rfind("oci:", 0) == 0) {
+    t.kind = OutputTarget::Kind::OciLayout;
+    split_oci_ref(text, &t.path, &t.tag);
+  } else if (text.rfind("docker-archive:", 0) == 0) {
+    t.kind = OutputTarget::Kind::DockerArchive;
+    t.path = text.substr(15);
+    if (t.path.empty()) throw std::invalid_argument("'" + text + "' names no file; use docker-archive:FILE");
+  } else {
+    throw std::invalid_argument("unknown output '" + text + "'; use oci:DIR[:TAG] or docker-archive:FILE");
+  }
+  return t;
+}
+
+std::string write_output(const Image& img, const OutputTarget& target, const std::string& repository,
+                         const std::string& tag) {
+  switch (target.kind) {
+    case OutputTarget::Kind::OciLayout:
+      return write_oci_layout(img, target.path, target.tag.empty() ? tag : target.tag);
+    case OutputTarget::Kind::DockerArchive:
+      write_docker_archive(img, target.path, repository + ":" + tag);
+      return img.manifest_digest();
+  }
+  throw std::logic_error("unknown output kind");
+}
+
+}  // namespace kiln::builder

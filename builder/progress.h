@@ -1,0 +1,33 @@
+// How the library reports progress: events only. The CLI decides how to show them (bars on a TTY,
+// plain lines otherwise, nothing when quiet, JSON for SDKs) — the library has no I/O policy.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace kiln::builder {
+
+class Progress {
+ public:
+  virtual ~Progress() = default;
+  /// A line for the log (stderr, for the CLI).
+  virtual void log(const std::string& line) = 0;
+  /// A warning the user should read.
+  virtual void warn(const std::string& line) { log("warning: " + line); }
+  /// A task with `total` units (bytes) starts; `id` is unique while it runs. Called from any thread.
+  virtual void begin(const std::string& id, const std::string& label, std::uint64_t total) = 0;
+  virtual void advance(const std::string& id, std::uint64_t done_delta) = 0;
+  virtual void end(const std::string& id, const std::string& summary) = 0;
+};
+
+/// Discards everything.
+class NullProgress : public Progress {
+ public:
+  void log(const std::string&) override {}
+  void warn(const std::string&) override {}
+  void begin(const std::string&, const std::string&, std::uint64_t) override {}
+  void advance(const std::string&, std::uint64_t) override {}
+  void end(const std::string&, const std::string&) override {}
+};
+
+}  // namespace kiln::builder

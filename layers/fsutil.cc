@@ -1,0 +1,130 @@
+// File-system helpers: atomic replace, hardlink/reflink/copy.
+#include "layers/fsutil.h"
+
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <random>
+#include <system_error>
+
+namespace fs = std::filesystem;
+
+namespace kiln::layers {
+
+std::string unique_name(const std::string& prefix) {
+  static std::atomic<unsigned> counter{0};
+  static const unsigned long salt = std::random_device{}();
+  return prefix + "." + std::to_string(::getpid()) + "." + std::to_string(counter++) + "." + std::to_string(salt);
+}
+
+void write_all(int fd, const void* data, std::size_t n, const fs::path& what) {
+  auto* p = static_cast<const char*>(data);
+  while (n > 0) {
+    ssize_t w = ::write(fd, p, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) throw std::system_error(errno, std::generic_category(), "cannot write " + what.string());
+    p += w;
+    n -= static_cast<std::size_t>(w);
+  }
+}
+
+bool read_file_if_exists(const fs::path& path, std::string* out) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT) return false;
+    throw std::system_error(errno, std::generic_category(), "cannot open " + path.string());
+  }
+  out->clear();
+  struct stat st{};
+  if (::fstat(fd, &st) == 0 && st.st_size > 0) out->reserve(static_cast<std::size_t>(st.st_size));
+  char buf[65536];
+  for (;;) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int e = errno;
+      ::close(fd);
+      throw std::system_error(e, std::generic_category(), "cannot read " + path.string());
+    }
+    if (n == 0) break;
+    out->append(buf, static_cast<std::size_t>(n));
+  }
+  ::close(fd);
+  return true;
+}
+
+void atomic_write(const fs::path& path, const std::string& content, const fs::path& tmp_dir, bool sync) {
+  fs::path tmp = tmp_dir / unique_name(path.filename().string());
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) throw std::system_error(errno, std::generic_category(), "cannot create " + tmp.string());
+  try {
+    write_all(fd, content.data(), content.size(), tmp);
+    if (sync && ::fsync(fd) != 0) throw std::system_error(errno, std::generic_category(), "fsync " + tmp.string());
+  } catch (...) {
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    throw;
+  }
+  ::close(fd);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    int e = errno;
+    ::unlink(tmp.c_str());
+    throw std::system_error(e, std::generic_category(), "cannot replace " + path.string());
+  }
+  if (sync) sync_dir(path.parent_path());
+}
+
+const char* link_or_copy(const fs::path& src, const fs::path& dst) {
+  if (::link(src.c_str(), dst.c_str()) == 0) return "hardlink";
+  int in = ::open(src.c_str(), O_RDONLY | O_CLOEXEC);
+  if (in < 0) throw std::system_error(errno, std::generic_category(), "cannot open " + src.string());
+  int out = ::open(dst.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (out < 0) {
+    int e = errno;
+    ::close(in);
+    throw std::system_error(e, std::generic_category(), "cannot create " + dst.string());
+  }
+  const char* how = "reflink";
+  if (::ioctl(out, FICLONE, in) != 0) {
+    how = "copy";
+    struct stat st{};
+    ::fstat(in, &st);
+    off_t left = st.st_size;
+    while (left > 0) {
+      ssize_t n = ::copy_file_range(in, nullptr, out, nullptr, static_cast<std::size_t>(left), 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        // Fallback for file systems without copy_file_range.
+        char buf[1 << 16];
+        ssize_t r;
+        while ((r = ::read(in, buf, sizeof buf)) > 0) write_all(out, buf, static_cast<std::size_t>(r), dst);
+        break;
+      }
+      left -= n;
+    }
+    if (::fsync(out) != 0) {
+      int e = errno;
+      ::close(in);
+      ::close(out);
+      ::unlink(dst.c_str());
+      throw std::system_error(e, std::generic_category(), "fsync " + dst.string());
+    }
+  }
+  ::close(in);
+  ::close(out);
+  return how;
+}
+
+void sync_dir(const fs::path& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
+
+}  // namespace kiln::layers

@@ -1,0 +1,31 @@
+// Small file-system helpers shared by the store and the sinks: atomic writes, linking blobs.
+#pragma once
+
+#include <cstddef>
+#include <filesystem>
+#include <string>
+
+namespace kiln::layers {
+
+/// A name unique to this process and call ("<prefix>.<pid>.<counter>.<random>").
+std::string unique_name(const std::string& prefix);
+
+/// write(2) until done; throws std::system_error naming `what`.
+void write_all(int fd, const void* data, std::size_t n, const std::filesystem::path& what);
+
+/// Reads a whole file; false when it does not exist. Throws on other errors.
+bool read_file_if_exists(const std::filesystem::path& path, std::string* out);
+
+/// Writes `content` to a temp file in `tmp_dir` (same file system), fsyncs it (when `sync`), and
+/// renames it over `path`: readers see the old file or the new one, never a mix.
+void atomic_write(const std::filesystem::path& path, const std::string& content,
+                  const std::filesystem::path& tmp_dir, bool sync = true);
+
+/// Makes `dst` (which must not exist) have `src`'s bytes: a hardlink where possible, else a
+/// reflink (FICLONE), else a copy. Returns "hardlink", "reflink" or "copy".
+const char* link_or_copy(const std::filesystem::path& src, const std::filesystem::path& dst);
+
+/// fsync a directory, so a rename in it is durable.
+void sync_dir(const std::filesystem::path& dir);
+
+}  // namespace kiln::layers

@@ -1,0 +1,330 @@
+// The content-addressed store, the layer cache and the stat index.
+#include "layers/store.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <set>
+#include <sstream>
+#include <stdexcept>
+#include <system_error>
+
+#include "layers/digest.h"
+#include "layers/fsutil.h"
+
+namespace fs = std::filesystem;
+
+namespace kiln::layers {
+
+// ---------------------------------------------------------------------------------------------
+// BlobWriter
+
+BlobWriter::BlobWriter(const fs::path& tmp_dir, const fs::path& blobs_dir)
+    : tmp_path_(tmp_dir / unique_name("blob")), blobs_dir_(blobs_dir) {
+  fd_ = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd_ < 0) throw std::system_error(errno, std::generic_category(), "cannot create " + tmp_path_.string());
+  buf_.reserve(1 << 20);
+}
+
+BlobWriter::~BlobWriter() {
+  if (fd_ >= 0) {
+    ::close(fd_);
+    ::unlink(tmp_path_.c_str());
+  }
+}
+
+void BlobWriter::write(const void* data, std::size_t n) {
+  if (buf_.size() + n > (1 << 20)) flush();
+  if (n >= (1 << 20)) {
+    write_all(fd_, data, n, tmp_path_);
+    return;
+  }
+  buf_.append(static_cast<const char*>(data), n);
+}
+
+void BlobWriter::flush() {
+  if (!buf_.empty()) write_all(fd_, buf_.data(), buf_.size(), tmp_path_);
+  buf_.clear();
+}
+
+fs::path BlobWriter::commit(const std::string& digest) {
+  flush();
+  if (::fsync(fd_) != 0) throw std::system_error(errno, std::generic_category(), "fsync " + tmp_path_.string());
+  ::close(fd_);
+  fd_ = -1;
+  fs::path dest = blobs_dir_ / std::string(digest_hex(digest));
+  if (::rename(tmp_path_.c_str(), dest.c_str()) != 0) {
+    int e = errno;
+    ::unlink(tmp_path_.c_str());
+    throw std::system_error(e, std::generic_category(), "cannot store blob " + digest);
+  }
+  return dest;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Store
+
+namespace {
+const char* kVersionLine = "kiln-store 1\n";
+}
+
+Store::Store(fs::path root) : root_(std::move(root)) {
+  fs::create_directories(root_);
+  fs::path vfile = root_ / "VERSION";
+  std::string v;
+  if (read_file_if_exists(vfile, &v)) {
+    if (v != kVersionLine)
+      throw std::runtime_error("the cache at " + root_.string() + " has format '" +
+                               v.substr(0, v.find('\n')) + "', this kiln reads '" +
+                               std::string(kVersionLine, std::strlen(kVersionLine) - 1) +
+                               "'; use another KILN_CACHE or remove it");
+  }
+  for (const char* d : {"blobs/sha256", "layers", "stat", "tmp"}) fs::create_directories(root_ / d);
+  if (v.empty()) atomic_write(vfile, kVersionLine, root_ / "tmp");
+}
+
+fs::path Store::default_root() {
+  if (const char* c = std::getenv("KILN_CACHE"); c && *c) return fs::absolute(c);
+  if (const char* x = std::getenv("XDG_CACHE_HOME"); x && *x) return fs::path(x) / "kiln";
+  if (const char* h = std::getenv("HOME"); h && *h) return fs::path(h) / ".cache" / "kiln";
+  return fs::temp_directory_path() / "kiln-cache";
+}
+
+fs::path Store::blob_path(const std::string& digest) const {
+  return root_ / "blobs" / "sha256" / std::string(digest_hex(digest));
+}
+
+bool Store::has_blob(const std::string& digest) const {
+  struct stat st{};
+  return ::stat(blob_path(digest).c_str(), &st) == 0;
+}
+
+std::unique_ptr<BlobWriter> Store::new_blob() const {
+  return std::make_unique<BlobWriter>(root_ / "tmp", root_ / "blobs" / "sha256");
+}
+
+std::string Store::put_bytes(const std::string& bytes) const {
+  std::string d = sha256_digest(bytes);
+  if (has_blob(d)) return d;
+  auto w = new_blob();
+  w->write(bytes.data(), bytes.size());
+  w->commit(d);
+  return d;
+}
+
+std::string Store::read_bytes(const std::string& digest) const {
+  std::string s;
+  if (!read_file_if_exists(blob_path(digest), &s)) throw std::runtime_error("blob missing from the cache: " + digest);
+  if (sha256_digest(s) != digest) throw std::runtime_error("blob in the cache is corrupt: " + digest);
+  return s;
+}
+
+void Store::put_file(const fs::path& file, const std::string& digest) const {
+  if (has_blob(digest)) return;
+  if (("sha256:" + sha256_file_hex(file)) != digest)
+    throw std::runtime_error("blob " + file.string() + " does not match its digest " + digest);
+  fs::path tmp = root_ / "tmp" / unique_name("in");
+  link_or_copy(file, tmp);
+  if (::rename(tmp.c_str(), blob_path(digest).c_str()) != 0) {
+    int e = errno;
+    ::unlink(tmp.c_str());
+    throw std::system_error(e, std::generic_category(), "cannot store blob " + digest);
+  }
+}
+
+std::optional<LayerRecord> Store::find_layer(const std::string& key) const {
+  fs::path rec = root_ / "layers" / (key + ".json");
+  std::string text;
+  if (!read_file_if_exists(rec, &text)) return std::nullopt;
+  try {
+    auto j = nlohmann::json::parse(text);
+    LayerRecord r{j.at("digest"), j.at("diff_id"), j.at("media_type"), j.at("size"), j.at("tar_size")};
+    struct stat st{};
+    if (::stat(blob_path(r.digest).c_str(), &st) != 0 || static_cast<std::uint64_t>(st.st_size) != r.size)
+      return std::nullopt;
+    ::utimensat(AT_FDCWD, rec.c_str(), nullptr, 0);  // last use, for prune
+    return r;
+  } catch (const std::exception&) {
+    return std::nullopt;  // an unreadable record is a miss; the layer is rebuilt and rewritten
+  }
+}
+
+void Store::put_layer(const std::string& key, const LayerRecord& r) const {
+  nlohmann::json j = {{"digest", r.digest}, {"diff_id", r.diff_id}, {"media_type", r.media_type},
+                      {"size", r.size}, {"tar_size", r.tar_size}};
+  atomic_write(root_ / "layers" / (key + ".json"), j.dump() + "\n", root_ / "tmp");
+}
+
+fs::path Store::stat_index_path(const std::string& key) const { return root_ / "stat" / (key + ".idx"); }
+
+Store::Usage Store::usage() const {
+  Usage u;
+  std::error_code ec;
+  for (auto& e : fs::directory_iterator(root_ / "blobs" / "sha256", ec)) {
+    ++u.blobs;
+    u.blob_bytes += e.file_size(ec);
+  }
+  for (auto& e : fs::directory_iterator(root_ / "layers", ec)) { (void)e; ++u.layer_records; }
+  for (auto& e : fs::directory_iterator(root_ / "stat", ec)) {
+    ++u.stat_indexes;
+    u.stat_bytes += e.file_size(ec);
+  }
+  for (auto& e : fs::directory_iterator(root_ / "tmp", ec)) {
+    ++u.tmp_files;
+    u.tmp_bytes += e.file_size(ec);
+  }
+  return u;
+}
+
+Store::PruneResult Store::prune(std::int64_t older_than_seconds) const {
+  PruneResult r;
+  std::error_code ec;
+  auto now = fs::file_time_type::clock::now();
+  auto old = [&](const fs::directory_entry& e) {
+    if (older_than_seconds <= 0) return true;
+    auto age = std::chrono::duration_cast<std::chrono::seconds>(now - e.last_write_time(ec)).count();
+    return age >= older_than_seconds;
+  };
+  std::set<std::string> keep;
+  for (auto& e : fs::directory_iterator(root_ / "layers", ec)) {
+    if (old(e)) {
+      fs::remove(e.path(), ec);
+      ++r.removed_records;
+      continue;
+    }
+    std::string text;
+    if (!read_file_if_exists(e.path(), &text)) continue;
+    try {
+      auto j = nlohmann::json::parse(text);
+      keep.insert(std::string(digest_hex(j.at("digest").get<std::string>())));
+    } catch (const std::exception&) {
+    }
+  }
+  for (auto& e : fs::directory_iterator(root_ / "stat", ec))
+    if (old(e)) fs::remove(e.path(), ec);
+  // Blobs: layer blobs a record keeps are kept; other blobs (configs, manifests, base layers) are
+  // kept while younger than the cut-off.
+  for (auto& e : fs::directory_iterator(root_ / "blobs" / "sha256", ec)) {
+    if (keep.count(e.path().filename().string())) continue;
+    if (!old(e)) continue;
+    r.removed_bytes += e.file_size(ec);
+    fs::remove(e.path(), ec);
+    ++r.removed_blobs;
+  }
+  // tmp files are from writes in flight: only those over an hour old are certainly dead.
+  for (auto& e : fs::directory_iterator(root_ / "tmp", ec)) {
+    auto age = std::chrono::duration_cast<std::chrono::seconds>(now - e.last_write_time(ec)).count();
+    if (age > 3600) fs::remove_all(e.path(), ec);
+  }
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// StatIndex: "KILNSTAT1\n", written_ns, then records of
+//   u32 path length, path bytes, u64 size, i64 mtime_ns, i64 ctime_ns, u64 ino, u64 dev, 32-byte hash
+
+namespace {
+const char kStatMagic[] = "KILNSTAT1\n";
+
+template <class T>
+void put(std::string& s, T v) {
+  s.append(reinterpret_cast<const char*>(&v), sizeof v);
+}
+template <class T>
+bool get(const std::string& s, std::size_t& pos, T* v) {
+  if (pos + sizeof(T) > s.size()) return false;
+  std::memcpy(v, s.data() + pos, sizeof(T));
+  pos += sizeof(T);
+  return true;
+}
+std::string hex_to_raw(const std::string& hex) {
+  std::string raw(hex.size() / 2, '\0');
+  for (std::size_t i = 0; i < raw.size(); ++i) raw[i] = static_cast<char>(std::stoi(hex.substr(2 * i, 2), nullptr, 16));
+  return raw;
+}
+std::string raw_to_hex(const char* p, std::size_t n) {
+  static const char* k = "0123456789abcdef";
+  std::string out(2 * n, '0');
+  for (std::size_t i = 0; i < n; ++i) {
+    auto b = static_cast<unsigned char>(p[i]);
+    out[2 * i] = k[b >> 4];
+    out[2 * i + 1] = k[b & 15];
+  }
+  return out;
+}
+std::int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+}  // namespace
+
+void StatIndex::load(const fs::path& file) {
+  entries_.clear();
+  dirty_ = false;
+  std::string s;
+  if (!read_file_if_exists(file, &s) || s.compare(0, sizeof kStatMagic - 1, kStatMagic) != 0) return;
+  std::size_t pos = sizeof kStatMagic - 1;
+  if (!get(s, pos, &written_ns_)) return;
+  while (pos < s.size()) {
+    std::uint32_t len = 0;
+    Entry e;
+    if (!get(s, pos, &len) || pos + len > s.size()) break;
+    std::string path = s.substr(pos, len);
+    pos += len;
+    if (!get(s, pos, &e.key.size) || !get(s, pos, &e.key.mtime_ns) || !get(s, pos, &e.key.ctime_ns) ||
+        !get(s, pos, &e.key.ino) || !get(s, pos, &e.key.dev) || pos + 32 > s.size())
+      break;
+    e.sha256 = raw_to_hex(s.data() + pos, 32);
+    pos += 32;
+    entries_.emplace(std::move(path), std::move(e));
+  }
+}
+
+void StatIndex::save(const fs::path& file) {
+  std::size_t unseen = 0;
+  for (auto& [_, e] : entries_) unseen += !e.seen;
+  if (!dirty_ && unseen == 0) return;
+  std::string s(kStatMagic, sizeof kStatMagic - 1);
+  put(s, now_ns());
+  for (auto& [path, e] : entries_) {
+    if (!e.seen) continue;
+    put(s, static_cast<std::uint32_t>(path.size()));
+    s += path;
+    put(s, e.key.size);
+    put(s, e.key.mtime_ns);
+    put(s, e.key.ctime_ns);
+    put(s, e.key.ino);
+    put(s, e.key.dev);
+    s += hex_to_raw(e.sha256);
+  }
+  atomic_write(file, s, file.parent_path().parent_path() / "tmp", /*sync=*/false);
+  dirty_ = false;
+}
+
+std::optional<std::string> StatIndex::lookup(const std::string& abs_path, const Key& key) const {
+  auto it = entries_.find(abs_path);
+  if (it == entries_.end() || !(it->second.key == key)) return std::nullopt;
+  // Racy: modified within the same second the index was written; a later edit could keep the
+  // same mtime. Hash it again (the next save makes it safe).
+  constexpr std::int64_t kRacyWindow = 1000000000;
+  if (key.mtime_ns >= written_ns_ - kRacyWindow || key.ctime_ns >= written_ns_ - kRacyWindow) return std::nullopt;
+  const_cast<Entry&>(it->second).seen = true;
+  return it->second.sha256;
+}
+
+void StatIndex::update(const std::string& abs_path, const Key& key, const std::string& sha256_hex) {
+  Entry& e = entries_[abs_path];
+  e.key = key;
+  e.sha256 = sha256_hex;
+  e.seen = true;
+  dirty_ = true;
+}
+
+}  // namespace kiln::layers

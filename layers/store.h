@@ -1,0 +1,127 @@
+// The content-addressed store: blobs by sha256, a layer cache keyed on each layer's inputs, and a
+// stat index so that a rebuild with nothing changed reads no file content.
+//
+// On-disk format (version 1), under the cache root ($KILN_CACHE, else $XDG_CACHE_HOME/kiln, else
+// ~/.cache/kiln) — see docs/store.md:
+//   VERSION                      "kiln-store 1"
+//   blobs/sha256/<hex>           immutable blobs, written to tmp/ then renamed into place
+//   layers/<key>.json            layer cache records: {digest, diff_id, media_type, size, tar_size}
+//   stat/<key>.idx               stat indexes (path, size, mtime, ctime, inode → sha256)
+//   tmp/                         in-flight writes; anything here is garbage after a crash
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+#include <unordered_map>
+
+#include "layers/compress.h"
+
+namespace kiln::layers {
+
+/// A cached layer: what write_layer produced for a given input key.
+struct LayerRecord {
+  std::string digest, diff_id, media_type;
+  std::uint64_t size = 0, tar_size = 0;
+};
+
+/// A blob being written: bytes go to a temp file; commit() verifies the digest and renames it into
+/// place. Destroyed without commit(), the temp file is removed.
+class BlobWriter {
+ public:
+  BlobWriter(const std::filesystem::path& tmp_dir, const std::filesystem::path& blobs_dir);
+  ~BlobWriter();
+  BlobWriter(const BlobWriter&) = delete;
+  BlobWriter& operator=(const BlobWriter&) = delete;
+  void write(const void* data, std::size_t n);
+  ByteSink sink() {
+    return [this](const void* d, std::size_t n) { write(d, n); };
+  }
+  /// fsync, then rename to blobs/sha256/<hex of digest>. `digest` was computed by the caller on
+  /// the same bytes. Returns the final path.
+  std::filesystem::path commit(const std::string& digest);
+
+ private:
+  void flush();
+  std::filesystem::path tmp_path_, blobs_dir_;
+  int fd_ = -1;
+  std::string buf_;
+};
+
+class Store {
+ public:
+  static constexpr int kFormatVersion = 1;
+
+  /// Opens (creating if needed) the store at `root`. Throws when the directory holds a store of
+  /// another format version.
+  explicit Store(std::filesystem::path root);
+
+  /// $KILN_CACHE, else $XDG_CACHE_HOME/kiln, else $HOME/.cache/kiln.
+  static std::filesystem::path default_root();
+
+  const std::filesystem::path& root() const { return root_; }
+  std::filesystem::path blob_path(const std::string& digest) const;
+  bool has_blob(const std::string& digest) const;
+  std::unique_ptr<BlobWriter> new_blob() const;
+  /// Stores small bytes (config, manifest) under their digest; returns the digest.
+  std::string put_bytes(const std::string& bytes) const;
+  std::string read_bytes(const std::string& digest) const;
+  /// Copies a file in by digest, verifying the content (hardlink first where it can).
+  void put_file(const std::filesystem::path& file, const std::string& digest) const;
+
+  /// The layer cache. A record is returned only if its blob is present.
+  std::optional<LayerRecord> find_layer(const std::string& key) const;
+  void put_layer(const std::string& key, const LayerRecord& rec) const;
+
+  std::filesystem::path stat_index_path(const std::string& key) const;
+  std::filesystem::path tmp_dir() const { return root_ / "tmp"; }
+
+  struct Usage {
+    std::uint64_t blobs = 0, blob_bytes = 0, layer_records = 0, stat_indexes = 0, stat_bytes = 0,
+                  tmp_files = 0, tmp_bytes = 0;
+  };
+  Usage usage() const;
+
+  struct PruneResult {
+    std::uint64_t removed_blobs = 0, removed_bytes = 0, removed_records = 0;
+  };
+  /// Removes layer records unused for `older_than_seconds` (0 = all), stat indexes of that age,
+  /// blobs no remaining record or pinned digest refers to, and stale tmp files.
+  PruneResult prune(std::int64_t older_than_seconds) const;
+
+ private:
+  std::filesystem::path root_;
+};
+
+/// Maps a file's identity (size, mtime, ctime, inode, device) to its sha256, so unchanged files are
+/// not read again. Entries whose mtime is not safely older than the index's own write time are
+/// not trusted ("racy", as in git) and are hashed again.
+class StatIndex {
+ public:
+  struct Key {
+    std::uint64_t size = 0, ino = 0, dev = 0;
+    std::int64_t mtime_ns = 0, ctime_ns = 0;
+    bool operator==(const Key&) const = default;
+  };
+  void load(const std::filesystem::path& file);
+  /// Writes atomically, only when something changed since load().
+  void save(const std::filesystem::path& file);
+  std::optional<std::string> lookup(const std::string& abs_path, const Key& key) const;
+  void update(const std::string& abs_path, const Key& key, const std::string& sha256_hex);
+
+ private:
+  struct Entry {
+    Key key;
+    std::string sha256;  // hex
+    bool seen = false;
+  };
+  std::unordered_map<std::string, Entry> entries_;
+  std::int64_t written_ns_ = 0;
+  bool dirty_ = false;
+};
+
+}  // namespace kiln::layers

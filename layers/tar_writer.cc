@@ -1,0 +1,201 @@
+// Deterministic PAX tar writing over libarchive, with digests computed in the same pass.
+#include "layers/tar_writer.h"
+
+#include <archive.h>
+#include <archive_entry.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <map>
+#include <stdexcept>
+#include <system_error>
+
+#include "layers/digest.h"
+
+namespace kiln::layers {
+
+namespace {
+
+void check_rel_path(const std::string& p) {
+  if (p.empty() || p.front() == '/' || p.back() == '/')
+    throw std::runtime_error("invalid path in layer: '" + p + "'");
+  std::size_t start = 0;
+  while (start <= p.size()) {
+    std::size_t end = p.find('/', start);
+    if (end == std::string::npos) end = p.size();
+    std::string_view seg(p.data() + start, end - start);
+    if (seg.empty() || seg == "." || seg == "..")
+      throw std::runtime_error("invalid path in layer: '" + p + "'");
+    start = end + 1;
+  }
+}
+
+struct Pipeline {
+  Sha256 tar_hash;
+  Sha256 blob_hash;
+  std::uint64_t tar_size = 0, blob_size = 0;
+  std::unique_ptr<Encoder> encoder;
+  const ByteSink* out = nullptr;
+  std::string error;
+};
+
+la_ssize_t on_write(struct archive*, void* ctx, const void* buf, size_t n) {
+  auto* p = static_cast<Pipeline*>(ctx);
+  try {
+    p->tar_hash.update(buf, n);
+    p->tar_size += n;
+    p->encoder->write(buf, n);
+  } catch (const std::exception& e) {
+    p->error = e.what();
+    return -1;
+  }
+  return static_cast<la_ssize_t>(n);
+}
+
+[[noreturn]] void fail(struct archive* a, const std::string& what) {
+  throw std::runtime_error(what + ": " + (archive_error_string(a) ? archive_error_string(a) : "tar error"));
+}
+
+}  // namespace
+
+std::vector<TarEntry> normalize_entries(std::vector<TarEntry> entries, std::uint32_t uid, std::uint32_t gid) {
+  std::map<std::string, TarEntry> by_path;
+  for (auto& e : entries) {
+    check_rel_path(e.path);
+    by_path[e.path] = std::move(e);
+  }
+  std::vector<std::string> missing;
+  for (auto& [path, e] : by_path) {
+    for (std::size_t pos = path.find('/'); pos != std::string::npos; pos = path.find('/', pos + 1)) {
+      std::string parent = path.substr(0, pos);
+      if (!by_path.count(parent)) missing.push_back(parent);
+    }
+  }
+  for (auto& parent : missing) {
+    if (by_path.count(parent)) continue;
+    TarEntry d;
+    d.path = parent;
+    d.type = TarEntry::Type::Dir;
+    d.mode = 0755;
+    d.uid = uid;
+    d.gid = gid;
+    by_path.emplace(parent, std::move(d));
+  }
+  std::vector<TarEntry> out;
+  out.reserve(by_path.size());
+  for (auto& [_, e] : by_path) out.push_back(std::move(e));  // std::map: bytewise order
+  return out;
+}
+
+WrittenLayer write_layer(const std::vector<TarEntry>& entries, const LayerWriteOptions& opts, const ByteSink& out,
+                         const std::function<void(std::uint64_t)>& on_progress) {
+  Pipeline p;
+  p.out = &out;
+  const bool plain = opts.compression == Compression::None;  // blob == tar: hash once
+  p.encoder = make_encoder(opts.compression, [&p, plain](const void* d, std::size_t n) {
+    if (!plain) p.blob_hash.update(d, n);
+    p.blob_size += n;
+    (*p.out)(d, n);
+  }, opts.level);
+
+  struct archive* a = archive_write_new();
+  if (!a) throw std::runtime_error("libarchive: out of memory");
+  struct Guard {
+    struct archive* a;
+    ~Guard() { archive_write_free(a); }
+  } guard{a};
+  struct archive_entry* ae = archive_entry_new2(a);
+  struct EntryGuard {
+    struct archive_entry* e;
+    ~EntryGuard() { archive_entry_free(e); }
+  } eguard{ae};
+
+  if (archive_write_set_format_pax_restricted(a) != ARCHIVE_OK) fail(a, "tar format");
+  archive_write_set_bytes_per_block(a, 10240);
+  archive_write_set_bytes_in_last_block(a, 1);
+  if (archive_write_open(a, &p, nullptr, on_write, nullptr) != ARCHIVE_OK) fail(a, "tar open");
+
+  std::vector<char> buf(1 << 20);
+  for (const TarEntry& e : entries) {
+    archive_entry_clear(ae);
+    archive_entry_set_pathname_utf8(ae, e.path.c_str());
+    archive_entry_set_uid(ae, e.uid);
+    archive_entry_set_gid(ae, e.gid);
+    archive_entry_set_mtime(ae, opts.mtime, 0);
+    archive_entry_set_perm(ae, e.mode & 07777);
+    switch (e.type) {
+      case TarEntry::Type::Dir:
+        archive_entry_set_filetype(ae, AE_IFDIR);
+        break;
+      case TarEntry::Type::Symlink:
+        archive_entry_set_filetype(ae, AE_IFLNK);
+        archive_entry_set_symlink_utf8(ae, e.link_target.c_str());
+        break;
+      case TarEntry::Type::Hardlink:
+        archive_entry_set_filetype(ae, AE_IFREG);
+        archive_entry_set_hardlink_utf8(ae, e.link_target.c_str());
+        archive_entry_set_size(ae, 0);
+        break;
+      case TarEntry::Type::Whiteout:
+        archive_entry_set_filetype(ae, AE_IFREG);
+        archive_entry_set_size(ae, 0);
+        break;
+      case TarEntry::Type::File:
+        archive_entry_set_filetype(ae, AE_IFREG);
+        archive_entry_set_size(ae, static_cast<la_int64_t>(e.size));
+        break;
+    }
+    if (archive_write_header(a, ae) < ARCHIVE_WARN) {
+      if (!p.error.empty()) throw std::runtime_error(p.error);
+      fail(a, "tar header for '" + e.path + "'");
+    }
+    if (e.type != TarEntry::Type::File || e.size == 0) continue;
+
+    int fd = ::open(e.source.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) throw std::system_error(errno, std::generic_category(), "cannot open " + e.source.string());
+    struct FdGuard {
+      int fd;
+      ~FdGuard() { ::close(fd); }
+    } fguard{fd};
+    std::uint64_t left = e.size;
+    while (left > 0) {
+      ssize_t n = ::read(fd, buf.data(), std::min<std::uint64_t>(buf.size(), left));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) throw std::system_error(errno, std::generic_category(), "cannot read " + e.source.string());
+      if (n == 0) break;
+      if (archive_write_data(a, buf.data(), static_cast<std::size_t>(n)) != n) {
+        if (!p.error.empty()) throw std::runtime_error(p.error);
+        fail(a, "tar data for '" + e.path + "'");
+      }
+      left -= static_cast<std::uint64_t>(n);
+      if (on_progress) on_progress(static_cast<std::uint64_t>(n));
+    }
+    struct stat st{};
+    bool changed = left != 0 || ::fstat(fd, &st) != 0 || static_cast<std::uint64_t>(st.st_size) != e.size;
+    if (!changed && (e.mtime_ns || e.ctime_ns)) {
+      std::int64_t m = std::int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+      std::int64_t c = std::int64_t(st.st_ctim.tv_sec) * 1000000000 + st.st_ctim.tv_nsec;
+      changed = m != e.mtime_ns || c != e.ctime_ns;
+    }
+    if (changed)
+      throw std::runtime_error("file changed while the build read it: " + e.source.string() +
+                               " (re-run the build once the tree is stable)");
+  }
+  if (archive_write_close(a) != ARCHIVE_OK) {
+    if (!p.error.empty()) throw std::runtime_error(p.error);
+    fail(a, "tar close");
+  }
+  p.encoder->finish();
+
+  WrittenLayer w;
+  w.diff_id = p.tar_hash.digest();
+  w.digest = opts.compression == Compression::None ? w.diff_id : p.blob_hash.digest();
+  w.media_type = layer_media_type(opts.compression);
+  w.size = p.blob_size;
+  w.tar_size = p.tar_size;
+  return w;
+}
+
+}  // namespace kiln::layers

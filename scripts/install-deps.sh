@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what kiln needs from Debian 12 packages (apt-get), never from anywhere else.
+#   scripts/install-deps.sh          build dependencies (compiler, CMake, libraries)
+#   scripts/install-deps.sh --test   plus the test tools (Catch2, umoci, skopeo, oci-image-tool,
+#                                    docker-registry, bubblewrap, busybox-static) and bench peers
+set -euo pipefail
+
+build_pkgs=(
+  build-essential cmake pkg-config
+  libarchive-dev libssl-dev libzstd-dev zlib1g-dev nlohmann-json3-dev libxxhash-dev libcli11-dev
+  libcurl4-openssl-dev libsqlite3-dev catch2
+)
+test_pkgs=(
+  umoci skopeo oci-image-tool docker-registry apache2-utils bubblewrap busybox-static
+  python3 python3-pip-whl zstd pigz buildah
+)
+
+pkgs=("${build_pkgs[@]}")
+if [[ "${1:-}" == "--test" ]]; then pkgs+=("${test_pkgs[@]}"); fi
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]} == 0)); then
+  echo "install-deps: all ${#pkgs[@]} packages present" >&2
+  exit 0
+fi
+
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+echo "install-deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

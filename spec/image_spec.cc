@@ -1,0 +1,644 @@
+// Parsing, validation and canonical form of the ImageSpec (see image_spec.h).
+//
+// Parsing runs in two phases so errors come in a useful order: first every key is checked
+// against the known fields and every value against its type (recursively for a nested
+// base_image); then the supported-features table rejects fields kiln cannot build yet.
+#include "spec/image_spec.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <sstream>
+#include <string_view>
+
+namespace kiln::spec {
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+const char* to_string(CopyMode mode) {
+  switch (mode) {
+    case CopyMode::LoadedModules: return "loaded_modules";
+    case CopyMode::All: return "all";
+    case CopyMode::NoCopy: return "no_copy";
+  }
+  return "?";
+}
+
+const char* to_string(Compression c) {
+  switch (c) {
+    case Compression::Gzip: return "gzip";
+    case Compression::Zstd: return "zstd";
+    case Compression::None: return "none";
+  }
+  return "?";
+}
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers
+
+std::string lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+/// "a list", "a number", ... for error messages.
+std::string describe(const json& v) {
+  switch (v.type()) {
+    case json::value_t::null: return "null";
+    case json::value_t::object: return "an object";
+    case json::value_t::array: return "a list";
+    case json::value_t::string: return "a string";
+    case json::value_t::boolean: return "a boolean";
+    case json::value_t::binary: return "binary data";
+    case json::value_t::discarded: return "discarded";
+    default: return "a number";
+  }
+}
+
+/// Lexically normal, without a trailing separator (except for the root itself).
+fs::path normal(const fs::path& p) {
+  std::string s = p.lexically_normal().generic_string();
+  while (s.size() > 1 && s.back() == '/') s.pop_back();
+  return fs::path(s);
+}
+
+/// Optimal-string-alignment (Damerau) edit distance.
+std::size_t edit_distance(std::string_view a, std::string_view b) {
+  std::vector<std::vector<std::size_t>> d(a.size() + 1, std::vector<std::size_t>(b.size() + 1));
+  for (std::size_t i = 0; i <= a.size(); ++i) d[i][0] = i;
+  for (std::size_t j = 0; j <= b.size(); ++j) d[0][j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      std::size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
+      d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost});
+      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1])
+        d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
+    }
+  }
+  return d[a.size()][b.size()];
+}
+
+// ---------------------------------------------------------------------------------------------
+// One field being parsed: its (dotted) name, value, and where relative paths resolve.
+
+struct Field {
+  const std::string& origin;
+  const fs::path& base_dir;
+  std::string name;  // "env", or "base_image.env" inside a nested spec
+  const json& v;
+
+  [[noreturn]] void fail(const std::string& what) const {
+    throw SpecError(name, origin + ": field '" + name + "' " + what);
+  }
+  [[noreturn]] void wrong_type(const std::string& expected) const {
+    fail("must be " + expected + ", not " + describe(v));
+  }
+
+  /// A string; "" counts as absent for optional fields.
+  std::string str() const {
+    if (!v.is_string()) wrong_type("a string");
+    return v.get<std::string>();
+  }
+  std::optional<std::string> opt_str() const {
+    std::string s = str();
+    return s.empty() ? std::nullopt : std::optional(s);
+  }
+
+  std::vector<std::string> str_list() const {
+    if (!v.is_array()) wrong_type("a list of strings");
+    std::vector<std::string> out;
+    for (std::size_t i = 0; i < v.size(); ++i) {
+      if (!v[i].is_string())
+        fail("must be a list of strings (item " + std::to_string(i) + " is " + describe(v[i]) +
+             ")");
+      out.push_back(v[i].get<std::string>());
+    }
+    return out;
+  }
+
+  /// A single string (one item; "" = none) or a list of strings.
+  std::vector<std::string> str_or_list() const {
+    if (v.is_string()) {
+      std::string s = v.get<std::string>();
+      return s.empty() ? std::vector<std::string>{} : std::vector<std::string>{s};
+    }
+    if (!v.is_array()) wrong_type("a string or a list of strings");
+    return str_list();
+  }
+
+  /// A JSON object of string values with non-empty keys (no '=' for env).
+  std::map<std::string, std::string> str_map(bool env_names) const {
+    const std::string expected = "an object mapping strings to strings";
+    if (!v.is_object()) wrong_type(expected);
+    std::map<std::string, std::string> out;
+    for (const auto& [key, val] : v.items()) {
+      if (!val.is_string())
+        fail("must be " + expected + " (the value of '" + key + "' is " + describe(val) + ")");
+      if (key.empty()) fail("has an empty key");
+      if (env_names && key.find('=') != std::string::npos)
+        fail("has a variable name containing '=': '" + key + "'");
+      out[key] = val.get<std::string>();
+    }
+    return out;
+  }
+
+  /// A host path, resolved against base_dir; "" = absent.
+  std::optional<fs::path> host_path() const {
+    auto s = opt_str();
+    if (!s) return std::nullopt;
+    fs::path p(*s);
+    return normal(p.is_absolute() ? p : base_dir / p);
+  }
+
+  /// An absolute path inside the image ("/root"), normalized.
+  std::string image_path() const {
+    std::string s = str();
+    if (s.empty() || s[0] != '/') fail("must be an absolute path in the image, not '" + s + "'");
+    return normal(fs::path(s)).generic_string();
+  }
+
+  /// Relative host paths that must stay below their root: no "..", not absolute, normalized.
+  std::vector<std::string> relative_paths(const std::string& below) const {
+    std::vector<std::string> out;
+    for (const std::string& entry : str_or_list()) {
+      if (entry.empty()) fail("has an empty entry");
+      if (entry[0] == '/') fail("entry '" + entry + "' must be a relative path, not absolute");
+      std::string joined;
+      std::istringstream parts(entry);
+      for (std::string part; std::getline(parts, part, '/');) {
+        if (part == "..") fail("entry '" + entry + "' must not contain '..'");
+        if (part.empty() || part == ".") continue;
+        joined += (joined.empty() ? "" : "/") + part;
+      }
+      if (joined.empty()) fail("entry '" + entry + "' must name a path below " + below);
+      out.push_back(joined);
+    }
+    return out;
+  }
+
+  std::int64_t integer(std::int64_t min) const {
+    if (!v.is_number_integer()) wrong_type("an integer");
+    if (v.is_number_unsigned() && v.get<std::uint64_t>() > INT64_MAX) fail("is too large");
+    auto n = v.get<std::int64_t>();
+    if (n < min) fail("must be at least " + std::to_string(min) + ", not " + std::to_string(n));
+    return n;
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Value parsers that need more than a type check
+
+/// Splits on '/', keeping empty parts ("a//b" → "a", "", "b").
+std::vector<std::string_view> split_slash(std::string_view s) {
+  std::vector<std::string_view> parts;
+  for (std::size_t start = 0;;) {
+    std::size_t slash = s.find('/', start);
+    parts.push_back(s.substr(start, slash - start));
+    if (slash == std::string_view::npos) return parts;
+    start = slash + 1;
+  }
+}
+
+bool is_lower_alnum(char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); }
+bool is_digit(char c) { return c >= '0' && c <= '9'; }
+
+/// Non-empty and every character passes `ok`.
+template <typename Pred>
+bool all_chars(std::string_view s, Pred ok) {
+  return !s.empty() && std::all_of(s.begin(), s.end(), ok);
+}
+
+/// Docker distribution's repository path: '/'-separated components matching
+/// [a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*.
+bool valid_repo_name(std::string_view name) {
+  for (std::string_view part : split_slash(name)) {
+    if (part.empty() || !is_lower_alnum(part.front()) || !is_lower_alnum(part.back())) return false;
+    for (std::size_t i = 0; i < part.size();) {
+      std::size_t j = i;
+      while (j < part.size() && !is_lower_alnum(part[j])) ++j;
+      std::string_view sep = part.substr(i, j - i);
+      bool dashes = all_chars(sep, [](char c) { return c == '-'; });
+      if (!sep.empty() && sep != "." && sep != "_" && sep != "__" && !dashes) return false;
+      while (j < part.size() && is_lower_alnum(part[j])) ++j;
+      i = j;
+    }
+  }
+  return true;
+}
+
+/// flytekit's registry check, `^(localhost:\d{1,5}|([a-z\d\._-]+)(:\d{1,5})?)(/[\w\.-]+)*$`.
+bool valid_registry(std::string_view registry) {
+  std::vector<std::string_view> parts = split_slash(registry);
+  std::string_view host = parts[0], port;
+  if (auto colon = host.find(':'); colon != std::string_view::npos) {
+    port = host.substr(colon + 1);
+    host = host.substr(0, colon);
+    if (port.size() > 5 || !all_chars(port, is_digit)) return false;
+  }
+  if (!all_chars(host,
+                 [](char c) { return is_lower_alnum(c) || c == '.' || c == '_' || c == '-'; }))
+    return false;
+  return std::all_of(parts.begin() + 1, parts.end(), [](std::string_view p) {
+    return all_chars(p, [](char c) {
+      return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.' || c == '-';
+    });
+  });
+}
+
+/// os/arch[/variant], each part [a-z0-9_.-]+.
+bool valid_platform(std::string_view platform) {
+  std::vector<std::string_view> parts = split_slash(platform);
+  return (parts.size() == 2 || parts.size() == 3) &&
+         std::all_of(parts.begin(), parts.end(), [](std::string_view p) {
+           return all_chars(
+               p, [](char c) { return is_lower_alnum(c) || c == '_' || c == '.' || c == '-'; });
+         });
+}
+
+ImageSpec parse_fields(const json& obj, const fs::path& base_dir, const std::string& origin,
+                       const std::string& prefix);
+
+/// "scratch", "oci:DIR[:TAG]", a nested spec object, or (anything else) a registry reference.
+BaseImage parse_base(const Field& f) {
+  BaseImage base;
+  if (f.v.is_object()) {
+    base.kind = BaseImage::Kind::Spec;
+    base.spec =
+        std::make_shared<const ImageSpec>(parse_fields(f.v, f.base_dir, f.origin, f.name + "."));
+    return base;
+  }
+  if (!f.v.is_string()) f.wrong_type("a string or an object (a nested spec)");
+  base.ref = f.str();
+  if (base.ref.empty() || base.ref == "scratch") {
+    base.ref = "scratch";
+    return base;
+  }
+  if (base.ref.rfind("oci:", 0) != 0) {
+    base.kind = BaseImage::Kind::Registry;
+    return base;
+  }
+  base.kind = BaseImage::Kind::OciLayout;
+  std::string dir = base.ref.substr(4);
+  // The tag follows the last ':' unless that ':' is part of the directory ("oci:a:b/c").
+  if (auto colon = dir.rfind(':');
+      colon != std::string::npos && dir.find('/', colon) == std::string::npos) {
+    base.layout_tag = dir.substr(colon + 1);
+    dir.resize(colon);
+    if (base.layout_tag.empty()) f.fail("has an empty tag after ':' in '" + base.ref + "'");
+  }
+  if (dir.empty()) f.fail("has no directory in '" + base.ref + "' (expected oci:DIR[:TAG])");
+  fs::path p(dir);
+  base.layout_dir = normal(p.is_absolute() ? p : f.base_dir / p);
+  return base;
+}
+
+CopyMode parse_copy_mode(const Field& f) {
+  std::string s = lower(f.str());
+  if (s.rfind("copyfiledetection.", 0) == 0) s = s.substr(std::strlen("copyfiledetection."));
+  if (s == "loaded_modules") return CopyMode::LoadedModules;
+  if (s == "all") return CopyMode::All;
+  if (s == "no_copy") return CopyMode::NoCopy;
+  f.fail("must be one of \"loaded_modules\", \"all\", \"no_copy\", not \"" + f.str() + "\"");
+}
+
+Compression parse_compression(const Field& f) {
+  std::string s = lower(f.str());
+  if (s == "gzip") return Compression::Gzip;
+  if (s == "zstd") return Compression::Zstd;
+  if (s == "none") return Compression::None;
+  f.fail("must be one of \"gzip\", \"zstd\", \"none\", not \"" + f.str() + "\"");
+}
+
+/// [[src, target], ...]
+std::vector<std::pair<std::string, std::string>> parse_secret_mounts(const Field& f) {
+  const std::string expected = "a list of [source, target] pairs of strings";
+  if (!f.v.is_array()) f.wrong_type(expected);
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const json& item : f.v) {
+    if (!item.is_array() || item.size() != 2 || !item[0].is_string() || !item[1].is_string())
+      f.fail("must be " + expected + " (found " + item.dump() + ")");
+    out.emplace_back(item[0].get<std::string>(), item[1].get<std::string>());
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The field table: every accepted key and how its value lands in the ImageSpec. A null value
+// never reaches a handler (null = absent).
+
+using Handler = void (*)(const Field&, ImageSpec&);
+
+const std::map<std::string, Handler>& handlers() {
+  static const std::map<std::string, Handler> table = {
+      // flytekit fields
+      {"name",
+       [](const Field& f, ImageSpec& s) {
+         s.name = lower(f.str());
+         if (!valid_repo_name(s.name))
+           f.fail(
+               "must be a valid repository name (lowercase letters and digits, joined by '.', "
+               "'_' or '-', components separated by '/'), not '" +
+               f.str() + "'");
+       }},
+      {"python_version", [](const Field& f, ImageSpec& s) { s.python_version = f.opt_str(); }},
+      {"builder", [](const Field& f, ImageSpec& s) { s.builder = f.opt_str(); }},
+      {"source_root", [](const Field& f, ImageSpec& s) { s.source_root = f.host_path(); }},
+      {"env", [](const Field& f, ImageSpec& s) { s.env = f.str_map(true); }},
+      {"registry",
+       [](const Field& f, ImageSpec& s) {
+         s.registry = f.opt_str();
+         if (!s.registry) return;
+         s.registry = lower(*s.registry);
+         if (!valid_registry(*s.registry))
+           f.fail("must be a registry like 'localhost:30000' or 'ghcr.io/org', not '" + f.str() +
+                  "'");
+       }},
+      {"packages", [](const Field& f, ImageSpec& s) { s.packages = f.str_list(); }},
+      {"conda_packages", [](const Field& f, ImageSpec& s) { s.conda_packages = f.str_list(); }},
+      {"conda_channels", [](const Field& f, ImageSpec& s) { s.conda_channels = f.str_list(); }},
+      {"requirements", [](const Field& f, ImageSpec& s) { s.requirements = f.opt_str(); }},
+      {"apt_packages", [](const Field& f, ImageSpec& s) { s.apt_packages = f.str_list(); }},
+      {"cuda", [](const Field& f, ImageSpec& s) { s.cuda = f.opt_str(); }},
+      {"cudnn", [](const Field& f, ImageSpec& s) { s.cudnn = f.opt_str(); }},
+      {"base_image", [](const Field& f, ImageSpec& s) { s.base_image = parse_base(f); }},
+      {"platform",
+       [](const Field& f, ImageSpec& s) {
+         s.platform = lower(f.str());
+         if (s.platform.find(',') != std::string::npos)
+           f.fail("lists several platforms ('" + f.str() +
+                  "'): multi-platform builds are not supported yet; give one os/arch[/variant]");
+         if (!valid_platform(s.platform))
+           f.fail("must be os/arch[/variant] like 'linux/amd64', not '" + f.str() + "'");
+       }},
+      {"pip_index", [](const Field& f, ImageSpec& s) { s.pip_index = f.opt_str(); }},
+      {"pip_extra_index_url",
+       [](const Field& f, ImageSpec& s) { s.pip_extra_index_url = f.str_or_list(); }},
+      {"pip_secret_mounts",
+       [](const Field& f, ImageSpec& s) { s.pip_secret_mounts = parse_secret_mounts(f); }},
+      {"pip_extra_args",
+       [](const Field& f, ImageSpec& s) {
+         if (!f.v.is_string()) {
+           if (!f.v.is_array()) f.wrong_type("a string or a list of strings");
+           s.pip_extra_args = f.str_list();
+           return;
+         }
+         std::istringstream words(f.str());  // flytekit passes a string to the shell as-is
+         s.pip_extra_args.assign(std::istream_iterator<std::string>(words), {});
+       }},
+      {"registry_config", [](const Field& f, ImageSpec& s) { s.registry_config = f.host_path(); }},
+      {"entrypoint", [](const Field& f, ImageSpec& s) { s.entrypoint = f.str_or_list(); }},
+      {"commands", [](const Field& f, ImageSpec& s) { s.commands = f.str_list(); }},
+      {"tag_format", [](const Field& f, ImageSpec& s) { s.tag_format = f.opt_str(); }},
+      {"source_copy_mode",
+       [](const Field& f, ImageSpec& s) { s.source_copy_mode = parse_copy_mode(f); }},
+      {"copy",
+       [](const Field& f, ImageSpec& s) { s.copy = f.relative_paths("the spec's directory"); }},
+      {"python_exec", [](const Field& f, ImageSpec& s) { s.python_exec = f.opt_str(); }},
+      {"builder_options", [](const Field& f, ImageSpec& s) { s.builder_options = f.v; }},
+      {"builder_config", [](const Field& f, ImageSpec& s) { s.builder_options = f.v; }},
+      {"runtime_packages", [](const Field& f, ImageSpec& s) { s.runtime_packages = f.str_list(); }},
+      // kiln's own fields
+      {"workdir", [](const Field& f, ImageSpec& s) { s.workdir = f.image_path(); }},
+      {"user", [](const Field& f, ImageSpec& s) { s.user = f.opt_str(); }},
+      {"labels", [](const Field& f, ImageSpec& s) { s.labels = f.str_map(false); }},
+      {"annotations", [](const Field& f, ImageSpec& s) { s.annotations = f.str_map(false); }},
+      {"source_dest", [](const Field& f, ImageSpec& s) { s.source_dest = f.image_path(); }},
+      {"loaded_modules",
+       [](const Field& f, ImageSpec& s) { s.loaded_modules = f.relative_paths("source_root"); }},
+      {"compression", [](const Field& f, ImageSpec& s) { s.compression = parse_compression(f); }},
+      {"large_file_threshold",
+       [](const Field& f, ImageSpec& s) {
+         s.large_file_threshold = static_cast<std::uint64_t>(f.integer(1));
+       }},
+      {"source_date_epoch",
+       [](const Field& f, ImageSpec& s) { s.source_date_epoch = f.integer(0); }},
+  };
+  return table;
+}
+
+[[noreturn]] void unknown_field(const std::string& origin, const std::string& name,
+                                const std::string& key) {
+  std::string best;
+  std::size_t best_distance = std::max<std::size_t>(2, key.size() / 3) + 1;
+  for (const std::string& known : known_fields()) {
+    std::size_t d = edit_distance(lower(key), known);
+    if (d < best_distance) best = known, best_distance = d;  // ties: the first in sorted order
+  }
+  std::string msg = origin + ": unknown field '" + name + "'";
+  if (!best.empty()) msg += "; did you mean '" + best + "'?";
+  throw SpecError(name, msg);
+}
+
+/// Phase 1: known keys and value types (recursively). `prefix` is "" or "base_image.".
+ImageSpec parse_fields(const json& obj, const fs::path& base_dir, const std::string& origin,
+                       const std::string& prefix) {
+  ImageSpec spec;
+  spec.base_dir = base_dir;
+  spec.origin = origin;
+  spec.base_image.ref = "scratch";
+  for (const auto& [key, value] : obj.items())
+    if (!handlers().count(key)) unknown_field(origin, prefix + key, key);
+  if (obj.contains("builder_options") && obj.contains("builder_config") &&
+      !obj["builder_options"].is_null() && !obj["builder_config"].is_null())
+    throw SpecError(prefix + "builder_config", origin + ": fields '" + prefix +
+                                                   "builder_options' and '" + prefix +
+                                                   "builder_config' mean the same; give only one");
+  for (const auto& [key, value] : obj.items())
+    if (!value.is_null()) handlers().at(key)(Field{origin, base_dir, prefix + key, value}, spec);
+
+  // Cross-field rules.
+  if (!spec.loaded_modules.empty() &&
+      (!spec.source_root || spec.source_copy_mode != CopyMode::LoadedModules))
+    throw SpecError(prefix + "loaded_modules",
+                    origin + ": field '" + prefix +
+                        "loaded_modules' needs source_root with source_copy_mode "
+                        "\"loaded_modules\"");
+  if (!spec.workdir && spec.source_root) spec.workdir = spec.source_dest;
+  return spec;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Phase 2: features kiln cannot build yet. Supporting one = deleting its line.
+
+constexpr const char* kNeedsRun = "it needs RUN steps, which kiln does not run yet";
+
+struct Unsupported {
+  const char* field;
+  const char* reason;
+  bool (*present)(const ImageSpec&);
+};
+
+const Unsupported kUnsupported[] = {
+    {"python_version", kNeedsRun, [](const ImageSpec& s) { return s.python_version.has_value(); }},
+    {"packages", kNeedsRun, [](const ImageSpec& s) { return !s.packages.empty(); }},
+    {"conda_packages", kNeedsRun, [](const ImageSpec& s) { return !s.conda_packages.empty(); }},
+    {"conda_channels", kNeedsRun, [](const ImageSpec& s) { return !s.conda_channels.empty(); }},
+    {"requirements", kNeedsRun, [](const ImageSpec& s) { return s.requirements.has_value(); }},
+    {"apt_packages", kNeedsRun, [](const ImageSpec& s) { return !s.apt_packages.empty(); }},
+    {"cuda", kNeedsRun, [](const ImageSpec& s) { return s.cuda.has_value(); }},
+    {"cudnn", kNeedsRun, [](const ImageSpec& s) { return s.cudnn.has_value(); }},
+    {"commands", kNeedsRun, [](const ImageSpec& s) { return !s.commands.empty(); }},
+    {"pip_index", kNeedsRun, [](const ImageSpec& s) { return s.pip_index.has_value(); }},
+    {"pip_extra_index_url", kNeedsRun,
+     [](const ImageSpec& s) { return !s.pip_extra_index_url.empty(); }},
+    {"pip_secret_mounts", kNeedsRun,
+     [](const ImageSpec& s) { return !s.pip_secret_mounts.empty(); }},
+    {"pip_extra_args", kNeedsRun, [](const ImageSpec& s) { return !s.pip_extra_args.empty(); }},
+    {"python_exec", kNeedsRun, [](const ImageSpec& s) { return s.python_exec.has_value(); }},
+    {"runtime_packages", kNeedsRun, [](const ImageSpec& s) { return !s.runtime_packages.empty(); }},
+};
+
+void check_supported(const ImageSpec& spec, const std::string& prefix) {
+  for (const Unsupported& u : kUnsupported)
+    if (u.present(spec))
+      throw SpecError(prefix + u.field, spec.origin + ": field '" + prefix + u.field +
+                                            "' is not supported yet: " + u.reason);
+  const BaseImage& base = spec.base_image;
+  if (base.kind == BaseImage::Kind::Registry)
+    throw SpecError(prefix + "base_image", spec.origin + ": field '" + prefix +
+                                               "base_image': registry bases ('" + base.ref +
+                                               "') are not supported yet; use \"scratch\" or "
+                                               "\"oci:DIR[:TAG]\"");
+  if (base.kind == BaseImage::Kind::Spec) check_supported(*base.spec, prefix + "base_image.");
+}
+
+/// "origin:LINE:COL: JSON syntax error ..." from nlohmann's byte position (1-based, the last
+/// character read).
+[[noreturn]] void syntax_error(std::string_view text, const std::string& origin,
+                               const json::parse_error& e) {
+  std::size_t at = std::min<std::size_t>(e.byte == 0 ? 0 : e.byte - 1, text.size());
+  std::string_view before = text.substr(0, at);
+  std::size_t line = 1 + std::count(before.begin(), before.end(), '\n');
+  std::size_t last_newline = before.rfind('\n');
+  std::size_t column = at - (last_newline == std::string_view::npos ? 0 : last_newline + 1) + 1;
+
+  // nlohmann: "[json.exception.parse_error.101] parse error at line 1, column 2: DETAIL".
+  std::string detail = e.what();
+  if (auto p = detail.find("parse error"); p != std::string::npos) {
+    if (auto colon = detail.find(": ", p); colon != std::string::npos)
+      detail = detail.substr(colon + 2);
+  }
+  std::string msg = origin + ":" + std::to_string(line) + ":" + std::to_string(column) + ": ";
+  // "syntax error while parsing value - invalid literal" → "JSON syntax error while parsing
+  // value: invalid literal".
+  if (auto dash = detail.find(" - ");
+      detail.rfind("syntax error", 0) == 0 && dash != std::string::npos)
+    msg += "JSON " + detail.substr(0, dash) + ": " + detail.substr(dash + 3);
+  else
+    msg += "JSON syntax error: " + detail;
+  throw SpecError("", msg);
+}
+
+}  // namespace
+
+// -----------------------------------------------------------------------------------------------
+
+const std::vector<std::string>& known_fields() {
+  static const std::vector<std::string> fields = [] {
+    std::vector<std::string> out;
+    for (const auto& entry : handlers()) out.push_back(entry.first);
+    return out;  // sorted: the table is a std::map
+  }();
+  return fields;
+}
+
+ImageSpec parse_spec(std::string_view text, const std::filesystem::path& base_dir,
+                     const std::string& origin) {
+  json doc;
+  try {
+    doc = json::parse(text);
+  } catch (const json::parse_error& e) {
+    syntax_error(text, origin, e);
+  }
+  if (!doc.is_object())
+    throw SpecError("", origin + ": the spec must be a JSON object, not " + describe(doc));
+  fs::path base = normal(base_dir.empty() ? fs::current_path() : fs::absolute(base_dir));
+  ImageSpec spec = parse_fields(doc, base, origin, "");
+  check_supported(spec, "");
+  return spec;
+}
+
+ImageSpec load_spec(const std::string& path) {
+  if (path == "-") {
+    std::string text(std::istreambuf_iterator<char>(std::cin), {});
+    return parse_spec(text, fs::current_path(), "<stdin>");
+  }
+  std::error_code ec;
+  if (fs::is_directory(path, ec))
+    throw SpecError("", "cannot read spec file '" + path + "': it is a directory");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw SpecError("", "cannot read spec file '" + path + "': " + std::strerror(errno));
+  std::string text(std::istreambuf_iterator<char>(in), {});
+  if (in.bad()) throw SpecError("", "cannot read spec file '" + path + "': read error");
+  return parse_spec(text, fs::absolute(path).parent_path(), path);
+}
+
+nlohmann::json ImageSpec::canonical() const {
+  json c = json::object();  // std::map-backed: keys come out sorted
+  auto put_str = [&](const char* key, const std::optional<std::string>& v) {
+    if (v) c[key] = *v;
+  };
+  auto put_list = [&](const char* key, const std::vector<std::string>& v) {
+    if (!v.empty()) c[key] = v;
+  };
+  auto put_map = [&](const char* key, const std::map<std::string, std::string>& v) {
+    if (!v.empty()) c[key] = v;
+  };
+
+  put_str("python_version", python_version);
+  if (source_root) {
+    std::string rel = source_root->lexically_relative(base_dir).generic_string();
+    c["source_root"] = rel.empty() ? "." : rel;
+    c["source_copy_mode"] = to_string(source_copy_mode);
+  }
+  put_map("env", env);
+  put_list("packages", packages);
+  put_list("conda_packages", conda_packages);
+  put_list("conda_channels", conda_channels);
+  put_str("requirements", requirements);
+  put_list("apt_packages", apt_packages);
+  put_str("cuda", cuda);
+  put_str("cudnn", cudnn);
+  switch (base_image.kind) {
+    case BaseImage::Kind::Scratch: c["base_image"] = "scratch"; break;
+    case BaseImage::Kind::Registry: c["base_image"] = base_image.ref; break;
+    // The layout's path differs between checkouts; the builder adds the base manifest digest.
+    case BaseImage::Kind::OciLayout:
+      c["base_image"] = {{"oci_layout_tag", base_image.layout_tag}};
+      break;
+    case BaseImage::Kind::Spec: c["base_image"] = base_image.spec->canonical(); break;
+  }
+  c["platform"] = platform;
+  put_str("pip_index", pip_index);
+  put_list("pip_extra_index_url", pip_extra_index_url);
+  if (!pip_secret_mounts.empty()) {
+    json mounts = json::array();
+    for (const auto& [src, target] : pip_secret_mounts)
+      mounts.push_back(json::array({src, target}));
+    c["pip_secret_mounts"] = mounts;
+  }
+  put_list("pip_extra_args", pip_extra_args);
+  put_list("entrypoint", entrypoint);
+  put_list("commands", commands);
+  put_list("copy", copy);
+  put_str("python_exec", python_exec);
+  put_list("runtime_packages", runtime_packages);
+  put_str("workdir", workdir);
+  put_str("user", user);
+  put_map("labels", labels);
+  put_map("annotations", annotations);
+  c["source_dest"] = source_dest;
+  put_list("loaded_modules", loaded_modules);
+  c["compression"] = to_string(compression);
+  c["large_file_threshold"] = large_file_threshold;
+  if (source_date_epoch) c["source_date_epoch"] = *source_date_epoch;
+  return c;
+}
+
+}  // namespace kiln::spec

@@ -1,0 +1,115 @@
+// The ImageSpec model: flytekit's ImageSpec field names as-is, plus kiln's own fields.
+//
+// parse_spec() turns JSON text into a validated ImageSpec; every error is a SpecError whose message
+// names the field (and, for syntax errors, the line and column). Relative paths resolve against
+// `base_dir` (the spec file's directory, or the working directory for stdin).
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace kiln::spec {
+
+/// A spec the user must fix: bad JSON, an unknown field, a wrong type, an unsupported feature.
+class SpecError : public std::runtime_error {
+ public:
+  SpecError(std::string field, const std::string& message)
+      : std::runtime_error(message), field_(std::move(field)) {}
+  /// The offending field ("" when the error is not about one field, e.g. a JSON syntax error).
+  const std::string& field() const { return field_; }
+
+ private:
+  std::string field_;
+};
+
+/// flytekit's CopyFileDetection.
+enum class CopyMode { LoadedModules, All, NoCopy };
+const char* to_string(CopyMode mode);  // "loaded_modules", "all", "no_copy"
+
+/// Layer compression.
+enum class Compression { Gzip, Zstd, None };
+const char* to_string(Compression c);  // "gzip", "zstd", "none"
+
+struct ImageSpec;
+
+/// Where the image starts: "scratch", a local OCI layout, a registry reference, or a nested spec.
+struct BaseImage {
+  enum class Kind { Scratch, OciLayout, Registry, Spec };
+  Kind kind = Kind::Scratch;
+  std::string ref;                           // as written ("scratch", "oci:./dir:tag", "python:3.12")
+  std::filesystem::path layout_dir;          // OciLayout: absolute directory
+  std::string layout_tag;                    // OciLayout: tag ("" = the only image in the layout)
+  std::shared_ptr<const ImageSpec> spec;     // Spec: the nested spec
+};
+
+struct ImageSpec {
+  // ---- flytekit fields ----
+  std::string name = "flytekit";                  // lowercased
+  std::optional<std::string> python_version;
+  std::optional<std::string> builder;             // accepted; kiln is the builder
+  std::optional<std::filesystem::path> source_root;  // absolute, lexically normal
+  std::map<std::string, std::string> env;
+  std::optional<std::string> registry;            // lowercased
+  std::vector<std::string> packages;
+  std::vector<std::string> conda_packages;
+  std::vector<std::string> conda_channels;
+  std::optional<std::string> requirements;        // path as written
+  std::vector<std::string> apt_packages;
+  std::optional<std::string> cuda;
+  std::optional<std::string> cudnn;
+  BaseImage base_image;                            // default: scratch
+  std::string platform = "linux/amd64";
+  std::optional<std::string> pip_index;
+  std::vector<std::string> pip_extra_index_url;
+  std::vector<std::pair<std::string, std::string>> pip_secret_mounts;
+  std::vector<std::string> pip_extra_args;
+  std::optional<std::filesystem::path> registry_config;  // absolute
+  std::vector<std::string> entrypoint;            // empty = inherit from the base
+  std::vector<std::string> commands;
+  std::optional<std::string> tag_format;          // e.g. "{spec_hash}-dev"
+  CopyMode source_copy_mode = CopyMode::LoadedModules;  // meaningful only with source_root
+  std::vector<std::string> copy;                  // relative paths, checked: no "..", not absolute
+  std::optional<std::string> python_exec;
+  nlohmann::json builder_options;                 // null when absent; accepted, ignored by kiln
+  std::vector<std::string> runtime_packages;
+
+  // ---- kiln's own fields ----
+  std::optional<std::string> workdir;             // default: source_dest when source_root is set
+  std::optional<std::string> user;
+  std::map<std::string, std::string> labels;
+  std::map<std::string, std::string> annotations;
+  std::string source_dest = "/root";              // where source_root and copy land in the image
+  std::vector<std::string> loaded_modules;        // relative to source_root (loaded_modules mode)
+  Compression compression = Compression::Gzip;
+  std::uint64_t large_file_threshold = 64ull << 20;  // bytes; files this big get their own layer
+  std::optional<std::int64_t> source_date_epoch;  // overrides $SOURCE_DATE_EPOCH
+
+  // ---- context ----
+  std::filesystem::path base_dir;                 // absolute directory relative paths resolve against
+  std::string origin;                             // spec file path as given, or "<stdin>"
+
+  /// The normalized spec as JSON: defaults applied, paths relative to base_dir, empty fields
+  /// dropped, keys sorted. Fields that do not shape the image's content (registry,
+  /// registry_config, builder, builder_options, tag_format, name) are left out.
+  /// This is the spec part of the tag hash (see docs/tag.md).
+  nlohmann::json canonical() const;
+};
+
+/// Parse and validate JSON text. Throws SpecError.
+ImageSpec parse_spec(std::string_view text, const std::filesystem::path& base_dir,
+                     const std::string& origin);
+
+/// Read a spec file ("-" reads stdin; relative paths then resolve against the working directory).
+ImageSpec load_spec(const std::string& path);
+
+/// All field names kiln accepts (flytekit's and kiln's own), sorted.
+const std::vector<std::string>& known_fields();
+
+}  // namespace kiln::spec

@@ -1,0 +1,79 @@
+// The tag algorithm (docs/tag.md).
+#include "spec/tag.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <regex>
+
+#include "layers/digest.h"
+
+namespace kiln::spec {
+
+namespace {
+void hash_files(layers::Sha256& h, std::vector<TagFile>& files) {
+  std::sort(files.begin(), files.end(), [](const TagFile& a, const TagFile& b) { return a.dest < b.dest; });
+  char mode[8];
+  for (const TagFile& f : files) {
+    std::snprintf(mode, sizeof mode, "%04o", f.mode & 07777);
+    std::string line;
+    line += f.type;
+    line += ' ';
+    line += mode;
+    line += ' ';
+    line += f.content;
+    line += ' ';
+    line += f.dest;
+    line += '\0';
+    h.update(line);
+  }
+}
+}  // namespace
+
+std::string spec_hash(const ImageSpec& spec, const std::string& base_id, std::vector<TagFile> files) {
+  layers::Sha256 h;
+  h.update("kiln-spec-hash-v1\n");
+  h.update(spec.canonical().dump());
+  h.update("\nbase " + base_id + "\n");
+  hash_files(h, files);
+  return h.hex();
+}
+
+std::string files_digest(std::vector<TagFile> files) {
+  layers::Sha256 h;
+  h.update("kiln-files-v1\n");
+  hash_files(h, files);
+  return h.hex();
+}
+
+bool valid_tag(const std::string& tag) {
+  static const std::regex re("^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$");
+  return std::regex_match(tag, re);
+}
+
+std::string make_tag(const ImageSpec& spec, const std::string& hash) {
+  std::string fmt = spec.tag_format.value_or("{spec_hash}");
+  std::string short_hash = hash.substr(0, 32);
+  std::string out;
+  bool used = false;
+  for (std::size_t i = 0; i < fmt.size();) {
+    if (fmt.compare(i, 11, "{spec_hash}") == 0) {
+      out += short_hash;
+      i += 11;
+      used = true;
+    } else {
+      out += fmt[i++];
+    }
+  }
+  if (!used)
+    throw SpecError("tag_format", "tag_format '" + fmt + "' must contain {spec_hash}, or every build would get the same tag");
+  if (!valid_tag(out))
+    throw SpecError("tag_format", "tag_format '" + fmt + "' gives '" + out +
+                                      "', which is not a valid tag (letters, digits, '_', '.', '-'; at most 128)");
+  return out;
+}
+
+std::string repository(const ImageSpec& spec) {
+  return spec.registry && !spec.registry->empty() ? *spec.registry + "/" + spec.name : spec.name;
+}
+
+}  // namespace kiln::spec

@@ -1,0 +1,39 @@
+// The image tag: a documented digest of the canonical spec, the base, and the copied files
+// (docs/tag.md gives the algorithm, so an SDK can reproduce it).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "spec/image_spec.h"
+
+namespace kiln::spec {
+
+/// One copied file as the tag sees it.
+struct TagFile {
+  std::string dest;     // path inside the image, relative ("root/pkg/mod.py")
+  char type = 'f';      // 'f' file, 'd' directory, 'l' symlink
+  unsigned mode = 0644; // normalized permission bits
+  std::string content;  // file: sha256 hex; symlink: target; directory: ""
+};
+
+/// sha256 hex over: "kiln-spec-hash-v1\n", the canonical spec JSON, "\n", "base " + base_id + "\n",
+/// then per file (sorted by dest, bytewise): type, ' ', mode (4 octal digits), ' ', content, ' ',
+/// dest, '\0'. `base_id` is "scratch", the base manifest digest, or a nested spec's hash.
+std::string spec_hash(const ImageSpec& spec, const std::string& base_id, std::vector<TagFile> files);
+
+/// sha256 hex of a file list alone ("kiln-files-v1\n" then the per-file lines above): the
+/// digest of a baked source tree, carried in the image's labels.
+std::string files_digest(std::vector<TagFile> files);
+
+/// The tag: tag_format (default "{spec_hash}") with {spec_hash} replaced by the first 32 hex
+/// characters of `hash`. Throws SpecError when the result is not a valid OCI tag.
+std::string make_tag(const ImageSpec& spec, const std::string& hash);
+
+/// "[registry/]name".
+std::string repository(const ImageSpec& spec);
+
+/// Is `tag` a valid OCI tag ([A-Za-z0-9_][A-Za-z0-9._-]{0,127})?
+bool valid_tag(const std::string& tag);
+
+}  // namespace kiln::spec

@@ -1,0 +1,658 @@
+// Unit tests for spec/image_spec: parsing, validation errors, defaults, paths, canonical form.
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <fstream>
+#include <string>
+
+#include "spec/image_spec.h"
+
+namespace fs = std::filesystem;
+using kiln::spec::BaseImage;
+using kiln::spec::Compression;
+using kiln::spec::CopyMode;
+using kiln::spec::ImageSpec;
+using kiln::spec::parse_spec;
+using kiln::spec::SpecError;
+using json = nlohmann::json;
+
+namespace {
+
+ImageSpec parse(const std::string& text, const fs::path& base = "/base") {
+  return parse_spec(text, base, "spec.json");
+}
+
+/// The SpecError message for `text`, or "no error".
+std::string error_of(const std::string& text) {
+  try {
+    parse(text);
+  } catch (const SpecError& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+/// The SpecError's field() for `text`, or "no error".
+std::string field_of(const std::string& text) {
+  try {
+    parse(text);
+  } catch (const SpecError& e) {
+    return e.field();
+  }
+  return "no error";
+}
+
+/// A fresh temporary directory, removed at scope exit.
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    std::string tmpl = (fs::temp_directory_path() / "kiln-spec-test-XXXXXX").string();
+    path = mkdtemp(tmpl.data());
+  }
+  ~TempDir() { fs::remove_all(path); }
+};
+
+void write_file(const fs::path& p, const std::string& content) {
+  fs::create_directories(p.parent_path());
+  std::ofstream(p) << content;
+}
+
+}  // namespace
+
+// ---- JSON syntax and top level -----------------------------------------------------------------
+
+TEST_CASE("spec: JSON syntax errors give origin, line and column") {
+  CHECK(error_of("{\n  \"name\": \"x\",\n  \"env\": tru\n}") ==
+        "spec.json:3:13: JSON syntax error while parsing value: invalid literal; last read: "
+        "'\"env\": tru<U+000A>'");
+  CHECK(error_of(R"({"a":1,})") ==
+        "spec.json:1:8: JSON syntax error while parsing object key: unexpected '}'; expected "
+        "string literal");
+  CHECK(error_of("{\n\n") ==
+        "spec.json:3:1: JSON syntax error while parsing object key: unexpected end of input; "
+        "expected string literal");
+  CHECK(error_of("") ==
+        "spec.json:1:1: JSON syntax error while parsing value: unexpected end of input; "
+        "expected '[', '{', or a literal");
+  CHECK(field_of("{") == "");
+}
+
+TEST_CASE("spec: the top level must be an object") {
+  CHECK(error_of("[1]") == "spec.json: the spec must be a JSON object, not a list");
+  CHECK(error_of("\"x\"") == "spec.json: the spec must be a JSON object, not a string");
+  CHECK(error_of("null") == "spec.json: the spec must be a JSON object, not null");
+}
+
+// ---- Unknown fields -----------------------------------------------------------------------------
+
+TEST_CASE("spec: unknown fields get a did-you-mean suggestion when one is close") {
+  CHECK(error_of(R"({"nmae": "x"})") == "spec.json: unknown field 'nmae'; did you mean 'name'?");
+  CHECK(error_of(R"({"apt-packages": []})") ==
+        "spec.json: unknown field 'apt-packages'; did you mean 'apt_packages'?");
+  CHECK(error_of(R"({"Name": "x"})") == "spec.json: unknown field 'Name'; did you mean 'name'?");
+  CHECK(error_of(R"({"sourceroot": "."})") ==
+        "spec.json: unknown field 'sourceroot'; did you mean 'source_root'?");
+  CHECK(field_of(R"({"nmae": "x"})") == "nmae");
+}
+
+TEST_CASE("spec: unknown fields without a close match get no suggestion") {
+  CHECK(error_of(R"({"zzzzzzzz": 1})") == "spec.json: unknown field 'zzzzzzzz'");
+  CHECK(error_of(R"({"dockerfile": "x"})") == "spec.json: unknown field 'dockerfile'");
+}
+
+TEST_CASE("spec: unknown fields in a nested base spec are named with their path") {
+  CHECK(error_of(R"({"base_image": {"nmae": "x"}})") ==
+        "spec.json: unknown field 'base_image.nmae'; did you mean 'name'?");
+  CHECK(field_of(R"({"base_image": {"nmae": "x"}})") == "base_image.nmae");
+}
+
+TEST_CASE("spec: unknown fields are reported before type errors") {
+  CHECK(error_of(R"({"env": 1, "zzzzzzzz": 1})") == "spec.json: unknown field 'zzzzzzzz'");
+}
+
+// ---- Types --------------------------------------------------------------------------------------
+
+TEST_CASE("spec: string fields reject other types") {
+  CHECK(error_of(R"({"name": 1})") == "spec.json: field 'name' must be a string, not a number");
+  CHECK(error_of(R"({"user": true})") == "spec.json: field 'user' must be a string, not a boolean");
+  CHECK(error_of(R"({"tag_format": ["a"]})") ==
+        "spec.json: field 'tag_format' must be a string, not a list");
+  CHECK(error_of(R"({"source_root": {}})") ==
+        "spec.json: field 'source_root' must be a string, not an object");
+  CHECK(field_of(R"({"name": 1})") == "name");
+}
+
+TEST_CASE("spec: list fields reject other types and non-string items") {
+  CHECK(error_of(R"({"packages": "numpy"})") ==
+        "spec.json: field 'packages' must be a list of strings, not a string");
+  CHECK(error_of(R"({"apt_packages": ["git", 3]})") ==
+        "spec.json: field 'apt_packages' must be a list of strings (item 1 is a number)");
+  CHECK(error_of(R"({"commands": {}})") ==
+        "spec.json: field 'commands' must be a list of strings, not an object");
+}
+
+TEST_CASE("spec: string-or-list fields reject other types") {
+  CHECK(error_of(R"({"copy": 3})") ==
+        "spec.json: field 'copy' must be a string or a list of strings, not a number");
+  CHECK(error_of(R"({"entrypoint": {"a": 1}})") ==
+        "spec.json: field 'entrypoint' must be a string or a list of strings, not an object");
+  CHECK(error_of(R"({"pip_extra_index_url": false})") ==
+        "spec.json: field 'pip_extra_index_url' must be a string or a list of strings, not a "
+        "boolean");
+  CHECK(error_of(R"({"pip_extra_args": 1})") ==
+        "spec.json: field 'pip_extra_args' must be a string or a list of strings, not a number");
+  CHECK(error_of(R"({"entrypoint": ["a", null]})") ==
+        "spec.json: field 'entrypoint' must be a list of strings (item 1 is null)");
+}
+
+TEST_CASE("spec: map fields must map strings to strings") {
+  CHECK(error_of(R"({"env": ["A=1"]})") ==
+        "spec.json: field 'env' must be an object mapping strings to strings, not a list");
+  CHECK(error_of(R"({"env": {"PORT": 8080}})") ==
+        "spec.json: field 'env' must be an object mapping strings to strings (the value of "
+        "'PORT' is a number)");
+  CHECK(error_of(R"({"labels": {"a": null}})") ==
+        "spec.json: field 'labels' must be an object mapping strings to strings (the value of "
+        "'a' is null)");
+  CHECK(error_of(R"({"annotations": "x"})") ==
+        "spec.json: field 'annotations' must be an object mapping strings to strings, not a "
+        "string");
+  CHECK(error_of(R"({"env": {"A=B": "1"}})") ==
+        "spec.json: field 'env' has a variable name containing '=': 'A=B'");
+  CHECK(error_of(R"({"env": {"": "1"}})") == "spec.json: field 'env' has an empty key");
+}
+
+TEST_CASE("spec: base_image must be a string or an object") {
+  CHECK(error_of(R"({"base_image": ["scratch"]})") ==
+        "spec.json: field 'base_image' must be a string or an object (a nested spec), not a list");
+  CHECK(error_of(R"({"base_image": {"env": 1}})") ==
+        "spec.json: field 'base_image.env' must be an object mapping strings to strings, not a "
+        "number");
+}
+
+TEST_CASE("spec: pip_secret_mounts must be [source, target] pairs") {
+  const std::string msg =
+      "spec.json: field 'pip_secret_mounts' must be a list of [source, target] pairs of strings";
+  CHECK(error_of(R"({"pip_secret_mounts": "a"})") == msg + ", not a string");
+  CHECK(error_of(R"({"pip_secret_mounts": [["a"]]})") == msg + " (found [\"a\"])");
+  CHECK(error_of(R"({"pip_secret_mounts": [["a", 1]]})") == msg + " (found [\"a\",1])");
+}
+
+TEST_CASE("spec: integer fields reject non-integers and out-of-range values") {
+  CHECK(error_of(R"({"large_file_threshold": 1.5})") ==
+        "spec.json: field 'large_file_threshold' must be an integer, not a number");
+  CHECK(error_of(R"({"large_file_threshold": "1"})") ==
+        "spec.json: field 'large_file_threshold' must be an integer, not a string");
+  CHECK(error_of(R"({"large_file_threshold": 0})") ==
+        "spec.json: field 'large_file_threshold' must be at least 1, not 0");
+  CHECK(error_of(R"({"source_date_epoch": -1})") ==
+        "spec.json: field 'source_date_epoch' must be at least 0, not -1");
+  CHECK(error_of(R"({"source_date_epoch": true})") ==
+        "spec.json: field 'source_date_epoch' must be an integer, not a boolean");
+  CHECK(error_of(R"({"source_date_epoch": 18446744073709551615})") ==
+        "spec.json: field 'source_date_epoch' is too large");
+}
+
+TEST_CASE("spec: builder_options and builder_config take any JSON, but not both") {
+  ImageSpec a = parse(R"({"builder_options": {"x": [1, 2]}})");
+  CHECK(a.builder_options == json{{"x", {1, 2}}});
+  ImageSpec b = parse(R"({"builder_config": "anything"})");
+  CHECK(b.builder_options == json("anything"));
+  CHECK(error_of(R"({"builder_options": {}, "builder_config": {}})") ==
+        "spec.json: fields 'builder_options' and 'builder_config' mean the same; give only one");
+  CHECK(parse(R"({"builder_options": null, "builder_config": 1})").builder_options == json(1));
+}
+
+// ---- Not supported yet --------------------------------------------------------------------------
+
+TEST_CASE("spec: fields that need RUN steps are not supported yet") {
+  const std::pair<const char*, const char*> cases[] = {
+      {"python_version", R"("3.12")"},
+      {"packages", R"(["numpy"])"},
+      {"conda_packages", R"(["numpy"])"},
+      {"conda_channels", R"(["conda-forge"])"},
+      {"requirements", R"("requirements.txt")"},
+      {"apt_packages", R"(["git"])"},
+      {"cuda", R"("12.1")"},
+      {"cudnn", R"("8")"},
+      {"commands", R"(["echo hi"])"},
+      {"pip_index", R"("https://pypi.example/simple")"},
+      {"pip_extra_index_url", R"("https://pypi.example/simple")"},
+      {"pip_secret_mounts", R"([["/run/secrets/netrc", "/root/.netrc"]])"},
+      {"pip_extra_args", R"(" --pre ")"},
+      {"python_exec", R"("/usr/bin/python3")"},
+      {"runtime_packages", R"(["flytekit"])"},
+  };
+  for (const auto& [field, value] : cases) {
+    INFO(field);
+    std::string text = std::string("{\"") + field + "\": " + value + "}";
+    CHECK(error_of(text) == std::string("spec.json: field '") + field +
+                                "' is not supported yet: it needs RUN steps, which kiln does "
+                                "not run yet");
+    CHECK(field_of(text) == field);
+  }
+}
+
+TEST_CASE("spec: empty values of unsupported fields are accepted") {
+  ImageSpec s = parse(R"({
+    "python_version": "", "packages": [], "conda_packages": null, "conda_channels": [],
+    "requirements": "", "apt_packages": [], "cuda": null, "cudnn": "", "commands": [],
+    "pip_index": "", "pip_extra_index_url": "", "pip_secret_mounts": [], "pip_extra_args": "  ",
+    "python_exec": "", "runtime_packages": []})");
+  CHECK_FALSE(s.python_version.has_value());
+  CHECK(s.packages.empty());
+  CHECK(s.pip_extra_index_url.empty());
+  CHECK(s.pip_extra_args.empty());
+  CHECK_FALSE(s.python_exec.has_value());
+}
+
+TEST_CASE("spec: unsupported fields are reported after type errors") {
+  CHECK(error_of(R"({"apt_packages": ["git"], "env": 1})") ==
+        "spec.json: field 'env' must be an object mapping strings to strings, not a number");
+  CHECK(error_of(R"({"packages": [1]})") ==
+        "spec.json: field 'packages' must be a list of strings (item 0 is a number)");
+  CHECK(error_of(R"({"base_image": {"apt_packages": ["git"]}, "zzzzzzzz": 1})") ==
+        "spec.json: unknown field 'zzzzzzzz'");
+  CHECK(error_of(R"({"base_image": {"apt_packages": ["git"]}, "workdir": "rel"})") ==
+        "spec.json: field 'workdir' must be an absolute path in the image, not 'rel'");
+}
+
+TEST_CASE("spec: unsupported fields in a nested base spec are named with their path") {
+  CHECK(error_of(R"({"base_image": {"apt_packages": ["git"]}})") ==
+        "spec.json: field 'base_image.apt_packages' is not supported yet: it needs RUN steps, "
+        "which kiln does not run yet");
+  CHECK(field_of(R"({"base_image": {"apt_packages": ["git"]}})") == "base_image.apt_packages");
+}
+
+TEST_CASE("spec: registry base images are not supported yet") {
+  CHECK(error_of(R"({"base_image": "python:3.12-slim"})") ==
+        "spec.json: field 'base_image': registry bases ('python:3.12-slim') are not supported "
+        "yet; use \"scratch\" or \"oci:DIR[:TAG]\"");
+  CHECK(field_of(R"({"base_image": "ghcr.io/org/img:v1"})") == "base_image");
+  CHECK(field_of(R"({"base_image": {"base_image": "debian"}})") == "base_image.base_image");
+}
+
+// ---- Value checks -------------------------------------------------------------------------------
+
+TEST_CASE("spec: name is lowercased and must be a repository name") {
+  CHECK(parse(R"({"name": "My-Image_v2"})").name == "my-image_v2");
+  CHECK(parse(R"({"name": "org/sub.app"})").name == "org/sub.app");
+  const std::string rule =
+      "must be a valid repository name (lowercase letters and digits, joined by '.', '_' or "
+      "'-', components separated by '/'), not ";
+  CHECK(error_of(R"({"name": "my image"})") == "spec.json: field 'name' " + rule + "'my image'");
+  CHECK(error_of(R"({"name": "-x"})") == "spec.json: field 'name' " + rule + "'-x'");
+  CHECK(error_of(R"({"name": "a//b"})") == "spec.json: field 'name' " + rule + "'a//b'");
+  CHECK(error_of(R"({"name": ""})") == "spec.json: field 'name' " + rule + "''");
+}
+
+TEST_CASE("spec: registry is lowercased and checked with flytekit's pattern") {
+  CHECK(parse(R"({"registry": "localhost:30000"})").registry == "localhost:30000");
+  CHECK(parse(R"({"registry": "GHCR.io/Org/Team"})").registry == "ghcr.io/org/team");
+  CHECK(parse(R"({"registry": "registry.example:5000/a_b"})").registry ==
+        "registry.example:5000/a_b");
+  CHECK_FALSE(parse(R"({"registry": ""})").registry.has_value());
+  const std::string msg =
+      "spec.json: field 'registry' must be a registry like 'localhost:30000' "
+      "or 'ghcr.io/org', not ";
+  CHECK(error_of(R"({"registry": "ghcr.io//x"})") == msg + "'ghcr.io//x'");
+  CHECK(error_of(R"({"registry": "https://ghcr.io"})") == msg + "'https://ghcr.io'");
+  CHECK(error_of(R"({"registry": "host:123456"})") == msg + "'host:123456'");
+}
+
+TEST_CASE("spec: platform must be os/arch[/variant]") {
+  CHECK(parse(R"({"platform": "linux/arm64/v8"})").platform == "linux/arm64/v8");
+  CHECK(parse(R"({"platform": "Linux/ARM64"})").platform == "linux/arm64");
+  CHECK(error_of(R"({"platform": "linux"})") ==
+        "spec.json: field 'platform' must be os/arch[/variant] like 'linux/amd64', not 'linux'");
+  CHECK(error_of(R"({"platform": "linux/amd64/v2/x"})") ==
+        "spec.json: field 'platform' must be os/arch[/variant] like 'linux/amd64', not "
+        "'linux/amd64/v2/x'");
+  CHECK(error_of(R"({"platform": "linux/amd64,linux/arm64"})") ==
+        "spec.json: field 'platform' lists several platforms ('linux/amd64,linux/arm64'): "
+        "multi-platform builds are not supported yet; give one os/arch[/variant]");
+}
+
+TEST_CASE("spec: compression is gzip, zstd or none") {
+  CHECK(parse(R"({"compression": "zstd"})").compression == Compression::Zstd);
+  CHECK(parse(R"({"compression": "NONE"})").compression == Compression::None);
+  CHECK(parse(R"({"compression": "gzip"})").compression == Compression::Gzip);
+  CHECK(error_of(R"({"compression": "lz4"})") ==
+        "spec.json: field 'compression' must be one of \"gzip\", \"zstd\", \"none\", not \"lz4\"");
+  CHECK(field_of(R"({"compression": "lz4"})") == "compression");
+}
+
+TEST_CASE("spec: source_copy_mode is case-insensitive") {
+  CHECK(parse(R"({"source_copy_mode": "all"})").source_copy_mode == CopyMode::All);
+  CHECK(parse(R"({"source_copy_mode": "NO_COPY"})").source_copy_mode == CopyMode::NoCopy);
+  CHECK(parse(R"({"source_copy_mode": "Loaded_Modules"})").source_copy_mode ==
+        CopyMode::LoadedModules);
+  CHECK(parse(R"({"source_copy_mode": "CopyFileDetection.ALL"})").source_copy_mode ==
+        CopyMode::All);
+  CHECK(error_of(R"({"source_copy_mode": "auto"})") ==
+        "spec.json: field 'source_copy_mode' must be one of \"loaded_modules\", \"all\", "
+        "\"no_copy\", not \"auto\"");
+}
+
+TEST_CASE("spec: copy entries are relative, normalized, and stay below the spec directory") {
+  ImageSpec s = parse(R"({"copy": ["./a//b/", "c", "d/./e"]})");
+  CHECK(s.copy == std::vector<std::string>{"a/b", "c", "d/e"});
+  CHECK(parse(R"({"copy": "x/y/"})").copy == std::vector<std::string>{"x/y"});
+  CHECK(error_of(R"({"copy": ["a/../b"]})") ==
+        "spec.json: field 'copy' entry 'a/../b' must not contain '..'");
+  CHECK(error_of(R"({"copy": [".."]})") ==
+        "spec.json: field 'copy' entry '..' must not contain '..'");
+  CHECK(error_of(R"({"copy": ["/etc/passwd"]})") ==
+        "spec.json: field 'copy' entry '/etc/passwd' must be a relative path, not absolute");
+  CHECK(error_of(R"({"copy": ["a", ""]})") == "spec.json: field 'copy' has an empty entry");
+  CHECK(error_of(R"({"copy": ["./"]})") ==
+        "spec.json: field 'copy' entry './' must name a path below the spec's directory");
+  CHECK(field_of(R"({"copy": ["/x"]})") == "copy");
+}
+
+TEST_CASE("spec: loaded_modules are relative paths and need source_root") {
+  ImageSpec s = parse(R"({"source_root": ".", "loaded_modules": ["pkg//mod.py", "./a.py"]})");
+  CHECK(s.loaded_modules == std::vector<std::string>{"pkg/mod.py", "a.py"});
+  CHECK(error_of(R"({"source_root": ".", "loaded_modules": ["../x.py"]})") ==
+        "spec.json: field 'loaded_modules' entry '../x.py' must not contain '..'");
+  CHECK(error_of(R"({"source_root": ".", "loaded_modules": ["/x.py"]})") ==
+        "spec.json: field 'loaded_modules' entry '/x.py' must be a relative path, not absolute");
+  const std::string needs =
+      "spec.json: field 'loaded_modules' needs source_root with source_copy_mode "
+      "\"loaded_modules\"";
+  CHECK(error_of(R"({"loaded_modules": ["a.py"]})") == needs);
+  CHECK(
+      error_of(R"({"source_root": ".", "source_copy_mode": "all", "loaded_modules": ["a.py"]})") ==
+      needs);
+}
+
+TEST_CASE("spec: source_dest and workdir are absolute image paths, normalized") {
+  ImageSpec s = parse(R"({"source_dest": "/app//src/", "workdir": "/w/./x/../y/"})");
+  CHECK(s.source_dest == "/app/src");
+  CHECK(s.workdir == "/w/y");
+  CHECK(parse(R"({"workdir": "/"})").workdir == "/");
+  CHECK(error_of(R"({"source_dest": "app"})") ==
+        "spec.json: field 'source_dest' must be an absolute path in the image, not 'app'");
+  CHECK(error_of(R"({"workdir": ""})") ==
+        "spec.json: field 'workdir' must be an absolute path in the image, not ''");
+}
+
+// ---- Defaults and paths -------------------------------------------------------------------------
+
+TEST_CASE("spec: defaults") {
+  ImageSpec s = parse("{}");
+  CHECK(s.name == "flytekit");
+  CHECK(s.base_image.kind == BaseImage::Kind::Scratch);
+  CHECK(s.base_image.ref == "scratch");
+  CHECK(s.platform == "linux/amd64");
+  CHECK(s.source_copy_mode == CopyMode::LoadedModules);
+  CHECK(s.compression == Compression::Gzip);
+  CHECK(s.large_file_threshold == 64ull * 1024 * 1024);
+  CHECK(s.source_dest == "/root");
+  CHECK_FALSE(s.source_root.has_value());
+  CHECK_FALSE(s.workdir.has_value());
+  CHECK_FALSE(s.source_date_epoch.has_value());
+  CHECK_FALSE(s.registry.has_value());
+  CHECK(s.builder_options.is_null());
+  CHECK(s.entrypoint.empty());
+  CHECK(s.base_dir == fs::path("/base"));
+  CHECK(s.origin == "spec.json");
+}
+
+TEST_CASE("spec: null means absent for every field") {
+  json all = json::object();
+  for (const std::string& f : kiln::spec::known_fields()) all[f] = nullptr;
+  ImageSpec s = parse(all.dump());
+  CHECK(s.canonical() == parse("{}").canonical());
+  CHECK(s.name == "flytekit");
+}
+
+TEST_CASE("spec: workdir defaults to source_dest when source_root is set") {
+  CHECK(parse(R"({"source_root": "."})").workdir == "/root");
+  CHECK(parse(R"({"source_root": ".", "source_dest": "/app"})").workdir == "/app");
+  CHECK(parse(R"({"source_root": ".", "workdir": "/w"})").workdir == "/w");
+}
+
+TEST_CASE("spec: source_root and registry_config resolve against base_dir") {
+  CHECK(parse(R"({"source_root": "src"})").source_root == fs::path("/base/src"));
+  CHECK(parse(R"({"source_root": "."})").source_root == fs::path("/base"));
+  CHECK(parse(R"({"source_root": "./a//b/"})").source_root == fs::path("/base/a/b"));
+  CHECK(parse(R"({"source_root": "../other/./x"})").source_root == fs::path("/other/x"));
+  CHECK(parse(R"({"source_root": "/abs/dir/"})").source_root == fs::path("/abs/dir"));
+  CHECK(parse(R"({"registry_config": "auth.json"})").registry_config ==
+        fs::path("/base/auth.json"));
+  CHECK_FALSE(parse(R"({"source_root": ""})").source_root.has_value());
+  // A base_dir with a trailing slash or dots is normalized first.
+  CHECK(parse(R"({"source_root": "src"})", "/base/./x/../").source_root == fs::path("/base/src"));
+}
+
+TEST_CASE("spec: entrypoint takes a string or a list") {
+  CHECK(parse(R"({"entrypoint": "/bin/sh"})").entrypoint == std::vector<std::string>{"/bin/sh"});
+  CHECK(parse(R"({"entrypoint": ["sh", "-c", "x"]})").entrypoint ==
+        std::vector<std::string>{"sh", "-c", "x"});
+  CHECK(parse(R"({"entrypoint": ""})").entrypoint.empty());
+}
+
+TEST_CASE("spec: kiln's own fields are stored") {
+  ImageSpec s = parse(R"({"user": "1000:1000", "labels": {"a": "1"}, "annotations": {"b": "2"},
+                          "env": {"PATH": "/bin"}, "large_file_threshold": 1024,
+                          "source_date_epoch": 0, "builder": "kiln",
+                          "tag_format": "{spec_hash}-dev"})");
+  CHECK(s.user == "1000:1000");
+  CHECK(s.labels == std::map<std::string, std::string>{{"a", "1"}});
+  CHECK(s.annotations == std::map<std::string, std::string>{{"b", "2"}});
+  CHECK(s.env == std::map<std::string, std::string>{{"PATH", "/bin"}});
+  CHECK(s.large_file_threshold == 1024);
+  CHECK(s.source_date_epoch == 0);
+  CHECK(s.builder == "kiln");
+  CHECK(s.tag_format == "{spec_hash}-dev");
+}
+
+// ---- Base images --------------------------------------------------------------------------------
+
+TEST_CASE("spec: oci base images with and without a tag") {
+  BaseImage a = parse(R"({"base_image": "oci:layout"})").base_image;
+  CHECK(a.kind == BaseImage::Kind::OciLayout);
+  CHECK(a.ref == "oci:layout");
+  CHECK(a.layout_dir == fs::path("/base/layout"));
+  CHECK(a.layout_tag == "");
+
+  BaseImage b = parse(R"({"base_image": "oci:./out/layout/:v1.2"})").base_image;
+  CHECK(b.kind == BaseImage::Kind::OciLayout);
+  CHECK(b.layout_dir == fs::path("/base/out/layout"));
+  CHECK(b.layout_tag == "v1.2");
+
+  BaseImage c = parse(R"({"base_image": "oci:/srv/layouts/img:latest"})").base_image;
+  CHECK(c.layout_dir == fs::path("/srv/layouts/img"));
+  CHECK(c.layout_tag == "latest");
+
+  // The last ':' is a tag separator only when no '/' follows it.
+  BaseImage d = parse(R"({"base_image": "oci:a:b/c"})").base_image;
+  CHECK(d.layout_dir == fs::path("/base/a:b/c"));
+  CHECK(d.layout_tag == "");
+
+  CHECK(error_of(R"({"base_image": "oci:dir:"})") ==
+        "spec.json: field 'base_image' has an empty tag after ':' in 'oci:dir:'");
+  CHECK(error_of(R"({"base_image": "oci::tag"})") ==
+        "spec.json: field 'base_image' has no directory in 'oci::tag' (expected oci:DIR[:TAG])");
+}
+
+TEST_CASE("spec: scratch and empty base images") {
+  CHECK(parse(R"({"base_image": "scratch"})").base_image.kind == BaseImage::Kind::Scratch);
+  CHECK(parse(R"({"base_image": ""})").base_image.kind == BaseImage::Kind::Scratch);
+}
+
+TEST_CASE("spec: nested base spec is parsed recursively with the same base_dir") {
+  ImageSpec s = parse(R"({"name": "top", "base_image": {
+      "name": "Inner", "source_root": "lib", "copy": ["./x/"],
+      "base_image": "oci:layouts/l:t"}})");
+  REQUIRE(s.base_image.kind == BaseImage::Kind::Spec);
+  REQUIRE(s.base_image.spec != nullptr);
+  const ImageSpec& inner = *s.base_image.spec;
+  CHECK(inner.name == "inner");
+  CHECK(inner.source_root == fs::path("/base/lib"));
+  CHECK(inner.copy == std::vector<std::string>{"x"});
+  CHECK(inner.workdir == "/root");
+  CHECK(inner.base_dir == fs::path("/base"));
+  CHECK(inner.origin == "spec.json");
+  CHECK(inner.base_image.kind == BaseImage::Kind::OciLayout);
+  CHECK(inner.base_image.layout_dir == fs::path("/base/layouts/l"));
+  CHECK(inner.base_image.layout_tag == "t");
+}
+
+// ---- Canonical form -----------------------------------------------------------------------------
+
+TEST_CASE("spec: canonical applies defaults and drops empty and non-content fields") {
+  CHECK(parse("{}").canonical().dump() ==
+        R"({"base_image":"scratch","compression":"gzip","large_file_threshold":67108864,)"
+        R"("platform":"linux/amd64","source_dest":"/root"})");
+  ImageSpec s = parse(R"({
+    "name": "app", "registry": "localhost:5000", "builder": "kiln", "tag_format": "{spec_hash}",
+    "registry_config": "auth.json", "builder_options": {"a": 1},
+    "source_root": "src", "source_copy_mode": "ALL", "env": {"B": "2", "A": "1"},
+    "entrypoint": "run", "copy": ["z", "a"], "user": "1000", "labels": {"l": "v"},
+    "annotations": {}, "compression": "zstd", "large_file_threshold": 100,
+    "source_date_epoch": 5, "base_image": "oci:/x/y:v2", "platform": "linux/arm64"})");
+  CHECK(s.canonical().dump() ==
+        R"({"base_image":{"oci_layout_tag":"v2"},"compression":"zstd","copy":["z","a"],)"
+        R"("entrypoint":["run"],"env":{"A":"1","B":"2"},"labels":{"l":"v"},)"
+        R"("large_file_threshold":100,"platform":"linux/arm64","source_copy_mode":"all",)"
+        R"("source_date_epoch":5,"source_dest":"/root","source_root":"src","user":"1000",)"
+        R"("workdir":"/root"})");
+}
+
+TEST_CASE("spec: canonical covers the fields that need RUN steps") {
+  // Not parseable yet, but the hash must already cover them for when they are supported.
+  ImageSpec s = parse("{}");
+  s.python_version = "3.12";
+  s.packages = {"numpy"};
+  s.conda_packages = {"c"};
+  s.conda_channels = {"ch"};
+  s.requirements = "req.txt";
+  s.apt_packages = {"git"};
+  s.cuda = "12";
+  s.cudnn = "8";
+  s.commands = {"echo"};
+  s.pip_index = "https://i";
+  s.pip_extra_index_url = {"https://x"};
+  s.pip_secret_mounts = {{"/s", "/t"}};
+  s.pip_extra_args = {"--pre"};
+  s.python_exec = "/py";
+  s.runtime_packages = {"r"};
+  s.base_image.kind = BaseImage::Kind::Registry;
+  s.base_image.ref = "python:3.12";
+  CHECK(s.canonical().dump() ==
+        R"({"apt_packages":["git"],"base_image":"python:3.12","commands":["echo"],)"
+        R"("compression":"gzip","conda_channels":["ch"],"conda_packages":["c"],"cuda":"12",)"
+        R"("cudnn":"8","large_file_threshold":67108864,"packages":["numpy"],)"
+        R"("pip_extra_args":["--pre"],"pip_extra_index_url":["https://x"],)"
+        R"("pip_index":"https://i","pip_secret_mounts":[["/s","/t"]],"platform":"linux/amd64",)"
+        R"("python_exec":"/py","python_version":"3.12","requirements":"req.txt",)"
+        R"("runtime_packages":["r"],"source_dest":"/root"})");
+}
+
+TEST_CASE("spec: canonical keys are sorted") {
+  ImageSpec s = parse(R"({"workdir": "/w", "user": "u", "copy": ["a"], "source_root": "."})");
+  json c = s.canonical();
+  std::vector<std::string> keys;
+  for (const auto& item : c.items()) keys.push_back(item.key());
+  CHECK(keys == std::vector<std::string>{"base_image", "compression", "copy",
+                                         "large_file_threshold", "platform", "source_copy_mode",
+                                         "source_dest", "source_root", "user", "workdir"});
+  CHECK(std::is_sorted(keys.begin(), keys.end()));
+  CHECK(c["source_root"] == ".");
+}
+
+TEST_CASE("spec: canonical is independent of where the spec lives") {
+  const std::string text = R"({"source_root": "../src", "copy": ["data"],
+      "base_image": {"source_root": "lib", "base_image": "oci:layout:v1"}})";
+  json a = parse(text, "/home/alice/repo/specs").canonical();
+  json b = parse(text, "/tmp/ci/checkout/specs").canonical();
+  CHECK(a == b);
+  CHECK(a["source_root"] == "../src");
+  CHECK(a["base_image"]["source_root"] == "lib");
+  CHECK(a["base_image"]["base_image"] == json{{"oci_layout_tag", "v1"}});
+}
+
+TEST_CASE("spec: canonical changes with content fields only") {
+  const json base =
+      parse(R"({"name": "a", "registry": "localhost:5000", "env": {"A": "1"}})").canonical();
+  // Not content: name, registry, builder, tag_format, registry_config, builder_options.
+  CHECK(parse(R"({"name": "b", "registry": "ghcr.io/x", "env": {"A": "1"}, "builder": "k",
+                  "tag_format": "t", "registry_config": "/c.json", "builder_config": [1]})")
+            .canonical() == base);
+  // Content.
+  CHECK(parse(R"({"env": {"A": "2"}})").canonical() != base);
+  CHECK(parse(R"({"env": {"A": "1"}, "user": "x"})").canonical() != base);
+  CHECK(parse(R"({"env": {"A": "1"}, "compression": "none"})").canonical() != base);
+  CHECK(parse(R"({"env": {"A": "1"}, "source_dest": "/app"})").canonical() != base);
+  CHECK(parse(R"({"env": {"A": "1"}, "copy": "f"})").canonical() != base);
+  CHECK(parse(R"({"env": {"A": "1"}, "base_image": "oci:l"})").canonical() != base);
+  // source_copy_mode counts only with a source_root.
+  CHECK(parse(R"({"env": {"A": "1"}, "source_copy_mode": "all"})").canonical() == base);
+  CHECK(parse(R"({"source_root": ".", "source_copy_mode": "all"})").canonical() !=
+        parse(R"({"source_root": ".", "source_copy_mode": "no_copy"})").canonical());
+}
+
+// ---- Files, stdin, small helpers ----------------------------------------------------------------
+
+TEST_CASE("spec: load_spec reads a file and resolves paths against its directory") {
+  TempDir tmp;
+  write_file(tmp.path / "proj/specs/image.json", R"({"source_root": "..", "copy": "a"})");
+  std::string path = (tmp.path / "proj/specs/image.json").string();
+  ImageSpec s = kiln::spec::load_spec(path);
+  CHECK(s.origin == path);
+  CHECK(s.base_dir == tmp.path / "proj/specs");
+  CHECK(s.source_root == tmp.path / "proj");
+  CHECK(s.canonical()["source_root"] == "..");
+}
+
+TEST_CASE("spec: load_spec errors name the path") {
+  TempDir tmp;
+  std::string missing = (tmp.path / "nope.json").string();
+  try {
+    kiln::spec::load_spec(missing);
+    FAIL("no error");
+  } catch (const SpecError& e) {
+    CHECK(std::string(e.what()) ==
+          "cannot read spec file '" + missing + "': No such file or directory");
+  }
+  try {
+    kiln::spec::load_spec(tmp.path.string());
+    FAIL("no error");
+  } catch (const SpecError& e) {
+    CHECK(std::string(e.what()) ==
+          "cannot read spec file '" + tmp.path.string() + "': it is a directory");
+  }
+  write_file(tmp.path / "bad.json", "{\n  \"env\": {\n    \"A\": 1,\n}");
+  std::string bad = (tmp.path / "bad.json").string();
+  try {
+    kiln::spec::load_spec(bad);
+    FAIL("no error");
+  } catch (const SpecError& e) {
+    CHECK(std::string(e.what()) ==
+          bad +
+              ":4:1: JSON syntax error while parsing object key: unexpected '}'; expected "
+              "string literal");
+  }
+}
+
+TEST_CASE("spec: known_fields is sorted and complete") {
+  const auto& fields = kiln::spec::known_fields();
+  CHECK(std::is_sorted(fields.begin(), fields.end()));
+  CHECK(fields.size() == 38);
+  for (const char* f : {"name", "builder_config", "builder_options", "runtime_packages", "workdir",
+                        "loaded_modules", "source_date_epoch", "large_file_threshold"}) {
+    INFO(f);
+    CHECK(std::count(fields.begin(), fields.end(), f) == 1);
+  }
+}
+
+TEST_CASE("spec: to_string") {
+  CHECK(std::string(to_string(CopyMode::LoadedModules)) == "loaded_modules");
+  CHECK(std::string(to_string(CopyMode::All)) == "all");
+  CHECK(std::string(to_string(CopyMode::NoCopy)) == "no_copy");
+  CHECK(std::string(to_string(Compression::Gzip)) == "gzip");
+  CHECK(std::string(to_string(Compression::Zstd)) == "zstd");
+  CHECK(std::string(to_string(Compression::None)) == "none");
+}
