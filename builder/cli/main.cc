@@ -16,6 +16,7 @@
 #include "builder/output.h"
 #include "layers/fileset.h"
 #include "layers/store.h"
+#include "plan/plan.h"
 #include "spec/image_spec.h"
 
 using nlohmann::json;
@@ -134,6 +135,47 @@ json inspect_json(const builder::Image& img, const std::string& digest, const st
           {"layers", ls},     {"source", source}, {"annotations", img.annotations}};
 }
 
+/// Builds one prepared spec, writes it to every target, and returns its JSON result.
+json build_one(const builder::Prepared& prep, const std::vector<builder::OutputTarget>& targets,
+               const builder::BuildOptions& opts, const std::string& image_refs, ProgressView& view) {
+  builder::BuildResult r = builder::build(prep, opts);
+  json outs = json::array();
+  for (const auto& t : targets) {
+    std::string d = builder::write_output(r.image, t, prep.repository, prep.tag);
+    view.log("wrote " + t.text + " (" + d.substr(0, 19) + ")");
+    outs.push_back({{"target", t.text}, {"digest", d}});
+  }
+  std::string full = prep.image_ref() + "@" + r.manifest_digest;
+  if (!image_refs.empty()) {
+    std::ofstream f(image_refs, std::ios::app);
+    f << full << "\n";
+    if (!f) throw std::system_error(errno, std::generic_category(), "cannot write " + image_refs);
+  }
+  std::size_t hits = 0, built = 0;
+  for (auto& l : r.layers)
+    if (!l.from_base) (l.cache_hit ? hits : built)++;
+  char secs[32];
+  std::snprintf(secs, sizeof secs, "%.2f", r.timings["total"]);
+  view.log("built " + prep.image_ref() + " in " + secs + " s: " + std::to_string(built) + " layer(s) written, " +
+           std::to_string(hits) + " from cache");
+  json j = {{"status", "success"},
+            {"image", prep.image_ref()},
+            {"repository", prep.repository},
+            {"tag", prep.tag},
+            {"digest", r.manifest_digest},
+            {"reference", prep.repository + "@" + r.manifest_digest},
+            {"config_digest", r.config_digest},
+            {"spec_hash", prep.spec_hash},
+            {"outputs", outs},
+            {"layers", layers_json(r.layers)},
+            {"timings", r.timings},
+            {"warnings", r.warnings}};
+  if (prep.files.has_source)
+    j["source"] = {{"digest", prep.source_digest}, {"dest", prep.spec->source_dest},
+                   {"copy_mode", spec::to_string(prep.files.mode)}};
+  return j;
+}
+
 }  // namespace
 
 int run(int argc, char** argv) {
@@ -154,7 +196,9 @@ int run(int argc, char** argv) {
   std::vector<std::string> outputs, modules;
   std::string modules_from, image_refs;
   auto* build = app.add_subcommand("build", "Build an image from an ImageSpec JSON file ('-' reads stdin)");
-  build->add_option("spec", spec_path, "ImageSpec JSON file, or - for stdin")->required();
+  std::string plan_path;
+  build->add_option("spec", spec_path, "ImageSpec JSON file, or - for stdin");
+  build->add_option("--plan", plan_path, "A task plan (see `kiln plan`): build its specs, then print the plan");
   build->add_option("-o,--output", outputs, "oci:DIR[:TAG] or docker-archive:FILE (repeatable)");
   build->add_option("--module", modules, "A loaded module file, relative to source_root (repeatable)");
   build->add_option("--modules-from", modules_from, "File listing loaded modules, one per line ('-': stdin)");
@@ -167,6 +211,11 @@ int run(int argc, char** argv) {
   tag->add_option("--module", modules, "A loaded module file, relative to source_root (repeatable)");
   tag->add_option("--modules-from", modules_from, "File listing loaded modules, one per line ('-': stdin)");
   add_common(tag);
+
+  // kiln plan
+  auto* plan_cmd = app.add_subcommand("plan", "Decide per task whether fast register is needed (JSON on stdout)");
+  plan_cmd->add_option("plan", plan_path, "Plan JSON file, or - for stdin")->required();
+  add_common(plan_cmd);
 
   // kiln inspect
   std::string ref;
@@ -206,6 +255,33 @@ int run(int argc, char** argv) {
       return m;
     };
 
+    if (*plan_cmd || (*build && !plan_path.empty())) {
+      if (*build && !spec_path.empty()) throw std::invalid_argument("give either a spec or --plan, not both");
+      plan::PlanInput in = plan::load_plan(plan_path);
+      std::vector<builder::OutputTarget> targets;
+      for (const auto& o : outputs) targets.push_back(builder::parse_output(o));
+      layers::Store store = open_store();
+      builder::BuildOptions opts;
+      opts.store = &store;
+      opts.progress = &view;
+      opts.jobs = jobs_of(c);
+      opts.source_date_epoch = source_date_epoch_from_env();
+      auto prepared = plan::prepare_images(in, opts);
+      for (auto& [id, p] : prepared)
+        for (const auto& w : p.files.warnings) view.warn(id + ": " + w);
+      json result = plan::decide(in, prepared);
+      std::cerr << plan::summary(result);
+      if (*build) {
+        json builds = json::object();
+        for (auto& [id, p] : prepared) builds[id] = build_one(p, targets, opts, image_refs, view);
+        result = {{"status", plan::has_errors(result) ? "failed" : "success"}, {"plan", result}, {"builds", builds}};
+      }
+      std::cout << result.dump(2) << std::endl;
+      return plan::has_errors(*build ? result["plan"] : result) ? kUsage : kOk;
+    }
+
+    if (*build && spec_path.empty()) throw std::invalid_argument("kiln build needs a spec file (or - for stdin), or --plan");
+
     if (*build || *tag) {
       spec::ImageSpec s = spec::load_spec(spec_path);
       std::vector<builder::OutputTarget> targets;
@@ -228,46 +304,12 @@ int run(int argc, char** argv) {
         }
         return kOk;
       }
-      builder::BuildResult r = builder::build(prep, opts);
-      json outs = json::array();
-      for (const auto& t : targets) {
-        std::string d = builder::write_output(r.image, t, prep.repository, prep.tag);
-        view.log("wrote " + t.text + " (" + d.substr(0, 19) + ")");
-        outs.push_back({{"target", t.text}, {"digest", d}});
-      }
+      json j = build_one(prep, targets, opts, image_refs, view);
       if (targets.empty()) view.log("no --output given: the image is in the cache only");
-      std::string full = prep.image_ref() + "@" + r.manifest_digest;
-      if (!image_refs.empty()) {
-        std::ofstream f(image_refs, std::ios::app);
-        f << full << "\n";
-        if (!f) throw std::system_error(errno, std::generic_category(), "cannot write " + image_refs);
-      }
-      std::size_t hits = 0, built = 0;
-      for (auto& l : r.layers)
-        if (!l.from_base) (l.cache_hit ? hits : built)++;
-      char secs[32];
-      std::snprintf(secs, sizeof secs, "%.2f", r.timings["total"]);
-      view.log("built " + prep.image_ref() + " in " + secs + " s: " + std::to_string(built) + " layer(s) written, " +
-               std::to_string(hits) + " from cache");
       if (c.json_out) {
-        json j = {{"status", "success"},
-                  {"image", prep.image_ref()},
-                  {"repository", prep.repository},
-                  {"tag", prep.tag},
-                  {"digest", r.manifest_digest},
-                  {"reference", prep.repository + "@" + r.manifest_digest},
-                  {"config_digest", r.config_digest},
-                  {"spec_hash", prep.spec_hash},
-                  {"outputs", outs},
-                  {"layers", layers_json(r.layers)},
-                  {"timings", r.timings},
-                  {"warnings", r.warnings}};
-        if (prep.files.has_source)
-          j["source"] = {{"digest", prep.source_digest}, {"dest", s.source_dest},
-                         {"copy_mode", spec::to_string(prep.files.mode)}};
         std::cout << j.dump(2) << std::endl;
       } else {
-        std::cout << prep.repository << "@" << r.manifest_digest << std::endl;
+        std::cout << j["reference"].get<std::string>() << std::endl;
       }
       return kOk;
     }

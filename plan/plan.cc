@@ -1,0 +1,344 @@
+// The fast-register task plan (docs/plan.md).
+#include "plan/plan.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <fstream>
+#include <iostream>
+#include <set>
+#include <sstream>
+
+#include "layers/fileset.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace kiln::plan {
+
+const char* to_string(CopyMode m) {
+  switch (m) {
+    case CopyMode::Auto: return "auto";
+    case CopyMode::All: return "all";
+    case CopyMode::None: return "none";
+  }
+  return "auto";
+}
+
+namespace {
+
+[[noreturn]] void bad(const std::string& field, const std::string& msg) { throw spec::SpecError(field, msg); }
+
+std::string clean_rel(const std::string& p, const std::string& field) {
+  if (p.empty() || p.front() == '/') bad(field, field + ": '" + p + "' must be a relative path inside project_root");
+  std::string c = fs::path(p).lexically_normal().generic_string();
+  while (!c.empty() && c.back() == '/') c.pop_back();
+  if (c == "." || c == ".." || c.rfind("../", 0) == 0) bad(field, field + ": '" + p + "' leaves project_root");
+  return c;
+}
+
+std::vector<std::string> string_list(const json& j, const std::string& field) {
+  if (j.is_null()) return {};
+  if (j.is_string()) return {j.get<std::string>()};
+  if (!j.is_array()) bad(field, "field '" + field + "' must be a list of strings");
+  std::vector<std::string> out;
+  for (const auto& x : j) {
+    if (!x.is_string()) bad(field, "field '" + field + "' must be a list of strings");
+    out.push_back(x.get<std::string>());
+  }
+  return out;
+}
+
+void check_keys(const json& obj, const std::set<std::string>& known, const std::string& where) {
+  for (const auto& [k, _] : obj.items())
+    if (!known.count(k)) {
+      std::string list;
+      for (const auto& x : known) list += (list.empty() ? "" : ", ") + x;
+      bad(where + "." + k, "unknown field '" + k + "' in " + where + " (known: " + list + ")");
+    }
+}
+
+}  // namespace
+
+PlanInput parse_plan(std::string_view text, const fs::path& base_dir, const std::string& origin) {
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::parse_error& e) {
+    // Line and column from the byte offset.
+    std::size_t line = 1, col = 1;
+    for (std::size_t i = 0; i + 1 < e.byte && i < text.size(); ++i) {
+      if (text[i] == '\n') {
+        ++line;
+        col = 1;
+      } else {
+        ++col;
+      }
+    }
+    bad("", origin + ":" + std::to_string(line) + ":" + std::to_string(col) + ": JSON syntax error in the plan");
+  }
+  if (!j.is_object()) bad("", origin + ": the plan must be a JSON object");
+  check_keys(j, {"copy", "project_root", "loaded_modules", "images", "tasks"}, "plan");
+  PlanInput in;
+  in.origin = origin;
+  std::string copy = j.value("copy", "auto");
+  std::transform(copy.begin(), copy.end(), copy.begin(), [](unsigned char c) { return std::tolower(c); });
+  if (copy == "auto") in.copy = CopyMode::Auto;
+  else if (copy == "all") in.copy = CopyMode::All;
+  else if (copy == "none") in.copy = CopyMode::None;
+  else bad("copy", "field 'copy' must be auto, all or none (pyflyte's --copy), not '" + copy + "'");
+  in.project_root = (base_dir / j.value("project_root", ".")).lexically_normal();
+  if (in.project_root.generic_string().size() > 1 && in.project_root.generic_string().back() == '/')
+    in.project_root = in.project_root.parent_path();
+  for (const auto& m : string_list(j.value("loaded_modules", json()), "loaded_modules"))
+    in.loaded_modules.push_back(clean_rel(m, "loaded_modules"));
+
+  const json images = j.value("images", json::object());
+  if (!images.is_object()) bad("images", "field 'images' must be an object mapping an id to an image");
+  for (const auto& [id, v] : images.items()) {
+    ImageInput im;
+    im.id = id;
+    std::string where = "images." + id;
+    if (v.is_string()) {
+      im.ref = v.get<std::string>();
+    } else if (v.is_object()) {
+      check_keys(v, {"spec", "inline", "ref"}, where);
+      if (v.size() != 1) bad(where, where + " must have exactly one of: spec (a file), inline (a spec), ref (an image)");
+      if (v.contains("ref")) {
+        if (!v["ref"].is_string()) bad(where + ".ref", where + ".ref must be a string");
+        im.ref = v["ref"].get<std::string>();
+      } else if (v.contains("spec")) {
+        if (!v["spec"].is_string()) bad(where + ".spec", where + ".spec must be a file path");
+        fs::path p = base_dir / v["spec"].get<std::string>();
+        std::ifstream f(p);
+        if (!f) bad(where + ".spec", where + ": cannot read spec file " + p.string());
+        std::stringstream ss;
+        ss << f.rdbuf();
+        im.spec = std::make_shared<spec::ImageSpec>(
+            spec::parse_spec(ss.str(), fs::absolute(p).parent_path().lexically_normal(), p.string()));
+      } else {
+        im.spec = std::make_shared<spec::ImageSpec>(spec::parse_spec(v["inline"].dump(), base_dir, origin + " " + where));
+      }
+    } else {
+      bad(where, where + " must be an image reference string or an object");
+    }
+    if (!im.spec && im.ref.empty()) bad(where, where + ": empty image reference");
+    in.images.push_back(std::move(im));
+  }
+
+  const json tasks = j.value("tasks", json::array());
+  if (!tasks.is_array()) bad("tasks", "field 'tasks' must be a list");
+  std::set<std::string> names;
+  for (std::size_t i = 0; i < tasks.size(); ++i) {
+    const json& t = tasks[i];
+    std::string where = "tasks[" + std::to_string(i) + "]";
+    if (!t.is_object()) bad(where, where + " must be an object");
+    check_keys(t, {"name", "kind", "image", "modules"}, where);
+    TaskInput ti;
+    if (!t.contains("name") || !t["name"].is_string()) bad(where + ".name", where + " needs a name (string)");
+    ti.name = t["name"].get<std::string>();
+    if (!names.insert(ti.name).second) bad(where + ".name", "task '" + ti.name + "' is listed twice");
+    ti.kind = t.value("kind", "python");
+    if (!t.contains("image") || !t["image"].is_string()) bad(where + ".image", "task '" + ti.name + "' needs an image id");
+    ti.image = t["image"].get<std::string>();
+    bool known = std::any_of(in.images.begin(), in.images.end(), [&](const ImageInput& im) { return im.id == ti.image; });
+    if (!known) bad(where + ".image", "task '" + ti.name + "' uses image '" + ti.image + "', which 'images' does not define");
+    for (const auto& m : string_list(t.value("modules", json()), where + ".modules"))
+      ti.modules.push_back(clean_rel(m, where + ".modules"));
+    in.tasks.push_back(std::move(ti));
+  }
+  return in;
+}
+
+PlanInput load_plan(const std::string& path) {
+  std::stringstream ss;
+  fs::path base;
+  if (path == "-") {
+    ss << std::cin.rdbuf();
+    base = fs::current_path();
+  } else {
+    std::ifstream f(path);
+    if (!f) throw spec::SpecError("", "cannot read plan file '" + path + "'");
+    ss << f.rdbuf();
+    base = fs::absolute(path).parent_path().lexically_normal();
+  }
+  return parse_plan(ss.str(), base, path == "-" ? "<stdin>" : path);
+}
+
+namespace {
+
+struct Facts {
+  std::string image_ref;
+  bool is_spec = false, bakes = false;
+  fs::path source_root;
+  const layers::FileSet* files = nullptr;
+  json summary;
+};
+
+/// The module, relative to source_root, when it lies below it.
+std::optional<std::string> under(const fs::path& project_root, const std::string& module, const fs::path& source_root) {
+  fs::path rel = (project_root / module).lexically_normal().lexically_relative(source_root);
+  std::string r = rel.generic_string();
+  if (r.empty() || r == "." || r.rfind("..", 0) == 0) return std::nullopt;
+  return r;
+}
+
+/// What the SDK would upload: auto = the loaded modules (or the tasks' modules), all = the
+/// project walked with the build's own "all" rules.
+json bundle_files(const PlanInput& in) {
+  std::vector<std::string> files;
+  if (in.copy == CopyMode::All) {
+    spec::ImageSpec s;
+    s.source_root = in.project_root;
+    s.source_copy_mode = spec::CopyMode::All;
+    s.base_dir = in.project_root;
+    s.origin = in.origin;
+    layers::FileSet set = layers::collect_files(s);
+    for (const auto& f : set.source)
+      if (f.type != layers::FileEntry::Type::Dir) files.push_back(f.rel);
+  } else {
+    std::set<std::string> mods(in.loaded_modules.begin(), in.loaded_modules.end());
+    if (mods.empty())
+      for (const auto& t : in.tasks)
+        if (!t.raw_container()) mods.insert(t.modules.begin(), t.modules.end());
+    for (const auto& m : mods) {
+      struct stat st{};
+      if (::lstat((in.project_root / m).c_str(), &st) == 0 && !S_ISDIR(st.st_mode)) files.push_back(m);
+    }
+  }
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+}  // namespace
+
+std::map<std::string, builder::Prepared> prepare_images(const PlanInput& in, const builder::BuildOptions& opts) {
+  std::map<std::string, builder::Prepared> out;
+  const fs::path project = fs::weakly_canonical(in.project_root);
+  for (const auto& im : in.images) {
+    if (!im.spec) continue;
+    builder::BuildOptions o = opts;
+    if (im.spec->source_root && im.spec->source_copy_mode == spec::CopyMode::LoadedModules) {
+      const fs::path root = fs::weakly_canonical(*im.spec->source_root);
+      for (const auto& m : in.loaded_modules)
+        if (auto rel = under(project, m, root)) o.extra_modules.push_back(*rel);
+    }
+    out.emplace(im.id, builder::prepare(*im.spec, o));
+  }
+  return out;
+}
+
+json decide(const PlanInput& in, const std::map<std::string, builder::Prepared>& prepared) {
+  std::map<std::string, Facts> facts;
+  json images = json::object();
+  for (const auto& im : in.images) {
+    Facts f;
+    if (im.spec) {
+      const builder::Prepared& p = prepared.at(im.id);
+      f.is_spec = true;
+      f.image_ref = p.image_ref();
+      f.bakes = p.files.has_source;
+      if (f.bakes) f.source_root = fs::weakly_canonical(*im.spec->source_root);
+      f.files = &p.files;
+      f.summary = {{"image", f.image_ref}, {"kind", "imagespec"}, {"source_baked", f.bakes}};
+      if (f.bakes) {
+        f.summary["source_digest"] = p.source_digest;
+        f.summary["source_dest"] = im.spec->source_dest;
+        f.summary["copy_mode"] = spec::to_string(p.files.mode);
+      }
+    } else {
+      f.image_ref = im.ref;
+      f.summary = {{"image", im.ref}, {"kind", "reference"}, {"source_baked", false}};
+    }
+    images[im.id] = f.summary;
+    facts.emplace(im.id, std::move(f));
+  }
+  const fs::path project = fs::weakly_canonical(in.project_root);
+
+  json tasks = json::array(), warnings = json::array(), errors = json::array();
+  bool need_bundle = false;
+  for (const auto& t : in.tasks) {
+    const Facts& f = facts.at(t.image);
+    json out = {{"name", t.name}, {"kind", t.kind}, {"image", t.image}, {"image_ref", f.image_ref}};
+    bool fast = false;
+    std::string reason;
+    if (t.raw_container()) {
+      reason = "raw_container";
+      if (f.is_spec && !f.bakes && in.copy != CopyMode::None)
+        warnings.push_back({{"code", "raw_container_without_source"},
+                            {"task", t.name},
+                            {"message", "raw container task '" + t.name + "' runs on ImageSpec image '" + t.image +
+                                            "', which bakes no source_root; the fast-register bundle never reaches a "
+                                            "raw container, so its code is missing at run time unless the image holds it"}});
+    } else {
+      std::vector<std::string> missing;
+      if (f.bakes) {
+        for (const auto& m : t.modules) {
+          auto rel = under(project, m, f.source_root);
+          if (!rel || !f.files->contains_source_file(*rel)) missing.push_back(m);
+        }
+      }
+      bool baked = f.bakes && missing.empty();
+      if (baked) {
+        reason = "source_baked";
+      } else if (in.copy == CopyMode::None) {
+        reason = "copy_none";
+        errors.push_back({{"code", "code_unavailable"},
+                          {"task", t.name},
+                          {"message", "task '" + t.name + "' runs on '" + f.image_ref +
+                                          "', which does not bake its code, and copy is none: nothing would bring the "
+                                          "code; bake it (source_root) or register with --copy auto|all"}});
+      } else if (!f.is_spec) {
+        reason = "plain_image";
+        fast = true;
+      } else if (!f.bakes) {
+        reason = "no_source_root";
+        fast = true;
+      } else {
+        reason = "module_not_baked";
+        fast = true;
+        std::string list;
+        for (const auto& m : missing) list += (list.empty() ? "" : ", ") + m;
+        warnings.push_back({{"code", "module_not_baked"},
+                            {"task", t.name},
+                            {"modules", missing},
+                            {"message", "task '" + t.name + "': image '" + t.image + "' bakes source_root but not " + list +
+                                            " (outside source_root, ignored, or not a loaded module); the task falls "
+                                            "back to fast register"}});
+      }
+    }
+    need_bundle |= fast;
+    out["fast_register"] = fast;
+    out["reason"] = reason;
+    out["modules"] = t.modules;
+    tasks.push_back(out);
+  }
+  json bundle = {{"needed", need_bundle}};
+  if (need_bundle) {
+    json files = bundle_files(in);
+    bundle["file_count"] = files.size();
+    bundle["files"] = files;
+  }
+  return {{"copy", to_string(in.copy)}, {"images", images},     {"tasks", tasks},
+          {"bundle", bundle},           {"warnings", warnings}, {"errors", errors}};
+}
+
+bool has_errors(const json& plan) { return !plan.value("errors", json::array()).empty(); }
+
+std::string summary(const json& plan) {
+  std::ostringstream o;
+  o << "plan (copy " << plan.value("copy", "") << "):\n";
+  for (const auto& t : plan["tasks"])
+    o << "  " << (t["fast_register"].get<bool>() ? "fast-register " : "baked         ") << t["name"].get<std::string>()
+      << " on " << t["image_ref"].get<std::string>() << " (" << t["reason"].get<std::string>() << ")\n";
+  const json& b = plan["bundle"];
+  if (b["needed"].get<bool>())
+    o << "  bundle: needed, " << b["file_count"].get<std::size_t>() << " file(s)\n";
+  else
+    o << "  bundle: not needed (every task's code is baked in its image)\n";
+  for (const auto& w : plan["warnings"]) o << "warning: [" << w["code"].get<std::string>() << "] " << w["message"].get<std::string>() << "\n";
+  for (const auto& e : plan["errors"]) o << "error: [" << e["code"].get<std::string>() << "] " << e["message"].get<std::string>() << "\n";
+  return o.str();
+}
+
+}  // namespace kiln::plan

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The README's second command: install the build and test dependencies (Debian packages), build
+# kiln with its tests, and run the whole suite (unit tests, then tests that drive the real binary
+# against umoci, skopeo, oci-image-tool, docker-registry and bwrap).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-deps.sh --test
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKILN_BUILD_TESTS=ON >/dev/null
+cmake --build build -j"$(nproc)"
+cd build
+ctest --output-on-failure -j"$(nproc)" "$@"
