@@ -12,6 +12,8 @@
 #include <mutex>
 #include <thread>
 
+#include <xxhash.h>
+
 #include "builder/oci_layout.h"
 #include "layers/digest.h"
 #include "layers/tar_writer.h"
@@ -44,16 +46,22 @@ bool precompressed_name(const std::string& path) {
 }
 constexpr std::uint64_t kPackedMin = 1 << 20;
 
-/// One layer to produce.
+/// One layer to produce: the files it holds (sorted by dest), and how to compress them.
 struct LayerPlan {
   std::string label;       // for people
   std::string created_by;  // history entry
-  std::vector<layers::TarEntry> entries;
+  std::vector<const layers::FileEntry*> files;
   spec::Compression compression = spec::Compression::Gzip;
   bool sample = false;     // choose compression by sampling the content (large files)
-  std::uint64_t bytes = 0, files = 0;
+  std::uint64_t bytes = 0, nfiles = 0;
   std::string key;
 };
+
+/// Source layers are cut into content-defined chunks of at least kChunkMin bytes: a cut falls
+/// after a path whose hash has its low 3 bits clear (or at kChunkMax). Cut points depend on paths,
+/// not on offsets, so editing or adding one file rebuilds one chunk, not the whole tree.
+constexpr std::uint64_t kChunkMin = 16ull << 20;
+constexpr std::uint64_t kChunkMax = 48ull << 20;
 
 std::pair<std::uint32_t, std::uint32_t> owner_of(const spec::ImageSpec& s) {
   if (!s.user) return {0, 0};
@@ -91,96 +99,111 @@ layers::TarEntry to_tar(const layers::FileEntry& f, std::uint32_t uid, std::uint
   return t;
 }
 
-/// Within one layer, later paths of a multiply-linked inode become hardlinks to the first.
-void link_hardlinks(std::vector<layers::TarEntry>& entries, const std::map<std::string, const layers::FileEntry*>& by_dest) {
-  std::map<std::pair<std::uint64_t, std::uint64_t>, std::string> first;
-  for (auto& t : entries) {
-    if (t.type != layers::TarEntry::Type::File) continue;
-    auto it = by_dest.find(t.path);
-    if (it == by_dest.end() || it->second->nlink < 2) continue;
-    auto id = std::make_pair(it->second->key.dev, it->second->key.ino);
-    auto [pos, inserted] = first.emplace(id, t.path);
-    if (!inserted) {
-      t.type = layers::TarEntry::Type::Hardlink;
-      t.link_target = pos->second;
-      t.size = 0;
-      t.source.clear();
-    }
+/// For each file of a layer, the index of the first file in the layer sharing its inode (itself
+/// when it has no earlier link): later links are stored as tar hardlinks to the first.
+std::vector<std::size_t> hardlink_groups(const std::vector<const layers::FileEntry*>& files) {
+  std::vector<std::size_t> group(files.size());
+  std::map<std::pair<std::uint64_t, std::uint64_t>, std::size_t> first;
+  for (std::size_t i = 0; i < files.size(); ++i) {
+    group[i] = i;
+    const layers::FileEntry* f = files[i];
+    if (f->type != layers::FileEntry::Type::File || f->nlink < 2) continue;
+    group[i] = first.emplace(std::make_pair(f->key.dev, f->key.ino), i).first->second;
   }
+  return group;
 }
 
-std::string layer_key(const LayerPlan& p, std::int64_t mtime) {
+/// The cache key: every input that shapes the layer's bytes. Parent directories are a function of
+/// the paths, so they need not be listed; hardlinks enter as positions within the layer.
+std::string layer_key(const LayerPlan& p, std::int64_t mtime, std::uint32_t uid, std::uint32_t gid) {
   layers::KeyHasher h;
   h.field("kiln-layer-v1");
   h.field(p.sample ? "auto" : spec::to_string(p.compression));
   h.field(static_cast<std::uint64_t>(mtime));
-  for (const auto& t : p.entries) {
-    h.field(t.path);
-    h.field(static_cast<std::uint64_t>(t.type));
-    h.field(static_cast<std::uint64_t>(t.mode));
-    h.field(static_cast<std::uint64_t>(t.uid) << 32 | t.gid);
-    h.field(t.size);
-    h.field(t.link_target);
-    h.field(t.sha256);
+  h.field(static_cast<std::uint64_t>(uid) << 32 | gid);
+  std::vector<std::size_t> groups = hardlink_groups(p.files);
+  for (std::size_t i = 0; i < p.files.size(); ++i) {
+    const layers::FileEntry& f = *p.files[i];
+    h.field(f.dest);
+    h.field(static_cast<std::uint64_t>(f.type) << 32 | f.mode);
+    h.field(f.size);
+    h.field(f.type == layers::FileEntry::Type::Symlink ? f.link_target : f.sha256);
+    h.field(static_cast<std::uint64_t>(groups[i]));
   }
   return h.hex();
 }
 
-/// Splits a list of files into layers: one per large file, one for already-compressed files, one
-/// for the rest (directories included there). Stable, heavy layers come first.
+/// The tar entries of a planned layer: parents added, sorted, hardlinks linked.
+std::vector<layers::TarEntry> tar_entries(const LayerPlan& p, std::uint32_t uid, std::uint32_t gid) {
+  std::vector<layers::TarEntry> entries;
+  entries.reserve(p.files.size());
+  std::vector<std::size_t> groups = hardlink_groups(p.files);
+  for (std::size_t i = 0; i < p.files.size(); ++i) {
+    layers::TarEntry t = to_tar(*p.files[i], uid, gid);
+    if (groups[i] != i) {
+      t.type = layers::TarEntry::Type::Hardlink;
+      t.link_target = p.files[groups[i]]->dest;
+      t.size = 0;
+      t.source.clear();
+    }
+    entries.push_back(std::move(t));
+  }
+  return layers::normalize_entries(std::move(entries), uid, gid);
+}
+
+/// Splits a list of files into layers: one per large file, one for already-compressed files, and
+/// the rest (directories included) in content-defined chunks. Stable, heavy layers come first.
 void plan_layers(const std::vector<layers::FileEntry>& files, const std::string& what, const spec::ImageSpec& s,
-                 std::uint32_t uid, std::uint32_t gid, std::vector<LayerPlan>* out) {
+                 std::vector<LayerPlan>* out) {
   if (files.empty()) return;
-  std::map<std::string, const layers::FileEntry*> by_dest;
-  for (const auto& f : files) by_dest[f.dest] = &f;
-  LayerPlan main, packed;
-  std::vector<LayerPlan> large;
+  LayerPlan packed;
+  std::vector<LayerPlan> large, chunks(1);
   for (const auto& f : files) {
-    layers::TarEntry t = to_tar(f, uid, gid);
-    if (f.type == layers::FileEntry::Type::File && f.size >= s.large_file_threshold) {
+    const bool file = f.type == layers::FileEntry::Type::File;
+    if (file && f.size >= s.large_file_threshold) {
       LayerPlan p;
       p.label = what + " large file " + f.rel;
       p.created_by = "kiln: COPY " + f.rel + " /" + f.dest;
       p.sample = true;
       p.bytes = f.size;
-      p.files = 1;
-      p.entries.push_back(std::move(t));
+      p.nfiles = 1;
+      p.files.push_back(&f);
       large.push_back(std::move(p));
-    } else if (f.type == layers::FileEntry::Type::File && f.size >= kPackedMin && precompressed_name(f.rel)) {
+    } else if (file && f.size >= kPackedMin && precompressed_name(f.rel)) {
       packed.bytes += f.size;
-      ++packed.files;
-      packed.entries.push_back(std::move(t));
+      ++packed.nfiles;
+      packed.files.push_back(&f);
     } else {
-      main.bytes += f.size;
-      main.files += f.type == layers::FileEntry::Type::File;
-      main.entries.push_back(std::move(t));
+      LayerPlan& c = chunks.back();
+      c.bytes += f.size;
+      c.nfiles += file;
+      c.files.push_back(&f);
+      if (c.bytes >= kChunkMax || (c.bytes >= kChunkMin && (XXH3_64bits(f.dest.data(), f.dest.size()) & 7) == 0))
+        chunks.emplace_back();
     }
   }
-  std::vector<LayerPlan> mine;
-  for (auto& p : large) mine.push_back(std::move(p));
-  if (!packed.entries.empty()) {
-    packed.label = what + " compressed files (" + std::to_string(packed.files) + ")";
+  if (chunks.back().files.empty()) chunks.pop_back();
+  for (auto& p : large) out->push_back(std::move(p));
+  if (!packed.files.empty()) {
+    packed.label = what + " compressed files (" + std::to_string(packed.nfiles) + ")";
     packed.created_by = "kiln: COPY " + what + " (already-compressed files) " + s.source_dest;
     packed.compression = spec::Compression::None;
-    mine.push_back(std::move(packed));
+    out->push_back(std::move(packed));
   }
-  if (!main.entries.empty()) {
-    main.label = what + " (" + std::to_string(main.files) + " files)";
-    main.created_by = "kiln: COPY " + what + " " + s.source_dest;
-    main.compression = s.compression;
-    mine.push_back(std::move(main));
-  }
-  for (auto& p : mine) {
-    p.entries = layers::normalize_entries(std::move(p.entries), uid, gid);
-    link_hardlinks(p.entries, by_dest);
-    out->push_back(std::move(p));
+  for (std::size_t i = 0; i < chunks.size(); ++i) {
+    LayerPlan& c = chunks[i];
+    std::string part = chunks.size() > 1 ? " part " + std::to_string(i + 1) + "/" + std::to_string(chunks.size()) : "";
+    c.label = what + part + " (" + std::to_string(c.nfiles) + " files)";
+    c.created_by = "kiln: COPY " + what + part + " " + s.source_dest;
+    c.compression = s.compression;
+    out->push_back(std::move(c));
   }
 }
 
 /// Reads the first MiB of a file to decide whether compressing it pays.
-spec::Compression sample_compression(const layers::TarEntry& t, spec::Compression preferred) {
-  if (precompressed_name(t.path)) return spec::Compression::None;
-  int fd = ::open(t.source.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+spec::Compression sample_compression(const layers::FileEntry& f, spec::Compression preferred) {
+  if (precompressed_name(f.rel)) return spec::Compression::None;
+  int fd = ::open(f.abs.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
   if (fd < 0) return preferred;
   std::vector<char> buf(1 << 20);
   ssize_t n = ::read(fd, buf.data(), buf.size());
@@ -298,13 +321,11 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
   }
 
   // Plan and build the new layers.
-  auto [uid, gid] = owner_of(s);
+  const auto [uid, gid] = owner_of(s);
   std::vector<LayerPlan> plans;
-  plan_layers(prep.files.source, "source_root", s, uid, gid, &plans);
-  std::vector<LayerPlan> copy_plans;
-  plan_layers(prep.files.copy, "copy", s, uid, gid, &copy_plans);
-  for (auto& p : copy_plans) plans.push_back(std::move(p));
-  for (auto& p : plans) p.key = layer_key(p, epoch);
+  plan_layers(prep.files.source, "source_root", s, &plans);
+  plan_layers(prep.files.copy, "copy", s, &plans);
+  for (auto& p : plans) p.key = layer_key(p, epoch, uid, gid);
 
   auto t_layers = Clock::now();
   std::vector<LayerReport> reports(plans.size());
@@ -323,7 +344,7 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
       LayerPlan& p = plans[i];
       LayerReport& lr = reports[i];
       lr.label = p.label;
-      lr.files = p.files;
+      lr.files = p.nfiles;
       auto t0 = Clock::now();
       try {
         if (auto rec = opts.store->find_layer(p.key)) {
@@ -331,7 +352,7 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
           lr.cache_hit = true;
           progress.log("layer " + p.label + ": cached " + rec->digest.substr(0, 19));
         } else {
-          spec::Compression c = p.sample ? sample_compression(p.entries.back(), s.compression) : p.compression;
+          spec::Compression c = p.sample ? sample_compression(*p.files.front(), s.compression) : p.compression;
           std::string id = "layer" + std::to_string(i);
           progress.begin(id, p.label, p.bytes);
           auto blob = opts.store->new_blob();
@@ -339,7 +360,7 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
           wo.compression = c;
           wo.mtime = epoch;
           layers::WrittenLayer w =
-              layers::write_layer(p.entries, wo, blob->sink(), [&](std::uint64_t n) { progress.advance(id, n); });
+              layers::write_layer(tar_entries(p, uid, gid), wo, blob->sink(), [&](std::uint64_t n) { progress.advance(id, n); });
           blob->commit(w.digest);
           records[i] = {w.digest, w.diff_id, w.media_type, w.size, w.tar_size};
           opts.store->put_layer(p.key, records[i]);

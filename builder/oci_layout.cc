@@ -108,10 +108,11 @@ class DirLock {
   int fd_;
 };
 
-void put_blob(const fs::path& dir, const std::string& digest, const fs::path* src, const std::string* bytes) {
+/// Puts a blob into the layout unless present; true when it wrote one.
+bool put_blob(const fs::path& dir, const std::string& digest, const fs::path* src, const std::string* bytes) {
   fs::path dest = dir / "blobs" / "sha256" / std::string(layers::digest_hex(digest));
   struct stat st{};
-  if (::stat(dest.c_str(), &st) == 0) return;  // content-addressed: present means right
+  if (::stat(dest.c_str(), &st) == 0) return false;  // content-addressed: present means right
   fs::path tmp = dir / layers::unique_name(".kiln-tmp");
   if (src) {
     layers::link_or_copy(*src, tmp);
@@ -133,6 +134,7 @@ void put_blob(const fs::path& dir, const std::string& digest, const fs::path* sr
     ::unlink(tmp.c_str());
     throw std::system_error(e, std::generic_category(), "cannot write blob " + digest);
   }
+  return true;
 }
 
 }  // namespace
@@ -187,10 +189,11 @@ std::string write_oci_layout(const Image& img, const fs::path& dir, const std::s
   std::string man = img.manifest_bytes();
   std::string man_digest = layers::sha256_digest(man);
   // Blobs first, each atomically; a crash here leaves only complete, unreferenced blobs.
-  for (const Layer& l : img.layers) put_blob(dir, l.desc.digest, &l.blob, nullptr);
-  put_blob(dir, layers::sha256_digest(cfg), nullptr, &cfg);
-  put_blob(dir, man_digest, nullptr, &man);
-  layers::sync_dir(dir / "blobs" / "sha256");
+  bool wrote = false;
+  for (const Layer& l : img.layers) wrote |= put_blob(dir, l.desc.digest, &l.blob, nullptr);
+  wrote |= put_blob(dir, layers::sha256_digest(cfg), nullptr, &cfg);
+  wrote |= put_blob(dir, man_digest, nullptr, &man);
+  if (wrote) layers::sync_dir(dir / "blobs" / "sha256");
 
   DirLock lock(dir);
   std::string text;
@@ -199,13 +202,20 @@ std::string write_oci_layout(const Image& img, const fs::path& dir, const std::s
   json index = {{"schemaVersion", 2}, {"mediaType", kIndexMediaType}, {"manifests", json::array()}};
   if (layers::read_file_if_exists(dir / "index.json", &text)) index = parse_json(text, (dir / "index.json").string());
   json kept = json::array();
-  for (const json& m : index.value("manifests", json::array())) {
-    bool same_tag = m.contains("annotations") && m["annotations"].value(kRefName, "") == tag;
-    if (!(same_tag && !tag.empty())) kept.push_back(m);
-  }
   Descriptor d{kManifestMediaType, man_digest, man.size(), {}, nullptr};
   if (!tag.empty()) d.annotations[kRefName] = tag;
-  kept.push_back(d.to_json());
+  const json entry = d.to_json();
+  bool unchanged = false;
+  for (const json& m : index.value("manifests", json::array())) {
+    bool same_tag = m.contains("annotations") && m["annotations"].value(kRefName, "") == tag;
+    if (same_tag && !tag.empty()) {
+      unchanged = m == entry;
+      continue;
+    }
+    kept.push_back(m);
+  }
+  if (unchanged && !tag.empty()) return man_digest;  // the tag already points here: write nothing
+  kept.push_back(entry);
   index["manifests"] = kept;
   if (!index.contains("mediaType")) index["mediaType"] = kIndexMediaType;
   layers::atomic_write(dir / "index.json", index.dump(), dir);

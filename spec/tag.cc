@@ -11,21 +11,29 @@ namespace kiln::spec {
 
 namespace {
 void hash_files(layers::Sha256& h, std::vector<TagFile>& files) {
-  std::sort(files.begin(), files.end(), [](const TagFile& a, const TagFile& b) { return a.dest < b.dest; });
+  auto by_dest = [](const TagFile& a, const TagFile& b) { return a.dest < b.dest; };
+  if (!std::is_sorted(files.begin(), files.end(), by_dest)) std::sort(files.begin(), files.end(), by_dest);
+  // Lines are gathered into one buffer and hashed in large pieces: per-line digest updates cost
+  // more than the hashing itself for a tree of small files.
+  std::string buf;
+  buf.reserve(1 << 16);
   char mode[8];
   for (const TagFile& f : files) {
     std::snprintf(mode, sizeof mode, "%04o", f.mode & 07777);
-    std::string line;
-    line += f.type;
-    line += ' ';
-    line += mode;
-    line += ' ';
-    line += f.content;
-    line += ' ';
-    line += f.dest;
-    line += '\0';
-    h.update(line);
+    buf += f.type;
+    buf += ' ';
+    buf += mode;
+    buf += ' ';
+    buf += f.content;
+    buf += ' ';
+    buf += f.dest;
+    buf += '\0';
+    if (buf.size() >= (1 << 16) - 512) {
+      h.update(buf);
+      buf.clear();
+    }
   }
+  h.update(buf);
 }
 }  // namespace
 
