@@ -164,6 +164,9 @@ LayoutImage read_oci_layout(const fs::path& dir, const std::string& tag, const s
   out.manifest_digest = md.digest;
   Descriptor cfgd = Descriptor::from_json(manifest.at("config"));
   out.image.config = parse_json(read_blob_verified(dir, cfgd.digest), "config of " + where);
+  if (manifest.contains("annotations") && manifest["annotations"].is_object())
+    for (const auto& [k, v] : manifest["annotations"].items())
+      if (v.is_string()) out.image.annotations[k] = v.get<std::string>();
   const json& diff_ids = out.image.config.at("rootfs").at("diff_ids");
   const json& ls = manifest.value("layers", json::array());
   if (diff_ids.size() != ls.size())

@@ -1,0 +1,59 @@
+// kiln cache du / prune: what the content-addressed store holds, and cleaning it.
+#include <cstdio>
+#include <iostream>
+
+#include "builder/cli/common.h"
+
+namespace kiln::cli {
+
+void add_cache_commands(CLI::App& app, Common& c, std::vector<Command>& out) {
+  auto* cache = app.add_subcommand("cache", "Inspect or prune the content-addressed store");
+  cache->require_subcommand(1);
+  auto* du = cache->add_subcommand("du", "Show what the store holds");
+  add_common_options(du, c);
+  out.push_back({du, [](Context& ctx) {
+                   layers::Store store = ctx.open_store();
+                   auto u = store.usage();
+                   if (ctx.common.json_out) {
+                     std::cout << json{{"path", store.root().string()}, {"blobs", u.blobs}, {"blob_bytes", u.blob_bytes},
+                                       {"layer_records", u.layer_records}, {"stat_indexes", u.stat_indexes},
+                                       {"stat_bytes", u.stat_bytes}, {"tmp_files", u.tmp_files},
+                                       {"tmp_bytes", u.tmp_bytes}}.dump(2)
+                               << std::endl;
+                   } else {
+                     std::printf("%s\n  blobs          %llu (%s)\n  layer records  %llu\n  stat indexes   %llu (%s)\n"
+                                 "  temp files     %llu (%s)\n",
+                                 store.root().c_str(), (unsigned long long)u.blobs, human_bytes(u.blob_bytes).c_str(),
+                                 (unsigned long long)u.layer_records, (unsigned long long)u.stat_indexes,
+                                 human_bytes(u.stat_bytes).c_str(), (unsigned long long)u.tmp_files,
+                                 human_bytes(u.tmp_bytes).c_str());
+                   }
+                   return kOk;
+                 }});
+
+  struct PruneArgs {
+    double older_days = 7;
+    bool all = false;
+  };
+  auto a = std::make_shared<PruneArgs>();
+  auto* prune = cache->add_subcommand("prune", "Remove cache entries unused for a while");
+  prune->add_option("--older-than", a->older_days, "Days unused (default 7)");
+  prune->add_flag("--all", a->all, "Remove everything not in use right now");
+  add_common_options(prune, c);
+  out.push_back({prune, [a](Context& ctx) {
+                   layers::Store store = ctx.open_store();
+                   auto r = store.prune(a->all ? 0 : static_cast<std::int64_t>(a->older_days * 86400));
+                   if (ctx.common.json_out) {
+                     std::cout << json{{"removed_blobs", r.removed_blobs}, {"removed_bytes", r.removed_bytes},
+                                       {"removed_layer_records", r.removed_records}}.dump(2)
+                               << std::endl;
+                   } else {
+                     std::printf("removed %llu blob(s), %s, and %llu layer record(s)\n",
+                                 (unsigned long long)r.removed_blobs, human_bytes(r.removed_bytes).c_str(),
+                                 (unsigned long long)r.removed_records);
+                   }
+                   return kOk;
+                 }});
+}
+
+}  // namespace kiln::cli
