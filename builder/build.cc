@@ -15,6 +15,7 @@
 #include <xxhash.h>
 
 #include "builder/oci_layout.h"
+#include "builder/registry_io.h"
 #include "layers/digest.h"
 #include "layers/tar_writer.h"
 #include "spec/tag.h"
@@ -236,6 +237,14 @@ std::string index_key(const fs::path& dir) {
   return h.hex();
 }
 
+registry::Reference parse_base_reference(const spec::ImageSpec& s) {
+  try {
+    return registry::parse_reference(s.base_image.ref);
+  } catch (const registry::ReferenceError& e) {
+    throw spec::SpecError("base_image", s.origin + ": field 'base_image': " + e.what());
+  }
+}
+
 }  // namespace
 
 Prepared prepare(const spec::ImageSpec& s, const BuildOptions& opts) {
@@ -250,8 +259,12 @@ Prepared prepare(const spec::ImageSpec& s, const BuildOptions& opts) {
       p.nested = std::make_shared<Prepared>(prepare(*s.base_image.spec, opts));
       p.base_id = "spec:" + p.nested->spec_hash;
       break;
-    case spec::BaseImage::Kind::Registry:
-      throw spec::SpecError("base_image", "registry bases are not supported yet: " + s.base_image.ref);
+    case spec::BaseImage::Kind::Registry: {
+      if (!opts.registries) throw std::logic_error("a registry base needs a registry session");
+      registry::Reference ref = parse_base_reference(s);
+      p.base_id = resolve_remote(*opts.registries, ref, s.platform, *opts.store);
+      break;
+    }
   }
   auto t0 = Clock::now();
   p.files = layers::collect_files(s, opts.extra_modules);
@@ -305,8 +318,14 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
       base_digest = nested.manifest_digest;
       break;
     }
-    case spec::BaseImage::Kind::Registry:
-      throw spec::SpecError("base_image", "registry bases are not supported yet: " + s.base_image.ref);
+    case spec::BaseImage::Kind::Registry: {
+      registry::Reference ref = parse_base_reference(s);
+      RemoteImage ri = pull_remote(*opts.registries, ref, s.platform, *opts.store);
+      img = std::move(ri.image);
+      base_name = ref.str();
+      base_digest = ri.manifest_digest;
+      break;
+    }
   }
   for (const Layer& l : img.layers) {
     LayerReport lr;
@@ -354,7 +373,7 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
         } else {
           spec::Compression c = p.sample ? sample_compression(*p.files.front(), s.compression) : p.compression;
           std::string id = "layer" + std::to_string(i);
-          progress.begin(id, p.label, p.bytes);
+          progress.begin(id, "layer " + p.label, p.bytes);
           auto blob = opts.store->new_blob();
           layers::LayerWriteOptions wo;
           wo.compression = c;
@@ -364,7 +383,7 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
           blob->commit(w.digest);
           records[i] = {w.digest, w.diff_id, w.media_type, w.size, w.tar_size};
           opts.store->put_layer(p.key, records[i]);
-          progress.end(id, p.label + ": " + w.digest.substr(0, 19) + " " + std::to_string(w.size) + " bytes");
+          progress.end(id, "layer " + p.label + ": " + w.digest.substr(0, 19) + ", " + std::to_string(w.size) + " bytes");
         }
       } catch (...) {
         std::lock_guard<std::mutex> lock(mu);

@@ -20,8 +20,11 @@
 
 namespace kiln::builder {
 
+class RegistrySession;
+
 struct BuildOptions {
   layers::Store* store = nullptr;         // required
+  RegistrySession* registries = nullptr;  // required for registry bases
   Progress* progress = nullptr;           // null: silent
   std::vector<std::string> extra_modules; // loaded modules passed by an SDK
   int jobs = 2;                           // threads for hashing and layer writing

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -31,12 +32,18 @@ struct Descriptor {
   static Descriptor from_json(const nlohmann::json& j);  // throws std::runtime_error
 };
 
+/// Where a layer of a registry base can be fetched (or mounted) from.
+struct RemoteBlob {
+  std::string registry, repository;
+};
+
 /// One layer: its blob descriptor, diff_id, and a file holding the blob bytes.
 struct Layer {
   Descriptor desc;
   std::string diff_id;
   std::filesystem::path blob;   // in the store, or in a source layout
   std::uint64_t tar_size = 0;   // uncompressed size, 0 when unknown (a base layer)
+  std::optional<RemoteBlob> remote;  // a registry base layer: `blob` exists once fetched
 };
 
 struct Image {

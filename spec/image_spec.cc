@@ -500,11 +500,6 @@ void check_supported(const ImageSpec& spec, const std::string& prefix) {
       throw SpecError(prefix + u.field, spec.origin + ": field '" + prefix + u.field +
                                             "' is not supported yet: " + u.reason);
   const BaseImage& base = spec.base_image;
-  if (base.kind == BaseImage::Kind::Registry)
-    throw SpecError(prefix + "base_image", spec.origin + ": field '" + prefix +
-                                               "base_image': registry bases ('" + base.ref +
-                                               "') are not supported yet; use \"scratch\" or "
-                                               "\"oci:DIR[:TAG]\"");
   if (base.kind == BaseImage::Kind::Spec) check_supported(*base.spec, prefix + "base_image.");
 }
 

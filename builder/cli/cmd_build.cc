@@ -8,7 +8,9 @@
 #include "builder/cli/common.h"
 #include "builder/output.h"
 #include "plan/plan.h"
+#include "registry/reference.h"
 #include "spec/image_spec.h"
+#include "spec/tag.h"
 
 namespace kiln::cli {
 namespace {
@@ -31,13 +33,27 @@ json layers_json(const std::vector<builder::LayerReport>& ls) {
 
 /// Builds one prepared spec, writes it to every target, and returns its JSON result.
 json build_one(const builder::Prepared& prep, const std::vector<builder::OutputTarget>& targets,
-               const builder::BuildOptions& opts, const std::string& image_refs, ProgressView& view) {
+               const builder::BuildOptions& opts, const std::string& image_refs, ProgressView& view,
+               const std::optional<registry::Reference>& push = std::nullopt) {
   builder::BuildResult r = builder::build(prep, opts);
+  if (!targets.empty() && opts.registries) builder::fetch_layers(*opts.registries, r.image, *opts.store);
   json outs = json::array();
   for (const auto& t : targets) {
     std::string d = builder::write_output(r.image, t, prep.repository, prep.tag);
     view.log("wrote " + t.text + " (" + d.substr(0, 19) + ")");
     outs.push_back({{"target", t.text}, {"digest", d}});
+  }
+  json pushed = nullptr;
+  if (push) {
+    builder::PushResult pr = builder::push_remote(*opts.registries, r.image, *push, *opts.store);
+    view.log("pushed " + pr.reference + " (" + std::to_string(pr.uploaded) + " blob(s) uploaded, " +
+             std::to_string(pr.skipped) + " already there, " + std::to_string(pr.mounted) + " mounted)");
+    if (!pr.previous_digest.empty())
+      view.warn("tag " + push->name() + ":" + push->tag + " moved from " + pr.previous_digest + " to " + pr.digest +
+                "; roll back with a push of the old digest");
+    pushed = {{"reference", pr.reference}, {"digest", pr.digest},         {"uploaded", pr.uploaded},
+              {"skipped", pr.skipped},     {"mounted", pr.mounted},       {"bytes_uploaded", pr.bytes_uploaded},
+              {"previous_digest", pr.previous_digest.empty() ? json(nullptr) : json(pr.previous_digest)}};
   }
   std::string full = prep.image_ref() + "@" + r.manifest_digest;
   if (!image_refs.empty()) {
@@ -63,7 +79,8 @@ json build_one(const builder::Prepared& prep, const std::vector<builder::OutputT
             {"outputs", outs},
             {"layers", layers_json(r.layers)},
             {"timings", r.timings},
-            {"warnings", r.warnings}};
+            {"warnings", r.warnings},
+            {"pushed", pushed}};
   if (prep.files.has_source)
     j["source"] = {{"digest", prep.source_digest}, {"dest", prep.spec->source_dest},
                    {"copy_mode", spec::to_string(prep.files.mode)}};
@@ -73,11 +90,13 @@ json build_one(const builder::Prepared& prep, const std::vector<builder::OutputT
 struct BuildArgs {
   std::string spec_path, plan_path, modules_from, image_refs;
   std::vector<std::string> outputs, modules;
+  bool push = false, no_push = false, force = false, skip_preflight = false;
 };
 
-builder::BuildOptions options(Context& ctx, layers::Store& store) {
+builder::BuildOptions options(Context& ctx, layers::Store& store, builder::RegistrySession& session) {
   builder::BuildOptions opts;
   opts.store = &store;
+  opts.registries = &session;
   opts.progress = &ctx.view;
   opts.jobs = ctx.jobs();
   opts.source_date_epoch = source_date_epoch_from_env();
@@ -103,7 +122,8 @@ int run_plan(Context& ctx, const BuildArgs& a, bool build_too) {
   plan::PlanInput in = plan::load_plan(a.plan_path);
   auto targets = targets_of(a);
   layers::Store store = ctx.open_store();
-  builder::BuildOptions opts = options(ctx, store);
+  builder::RegistrySession session(ctx.registry_settings(), &ctx.view);
+  builder::BuildOptions opts = options(ctx, store, session);
   auto prepared = plan::prepare_images(in, opts);
   for (auto& [id, p] : prepared)
     for (const auto& w : p.files.warnings) ctx.view.warn(id + ": " + w);
@@ -128,8 +148,26 @@ int run_build(Context& ctx, const BuildArgs& a, bool tag_only) {
   spec::ImageSpec s = spec::load_spec(a.spec_path);
   auto targets = targets_of(a);
   layers::Store store = ctx.open_store();
-  builder::BuildOptions opts = options(ctx, store);
+  builder::RegistrySession session(ctx.registry_settings(s.registry_config ? s.registry_config->string() : ""),
+                                   &ctx.view);
+  builder::BuildOptions opts = options(ctx, store, session);
   opts.extra_modules = modules_of(a);
+
+  // Pushing: --push, or a registry in the spec (as flytekit does), unless --no-push.
+  const bool push = !tag_only && !a.no_push && (a.push || (s.registry && !s.registry->empty()));
+  if (push && (!s.registry || s.registry->empty()))
+    throw std::invalid_argument("--push needs a registry: set \"registry\" in the spec");
+  // The dry push comes first: a forbidden or misspelled target fails in seconds, before any
+  // file is hashed or layer built.
+  if (push && !a.skip_preflight) {
+    builder::PreflightReport pre = builder::preflight(session, spec::repository(s));
+    for (const auto& st : pre.steps) ctx.view.log(std::string("preflight ") + (st.ok ? "ok   " : "FAIL ") + st.name + ": " + st.message);
+    if (!pre.ok) {
+      const auto& last = pre.steps.back();
+      throw registry::RegistryError(pre.failure.value_or(registry::RegistryError::Kind::Protocol),
+                                    "preflight failed at '" + last.name + "': " + last.message);
+    }
+  }
   builder::Prepared prep = builder::prepare(s, opts);
   for (const auto& w : prep.files.warnings) ctx.view.warn(w);
   if (tag_only) {
@@ -141,7 +179,31 @@ int run_build(Context& ctx, const BuildArgs& a, bool tag_only) {
     }
     return kOk;
   }
-  json j = build_one(prep, targets, opts, a.image_refs, ctx.view);
+  std::optional<registry::Reference> target;
+  if (push) {
+    target = registry::parse_reference(prep.image_ref());
+    // Skip if it exists: the tag is a content hash, so a present tag is this very image.
+    bool repo_missing = false;
+    if (!a.force) {
+      if (auto d = builder::remote_exists(session, *target, &repo_missing)) {
+        ctx.view.log(target->name() + ":" + target->tag + " already exists (" + d->substr(0, 19) +
+                     "); nothing to build (--force rebuilds and pushes anyway)");
+        registry::Reference done = *target;
+        done.digest = *d;
+        if (ctx.common.json_out) {
+          std::cout << json{{"status", "exists"}, {"image", prep.image_ref()}, {"digest", *d},
+                            {"reference", done.str()}, {"tag", prep.tag}, {"spec_hash", prep.spec_hash}}.dump(2)
+                    << std::endl;
+        } else {
+          std::cout << prep.repository << "@" << *d << std::endl;
+        }
+        return kOk;
+      }
+      ctx.view.log(repo_missing ? "repository " + target->name() + " does not exist yet: building"
+                                : "tag " + target->tag + " not in " + target->name() + " yet: building");
+    }
+  }
+  json j = build_one(prep, targets, opts, a.image_refs, ctx.view, target);
   if (targets.empty()) ctx.view.log("no --output given: the image is in the cache only");
   if (ctx.common.json_out) {
     std::cout << j.dump(2) << std::endl;
@@ -163,7 +225,12 @@ void add_build_commands(CLI::App& app, Common& c, std::vector<Command>& out) {
   build->add_option("--modules-from", a->modules_from, "File listing loaded modules, one per line ('-': stdin)");
   build->add_option("--image-refs", a->image_refs, "Append the built reference (name:tag@digest) to this file");
   build->add_option("--plan", a->plan_path, "A task plan (see `kiln plan`): build its specs, then print the plan");
+  build->add_flag("--push", a->push, "Push to the spec's registry (the default when the spec sets \"registry\")");
+  build->add_flag("--no-push", a->no_push, "Do not push, even when the spec sets a registry");
+  build->add_flag("--force", a->force, "Build and push even when the tag already exists in the registry");
+  build->add_flag("--skip-preflight", a->skip_preflight, "Do not check push permission before building");
   add_common_options(build, c);
+  add_registry_options(build, c);
   out.push_back({build, [a](Context& ctx) { return run_build(ctx, *a, false); }});
 
   auto* tag = app.add_subcommand("tag", "Print the [registry/]name:tag a spec builds, without building");
@@ -171,11 +238,13 @@ void add_build_commands(CLI::App& app, Common& c, std::vector<Command>& out) {
   tag->add_option("--module", a->modules, "A loaded module file, relative to source_root (repeatable)");
   tag->add_option("--modules-from", a->modules_from, "File listing loaded modules, one per line ('-': stdin)");
   add_common_options(tag, c);
+  add_registry_options(tag, c);
   out.push_back({tag, [a](Context& ctx) { return run_build(ctx, *a, true); }});
 
   auto* plan_cmd = app.add_subcommand("plan", "Decide per task whether fast register is needed (JSON on stdout)");
   plan_cmd->add_option("plan", a->plan_path, "Plan JSON file, or - for stdin")->required();
   add_common_options(plan_cmd, c);
+  add_registry_options(plan_cmd, c);
   out.push_back({plan_cmd, [a](Context& ctx) { return run_plan(ctx, *a, false); }});
 }
 

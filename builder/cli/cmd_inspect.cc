@@ -4,6 +4,8 @@
 #include "builder/build.h"
 #include "builder/cli/common.h"
 #include "builder/oci_layout.h"
+#include "builder/registry_io.h"
+#include "registry/reference.h"
 
 namespace fs = std::filesystem;
 
@@ -36,17 +38,27 @@ json inspect_json(const builder::Image& img, const std::string& digest, const st
 
 }  // namespace
 
-void add_inspect_command(CLI::App& app, Common&, std::vector<Command>& out) {
+void add_inspect_command(CLI::App& app, Common& c, std::vector<Command>& out) {
   struct Args {
     std::string ref, platform = "linux/amd64";
   };
   auto a = std::make_shared<Args>();
   auto* inspect = app.add_subcommand("inspect", "Print an image's config, labels and layers as JSON");
-  inspect->add_option("ref", a->ref, "oci:DIR[:TAG]")->required();
+  inspect->add_option("ref", a->ref, "oci:DIR[:TAG] or a registry reference")->required();
   inspect->add_option("--platform", a->platform, "Platform to pick from an image index");
-  out.push_back({inspect, [a](Context&) {
-                   if (a->ref.rfind("oci:", 0) != 0)
-                     throw std::invalid_argument("'" + a->ref + "': only oci:DIR[:TAG] references can be inspected yet");
+  add_common_options(inspect, c);
+  add_registry_options(inspect, c);
+  out.push_back({inspect, [a](Context& ctx) {
+                   if (a->ref.rfind("oci:", 0) != 0) {
+                     registry::Reference ref = registry::parse_reference(a->ref);
+                     layers::Store store = ctx.open_store();
+                     builder::RegistrySession session(ctx.registry_settings(), &ctx.view);
+                     builder::RemoteImage ri = builder::pull_remote(session, ref, a->platform, store);
+                     registry::Reference done = ref;
+                     done.digest = ri.manifest_digest;
+                     std::cout << inspect_json(ri.image, ri.manifest_digest, done.str()).dump(2) << std::endl;
+                     return kOk;
+                   }
                    fs::path dir;
                    std::string t;
                    builder::split_oci_ref(a->ref, &dir, &t);

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "layers/fileset.h"
+#include "registry/client.h"
 #include "spec/image_spec.h"
 
 namespace fs = std::filesystem;
@@ -24,6 +25,26 @@ int Context::jobs() const {
   return n ? static_cast<int>(n) : 2;
 }
 
+builder::RegistrySettings Context::registry_settings(const std::string& spec_config) const {
+  builder::RegistrySettings r;
+  r.allow_http.insert(common.allow_http.begin(), common.allow_http.end());
+  r.skip_tls_verify.insert(common.skip_tls_verify.begin(), common.skip_tls_verify.end());
+  r.ca_file = common.registry_ca;
+  r.docker_config = !common.registry_config.empty() ? common.registry_config : spec_config;
+  r.jobs = std::max(4, jobs());
+  return r;
+}
+
+void add_registry_options(CLI::App* sub, Common& c) {
+  sub->add_option("--insecure-allow-http", c.allow_http, "Allow plain HTTP to this registry host[:port] (repeatable)");
+  sub->add_option("--insecure-skip-tls-verify", c.skip_tls_verify,
+                  "Do not verify the TLS certificate of this registry host[:port] (repeatable)");
+  sub->add_option("--registry-ca", c.registry_ca, "Extra CA certificates (PEM) to trust for registries");
+  sub->add_option("--registry-config", c.registry_config,
+                  "docker config.json (or its directory) with credentials (default: the spec's registry_config, "
+                  "$DOCKER_CONFIG, ~/.docker)");
+}
+
 void add_common_options(CLI::App* sub, Common& c) {
   sub->add_option("--cache", c.cache_dir, "Cache directory (default: $KILN_CACHE, else $XDG_CACHE_HOME/kiln)");
   sub->add_option("--progress", c.progress, "Progress on stderr: auto, plain or quiet")
@@ -35,6 +56,21 @@ void add_common_options(CLI::App* sub, Common& c) {
 Failure classify(const std::exception& e) {
   if (auto* s = dynamic_cast<const spec::SpecError*>(&e)) return {kUsage, "permanent", "spec", s->what(), s->field()};
   if (auto* i = dynamic_cast<const layers::InputError*>(&e)) return {kUsage, "permanent", "input", i->what(), ""};
+  if (auto* r = dynamic_cast<const registry::RegistryError*>(&e)) {
+    using K = registry::RegistryError::Kind;
+    int code = kInternal;
+    switch (r->kind()) {
+      case K::Unauthorized: code = kAuth; break;
+      case K::Denied: code = kDenied; break;
+      case K::NameUnknown:
+      case K::ManifestUnknown:
+      case K::BlobUnknown: code = kNotFound; break;
+      case K::Unreachable:
+      case K::Transient: code = kTransient; break;
+      case K::Protocol: code = kInternal; break;
+    }
+    return {code, r->transient() ? "transient" : "permanent", registry::RegistryError::kind_name(r->kind()), r->what(), ""};
+  }
   if (auto* a = dynamic_cast<const std::invalid_argument*>(&e)) return {kUsage, "permanent", "usage", a->what(), ""};
   if (auto* se = dynamic_cast<const std::system_error*>(&e)) {
     if (se->code() == std::errc::no_such_file_or_directory) return {kNotFound, "permanent", "not_found", se->what(), ""};

@@ -10,6 +10,7 @@
 
 #include "builder/cli/exit_codes.h"
 #include "builder/cli/progress_view.h"
+#include "builder/registry_io.h"
 #include "layers/store.h"
 
 namespace kiln::cli {
@@ -22,6 +23,9 @@ struct Common {
   std::string progress = "auto";
   bool json_out = false;
   int jobs = 0;
+  // Registry access.
+  std::vector<std::string> allow_http, skip_tls_verify;
+  std::string registry_ca, registry_config;
 };
 
 /// What a command gets when it runs.
@@ -30,6 +34,8 @@ struct Context {
   ProgressView& view;
   layers::Store open_store() const;
   int jobs() const;
+  /// Registry settings from the flags; `spec_config` is a spec's registry_config (flags win).
+  builder::RegistrySettings registry_settings(const std::string& spec_config = "") const;
 };
 
 /// A parsed subcommand and what to run when it was chosen.
@@ -40,6 +46,8 @@ struct Command {
 
 /// Adds --cache, --progress, --json, --jobs to a subcommand.
 void add_common_options(CLI::App* sub, Common& c);
+/// Adds --insecure-allow-http, --insecure-skip-tls-verify, --registry-ca, --registry-config.
+void add_registry_options(CLI::App* sub, Common& c);
 
 /// A failure with its exit code and class, for the human line and the --json object.
 struct Failure {
@@ -59,5 +67,6 @@ std::vector<std::string> read_module_list(const std::string& file);
 void add_build_commands(CLI::App& app, Common& c, std::vector<Command>& out);    // build, tag, plan
 void add_inspect_command(CLI::App& app, Common& c, std::vector<Command>& out);   // inspect
 void add_cache_commands(CLI::App& app, Common& c, std::vector<Command>& out);    // cache du|prune
+void add_preflight_command(CLI::App& app, Common& c, std::vector<Command>& out); // preflight
 
 }  // namespace kiln::cli

@@ -16,6 +16,7 @@ int run(int argc, char** argv) {
   add_build_commands(app, common, commands);
   add_inspect_command(app, common, commands);
   add_cache_commands(app, common, commands);
+  add_preflight_command(app, common, commands);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

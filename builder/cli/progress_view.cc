@@ -82,7 +82,7 @@ void ProgressView::begin(const std::string& id, const std::string& label, std::u
   std::lock_guard<std::mutex> lock(mu_);
   tasks_[id] = Task{label, total, 0};
   if (mode_ == Mode::Plain) {
-    std::fprintf(stderr, "building %s (%s)\n", label.c_str(), human_bytes(total).c_str());
+    std::fprintf(stderr, "%s (%s) ...\n", label.c_str(), human_bytes(total).c_str());
   } else {
     draw_bar();
   }
@@ -106,7 +106,7 @@ void ProgressView::end(const std::string& id, const std::string& summary) {
   std::lock_guard<std::mutex> lock(mu_);
   tasks_.erase(id);
   clear_bar();
-  std::fprintf(stderr, "built %s\n", summary.c_str());
+  std::fprintf(stderr, "%s\n", summary.c_str());
   draw_bar();
 }
 

@@ -93,6 +93,14 @@ TEST_CASE("spec: unknown fields get a did-you-mean suggestion when one is close"
   CHECK(error_of(R"({"sourceroot": "."})") ==
         "spec.json: unknown field 'sourceroot'; did you mean 'source_root'?");
   CHECK(field_of(R"({"nmae": "x"})") == "nmae");
+  // At the limit: distance <= max(2, length / 3).
+  CHECK(error_of(R"({"wrkdr": "/"})") ==
+        "spec.json: unknown field 'wrkdr'; did you mean 'workdir'?");
+  // Two transpositions count as 2 (plain Levenshtein would say 4).
+  CHECK(error_of(R"({"wrokdri": "/"})") ==
+        "spec.json: unknown field 'wrokdri'; did you mean 'workdir'?");
+  CHECK(error_of(R"({"xyzpackages": []})") ==
+        "spec.json: unknown field 'xyzpackages'; did you mean 'packages'?");
 }
 
 TEST_CASE("spec: unknown fields without a close match get no suggestion") {
@@ -264,12 +272,12 @@ TEST_CASE("spec: unsupported fields in a nested base spec are named with their p
   CHECK(field_of(R"({"base_image": {"apt_packages": ["git"]}})") == "base_image.apt_packages");
 }
 
-TEST_CASE("spec: registry base images are not supported yet") {
-  CHECK(error_of(R"({"base_image": "python:3.12-slim"})") ==
-        "spec.json: field 'base_image': registry bases ('python:3.12-slim') are not supported "
-        "yet; use \"scratch\" or \"oci:DIR[:TAG]\"");
-  CHECK(field_of(R"({"base_image": "ghcr.io/org/img:v1"})") == "base_image");
-  CHECK(field_of(R"({"base_image": {"base_image": "debian"}})") == "base_image.base_image");
+TEST_CASE("spec: a registry base image is a registry reference") {
+  auto s = parse(R"({"base_image": "ghcr.io/org/img:v1"})");
+  CHECK(s.base_image.kind == kiln::spec::BaseImage::Kind::Registry);
+  CHECK(s.base_image.ref == "ghcr.io/org/img:v1");
+  CHECK(parse(R"({"base_image": {"base_image": "debian"}})").base_image.spec->base_image.kind ==
+        kiln::spec::BaseImage::Kind::Registry);
 }
 
 // ---- Value checks -------------------------------------------------------------------------------
