@@ -59,9 +59,10 @@ class ZstdEncoder : public Encoder {
     if (!cctx_) throw std::runtime_error("zstd: cannot create context");
     ZSTD_CCtx_setParameter(cctx_, ZSTD_c_compressionLevel, level < 0 ? 3 : level);
     ZSTD_CCtx_setParameter(cctx_, ZSTD_c_checksumFlag, 1);
-    // A fixed worker count: multi-threaded zstd output depends on whether workers are used, not
-    // on how many cores the machine has; 2 keeps every machine byte-identical.
-    ZSTD_CCtx_setParameter(cctx_, ZSTD_c_nbWorkers, 2);
+    // Single-threaded on purpose: multi-threaded zstd writes other bytes than single-threaded
+    // zstd, and a libzstd built without threads would silently fall back, so a worker count
+    // would make the digest depend on how the library was built. Parallelism comes from
+    // building several layers at once instead.
   }
   ~ZstdEncoder() override { ZSTD_freeCCtx(cctx_); }
   void write(const void* d, std::size_t n) override {
@@ -137,7 +138,10 @@ class ZstdDecoder : public Encoder {
     }
   }
   void finish() override {
-    for (;;) {  // drain buffered output
+    // Drain output the decoder still holds (the last write may have filled the output buffer).
+    // Once a frame is complete and flushed (last_ == 0) there is nothing to drain: calling again
+    // would start a new frame and return its header size hint, i.e. look "truncated".
+    while (last_ != 0) {
       ZSTD_inBuffer in{nullptr, 0, 0};
       ZSTD_outBuffer o{buf_.data(), buf_.size(), 0};
       last_ = ZSTD_decompressStream(dctx_, &o, &in);
@@ -152,7 +156,7 @@ class ZstdDecoder : public Encoder {
   ByteSink out_;
   ZSTD_DCtx* dctx_;
   std::vector<char> buf_;
-  std::size_t last_ = 0;
+  std::size_t last_ = 1;  // nothing decoded yet: an empty input is not a zstd stream
 };
 
 }  // namespace

@@ -27,6 +27,12 @@ bool valid_utf8(std::string_view s) {
     std::size_t n = c < 0x80 ? 0 : (c >> 5) == 6 ? 1 : (c >> 4) == 14 ? 2 : (c >> 3) == 30 ? 3 : 99;
     if (n == 99 || i + n >= s.size() + (n ? 0 : 1)) return false;
     if (c == 0xC0 || c == 0xC1 || c > 0xF4) return false;
+    if (n >= 2) {  // overlong 3/4-byte forms, UTF-16 surrogates, code points above U+10FFFF
+      auto c1 = static_cast<unsigned char>(s[i + 1]);
+      if ((c == 0xE0 && c1 < 0xA0) || (c == 0xED && c1 > 0x9F) || (c == 0xF0 && c1 < 0x90) ||
+          (c == 0xF4 && c1 > 0x8F))
+        return false;
+    }
     for (std::size_t k = 1; k <= n; ++k)
       if ((static_cast<unsigned char>(s[i + k]) >> 6) != 2) return false;
     i += n + 1;
@@ -131,6 +137,10 @@ struct Walker {
     std::string dir_abs = rel.empty() ? root : root + "/" + rel;
     DIR* d = ::opendir(dir_abs.c_str());
     if (!d) throw InputError("cannot read directory '" + printable(dir_abs) + "': " + std::strerror(errno));
+    struct DirGuard {
+      DIR* d;
+      ~DirGuard() { ::closedir(d); }
+    } guard{d};
     std::vector<std::string> names;
     while (struct dirent* de = ::readdir(d)) {
       std::string n = de->d_name;
@@ -144,21 +154,23 @@ struct Walker {
       rules->add_gitignore(rel, text);
     }
     std::sort(names.begin(), names.end());
-    std::vector<std::string> subdirs;
+    std::vector<std::string> subdirs;  // walked after this directory's own entries
     for (const std::string& n : names) {
       std::string child = join(rel, n);
-      if (!valid_utf8(n))
-        throw InputError("file name is not valid UTF-8: '" + printable(root + "/" + child) +
-                         "' (rename it, or exclude it with .dockerignore)");
       struct stat st{};
       if (::fstatat(dfd, n.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0)
         throw InputError("cannot stat '" + printable(root + "/" + child) + "': " + std::strerror(errno));
       bool is_dir = S_ISDIR(st.st_mode);
       const IgnoreRules& r = rules ? *rules : builtin;
       if (r.ignored(child, is_dir)) {
-        if (is_dir && !r.can_prune(child)) subdirs.push_back(child + "\n");  // look inside, emit nothing
+        if (is_dir && !r.can_prune(child)) subdirs.push_back(child);  // look inside, emit nothing
         continue;
       }
+      // Checked after the ignore rules, so an excluded name does not matter; the whole path, as a
+      // re-included file may sit below an excluded directory whose name is not UTF-8.
+      if (!valid_utf8(child))
+        throw InputError("file name is not valid UTF-8: '" + printable(root + "/" + child) +
+                         "' (rename it, or exclude it with .dockerignore)");
       FileEntry e = make_entry(child, dest_prefix + child, root + "/" + child, st);
       if (e.type == FileEntry::Type::Symlink && !link_stays_inside(child, e.link_target))
         warnings->push_back("symlink '" + child + "' points outside source_root ('" + e.link_target +
@@ -166,14 +178,7 @@ struct Walker {
       if (is_dir) subdirs.push_back(child);
       out->push_back(std::move(e));
     }
-    ::closedir(d);
-    for (const std::string& s : subdirs) {
-      if (!s.empty() && s.back() == '\n') {
-        walk(s.substr(0, s.size() - 1));
-      } else {
-        walk(s);
-      }
-    }
+    for (const std::string& s : subdirs) walk(s);
   }
 };
 
@@ -315,6 +320,11 @@ void hash_files(FileSet& set, StatIndex* index, int jobs) {
         std::lock_guard<std::mutex> lock(mu);
         if (first_error.empty())
           first_error = "cannot read '" + printable(e->abs) + "': " + err.code().message();
+        next = todo.size();
+        return;
+      } catch (const std::exception& err) {
+        std::lock_guard<std::mutex> lock(mu);
+        if (first_error.empty()) first_error = "cannot hash '" + printable(e->abs) + "': " + err.what();
         next = todo.size();
         return;
       }

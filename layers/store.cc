@@ -55,11 +55,13 @@ void BlobWriter::flush() {
 }
 
 fs::path BlobWriter::commit(const std::string& digest) {
+  // First, while the destructor still owns (and removes) the temp file: digest_hex throws on a
+  // malformed digest.
+  fs::path dest = blobs_dir_ / std::string(digest_hex(digest));
   flush();
   if (::fsync(fd_) != 0) throw std::system_error(errno, std::generic_category(), "fsync " + tmp_path_.string());
   ::close(fd_);
   fd_ = -1;
-  fs::path dest = blobs_dir_ / std::string(digest_hex(digest));
   if (::rename(tmp_path_.c_str(), dest.c_str()) != 0) {
     int e = errno;
     ::unlink(tmp_path_.c_str());

@@ -4,6 +4,7 @@
 #include <archive.h>
 #include <archive_entry.h>
 #include <fcntl.h>
+#include <locale.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -54,6 +55,31 @@ la_ssize_t on_write(struct archive*, void* ctx, const void* buf, size_t n) {
   return static_cast<la_ssize_t>(n);
 }
 
+// libarchive derives each header's names from the UTF-8 we give it through the current locale's
+// charset, and libarchive 3.6/3.7 crash (NULL pathname) when that conversion fails — in the "C"
+// locale, any non-ASCII name. While a layer is written, this thread runs under a UTF-8 LC_CTYPE,
+// so names are written as UTF-8 whatever the process locale (which also keeps the bytes
+// independent of the user's locale).
+class Utf8Ctype {
+ public:
+  Utf8Ctype() {
+    for (const char* name : {"C.UTF-8", "C.utf8", "en_US.UTF-8"})
+      if ((loc_ = ::newlocale(LC_CTYPE_MASK, name, locale_t(0))) != locale_t(0)) break;
+    if (loc_ != locale_t(0)) old_ = ::uselocale(loc_);
+  }
+  ~Utf8Ctype() {
+    if (loc_ != locale_t(0)) {
+      ::uselocale(old_);
+      ::freelocale(loc_);
+    }
+  }
+  Utf8Ctype(const Utf8Ctype&) = delete;
+  Utf8Ctype& operator=(const Utf8Ctype&) = delete;
+
+ private:
+  locale_t loc_ = locale_t(0), old_ = locale_t(0);
+};
+
 [[noreturn]] void fail(struct archive* a, const std::string& what) {
   throw std::runtime_error(what + ": " + (archive_error_string(a) ? archive_error_string(a) : "tar error"));
 }
@@ -100,6 +126,7 @@ WrittenLayer write_layer(const std::vector<TarEntry>& entries, const LayerWriteO
     (*p.out)(d, n);
   }, opts.level);
 
+  Utf8Ctype utf8_ctype;  // outlives the archive objects below
   struct archive* a = archive_write_new();
   if (!a) throw std::runtime_error("libarchive: out of memory");
   struct Guard {
@@ -147,6 +174,15 @@ WrittenLayer write_layer(const std::vector<TarEntry>& entries, const LayerWriteO
         archive_entry_set_size(ae, static_cast<la_int64_t>(e.size));
         break;
     }
+    // A name with no header form (not valid UTF-8, or no UTF-8 locale on this system): refuse it
+    // rather than let libarchive dereference the missing name.
+    const bool has_link =
+        (e.type == TarEntry::Type::Symlink || e.type == TarEntry::Type::Hardlink) && !e.link_target.empty();
+    if (!archive_entry_pathname(ae) ||
+        (has_link && !(e.type == TarEntry::Type::Symlink ? archive_entry_symlink(ae) : archive_entry_hardlink(ae))))
+      throw std::runtime_error("cannot write the name of '" + e.path + "'" +
+                               (has_link ? " -> '" + e.link_target + "'" : std::string()) +
+                               " into the layer: not valid UTF-8, or no UTF-8 locale (C.UTF-8) on this system");
     if (archive_write_header(a, ae) < ARCHIVE_WARN) {
       if (!p.error.empty()) throw std::runtime_error(p.error);
       fail(a, "tar header for '" + e.path + "'");

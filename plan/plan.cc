@@ -49,6 +49,14 @@ std::vector<std::string> string_list(const json& j, const std::string& field) {
   return out;
 }
 
+/// A string field, or `def` when absent (nlohmann's value() would throw a bare type_error).
+std::string string_field(const json& obj, const std::string& key, const std::string& def, const std::string& field) {
+  auto it = obj.find(key);
+  if (it == obj.end()) return def;
+  if (!it->is_string()) bad(field, "field '" + field + "' must be a string");
+  return it->get<std::string>();
+}
+
 void check_keys(const json& obj, const std::set<std::string>& known, const std::string& where) {
   for (const auto& [k, _] : obj.items())
     if (!known.count(k)) {
@@ -81,13 +89,13 @@ PlanInput parse_plan(std::string_view text, const fs::path& base_dir, const std:
   check_keys(j, {"copy", "project_root", "loaded_modules", "images", "tasks"}, "plan");
   PlanInput in;
   in.origin = origin;
-  std::string copy = j.value("copy", "auto");
+  std::string copy = string_field(j, "copy", "auto", "copy");
   std::transform(copy.begin(), copy.end(), copy.begin(), [](unsigned char c) { return std::tolower(c); });
   if (copy == "auto") in.copy = CopyMode::Auto;
   else if (copy == "all") in.copy = CopyMode::All;
   else if (copy == "none") in.copy = CopyMode::None;
   else bad("copy", "field 'copy' must be auto, all or none (pyflyte's --copy), not '" + copy + "'");
-  in.project_root = (base_dir / j.value("project_root", ".")).lexically_normal();
+  in.project_root = (base_dir / string_field(j, "project_root", ".", "project_root")).lexically_normal();
   if (in.project_root.generic_string().size() > 1 && in.project_root.generic_string().back() == '/')
     in.project_root = in.project_root.parent_path();
   for (const auto& m : string_list(j.value("loaded_modules", json()), "loaded_modules"))
@@ -138,7 +146,7 @@ PlanInput parse_plan(std::string_view text, const fs::path& base_dir, const std:
     if (!t.contains("name") || !t["name"].is_string()) bad(where + ".name", where + " needs a name (string)");
     ti.name = t["name"].get<std::string>();
     if (!names.insert(ti.name).second) bad(where + ".name", "task '" + ti.name + "' is listed twice");
-    ti.kind = t.value("kind", "python");
+    ti.kind = string_field(t, "kind", "python", where + ".kind");
     if (!t.contains("image") || !t["image"].is_string()) bad(where + ".image", "task '" + ti.name + "' needs an image id");
     ti.image = t["image"].get<std::string>();
     bool known = std::any_of(in.images.begin(), in.images.end(), [&](const ImageInput& im) { return im.id == ti.image; });
@@ -328,14 +336,23 @@ bool has_errors(const json& plan) { return !plan.value("errors", json::array()).
 std::string summary(const json& plan) {
   std::ostringstream o;
   o << "plan (copy " << plan.value("copy", "") << "):\n";
-  for (const auto& t : plan["tasks"])
-    o << "  " << (t["fast_register"].get<bool>() ? "fast-register " : "baked         ") << t["name"].get<std::string>()
-      << " on " << t["image_ref"].get<std::string>() << " (" << t["reason"].get<std::string>() << ")\n";
+  for (const auto& t : plan["tasks"]) {
+    // Only source_baked tasks are "baked": a raw container runs its image as is, and a copy_none
+    // task has no code at all (an error below).
+    const std::string r = t["reason"].get<std::string>();
+    o << "  "
+      << (t["fast_register"].get<bool>() ? "fast-register "
+          : r == "source_baked"          ? "baked         "
+          : r == "raw_container"         ? "raw container "
+                                         : "no code       ")
+      << t["name"].get<std::string>()
+      << " on " << t["image_ref"].get<std::string>() << " (" << r << ")\n";
+  }
   const json& b = plan["bundle"];
   if (b["needed"].get<bool>())
     o << "  bundle: needed, " << b["file_count"].get<std::size_t>() << " file(s)\n";
   else
-    o << "  bundle: not needed (every task's code is baked in its image)\n";
+    o << "  bundle: not needed (no task fast-registers)\n";
   for (const auto& w : plan["warnings"]) o << "warning: [" << w["code"].get<std::string>() << "] " << w["message"].get<std::string>() << "\n";
   for (const auto& e : plan["errors"]) o << "error: [" << e["code"].get<std::string>() << "] " << e["message"].get<std::string>() << "\n";
   return o.str();

@@ -31,7 +31,7 @@ struct TaskInput {
   std::string kind;                  // "python", "raw_container", "map", "array", ...
   std::string image;                 // an ImageInput id
   std::vector<std::string> modules;  // relative to project_root
-  bool raw_container() const { return kind == "raw_container" || kind == "container"; }
+  bool raw_container() const { return kind == "raw_container" || kind == "raw-container" || kind == "container"; }
 };
 
 struct PlanInput {

@@ -12,7 +12,9 @@ build_pkgs=(
 )
 test_pkgs=(
   umoci skopeo oci-image-tool docker-registry apache2-utils bubblewrap busybox-static
-  python3 python3-pip-whl zstd pigz buildah
+  python3 python3-pip-whl python3-jsonschema zstd pigz buildah
+  strace  # tests/integration/test_cache.sh: a no-change rebuild opens no source file
+  time    # bench/run.sh: GNU /usr/bin/time for peak RSS
 )
 
 pkgs=("${build_pkgs[@]}")

@@ -1,0 +1,536 @@
+// Unit tests for layers/fileset: collect_files under each copy mode, the safety rules (fifos,
+// non-UTF-8 names, symlinks), mode normalization, copy entries, hash_files and the StatIndex.
+#include "layers/fileset.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#include <catch2/catch.hpp>
+
+#include <chrono>
+#include <filesystem>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "layers/digest.h"
+#include "testutil.h"
+
+using namespace kiln::layers;
+using kiln::spec::CopyMode;
+using kiln::spec::ImageSpec;
+using kiln::testutil::contains;
+using kiln::testutil::TempDir;
+using kiln::testutil::write_file;
+namespace fs = std::filesystem;
+
+namespace {
+
+ImageSpec spec_for(const TempDir& tmp, CopyMode mode, const std::string& src = "src") {
+  ImageSpec s;
+  s.base_dir = tmp.path();
+  s.origin = "test";
+  s.source_root = tmp / src;
+  s.source_copy_mode = mode;
+  return s;
+}
+
+/// "rel dest type mode size [-> target]" per entry, for exact comparisons.
+std::vector<std::string> describe(const std::vector<FileEntry>& v) {
+  std::vector<std::string> out;
+  for (const FileEntry& e : v) {
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%04o", e.mode);
+    std::string t = e.type == FileEntry::Type::File ? "f" : e.type == FileEntry::Type::Dir ? "d" : "l";
+    std::string s = e.rel + " " + e.dest + " " + t + " " + mode + " " + std::to_string(e.size);
+    if (e.type == FileEntry::Type::Symlink) s += " -> " + e.link_target;
+    out.push_back(s);
+  }
+  return out;
+}
+
+const FileEntry* find(const std::vector<FileEntry>& v, const std::string& rel) {
+  for (const FileEntry& e : v)
+    if (e.rel == rel) return &e;
+  return nullptr;
+}
+
+/// The "all" fixture: source files, ignored files of every kind, a symlink and an empty directory.
+void make_project(const TempDir& tmp) {
+  const fs::path src = tmp / "src";
+  write_file(src / ".git" / "HEAD", "ref: refs/heads/main\n");
+  write_file(src / ".gitignore", "*.log\nbuild/\n");
+  write_file(src / ".dockerignore", "secret.txt\n");
+  write_file(src / "app.log", "log line\n");
+  write_file(src / "build" / "out.bin", "binary");
+  write_file(src / "secret.txt", "hunter2");
+  write_file(src / "main.py", "print('hi')\n", 0600);
+  write_file(src / "run.sh", "#!/bin/sh\n", 0700);
+  write_file(src / "pkg" / "__init__.py", "");
+  write_file(src / "pkg" / "mod.py", "x = 1\n", 0640);
+  write_file(src / "pkg" / "__pycache__" / "mod.cpython-312.pyc", "pyc");
+  write_file(src / "pkg" / "old.pyc", "pyc");
+  write_file(src / "pkg" / ".gitignore", "gen_*.py\n");
+  write_file(src / "pkg" / "gen_a.py", "generated\n");
+  write_file(src / "pkg" / "tool", "#!/bin/sh\n", 0711);  // any x bit: 0755
+  fs::create_directories(src / "data");
+  ::chmod((src / "data").c_str(), 0700);
+  fs::create_symlink("pkg/mod.py", src / "link");
+}
+
+}  // namespace
+
+TEST_CASE("fileset: collect_files in 'all' mode applies builtin, .gitignore and .dockerignore rules") {
+  TempDir tmp;
+  make_project(tmp);
+  ImageSpec spec = spec_for(tmp, CopyMode::All);
+  FileSet set = collect_files(spec);
+  CHECK(set.has_source);
+  CHECK(set.mode == CopyMode::All);
+  CHECK(set.dest == "/root");
+  CHECK(set.warnings.empty());
+  CHECK(set.copy.empty());
+  CHECK(describe(set.source) == std::vector<std::string>{
+                                    ".dockerignore root/.dockerignore f 0644 11",
+                                    ".gitignore root/.gitignore f 0644 13",
+                                    "data root/data d 0755 0",
+                                    "link root/link l 0777 0 -> pkg/mod.py",
+                                    "main.py root/main.py f 0644 12",
+                                    "pkg root/pkg d 0755 0",
+                                    "pkg/.gitignore root/pkg/.gitignore f 0644 9",
+                                    "pkg/__init__.py root/pkg/__init__.py f 0644 0",
+                                    "pkg/mod.py root/pkg/mod.py f 0644 6",
+                                    "pkg/tool root/pkg/tool f 0755 10",
+                                    "run.sh root/run.sh f 0755 10",
+                                });
+  const std::string root = (tmp / "src").string();
+  for (const FileEntry& e : set.source) {
+    INFO(e.rel);
+    CHECK(e.abs == root + "/" + e.rel);
+    CHECK(e.sha256.empty());  // collect_files reads no content
+    struct stat st{};
+    REQUIRE(::lstat(e.abs.c_str(), &st) == 0);
+    CHECK(e.key.ino == st.st_ino);
+    CHECK(e.key.dev == st.st_dev);
+    CHECK(e.key.mtime_ns == std::int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec);
+    CHECK(e.key.size == (e.type == FileEntry::Type::File ? static_cast<std::uint64_t>(st.st_size) : 0u));
+  }
+  CHECK(set.total_bytes() == 11 + 13 + 12 + 9 + 0 + 6 + 10 + 10);
+}
+
+TEST_CASE("fileset: source_dest sets the destination prefix") {
+  TempDir tmp;
+  write_file(tmp / "src" / "a.py", "a");
+  ImageSpec spec = spec_for(tmp, CopyMode::All);
+  spec.source_dest = "/opt/app/";
+  FileSet set = collect_files(spec);
+  CHECK(set.dest == "/opt/app/");
+  CHECK(describe(set.source) == std::vector<std::string>{"a.py opt/app/a.py f 0644 1"});
+}
+
+TEST_CASE("fileset: a .dockerignore '!' re-includes a file under an excluded directory") {
+  TempDir tmp;
+  write_file(tmp / "src" / ".dockerignore", "vendor\n!vendor/keep.py\n");
+  write_file(tmp / "src" / "vendor" / "keep.py", "k");
+  write_file(tmp / "src" / "vendor" / "drop.py", "d");
+  FileSet set = collect_files(spec_for(tmp, CopyMode::All));
+  // The directory itself is excluded (the layer writer adds it as a parent), the file is not.
+  CHECK(describe(set.source) == std::vector<std::string>{".dockerignore root/.dockerignore f 0644 23",
+                                                          "vendor/keep.py root/vendor/keep.py f 0644 1"});
+}
+
+TEST_CASE("fileset: symlinks are stored as symlinks; one pointing outside gives a warning") {
+  TempDir tmp;
+  write_file(tmp / "outside.txt", "secret");
+  write_file(tmp / "src" / "main.py", "x");
+  fs::create_symlink("../outside.txt", tmp / "src" / "up");
+  fs::create_symlink("/etc/passwd", tmp / "src" / "abs");
+  fs::create_directories(tmp / "src" / "pkg");
+  fs::create_symlink("../main.py", tmp / "src" / "pkg" / "inside");
+  fs::create_symlink(tmp / "outside-dir-does-not-exist", tmp / "src" / "dangling");
+  FileSet set = collect_files(spec_for(tmp, CopyMode::All));
+  CHECK(describe(set.source) ==
+        std::vector<std::string>{"abs root/abs l 0777 0 -> /etc/passwd",
+                                 "dangling root/dangling l 0777 0 -> " + (tmp / "outside-dir-does-not-exist").string(),
+                                 "main.py root/main.py f 0644 1", "pkg root/pkg d 0755 0",
+                                 "pkg/inside root/pkg/inside l 0777 0 -> ../main.py",
+                                 "up root/up l 0777 0 -> ../outside.txt"});
+  REQUIRE(set.warnings.size() == 3);
+  std::string all;
+  for (auto& w : set.warnings) all += w + "\n";
+  CHECK(contains(all, "'abs'"));
+  CHECK(contains(all, "'up'"));
+  CHECK(contains(all, "'dangling'"));
+  CHECK_FALSE(contains(all, "inside"));
+}
+
+TEST_CASE("fileset: a fifo is refused") {
+  TempDir tmp;
+  write_file(tmp / "src" / "a.py", "a");
+  REQUIRE(::mkfifo((tmp / "src" / "pipe").c_str(), 0644) == 0);
+  CHECK_THROWS_MATCHES(collect_files(spec_for(tmp, CopyMode::All)), InputError,
+                       Catch::Matchers::Predicate<InputError>([&](const InputError& e) {
+                         std::string m = e.what();
+                         return contains(m, "fifo") && contains(m, (tmp / "src" / "pipe").string());
+                       }));
+  // Excluded by .dockerignore, it is never looked at.
+  write_file(tmp / "src" / ".dockerignore", "pipe\n");
+  FileSet set = collect_files(spec_for(tmp, CopyMode::All));
+  CHECK_FALSE(set.contains_source_file("pipe"));
+  CHECK(set.contains_source_file("a.py"));
+  // Listed as a loaded module, it is refused too.
+  ImageSpec lm = spec_for(tmp, CopyMode::LoadedModules);
+  lm.loaded_modules = {"pipe"};
+  CHECK_THROWS_AS(collect_files(lm), InputError);
+}
+
+TEST_CASE("fileset: a non-UTF-8 file name is refused unless excluded") {
+  TempDir tmp;
+  write_file(tmp / "src" / "a.py", "a");
+  write_file(tmp / "src" / "bad\xff.txt", "b");
+  CHECK_THROWS_MATCHES(collect_files(spec_for(tmp, CopyMode::All)), InputError,
+                       Catch::Matchers::Predicate<InputError>([](const InputError& e) {
+                         std::string m = e.what();
+                         return contains(m, "UTF-8") && contains(m, "bad\\xff.txt");
+                       }));
+  // The message suggests excluding it with .dockerignore: that must work.
+  write_file(tmp / "src" / ".dockerignore", "bad*\n");
+  FileSet set = collect_files(spec_for(tmp, CopyMode::All));
+  CHECK(describe(set.source) == std::vector<std::string>{".dockerignore root/.dockerignore f 0644 5",
+                                                          "a.py root/a.py f 0644 1"});
+  // ... and so must a .gitignore.
+  fs::remove(tmp / "src" / ".dockerignore");
+  write_file(tmp / "src" / ".gitignore", "*.txt\n");
+  CHECK(collect_files(spec_for(tmp, CopyMode::All)).source.size() == 2);
+}
+
+TEST_CASE("fileset: a non-UTF-8 name inside an excluded directory re-included by '!' is refused") {
+  TempDir tmp;
+  write_file(tmp / "src" / "d\xfe" / "keep.py", "k");
+  write_file(tmp / "src" / ".dockerignore", "d*\n!**/keep.py\n");
+  CHECK_THROWS_AS(collect_files(spec_for(tmp, CopyMode::All)), InputError);
+}
+
+TEST_CASE("fileset: valid_utf8") {
+  CHECK(valid_utf8(""));
+  CHECK(valid_utf8("plain.py"));
+  CHECK(valid_utf8("caf\xc3\xa9"));
+  CHECK(valid_utf8("\xe6\x97\xa5\xe6\x9c\xac"));
+  CHECK(valid_utf8("\xf0\x9f\x98\x80"));         // U+1F600
+  CHECK(valid_utf8("\xf4\x8f\xbf\xbf"));         // U+10FFFF, the last code point
+  CHECK(valid_utf8("\xed\x9f\xbf"));             // U+D7FF, just below the surrogates
+  CHECK(valid_utf8("\xee\x80\x80"));             // U+E000, just above
+  CHECK_FALSE(valid_utf8("\xff"));
+  CHECK_FALSE(valid_utf8("\x80"));               // lone continuation byte
+  CHECK_FALSE(valid_utf8("a\xc3"));              // truncated 2-byte sequence
+  CHECK_FALSE(valid_utf8("\xe6\x97"));           // truncated 3-byte sequence
+  CHECK_FALSE(valid_utf8("\xc3\x28"));           // bad continuation
+  CHECK_FALSE(valid_utf8("\xc0\xaf"));           // overlong '/'
+  CHECK_FALSE(valid_utf8("\xe0\x80\xaf"));       // overlong '/' in 3 bytes
+  CHECK_FALSE(valid_utf8("\xf0\x80\x80\xaf"));   // overlong '/' in 4 bytes
+  CHECK_FALSE(valid_utf8("\xed\xa0\x80"));       // U+D800, a surrogate
+  CHECK_FALSE(valid_utf8("\xf4\x90\x80\x80"));   // U+110000, beyond Unicode
+  CHECK_FALSE(valid_utf8("\xf5\x80\x80\x80"));
+}
+
+TEST_CASE("fileset: collect_files in 'loaded_modules' mode takes the listed files only") {
+  TempDir tmp;
+  const fs::path src = tmp / "src";
+  write_file(src / "app.py", "app");
+  write_file(src / "pkg" / "mod.py", "mod");
+  write_file(src / "pkg" / "other.py", "other");
+  write_file(src / "util" / "a.py", "a");
+  write_file(src / "util" / "b.py", "bb", 0700);
+  write_file(src / "util" / "__pycache__" / "c.cpython-312.pyc", "pyc");
+  write_file(src / "util" / "sub" / "d.py", "ddd");
+  write_file(src / "util" / ".gitignore", "b.py\n");  // not applied in this mode
+
+  ImageSpec spec = spec_for(tmp, CopyMode::LoadedModules);
+  spec.loaded_modules = {"app.py", "util/"};
+  FileSet set = collect_files(spec, {"pkg/mod.py", "./app.py"});
+  CHECK(set.has_source);
+  CHECK(set.mode == CopyMode::LoadedModules);
+  CHECK(describe(set.source) == std::vector<std::string>{
+                                    "app.py root/app.py f 0644 3",
+                                    "pkg/mod.py root/pkg/mod.py f 0644 3",
+                                    "util root/util d 0755 0",
+                                    "util/.gitignore root/util/.gitignore f 0644 5",
+                                    "util/a.py root/util/a.py f 0644 1",
+                                    "util/b.py root/util/b.py f 0755 2",
+                                    "util/sub root/util/sub d 0755 0",
+                                    "util/sub/d.py root/util/sub/d.py f 0644 3",
+                                });
+  CHECK(find(set.source, "util/sub/d.py")->abs == (src / "util" / "sub" / "d.py").string());
+  CHECK(set.warnings.empty());
+
+  // A module reached through a symlinked directory that stays inside the root is fine.
+  fs::create_directory_symlink("pkg", src / "alias");
+  ImageSpec alias = spec_for(tmp, CopyMode::LoadedModules);
+  alias.loaded_modules = {"alias/mod.py"};
+  CHECK(describe(collect_files(alias).source) == std::vector<std::string>{"alias/mod.py root/alias/mod.py f 0644 3"});
+}
+
+TEST_CASE("fileset: loaded_modules errors") {
+  TempDir tmp;
+  write_file(tmp / "src" / "app.py", "app");
+  write_file(tmp / "outside" / "evil.py", "evil");
+  fs::create_directory_symlink(tmp / "outside", tmp / "src" / "ext");
+  fs::create_directory_symlink("../outside", tmp / "src" / "ext2");
+  ImageSpec spec = spec_for(tmp, CopyMode::LoadedModules);
+
+  SECTION("missing module") {
+    spec.loaded_modules = {"app.py", "nope.py"};
+    CHECK_THROWS_MATCHES(collect_files(spec), InputError,
+                         Catch::Matchers::Predicate<InputError>(
+                             [](const InputError& e) { return contains(e.what(), "nope.py"); }));
+    spec.loaded_modules = {"app.py"};
+    CHECK_THROWS_AS(collect_files(spec, {"missing/mod.py"}), InputError);
+  }
+  SECTION("module through a symlinked directory pointing outside") {
+    spec.loaded_modules = {"ext/evil.py"};
+    CHECK_THROWS_MATCHES(collect_files(spec), InputError,
+                         Catch::Matchers::Predicate<InputError>(
+                             [](const InputError& e) { return contains(e.what(), "outside"); }));
+    spec.loaded_modules = {"ext2/evil.py"};
+    CHECK_THROWS_AS(collect_files(spec), InputError);
+  }
+  SECTION("paths that leave the root") {
+    for (const char* bad : {"../outside/evil.py", "/etc/passwd", "", ".", "..", "a/../../outside/evil.py"}) {
+      INFO("module '" << bad << "'");
+      spec.loaded_modules = {bad};
+      CHECK_THROWS_AS(collect_files(spec), InputError);
+    }
+  }
+}
+
+TEST_CASE("fileset: no_copy copies nothing") {
+  TempDir tmp;
+  make_project(tmp);
+  ImageSpec spec = spec_for(tmp, CopyMode::NoCopy);
+  FileSet set = collect_files(spec, {"main.py"});
+  CHECK_FALSE(set.has_source);
+  CHECK(set.mode == CopyMode::NoCopy);
+  CHECK(set.source.empty());
+  CHECK(set.copy.empty());
+  CHECK(set.total_bytes() == 0);
+
+  // No source_root at all: nothing either, whatever the copy mode says.
+  ImageSpec none;
+  none.base_dir = tmp.path();
+  none.source_copy_mode = CopyMode::All;
+  FileSet empty = collect_files(none);
+  CHECK_FALSE(empty.has_source);
+  CHECK(empty.mode == CopyMode::NoCopy);
+  CHECK(empty.source.empty());
+}
+
+TEST_CASE("fileset: a missing or non-directory source_root is an InputError") {
+  TempDir tmp;
+  CHECK_THROWS_MATCHES(collect_files(spec_for(tmp, CopyMode::All, "nope")), InputError,
+                       Catch::Matchers::Predicate<InputError>(
+                           [](const InputError& e) { return contains(e.what(), "does not exist"); }));
+  write_file(tmp / "file", "x");
+  CHECK_THROWS_MATCHES(collect_files(spec_for(tmp, CopyMode::LoadedModules, "file")), InputError,
+                       Catch::Matchers::Predicate<InputError>(
+                           [](const InputError& e) { return contains(e.what(), "not a directory"); }));
+}
+
+TEST_CASE("fileset: copy entries land at root/<rel>") {
+  TempDir tmp;
+  const fs::path proj = tmp / "proj";
+  write_file(proj / "conf" / "app.toml", "[app]\n");
+  write_file(proj / "assets" / "logo.png", "PNG");
+  write_file(proj / "assets" / "__pycache__" / "x.pyc", "pyc");
+  write_file(proj / "assets" / "sub" / "i.txt", "iiii", 0755);
+  ImageSpec spec;
+  spec.base_dir = proj;
+  spec.copy = {"conf/app.toml", "assets", "conf/app.toml"};
+  FileSet set = collect_files(spec);
+  CHECK_FALSE(set.has_source);
+  CHECK(set.source.empty());
+  CHECK(describe(set.copy) == std::vector<std::string>{
+                                  "assets root/assets d 0755 0",
+                                  "assets/logo.png root/assets/logo.png f 0644 3",
+                                  "assets/sub root/assets/sub d 0755 0",
+                                  "assets/sub/i.txt root/assets/sub/i.txt f 0755 4",
+                                  "conf/app.toml root/conf/app.toml f 0644 6",
+                              });
+  CHECK(find(set.copy, "conf/app.toml")->abs == (proj / "conf" / "app.toml").string());
+  CHECK(set.total_bytes() == 3 + 4 + 6);
+
+  spec.copy = {"conf/missing.toml"};
+  CHECK_THROWS_MATCHES(collect_files(spec), InputError,
+                       Catch::Matchers::Predicate<InputError>(
+                           [](const InputError& e) { return contains(e.what(), "conf/missing.toml"); }));
+  spec.copy = {"../outside"};
+  fs::create_directories(tmp / "outside");
+  CHECK_THROWS_AS(collect_files(spec), InputError);
+}
+
+TEST_CASE("fileset: contains_source_file") {
+  TempDir tmp;
+  make_project(tmp);
+  FileSet set = collect_files(spec_for(tmp, CopyMode::All));
+  CHECK(set.contains_source_file("main.py"));
+  CHECK(set.contains_source_file("pkg/mod.py"));
+  CHECK(set.contains_source_file("pkg/__init__.py"));
+  CHECK(set.contains_source_file("link"));       // a symlink is baked in
+  CHECK(set.contains_source_file(".gitignore"));
+  CHECK_FALSE(set.contains_source_file("pkg"));  // a directory is not a file
+  CHECK_FALSE(set.contains_source_file("data"));
+  CHECK_FALSE(set.contains_source_file("secret.txt"));
+  CHECK_FALSE(set.contains_source_file("app.log"));
+  CHECK_FALSE(set.contains_source_file("pkg/old.pyc"));
+  CHECK_FALSE(set.contains_source_file("pkg/gen_a.py"));
+  CHECK_FALSE(set.contains_source_file(".git/HEAD"));
+  CHECK_FALSE(set.contains_source_file("nope.py"));
+  CHECK_FALSE(set.contains_source_file(""));
+  CHECK_FALSE(set.contains_source_file("main.p"));
+  CHECK_FALSE(set.contains_source_file("main.py/"));
+
+  FileSet empty;
+  CHECK_FALSE(empty.contains_source_file("main.py"));
+}
+
+TEST_CASE("fileset: hash_files fills sha256 for files only") {
+  TempDir tmp;
+  make_project(tmp);
+  write_file(tmp / "big.bin", kiln::testutil::random_bytes(3 << 20, 77));
+  ImageSpec spec = spec_for(tmp, CopyMode::All);
+  spec.copy = {"big.bin"};
+  FileSet set = collect_files(spec);
+  hash_files(set, nullptr, 4);
+  for (auto* list : {&set.source, &set.copy}) {
+    for (const FileEntry& e : *list) {
+      INFO(e.rel);
+      if (e.type == FileEntry::Type::File) {
+        CHECK(e.sha256 == sha256_hex(kiln::testutil::read_file(e.abs)));
+      } else {
+        CHECK(e.sha256.empty());
+      }
+    }
+  }
+  CHECK(find(set.source, "pkg/__init__.py")->sha256 == sha256_hex(""));
+  CHECK(find(set.source, "main.py")->sha256 == sha256_hex("print('hi')\n"));
+  REQUIRE(set.copy.size() == 1);
+  CHECK(set.copy[0].sha256 == sha256_hex(kiln::testutil::random_bytes(3 << 20, 77)));
+
+  // One thread gives the same result.
+  FileSet one = collect_files(spec);
+  hash_files(one, nullptr, 1);
+  CHECK(find(one.source, "main.py")->sha256 == find(set.source, "main.py")->sha256);
+  CHECK(one.copy[0].sha256 == set.copy[0].sha256);
+}
+
+TEST_CASE("fileset: hash_files on a file removed since the walk is an InputError naming it") {
+  TempDir tmp;
+  write_file(tmp / "src" / "a.py", "a");
+  write_file(tmp / "src" / "b.py", "b");
+  FileSet set = collect_files(spec_for(tmp, CopyMode::All));
+  fs::remove(tmp / "src" / "b.py");
+  CHECK_THROWS_MATCHES(hash_files(set, nullptr, 2), InputError,
+                       Catch::Matchers::Predicate<InputError>([&](const InputError& e) {
+                         return contains(e.what(), (tmp / "src" / "b.py").string());
+                       }));
+}
+
+// How this proves the StatIndex is used (running as root, chmod cannot make a file unreadable,
+// and rewriting a file in place changes its ctime, which is part of the identity): the index is
+// seeded through the public API with the files' *real* stat identities but *fake* hashes. A
+// sha256 that comes back fake can only have come from the index — the file was not read. Files
+// that must be re-read (changed identity, racy, unknown) come back with their real hash. Finally,
+// StatIndex::save() rewrites the file only after update(), which hash_files() calls for every file
+// it read: an index file left untouched (same inode and mtime) means nothing was hashed.
+//
+// An entry is trusted only if its mtime and ctime are more than 1 s older than the index's write
+// time; ctime cannot be set back, so the test sleeps 1.1 s once.
+TEST_CASE("fileset: hash_files uses the StatIndex and re-reads only what it must") {
+  TempDir tmp;
+  Store store(tmp / "cache");
+  const fs::path src = tmp / "src";
+  write_file(src / "a.py", "aaaa");
+  write_file(src / "b.py", "bbbb");
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  write_file(src / "r.py", "rrrr");  // racy: changed within 1 s of the index write
+
+  auto fake = [](const std::string& rel) { return sha256_hex("fake:" + rel); };
+  ImageSpec spec = spec_for(tmp, CopyMode::LoadedModules);
+  spec.loaded_modules = {"a.py", "b.py", "r.py"};
+  ImageSpec only_a = spec_for(tmp, CopyMode::LoadedModules);
+  only_a.loaded_modules = {"a.py"};
+
+  const fs::path idx_all = store.stat_index_path("all");
+  const fs::path idx_a = store.stat_index_path("only-a");
+  {
+    FileSet set = collect_files(spec);
+    StatIndex seed, seed_a;
+    for (const FileEntry& e : set.source) {
+      seed.update(e.abs, e.key, fake(e.rel));
+      if (e.rel == "a.py") seed_a.update(e.abs, e.key, fake(e.rel));
+    }
+    seed.save(idx_all);
+    seed_a.save(idx_a);
+  }
+
+  // Run 2: a and b come from the index, r is racy and is read.
+  {
+    StatIndex idx;
+    idx.load(idx_all);
+    FileSet set = collect_files(spec);
+    hash_files(set, &idx, 4);
+    CHECK(find(set.source, "a.py")->sha256 == fake("a.py"));
+    CHECK(find(set.source, "b.py")->sha256 == fake("b.py"));
+    CHECK(find(set.source, "r.py")->sha256 == sha256_hex("rrrr"));
+  }
+
+  // Run 3: everything trusted, nothing read, and the index is not rewritten.
+  {
+    const auto before = fs::last_write_time(idx_a);
+    struct stat st0{};
+    REQUIRE(::stat(idx_a.c_str(), &st0) == 0);
+    StatIndex idx;
+    idx.load(idx_a);
+    FileSet set = collect_files(only_a);
+    hash_files(set, &idx, 4);
+    CHECK(find(set.source, "a.py")->sha256 == fake("a.py"));
+    idx.save(idx_a);
+    struct stat st1{};
+    REQUIRE(::stat(idx_a.c_str(), &st1) == 0);
+    CHECK(st1.st_ino == st0.st_ino);
+    CHECK(fs::last_write_time(idx_a) == before);
+  }
+
+  // Run 4: b changed (new size; mtime restored) — its identity no longer matches, so it is read;
+  // the index records the real hash, and the next load serves it.
+  {
+    struct stat old{};
+    REQUIRE(::stat((src / "b.py").c_str(), &old) == 0);
+    write_file(src / "b.py", "bbbb, edited");
+    struct timespec ts[2] = {old.st_atim, old.st_mtim};
+    REQUIRE(::utimensat(AT_FDCWD, (src / "b.py").c_str(), ts, 0) == 0);
+
+    StatIndex idx;
+    idx.load(idx_all);
+    FileSet set = collect_files(spec);
+    hash_files(set, &idx, 2);
+    CHECK(find(set.source, "a.py")->sha256 == fake("a.py"));
+    CHECK(find(set.source, "b.py")->sha256 == sha256_hex("bbbb, edited"));
+    CHECK(find(set.source, "r.py")->sha256 == sha256_hex("rrrr"));
+    struct stat st0{};
+    REQUIRE(::stat(idx_all.c_str(), &st0) == 0);
+    idx.save(idx_all);
+    struct stat st1{};
+    REQUIRE(::stat(idx_all.c_str(), &st1) == 0);
+    CHECK(st1.st_ino != st0.st_ino);  // updated entries: rewritten
+
+    // What hash_files recorded is what was read (the racy r.py is stored, and trusted later).
+    StatIndex reloaded;
+    reloaded.load(idx_all);
+    const FileEntry* b = find(set.source, "b.py");
+    const FileEntry* a = find(set.source, "a.py");
+    // b's ctime is fresh, so the entry is (correctly) racy right now; a's is not.
+    CHECK_FALSE(reloaded.lookup(b->abs, b->key));
+    CHECK(reloaded.lookup(a->abs, a->key) == fake("a.py"));
+  }
+}

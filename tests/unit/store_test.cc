@@ -1,0 +1,552 @@
+// Unit tests for layers/store: blobs, the layer cache, the on-disk VERSION, usage and prune, and
+// the StatIndex (round trip, racy entries, no rewrite when nothing changed).
+#include "layers/store.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include <catch2/catch.hpp>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <optional>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "layers/digest.h"
+#include "testutil.h"
+
+using namespace kiln::layers;
+using kiln::testutil::contains;
+using kiln::testutil::TempDir;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::vector<std::string> names_in(const fs::path& dir) {
+  std::set<std::string> s;
+  for (auto& e : fs::directory_iterator(dir)) s.insert(e.path().filename().string());
+  return {s.begin(), s.end()};
+}
+
+/// Sets a file's mtime (and atime) to `seconds_ago` before now.
+void age(const fs::path& p, int seconds_ago) {
+  struct timespec ts[2];
+  ::clock_gettime(CLOCK_REALTIME, &ts[0]);
+  ts[0].tv_sec -= seconds_ago;
+  ts[1] = ts[0];
+  REQUIRE(::utimensat(AT_FDCWD, p.c_str(), ts, AT_SYMLINK_NOFOLLOW) == 0);
+}
+
+struct FileId {
+  ino_t ino = 0;
+  std::int64_t mtime_ns = 0;
+  bool operator==(const FileId&) const = default;
+};
+FileId file_id(const fs::path& p) {
+  struct stat st{};
+  REQUIRE(::stat(p.c_str(), &st) == 0);
+  return {st.st_ino, std::int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
+}
+
+std::int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+StatIndex::Key old_key(std::uint64_t size, std::uint64_t ino) {
+  StatIndex::Key k;
+  k.size = size;
+  k.ino = ino;
+  k.dev = 2049;
+  k.mtime_ns = 1600000000ll * 1000000000 + 123;  // 2020: long before any index write
+  k.ctime_ns = 1600000001ll * 1000000000 + 456;
+  return k;
+}
+
+LayerRecord record_for(const Store& s, const std::string& bytes) {
+  LayerRecord r;
+  r.digest = s.put_bytes(bytes);
+  r.diff_id = sha256_digest("tar of " + bytes);
+  r.media_type = "application/vnd.oci.image.layer.v1.tar+gzip";
+  r.size = bytes.size();
+  r.tar_size = bytes.size() * 3;
+  return r;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Store layout and blobs
+
+TEST_CASE("store: a new store creates its layout and VERSION") {
+  TempDir tmp;
+  Store s(tmp / "cache");
+  CHECK(s.root() == tmp / "cache");
+  CHECK(kiln::testutil::read_file(tmp / "cache" / "VERSION") == "kiln-store 1\n");
+  for (const char* d : {"blobs/sha256", "layers", "stat", "tmp"}) CHECK(fs::is_directory(tmp / "cache" / d));
+  CHECK(names_in(tmp / "cache" / "tmp").empty());
+  // Reopening an existing store works and does not rewrite VERSION.
+  FileId v = file_id(tmp / "cache" / "VERSION");
+  Store again(tmp / "cache");
+  CHECK(file_id(tmp / "cache" / "VERSION") == v);
+}
+
+TEST_CASE("store: VERSION mismatch throws a clear error") {
+  TempDir tmp;
+  fs::create_directories(tmp / "cache");
+  kiln::testutil::write_file(tmp / "cache" / "VERSION", "kiln-store 2\n");
+  try {
+    Store s(tmp / "cache");
+    FAIL("expected an exception");
+  } catch (const std::runtime_error& e) {
+    const std::string msg = e.what();
+    CHECK(contains(msg, "kiln-store 2"));
+    CHECK(contains(msg, "kiln-store 1"));
+    CHECK(contains(msg, (tmp / "cache").string()));
+    CHECK(contains(msg, "KILN_CACHE"));
+  }
+  // The foreign store is left alone.
+  CHECK(kiln::testutil::read_file(tmp / "cache" / "VERSION") == "kiln-store 2\n");
+  CHECK_FALSE(fs::exists(tmp / "cache" / "blobs"));
+
+  kiln::testutil::write_file(tmp / "cache" / "VERSION", "something else entirely");
+  CHECK_THROWS_WITH(Store(tmp / "cache"), Catch::Contains("something else entirely"));
+}
+
+TEST_CASE("store: blob write, commit and lookup") {
+  TempDir tmp;
+  Store s(tmp / "cache");
+  // Mixed write sizes: small buffered writes, one write larger than the 1 MiB buffer.
+  std::string data = kiln::testutil::random_bytes(3 << 20, 5);
+  std::string written;
+  auto w = s.new_blob();
+  std::size_t pos = 0;
+  for (std::size_t n : {std::size_t{1}, std::size_t{100}, std::size_t{1} << 20, std::size_t{4095},
+                        (std::size_t{3} << 20) - (1 << 20) - 4196 - 1000, std::size_t{1000}}) {
+    w->write(data.data() + pos, n);
+    pos += n;
+  }
+  REQUIRE(pos == data.size());
+  // In flight: only in tmp/.
+  CHECK(names_in(tmp / "cache" / "tmp").size() == 1);
+  CHECK(names_in(tmp / "cache" / "blobs" / "sha256").empty());
+  const std::string d = sha256_digest(data);
+  CHECK_FALSE(s.has_blob(d));
+  fs::path p = w->commit(d);
+  CHECK(p == s.blob_path(d));
+  CHECK(s.blob_path(d) == tmp / "cache" / "blobs" / "sha256" / std::string(digest_hex(d)));
+  CHECK(s.has_blob(d));
+  CHECK(kiln::testutil::read_file(p) == data);
+  CHECK(s.read_bytes(d) == data);
+  CHECK(names_in(tmp / "cache" / "tmp").empty());
+  w.reset();  // destroying a committed writer removes nothing
+  CHECK(s.has_blob(d));
+  CHECK_THROWS_AS(s.blob_path("sha256:nothex"), std::invalid_argument);
+}
+
+TEST_CASE("store: an uncommitted BlobWriter leaves no file") {
+  TempDir tmp;
+  Store s(tmp / "cache");
+  {
+    auto w = s.new_blob();
+    std::string data = kiln::testutil::random_bytes(3 << 20, 9);
+    w->write(data.data(), data.size());
+    w->write("tail", 4);
+    CHECK(names_in(tmp / "cache" / "tmp").size() == 1);
+  }
+  CHECK(names_in(tmp / "cache" / "tmp").empty());
+  CHECK(names_in(tmp / "cache" / "blobs" / "sha256").empty());
+}
+
+TEST_CASE("store: a commit with a malformed digest throws and leaves no file") {
+  TempDir tmp;
+  Store s(tmp / "cache");
+  {
+    auto w = s.new_blob();
+    w->write("abc", 3);
+    CHECK_THROWS_AS(w->commit("sha256:not-a-digest"), std::invalid_argument);
+  }
+  CHECK(names_in(tmp / "cache" / "tmp").empty());
+  CHECK(names_in(tmp / "cache" / "blobs" / "sha256").empty());
+}
+
+TEST_CASE("store: put_bytes is idempotent") {
+  TempDir tmp;
+  Store s(tmp / "cache");
+  const std::string cfg = R"({"architecture":"amd64"})";
+  const std::string d = s.put_bytes(cfg);
+  CHECK(d == sha256_digest(cfg));
+  FileId first = file_id(s.blob_path(d));
+  CHECK(s.put_bytes(cfg) == d);
+  CHECK(file_id(s.blob_path(d)) == first);  // not rewritten
+  CHECK(names_in(tmp / "cache" / "blobs" / "sha256") == std::vector<std::string>{std::string(digest_hex(d))});
+  CHECK(s.read_bytes(d) == cfg);
+  // The empty blob is a blob too.
+  const std::string e = s.put_bytes("");
+  CHECK(e == "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  CHECK(s.read_bytes(e) == "");
+  CHECK(names_in(tmp / "cache" / "tmp").empty());
+}
+
+TEST_CASE("store: read_bytes detects a corrupted or missing blob") {
+  TempDir tmp;
+  Store s(tmp / "cache");
+  const std::string d = s.put_bytes("manifest bytes");
+  kiln::testutil::write_file(s.blob_path(d), "manifest bytez");
+  CHECK_THROWS_WITH(s.read_bytes(d), Catch::Contains("corrupt") && Catch::Contains(d));
+  kiln::testutil::write_file(s.blob_path(d), "");
+  CHECK_THROWS_WITH(s.read_bytes(d), Catch::Contains("corrupt"));
+  fs::remove(s.blob_path(d));
+  CHECK_THROWS_WITH(s.read_bytes(d), Catch::Contains("missing") && Catch::Contains(d));
+}
+
+TEST_CASE("store: put_file verifies the content and stores it") {
+  TempDir tmp;
+  Store s(tmp / "cache");
+  const std::string data = kiln::testutil::random_bytes(70000, 3);
+  kiln::testutil::write_file(tmp / "layer.tar.gz", data);
+  const std::string d = sha256_digest(data);
+  CHECK_THROWS_WITH(s.put_file(tmp / "layer.tar.gz", sha256_digest("other")), Catch::Contains("does not match"));
+  CHECK_FALSE(s.has_blob(sha256_digest("other")));
+  s.put_file(tmp / "layer.tar.gz", d);
+  CHECK(s.has_blob(d));
+  CHECK(kiln::testutil::read_file(s.blob_path(d)) == data);
+  CHECK(names_in(tmp / "cache" / "tmp").empty());
+  s.put_file(tmp / "layer.tar.gz", d);  // already there: no-op
+  CHECK(names_in(tmp / "cache" / "blobs" / "sha256").size() == 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layer cache
+
+TEST_CASE("store: put_layer / find_layer round trip") {
+  TempDir tmp;
+  Store s(tmp / "cache");
+  const std::string blob = kiln::testutil::random_bytes(5000, 4);
+  LayerRecord r = record_for(s, blob);
+  r.media_type = "application/vnd.oci.image.layer.v1.tar+zstd";
+  r.tar_size = 10240;
+  s.put_layer("key1", r);
+  CHECK(fs::exists(tmp / "cache" / "layers" / "key1.json"));
+
+  auto got = s.find_layer("key1");
+  REQUIRE(got);
+  CHECK(got->digest == r.digest);
+  CHECK(got->diff_id == r.diff_id);
+  CHECK(got->media_type == "application/vnd.oci.image.layer.v1.tar+zstd");
+  CHECK(got->size == 5000);
+  CHECK(got->tar_size == 10240);
+
+  CHECK_FALSE(s.find_layer("other-key"));
+
+  // Overwriting a record replaces it.
+  LayerRecord r2 = record_for(s, "second blob");
+  s.put_layer("key1", r2);
+  got = s.find_layer("key1");
+  REQUIRE(got);
+  CHECK(got->digest == r2.digest);
+  CHECK(names_in(tmp / "cache" / "tmp").empty());
+}
+
+TEST_CASE("store: find_layer returns nullopt when the blob is missing or wrong") {
+  TempDir tmp;
+  Store s(tmp / "cache");
+  LayerRecord r = record_for(s, "layer blob bytes");
+  s.put_layer("k", r);
+  REQUIRE(s.find_layer("k"));
+
+  SECTION("blob removed") {
+    fs::remove(s.blob_path(r.digest));
+    CHECK_FALSE(s.find_layer("k"));
+  }
+  SECTION("blob of another size") {
+    kiln::testutil::write_file(s.blob_path(r.digest), "short");
+    CHECK_FALSE(s.find_layer("k"));
+  }
+  SECTION("record unreadable") {
+    kiln::testutil::write_file(tmp / "cache" / "layers" / "k.json", "{not json");
+    CHECK_FALSE(s.find_layer("k"));
+  }
+  SECTION("record missing a field") {
+    kiln::testutil::write_file(tmp / "cache" / "layers" / "k.json", R"({"digest":")" + r.digest + R"("})");
+    CHECK_FALSE(s.find_layer("k"));
+  }
+}
+
+TEST_CASE("store: find_layer marks the record as used") {
+  TempDir tmp;
+  Store s(tmp / "cache");
+  LayerRecord r = record_for(s, "blob");
+  s.put_layer("k", r);
+  const fs::path rec = tmp / "cache" / "layers" / "k.json";
+  age(rec, 7200);
+  REQUIRE(s.find_layer("k"));
+  auto age_s = std::chrono::duration_cast<std::chrono::seconds>(fs::file_time_type::clock::now() -
+                                                                fs::last_write_time(rec))
+                   .count();
+  CHECK(age_s < 60);
+}
+
+// ---------------------------------------------------------------------------------------------
+// usage and prune
+
+TEST_CASE("store: usage() counts") {
+  TempDir tmp;
+  Store s(tmp / "cache");
+  Store::Usage u0 = s.usage();
+  CHECK(u0.blobs == 0);
+  CHECK(u0.blob_bytes == 0);
+  CHECK(u0.layer_records == 0);
+  CHECK(u0.stat_indexes == 0);
+  CHECK(u0.tmp_files == 0);
+
+  s.put_bytes(std::string(1000, 'a'));
+  s.put_bytes(std::string(234, 'b'));
+  s.put_bytes(std::string(234, 'b'));  // same blob
+  LayerRecord r = record_for(s, std::string(66, 'c'));
+  s.put_layer("k1", r);
+  s.put_layer("k2", r);
+  StatIndex idx;
+  idx.update("/x", old_key(1, 1), std::string(64, 'a'));
+  idx.save(s.stat_index_path("k1"));
+  const auto stat_size = fs::file_size(s.stat_index_path("k1"));
+  kiln::testutil::write_file(s.tmp_dir() / "leftover", std::string(17, 'z'));
+
+  Store::Usage u = s.usage();
+  CHECK(u.blobs == 3);
+  CHECK(u.blob_bytes == 1000 + 234 + 66);
+  CHECK(u.layer_records == 2);
+  CHECK(u.stat_indexes == 1);
+  CHECK(u.stat_bytes == stat_size);
+  CHECK(u.tmp_files == 1);
+  CHECK(u.tmp_bytes == 17);
+}
+
+TEST_CASE("store: prune(0) removes records, stat indexes and unreferenced blobs") {
+  TempDir tmp;
+  Store s(tmp / "cache");
+  LayerRecord r1 = record_for(s, std::string(100, '1'));
+  LayerRecord r2 = record_for(s, std::string(200, '2'));
+  s.put_layer("k1", r1);
+  s.put_layer("k2", r2);
+  s.put_bytes(std::string(50, 'x'));  // a config: referenced by no record
+  StatIndex idx;
+  idx.update("/x", old_key(1, 1), std::string(64, 'a'));
+  idx.save(s.stat_index_path("k1"));
+  kiln::testutil::write_file(s.tmp_dir() / "in-flight", "partial");  // fresh: kept
+
+  Store::PruneResult res = s.prune(0);
+  CHECK(res.removed_records == 2);
+  CHECK(res.removed_blobs == 3);
+  CHECK(res.removed_bytes == 350);
+  CHECK(names_in(tmp / "cache" / "layers").empty());
+  CHECK(names_in(tmp / "cache" / "stat").empty());
+  CHECK(names_in(tmp / "cache" / "blobs" / "sha256").empty());
+  CHECK(names_in(tmp / "cache" / "tmp") == std::vector<std::string>{"in-flight"});
+  CHECK_FALSE(s.find_layer("k1"));
+  // The store still works after a prune.
+  CHECK(s.read_bytes(s.put_bytes("again")) == "again");
+}
+
+TEST_CASE("store: prune(age) keeps recent records and the blobs they reference") {
+  TempDir tmp;
+  Store s(tmp / "cache");
+  LayerRecord fresh = record_for(s, std::string(100, 'f'));
+  LayerRecord stale = record_for(s, std::string(200, 's'));
+  s.put_layer("fresh", fresh);
+  s.put_layer("stale", stale);
+  const std::string young_cfg = s.put_bytes("young config");
+  const std::string old_cfg = s.put_bytes("old config!");
+  StatIndex idx;
+  idx.update("/x", old_key(1, 1), std::string(64, 'a'));
+  idx.save(s.stat_index_path("old"));
+  idx.update("/y", old_key(2, 2), std::string(64, 'b'));
+  idx.save(s.stat_index_path("new"));
+  kiln::testutil::write_file(s.tmp_dir() / "dead", "x");
+  kiln::testutil::write_file(s.tmp_dir() / "live", "y");
+
+  // Everything old except the fresh record, the young config and the new index.
+  age(tmp / "cache" / "layers" / "stale.json", 7200);
+  age(s.blob_path(fresh.digest), 7200);  // old, but a fresh record refers to it
+  age(s.blob_path(stale.digest), 7200);
+  age(s.blob_path(old_cfg), 7200);
+  age(s.stat_index_path("old"), 7200);
+  age(s.tmp_dir() / "dead", 7200);
+  age(s.tmp_dir() / "live", 1800);
+
+  Store::PruneResult res = s.prune(3600);
+  CHECK(res.removed_records == 1);
+  CHECK(res.removed_blobs == 2);
+  CHECK(res.removed_bytes == 200 + std::string("old config!").size());
+  CHECK(names_in(tmp / "cache" / "layers") == std::vector<std::string>{"fresh.json"});
+  CHECK(s.has_blob(fresh.digest));
+  CHECK_FALSE(s.has_blob(stale.digest));
+  CHECK(s.has_blob(young_cfg));
+  CHECK_FALSE(s.has_blob(old_cfg));
+  CHECK(names_in(tmp / "cache" / "stat") == std::vector<std::string>{"new.idx"});
+  CHECK(names_in(tmp / "cache" / "tmp") == std::vector<std::string>{"live"});
+  REQUIRE(s.find_layer("fresh"));
+  CHECK_FALSE(s.find_layer("stale"));
+}
+
+TEST_CASE("store: default_root follows KILN_CACHE, XDG_CACHE_HOME, HOME") {
+  auto save = [](const char* n) -> std::optional<std::string> {
+    const char* v = std::getenv(n);
+    return v ? std::optional<std::string>(v) : std::nullopt;
+  };
+  auto restore = [](const char* n, const std::optional<std::string>& v) {
+    if (v) ::setenv(n, v->c_str(), 1);
+    else ::unsetenv(n);
+  };
+  auto kc = save("KILN_CACHE"), xdg = save("XDG_CACHE_HOME"), home = save("HOME");
+  ::setenv("KILN_CACHE", "/k/cache", 1);
+  ::setenv("XDG_CACHE_HOME", "/xdg", 1);
+  ::setenv("HOME", "/home/u", 1);
+  CHECK(Store::default_root() == fs::path("/k/cache"));
+  ::setenv("KILN_CACHE", "", 1);
+  CHECK(Store::default_root() == fs::path("/xdg/kiln"));
+  ::unsetenv("KILN_CACHE");
+  ::unsetenv("XDG_CACHE_HOME");
+  CHECK(Store::default_root() == fs::path("/home/u/.cache/kiln"));
+  ::setenv("KILN_CACHE", "rel/dir", 1);
+  CHECK(Store::default_root() == fs::current_path() / "rel/dir");
+  restore("KILN_CACHE", kc);
+  restore("XDG_CACHE_HOME", xdg);
+  restore("HOME", home);
+}
+
+// ---------------------------------------------------------------------------------------------
+// StatIndex
+
+TEST_CASE("store: StatIndex save/load round trip") {
+  TempDir tmp;
+  Store s(tmp / "cache");
+  const fs::path file = s.stat_index_path("k");
+  const std::string h1 = sha256_hex("one"), h2 = sha256_hex("two"), h3 = sha256_hex("three");
+  const std::string long_path = "/src/" + std::string(5000, 'p') + "/\xc3\xa9.py";
+  {
+    StatIndex idx;
+    idx.load(file);  // missing file: empty index
+    idx.update("/src/a.py", old_key(10, 100), h1);
+    idx.update("/src/b.py", old_key(20, 200), h2);
+    idx.update(long_path, old_key(0, 300), h3);
+    idx.save(file);
+  }
+  REQUIRE(fs::exists(file));
+  CHECK(names_in(tmp / "cache" / "tmp").empty());
+
+  StatIndex idx;
+  idx.load(file);
+  CHECK(idx.lookup("/src/a.py", old_key(10, 100)) == h1);
+  CHECK(idx.lookup("/src/b.py", old_key(20, 200)) == h2);
+  CHECK(idx.lookup(long_path, old_key(0, 300)) == h3);
+  CHECK_FALSE(idx.lookup("/src/c.py", old_key(10, 100)));
+  CHECK_FALSE(idx.lookup("/src/a.py", old_key(20, 200)));  // another file's identity
+
+  // Any one field of the identity differing is a miss.
+  StatIndex::Key k = old_key(10, 100);
+  auto miss = [&](auto mutate) {
+    StatIndex::Key m = k;
+    mutate(m);
+    return !idx.lookup("/src/a.py", m).has_value();
+  };
+  CHECK(miss([](StatIndex::Key& m) { m.size += 1; }));
+  CHECK(miss([](StatIndex::Key& m) { m.ino += 1; }));
+  CHECK(miss([](StatIndex::Key& m) { m.dev += 1; }));
+  CHECK(miss([](StatIndex::Key& m) { m.mtime_ns += 1; }));
+  CHECK(miss([](StatIndex::Key& m) { m.ctime_ns += 1; }));
+
+  // A garbage or truncated file loads as (at most) what it can read, never throws.
+  kiln::testutil::write_file(file, "not an index");
+  StatIndex bad;
+  CHECK_NOTHROW(bad.load(file));
+  CHECK_FALSE(bad.lookup("/src/a.py", old_key(10, 100)));
+}
+
+TEST_CASE("store: StatIndex does not trust racy entries") {
+  TempDir tmp;
+  Store s(tmp / "cache");
+  const fs::path file = s.stat_index_path("racy");
+  const std::int64_t now = now_ns();
+  StatIndex::Key fresh_m = old_key(1, 1);
+  fresh_m.mtime_ns = now;  // modified "now": at or after the index's write time - 1 s
+  StatIndex::Key fresh_c = old_key(2, 2);
+  fresh_c.ctime_ns = now - 500000000;  // inode changed half a second before the write
+  StatIndex::Key safe = old_key(3, 3);
+  safe.mtime_ns = now - 5000000000ll;
+  safe.ctime_ns = now - 5000000000ll;
+  StatIndex::Key future = old_key(4, 4);
+  future.mtime_ns = now + 3600ll * 1000000000;
+  {
+    StatIndex idx;
+    idx.update("/m", fresh_m, std::string(64, '1'));
+    idx.update("/c", fresh_c, std::string(64, '2'));
+    idx.update("/s", safe, std::string(64, '3'));
+    idx.update("/f", future, std::string(64, '4'));
+    // Before any save the index has no write time: nothing is trusted yet.
+    CHECK_FALSE(idx.lookup("/s", safe));
+    idx.save(file);
+  }
+  StatIndex idx;
+  idx.load(file);
+  CHECK_FALSE(idx.lookup("/m", fresh_m));
+  CHECK_FALSE(idx.lookup("/c", fresh_c));
+  CHECK_FALSE(idx.lookup("/f", future));
+  CHECK(idx.lookup("/s", safe) == std::string(64, '3'));
+}
+
+TEST_CASE("store: StatIndex save writes nothing when nothing changed") {
+  TempDir tmp;
+  Store s(tmp / "cache");
+  const fs::path file = s.stat_index_path("k");
+  {
+    StatIndex idx;
+    idx.update("/a", old_key(1, 1), std::string(64, 'a'));
+    idx.update("/b", old_key(2, 2), std::string(64, 'b'));
+    idx.save(file);
+    FileId id = file_id(file);
+    idx.save(file);  // nothing changed since the last save
+    CHECK(file_id(file) == id);
+  }
+  FileId written = file_id(file);
+  const std::string bytes = kiln::testutil::read_file(file);
+
+  SECTION("every entry used, none updated: no write") {
+    StatIndex idx;
+    idx.load(file);
+    REQUIRE(idx.lookup("/a", old_key(1, 1)));
+    REQUIRE(idx.lookup("/b", old_key(2, 2)));
+    idx.save(file);
+    CHECK(file_id(file) == written);
+    CHECK(kiln::testutil::read_file(file) == bytes);
+  }
+  SECTION("an entry updated: rewritten") {
+    StatIndex idx;
+    idx.load(file);
+    REQUIRE(idx.lookup("/a", old_key(1, 1)));
+    REQUIRE(idx.lookup("/b", old_key(2, 2)));
+    idx.update("/c", old_key(3, 3), std::string(64, 'c'));
+    idx.save(file);
+    CHECK_FALSE(file_id(file) == written);
+    StatIndex again;
+    again.load(file);
+    CHECK(again.lookup("/c", old_key(3, 3)) == std::string(64, 'c'));
+    CHECK(again.lookup("/a", old_key(1, 1)) == std::string(64, 'a'));
+  }
+  SECTION("an entry not used: rewritten without it") {
+    StatIndex idx;
+    idx.load(file);
+    REQUIRE(idx.lookup("/a", old_key(1, 1)));
+    idx.save(file);
+    CHECK_FALSE(file_id(file) == written);
+    StatIndex again;
+    again.load(file);
+    CHECK(again.lookup("/a", old_key(1, 1)) == std::string(64, 'a'));
+    CHECK_FALSE(again.lookup("/b", old_key(2, 2)));
+  }
+  CHECK(names_in(tmp / "cache" / "tmp").empty());
+}
