@@ -8,7 +8,7 @@ Layout under OUT_DIR/src (what kiln's source_root points at):
     tests/...              test modules
     configs/*.json|yaml    experiment configs
     docs/*.md              prose
-    data/*.csv             a few MB-sized tabular files
+    data/*.csv, *.jsonl    a few MB-sized data files (numeric tables, text records)
     models/weights.safetensors   one incompressible blob (512 MiB full, 64 MiB small)
 
 Everything comes from seeded PRNGs (one per file, seeded from the file's path), so the same
@@ -26,12 +26,13 @@ import shutil
 import sys
 import zlib
 
-GEN_VERSION = "3"
+GEN_VERSION = "5"
 
 PRESETS = {
     # files: total number of files (weights included); text_mb: approx. bytes of text files.
-    "full": dict(files=10_000, text_mb=275, csv_files=24, weights=512 << 20, seed=20241122),
-    "small": dict(files=1_000, text_mb=30, csv_files=4, weights=64 << 20, seed=20241123),
+    # csv_files / jsonl_files: MB-sized data files sharing what the small files leave of text_mb.
+    "full": dict(files=10_000, text_mb=275, csv_files=12, jsonl_files=6, weights=512 << 20, seed=20241122),
+    "small": dict(files=1_000, text_mb=30, csv_files=2, jsonl_files=1, weights=64 << 20, seed=20241123),
 }
 
 # ------------------------------------------------------------------------------------------
@@ -251,8 +252,17 @@ def csv_data(rng, vocab, size, out_path):
     ncols = rng.randint(8, 24)
     cats = rng.sample(vocab.idents, 12)
     header = ["id", "timestamp", "category"] + [f"f_{i}" for i in range(ncols)] + ["label"]
-    digits = [rng.choice((2, 3, 4)) for _ in range(ncols)]
+    # Column kinds: floats of 1-3 decimals, small integers, or a low-cardinality code.
+    kinds = [rng.choice(("f1", "f2", "f3", "int", "int", "code")) for _ in range(ncols)]
     scales = [rng.choice((1, 10, 100)) for _ in range(ncols)]
+    rnd = rng.random
+    def cell(i):
+        k = kinds[i]
+        if k == "int":
+            return str(int(rnd() * scales[i] * 3))
+        if k == "code":
+            return "ABCDEFGH"[int(rnd() * rnd() * 8)]
+        return f"{rnd() * scales[i]:.{k[1]}f}"
     written = 0
     ts = 1_700_000_000
     row_id = 0
@@ -260,15 +270,33 @@ def csv_data(rng, vocab, size, out_path):
         line = (",".join(header) + "\n").encode()
         f.write(line)
         written += len(line)
-        rnd = rng.random
         while written < size:
             chunk = []
             for _ in range(2000):
                 row_id += 1
                 ts += rng.randint(1, 60)
-                vals = [f"{rnd() * scales[i]:.{digits[i]}f}" for i in range(ncols)]
+                vals = [cell(i) for i in range(ncols)]
                 chunk.append(f"{row_id},{ts},{cats[row_id % 7 if rnd() < 0.8 else rng.randrange(12)]},"
                              + ",".join(vals) + f",{int(rnd() < 0.3)}")
+            data = ("\n".join(chunk) + "\n").encode()
+            f.write(data)
+            written += len(data)
+
+
+def jsonl_data(rng, vocab, size, out_path):
+    """Writes JSON-lines records (text samples with labels and token ids) of about `size` bytes."""
+    labels = rng.sample(vocab.idents, 10)
+    written = 0
+    n = 0
+    with open(out_path, "wb") as f:
+        while written < size:
+            chunk = []
+            for _ in range(500):
+                n += 1
+                text = " ".join(sentence(rng) for _ in range(rng.randint(1, 5)))
+                rec = {"id": n, "text": text, "label": rng.choice(labels), "score": round(rng.random(), 3),
+                       "tokens": [rng.randrange(32000) for _ in range(rng.randint(4, 24))]}
+                chunk.append(json.dumps(rec))
             data = ("\n".join(chunk) + "\n").encode()
             f.write(data)
             written += len(data)
@@ -293,7 +321,8 @@ def plan_tree(p, vocab):
     n_csv = p["csv_files"]
     n_cfg = max(4, n_total * 6 // 100)
     n_doc = max(2, n_total * 3 // 100)
-    n_py = n_total - n_csv - n_cfg - n_doc
+    n_jsonl = p["jsonl_files"]
+    n_py = n_total - n_csv - n_jsonl - n_cfg - n_doc
     n_tests = n_py // 6
     n_src = n_py - n_tests
 
@@ -344,17 +373,20 @@ def plan_tree(p, vocab):
         uniq.append((r, k, s))
     files = uniq
 
-    # Sizes: python modules log-normal 1-40 KB; CSV files take what is left of the text budget.
+    # Sizes: python modules log-normal 1-40 KB; the data files take what is left of the text
+    # budget, 60% CSV (numeric: slow to deflate) and 40% JSONL (text records).
     py = [i for i, (r, k, s) in enumerate(files) if k == "py" and s == 0]
     for i in py:
         r, k, _ = files[i]
-        files[i] = (r, k, lognormal_size(rng, 11_000, 0.75, 1024, 40 * 1024))
+        files[i] = (r, k, lognormal_size(rng, 15_000, 0.6, 1024, 40 * 1024))
     used = sum(s for _, _, s in files)
-    budget = max(p["text_mb"] * 1_000_000 - used, n_csv * 1_000_000)
-    weights = [rng.uniform(0.4, 1.6) for _ in range(n_csv)]
-    for i in range(n_csv):
-        size = int(budget * weights[i] / sum(weights))
-        files.append((f"data/{rng.choice(('train', 'val', 'test', 'eval'))}_{vocab.modules[i * 11 % 300]}_{i}.csv", "csv", size))
+    budget = max(p["text_mb"] * 1_000_000 - used, (n_csv + n_jsonl) * 1_000_000)
+    for kind, n, share in (("csv", n_csv, 0.6), ("jsonl", n_jsonl, 0.4)):
+        weights = [rng.uniform(0.4, 1.6) for _ in range(n)]
+        for i in range(n):
+            size = int(budget * share * weights[i] / sum(weights))
+            split = rng.choice(("train", "val", "test", "eval"))
+            files.append((f"data/{split}_{vocab.modules[i * 11 % 300]}_{i}.{kind}", kind, size))
     assert len(files) == n_total, (len(files), n_total)
     return project, files
 
@@ -392,8 +424,8 @@ def main():
         full = os.path.join(src, rel)
         os.makedirs(os.path.dirname(full), exist_ok=True)
         rng = random.Random(path_seed(p["seed"], rel))
-        if kind == "csv":
-            csv_data(rng, vocab, size, full)
+        if kind in ("csv", "jsonl"):
+            (csv_data if kind == "csv" else jsonl_data)(rng, vocab, size, full)
         else:
             gen = {"py": python_module, "yaml": yaml_config, "json": json_config, "md": markdown_doc}[kind]
             with open(full, "wb") as f:

@@ -53,16 +53,18 @@ struct LayerPlan {
   std::string created_by;  // history entry
   std::vector<const layers::FileEntry*> files;
   spec::Compression compression = spec::Compression::Gzip;
+  int level = -1;          // codec default
   bool sample = false;     // choose compression by sampling the content (large files)
   std::uint64_t bytes = 0, nfiles = 0;
   std::string key;
+  std::string modelcar_root;  // "models" for a modelcar: every directory at or below it is 0775
 };
 
 /// Source layers are cut into content-defined chunks of at least kChunkMin bytes: a cut falls
 /// after a path whose hash has its low 3 bits clear (or at kChunkMax). Cut points depend on paths,
 /// not on offsets, so editing or adding one file rebuilds one chunk, not the whole tree.
 constexpr std::uint64_t kChunkMin = 16ull << 20;
-constexpr std::uint64_t kChunkMax = 48ull << 20;
+constexpr std::uint64_t kChunkMax = 32ull << 20;
 
 std::pair<std::uint32_t, std::uint32_t> owner_of(const spec::ImageSpec& s) {
   if (!s.user) return {0, 0};
@@ -120,8 +122,10 @@ std::string layer_key(const LayerPlan& p, std::int64_t mtime, std::uint32_t uid,
   layers::KeyHasher h;
   h.field("kiln-layer-v1");
   h.field(p.sample ? "auto" : spec::to_string(p.compression));
+  h.field(static_cast<std::uint64_t>(p.level + 1));
   h.field(static_cast<std::uint64_t>(mtime));
   h.field(static_cast<std::uint64_t>(uid) << 32 | gid);
+  if (!p.modelcar_root.empty()) h.field("modelcar-dirs " + p.modelcar_root);  // implicit parents' mode
   std::vector<std::size_t> groups = hardlink_groups(p.files);
   for (std::size_t i = 0; i < p.files.size(); ++i) {
     const layers::FileEntry& f = *p.files[i];
@@ -149,7 +153,15 @@ std::vector<layers::TarEntry> tar_entries(const LayerPlan& p, std::uint32_t uid,
     }
     entries.push_back(std::move(t));
   }
-  return layers::normalize_entries(std::move(entries), uid, gid);
+  entries = layers::normalize_entries(std::move(entries), uid, gid);
+  // The parents a layer adds implicitly must match the walked directories, or a later layer would
+  // reset /models to 0755.
+  const std::string& root = p.modelcar_root;
+  if (!root.empty())
+    for (auto& e : entries)
+      if (e.type == layers::TarEntry::Type::Dir && (e.path == root || e.path.rfind(root + "/", 0) == 0))
+        e.mode = spec::kModelcarDirMode;
+  return entries;
 }
 
 /// Splits a list of files into layers: one per large file, one for already-compressed files, and
@@ -159,9 +171,21 @@ void plan_layers(const std::vector<layers::FileEntry>& files, const std::string&
   if (files.empty()) return;
   LayerPlan packed;
   std::vector<LayerPlan> large, chunks(1);
+  // Where each file went, so a hardlink joins the layer of the file it links to (the tag
+  // records the link, so the tar must store it as one).
+  std::map<std::string, std::pair<char, std::size_t>> home;
   for (const auto& f : files) {
     const bool file = f.type == layers::FileEntry::Type::File;
+    if (file && !f.link_to.empty() && home.count(f.link_to)) {
+      auto [kind, i] = home.at(f.link_to);
+      LayerPlan& p = kind == 'L' ? large[i] : kind == 'P' ? packed : chunks[i];
+      p.files.push_back(&f);
+      ++p.nfiles;
+      home[f.dest] = {kind, i};
+      continue;
+    }
     if (file && f.size >= s.large_file_threshold) {
+      home[f.dest] = {'L', large.size()};
       LayerPlan p;
       p.label = what + " large file " + f.rel;
       p.created_by = "kiln: COPY " + f.rel + " /" + f.dest;
@@ -171,19 +195,28 @@ void plan_layers(const std::vector<layers::FileEntry>& files, const std::string&
       p.files.push_back(&f);
       large.push_back(std::move(p));
     } else if (file && f.size >= kPackedMin && precompressed_name(f.rel)) {
+      home[f.dest] = {'P', 0};
       packed.bytes += f.size;
       ++packed.nfiles;
       packed.files.push_back(&f);
     } else {
+      // The cap is checked before adding, so no chunk overshoots it by its last file.
+      if (!chunks.back().files.empty() && chunks.back().bytes + f.size > kChunkMax) chunks.emplace_back();
       LayerPlan& c = chunks.back();
+      home[f.dest] = {'C', chunks.size() - 1};
       c.bytes += f.size;
       c.nfiles += file;
       c.files.push_back(&f);
-      if (c.bytes >= kChunkMax || (c.bytes >= kChunkMin && (XXH3_64bits(f.dest.data(), f.dest.size()) & 7) == 0))
-        chunks.emplace_back();
+      if (c.bytes >= kChunkMin && (XXH3_64bits(f.dest.data(), f.dest.size()) & 7) == 0) chunks.emplace_back();
     }
   }
   if (chunks.back().files.empty()) chunks.pop_back();
+  if (s.modelcar) {
+    std::string root = std::string(spec::kModelcarDest).substr(1);
+    for (auto* list : {&large, &chunks})
+      for (auto& p : *list) p.modelcar_root = root;
+    packed.modelcar_root = root;
+  }
   for (auto& p : large) out->push_back(std::move(p));
   if (!packed.files.empty()) {
     packed.label = what + " compressed files (" + std::to_string(packed.nfiles) + ")";
@@ -221,7 +254,10 @@ std::vector<spec::TagFile> tag_files(const std::vector<layers::FileEntry>& files
     t.dest = f.dest;
     t.mode = f.mode;
     switch (f.type) {
-      case layers::FileEntry::Type::File: t.type = 'f'; t.content = f.sha256; break;
+      case layers::FileEntry::Type::File:
+        t.type = f.link_to.empty() ? 'f' : 'h';
+        t.content = f.link_to.empty() ? f.sha256 : f.link_to;
+        break;
       case layers::FileEntry::Type::Dir: t.type = 'd'; break;
       case layers::FileEntry::Type::Symlink: t.type = 'l'; t.content = f.link_target; break;
     }
@@ -281,7 +317,7 @@ Prepared prepare(const spec::ImageSpec& s, const BuildOptions& opts) {
   std::vector<spec::TagFile> copies = tag_files(p.files.copy);
   if (p.files.has_source) p.source_digest = "sha256:" + spec::files_digest(all);
   all.insert(all.end(), copies.begin(), copies.end());
-  p.spec_hash = spec::spec_hash(s, p.base_id, std::move(all));
+  p.spec_hash = spec::spec_hash(s, p.base_id, std::move(all), opts.source_date_epoch);
   p.tag = spec::make_tag(s, p.spec_hash);
   p.repository = spec::repository(s);
   return p;
@@ -344,7 +380,10 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
   std::vector<LayerPlan> plans;
   plan_layers(prep.files.source, "source_root", s, &plans);
   plan_layers(prep.files.copy, "copy", s, &plans);
-  for (auto& p : plans) p.key = layer_key(p, epoch, uid, gid);
+  for (auto& p : plans) {
+    p.level = s.compression_level.value_or(-1);
+    p.key = layer_key(p, epoch, uid, gid);
+  }
 
   auto t_layers = Clock::now();
   std::vector<LayerReport> reports(plans.size());
@@ -352,10 +391,21 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
   std::atomic<std::size_t> next{0};
   std::mutex mu;
   std::exception_ptr failure;
+  // The costliest layers start first, so two cores finish together: compressing costs about ten
+  // times what hashing an uncompressed large file does.
+  std::vector<std::size_t> order(plans.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  auto cost = [&](std::size_t i) {
+    const LayerPlan& p = plans[i];
+    bool plain = p.sample || p.compression == spec::Compression::None;
+    return p.bytes * (plain ? 1 : 10);
+  };
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return cost(a) > cost(b); });
   auto work = [&] {
     for (;;) {
-      std::size_t i = next++;
-      if (i >= plans.size()) return;
+      std::size_t n = next++;
+      if (n >= plans.size()) return;
+      std::size_t i = order[n];
       {
         std::lock_guard<std::mutex> lock(mu);
         if (failure) return;
@@ -366,7 +416,14 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
       lr.files = p.nfiles;
       auto t0 = Clock::now();
       try {
-        if (auto rec = opts.store->find_layer(p.key)) {
+        // Another kiln may be writing this very layer: wait for it, then take it from the cache.
+        std::optional<layers::LayerRecord> rec = opts.store->find_layer(p.key);
+        std::optional<layers::FileLock> writing;
+        if (!rec) {
+          writing.emplace(opts.store->lock_layer(p.key, [&] { progress.log("layer " + p.label + ": another build is writing it; waiting"); }));
+          rec = opts.store->find_layer(p.key);
+        }
+        if (rec) {
           records[i] = *rec;
           lr.cache_hit = true;
           progress.log("layer " + p.label + ": cached " + rec->digest.substr(0, 19));
@@ -377,6 +434,9 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
           auto blob = opts.store->new_blob();
           layers::LayerWriteOptions wo;
           wo.compression = c;
+          wo.level = s.compression_level.value_or(-1);
+          if (c == spec::Compression::Gzip && wo.level > 9)
+            throw spec::SpecError("compression_level", s.origin + ": gzip levels go from 1 to 9");
           wo.mtime = epoch;
           layers::WrittenLayer w =
               layers::write_layer(tar_entries(p, uid, gid), wo, blob->sink(), [&](std::uint64_t n) { progress.advance(id, n); });
@@ -387,7 +447,7 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
         }
       } catch (...) {
         std::lock_guard<std::mutex> lock(mu);
-        if (!failure) failure = std::current_exception();
+        if (!failure) failure = StepError::wrap(std::current_exception(), "layer " + p.label);
         return;
       }
       lr.seconds = since(t0);
@@ -436,7 +496,7 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
       }
     env.emplace_back(k, v);
   };
-  if (prep.files.has_source && !s.env.count("PYTHONPATH")) set_env("PYTHONPATH", s.source_dest);
+  if (prep.files.has_source && !s.modelcar && !s.env.count("PYTHONPATH")) set_env("PYTHONPATH", s.source_dest);
   for (const auto& [k, v] : s.env) set_env(k, v);
   if (!env.empty()) {
     json arr = json::array();
@@ -445,6 +505,10 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
   }
   if (!s.entrypoint.empty()) {
     cfg["Entrypoint"] = s.entrypoint;
+    cfg.erase("Cmd");
+  }
+  if (s.modelcar) {  // KServe gives the modelcar container its args
+    cfg.erase("Entrypoint");
     cfg.erase("Cmd");
   }
   if (s.workdir) {
@@ -464,6 +528,10 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
     std::size_t nfiles = 0;
     for (const auto& f : prep.files.source) nfiles += f.type != layers::FileEntry::Type::Dir;
     labels[kLabelSourceFiles] = std::to_string(nfiles);
+  }
+  if (s.modelcar) {
+    labels[kLabelModelDigest] = prep.source_digest;
+    if (!base_digest.empty()) labels[kLabelBaseDigest] = base_digest;
   }
   cfg["Labels"] = labels;
   img.config["created"] = created;

@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -65,7 +66,36 @@ struct BuildResult {
 };
 
 /// Builds the prepared image. The store receives every new layer; nothing is written elsewhere.
+/// A layer that cannot be written throws StepError.
 BuildResult build(const Prepared& prep, const BuildOptions& opts);
+
+/// A build step failed (writing a layer: a source file unreadable, or changed while read). `step`
+/// names it ("layer source_root (12 files)"); what() is the cause's message; `exit_code` is the
+/// step command's exit status once steps run commands (-1: none).
+class StepError : public std::runtime_error {
+ public:
+  StepError(std::string step, const std::string& cause, int exit_code = -1)
+      : std::runtime_error(cause), step_(std::move(step)), exit_code_(exit_code) {}
+  const std::string& step() const { return step_; }
+  int exit_code() const { return exit_code_; }
+  /// `e` as a StepError of `step`; spec and input errors (and StepErrors) pass unchanged.
+  static std::exception_ptr wrap(std::exception_ptr e, const std::string& step) {
+    try {
+      std::rethrow_exception(e);
+    } catch (const StepError&) {
+    } catch (const spec::SpecError&) {
+    } catch (const layers::InputError&) {
+    } catch (const std::exception& x) {
+      return std::make_exception_ptr(StepError(step, x.what()));
+    } catch (...) {
+    }
+    return e;
+  }
+
+ private:
+  std::string step_;
+  int exit_code_;
+};
 
 /// The labels kiln puts on an image with baked source (see docs/labels.md).
 inline constexpr const char* kLabelSpecHash = "dev.kiln.spec-hash";
@@ -73,5 +103,8 @@ inline constexpr const char* kLabelSourceDigest = "dev.kiln.source.digest";
 inline constexpr const char* kLabelSourceDest = "dev.kiln.source.dest";
 inline constexpr const char* kLabelSourceMode = "dev.kiln.source.copy-mode";
 inline constexpr const char* kLabelSourceFiles = "dev.kiln.source.files";
+/// And on a modelcar (docs/modelcar.md): the model's file set digest, and the base it was built on.
+inline constexpr const char* kLabelModelDigest = "dev.kiln.model.digest";
+inline constexpr const char* kLabelBaseDigest = "dev.kiln.base.digest";
 
 }  // namespace kiln::builder

@@ -9,6 +9,7 @@
 #include <stdexcept>
 #include <system_error>
 
+#include "builder/errors.h"
 #include "layers/digest.h"
 #include "layers/fsutil.h"
 
@@ -54,7 +55,7 @@ Descriptor pick(const json& index, const std::string& tag, const Platform* plat,
   if (plat) {
     for (const auto& d : cands)
       if (platform_matches(d.platform, *plat)) return d;
-    throw std::runtime_error(where + " has no image for platform " + plat->os + "/" + plat->architecture +
+    throw NotFoundError(where + " has no image for platform " + plat->os + "/" + plat->architecture +
                              (plat->variant.empty() ? "" : "/" + plat->variant));
   }
   if (!tag.empty()) {
@@ -67,7 +68,7 @@ Descriptor pick(const json& index, const std::string& tag, const Platform* plat,
       auto it = d.annotations.find(kRefName);
       if (it != d.annotations.end()) known += (known.empty() ? "" : ", ") + it->second;
     }
-    throw std::runtime_error(where + " has no tag '" + tag + "'" + (known.empty() ? "" : " (tags: " + known + ")"));
+    throw NotFoundError(where + " has no tag '" + tag + "'" + (known.empty() ? "" : " (tags: " + known + ")"));
   }
   if (cands.size() != 1)
     throw std::runtime_error(where + " holds " + std::to_string(cands.size()) + " images; name one with oci:DIR:TAG");
@@ -77,7 +78,7 @@ Descriptor pick(const json& index, const std::string& tag, const Platform* plat,
 json read_index(const fs::path& dir) {
   std::string text;
   if (!layers::read_file_if_exists(dir / "index.json", &text))
-    throw std::runtime_error("'" + dir.string() + "' is not an OCI image layout (no index.json)");
+    throw NotFoundError("'" + dir.string() + "' is not an OCI image layout (no index.json)");
   return parse_json(text, (dir / "index.json").string());
 }
 
@@ -109,10 +110,13 @@ class DirLock {
 };
 
 /// Puts a blob into the layout unless present; true when it wrote one.
-bool put_blob(const fs::path& dir, const std::string& digest, const fs::path* src, const std::string* bytes) {
+bool put_blob(const fs::path& dir, const std::string& digest, std::uint64_t size, const fs::path* src,
+              const std::string* bytes) {
   fs::path dest = dir / "blobs" / "sha256" / std::string(layers::digest_hex(digest));
   struct stat st{};
-  if (::stat(dest.c_str(), &st) == 0) return false;  // content-addressed: present means right
+  // Content-addressed: present means right, unless its size says otherwise (a torn copy made by
+  // another tool); then it is replaced, atomically as always.
+  if (::stat(dest.c_str(), &st) == 0 && static_cast<std::uint64_t>(st.st_size) == size) return false;
   fs::path tmp = dir / layers::unique_name(".kiln-tmp");
   if (src) {
     layers::link_or_copy(*src, tmp);
@@ -186,17 +190,22 @@ LayoutImage read_oci_layout(const fs::path& dir, const std::string& tag, const s
   return out;
 }
 
-std::string write_oci_layout(const Image& img, const fs::path& dir, const std::string& tag) {
+void stage_oci_layout(const Image& img, const fs::path& dir) {
   fs::create_directories(dir / "blobs" / "sha256");
   std::string cfg = img.config_bytes();
   std::string man = img.manifest_bytes();
-  std::string man_digest = layers::sha256_digest(man);
   // Blobs first, each atomically; a crash here leaves only complete, unreferenced blobs.
   bool wrote = false;
-  for (const Layer& l : img.layers) wrote |= put_blob(dir, l.desc.digest, &l.blob, nullptr);
-  wrote |= put_blob(dir, layers::sha256_digest(cfg), nullptr, &cfg);
-  wrote |= put_blob(dir, man_digest, nullptr, &man);
+  for (const Layer& l : img.layers) wrote |= put_blob(dir, l.desc.digest, l.desc.size, &l.blob, nullptr);
+  wrote |= put_blob(dir, layers::sha256_digest(cfg), cfg.size(), nullptr, &cfg);
+  wrote |= put_blob(dir, layers::sha256_digest(man), man.size(), nullptr, &man);
   if (wrote) layers::sync_dir(dir / "blobs" / "sha256");
+}
+
+std::string write_oci_layout(const Image& img, const fs::path& dir, const std::string& tag) {
+  stage_oci_layout(img, dir);
+  std::string man = img.manifest_bytes();
+  std::string man_digest = layers::sha256_digest(man);
 
   DirLock lock(dir);
   std::string text;

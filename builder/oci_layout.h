@@ -3,8 +3,10 @@
 #pragma once
 
 #include <filesystem>
+#include <stdexcept>
 #include <string>
 
+#include "builder/errors.h"  // NotFoundError
 #include "builder/image.h"
 
 namespace kiln::builder {
@@ -25,6 +27,11 @@ std::string resolve_oci_layout(const std::filesystem::path& dir, const std::stri
 /// Writes `img` into the layout at `dir` (created if missing) and points `tag` at it. Blobs arrive
 /// by hardlink or reflink from where they are, else by copy. Returns the manifest digest.
 std::string write_oci_layout(const Image& img, const std::filesystem::path& dir, const std::string& tag);
+
+/// Only the first half of write_oci_layout: every blob of `img` into the layout, atomically; no
+/// tag moves. (A later write_oci_layout finds them there.) A blob already present with the wrong
+/// size is replaced.
+void stage_oci_layout(const Image& img, const std::filesystem::path& dir);
 
 /// Parses "oci:DIR[:TAG]" (the tag after the last ':' when it holds no '/').
 void split_oci_ref(const std::string& ref, std::filesystem::path* dir, std::string* tag);

@@ -135,6 +135,9 @@ RemoteImage pull_remote(RegistrySession& s, const registry::Reference& ref, cons
   out.manifest_digest = resolve_remote(s, ref, platform, store);
   registry::Client& c = s.client(ref.registry);
   json man = parse(store.read_bytes(out.manifest_digest), "manifest " + out.manifest_digest);
+  if (man.contains("annotations") && man["annotations"].is_object())
+    for (const auto& [k, v] : man["annotations"].items())
+      if (v.is_string()) out.image.annotations[k] = v.get<std::string>();
   Descriptor cfg = Descriptor::from_json(man.at("config"));
   if (!store.has_blob(cfg.digest)) download(c, ref.repository, cfg.digest, store, nullptr, cfg.size);
   out.image.config = parse(store.read_bytes(cfg.digest), "config " + cfg.digest);
@@ -282,10 +285,10 @@ PreflightReport preflight(RegistrySession& s, const std::string& text) {
   }
   try {
     std::string loc = c.start_upload(repo);
-    c.cancel_upload(loc);
+    c.cancel_upload(loc, repo);
     step("push", true, "an upload session opened and was cancelled: push is permitted");
   } catch (const RegistryError& e) {
-    if (e.kind() == RegistryError::Kind::Unauthorized) {
+    if (e.kind() == RegistryError::Kind::Unauthorized && c.has_credentials()) {
       RegistryError denied(RegistryError::Kind::Denied,
                            std::string("push to ") + ref.name() + " is not permitted with these credentials (" + e.what() + ")",
                            e.status(), e.code());

@@ -26,8 +26,10 @@ class PassThrough : public Encoder {
 class GzipEncoder : public Encoder {
  public:
   GzipEncoder(ByteSink out, int level) : out_(std::move(out)), buf_(kOutChunk) {
-    // windowBits 15+16: gzip wrapper with mtime 0, no file name, OS byte fixed by zlib.
-    if (deflateInit2(&z_, level < 0 ? 6 : level, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
+    // windowBits 15+16: gzip wrapper with mtime 0, no file name, OS byte fixed by zlib. Level 1
+    // by default, as go-containerregistry and ko use: layers are written far more often than
+    // their few extra bytes cost to move.
+    if (deflateInit2(&z_, level < 0 ? 1 : level, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
       throw std::runtime_error("gzip: deflateInit2 failed");
   }
   ~GzipEncoder() override { deflateEnd(&z_); }

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <map>
 #include <cstring>
 #include <mutex>
 #include <thread>
@@ -225,6 +226,16 @@ std::string dest_prefix_of(const std::string& dest) {
   return p;
 }
 
+/// Marks every later link of a multiply-linked file with the dest of the first one.
+void mark_hardlinks(std::vector<FileEntry>& list) {
+  std::map<std::pair<std::uint64_t, std::uint64_t>, std::string> first;
+  for (FileEntry& e : list) {
+    if (e.type != FileEntry::Type::File || e.nlink < 2) continue;
+    auto [it, inserted] = first.emplace(std::make_pair(e.key.dev, e.key.ino), e.dest);
+    if (!inserted) e.link_to = it->second;
+  }
+}
+
 }  // namespace
 
 std::uint64_t FileSet::total_bytes() const {
@@ -276,6 +287,7 @@ FileSet collect_files(const spec::ImageSpec& spec, const std::vector<std::string
     set.source.erase(std::unique(set.source.begin(), set.source.end(),
                                  [](const FileEntry& a, const FileEntry& b) { return a.rel == b.rel; }),
                      set.source.end());
+    mark_hardlinks(set.source);
   }
 
   if (!spec.copy.empty()) {
@@ -285,6 +297,14 @@ FileSet collect_files(const spec::ImageSpec& spec, const std::vector<std::string
     set.copy.erase(std::unique(set.copy.begin(), set.copy.end(),
                                [](const FileEntry& a, const FileEntry& b) { return a.dest == b.dest; }),
                    set.copy.end());
+    mark_hardlinks(set.copy);
+  }
+  if (spec.modelcar) {  // readable by any uid, whatever the checkout's modes (docs/modelcar.md)
+    for (auto* list : {&set.source, &set.copy})
+      for (FileEntry& e : *list) {
+        if (e.type == FileEntry::Type::File) e.mode = spec::kModelcarFileMode;
+        if (e.type == FileEntry::Type::Dir) e.mode = spec::kModelcarDirMode;
+      }
   }
   return set;
 }

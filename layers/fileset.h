@@ -34,6 +34,8 @@ struct FileEntry {
   StatIndex::Key key;       // identity when walked
   std::uint64_t nlink = 1;
   std::string sha256;       // File: hex content digest, filled by hash_files()
+  std::string link_to;      // File: dest of the first (bytewise) file of the same list sharing its
+                            // inode — stored as a hardlink to it; "" for the first or a lone file
 };
 
 struct FileSet {

@@ -2,6 +2,7 @@
 #include "layers/store.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -22,6 +23,31 @@
 namespace fs = std::filesystem;
 
 namespace kiln::layers {
+
+// ---------------------------------------------------------------------------------------------
+// Verified blobs: verified/<hex> holds "ino size mtime_ns" of the blob file whose content was last
+// checked against its name. (Not ctime: linking a blob into a layout changes it.)
+
+namespace {
+
+std::string identity(const struct stat& st) {
+  return std::to_string(st.st_ino) + " " + std::to_string(st.st_size) + " " +
+         std::to_string(std::int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec) + "\n";
+}
+
+void remember_verified(const fs::path& root, const std::string& hex, const struct stat& st) {
+  try {
+    atomic_write(root / "verified" / hex, identity(st), root / "tmp", /*sync=*/false);
+  } catch (const std::exception&) {
+    // Only a memo: without it the blob is hashed again when next used.
+  }
+}
+
+}  // namespace
+
+FileLock::~FileLock() {
+  if (fd_ >= 0) ::close(fd_);
+}
 
 // ---------------------------------------------------------------------------------------------
 // BlobWriter
@@ -60,6 +86,8 @@ fs::path BlobWriter::commit(const std::string& digest) {
   fs::path dest = blobs_dir_ / std::string(digest_hex(digest));
   flush();
   if (::fsync(fd_) != 0) throw std::system_error(errno, std::generic_category(), "fsync " + tmp_path_.string());
+  struct stat st{};
+  const bool have_stat = ::fstat(fd_, &st) == 0;
   ::close(fd_);
   fd_ = -1;
   if (::rename(tmp_path_.c_str(), dest.c_str()) != 0) {
@@ -67,6 +95,8 @@ fs::path BlobWriter::commit(const std::string& digest) {
     ::unlink(tmp_path_.c_str());
     throw std::system_error(e, std::generic_category(), "cannot store blob " + digest);
   }
+  // The digest was computed on these very bytes: the blob is verified as written.
+  if (have_stat) remember_verified(blobs_dir_.parent_path().parent_path(), dest.filename().string(), st);
   return dest;
 }
 
@@ -88,7 +118,7 @@ Store::Store(fs::path root) : root_(std::move(root)) {
                                std::string(kVersionLine, std::strlen(kVersionLine) - 1) +
                                "'; use another KILN_CACHE or remove it");
   }
-  for (const char* d : {"blobs/sha256", "layers", "stat", "tmp"}) fs::create_directories(root_ / d);
+  for (const char* d : {"blobs/sha256", "layers", "stat", "tmp", "verified", "locks"}) fs::create_directories(root_ / d);
   if (v.empty()) atomic_write(vfile, kVersionLine, root_ / "tmp");
 }
 
@@ -134,11 +164,55 @@ void Store::put_file(const fs::path& file, const std::string& digest) const {
     throw std::runtime_error("blob " + file.string() + " does not match its digest " + digest);
   fs::path tmp = root_ / "tmp" / unique_name("in");
   link_or_copy(file, tmp);
+  struct stat st{};
+  const bool have_stat = ::stat(tmp.c_str(), &st) == 0;
   if (::rename(tmp.c_str(), blob_path(digest).c_str()) != 0) {
     int e = errno;
     ::unlink(tmp.c_str());
     throw std::system_error(e, std::generic_category(), "cannot store blob " + digest);
   }
+  if (have_stat) remember_verified(root_, std::string(digest_hex(digest)), st);
+}
+
+bool Store::verify_blob(const std::string& digest) const {
+  const std::string hex(digest_hex(digest));
+  fs::path blob = blob_path(digest);
+  struct stat st{};
+  if (::stat(blob.c_str(), &st) != 0) return false;
+  std::string memo;
+  if (read_file_if_exists(root_ / "verified" / hex, &memo) && memo == identity(st)) return true;
+  std::string actual;
+  try {
+    actual = sha256_file_hex(blob);
+  } catch (const std::system_error&) {
+    return false;
+  }
+  if (actual == hex) {
+    remember_verified(root_, hex, st);
+    return true;
+  }
+  // Not what its name says (a torn write on a crash, or tampering): no later build may use it.
+  ::unlink(blob.c_str());
+  std::error_code ec;
+  fs::remove(root_ / "verified" / hex, ec);
+  return false;
+}
+
+FileLock Store::lock_layer(const std::string& key, const std::function<void()>& on_wait) const {
+  fs::path p = root_ / "locks" / (key + ".lock");
+  int fd = ::open(p.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0 && errno == ENOENT) {  // a store opened before locks/ existed
+    fs::create_directories(root_ / "locks");
+    fd = ::open(p.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  }
+  if (fd < 0) throw std::system_error(errno, std::generic_category(), "cannot open " + p.string());
+  FileLock lock(fd);
+  if (::flock(fd, LOCK_EX | LOCK_NB) == 0) return lock;
+  if (errno != EWOULDBLOCK && errno != EAGAIN) throw std::system_error(errno, std::generic_category(), "flock " + p.string());
+  if (on_wait) on_wait();
+  while (::flock(fd, LOCK_EX) != 0)
+    if (errno != EINTR) throw std::system_error(errno, std::generic_category(), "flock " + p.string());
+  return lock;
 }
 
 std::optional<LayerRecord> Store::find_layer(const std::string& key) const {
@@ -151,6 +225,7 @@ std::optional<LayerRecord> Store::find_layer(const std::string& key) const {
     struct stat st{};
     if (::stat(blob_path(r.digest).c_str(), &st) != 0 || static_cast<std::uint64_t>(st.st_size) != r.size)
       return std::nullopt;
+    if (!verify_blob(r.digest)) return std::nullopt;
     ::utimensat(AT_FDCWD, rec.c_str(), nullptr, 0);  // last use, for prune
     return r;
   } catch (const std::exception&) {
@@ -219,6 +294,17 @@ Store::PruneResult Store::prune(std::int64_t older_than_seconds) const {
     r.removed_bytes += e.file_size(ec);
     fs::remove(e.path(), ec);
     ++r.removed_blobs;
+  }
+  // Memos of removed blobs; lock files nobody holds (a day old: a lock only saves duplicate work).
+  for (auto& e : fs::directory_iterator(root_ / "verified", ec))
+    if (!fs::exists(root_ / "blobs" / "sha256" / e.path().filename(), ec)) fs::remove(e.path(), ec);
+  for (auto& e : fs::directory_iterator(root_ / "locks", ec)) {
+    auto age = std::chrono::duration_cast<std::chrono::seconds>(now - e.last_write_time(ec)).count();
+    if (age < 86400) continue;
+    int fd = ::open(e.path().c_str(), O_RDWR | O_CLOEXEC);
+    if (fd < 0) continue;
+    if (::flock(fd, LOCK_EX | LOCK_NB) == 0) fs::remove(e.path(), ec);
+    ::close(fd);
   }
   // tmp files are from writes in flight: only those over an hour old are certainly dead.
   for (auto& e : fs::directory_iterator(root_ / "tmp", ec)) {

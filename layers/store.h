@@ -7,6 +7,10 @@
 //   blobs/sha256/<hex>           immutable blobs, written to tmp/ then renamed into place
 //   layers/<key>.json            layer cache records: {digest, diff_id, media_type, size, tar_size}
 //   stat/<key>.idx               stat indexes (path, size, mtime, ctime, inode → sha256)
+//   verified/<hex>               "ino size mtime_ns" of a blob whose content was checked against its
+//                                digest (by the writer, or by hashing): while the blob's identity
+//                                is unchanged it is not hashed again
+//   locks/<key>.lock             flock held while a process writes the layer <key>
 //   tmp/                         in-flight writes; anything here is garbage after a crash
 #pragma once
 
@@ -52,6 +56,19 @@ class BlobWriter {
   std::string buf_;
 };
 
+/// An exclusive flock, released on destruction (or by the kernel when the process dies).
+class FileLock {
+ public:
+  explicit FileLock(int fd) : fd_(fd) {}
+  FileLock(FileLock&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
+  FileLock& operator=(FileLock&&) = delete;
+  FileLock(const FileLock&) = delete;
+  ~FileLock();
+
+ private:
+  int fd_;
+};
+
 class Store {
  public:
   static constexpr int kFormatVersion = 1;
@@ -73,8 +90,17 @@ class Store {
   /// Copies a file in by digest, verifying the content (hardlink first where it can).
   void put_file(const std::filesystem::path& file, const std::string& digest) const;
 
-  /// The layer cache. A record is returned only if its blob is present.
+  /// The layer cache. A record is returned only if its blob is present, has the recorded size,
+  /// and its content is known to match its digest: checked once (hashed) per blob identity, then
+  /// remembered under verified/. A blob that does not match is removed, and the layer is a miss.
   std::optional<LayerRecord> find_layer(const std::string& key) const;
+  /// Waits until no other process (or thread) is writing layer `key`, then holds it: the caller
+  /// looks in the cache again (find_layer), and writes the layer only on a miss. `on_wait` is
+  /// called once, before waiting, when another holds it.
+  FileLock lock_layer(const std::string& key, const std::function<void()>& on_wait = {}) const;
+  /// Is the blob's content known to match `digest` (hashing it unless remembered)? A blob that
+  /// does not match is removed. False when the blob is missing.
+  bool verify_blob(const std::string& digest) const;
   void put_layer(const std::string& key, const LayerRecord& rec) const;
 
   std::filesystem::path stat_index_path(const std::string& key) const;

@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <openssl/evp.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -58,7 +59,15 @@ std::string run_helper(const std::string& helper, const std::string& server) {
   ::close(in[0]);
   ::close(out[1]);
   std::string input = server + "\n";
-  (void)!::write(in[1], input.data(), input.size());
+  {
+    // A helper that exits without reading its stdin (or that is not installed) must not kill
+    // kiln with SIGPIPE: ignore it around the write (EPIPE is fine, the exit status tells).
+    struct sigaction ign {}, old {};
+    ign.sa_handler = SIG_IGN;
+    ::sigaction(SIGPIPE, &ign, &old);
+    (void)!::write(in[1], input.data(), input.size());
+    ::sigaction(SIGPIPE, &old, nullptr);
+  }
   ::close(in[1]);
   std::string result;
   char buf[4096];

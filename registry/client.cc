@@ -155,7 +155,7 @@ void Client::ping() {
     return r;
   };
   HttpResponse r = attempt("https");
-  if (r.status == 0 && opts_.allow_http && (is_tls_mismatch(r.curl_code) || r.curl_code == 35 || r.curl_code == 60)) {
+  if (r.status == 0 && opts_.allow_http && is_tls_mismatch(r.curl_code)) {
     if (opts_.log) opts_.log(registry_ + " does not speak TLS; using plain HTTP (allowed for this registry)");
     r = attempt("http");
   }
@@ -193,7 +193,11 @@ void Client::fetch_token(const std::string& challenge, const std::vector<std::st
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (!creds_loaded_) {
-      creds_ = find_credentials(registry_, opts_.docker_config);
+      try {
+        creds_ = find_credentials(registry_, opts_.docker_config);
+      } catch (const std::runtime_error& e) {
+        throw RegistryError(RegistryError::Kind::Unauthorized, e.what(), 0, "UNAUTHORIZED");
+      }
       creds_loaded_ = true;
     }
   }
@@ -319,7 +323,18 @@ void Client::fail(const HttpResponse& r, const std::string& what) const {
   std::string detail = " (" + std::to_string(r.status) + (code.empty() ? "" : " " + code) +
                        (message.empty() ? "" : ": " + message) + ")";
   K kind = K::Protocol;
-  if (r.status == 401) kind = K::Unauthorized;
+  if (r.status == 401) {
+    bool has_creds = creds_.has_value();
+    if (r.header("www-authenticate").find("insufficient_scope") != std::string::npos && has_creds) {
+      kind = K::Denied;
+    } else {
+      kind = K::Unauthorized;
+      if (!has_creds)
+        throw RegistryError(kind, what + detail + ": registry " + registry_ +
+                                      " requires credentials; log in (docker login) or set registry_config",
+                            r.status, code);
+    }
+  }
   else if (r.status == 403 || code == "DENIED") kind = K::Denied;
   else if (code == "NAME_UNKNOWN") kind = K::NameUnknown;
   else if (code == "MANIFEST_UNKNOWN") kind = K::ManifestUnknown;
@@ -433,12 +448,12 @@ std::string Client::start_upload(const std::string& repo) {
   return absolute(loc);
 }
 
-void Client::cancel_upload(const std::string& location) {
+void Client::cancel_upload(const std::string& location, const std::string& repo) {
   HttpRequest req;
   req.method = "DELETE";
   req.url = location;
   try {
-    send(req, {}, false);
+    send(req, {push_scope(repo)}, false);
   } catch (const std::exception&) {
   }
 }
@@ -452,7 +467,7 @@ bool Client::mount_blob(const std::string& repo, const std::string& digest, cons
   HttpResponse r = send(req, {push_scope(repo), pull_scope(from_repo)});
   if (r.status == 201) return true;
   if (r.status == 202) {  // not mounted: an upload session was opened instead; close it
-    if (std::string loc = r.header("location"); !loc.empty()) cancel_upload(absolute(loc));
+    if (std::string loc = r.header("location"); !loc.empty()) cancel_upload(absolute(loc), repo);
     return false;
   }
   fail(r, "cannot mount " + digest.substr(0, 19) + " from " + from_repo);
@@ -462,6 +477,12 @@ void Client::upload_blob(const std::string& repo, const std::string& digest, std
                          const std::filesystem::path& file, const std::function<void(std::uint64_t)>& progress) {
   auto with_query = [](const std::string& loc, const std::string& q) {
     return loc + (loc.find('?') == std::string::npos ? "?" : "&") + q;
+  };
+  std::chrono::milliseconds hint{0};
+  auto note_retry_after = [&](const HttpResponse& r) {
+    std::string ra = r.header("retry-after");
+    if ((r.status == 429 || r.status == 503) && !ra.empty() && std::all_of(ra.begin(), ra.end(), ::isdigit))
+      hint = std::chrono::seconds(std::min(std::stoi(ra), 30));
   };
   for (int attempt = 1;; ++attempt) {
     try {
@@ -497,7 +518,10 @@ void Client::upload_blob(const std::string& repo, const std::string& digest, std
           patch.body_offset = off;
           patch.body_size = n;
           HttpResponse r = send(patch, {push_scope(repo)}, false);
-          if (r.status != 202) fail(r, "upload of " + digest.substr(0, 19) + " failed");
+          if (r.status != 202) {
+            note_retry_after(r);
+            fail(r, "upload of " + digest.substr(0, 19) + " failed");
+          }
           if (std::string l = r.header("location"); !l.empty()) loc = absolute(l);
           if (progress) progress(n);
         }
@@ -509,6 +533,7 @@ void Client::upload_blob(const std::string& repo, const std::string& digest, std
         fin = send(put, {push_scope(repo)}, false);
       }
       if (fin.status == 201 || fin.status == 204) return;
+      note_retry_after(fin);
       fail(fin, "upload of " + digest.substr(0, 19) + " to " + registry_ + "/" + repo + " was not committed");
     } catch (const RegistryError& e) {
       if (!e.transient() || attempt >= opts_.max_attempts) throw;
@@ -518,7 +543,8 @@ void Client::upload_blob(const std::string& repo, const std::string& digest, std
       } catch (const RegistryError&) {
       }
       if (opts_.log) opts_.log("upload of " + digest.substr(0, 19) + " failed (" + e.what() + "), retrying");
-      std::this_thread::sleep_for(opts_.backoff * (1 << (attempt - 1)));
+      std::this_thread::sleep_for(std::max<std::chrono::milliseconds>(opts_.backoff * (1 << (attempt - 1)), hint));
+      hint = std::chrono::milliseconds(0);
     }
   }
 }

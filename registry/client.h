@@ -92,12 +92,17 @@ class Client {
                            const std::string& media_type);
   /// Opens a blob upload session (proves push permission) and returns its Location.
   std::string start_upload(const std::string& repo);
-  /// Cancels an upload session (DELETE); errors are ignored.
-  void cancel_upload(const std::string& location);
+  /// Cancels an upload session of `repo` (DELETE); errors are ignored.
+  void cancel_upload(const std::string& location, const std::string& repo);
   /// Fetches (and caches) a token for these scopes now, so credentials are checked.
   void authenticate(const std::vector<std::string>& scopes);
   /// Requests made so far (for tests and --json).
   std::uint64_t requests() const { return requests_; }
+  /// Were credentials found for this registry (once authentication was attempted)?
+  bool has_credentials() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return creds_.has_value();
+  }
 
  private:
   struct Token {

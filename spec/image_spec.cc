@@ -412,12 +412,24 @@ const std::map<std::string, Handler>& handlers() {
       {"loaded_modules",
        [](const Field& f, ImageSpec& s) { s.loaded_modules = f.relative_paths("source_root"); }},
       {"compression", [](const Field& f, ImageSpec& s) { s.compression = parse_compression(f); }},
+      {"compression_level",
+       [](const Field& f, ImageSpec& s) {
+         std::int64_t v = f.integer(1);
+         if (v > 19)
+           throw SpecError("compression_level", s.origin + ": field 'compression_level' must be 1-9 for gzip, 1-19 for zstd");
+         s.compression_level = static_cast<int>(v);
+       }},
       {"large_file_threshold",
        [](const Field& f, ImageSpec& s) {
          s.large_file_threshold = static_cast<std::uint64_t>(f.integer(1));
        }},
       {"source_date_epoch",
        [](const Field& f, ImageSpec& s) { s.source_date_epoch = f.integer(0); }},
+      {"modelcar",
+       [](const Field& f, ImageSpec& s) {
+         if (!f.v.is_boolean()) f.wrong_type("a boolean");
+         s.modelcar = f.v.get<bool>();
+       }},
   };
   return table;
 }
@@ -453,6 +465,22 @@ ImageSpec parse_fields(const json& obj, const fs::path& base_dir, const std::str
     if (!value.is_null()) handlers().at(key)(Field{origin, base_dir, prefix + key, value}, spec);
 
   // Cross-field rules.
+  if (spec.modelcar) {
+    // A modelcar implies where and how the model lands; a conflicting explicit value is an error.
+    auto given = [&](const char* key) { return obj.contains(key) && !obj[key].is_null(); };
+    auto fail = [&](const std::string& field, const std::string& what) {
+      throw SpecError(prefix + field, origin + ": field '" + prefix + field + "' " + what);
+    };
+    if (!spec.source_root) fail("modelcar", "needs source_root (the model directory)");
+    if (given("source_copy_mode") && spec.source_copy_mode != CopyMode::All)
+      fail("source_copy_mode", "must be \"all\" or absent with modelcar (the whole model directory is copied)");
+    if (given("source_dest") && spec.source_dest != kModelcarDest)
+      fail("source_dest", std::string("must be \"") + kModelcarDest + "\" or absent with modelcar");
+    if (!spec.entrypoint.empty())
+      fail("entrypoint", "must be empty with modelcar: KServe sets the modelcar container's args");
+    spec.source_copy_mode = CopyMode::All;
+    spec.source_dest = kModelcarDest;
+  }
   if (!spec.loaded_modules.empty() &&
       (!spec.source_root || spec.source_copy_mode != CopyMode::LoadedModules))
     throw SpecError(prefix + "loaded_modules",
@@ -587,7 +615,9 @@ nlohmann::json ImageSpec::canonical() const {
   };
 
   put_str("python_version", python_version);
-  if (source_root) {
+  // A modelcar's image does not depend on where its model directory is: the files say it all.
+  if (modelcar) c["modelcar"] = true;
+  if (source_root && !modelcar) {
     std::string rel = source_root->lexically_relative(base_dir).generic_string();
     c["source_root"] = rel.empty() ? "." : rel;
     c["source_copy_mode"] = to_string(source_copy_mode);
@@ -621,7 +651,12 @@ nlohmann::json ImageSpec::canonical() const {
   put_list("pip_extra_args", pip_extra_args);
   put_list("entrypoint", entrypoint);
   put_list("commands", commands);
-  put_list("copy", copy);
+  {  // `copy` is a set of paths: its order shapes nothing
+    std::vector<std::string> sorted = copy;
+    std::sort(sorted.begin(), sorted.end());
+    sorted.erase(std::unique(sorted.begin(), sorted.end()), sorted.end());
+    put_list("copy", sorted);
+  }
   put_str("python_exec", python_exec);
   put_list("runtime_packages", runtime_packages);
   put_str("workdir", workdir);
@@ -631,6 +666,7 @@ nlohmann::json ImageSpec::canonical() const {
   c["source_dest"] = source_dest;
   put_list("loaded_modules", loaded_modules);
   c["compression"] = to_string(compression);
+  if (compression_level) c["compression_level"] = *compression_level;
   c["large_file_threshold"] = large_file_threshold;
   if (source_date_epoch) c["source_date_epoch"] = *source_date_epoch;
   return c;

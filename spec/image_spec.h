@@ -39,6 +39,12 @@ const char* to_string(Compression c);  // "gzip", "zstd", "none"
 
 struct ImageSpec;
 
+/// A modelcar (KServe, docs/modelcar.md): `"modelcar": true` puts source_root at /models (copy
+/// mode all), directories 0775 and files 0644 (readable by any uid), and no Entrypoint or Cmd.
+inline constexpr const char* kModelcarDest = "/models";
+inline constexpr std::uint32_t kModelcarDirMode = 0775;
+inline constexpr std::uint32_t kModelcarFileMode = 0644;
+
 /// Where the image starts: "scratch", a local OCI layout, a registry reference, or a nested spec.
 struct BaseImage {
   enum class Kind { Scratch, OciLayout, Registry, Spec };
@@ -88,8 +94,10 @@ struct ImageSpec {
   std::string source_dest = "/root";              // where source_root and copy land in the image
   std::vector<std::string> loaded_modules;        // relative to source_root (loaded_modules mode)
   Compression compression = Compression::Gzip;
+  std::optional<int> compression_level;           // gzip 1-9 (default 1), zstd 1-19 (default 3)
   std::uint64_t large_file_threshold = 64ull << 20;  // bytes; files this big get their own layer
   std::optional<std::int64_t> source_date_epoch;  // overrides $SOURCE_DATE_EPOCH
+  bool modelcar = false;                          // a KServe modelcar image (see kModelcarDest)
 
   // ---- context ----
   std::filesystem::path base_dir;                 // absolute directory relative paths resolve against

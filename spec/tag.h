@@ -2,6 +2,7 @@
 // (docs/tag.md gives the algorithm, so an SDK can reproduce it).
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -20,7 +21,11 @@ struct TagFile {
 /// sha256 hex over: "kiln-spec-hash-v1\n", the canonical spec JSON, "\n", "base " + base_id + "\n",
 /// then per file (sorted by dest, bytewise): type, ' ', mode (4 octal digits), ' ', content, ' ',
 /// dest, '\0'. `base_id` is "scratch", the base manifest digest, or a nested spec's hash.
-std::string spec_hash(const ImageSpec& spec, const std::string& base_id, std::vector<TagFile> files);
+/// `env_epoch` is SOURCE_DATE_EPOCH from the environment when the spec does not set
+/// source_date_epoch itself (which the canonical spec already holds); when non-zero, the line
+/// "epoch <n>\n" follows the base line.
+std::string spec_hash(const ImageSpec& spec, const std::string& base_id, std::vector<TagFile> files,
+                      std::int64_t env_epoch = 0);
 
 /// sha256 hex of a file list alone ("kiln-files-v1\n" then the per-file lines above): the
 /// digest of a baked source tree, carried in the image's labels.

@@ -1,12 +1,19 @@
 // Shared pieces of kiln's CLI.
 #include "builder/cli/common.h"
 
+#include <algorithm>
+#include <cctype>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <iterator>
 #include <system_error>
 #include <thread>
 
+#include "builder/build.h"
+#include "builder/oci_layout.h"
+#include "history/build_log.h"
+#include "builder/errors.h"
 #include "layers/fileset.h"
 #include "registry/client.h"
 #include "spec/image_spec.h"
@@ -55,6 +62,14 @@ void add_common_options(CLI::App* sub, Common& c) {
 
 Failure classify(const std::exception& e) {
   if (auto* s = dynamic_cast<const spec::SpecError*>(&e)) return {kUsage, "permanent", "spec", s->what(), s->field()};
+  if (auto* st = dynamic_cast<const builder::StepError*>(&e)) {
+    Failure f{kBuildFailed, "permanent", "step", st->what(), ""};
+    f.step = st->step();
+    if (st->exit_code() >= 0) f.step_exit_code = st->exit_code();
+    return f;
+  }
+  if (auto* n = dynamic_cast<const builder::NotFoundError*>(&e)) return {kNotFound, "permanent", "not_found", n->what(), ""};
+  if (auto* b = dynamic_cast<const BusyError*>(&e)) return {kTransient, "transient", "busy", b->what(), ""};
   if (auto* i = dynamic_cast<const layers::InputError*>(&e)) return {kUsage, "permanent", "input", i->what(), ""};
   if (auto* r = dynamic_cast<const registry::RegistryError*>(&e)) {
     using K = registry::RegistryError::Kind;
@@ -80,15 +95,122 @@ Failure classify(const std::exception& e) {
   return {kInternal, "permanent", "internal", e.what(), ""};
 }
 
-int report_failure(const Failure& f, const Common& c) {
-  std::fprintf(stderr, "kiln: error: %s\n", f.message.c_str());
-  if (c.json_out) {
-    json j = {{"status", "failed"},   {"exit_code", f.code}, {"error_class", f.error_class},
-              {"error_kind", f.kind}, {"message", f.message}};
-    if (!f.field.empty()) j["field"] = f.field;
-    std::cout << j.dump(2) << std::endl;
+Failure classify(std::exception_ptr e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::exception& x) {
+    return classify(x);
+  } catch (...) {
+    return {kInternal, "permanent", "internal", "unknown error", ""};
   }
+}
+
+json failure_json(const Failure& f) {
+  auto opt = [](const std::string& s) { return s.empty() ? json(nullptr) : json(s); };
+  json j = {{"status", "failed"},
+            {"exit_code", f.code},
+            {"error_class", f.error_class},
+            {"error_kind", f.kind},
+            {"message", f.message},
+            {"failed_step", opt(f.step)},
+            {"step_exit_code", f.step_exit_code ? json(*f.step_exit_code) : json(nullptr)},
+            {"log_path", opt(f.log_path)},
+            {"log_tail", f.log_tail}};
+  if (!f.field.empty()) j["field"] = f.field;
+  if (!f.build_id.empty()) j["build_id"] = f.build_id;
+  if (!f.spec_path.empty()) j["spec"] = f.spec_path;
+  if (f.cancelled) j["cancelled"] = true;
+  return j;
+}
+
+namespace {
+
+// GitHub workflow commands: data escapes %, CR, LF; properties also ':' and ','.
+std::string gh_escape(const std::string& s, bool property) {
+  std::string out;
+  for (char c : s) {
+    switch (c) {
+      case '%': out += "%25"; break;
+      case '\r': out += "%0D"; break;
+      case '\n': out += "%0A"; break;
+      case ':': out += property ? "%3A" : ":"; break;
+      case ',': out += property ? "%2C" : ","; break;
+      default: out += c;
+    }
+  }
+  return out;
+}
+
+/// The line of the spec file a failure points at: "SPEC:LINE:COL: …" in the message (JSON syntax
+/// errors), else the line where the faulty field's key is written; 0 when unknown.
+int spec_line(const Failure& f) {
+  const std::string prefix = f.spec_path + ":";
+  if (f.message.rfind(prefix, 0) == 0) {
+    std::size_t i = prefix.size(), j = i;
+    while (j < f.message.size() && std::isdigit(static_cast<unsigned char>(f.message[j]))) ++j;
+    if (j > i && j < f.message.size() && f.message[j] == ':') return std::atoi(f.message.substr(i, j - i).c_str());
+  }
+  if (f.field.empty()) return 0;
+  std::ifstream in(f.spec_path);
+  if (!in) return 0;
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::string last = f.field.substr(f.field.rfind('.') == std::string::npos ? 0 : f.field.rfind('.') + 1);
+  std::string first = f.field.substr(0, f.field.find('.'));
+  for (const std::string& key : {last, first}) {
+    std::string quoted = "\"" + key + "\"";
+    for (std::size_t pos = text.find(quoted); pos != std::string::npos; pos = text.find(quoted, pos + 1)) {
+      std::size_t k = pos + quoted.size();
+      while (k < text.size() && std::isspace(static_cast<unsigned char>(text[k]))) ++k;
+      if (k < text.size() && text[k] == ':') return 1 + static_cast<int>(std::count(text.begin(), text.begin() + pos, '\n'));
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+void annotate_github(const Failure& f) {
+  const char* gha = std::getenv("GITHUB_ACTIONS");
+  if (!gha || std::string(gha) != "true") return;
+  std::string props;
+  if (!f.spec_path.empty() && f.spec_path != "-") {
+    std::string file = f.spec_path;
+    if (const char* ws = std::getenv("GITHUB_WORKSPACE"); ws && *ws) {
+      std::error_code ec;
+      fs::path abs = fs::weakly_canonical(fs::absolute(f.spec_path), ec);
+      fs::path root = fs::weakly_canonical(ws, ec);
+      fs::path rel = abs.lexically_relative(root);
+      if (!rel.empty() && *rel.begin() != "..") file = rel.generic_string();
+    }
+    props = "file=" + gh_escape(file, true);
+    if (int line = spec_line(f)) props += ",line=" + std::to_string(line);
+  }
+  std::string title = f.cancelled ? "kiln build cancelled"
+                                   : "kiln build failed (exit " + std::to_string(f.code) +
+                                         (f.step.empty() ? std::string() : ", " + f.step) + ")";
+  props += (props.empty() ? "" : ",") + std::string("title=") + gh_escape(title, true);
+  std::fprintf(stderr, "::error %s::%s\n", props.c_str(), gh_escape(f.message, false).c_str());
+}
+
+int report_failure(const Failure& f, const Common& c) {
+  if (f.kind == "step" && !f.step.empty()) {
+    std::fprintf(stderr, "kiln: error: %s: %s\n", f.step.c_str(), f.message.c_str());
+  } else {
+    std::fprintf(stderr, "kiln: error: %s\n", f.message.c_str());
+  }
+  if (!f.log_path.empty() && c.progress != "quiet") std::fprintf(stderr, "kiln: the build's log: %s\n", f.log_path.c_str());
+  annotate_github(f);
+  if (c.json_out) std::cout << failure_json(f).dump(2) << std::endl;
   return f.code;
+}
+
+std::unique_ptr<history::HistoryDb> open_history(ProgressView& view) {
+  try {
+    return std::make_unique<history::HistoryDb>(history::HistoryDb::default_dir());
+  } catch (const std::exception& e) {
+    view.warn(std::string("build history unavailable, this build is not recorded: ") + e.what());
+    return nullptr;
+  }
 }
 
 std::int64_t source_date_epoch_from_env() {

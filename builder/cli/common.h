@@ -3,14 +3,19 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <exception>
 #include <functional>
+#include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "builder/cli/exit_codes.h"
 #include "builder/cli/progress_view.h"
 #include "builder/registry_io.h"
+#include "history/history.h"
 #include "layers/store.h"
 
 namespace kiln::cli {
@@ -49,16 +54,42 @@ void add_common_options(CLI::App* sub, Common& c);
 /// Adds --insecure-allow-http, --insecure-skip-tls-verify, --registry-ca, --registry-config.
 void add_registry_options(CLI::App* sub, Common& c);
 
-/// A failure with its exit code and class, for the human line and the --json object.
+/// A failure with its exit code and class, for the human line and the --json object. For a
+/// build, it also says which step failed and where its log is.
 struct Failure {
-  int code;
-  std::string error_class;  // "permanent" | "transient"
-  std::string kind;         // "usage", "spec", "input", "internal", ...
+  int code = kInternal;
+  std::string error_class = "permanent";  // "permanent" | "transient"
+  std::string kind = "internal";          // "usage", "spec", "input", "step", "not_found", "busy", ...
   std::string message;
-  std::string field;
+  std::string field;                      // the spec field at fault, if known
+  std::string step;                       // failed_step: "spec", "prepare", "layer …", "push", ...
+  std::optional<int> step_exit_code;      // the failed step's command status (steps running commands)
+  std::string log_path;
+  std::vector<std::string> log_tail;
+  std::string spec_path;                  // the spec the failure is about ("-" = stdin)
+  std::string build_id;
+  bool cancelled = false;                 // --fail-fast stopped it: another build failed first
 };
 Failure classify(const std::exception& e);
+Failure classify(std::exception_ptr e);
+/// The --json failure object: status "failed", exit_code, error_class, error_kind, message,
+/// failed_step, step_exit_code, log_path, log_tail (and field, build_id, spec when known).
+json failure_json(const Failure& f);
+/// Under GitHub Actions (GITHUB_ACTIONS=true): an `::error file=SPEC,line=N::message`
+/// annotation on stderr, pointing at the spec file (and at the line of the faulty field).
+void annotate_github(const Failure& f);
+/// Prints the failure (stderr line, annotation, --json object on stdout); returns its exit code.
 int report_failure(const Failure& f, const Common& c);
+
+/// Another process is building the same image name right now, and --no-wait was given.
+class BusyError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/// The build records (HistoryDb::default_dir()); null, with a warning, when they cannot be opened:
+/// a build goes on without its record rather than fail for it.
+std::unique_ptr<history::HistoryDb> open_history(ProgressView& view);
 
 std::int64_t source_date_epoch_from_env();
 std::vector<std::string> read_module_list(const std::string& file);

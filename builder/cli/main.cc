@@ -2,6 +2,7 @@
 // read the result from stdout (or --json); people read logs and progress on stderr. Each command
 // lives in its own cmd_*.cc; this file only dispatches.
 #include <clocale>
+#include <csignal>
 
 #include "builder/cli/common.h"
 
@@ -41,5 +42,8 @@ int run(int argc, char** argv) {
 int main(int argc, char** argv) {
   // Names are UTF-8 whatever the user's locale, so libarchive converts nothing differently.
   std::setlocale(LC_ALL, "C.UTF-8");
+  // A peer that goes away (a credential helper, a closed pipe on stdout) is an error to report,
+  // not a reason to die silently.
+  std::signal(SIGPIPE, SIG_IGN);
   return kiln::cli::run(argc, argv);
 }
