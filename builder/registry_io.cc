@@ -91,6 +91,7 @@ registry::Client& RegistrySession::client(const std::string& reg) {
   registry::Reference probe;
   probe.registry = reg;
   o.allow_http = settings_.allow_http.count(reg) > 0 || probe.is_loopback();
+  o.prefer_http = probe.is_loopback();
   o.skip_tls_verify = settings_.skip_tls_verify.count(reg) > 0;
   o.ca_file = settings_.ca_file;
   o.max_attempts = settings_.max_attempts;
@@ -233,7 +234,7 @@ PushResult push_remote(RegistrySession& s, const Image& img, const registry::Ref
   return r;
 }
 
-PreflightReport preflight(RegistrySession& s, const std::string& text) {
+PreflightReport preflight(RegistrySession& s, const std::string& text, bool describe_repository) {
   auto t0 = std::chrono::steady_clock::now();
   PreflightReport rep;
   auto step = [&](const std::string& name, bool ok, const std::string& msg) { rep.steps.push_back({name, ok, msg}); };
@@ -272,7 +273,7 @@ PreflightReport preflight(RegistrySession& s, const std::string& text) {
   // Was a tag written? ("host:5000/repo" has a ':' only before the last '/').
   const std::string last = text.substr(text.rfind('/') == std::string::npos ? 0 : text.rfind('/'));
   const bool explicit_tag = last.find(':') != std::string::npos && !ref.tag.empty();
-  try {
+  if (describe_repository) try {
     bool name_unknown = false;
     auto d = c.head_manifest(repo, ref.tag.empty() ? "latest" : ref.tag, &name_unknown);
     if (name_unknown) step("repository", true, repo + " does not exist yet; a push creates it");

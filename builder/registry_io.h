@@ -88,6 +88,8 @@ struct PreflightReport {
   std::optional<registry::RegistryError::Kind> failure;
   double seconds = 0;
 };
-PreflightReport preflight(RegistrySession& s, const std::string& target);
+/// `describe_repository` adds the (informational) repository check: whether the repository and
+/// tag exist. Builds skip it, since their exists-check asks that anyway.
+PreflightReport preflight(RegistrySession& s, const std::string& target, bool describe_repository = true);
 
 }  // namespace kiln::builder

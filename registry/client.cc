@@ -154,8 +154,16 @@ void Client::ping() {
     release(std::move(c));
     return r;
   };
-  HttpResponse r = attempt("https");
-  if (r.status == 0 && opts_.allow_http && is_tls_mismatch(r.curl_code)) {
+  HttpResponse r;
+  if (opts_.allow_http && opts_.prefer_http) {
+    // A loopback registry usually speaks plain HTTP: ask that first, and go to TLS when the
+    // answer shows a TLS server (400 to plain HTTP) or nothing answered.
+    r = attempt("http");
+    if (r.status == 400 || r.status == 0) r = attempt("https");
+  } else {
+    r = attempt("https");
+  }
+  if (r.status == 0 && opts_.allow_http && !opts_.prefer_http && is_tls_mismatch(r.curl_code)) {
     if (opts_.log) opts_.log(registry_ + " does not speak TLS; using plain HTTP (allowed for this registry)");
     r = attempt("http");
   }

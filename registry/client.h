@@ -53,6 +53,7 @@ class RegistryError : public std::runtime_error {
 struct ClientOptions {
   std::filesystem::path docker_config;         // config.json to read credentials from ("" = none)
   bool allow_http = false;                     // plain HTTP allowed for this registry
+  bool prefer_http = false;                    // try plain HTTP first (loopback registries)
   bool skip_tls_verify = false;
   std::string ca_file;                         // extra CA bundle
   int max_attempts = 5;                        // per request, for transient failures
