@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""kiln benchmark: times kiln against tar/gzip/pigz/zstd/sha256sum, umoci and buildah on one tree.
+"""kiln benchmark: times kiln against tar/gzip/pigz/zstd/sha256sum, umoci and buildah on one tree,
+and kiln's push against skopeo's to a loopback registry.
 
 Called by bench/run.sh (which generates the tree and builds kiln); see bench/README.md.
 
@@ -11,18 +12,29 @@ CPU are the sums over the stages, which run at the same time. Multi-command peer
 report the sum of wall times, the max RSS and the summed CPU. Nothing is dropped from the page
 cache: each tool runs once untimed first (warm-up), then the repetitions run round-robin across
 tools so drift on a noisy machine spreads evenly.
+
+The push rows start a throwaway `docker-registry` (distribution 2.8) on 127.0.0.1 per block (see
+registry.py): fresh storage for every cold push; every registry is stopped in a `finally`, at exit
+and on SIGTERM/SIGHUP.
 """
 import argparse
+import atexit
 import datetime
+import glob
 import json
 import os
 import platform
+import random
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import time
+
+sys.dont_write_bytecode = True  # no __pycache__ next to bench.py in the repository
+import registry  # noqa: E402  (bench/registry.py: the loopback registry of the push rows)
 
 TIME = "/usr/bin/time"
 TIME_FMT = "%M %U %S"
@@ -75,7 +87,9 @@ class Bench:
         self.src = os.path.join(self.tree, "src")
         self.kiln = os.path.abspath(a.kiln)
         self.work = os.path.abspath(a.work)
-        self.tmp = os.path.join(self.work, "run")  # outputs, caches, time files: same disk as the tree
+        # Outputs, caches, time files, registry storage: same disk as the tree. Per preset, so a
+        # --small check can run while a full run is going on.
+        self.tmp = os.path.join(self.work, f"run-{a.preset}")
         self.samples = {}   # scenario -> [Sample]
         self.checks = []    # (what, ok, detail)
         self.notes = []
@@ -84,6 +98,7 @@ class Bench:
         self.edit_file = None
         self.edit_orig = None
         self.skipped = {}   # scenario -> reason
+        self.push = {}      # push setup: tag, digest, blob count, sizes (see push_setup)
 
     # ---------------------------------------------------------------- running things
 
@@ -332,15 +347,238 @@ class Bench:
         finally:
             self.buildah_clean()
 
+    # ---------------------------------------------------------------- push (kiln vs skopeo)
+
+    PUSH_SCENARIOS = ["kiln push cold", "kiln push warm", "kiln push warm, --skip-preflight",
+                      "kiln push, tag exists (no --force)", "kiln build, no push (baseline)",
+                      "skopeo push cold", "skopeo push warm"]
+    WEIGHTS_MIB = (64, 512)
+    RSS_GROWTH_LIMIT_MB = 4.0  # peak RSS may grow this much from the small blob to the 8x larger one
+
+    def weights_scenario(self, mib):
+        return f"kiln push cold, weights only ({mib} MiB)"
+
+    def probe_push(self):
+        why = None
+        for tool in ("docker-registry", "skopeo"):
+            if shutil.which(tool) is None:
+                why = f"{tool} is not installed"
+        if why:
+            for sc in self.PUSH_SCENARIOS + [self.weights_scenario(m) for m in self.WEIGHTS_MIB]:
+                self.skipped[sc] = why
+
+    def push_spec(self, directory, name, reg_addr, source_root="src", file_name="kiln-push.json"):
+        """A spec like the gzip one, with "registry" set (not part of the tag: the tag and the layer
+        cache keys stay the same whichever port the registry has)."""
+        p = os.path.join(directory, file_name)
+        spec = {"name": name, "source_root": source_root, "source_copy_mode": "all", "compression": "gzip",
+                "registry": reg_addr}
+        with open(p, "w") as f:
+            f.write(json.dumps(spec, indent=2) + "\n")
+        return p
+
+    def weights_dir(self, mib):
+        """A directory holding one incompressible file of `mib` MiB and nothing else: a generated
+        tree's `src/models` when its weights have that size (read in place: never linked or
+        copied, since a new hard link changes the file's ctime and a `tar` reading it at that moment,
+        in a concurrent run, fails with "file changed as we read it"), else work/blobs/weights-<N>M/,
+        generated once (seeded)."""
+        want = mib << 20
+        for d in sorted(glob.glob(os.path.join(os.path.dirname(self.tree), "tree-*", "src", "models"))):
+            if os.listdir(d) == ["weights.safetensors"] and os.path.getsize(os.path.join(d, "weights.safetensors")) == want:
+                return d
+        d = os.path.join(self.work, "blobs", f"weights-{mib}M")
+        path = os.path.join(d, "weights.safetensors")
+        if not os.path.exists(path) or os.path.getsize(path) != want:
+            log(f"generating {path}")
+            os.makedirs(d, exist_ok=True)
+            rng = random.Random(f"kiln-bench-weights-{mib}")
+            with open(path + ".tmp", "wb") as f:
+                for _ in range(mib):
+                    f.write(rng.randbytes(1 << 20))
+            os.replace(path + ".tmp", path)
+        return d
+
+    def kiln_push_argv(self, spec, *flags):
+        return [self.kiln, "build", spec, *flags, "--json", "--progress", "quiet", "--cache", self.push["cache"]]
+
+    def run_kiln_json(self, argv, name="kiln-push"):
+        wall, rss, cpu, cp = self.run_timed(argv, name, stdout=subprocess.PIPE)
+        res = json.loads(cp.stdout)
+        if res.get("status") not in ("success", "exists"):
+            raise RuntimeError(f"kiln failed: {cp.stdout[:2000]}")
+        return Sample(wall, rss, cpu, {"json": res})
+
+    def push_setup(self):
+        """Untimed: the bench image (gzip) built into a cache of its own and an OCI layout (skopeo's
+        source); the weights-only images built into the same cache."""
+        cache, layout = os.path.join(self.tmp, "push-cache"), os.path.join(self.tmp, "push-layout")
+        rm(cache)
+        rm(layout)
+        self.push = {"cache": cache, "layout": layout}
+        spec = self.push_spec(self.tree, "bench", "127.0.0.1:5000")  # --no-push: never contacted
+        s = self.run_kiln_json(self.kiln_push_argv(spec, "--no-push", "-o", f"oci:{layout}:bench"))
+        res = s.extra["json"]
+        blobs = {l["digest"] for l in res["layers"]} | {res["config_digest"]}
+        self.push.update(tag=res["tag"], digest=res["digest"], blobs=len(blobs),
+                         bytes=sum(l["size"] for l in res["layers"]))
+        ref = self.ref_digest.get("gzip")
+        if ref:
+            self.check("push: the image pushed is the bench image (digest of the cold gzip build)", res["digest"] == ref,
+                       f"{res['digest']} != {ref}" if res["digest"] != ref else "")
+        for mib in self.WEIGHTS_MIB:
+            if self.weights_scenario(mib) in self.skipped:
+                continue
+            d = os.path.join(self.tmp, f"weights-{mib}")  # the spec only; the source is read in place
+            rm(d)
+            os.makedirs(d)
+            src = self.weights_dir(mib)
+            spec = self.push_spec(d, f"bench-w{mib}", "127.0.0.1:5000", source_root=src)
+            r = self.run_kiln_json(self.kiln_push_argv(spec, "--no-push")).extra["json"]
+            self.push[f"w{mib}"] = {"dir": d, "src": src, "digest": r["digest"], "tag": r["tag"],
+                                    "blobs": len({l["digest"] for l in r["layers"]} | {r["config_digest"]})}
+
+    def skopeo_inspect_digest(self, addr, name, tag):
+        cp = subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--no-tags", f"docker://{addr}/{name}:{tag}"],
+                            capture_output=True, text=True)
+        if cp.returncode != 0:
+            return f"(skopeo inspect failed: {cp.stderr.strip()[-300:]})"
+        return json.loads(cp.stdout).get("Digest", "")
+
+    def timed_push(self, reg, fn):
+        """Runs fn() (which returns a Sample) against registry `reg`, after a sync; adds the
+        registry's CPU seconds and the requests it answered to the sample."""
+        self.settle()
+        mark, cpu0 = reg.mark(), reg.cpu()
+        s = fn()
+        reqs = reg.requests(mark)
+        s.extra["registry_cpu"] = reg.cpu() - cpu0
+        s.extra["requests"] = registry.summarize(reqs)
+        return s
+
+    def kiln_push(self, reg, spec, scenario, want_digest, n_blobs, *flags, expect="upload"):
+        s = self.timed_push(reg, lambda: self.run_kiln_json(self.kiln_push_argv(spec, *flags)))
+        res = s.extra["json"]
+        s.extra.pop("json")
+        s.extra["kiln"] = {"status": res.get("status"), "digest": res.get("digest"), "timings": res.get("timings", {}),
+                           "pushed": res.get("pushed")}
+        pushed = res.get("pushed") or {}
+        if expect == "exists":
+            self.check(f"{scenario}: kiln finds the tag and pushes nothing", res.get("status") == "exists",
+                       f"status {res.get('status')}")
+            self.check(f"{scenario}: kiln reports the pushed digest", res.get("digest") == want_digest,
+                       f"{res.get('digest')} != {want_digest}")
+            return s
+        self.check(f"{scenario}: kiln's pushed digest is the image's", pushed.get("digest") == want_digest,
+                   f"{pushed.get('digest')} != {want_digest}")
+        if expect == "upload":
+            ok = pushed.get("uploaded") == n_blobs and pushed.get("skipped") == 0
+        else:
+            ok = pushed.get("uploaded") == 0 and pushed.get("skipped") == n_blobs
+        self.check(f"{scenario}: {'every blob uploaded' if expect == 'upload' else 'no blob uploaded (all present)'}", ok,
+                   f"uploaded {pushed.get('uploaded')}, skipped {pushed.get('skipped')}, mounted {pushed.get('mounted')} "
+                   f"of {n_blobs}")
+        with open(spec) as f:
+            name = json.load(f)["name"]
+        got = self.skopeo_inspect_digest(reg.addr, name, res.get("tag"))
+        self.check(f"{scenario}: skopeo inspect of the pushed tag gives kiln's digest", got == pushed.get("digest"),
+                   f"skopeo: {got}, kiln: {pushed.get('digest')}")
+        return s
+
+    def skopeo_cache_file(self):
+        if os.geteuid() == 0:
+            return "/var/lib/containers/cache/blob-info-cache-v1.boltdb"
+        base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+        return os.path.join(base, "containers", "cache", "blob-info-cache-v1.boltdb")
+
+    def skopeo_push(self, reg, scenario):
+        tag = self.push["tag"]
+        argv = ["skopeo", "copy", "--quiet", "--preserve-digests", "--dest-tls-verify=false",
+                f"oci:{self.push['layout']}:bench", f"docker://{reg.addr}/bench:{tag}"]
+        s = self.timed_push(reg, lambda: Sample(*self.run_timed(argv, "skopeo")[:3]))
+        got = self.skopeo_inspect_digest(reg.addr, "bench", tag)
+        self.check(f"{scenario}: skopeo pushed the same image (manifest digest = kiln's)", got == self.push["digest"],
+                   f"{got} != {self.push['digest']}")
+        return s
+
+    def push_kiln_block(self, warm):
+        reg = registry.Registry(self.tmp).start()
+        try:
+            spec = self.push_spec(self.tree, "bench", reg.addr)
+            d, n = self.push["digest"], self.push["blobs"]
+            out = [("kiln push cold", self.kiln_push(reg, spec, "kiln push cold", d, n, "--push")),
+                   ("kiln push warm", self.kiln_push(reg, spec, "kiln push warm", d, n, "--push", "--force", expect="skip")),
+                   ("kiln push warm, --skip-preflight",
+                    self.kiln_push(reg, spec, "kiln push warm, --skip-preflight", d, n, "--push", "--force",
+                                   "--skip-preflight", expect="skip")),
+                   ("kiln push, tag exists (no --force)",
+                    self.kiln_push(reg, spec, "kiln push, tag exists (no --force)", d, n, "--push", expect="exists"))]
+            self.settle()
+            s = self.run_kiln_json(self.kiln_push_argv(spec, "--no-push"))
+            s.extra = {"kiln": {"timings": s.extra["json"].get("timings", {})}}
+            out.append(("kiln build, no push (baseline)", s))
+            if warm:
+                # Once: pull kiln's push back with skopeo, which checks every blob against its digest.
+                pulled = os.path.join(self.tmp, "push-verify")
+                rm(pulled)
+                cp = subprocess.run(["skopeo", "copy", "--quiet", "--src-tls-verify=false",
+                                     f"docker://{reg.addr}/bench:{self.push['tag']}", f"oci:{pulled}:bench"],
+                                    capture_output=True, text=True)
+                self.check("kiln push: skopeo pulls the pushed image back (every blob verified against its digest)",
+                           cp.returncode == 0, cp.stderr.strip()[-300:])
+                rm(pulled)
+            for mib in self.WEIGHTS_MIB:
+                sc = self.weights_scenario(mib)
+                if sc in self.skipped:
+                    continue
+                w = self.push[f"w{mib}"]
+                spec_w = self.push_spec(w["dir"], f"bench-w{mib}", reg.addr, source_root=w["src"])
+                out.append((sc, self.kiln_push(reg, spec_w, sc, w["digest"], w["blobs"], "--push", "--force")))
+            return out
+        finally:
+            reg.stop()
+
+    def push_skopeo_block(self):
+        reg = registry.Registry(self.tmp).start()
+        try:
+            # Cold means cold for skopeo too: fresh storage on a fresh port, and no blob-info cache
+            # (it remembers where blobs were seen and can skip or mount instead of uploading).
+            rm(self.skopeo_cache_file())
+            out = [("skopeo push cold", self.skopeo_push(reg, "skopeo push cold"))]
+            out.append(("skopeo push warm", self.skopeo_push(reg, "skopeo push warm")))
+            return out
+        finally:
+            reg.stop()
+
+    def push_rep(self, rep, warm):
+        if "kiln push cold" in self.skipped:
+            return
+        label = "warm-up" if warm else f"rep {rep + 1}"
+        blocks = [("kiln", lambda: self.push_kiln_block(warm)), ("skopeo", self.push_skopeo_block)]
+        if rep % 2:
+            blocks.reverse()  # alternate who goes first, so drift does not favour one
+        for who, fn in blocks:
+            log(f"{label}: push ({who}, fresh loopback registry)")
+            for sc, s in fn():
+                if not warm:
+                    self.record(sc, s)
+
     # ---------------------------------------------------------------- the run
 
     def run(self):
         rm(self.tmp)
         os.makedirs(self.tmp)
+        # kiln's build history (a SQLite db + one log per build) goes to a state dir of this run's,
+        # not ~/.local/state/kiln: no lock contention with other kiln runs on the machine (a
+        # concurrent bench, the tests), nothing left behind. Every kiln row still pays for writing it.
+        os.environ["KILN_STATE_DIR"] = os.path.join(self.tmp, "kiln-state")
         self.pick_edit_file()
-        self.probe_buildah()
-        if shutil.which("umoci") is None:
-            self.skipped["umoci insert"] = "umoci is not installed"
+        only_push = self.a.only == "push"
+        if not only_push:
+            self.probe_buildah()
+            if shutil.which("umoci") is None:
+                self.skipped["umoci insert"] = "umoci is not installed"
+        self.probe_push()
         for name, why in self.skipped.items():
             log(f"skipping {name}: {why}")
 
@@ -352,20 +590,28 @@ class Bench:
         self.overhead = statistics.median(ov)
         self.load_start = os.getloadavg()
 
-        peers = self.peers()
+        peers = [] if only_push else self.peers()
         try:
             log("warm-up: one untimed run of every tool")
-            self.kiln_rep(0, warm=True)
+            if not only_push:
+                self.kiln_rep(0, warm=True)
             for name, fn in peers:
                 log(f"warm-up: {name}")
                 fn()
+            if "kiln push cold" not in self.skipped:
+                log("push: building the image to push into a cache of its own (untimed)")
+                self.push_setup()
+                self.push_rep(0, warm=True)
             for rep in range(self.a.reps):
-                self.kiln_rep(rep, warm=False)
+                if not only_push:
+                    self.kiln_rep(rep, warm=False)
                 for name, fn in peers:
                     log(f"rep {rep + 1}: {name}")
                     self.record(name, fn())
+                self.push_rep(rep, warm=False)
         finally:
             self.restore()
+            registry.stop_all()
         rm(self.tmp)
         self.load_end = os.getloadavg()
 
@@ -474,6 +720,7 @@ class Bench:
                     default=(0, ""))
         target("kiln peak RSS ≤ 64 MB (max over all kiln runs)", max(kr) / 1024 if kr else None, 64, "{:.1f}", " MB",
                f"worst: {worst[1]}")
+        self.push_targets(target, cpu_ratio)
         L.append("")
 
         # Correctness.
@@ -495,7 +742,7 @@ class Bench:
         L.append("## Where kiln's time goes (medians of kiln's own --json timings, seconds)")
         L.append("")
         L.append("`wall` is measured outside; `walk`/`hash`/`layers`/`total` come from kiln's JSON; "
-                 "`rest` = wall − total (process start, spec parsing, writing the output layout, exit).")
+                 "`rest` = wall − total (process start, spec parsing, the build history, writing the output layout, exit).")
         L.append("")
         L.append("| scenario | wall | walk | hash | layers | total | rest | CPU s | CPU/wall |")
         L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -523,13 +770,149 @@ class Bench:
                 L.append(f"| {sc} | {l['label']} | {l['media_type'].rsplit('.', 1)[-1]} | {l['cache']} | {secs:.3f} | "
                          f"{tar / 2**20:.1f} | {l['size'] / 2**20:.1f} | {tar / l['size'] if l['size'] else 0:.2f} |")
         L.append("")
+        self.push_report(L)
         return "\n".join(L) + "\n"
+
+    def push_report(self, L):
+        """The push section: kiln vs skopeo to a loopback registry, the push-only estimate, the
+        registry's request counts."""
+        have = [sc for sc in self.PUSH_SCENARIOS + [self.weights_scenario(m) for m in self.WEIGHTS_MIB]
+                if self.samples.get(sc)]
+        if not have:
+            why = self.skipped.get("kiln push cold")
+            if why:
+                L += ["## Push to a loopback registry", "", f"Left out: {why}.", ""]
+            return
+        P = self.push
+        L.append("## Push to a loopback registry (kiln vs skopeo)")
+        L.append("")
+        if P.get("digest"):
+            L.append(f"The bench image (gzip; {P.get('blobs')} blobs: layers + config, {P.get('bytes', 0) / 2**20:.0f} MB of "
+                     f"layers; `{P['digest'][:19]}…`, tag `{P.get('tag')}`), pushed to `docker-registry` (distribution "
+                     "2.8, plain HTTP, filesystem storage on the same disk) on 127.0.0.1. kiln pushes from its cache "
+                     "(every layer a cache hit, so its build part is a no-change rebuild); skopeo copies kiln's OCI "
+                     "layout of the same image (`skopeo copy --preserve-digests oci:LAYOUT:bench docker://…`).")
+            L.append("")
+        L.append("| scenario | median s | min–max s | peak RSS MB | CPU s | registry CPU s | blobs uploaded | × skopeo | notes |")
+        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+        notes = {
+            "kiln push cold": "fresh registry; `kiln build SPEC --push` (preflight included)",
+            "kiln push warm": "every blob present; `--push --force` (HEADs, then the manifest)",
+            "kiln push warm, --skip-preflight": "the same without the preflight (dry push) requests",
+            "kiln push, tag exists (no --force)": "what a re-run does: walk + hash, the tag is found: no layer built, nothing pushed",
+            "kiln build, no push (baseline)": "`--no-push`: the same run without preflight and push",
+            "skopeo push cold": "fresh registry and no blob-info cache",
+            "skopeo push warm": "every blob present (blob-info cache kept)",
+        }
+        vs = {"kiln push cold": "skopeo push cold", "kiln push warm": "skopeo push warm",
+              "kiln push warm, --skip-preflight": "skopeo push warm",
+              "kiln push, tag exists (no --force)": "skopeo push warm"}
+        for sc in self.PUSH_SCENARIOS + [self.weights_scenario(m) for m in self.WEIGHTS_MIB]:
+            if sc in self.skipped and sc in ("kiln push cold", "skopeo push cold"):
+                L.append(f"| {sc} | — | — | — | — | — | — | — | left out: {self.skipped[sc]} |")
+                continue
+            xs = self.samples.get(sc)
+            if not xs:
+                continue
+            m = self.med(sc)
+            reg_cpu = statistics.median(s.extra.get("registry_cpu", 0) for s in xs) if "requests" in xs[0].extra else None
+            up = statistics.median(s.extra["requests"].get("PUT blob", 0) for s in xs) if "requests" in xs[0].extra else None
+            other = self.med(vs[sc]) if sc in vs else None
+            note = notes.get(sc, "")
+            if sc.startswith("kiln push cold, weights"):
+                note = f"one uncompressed layer + config, fresh repository; {xs[0].extra.get('kiln', {}).get('pushed', {}).get('bytes_uploaded', 0) / 2**20 / m:.0f} MB/s"
+            L.append(f"| {sc} | {m:.3f} | {min(s.wall for s in xs):.3f}–{max(s.wall for s in xs):.3f} | "
+                     f"{max(s.rss_kb for s in xs) / 1024:.1f} | {self.med(sc, 'cpu'):.2f} | "
+                     f"{'' if reg_cpu is None else f'{reg_cpu:.2f}'} | {'' if up is None else f'{up:g}'} | "
+                     f"{f'{m / other:.2f}' if other else ''} | {note} |")
+        # Push only, isolated two ways.
+        base = self.med("kiln build, no push (baseline)")
+        for sc, peer in (("kiln push cold", "skopeo push cold"), ("kiln push warm", "skopeo push warm")):
+            xs = self.samples.get(sc)
+            if not xs or base is None:
+                continue
+            d = self.med(sc) - base
+            other = self.med(peer)
+            L.append(f"| *{sc.replace('kiln push', 'kiln push only,')} (derived)* | {d:.3f} | | | | | | "
+                     f"{f'{d / other:.2f}' if other else ''} | median({sc}) − median(baseline): preflight + push + "
+                     f"what the no-push run does not do |")
+        L.append("")
+        L.append("Peak RSS and CPU s are the client's (GNU time); registry CPU s is the registry process's "
+                 "(/proc/PID/stat, user + system) over the same push. Blobs uploaded = upload commits (`PUT …/blobs/uploads/…`) "
+                 "in the registry's access log. The *derived* rows subtract the no-push run's median from the push run's: "
+                 "an estimate of what the push itself costs kiln, on top of the no-change build every push run also does.")
+        L.append("")
+
+        # Where kiln's push run goes.
+        rows = [sc for sc in ("kiln push cold", "kiln push warm", "kiln push warm, --skip-preflight",
+                              "kiln push, tag exists (no --force)",
+                              "kiln build, no push (baseline)") + tuple(self.weights_scenario(m) for m in self.WEIGHTS_MIB)
+                if self.samples.get(sc)]
+        if rows:
+            L.append("Where kiln's push runs go (medians, seconds): `build` is kiln's own `timings.total` (walk, hash, "
+                     "layers: all cache hits); `wall − build` is the rest: process start, the build history, "
+                     "preflight, the registry checks, the push itself, exit.")
+            L.append("")
+            L.append("| scenario | wall | build (kiln JSON) | wall − build | wall − baseline wall |")
+            L.append("|---|---:|---:|---:|---:|")
+            for sc in rows:
+                xs = self.samples[sc]
+                w = self.med(sc)
+                t = statistics.median(s.extra.get("kiln", {}).get("timings", {}).get("total", 0) for s in xs)
+                rest = statistics.median(s.wall - s.extra.get("kiln", {}).get("timings", {}).get("total", 0) for s in xs)
+                L.append(f"| {sc} | {w:.3f} | {t:.3f} | {rest:.3f} | "
+                         f"{'' if base is None or sc.endswith('(baseline)') else f'{w - base:.3f}'} |")
+            L.append("")
+
+        # Requests.
+        kinds = ["GET /v2/", "GET tags/list", "HEAD manifest", "GET manifest", "HEAD blob", "POST upload", "PATCH",
+                 "PUT blob", "DELETE upload", "PUT manifest"]
+        rows = [sc for sc in self.PUSH_SCENARIOS + [self.weights_scenario(m) for m in self.WEIGHTS_MIB]
+                if self.samples.get(sc) and "requests" in self.samples[sc][0].extra]
+        if rows:
+            L.append("Requests the registry answered per push (median over the reps, from its access log):")
+            L.append("")
+            L.append("| scenario | " + " | ".join(kinds) + " | other | total |")
+            L.append("|---|" + "---:|" * (len(kinds) + 2))
+            for sc in rows:
+                xs = self.samples[sc]
+                med = lambda k: statistics.median(s.extra["requests"].get(k, 0) for s in xs)
+                other = statistics.median(s.extra["requests"]["total"] - sum(s.extra["requests"].get(k, 0) for k in kinds)
+                                          for s in xs)
+                L.append(f"| {sc} | " + " | ".join(f"{med(k):g}" for k in kinds) + f" | {other:g} | {med('total'):g} |")
+            L.append("")
+        L.append("Fairness: every cold push (kiln's and skopeo's) goes to a registry started for it, with empty storage "
+                 "on a fresh port; before each cold skopeo push the harness also removes skopeo's blob-info cache "
+                 f"(`{self.skopeo_cache_file()}`), which remembers where blobs were seen and could let skopeo skip or "
+                 "mount them instead of uploading. skopeo runs with `--preserve-digests`: without it, skopeo gzips the "
+                 "uncompressed weights layer on the way (different bytes, a different digest, and the compression's cost). "
+                 "kiln's peak-RSS check pushes two weights-only images (one incompressible file, one uncompressed layer), "
+                 "64 MiB and 512 MiB, into a fresh repository of the same registry and compares kiln's peak RSS.")
+        L.append("")
+
+    def push_targets(self, target, cpu_ratio):
+        for sc, peer, name in (("kiln push cold", "skopeo push cold", "push cold ≤ 1.0× skopeo"),
+                               ("kiln push warm", "skopeo push warm", "push warm ≤ 1.0× skopeo")):
+            k, s = self.med(sc), self.med(peer)
+            if k is None or s is None:
+                continue
+            target(name, k / s, 1.0, "{:.2f}", "×",
+                   f"{k:.3f} s / {s:.3f} s; by CPU: " + cpu_ratio(sc, peer, 1.0))
+        small, big = (self.samples.get(self.weights_scenario(m)) for m in self.WEIGHTS_MIB)
+        if small and big:
+            rs = statistics.median(s.rss_kb for s in small) / 1024
+            rb = statistics.median(s.rss_kb for s in big) / 1024
+            target(f"kiln push peak RSS flat in blob size ({self.WEIGHTS_MIB[1]} vs {self.WEIGHTS_MIB[0]} MiB blob)",
+                   rb - rs, self.RSS_GROWTH_LIMIT_MB, "{:+.1f}", " MB",
+                   f"median peak RSS {rs:.1f} MB pushing {self.WEIGHTS_MIB[0]} MiB, {rb:.1f} MB pushing "
+                   f"{self.WEIGHTS_MIB[1]} MiB")
 
     def dump_raw(self, path):
         raw = {sc: [{"wall": s.wall, "rss_kb": s.rss_kb, "cpu": s.cpu, "extra": s.extra} for s in xs]
                for sc, xs in self.samples.items()}
         with open(path, "w") as f:
             json.dump({"samples": raw, "checks": self.checks, "skipped": self.skipped, "overhead_s": self.overhead,
+                       "push": self.push,
                        "load_start": self.load_start, "load_end": self.load_end,
                        "edit_file": self.edit_file, "edit_len": len(self.edit_orig)}, f, indent=1)
 
@@ -541,6 +924,7 @@ class Bench:
                         for sc, xs in d["samples"].items()}
         self.checks = [tuple(c) for c in d["checks"]]
         self.skipped = d["skipped"]
+        self.push = d.get("push", {})
         self.overhead = d["overhead_s"]
         self.load_start, self.load_end = d["load_start"], d["load_end"]
         self.edit_file, self.edit_orig = d["edit_file"], b"x" * d["edit_len"]
@@ -557,7 +941,14 @@ def main():
     ap.add_argument("--nochange-reps", type=int, default=15, help="samples of the (cheap) no-change rebuild")
     ap.add_argument("--results", required=True, help="markdown file to write")
     ap.add_argument("--from-raw", help="redo the report from a results-<preset>.json dump, measuring nothing")
+    ap.add_argument("--only", choices=["all", "push"], default="all",
+                    help="push: only the push rows (a quick check of the harness; the report leaves the rest out)")
     a = ap.parse_args()
+    # Registries started for the push rows are stopped whatever happens: normal exit, exception,
+    # ^C (KeyboardInterrupt) or SIGTERM/SIGHUP (turned into SystemExit so `finally` blocks run).
+    atexit.register(registry.stop_all)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda n, _f: sys.exit(128 + n))
     a.kiln_label = a.kiln_label or a.kiln
     b = Bench(a)
     if a.from_raw:

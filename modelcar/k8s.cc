@@ -117,7 +117,11 @@ void emit(const ojson& v, int indent, std::string& out) {
   }
   for (const auto& item : v) {
     if (!is_block(item)) {
-      out += pad + "- " + (item.is_object() ? std::string("{}") : item.is_array() ? std::string("[]") : scalar(item)) + "\n";
+      out += pad + "- " +
+             (item.is_object()  ? std::string("{}")
+              : item.is_array() ? std::string("[]")
+                                : scalar(item)) +
+             "\n";
     } else if (item.is_object()) {
       std::string body;
       emit(item, indent + 2, body);
@@ -141,9 +145,12 @@ PatchMode parse_patch_mode(const std::string& s) {
 
 const char* to_string(PatchMode m) {
   switch (m) {
-    case PatchMode::Init: return "init";
-    case PatchMode::Sidecar: return "sidecar";
-    case PatchMode::ImageVolume: return "imagevolume";
+    case PatchMode::Init:
+      return "init";
+    case PatchMode::Sidecar:
+      return "sidecar";
+    case PatchMode::ImageVolume:
+      return "imagevolume";
   }
   return "?";
 }

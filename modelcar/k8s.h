@@ -37,12 +37,12 @@ inline constexpr const char* kModelcarCpu = "10m";
 inline constexpr const char* kModelcarMemory = "15Mi";
 
 struct PatchOptions {
-  std::string image;                          // repo@sha256:<64 hex> (required)
+  std::string image;  // repo@sha256:<64 hex> (required)
   PatchMode mode = PatchMode::Init;
-  std::string container = kServerContainer;   // the model server container to wire up
+  std::string container = kServerContainer;                  // the model server container to wire up
   std::string cpu = kModelcarCpu, memory = kModelcarMemory;  // modelcar containers' requests = limits
-  std::optional<long long> run_as_user;       // runAsUser for modelcar and server (must match)
-  bool template_wrap = false;                 // {"spec":{"template":{"spec":…}}} for a Deployment
+  std::optional<long long> run_as_user;                      // runAsUser for modelcar and server (must match)
+  bool template_wrap = false;                                // {"spec":{"template":{"spec":…}}} for a Deployment
 };
 
 /// The patch: {"spec": {pod spec fields}} (or wrapped for a pod template), keys in Kubernetes'
@@ -51,7 +51,7 @@ nlohmann::ordered_json pod_patch(const PatchOptions& opts);
 
 /// The shell commands, as the container's shell runs them (after the kubelet's `$$` → `$`).
 std::string modelcar_command(const std::string& mount_path = kModelMountPath);  // ln -sf … && sleep infinity
-std::string modelcar_init_command();                                          // the /models check
+std::string modelcar_init_command();                                            // the /models check
 
 /// Block-style YAML for a JSON document: deterministic, strings quoted whenever YAML could read
 /// them as something else. `comment` lines go first, each prefixed with "# ".

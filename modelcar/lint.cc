@@ -119,8 +119,12 @@ LayerEntries read_layer(const std::filesystem::path& blob, const Filesystem& low
         }
       } else {
         switch (archive_entry_filetype(e)) {
-          case AE_IFREG: n.type = Node::Type::File; break;
-          case AE_IFDIR: n.type = Node::Type::Dir; break;
+          case AE_IFREG:
+            n.type = Node::Type::File;
+            break;
+          case AE_IFDIR:
+            n.type = Node::Type::Dir;
+            break;
           case AE_IFLNK: {
             n.type = Node::Type::Symlink;
             const char* t = archive_entry_symlink_utf8(e);
@@ -128,7 +132,9 @@ LayerEntries read_layer(const std::filesystem::path& blob, const Filesystem& low
             n.link_target = t ? t : "";
             break;
           }
-          default: n.type = Node::Type::Other; break;
+          default:
+            n.type = Node::Type::Other;
+            break;
         }
       }
       seen[path] = n;
@@ -240,9 +246,8 @@ std::vector<Finding> lint(const Filesystem& fs, const json& config, const LintOp
   auto error = [&](std::string code, std::string msg) {
     out.push_back({std::move(code), Finding::Severity::Error, std::move(msg)});
   };
-  const json cfg = config.is_object() && config.contains("config") && config["config"].is_object()
-                       ? config["config"]
-                       : json::object();
+  const json cfg = config.is_object() && config.contains("config") && config["config"].is_object() ? config["config"]
+                                                                                                   : json::object();
 
   // /models: there, a directory, not empty, readable by any uid.
   auto models = resolve(fs, "/models");
@@ -279,8 +284,8 @@ std::vector<Finding> lint(const Filesystem& fs, const json& config, const LintOp
     for (const auto& tool : required_tools())
       if (!which(fs, tool, path)) missing.push_back(tool);
     for (const auto& tool : missing)
-      error("tool_missing", "'" + tool + "' is not an executable on PATH (" + path +
-                                "): KServe's modelcar containers run `sh -c` with ln, sleep, ls and [");
+      error("tool_missing",
+            "no executable '" + tool + "' on PATH (" + path + "): KServe's modelcar containers need it");
   }
 
   // KServe sets args: an entrypoint would receive them instead of running them.
@@ -307,7 +312,8 @@ bool has_errors(const std::vector<Finding>& findings) {
 
 json to_json(const std::vector<Finding>& findings) {
   json arr = json::array();
-  for (const auto& f : findings) arr.push_back({{"code", f.code}, {"severity", to_string(f.severity)}, {"message", f.message}});
+  for (const auto& f : findings)
+    arr.push_back({{"code", f.code}, {"severity", to_string(f.severity)}, {"message", f.message}});
   return arr;
 }
 

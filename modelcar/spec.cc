@@ -3,8 +3,6 @@
 
 #include <cctype>
 
-#include "builder/oci_layout.h"
-
 namespace fs = std::filesystem;
 
 namespace kiln::modelcar {
@@ -27,27 +25,19 @@ std::string default_name(const fs::path& model_dir) {
 }
 
 nlohmann::json spec_json(const SpecRequest& req) {
-  fs::path dir = fs::absolute(req.model_dir).lexically_normal();
-  std::string base = req.base.empty() ? "scratch" : req.base;
-  if (base.rfind("oci:", 0) == 0) {
-    // The layout is named relative to where the command runs, not to the model directory.
-    fs::path layout;
-    std::string tag;
-    builder::split_oci_ref(base, &layout, &tag);
-    base = "oci:" + fs::absolute(layout).lexically_normal().string() + (tag.empty() ? "" : ":" + tag);
-  }
+  fs::path dir = (req.base_dir.empty() ? fs::current_path() : req.base_dir) / req.model_dir;
   nlohmann::json j = {{"name", req.name.empty() ? default_name(dir) : req.name},
                       {"modelcar", true},
-                      {"source_root", dir.string()},
-                      {"base_image", base}};
+                      {"source_root", req.model_dir.generic_string()},
+                      {"base_image", req.base.empty() ? "scratch" : req.base}};
   if (!req.registry.empty()) j["registry"] = req.registry;
   if (!req.platform.empty()) j["platform"] = req.platform;
   return j;
 }
 
 spec::ImageSpec make_spec(const SpecRequest& req) {
-  fs::path dir = fs::absolute(req.model_dir).lexically_normal();
-  return spec::parse_spec(spec_json(req).dump(), dir, "kiln modelcar");
+  fs::path base = req.base_dir.empty() ? fs::current_path() : req.base_dir;
+  return spec::parse_spec(spec_json(req).dump(), base, "kiln modelcar");
 }
 
 }  // namespace kiln::modelcar

@@ -12,19 +12,20 @@
 namespace kiln::modelcar {
 
 struct SpecRequest {
-  std::filesystem::path model_dir;  // relative paths resolve against the working directory
-  std::string base = "scratch";     // "scratch", "oci:DIR[:TAG]" (DIR relative to the working
-                                    // directory) or a registry reference
+  std::filesystem::path model_dir;  // relative paths resolve against base_dir
+  std::string base = "scratch";     // "scratch", "oci:DIR[:TAG]" or a registry reference
   std::string name;                 // "" = from the model directory's name
   std::string registry;             // "" = none
   std::string platform;             // "" = the spec default (linux/amd64)
+  std::filesystem::path base_dir;   // "" = the working directory
 };
 
-/// {"name", "modelcar": true, "source_root", "base_image", ["registry"], ["platform"]}, with
-/// absolute paths.
+/// {"name", "modelcar": true, "source_root", "base_image", ["registry"], ["platform"]}: the spec
+/// as a file in base_dir would say it. Paths stay as given, so the image (whose manifest names the
+/// base as written) is the one `kiln build` makes of that file.
 nlohmann::json spec_json(const SpecRequest& req);
 
-/// The parsed spec (base_dir = the model directory). Throws spec::SpecError.
+/// The parsed spec. Throws spec::SpecError.
 spec::ImageSpec make_spec(const SpecRequest& req);
 
 /// A valid repository name from a directory name: lowercased, other characters turned into '-'

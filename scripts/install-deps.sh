@@ -15,6 +15,7 @@ test_pkgs=(
   python3 python3-pip-whl python3-jsonschema zstd pigz buildah
   strace  # tests/integration/test_cache.sh: a no-change rebuild opens no source file
   time    # bench/run.sh: GNU /usr/bin/time for peak RSS
+  python3-yaml  # tests/integration/test_modelcar.sh: parses kiln k8s-patch's YAML
   openssl # tests/integration/registry: self-signed TLS certificates and token signing
 )
 

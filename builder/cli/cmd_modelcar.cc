@@ -6,6 +6,7 @@
 //
 // The build is the spec path of `kiln build` (modelcar::make_spec, then builder::prepare, build,
 // write_output, push_remote); the lint runs on the built image before anything is written.
+#include <algorithm>
 #include <iostream>
 
 #include "builder/build.h"
@@ -56,12 +57,18 @@ void print_findings(const std::vector<modelcar::Finding>& findings, std::ostream
 json layers_json(const std::vector<builder::LayerReport>& ls) {
   json arr = json::array();
   for (const auto& l : ls)
-    arr.push_back({{"label", l.label}, {"digest", l.digest}, {"media_type", l.media_type}, {"size", l.size},
-                   {"cache", l.cache_hit ? "hit" : "miss"}, {"from_base", l.from_base}});
+    arr.push_back({{"label", l.label},
+                   {"digest", l.digest},
+                   {"media_type", l.media_type},
+                   {"size", l.size},
+                   {"cache", l.cache_hit ? "hit" : "miss"},
+                   {"from_base", l.from_base}});
   return arr;
 }
 
-std::string count(std::size_t n, const std::string& what) { return std::to_string(n) + " " + what + (n == 1 ? "" : "s"); }
+std::string count(std::size_t n, const std::string& what) {
+  return std::to_string(n) + " " + what + (n == 1 ? "" : "s");
+}
 
 std::pair<std::size_t, std::size_t> tally(const std::vector<modelcar::Finding>& findings) {
   std::size_t errors = 0, warnings = 0;
@@ -74,8 +81,9 @@ std::pair<std::size_t, std::size_t> tally(const std::vector<modelcar::Finding>& 
 int run_build(Context& ctx, const ModelcarArgs& a) {
   if (a.model_dir.empty()) throw std::invalid_argument("kiln modelcar needs a model directory (or `verify REF`)");
   if (a.base.empty())
-    throw std::invalid_argument("kiln modelcar needs --base (an image with sh, ln, sleep, ls and [, e.g. busybox; "
-                                "'scratch' with --volume-only)");
+    throw std::invalid_argument(
+        "kiln modelcar needs --base (an image with sh, ln, sleep, ls and [, e.g. busybox; "
+        "'scratch' with --volume-only)");
   if (a.outputs.empty() && a.push.empty()) throw std::invalid_argument("give -o/--output, --push, or both");
 
   modelcar::SpecRequest req{a.model_dir, a.base, a.name, "", a.platform};
@@ -100,7 +108,7 @@ int run_build(Context& ctx, const ModelcarArgs& a) {
   opts.source_date_epoch = source_date_epoch_from_env();
 
   if (target && !a.skip_preflight) {  // a forbidden target fails before the model is hashed
-    builder::PreflightReport pre = builder::preflight(session, target->name());
+    builder::PreflightReport pre = builder::preflight(session, target->name(), /*describe_repository=*/false);
     for (const auto& st : pre.steps)
       ctx.view.log(std::string("preflight ") + (st.ok ? "ok   " : "FAIL ") + st.name + ": " + st.message);
     if (!pre.ok)
@@ -110,6 +118,10 @@ int run_build(Context& ctx, const ModelcarArgs& a) {
 
   builder::Prepared prep = builder::prepare(s, opts);
   for (const auto& w : prep.files.warnings) ctx.view.warn(w);
+  if (std::none_of(prep.files.source.begin(), prep.files.source.end(),
+                   [](const layers::FileEntry& f) { return f.type != layers::FileEntry::Type::Dir; }))
+    throw layers::InputError("the model directory '" + s.source_root->string() +
+                             "' holds no file (after .dockerignore): /models would be empty");
   builder::BuildResult r = builder::build(prep, opts);
   builder::fetch_layers(session, r.image, store);  // a registry base's layers: the lint reads them
 
@@ -124,18 +136,24 @@ int run_build(Context& ctx, const ModelcarArgs& a) {
     if (lo.tag.empty() || t == "latest") lo.tag = t;
   std::vector<modelcar::Finding> findings = modelcar::lint(r.image, lo);
   for (const auto& f : findings)
-    (f.severity == modelcar::Finding::Severity::Error ? ctx.view.log("error: " + f.code + ": " + f.message)
-                                                      : ctx.view.warn(f.code + ": " + f.message));
+    if (f.severity == modelcar::Finding::Severity::Warning) ctx.view.warn(f.code + ": " + f.message);
   if (modelcar::has_errors(findings)) {
     auto [errors, warnings] = tally(findings);
-    std::string msg = "the modelcar image fails its lint (" + count(errors, "error") +
-                      "); nothing was written or pushed";
-    std::fprintf(stderr, "kiln: error: %s\n", msg.c_str());
-    if (!ctx.common.json_out) print_findings(findings, std::cerr);
+    std::string msg =
+        "the modelcar image fails its lint (" + count(errors, "error") + "); nothing was written or pushed";
+    for (const auto& f : findings)
+      if (f.severity == modelcar::Finding::Severity::Error)
+        std::cerr << "kiln: lint error " << f.code << ": " << f.message << "\n";
+    std::cerr << "kiln: error: " << msg << std::endl;
     if (ctx.common.json_out)
-      std::cout << json{{"status", "failed"},  {"exit_code", kUsage},   {"error_class", "permanent"},
-                        {"error_kind", "lint"}, {"message", msg},        {"digest", r.manifest_digest},
-                        {"lint", modelcar::to_json(findings)}}.dump(2)
+      std::cout << json{{"status", "failed"},
+                        {"exit_code", kUsage},
+                        {"error_class", "permanent"},
+                        {"error_kind", "lint"},
+                        {"message", msg},
+                        {"digest", r.manifest_digest},
+                        {"lint", modelcar::to_json(findings)}}
+                       .dump(2)
                 << std::endl;
     return kUsage;
   }
@@ -183,7 +201,8 @@ int run_build(Context& ctx, const ModelcarArgs& a) {
                       {"layers", layers_json(r.layers)},
                       {"lint", modelcar::to_json(findings)},
                       {"timings", r.timings},
-                      {"warnings", r.warnings}}.dump(2)
+                      {"warnings", r.warnings}}
+                     .dump(2)
               << std::endl;
   } else {
     std::cout << reference << std::endl;
@@ -220,8 +239,12 @@ int run_verify(Context& ctx, const VerifyArgs& a) {
   std::vector<modelcar::Finding> findings = modelcar::lint(img, lo);
   auto [errors, warnings] = tally(findings);
   if (ctx.common.json_out) {
-    std::cout << json{{"status", errors ? "failed" : "ok"}, {"reference", shown},     {"digest", digest},
-                      {"errors", errors},                   {"warnings", warnings}, {"findings", modelcar::to_json(findings)}}
+    std::cout << json{{"status", errors ? "failed" : "ok"},
+                      {"reference", shown},
+                      {"digest", digest},
+                      {"errors", errors},
+                      {"warnings", warnings},
+                      {"findings", modelcar::to_json(findings)}}
                      .dump(2)
               << std::endl;
   } else {
@@ -246,7 +269,8 @@ int run_patch(Context& ctx, const PatchArgs& a) {
   if (a.ref.rfind("oci:", 0) == 0) {
     // A layout knows the digest, not where the image is pushed: --repository says that.
     if (a.repository.empty())
-      throw std::invalid_argument("--modelcar oci:DIR[:TAG] needs --repository REGISTRY/REPO (where the image is pushed)");
+      throw std::invalid_argument(
+          "--modelcar oci:DIR[:TAG] needs --repository REGISTRY/REPO (where the image is pushed)");
     if (a.repository.find('@') != std::string::npos || explicit_tag(a.repository))
       throw std::invalid_argument("--repository takes a repository without tag or digest, not '" + a.repository + "'");
     fs::path dir;
@@ -268,8 +292,8 @@ int run_patch(Context& ctx, const PatchArgs& a) {
   if (ctx.common.json_out) {
     std::cout << patch.dump(2) << std::endl;
   } else {
-    std::cout << modelcar::to_yaml(patch, std::string("kiln k8s-patch: KServe modelcar (") + modelcar::to_string(po.mode) +
-                                              " mode) for " + po.image +
+    std::cout << modelcar::to_yaml(patch, std::string("kiln k8s-patch: KServe modelcar (") +
+                                              modelcar::to_string(po.mode) + " mode) for " + po.image +
                                               "\nA strategic-merge patch: containers and volumes merge by name.");
   }
   return kOk;
@@ -303,9 +327,11 @@ void add_modelcar_commands(CLI::App& app, Common& c, std::vector<Command>& out) 
   verify->add_flag("--volume-only", v->volume_only, "Only for image volumes: do not require the shell tools");
   add_common_options(verify, c);
   add_registry_options(verify, c);
-  out.push_back({mc, [a, v, verify](Context& ctx) { return verify->parsed() ? run_verify(ctx, *v) : run_build(ctx, *a); }});
+  out.push_back(
+      {mc, [a, v, verify](Context& ctx) { return verify->parsed() ? run_verify(ctx, *v) : run_build(ctx, *a); }});
 
-  auto* patch = app.add_subcommand("k8s-patch", "Print the pod spec patch that runs a modelcar image (YAML, or --json)");
+  auto* patch =
+      app.add_subcommand("k8s-patch", "Print the pod spec patch that runs a modelcar image (YAML, or --json)");
   patch->add_option("--modelcar", p->ref, "The modelcar: a registry reference, or oci:DIR[:TAG] with --repository")
       ->required();
   patch->add_option("--mode", p->mode, "init (default), sidecar (native sidecar, k8s >= 1.29) or imagevolume")

@@ -3,7 +3,6 @@
 #include <sys/stat.h>
 
 #include <catch2/catch.hpp>
-
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -32,7 +31,9 @@ using kiln::testutil::write_file;
 
 namespace {
 
-ImageSpec parse(const std::string& text, const fs::path& base) { return kiln::spec::parse_spec(text, base, "spec.json"); }
+ImageSpec parse(const std::string& text, const fs::path& base) {
+  return kiln::spec::parse_spec(text, base, "spec.json");
+}
 
 std::string spec_error(const std::string& text, const fs::path& base) {
   try {
@@ -84,7 +85,8 @@ fs::path write_tar(const fs::path& path, std::vector<kiln::layers::TarEntry> ent
   std::string bytes;
   kiln::layers::LayerWriteOptions wo;
   wo.compression = kiln::spec::Compression::Gzip;
-  kiln::layers::write_layer(kiln::layers::normalize_entries(std::move(entries)), wo, kiln::testutil::string_sink(&bytes));
+  kiln::layers::write_layer(kiln::layers::normalize_entries(std::move(entries)), wo,
+                            kiln::testutil::string_sink(&bytes));
   write_file(path, bytes);
   return path;
 }
@@ -96,18 +98,21 @@ kiln::layers::TarEntry tar_file(const std::string& path, const fs::path& source,
   t.mode = mode;
   t.source = source;
   t.size = fs::file_size(source);
-  struct stat st{};
+  struct stat st {};
   ::stat(source.c_str(), &st);
   t.mtime_ns = std::int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
   t.ctime_ns = std::int64_t(st.st_ctim.tv_sec) * 1000000000 + st.st_ctim.tv_nsec;
   return t;
 }
 
-kiln::layers::TarEntry tar_special(const std::string& path, kiln::layers::TarEntry::Type type, const std::string& target = "") {
+kiln::layers::TarEntry tar_special(const std::string& path, kiln::layers::TarEntry::Type type,
+                                   const std::string& target = "") {
   kiln::layers::TarEntry t;
   t.path = path;
   t.type = type;
-  t.mode = type == kiln::layers::TarEntry::Type::Dir ? 0755 : type == kiln::layers::TarEntry::Type::Symlink ? 0777 : 0644;
+  t.mode = type == kiln::layers::TarEntry::Type::Dir       ? 0755
+           : type == kiln::layers::TarEntry::Type::Symlink ? 0777
+                                                           : 0644;
   t.link_target = target;
   return t;
 }
@@ -126,14 +131,16 @@ TEST_CASE("modelcar spec: implies /models and copy mode all, refuses what contra
   CHECK(contains(spec_error(R"({"modelcar": true})", tmp.path()), "needs source_root"));
   CHECK(contains(spec_error(R"({"modelcar": true, "source_root": "model", "source_dest": "/data"})", tmp.path()),
                  "'source_dest' must be \"/models\""));
-  CHECK(contains(spec_error(R"({"modelcar": true, "source_root": "model", "source_copy_mode": "loaded_modules"})", tmp.path()),
-                 "'source_copy_mode' must be \"all\""));
+  CHECK(contains(
+      spec_error(R"({"modelcar": true, "source_root": "model", "source_copy_mode": "loaded_modules"})", tmp.path()),
+      "'source_copy_mode' must be \"all\""));
   CHECK(contains(spec_error(R"({"modelcar": true, "source_root": "model", "entrypoint": ["/serve"]})", tmp.path()),
                  "'entrypoint' must be empty"));
   CHECK(contains(spec_error(R"({"modelcar": "yes", "source_root": "model"})", tmp.path()), "must be a boolean"));
   // Consistent explicit values are fine.
-  CHECK(spec_error(R"({"modelcar": true, "source_root": "model", "source_dest": "/models/", "source_copy_mode": "all"})",
-                   tmp.path()) == "no error");
+  CHECK(
+      spec_error(R"({"modelcar": true, "source_root": "model", "source_dest": "/models/", "source_copy_mode": "all"})",
+                 tmp.path()) == "no error");
 }
 
 TEST_CASE("modelcar spec: the canonical form does not depend on where the model directory is", "[modelcar]") {
@@ -151,7 +158,8 @@ TEST_CASE("modelcar: files are 0644 and directories 0775 whatever the checkout's
   fs::create_directories(tmp / "model/sub");
   write_file(tmp / "model/sub/a.txt", "a", 0640);
   ::chmod((tmp / "model/sub").c_str(), 0700);
-  kiln::layers::FileSet set = kiln::layers::collect_files(parse(R"({"modelcar": true, "source_root": "model"})", tmp.path()));
+  kiln::layers::FileSet set =
+      kiln::layers::collect_files(parse(R"({"modelcar": true, "source_root": "model"})", tmp.path()));
   REQUIRE(set.source.size() == 4);
   for (const auto& e : set.source) {
     INFO(e.dest);
@@ -183,7 +191,8 @@ TEST_CASE("modelcar build: /models is 0775 in every layer, no entrypoint, model 
   CHECK_FALSE(cfg.contains("Cmd"));
   CHECK(cfg.value("Env", json::array()).dump().find("PYTHONPATH=/models") == std::string::npos);
   CHECK(cfg["Labels"].value(kiln::builder::kLabelBaseDigest, "") == base_digest);
-  CHECK(cfg["Labels"].value(kiln::builder::kLabelModelDigest, "") == cfg["Labels"].value(kiln::builder::kLabelSourceDigest, "x"));
+  CHECK(cfg["Labels"].value(kiln::builder::kLabelModelDigest, "") ==
+        cfg["Labels"].value(kiln::builder::kLabelSourceDigest, "x"));
   REQUIRE(r.image.layers.size() == 3);  // base, the large file, the rest
 
   // Each new layer alone: the implicit parents carry the modelcar mode too.
@@ -214,11 +223,13 @@ TEST_CASE("modelcar flatten: whiteouts, opaque directories, files over directori
   TempDir tmp;
   using T = kiln::layers::TarEntry::Type;
   write_file(tmp / "x", "x");
-  fs::path l1 = write_tar(tmp / "l1.tar", {tar_file("a/b", tmp / "x"), tar_file("a/c", tmp / "x"), tar_file("d/e", tmp / "x"),
-                                            tar_file("f/g", tmp / "x"), tar_file("keep", tmp / "x", 0600)});
-  fs::path l2 = write_tar(tmp / "l2.tar", {tar_special("a/.wh.b", T::Whiteout), tar_special("d/.wh..wh..opq", T::Whiteout),
-                                            tar_file("d/new", tmp / "x"), tar_file("f", tmp / "x"),
-                                            tar_special("h", T::Hardlink, "d/new"), tar_special("s", T::Symlink, "keep")});
+  fs::path l1 =
+      write_tar(tmp / "l1.tar", {tar_file("a/b", tmp / "x"), tar_file("a/c", tmp / "x"), tar_file("d/e", tmp / "x"),
+                                 tar_file("f/g", tmp / "x"), tar_file("keep", tmp / "x", 0600)});
+  fs::path l2 =
+      write_tar(tmp / "l2.tar", {tar_special("a/.wh.b", T::Whiteout), tar_special("d/.wh..wh..opq", T::Whiteout),
+                                 tar_file("d/new", tmp / "x"), tar_file("f", tmp / "x"),
+                                 tar_special("h", T::Hardlink, "d/new"), tar_special("s", T::Symlink, "keep")});
   Filesystem fs = kiln::modelcar::flatten(std::vector<fs::path>{l1, l2});
   CHECK_FALSE(fs.count("a/b"));
   CHECK(fs.count("a/c"));
@@ -322,7 +333,8 @@ TEST_CASE("modelcar lint: an image built from scratch has no shell", "[modelcar]
   write_file(tmp / "model/w.bin", "w");
   kiln::builder::BuildResult r = build(parse(R"({"modelcar": true, "source_root": "model"})", tmp.path()), store);
   auto f = kiln::modelcar::lint(r.image, {});
-  CHECK(codes(f) == std::vector<std::string>{"tool_missing", "tool_missing", "tool_missing", "tool_missing", "tool_missing"});
+  CHECK(codes(f) ==
+        std::vector<std::string>{"tool_missing", "tool_missing", "tool_missing", "tool_missing", "tool_missing"});
   CHECK(kiln::modelcar::lint(r.image, {"", true}).empty());
 }
 
@@ -340,6 +352,15 @@ TEST_CASE("modelcar spec request: the spec kiln modelcar builds", "[modelcar]") 
   CHECK(s.base_image.layout_tag == "busybox");
   CHECK(s.base_image.layout_dir == tmp / "layout");
   CHECK(s.source_root == tmp / "My Model_v2");
+  // Relative paths are the spec file's: relative to base_dir, and kept as written.
+  req.model_dir = "My Model_v2";
+  req.base = "oci:layout:busybox";
+  req.base_dir = tmp.path();
+  CHECK(kiln::modelcar::spec_json(req)["base_image"] == "oci:layout:busybox");
+  CHECK(kiln::modelcar::spec_json(req)["name"] == "my-model-v2");
+  ImageSpec rel = kiln::modelcar::make_spec(req);
+  CHECK(rel.base_image.layout_dir == tmp / "layout");
+  CHECK(rel.source_root == tmp / "My Model_v2");
   CHECK(kiln::modelcar::default_name("/x/!!/") == "model");
   CHECK(kiln::modelcar::default_name("/x/Llama-3.1-8B") == "llama-3-1-8b");
 }
@@ -392,11 +413,12 @@ TEST_CASE("k8s patch: each mode pins the digest and wires KServe's names", "[mod
 }
 
 TEST_CASE("k8s patch: YAML is block style, deterministic, and quotes what YAML would misread", "[modelcar]") {
-  nlohmann::ordered_json doc = {{"spec",
-                                 {{"flag", true},
-                                  {"list", {"sh", "-c", "10m", "true", "a: b", "", "/mnt/models", "x@sha256:ab"}},
-                                  {"empty", nlohmann::ordered_json::object()},
-                                  {"items", nlohmann::ordered_json::array({{{"name", "a"}, {"n", 1}}, {{"name", "b"}}})}}}};
+  nlohmann::ordered_json doc = {
+      {"spec",
+       {{"flag", true},
+        {"list", {"sh", "-c", "10m", "true", "a: b", "", "/mnt/models", "x@sha256:ab"}},
+        {"empty", nlohmann::ordered_json::object()},
+        {"items", nlohmann::ordered_json::array({{{"name", "a"}, {"n", 1}}, {{"name", "b"}}})}}}};
   std::string y = kiln::modelcar::to_yaml(doc, "line one\nline two");
   CHECK(y ==
         "# line one\n"
