@@ -364,10 +364,19 @@ HistoryDb::HistoryDb(const fs::path& dir) : dir_(dir) {
   }
   try {
     sqlite3_busy_timeout(db_, 15000);
-    exec(db_, "PRAGMA journal_mode=WAL");
+    // Closing does not checkpoint (and fsync) every time: SQLite checkpoints the WAL as it grows.
+    sqlite3_db_config(db_, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
     exec(db_, "PRAGMA synchronous=NORMAL");
-    exec(db_, kSchema);
-    exec(db_, "PRAGMA user_version=1");
+    int version = 0;
+    {
+      Stmt v(db_, "PRAGMA user_version");
+      if (v.step() == SQLITE_ROW) version = static_cast<int>(v.col_int(0));
+    }
+    if (version < 1) {  // a new database (or one being created by another process right now)
+      exec(db_, "PRAGMA journal_mode=WAL");
+      exec(db_, kSchema);
+      exec(db_, "PRAGMA user_version=1");
+    }
   } catch (...) {
     sqlite3_close(db_);
     db_ = nullptr;

@@ -25,6 +25,7 @@
 #include "history/build_log.h"
 #include "history/history.h"
 #include "layers/digest.h"
+#include "modelcar/lint.h"
 #include "plan/plan.h"
 #include "registry/reference.h"
 #include "spec/image_spec.h"
@@ -74,6 +75,27 @@ json spec_record(const spec::ImageSpec& s) {
   return j;
 }
 
+/// The name and [registry/]name of a spec that failed to load, when its JSON says them at least,
+/// so that `kiln history NAME` lists the failure too.
+void name_from_broken_spec(const std::string& path, history::Record* rec) {
+  if (path == "-") return;
+  try {
+    std::ifstream in(path);
+    json j = json::parse(in);
+    if (!j.is_object() || !j.contains("name") || !j["name"].is_string()) return;
+    std::string name = j["name"].get<std::string>();
+    std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return std::tolower(c); });
+    rec->name = name;
+    rec->repository = name;
+    if (j.contains("registry") && j["registry"].is_string() && !j["registry"].get<std::string>().empty()) {
+      std::string reg = j["registry"].get<std::string>();
+      std::transform(reg.begin(), reg.end(), reg.begin(), [](unsigned char c) { return std::tolower(c); });
+      rec->repository = reg + "/" + name;
+    }
+  } catch (const std::exception&) {
+  }
+}
+
 /// Saves a record (appends it, or replaces the running one); history trouble only warns.
 void save_record(history::HistoryDb* db, const history::Record& rec, bool appended, builder::Progress& log) {
   if (!db) return;
@@ -106,6 +128,20 @@ json build_prepared(const builder::Prepared& prep, const std::vector<builder::Ou
   if (!targets.empty() && opts.registries) {
     step = "fetch base layers";
     builder::fetch_layers(*opts.registries, r.image, *opts.store);
+  }
+  if (prep.spec->modelcar) {  // the same lint as `kiln modelcar`, before anything leaves the cache
+    step = "lint";
+    if (opts.registries) builder::fetch_layers(*opts.registries, r.image, *opts.store);
+    modelcar::LintOptions lo;
+    lo.tag = prep.tag;
+    std::vector<modelcar::Finding> findings = modelcar::lint(r.image, lo);
+    std::string errors;
+    for (const auto& f : findings) {
+      if (f.severity == modelcar::Finding::Severity::Warning) log.warn(f.code + ": " + f.message);
+      else errors += (errors.empty() ? "" : "; ") + f.code + ": " + f.message;
+    }
+    if (!errors.empty())
+      throw std::invalid_argument("the modelcar image fails its lint (" + errors + "); nothing was written or pushed");
   }
   log.checkpoint();  // cancelled (--fail-fast): nothing is committed
 
@@ -264,11 +300,12 @@ struct Run {
   std::exception_ptr store_error;  // then each build fails with this
   history::HistoryDb* db;
   std::vector<builder::OutputTarget> targets;
+  std::vector<std::string> modules;  // --module and --modules-from (read once)
   int jobs_per_build = 0;
   bool multi = false;
   std::atomic<bool> cancel{false};
-  std::mutex mu;  // guards the first failure; also serializes --image-refs appends
-  std::mutex refs_mu;
+  std::mutex mu;       // guards the first failure
+  std::mutex refs_mu;  // serializes --image-refs appends
   bool failed = false;
   Failure first_failure;
   std::string first_failed_spec;
@@ -326,7 +363,7 @@ Outcome run_one(Run& run, const std::string& spec_path) {
     builder::RegistrySession session(ctx.registry_settings(s.registry_config ? s.registry_config->string() : ""),
                                      &log);
     builder::BuildOptions opts = options(ctx, *run.store, session, log, run.jobs_per_build);
-    opts.extra_modules = modules_of(a);
+    opts.extra_modules = run.modules;
 
     // Pushing: --push, or a registry in the spec (as flytekit does), unless --no-push.
     const bool push = !a.no_push && (a.push || (s.registry && !s.registry->empty()));
@@ -336,7 +373,7 @@ Outcome run_one(Run& run, const std::string& spec_path) {
     // file is hashed or layer built.
     if (push && !a.skip_preflight) {
       step = "preflight";
-      builder::PreflightReport pre = builder::preflight(session, spec::repository(s));
+      builder::PreflightReport pre = builder::preflight(session, spec::repository(s), /*describe_repository=*/false);
       for (const auto& st : pre.steps) log.log(std::string("preflight ") + (st.ok ? "ok   " : "FAIL ") + st.name + ": " + st.message);
       if (!pre.ok) {
         const auto& last = pre.steps.back();
@@ -410,6 +447,7 @@ Outcome run_one(Run& run, const std::string& spec_path) {
     }
     f.spec_path = spec_path;
     f.build_id = rec.id;
+    if (rec.name.empty()) name_from_broken_spec(spec_path, &rec);
     log.note(std::string("error: ") + (f.kind == "step" ? f.step + ": " : "") + f.message);
     f.log_path = log.path();
     f.log_tail = log.tail(20);
@@ -491,6 +529,7 @@ int run_builds(Context& ctx, const BuildArgs& a) {
   std::unique_ptr<history::HistoryDb> db = open_history(ctx.view);
   Run run{ctx, a, store ? &*store : nullptr, store_error, db.get(), std::move(targets)};
   run.multi = n > 1;
+  run.modules = modules_of(a);
   // --jobs N: with several specs, up to N build at once, sharing the N threads.
   const int total = ctx.jobs();
   const int parallel = std::max(1, std::min<int>(total, static_cast<int>(n)));
@@ -516,7 +555,14 @@ int run_builds(Context& ctx, const BuildArgs& a) {
     std::cout << (ctx.common.json_out ? o.result.dump(2) : o.line) << std::endl;
     return kOk;
   }
-  if (ctx.common.progress != "quiet") print_summary(outs);
+  if (ctx.common.progress != "quiet") {
+    print_summary(outs);
+  } else {
+    for (const auto& o : outs)  // quiet: still the errors, one line each
+      if (!o.ok && !o.failure.cancelled)
+        std::fprintf(stderr, "kiln: error: %s: %s%s\n", o.spec_path.c_str(),
+                     o.failure.kind == "step" ? (o.failure.step + ": ").c_str() : "", o.failure.message.c_str());
+  }
   for (const auto& o : outs)
     if (!o.ok && !o.failure.cancelled) annotate_github(o.failure);
   if (ctx.common.json_out) {

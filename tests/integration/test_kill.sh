@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # kill -9 at any moment of a build leaves the output layout and the cache consistent: the image
 # that was there still validates and unpacks, index.json parses, and no partial blob is visible
-# under its digest, in the layout or in the cache. A build after the kills succeeds.
+# under its digest, in the layout or in the cache. A build after the kills succeeds, and the
+# history says which builds were interrupted (none reads as a success).
 source "$(dirname "$0")/lib.sh"
 need_tools umoci oci-image-tool skopeo
 
@@ -95,6 +96,13 @@ for delay in $DELAYS; do
   fi
   check_consistent "kill -9 after ${delay}s"
 done
+# The history: every build that ended is a success; every killed one that got as far as its record
+# (a kill in the first milliseconds may come before it) reads as interrupted (its process is gone,
+# and its name lock with it): never as a success, never as still running.
+HIST=$("$KILN" history killme --json)
+assert_eq "$((10 - KILLED))" "$(jget "len([r for r in j if r['status'] == 'success'])" <<<"$HIST")" "history: only the builds that ended are successes"
+assert_eq "[]" "$(jget "sorted(set(r['status'] for r in j) - {'success', 'interrupted'})" <<<"$HIST")" "history: the others read as interrupted"
+if (($(jget "len([r for r in j if r['status'] == 'interrupted'])" <<<"$HIST") >= KILLED / 2)); then pass; else fail "history: most killed builds are recorded as interrupted"$'\n'"$HIST"; fi
 # Most builds must really have been killed mid-way, or this test proves nothing.
 if ((KILLED >= 4)); then pass; else fail "only $KILLED of 8 builds were still running when killed (build time ${BUILD_SECONDS}s, delays $DELAYS)"; fi
 
@@ -107,13 +115,14 @@ KILN_CACHE=$T/fresh-cache build_ok "$T/spec.json" -o "oci:$T/fresh:b"
 assert_eq "$DIGEST_B" "$(jget "j['digest']" <<<"$OUT")" "the build after the kills equals a build with a fresh cache"
 
 # ---- concurrent builds into one layout: every tag survives ---------------------------------------
-# Six builds of small specs, each with its own tag, at once into one layout: index.json is updated
-# under a lock, so none of the tags is lost and every image validates.
+# Six builds of small specs (six image names, so none waits for another), each with its own tag,
+# at once into one layout: index.json is updated under a lock, so none of the tags is lost and
+# every image validates.
 mkdir -p "$T/conc/proj"
 echo 'C = 1' >"$T/conc/proj/c.py"
 pids=()
 for n in 1 2 3 4 5 6; do
-  echo "{\"name\": \"conc\", \"source_root\": \"proj\", \"source_copy_mode\": \"all\", \"env\": {\"N\": \"$n\"}}" >"$T/conc/spec$n.json"
+  echo "{\"name\": \"conc$n\", \"source_root\": \"proj\", \"source_copy_mode\": \"all\", \"env\": {\"N\": \"$n\"}}" >"$T/conc/spec$n.json"
   "$KILN" build "$T/conc/spec$n.json" --progress quiet -o "oci:$T/conc/L:t$n" >/dev/null 2>"$T/conc/err$n" &
   pids+=($!)
 done
