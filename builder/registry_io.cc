@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "layers/digest.h"
+#include "layers/parallel.h"
 
 using nlohmann::json;
 namespace fs = std::filesystem;
@@ -31,35 +32,6 @@ json parse(const std::string& bytes, const std::string& what) {
   } catch (const json::exception&) {
     throw RegistryError(RegistryError::Kind::Protocol, what + " is not valid JSON");
   }
-}
-
-/// Runs fn(i) for i in [0, n) on up to `jobs` threads; rethrows the first failure.
-void parallel_for(std::size_t n, int jobs, const std::function<void(std::size_t)>& fn) {
-  std::atomic<std::size_t> next{0};
-  std::mutex mu;
-  std::exception_ptr failure;
-  auto work = [&] {
-    for (;;) {
-      std::size_t i = next++;
-      if (i >= n) return;
-      {
-        std::lock_guard<std::mutex> lock(mu);
-        if (failure) return;
-      }
-      try {
-        fn(i);
-      } catch (...) {
-        std::lock_guard<std::mutex> lock(mu);
-        if (!failure) failure = std::current_exception();
-      }
-    }
-  };
-  int t = std::max(1, std::min<int>(jobs, static_cast<int>(n)));
-  std::vector<std::thread> threads;
-  for (int k = 1; k < t; ++k) threads.emplace_back(work);
-  work();
-  for (auto& th : threads) th.join();
-  if (failure) std::rethrow_exception(failure);
 }
 
 /// Downloads one blob into the store (verified by the client and by the commit).
@@ -162,7 +134,7 @@ void fetch_layers(RegistrySession& s, const Image& img, layers::Store& store) {
   std::vector<const Layer*> todo;
   for (const Layer& l : img.layers)
     if (l.remote && !store.has_blob(l.desc.digest)) todo.push_back(&l);
-  parallel_for(todo.size(), s.settings().jobs, [&](std::size_t i) {
+  layers::parallel_for(todo.size(), s.settings().jobs, [&](std::size_t i) {
     const Layer& l = *todo[i];
     download(s.client(l.remote->registry), l.remote->repository, l.desc.digest, store, s.progress(), l.desc.size);
   });
@@ -199,7 +171,7 @@ PushResult push_remote(RegistrySession& s, const Image& img, const registry::Ref
   static const std::optional<RemoteBlob> none;
   blobs.push_back({cfg_digest, cfg.size(), store.blob_path(cfg_digest), &none});
   std::mutex mu;
-  parallel_for(blobs.size(), s.settings().jobs, [&](std::size_t i) {
+  layers::parallel_for(blobs.size(), s.settings().jobs, [&](std::size_t i) {
     const Blob& b = blobs[i];
     if (c.blob_size(repo, b.digest)) {
       std::lock_guard<std::mutex> lock(mu);

@@ -16,6 +16,7 @@
 #include "layers/digest.h"
 #include "layers/fsutil.h"
 #include "layers/ignore.h"
+#include "layers/parallel.h"
 
 namespace fs = std::filesystem;
 
@@ -326,36 +327,16 @@ void hash_files(FileSet& set, StatIndex* index, int jobs) {
   if (todo.empty()) return;
   // Largest first, so one big file does not end up last on one thread.
   std::sort(todo.begin(), todo.end(), [](FileEntry* a, FileEntry* b) { return a->size > b->size; });
-  std::atomic<std::size_t> next{0};
-  std::mutex mu;
-  std::string first_error;
-  auto work = [&] {
-    for (;;) {
-      std::size_t i = next++;
-      if (i >= todo.size()) return;
-      FileEntry* e = todo[i];
-      try {
-        e->sha256 = sha256_file_hex(e->abs);
-      } catch (const std::system_error& err) {
-        std::lock_guard<std::mutex> lock(mu);
-        if (first_error.empty())
-          first_error = "cannot read '" + printable(e->abs) + "': " + err.code().message();
-        next = todo.size();
-        return;
-      } catch (const std::exception& err) {
-        std::lock_guard<std::mutex> lock(mu);
-        if (first_error.empty()) first_error = "cannot hash '" + printable(e->abs) + "': " + err.what();
-        next = todo.size();
-        return;
-      }
+  parallel_for(todo.size(), jobs, [&](std::size_t i) {
+    FileEntry* e = todo[i];
+    try {
+      e->sha256 = sha256_file_hex(e->abs);
+    } catch (const std::system_error& err) {
+      throw InputError("cannot read '" + printable(e->abs) + "': " + err.code().message());
+    } catch (const std::exception& err) {
+      throw InputError("cannot hash '" + printable(e->abs) + "': " + err.what());
     }
-  };
-  int n = std::max(1, std::min<int>(jobs, static_cast<int>(todo.size())));
-  std::vector<std::thread> threads;
-  for (int t = 1; t < n; ++t) threads.emplace_back(work);
-  work();
-  for (auto& t : threads) t.join();
-  if (!first_error.empty()) throw InputError(first_error);
+  });
   if (index)
     for (FileEntry* e : todo) index->update(e->abs, e->key, e->sha256);
 }
