@@ -99,6 +99,7 @@ void add_build_commands(CLI::App& app, Common& c, std::vector<Command>& out);   
 void add_inspect_command(CLI::App& app, Common& c, std::vector<Command>& out);   // inspect
 void add_cache_commands(CLI::App& app, Common& c, std::vector<Command>& out);    // cache du|prune
 void add_preflight_command(CLI::App& app, Common& c, std::vector<Command>& out); // preflight
+void add_push_command(CLI::App& app, Common& c, std::vector<Command>& out);      // push
 void add_modelcar_commands(CLI::App& app, Common& c, std::vector<Command>& out);  // modelcar, k8s-patch
 void add_history_commands(CLI::App& app, Common& c, std::vector<Command>& out);   // history, show, diff
 

@@ -18,6 +18,7 @@ int run(int argc, char** argv) {
   add_inspect_command(app, common, commands);
   add_cache_commands(app, common, commands);
   add_preflight_command(app, common, commands);
+  add_push_command(app, common, commands);
   add_modelcar_commands(app, common, commands);
   add_history_commands(app, common, commands);
   try {
