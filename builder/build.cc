@@ -17,6 +17,7 @@
 #include "builder/oci_layout.h"
 #include "builder/registry_io.h"
 #include "layers/digest.h"
+#include "layers/parallel.h"
 #include "layers/tar_writer.h"
 #include "spec/tag.h"
 
@@ -388,9 +389,6 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
   auto t_layers = Clock::now();
   std::vector<LayerReport> reports(plans.size());
   std::vector<layers::LayerRecord> records(plans.size());
-  std::atomic<std::size_t> next{0};
-  std::mutex mu;
-  std::exception_ptr failure;
   // The costliest layers start first, so two cores finish together: compressing costs about ten
   // times what hashing an uncompressed large file does.
   std::vector<std::size_t> order(plans.size());
@@ -401,15 +399,8 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
     return p.bytes * (plain ? 1 : 10);
   };
   std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return cost(a) > cost(b); });
-  auto work = [&] {
-    for (;;) {
-      std::size_t n = next++;
-      if (n >= plans.size()) return;
+  layers::parallel_for(order.size(), opts.jobs, [&](std::size_t n) {
       std::size_t i = order[n];
-      {
-        std::lock_guard<std::mutex> lock(mu);
-        if (failure) return;
-      }
       LayerPlan& p = plans[i];
       LayerReport& lr = reports[i];
       lr.label = p.label;
@@ -446,19 +437,10 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
           progress.end(id, "layer " + p.label + ": " + w.digest.substr(0, 19) + ", " + std::to_string(w.size) + " bytes");
         }
       } catch (...) {
-        std::lock_guard<std::mutex> lock(mu);
-        if (!failure) failure = StepError::wrap(std::current_exception(), "layer " + p.label);
-        return;
+        std::rethrow_exception(StepError::wrap(std::current_exception(), "layer " + p.label));
       }
       lr.seconds = since(t0);
-    }
-  };
-  int n = std::max(1, std::min<int>(opts.jobs, static_cast<int>(plans.size())));
-  std::vector<std::thread> threads;
-  for (int t = 1; t < n; ++t) threads.emplace_back(work);
-  work();
-  for (auto& t : threads) t.join();
-  if (failure) std::rethrow_exception(failure);
+  });
   r.timings["layers"] = since(t_layers);
 
   for (std::size_t i = 0; i < plans.size(); ++i) {
