@@ -16,9 +16,11 @@
 
 #include "builder/oci_layout.h"
 #include "builder/registry_io.h"
+#include "builder/run_steps.h"
 #include "layers/digest.h"
 #include "layers/parallel.h"
 #include "layers/tar_writer.h"
+#include "run/steps.h"
 #include "spec/tag.h"
 
 namespace fs = std::filesystem;
@@ -318,7 +320,7 @@ Prepared prepare(const spec::ImageSpec& s, const BuildOptions& opts) {
   std::vector<spec::TagFile> copies = tag_files(p.files.copy);
   if (p.files.has_source) p.source_digest = "sha256:" + spec::files_digest(all);
   all.insert(all.end(), copies.begin(), copies.end());
-  p.spec_hash = spec::spec_hash(s, p.base_id, std::move(all), opts.source_date_epoch);
+  p.spec_hash = spec::spec_hash(s, p.base_id, std::move(all), opts.source_date_epoch, run::step_inputs(s));
   p.tag = spec::make_tag(s, p.spec_hash);
   p.repository = spec::repository(s);
   return p;
@@ -374,6 +376,34 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
     lr.from_base = true;
     lr.cache_hit = true;
     r.layers.push_back(lr);
+  }
+
+  // RUN steps: a layer each, before the source and copy layers (a code edit never re-runs them).
+  {
+    const json& base_cfg = img.config.contains("config") ? img.config["config"] : json::object();
+    std::vector<std::string> base_env;
+    if (base_cfg.is_object() && base_cfg.contains("Env") && base_cfg["Env"].is_array())
+      for (const auto& e : base_cfg["Env"])
+        if (e.is_string()) base_env.push_back(e.get<std::string>());
+    std::string base_workdir = base_cfg.is_object() ? base_cfg.value("WorkingDir", std::string()) : std::string();
+    std::vector<run::Step> steps = run::plan_steps(s, base_env, base_workdir, epoch);
+    if (!steps.empty()) {
+      StepRunOptions ro;
+      ro.compression = s.compression;
+      ro.level = s.compression_level.value_or(-1);
+      if (ro.compression == spec::Compression::Gzip && ro.level > 9)
+        throw spec::SpecError("compression_level", s.origin + ": gzip levels go from 1 to 9");
+      ro.epoch = epoch;
+      ro.created = created;
+      ro.network = opts.network;
+      ro.capture = opts.run_capture;
+      auto t_steps = Clock::now();
+      auto fetch_base = [&] {
+        if (s.base_image.kind == spec::BaseImage::Kind::Registry) fetch_layers(*opts.registries, img, *opts.store);
+      };
+      for (auto& lr : run_steps(img, steps, opts, ro, progress, fetch_base)) r.layers.push_back(std::move(lr));
+      r.timings["steps"] = since(t_steps);
+    }
   }
 
   // Plan and build the new layers.

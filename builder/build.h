@@ -30,6 +30,8 @@ struct BuildOptions {
   std::vector<std::string> extra_modules; // loaded modules passed by an SDK
   int jobs = 2;                           // threads for hashing and layer writing
   std::int64_t source_date_epoch = 0;     // unless the spec sets one
+  bool network = true;                    // RUN steps reach the network (--network none: no)
+  std::string run_capture = "auto";       // RUN step capture: auto, overlay or snapshot
 };
 
 /// Everything known before any layer is built.
@@ -69,9 +71,9 @@ struct BuildResult {
 /// A layer that cannot be written throws StepError.
 BuildResult build(const Prepared& prep, const BuildOptions& opts);
 
-/// A build step failed (writing a layer: a source file unreadable, or changed while read). `step`
-/// names it ("layer source_root (12 files)"); what() is the cause's message; `exit_code` is the
-/// step command's exit status once steps run commands (-1: none).
+/// A build step failed: a RUN step's command ("step pip", exit_code its status, what() the cause
+/// with its last output lines), or writing a layer ("layer source_root (12 files)": a source file
+/// unreadable, or changed while read; exit_code -1).
 class StepError : public std::runtime_error {
  public:
   StepError(std::string step, const std::string& cause, int exit_code = -1)

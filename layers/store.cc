@@ -241,6 +241,34 @@ void Store::put_layer(const std::string& key, const LayerRecord& r) const {
 
 fs::path Store::stat_index_path(const std::string& key) const { return root_ / "stat" / (key + ".idx"); }
 
+namespace {
+/// Bytes of the regular files in a tree (hardlinks counted once).
+std::uint64_t tree_bytes(const fs::path& dir) {
+  std::uint64_t n = 0;
+  std::error_code ec;
+  std::set<std::pair<std::uint64_t, std::uint64_t>> seen;
+  for (auto it = fs::recursive_directory_iterator(dir, fs::directory_options::skip_permission_denied, ec);
+       !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+    struct stat st{};
+    if (::lstat(it->path().c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
+    if (st.st_nlink > 1 && !seen.insert({st.st_dev, st.st_ino}).second) continue;
+    n += static_cast<std::uint64_t>(st.st_size);
+  }
+  return n;
+}
+/// Removes a tree, making directories a RUN step left read-only writable first.
+void remove_tree(const fs::path& dir) {
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+  if (!ec) return;
+  for (auto it = fs::recursive_directory_iterator(dir, fs::directory_options::skip_permission_denied, ec);
+       !ec && it != fs::recursive_directory_iterator(); it.increment(ec))
+    if (it->is_directory(ec) && !it->is_symlink(ec)) ::chmod(it->path().c_str(), 0700);
+  ::chmod(dir.c_str(), 0700);
+  fs::remove_all(dir, ec);
+}
+}  // namespace
+
 Store::Usage Store::usage() const {
   Usage u;
   std::error_code ec;
@@ -255,7 +283,11 @@ Store::Usage Store::usage() const {
   }
   for (auto& e : fs::directory_iterator(root_ / "tmp", ec)) {
     ++u.tmp_files;
-    u.tmp_bytes += e.file_size(ec);
+    u.tmp_bytes += e.is_directory(ec) ? tree_bytes(e.path()) : e.file_size(ec);
+  }
+  for (auto& e : fs::directory_iterator(root_ / "rootfs", ec)) {
+    ++u.rootfs_trees;
+    u.rootfs_bytes += tree_bytes(e.path());
   }
   return u;
 }
@@ -309,7 +341,17 @@ Store::PruneResult Store::prune(std::int64_t older_than_seconds) const {
   // tmp files are from writes in flight: only those over an hour old are certainly dead.
   for (auto& e : fs::directory_iterator(root_ / "tmp", ec)) {
     auto age = std::chrono::duration_cast<std::chrono::seconds>(now - e.last_write_time(ec)).count();
-    if (age > 3600) fs::remove_all(e.path(), ec);
+    if (age > 3600) remove_tree(e.path());
+  }
+  // Unpacked trees: used ones are touched (mtime) each time a build starts on them; a ".name" is
+  // one being built (or left by a killed build: dead after an hour).
+  for (auto& e : fs::directory_iterator(root_ / "rootfs", ec)) {
+    const bool building = e.path().filename().string().front() == '.';
+    auto age = std::chrono::duration_cast<std::chrono::seconds>(now - e.last_write_time(ec)).count();
+    if (building ? age <= 3600 : !old(e)) continue;
+    r.removed_tree_bytes += tree_bytes(e.path());
+    remove_tree(e.path());
+    ++r.removed_trees;
   }
   return r;
 }

@@ -11,6 +11,8 @@
 //                                digest (by the writer, or by hashing): while the blob's identity
 //                                is unchanged it is not hashed again
 //   locks/<key>.lock             flock held while a process writes the layer <key>
+//   rootfs/flat-<chain>/         unpacked base trees RUN steps start from (docs/run-steps.md)
+//   rootfs/diff-<chain>/         step layers in overlayfs form; both rebuilt from blobs when gone
 //   tmp/                         in-flight writes; anything here is garbage after a crash
 #pragma once
 
@@ -108,15 +110,17 @@ class Store {
 
   struct Usage {
     std::uint64_t blobs = 0, blob_bytes = 0, layer_records = 0, stat_indexes = 0, stat_bytes = 0,
-                  tmp_files = 0, tmp_bytes = 0;
+                  tmp_files = 0, tmp_bytes = 0, rootfs_trees = 0, rootfs_bytes = 0;
   };
   Usage usage() const;
 
   struct PruneResult {
-    std::uint64_t removed_blobs = 0, removed_bytes = 0, removed_records = 0;
+    std::uint64_t removed_blobs = 0, removed_bytes = 0, removed_records = 0, removed_trees = 0,
+                  removed_tree_bytes = 0;
   };
   /// Removes layer records unused for `older_than_seconds` (0 = all), stat indexes of that age,
-  /// blobs no remaining record or pinned digest refers to, and stale tmp files.
+  /// blobs no remaining record or pinned digest refers to, unpacked trees unused that long, and
+  /// stale tmp files.
   PruneResult prune(std::int64_t older_than_seconds) const;
 
  private:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what kiln needs from Debian 12 packages (apt-get), never from anywhere else.
-#   scripts/install-deps.sh          build dependencies (compiler, CMake, libraries)
+#   scripts/install-deps.sh          build dependencies (compiler, CMake, libraries) and bubblewrap
 #   scripts/install-deps.sh --test   plus the test tools (Catch2, umoci, skopeo, oci-image-tool,
 #                                    docker-registry, bubblewrap, busybox-static) and bench peers
 set -euo pipefail
@@ -9,6 +9,7 @@ build_pkgs=(
   build-essential cmake pkg-config
   libarchive-dev libssl-dev libzstd-dev zlib1g-dev nlohmann-json3-dev libxxhash-dev libcli11-dev
   libcurl4-openssl-dev libsqlite3-dev catch2
+  bubblewrap  # the sandbox RUN steps (apt_packages, packages, commands) run in
 )
 test_pkgs=(
   umoci skopeo oci-image-tool docker-registry apache2-utils bubblewrap busybox-static
@@ -17,6 +18,7 @@ test_pkgs=(
   time    # bench/run.sh: GNU /usr/bin/time for peak RSS
   python3-yaml  # tests/integration/test_modelcar.sh: parses kiln k8s-patch's YAML
   openssl # tests/integration/registry: self-signed TLS certificates and token signing
+  debootstrap  # tests/integration/test_run_apt.sh: a real Debian base for apt_packages
 )
 
 pkgs=("${build_pkgs[@]}")

@@ -12,6 +12,7 @@
 #include <fstream>
 #include <iostream>
 #include <iterator>
+#include <regex>
 #include <sstream>
 #include <string_view>
 
@@ -447,6 +448,43 @@ const std::map<std::string, Handler>& handlers() {
   throw SpecError(name, msg);
 }
 
+/// The fields that become RUN steps: values that would reach a shell or a tool's command line are
+/// checked here, so a typo is a spec error rather than a failed step (or an injected option).
+void check_step_fields(const ImageSpec& spec, const std::string& origin, const std::string& prefix) {
+  auto fail = [&](const std::string& field, const std::string& what) {
+    throw SpecError(prefix + field, origin + ": field '" + prefix + field + "' " + what);
+  };
+  // Debian package names ([a-z0-9][a-z0-9+.-]+), optionally :arch, =version or /release.
+  static const std::regex apt_name(R"(^[a-z0-9][a-z0-9+.-]*(:[a-z0-9-]+)?(=[A-Za-z0-9.+~:-]+|/[a-z0-9.-]+)?$)");
+  for (const std::string& p : spec.apt_packages)
+    if (!std::regex_match(p, apt_name))
+      fail("apt_packages", "has '" + p + "', which is not a Debian package name (name[:arch][=version|/release])");
+  for (const std::string& p : spec.packages) {
+    if (p.empty() || p.find_first_not_of(" \t") == std::string::npos) fail("packages", "has an empty item");
+    if (p[p.find_first_not_of(" \t")] == '-')
+      fail("packages", "has '" + p + "', which looks like a pip option: put options in pip_extra_args");
+    if (p.find('\n') != std::string::npos) fail("packages", "has an item with a line break");
+  }
+  static const std::regex version(R"(^[0-9]+(\.[0-9]+){0,2}$)");
+  if (spec.python_version && !std::regex_match(*spec.python_version, version))
+    fail("python_version", "must be a version like \"3.11\", not '" + *spec.python_version + "'");
+  if (spec.python_exec && spec.python_exec->find_first_of(" \t\n'\"$`\\") != std::string::npos)
+    fail("python_exec", "must be a program name or path without spaces or quotes");
+  if (spec.requirements) {
+    std::string name = fs::path(*spec.requirements).filename().string();
+    if (name == "uv.lock" || name == "poetry.lock" || name == "pyproject.toml")
+      fail("requirements", "is '" + name + "': kiln installs pip requirements files (pip install -r); " + name +
+                               " is not supported yet — export it (uv export / poetry export) to requirements.txt");
+  }
+  for (const auto& [src, target] : spec.pip_secret_mounts) {
+    if (src.empty()) fail("pip_secret_mounts", "has an empty source");
+    if (target.empty() || target[0] != '/' || target == "/")
+      fail("pip_secret_mounts", "target '" + target + "' must be an absolute path inside the image (not /)");
+  }
+  for (const std::string& c : spec.commands)
+    if (c.find_first_not_of(" \t\n") == std::string::npos) fail("commands", "has an empty command");
+}
+
 /// Phase 1: known keys and value types (recursively). `prefix` is "" or "base_image.".
 ImageSpec parse_fields(const json& obj, const fs::path& base_dir, const std::string& origin,
                        const std::string& prefix) {
@@ -481,6 +519,7 @@ ImageSpec parse_fields(const json& obj, const fs::path& base_dir, const std::str
     spec.source_copy_mode = CopyMode::All;
     spec.source_dest = kModelcarDest;
   }
+  check_step_fields(spec, origin, prefix);
   if (!spec.loaded_modules.empty() &&
       (!spec.source_root || spec.source_copy_mode != CopyMode::LoadedModules))
     throw SpecError(prefix + "loaded_modules",
@@ -494,7 +533,9 @@ ImageSpec parse_fields(const json& obj, const fs::path& base_dir, const std::str
 // ---------------------------------------------------------------------------------------------
 // Phase 2: features kiln cannot build yet. Supporting one = deleting its line.
 
-constexpr const char* kNeedsRun = "it needs RUN steps, which kiln does not run yet";
+constexpr const char* kNeedsConda =
+    "it needs conda (flytekit installs it with micromamba), which kiln does not install; use apt_packages "
+    "or packages, or a base image that has it";
 
 struct Unsupported {
   const char* field;
@@ -503,23 +544,14 @@ struct Unsupported {
 };
 
 const Unsupported kUnsupported[] = {
-    {"python_version", kNeedsRun, [](const ImageSpec& s) { return s.python_version.has_value(); }},
-    {"packages", kNeedsRun, [](const ImageSpec& s) { return !s.packages.empty(); }},
-    {"conda_packages", kNeedsRun, [](const ImageSpec& s) { return !s.conda_packages.empty(); }},
-    {"conda_channels", kNeedsRun, [](const ImageSpec& s) { return !s.conda_channels.empty(); }},
-    {"requirements", kNeedsRun, [](const ImageSpec& s) { return s.requirements.has_value(); }},
-    {"apt_packages", kNeedsRun, [](const ImageSpec& s) { return !s.apt_packages.empty(); }},
-    {"cuda", kNeedsRun, [](const ImageSpec& s) { return s.cuda.has_value(); }},
-    {"cudnn", kNeedsRun, [](const ImageSpec& s) { return s.cudnn.has_value(); }},
-    {"commands", kNeedsRun, [](const ImageSpec& s) { return !s.commands.empty(); }},
-    {"pip_index", kNeedsRun, [](const ImageSpec& s) { return s.pip_index.has_value(); }},
-    {"pip_extra_index_url", kNeedsRun,
-     [](const ImageSpec& s) { return !s.pip_extra_index_url.empty(); }},
-    {"pip_secret_mounts", kNeedsRun,
-     [](const ImageSpec& s) { return !s.pip_secret_mounts.empty(); }},
-    {"pip_extra_args", kNeedsRun, [](const ImageSpec& s) { return !s.pip_extra_args.empty(); }},
-    {"python_exec", kNeedsRun, [](const ImageSpec& s) { return s.python_exec.has_value(); }},
-    {"runtime_packages", kNeedsRun, [](const ImageSpec& s) { return !s.runtime_packages.empty(); }},
+    {"conda_packages", kNeedsConda, [](const ImageSpec& s) { return !s.conda_packages.empty(); }},
+    {"conda_channels", kNeedsConda, [](const ImageSpec& s) { return !s.conda_channels.empty(); }},
+    {"cuda", "kiln does not install CUDA itself: start from a CUDA base image (e.g. nvidia/cuda)",
+     [](const ImageSpec& s) { return s.cuda.has_value(); }},
+    {"cudnn", "kiln does not install cuDNN itself: start from a CUDA base image that has it",
+     [](const ImageSpec& s) { return s.cudnn.has_value(); }},
+    {"runtime_packages", "kiln installs packages at build time: list them in 'packages'",
+     [](const ImageSpec& s) { return !s.runtime_packages.empty(); }},
 };
 
 void check_supported(const ImageSpec& spec, const std::string& prefix) {

@@ -38,12 +38,13 @@ void hash_files(layers::Sha256& h, std::vector<TagFile>& files) {
 }  // namespace
 
 std::string spec_hash(const ImageSpec& spec, const std::string& base_id, std::vector<TagFile> files,
-                      std::int64_t env_epoch) {
+                      std::int64_t env_epoch, const std::vector<std::pair<std::string, std::string>>& inputs) {
   layers::Sha256 h;
   h.update("kiln-spec-hash-v1\n");
   h.update(spec.canonical().dump());
   h.update("\nbase " + base_id + "\n");
   if (env_epoch != 0 && !spec.source_date_epoch) h.update("epoch " + std::to_string(env_epoch) + "\n");
+  for (const auto& [name, sha] : inputs) h.update("input " + name + " " + sha + "\n");
   hash_files(h, files);
   return h.hex();
 }

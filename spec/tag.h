@@ -23,9 +23,11 @@ struct TagFile {
 /// dest, '\0'. `base_id` is "scratch", the base manifest digest, or a nested spec's hash.
 /// `env_epoch` is SOURCE_DATE_EPOCH from the environment when the spec does not set
 /// source_date_epoch itself (which the canonical spec already holds); when non-zero, the line
-/// "epoch <n>\n" follows the base line.
+/// "epoch <n>\n" follows the base line. `inputs` are the files RUN steps read that the spec only
+/// names (the requirements file): each adds "input <name> <sha256 hex>\n" after those lines.
 std::string spec_hash(const ImageSpec& spec, const std::string& base_id, std::vector<TagFile> files,
-                      std::int64_t env_epoch = 0);
+                      std::int64_t env_epoch = 0,
+                      const std::vector<std::pair<std::string, std::string>>& inputs = {});
 
 /// sha256 hex of a file list alone ("kiln-files-v1\n" then the per-file lines above): the
 /// digest of a baked source tree, carried in the image's labels.

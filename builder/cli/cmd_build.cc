@@ -221,6 +221,7 @@ struct BuildArgs {
   std::vector<std::string> outputs, modules;
   bool push = false, no_push = false, force = false, skip_preflight = false;
   bool fail_fast = false, keep_going = false, no_wait = false;
+  std::string network = "default", capture = "auto";
 };
 
 builder::BuildOptions options(Context& ctx, layers::Store& store, builder::RegistrySession& session,
@@ -364,6 +365,8 @@ Outcome run_one(Run& run, const std::string& spec_path) {
                                      &log);
     builder::BuildOptions opts = options(ctx, *run.store, session, log, run.jobs_per_build);
     opts.extra_modules = run.modules;
+    opts.network = a.network != "none";
+    opts.run_capture = a.capture;
 
     // Pushing: --push, or a registry in the spec (as flytekit does), unless --no-push.
     const bool push = !a.no_push && (a.push || (s.registry && !s.registry->empty()));
@@ -693,6 +696,11 @@ void add_build_commands(CLI::App& app, Common& c, std::vector<Command>& out) {
   auto* kg = build->add_flag("--keep-going", a->keep_going,
                              "With several specs: finish the other builds after a failure (the default)");
   ff->excludes(kg);
+  build->add_option("--network", a->network, "Network for RUN steps: default (the host's) or none")
+      ->check(CLI::IsMember({"default", "host", "none"}));
+  build->add_option("--capture", a->capture,
+                    "How RUN steps' changes are captured: auto, overlay (needs root) or snapshot")
+      ->check(CLI::IsMember({"auto", "overlay", "snapshot"}));
   build->add_flag("--no-wait", a->no_wait,
                   "Fail (exit 6) instead of waiting when another kiln is building the same image name");
   add_common_options(build, c);

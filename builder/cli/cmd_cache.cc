@@ -18,15 +18,17 @@ void add_cache_commands(CLI::App& app, Common& c, std::vector<Command>& out) {
                      std::cout << json{{"path", store.root().string()}, {"blobs", u.blobs}, {"blob_bytes", u.blob_bytes},
                                        {"layer_records", u.layer_records}, {"stat_indexes", u.stat_indexes},
                                        {"stat_bytes", u.stat_bytes}, {"tmp_files", u.tmp_files},
-                                       {"tmp_bytes", u.tmp_bytes}}.dump(2)
+                                       {"tmp_bytes", u.tmp_bytes}, {"rootfs_trees", u.rootfs_trees},
+                                       {"rootfs_bytes", u.rootfs_bytes}}.dump(2)
                                << std::endl;
                    } else {
                      std::printf("%s\n  blobs          %llu (%s)\n  layer records  %llu\n  stat indexes   %llu (%s)\n"
-                                 "  temp files     %llu (%s)\n",
+                                 "  temp files     %llu (%s)\n  unpacked trees %llu (%s)\n",
                                  store.root().c_str(), (unsigned long long)u.blobs, human_bytes(u.blob_bytes).c_str(),
                                  (unsigned long long)u.layer_records, (unsigned long long)u.stat_indexes,
                                  human_bytes(u.stat_bytes).c_str(), (unsigned long long)u.tmp_files,
-                                 human_bytes(u.tmp_bytes).c_str());
+                                 human_bytes(u.tmp_bytes).c_str(), (unsigned long long)u.rootfs_trees,
+                                 human_bytes(u.rootfs_bytes).c_str());
                    }
                    return kOk;
                  }});
@@ -45,12 +47,15 @@ void add_cache_commands(CLI::App& app, Common& c, std::vector<Command>& out) {
                    auto r = store.prune(a->all ? 0 : static_cast<std::int64_t>(a->older_days * 86400));
                    if (ctx.common.json_out) {
                      std::cout << json{{"removed_blobs", r.removed_blobs}, {"removed_bytes", r.removed_bytes},
-                                       {"removed_layer_records", r.removed_records}}.dump(2)
+                                       {"removed_layer_records", r.removed_records},
+                                       {"removed_trees", r.removed_trees},
+                                       {"removed_tree_bytes", r.removed_tree_bytes}}.dump(2)
                                << std::endl;
                    } else {
-                     std::printf("removed %llu blob(s), %s, and %llu layer record(s)\n",
+                     std::printf("removed %llu blob(s), %s, %llu layer record(s), and %llu unpacked tree(s), %s\n",
                                  (unsigned long long)r.removed_blobs, human_bytes(r.removed_bytes).c_str(),
-                                 (unsigned long long)r.removed_records);
+                                 (unsigned long long)r.removed_records, (unsigned long long)r.removed_trees,
+                                 human_bytes(r.removed_tree_bytes).c_str());
                    }
                    return kOk;
                  }});

@@ -173,7 +173,7 @@ assert_eq "$FILE_DIGEST $FILE_DIGEST" "$(jget "' '.join(o['digest'] for o in j['
 oci_validate "$T/two-b" y
 
 # ---- fields that are "not supported yet" ------------------------------------------------------
-for f in '{"apt_packages": ["curl"]}' '{"packages": ["numpy"]}' '{"commands": ["echo hi"]}' '{"python_version": "3.11"}'; do
+for f in '{"conda_packages": ["numpy"]}' '{"cuda": "12.1"}' '{"runtime_packages": ["flytekit"]}'; do
   with_fields "$W/unsupported.json" "$f"
   field=$(jget "list(j)[0]" <<<"$f")
   kiln build "$W/unsupported.json" --json --progress quiet -o "oci:$T/out:unsupported"
@@ -182,10 +182,15 @@ for f in '{"apt_packages": ["curl"]}' '{"packages": ["numpy"]}' '{"commands": ["
   assert_eq "$field" "$(jget "j.get('field')" <<<"$OUT")" "$field: --json names the field"
 done
 # Inside a nested base spec too, named with its path.
-with_fields "$W/unsupported.json" '{"base_image": {"name": "b", "apt_packages": ["curl"]}}'
+with_fields "$W/unsupported.json" '{"base_image": {"name": "b", "conda_packages": ["numpy"]}}'
 kiln build "$W/unsupported.json" --progress quiet
-assert_eq 2 "$RC" "nested apt_packages: exit 2"
-assert_contains "$ERR" "'base_image.apt_packages' is not supported yet" "nested unsupported field is named with its path"
+assert_eq 2 "$RC" "nested conda_packages: exit 2"
+assert_contains "$ERR" "'base_image.conda_packages' is not supported yet" "nested unsupported field is named with its path"
+# A RUN-step value that would reach a shell is a spec error, not a failed step.
+with_fields "$W/badapt.json" '{"apt_packages": ["curl; rm -rf /"]}'
+kiln build "$W/badapt.json" --json --progress quiet -o "oci:$T/out:badapt"
+assert_eq 2 "$RC" "bad apt package name: exit 2"
+assert_eq "apt_packages" "$(jget "j.get('field')" <<<"$OUT")" "bad apt package name: --json names the field"
 # Empty values are accepted.
 with_fields "$W/empty.json" '{"apt_packages": [], "packages": []}'
 kiln tag "$W/empty.json"

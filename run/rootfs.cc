@@ -1,0 +1,133 @@
+// Cached unpacked trees (see rootfs.h).
+#include "run/rootfs.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <system_error>
+
+#include "layers/digest.h"
+#include "layers/fsutil.h"
+#include "run/unpack.h"
+
+namespace fs = std::filesystem;
+
+namespace kiln::run {
+
+std::string next_chain_id(const std::string& parent, const std::string& diff_id) {
+  return parent.empty() ? diff_id : layers::sha256_digest(parent + " " + diff_id);
+}
+
+std::string chain_id(const std::vector<std::string>& diff_ids) {
+  std::string c;
+  for (const auto& d : diff_ids) c = next_chain_id(c, d);
+  return c;
+}
+
+void remove_tree(const fs::path& dir) {
+  std::error_code ec;
+  if (!fs::exists(fs::symlink_status(dir, ec))) return;
+  fs::remove_all(dir, ec);
+  if (!ec) return;
+  // Directories a step made read-only (0555): give the owner write access, then try again.
+  for (auto it = fs::recursive_directory_iterator(dir, fs::directory_options::skip_permission_denied, ec);
+       !ec && it != fs::recursive_directory_iterator(); it.increment(ec))
+    if (it->is_directory(ec) && !it->is_symlink(ec)) ::chmod(it->path().c_str(), 0700);
+  ::chmod(dir.c_str(), 0700);
+  fs::remove_all(dir, ec);
+  if (ec) throw std::system_error(ec, "cannot remove " + dir.string());
+}
+
+void copy_tree(const fs::path& from, const fs::path& to) {
+  // coreutils' cp keeps hardlinks, owners, modes, times and special files, and reflinks on
+  // file systems that can; nothing in Debian's libraries does all of that.
+  fs::create_directories(to);
+  pid_t pid = ::fork();
+  if (pid < 0) throw std::system_error(errno, std::generic_category(), "fork");
+  if (pid == 0) {
+    std::string src = (from / ".").string(), dst = to.string();
+    ::execlp("cp", "cp", "-a", "--reflink=auto", "--", src.c_str(), dst.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    throw std::runtime_error("cannot copy " + from.string() + " to " + to.string() + " (cp -a failed)");
+}
+
+RootfsCache::RootfsCache(const layers::Store& store) : store_(store), dir_(store.root() / "rootfs") {
+  fs::create_directories(dir_);
+}
+
+RootfsCache::Scratch::~Scratch() {
+  if (dir_.empty()) return;
+  try {
+    remove_tree(dir_);
+  } catch (...) {
+  }
+}
+
+RootfsCache::Scratch RootfsCache::scratch() const {
+  fs::path d = store_.tmp_dir() / layers::unique_name("run");
+  fs::create_directories(d);
+  return Scratch(d);
+}
+
+fs::path RootfsCache::build(const std::string& name, const std::function<void(const fs::path&)>& fill) {
+  fs::path final_dir = dir_ / name;
+  auto touch = [&] { ::utimensat(AT_FDCWD, final_dir.c_str(), nullptr, 0); };  // last use, for prune
+  std::error_code ec;
+  if (fs::is_directory(final_dir, ec)) {
+    touch();
+    return final_dir;
+  }
+  layers::FileLock lock = store_.lock_layer("rootfs-" + name);
+  if (fs::is_directory(final_dir, ec)) {
+    touch();
+    return final_dir;
+  }
+  fs::path tmp = dir_ / ("." + layers::unique_name(name));
+  fs::create_directories(tmp);
+  try {
+    fill(tmp);
+    // The tree's root keeps the mode a layer gave "/" (or 0755): steps see it as their "/".
+    fs::rename(tmp, final_dir);
+  } catch (...) {
+    try {
+      remove_tree(tmp);
+    } catch (...) {
+    }
+    throw;
+  }
+  return final_dir;
+}
+
+fs::path RootfsCache::flat(const std::vector<LayerBlob>& layers, const std::function<void(const std::string&)>& log) {
+  std::vector<std::string> ids;
+  for (const auto& l : layers) ids.push_back(l.diff_id);
+  std::string chain = chain_id(ids);
+  std::string name = "flat-" + (chain.empty() ? std::string("scratch") : std::string(layers::digest_hex(chain)));
+  return build(name, [&](const fs::path& tmp) {
+    if (log && !layers.empty()) log("unpacking the base (" + std::to_string(layers.size()) + " layers) for RUN steps");
+    ::chmod(tmp.c_str(), 0755);
+    UnpackOptions o;
+    o.format = UnpackFormat::Flat;
+    o.preserve_owner = ::geteuid() == 0;
+    for (const auto& l : layers) apply_layer(l.blob, l.media_type, tmp, o);
+  });
+}
+
+fs::path RootfsCache::diff(const std::string& chain, const LayerBlob& layer) {
+  return build("diff-" + std::string(layers::digest_hex(chain)), [&](const fs::path& tmp) {
+    ::chmod(tmp.c_str(), 0755);
+    UnpackOptions o;
+    o.format = UnpackFormat::Overlay;
+    o.preserve_owner = true;
+    apply_layer(layer.blob, layer.media_type, tmp, o);
+  });
+}
+
+}  // namespace kiln::run

@@ -1,0 +1,70 @@
+// Unpacked trees that RUN steps start from, cached in the store by OCI chain id (see
+// docs/run-steps.md):
+//
+//   <store>/rootfs/flat-<hex>/   a base image's layers applied in order (whiteouts applied):
+//                                the lowest directory every step of a build on that base sees
+//   <store>/rootfs/diff-<hex>/   one step layer in overlayfs form (overlay capture only)
+//
+// A tree is built in a temporary directory and renamed into place, under a lock, so a killed
+// build leaves no half tree and two builds never build the same one twice. Trees are only read
+// afterwards: steps write to an overlay upper dir, or to a private copy.
+#pragma once
+
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "layers/store.h"
+
+namespace kiln::run {
+
+struct LayerBlob {
+  std::string diff_id, media_type;
+  std::filesystem::path blob;
+};
+
+/// The OCI chain id of a list of diff_ids ("" for none): ChainID(L0) = DiffID(L0),
+/// ChainID(Ln) = sha256(ChainID(Ln-1) + " " + DiffID(Ln)).
+std::string chain_id(const std::vector<std::string>& diff_ids);
+std::string next_chain_id(const std::string& parent, const std::string& diff_id);
+
+class RootfsCache {
+ public:
+  explicit RootfsCache(const layers::Store& store);
+
+  /// The flat tree of `layers` (a base image's), built when missing. `log` hears about the
+  /// unpacking ("unpacking base (3 layers)").
+  std::filesystem::path flat(const std::vector<LayerBlob>& layers,
+                             const std::function<void(const std::string&)>& log = {});
+  /// One layer in overlay form, for the chain id it ends; built when missing.
+  std::filesystem::path diff(const std::string& chain, const LayerBlob& layer);
+
+  /// A fresh directory for one run's scratch space (upper, work, a tree copy), removed with
+  /// everything in it by the returned guard.
+  class Scratch {
+   public:
+    explicit Scratch(std::filesystem::path dir) : dir_(std::move(dir)) {}
+    Scratch(Scratch&& o) noexcept : dir_(std::move(o.dir_)) { o.dir_.clear(); }
+    Scratch& operator=(Scratch&&) = delete;
+    ~Scratch();
+    const std::filesystem::path& path() const { return dir_; }
+
+   private:
+    std::filesystem::path dir_;
+  };
+  Scratch scratch() const;
+
+ private:
+  std::filesystem::path build(const std::string& name, const std::function<void(const std::filesystem::path&)>& fill);
+  const layers::Store& store_;
+  std::filesystem::path dir_;
+};
+
+/// Removes a tree even where a step left directories without write permission.
+void remove_tree(const std::filesystem::path& dir);
+
+/// Copies a tree (owners, modes, links, times) — reflinks where the file system can.
+void copy_tree(const std::filesystem::path& from, const std::filesystem::path& to);
+
+}  // namespace kiln::run

@@ -1,0 +1,66 @@
+// Running one command in an isolated root file system with bubblewrap (bwrap): the sandbox that
+// RUN steps execute in. Root inside, a fresh /proc, /dev and /tmp, the given environment only,
+// the network shared unless turned off, the host's resolv.conf for name lookups.
+//
+// Two ways to provide the root:
+//   rootfs            a directory bound read-write at / (the snapshot-diff capture)
+//   overlay           lowers (top first) + upper + work: kiln mounts overlayfs in a private mount
+//                     namespace of a child process, so the mount disappears with it (even on
+//                     SIGKILL), and binds the merged view at /. Needs root.
+#pragma once
+
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace kiln::run {
+
+/// A host file or directory bound into the sandbox (not part of what the step changes).
+struct Mount {
+  std::filesystem::path source;  // on the host
+  std::string target;            // absolute path inside the sandbox
+  bool read_only = true;
+};
+
+struct SandboxSpec {
+  std::filesystem::path rootfs;                  // bound read-write at / (when lowers is empty)
+  std::vector<std::filesystem::path> lowers;     // overlay: lower dirs, topmost first
+  std::filesystem::path upper, work;             // overlay: upper and work dirs (same file system)
+  std::vector<std::string> argv;                 // e.g. {"/bin/sh", "-c", "…"}
+  std::vector<std::pair<std::string, std::string>> env;  // the whole environment
+  std::string workdir = "/";                     // must exist in the root
+  bool network = true;
+  std::vector<Mount> mounts;
+  std::string hostname = "kiln";
+};
+
+struct SandboxResult {
+  int exit_code = 0;     // the command's status; 128+N when killed by signal N
+  std::vector<std::string> tail;  // the last lines of output (at most tail_lines)
+};
+
+struct SandboxIo {
+  /// Each line of output (stdout and stderr merged, in order, without the newline). Partial last
+  /// lines are delivered at the end. Called on the calling thread.
+  std::function<void(std::string_view)> on_line;
+  /// Raw output is appended here too (created if needed) when not empty.
+  std::filesystem::path log_file;
+  std::size_t tail_lines = 20;
+};
+
+/// The bwrap program: $KILN_BWRAP, else `bwrap` on PATH. Empty when there is none.
+std::filesystem::path find_bwrap();
+
+/// Runs the command and waits for it. Throws std::runtime_error when the sandbox itself cannot
+/// start (no bwrap, overlay mount refused, a bad mount source): the message says what to install
+/// or change. A command that fails is not an exception: see exit_code.
+SandboxResult run_sandboxed(const SandboxSpec& spec, const SandboxIo& io);
+
+/// Can this process mount overlayfs with upper and work dirs under `scratch_dir` (a directory on
+/// the file system the store lives on)? Probed once per directory, in a throwaway child.
+bool overlay_supported(const std::filesystem::path& scratch_dir);
+
+}  // namespace kiln::run

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# packages + requirements through pip, offline: a Python base made here from Debian's own
+# python3.11 (and pip from python3-pip-whl), a wheel directory passed in with pip_secret_mounts
+# (setuptools from /usr/share/python-wheels, plus a wheel this test writes), pip_extra_args
+# "--no-index --find-links". The installed packages import in the final image under bwrap; the pip
+# layer is byte-identical across fresh caches (SOURCE_DATE_EPOCH makes pip's .pyc files
+# reproducible); editing requirements.txt gives a new tag and re-runs pip; a python_version the
+# base does not have fails with the real cause; the secret mount is not in the image.
+source "$(dirname "$0")/lib.sh"
+need_tools umoci bwrap skopeo oci-image-tool ldd
+[[ -x /bin/busybox ]] || die "missing /bin/busybox (Debian's busybox-static; run scripts/install-deps.sh --test)"
+[[ -x /usr/bin/python3.11 ]] || die "missing /usr/bin/python3.11 (Debian's python3)"
+PIP_WHL=$(ls /usr/share/python-wheels/pip-*.whl 2>/dev/null | head -1)
+SETUPTOOLS_WHL=$(ls /usr/share/python-wheels/setuptools-*.whl 2>/dev/null | head -1)
+[[ -n "$PIP_WHL" && -n "$SETUPTOOLS_WHL" ]] || die "missing wheels in /usr/share/python-wheels (Debian's python3-pip-whl)"
+SETUPTOOLS_VERSION=$(basename "$SETUPTOOLS_WHL" | cut -d- -f2)
+
+L="$T/layout"
+
+# ---- a Python base: Debian's interpreter, its standard library and shared libraries, busybox ----
+P="$T/pyroot"
+mkdir -p "$P/usr/bin" "$P/bin" "$P/usr/lib/python3/dist-packages" "$P/root"
+cp /bin/busybox "$P/bin/busybox"
+for a in sh ls cat echo mkdir rm; do ln -s busybox "$P/bin/$a"; done
+cp /usr/bin/python3.11 "$P/usr/bin/python3.11"
+ln -s python3.11 "$P/usr/bin/python3"
+tar -C /usr/lib -cf - --exclude=__pycache__ --exclude=python3.11/test --exclude=python3.11/idlelib \
+  --exclude=python3.11/tkinter --exclude=python3.11/lib2to3 --exclude=python3.11/turtledemo \
+  --exclude=python3.11/ensurepip python3.11 | tar -C "$P/usr/lib" -xf -
+for f in /usr/bin/python3.11 /usr/lib/python3.11/lib-dynload/*.so; do
+  ldd "$f" | awk '/=> \//{print $3} /^[[:space:]]*\/lib64\//{print $1}'
+done | sort -u | while read -r lib; do
+  mkdir -p "$P$(dirname "$lib")"
+  cp -L "$lib" "$P$lib"
+done
+"$PYTHON" -m zipfile -e "$PIP_WHL" "$P/usr/lib/python3/dist-packages"
+cat >"$T/python.json" <<'EOF'
+{"name": "python", "source_root": "pyroot", "source_dest": "/", "source_copy_mode": "all"}
+EOF
+build_ok "$T/python.json" -o "oci:$L:python"
+
+# ---- the wheels: setuptools from Debian, and one written here ---------------------------------------
+W="$T/wheels"
+mkdir -p "$W"
+cp "$SETUPTOOLS_WHL" "$W/"
+"$PYTHON" - "$W" <<'EOF'
+import base64, hashlib, sys, zipfile
+files = {
+    "kilnhello/__init__.py": "GREETING = 'hello from a wheel'\n",
+    "kilnhello-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: kilnhello\nVersion: 1.0\n",
+    "kilnhello-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: kiln-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}
+record = []
+for name, text in files.items():
+    data = text.encode()
+    h = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+    record.append(f"{name},sha256={h},{len(data)}")
+record.append("kilnhello-1.0.dist-info/RECORD,,")
+with zipfile.ZipFile(sys.argv[1] + "/kilnhello-1.0-py3-none-any.whl", "w") as z:
+    for name, text in files.items():
+        z.writestr(zipfile.ZipInfo(name, (1980, 1, 1, 0, 0, 0)), text)
+    z.writestr(zipfile.ZipInfo("kilnhello-1.0.dist-info/RECORD", (1980, 1, 1, 0, 0, 0)), "\n".join(record) + "\n")
+EOF
+
+# ---- the app: requirements + packages, offline ---------------------------------------------------
+mkdir -p "$T/app"
+echo "kilnhello==1.0" >"$T/app/requirements.txt"
+cat >"$T/app/spec.json" <<EOF
+{
+  "name": "pyapp",
+  "base_image": "oci:../layout:python",
+  "python_version": "3.11",
+  "requirements": "requirements.txt",
+  "packages": ["setuptools==$SETUPTOOLS_VERSION"],
+  "pip_extra_args": "--no-index --find-links /wheels",
+  "pip_secret_mounts": [["../wheels", "/wheels"]],
+  "entrypoint": ["python3", "-c", "import kilnhello, setuptools; print(kilnhello.GREETING, setuptools.__version__)"]
+}
+EOF
+kiln build "$T/app/spec.json" --json --progress plain -o "oci:$L:app"
+assert_eq 0 "$RC" "the pip build succeeds"$'\n'"$ERR"
+DIGEST=$(jget "j.get('digest')" <<<"$OUT")
+TAG=$(jget "j.get('tag')" <<<"$OUT")
+assert_contains "$ERR" "[pip] " "pip's output is logged with the step's name"
+assert_contains "$ERR" "Successfully installed" "pip installed the packages"
+oci_validate "$L" app "$T/app-bundle"
+R="$T/app-bundle/rootfs"
+OUT_RUN=$(bwrap --bind "$R" / --proc /proc --dev /dev --tmpfs /tmp --unshare-all --die-with-parent --clearenv \
+  --setenv PATH /usr/local/bin:/usr/bin:/bin python3 -c "import kilnhello, setuptools; print(kilnhello.GREETING, setuptools.__version__)" 2>&1) || true
+assert_eq "hello from a wheel $SETUPTOOLS_VERSION" "$OUT_RUN" "the installed packages import in the image"
+assert_cmd "the secret mount is not in the image" test ! -e "$R/wheels"
+assert_eq "" "$(ls "$R/tmp" 2>/dev/null)" "nothing from the sandbox's /tmp (where requirements.txt was mounted)"
+PYC=$(find "$R" -path '*kilnhello/__pycache__/*.pyc' | head -1)
+assert_cmd "pip compiled the module" test -n "$PYC"
+# A hash-checked .pyc (flags word 3 = checked hash): it stays valid whatever the layer's mtimes.
+assert_eq 3 "$("$PYTHON" -c 'import sys; d = open(sys.argv[1], "rb").read(8); print(int.from_bytes(d[4:8], "little"))' "$PYC")" \
+  "pip's .pyc files check the source hash, not its mtime (SOURCE_DATE_EPOCH)"
+
+# ---- reproducible: a fresh cache gives the same digest --------------------------------------------
+kiln build "$T/app/spec.json" --json --progress quiet --cache "$T/cache2"
+assert_eq "0 $DIGEST" "$RC $(jget "j.get('digest')" <<<"$OUT")" "the pip image is byte-identical from a fresh cache"
+
+# ---- nothing changed: pip does not run -----------------------------------------------------------
+kiln build "$T/app/spec.json" --json --progress plain
+assert_eq "0 $DIGEST" "$RC $(jget "j.get('digest')" <<<"$OUT")" "the rebuild gives the same digest"
+assert_not_contains "$ERR" "[pip] " "a rebuild with nothing changed does not run pip"
+
+# ---- editing requirements.txt: a new tag, pip runs again ------------------------------------------
+echo "# pinned" >>"$T/app/requirements.txt"
+kiln tag "$T/app/spec.json"
+assert_ne "pyapp:$TAG" "$OUT" "editing requirements.txt changes the tag"
+kiln build "$T/app/spec.json" --json --progress plain
+assert_eq 0 "$RC" "the build after editing requirements.txt succeeds"
+assert_contains "$ERR" "[pip] " "editing requirements.txt re-runs pip"
+
+# ---- a python_version the base does not have ------------------------------------------------------
+sed 's/"python_version": "3.11"/"python_version": "3.99"/' "$T/app/spec.json" >"$T/app/bad.json"
+kiln build "$T/app/bad.json" --json --progress quiet
+assert_eq 3 "$RC" "a missing Python version fails the pip step (exit 3)"
+assert_contains "$(jget "j['message']" <<<"$OUT")" "python_version is 3.99" "the message names the version asked for"
+assert_contains "$(jget "j['message']" <<<"$OUT")" "Python 3.11" "and the one the image has"
+
+# ---- an unreadable requirements file is an input error, before anything runs ---------------------
+sed 's/"requirements.txt"/"missing.txt"/' "$T/app/spec.json" >"$T/app/missing.json"
+kiln build "$T/app/missing.json" --json --progress quiet
+assert_eq 2 "$RC" "a missing requirements file: exit 2"
+assert_contains "$(jget "j['message']" <<<"$OUT")" "missing.txt" "the message names the file"

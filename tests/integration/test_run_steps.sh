@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# RUN steps (commands) without a daemon, on a busybox base made here from Debian's busybox-static:
+# steps that create, modify and delete files become one layer each, the deletions whiteouts that
+# umoci applies; env and workdir are visible inside steps; the image runs its entrypoint under
+# bwrap and prints what the steps wrote; overlay and snapshot capture give the same digest; a
+# rebuild with nothing changed runs no step; editing the last command re-runs only it; a failing
+# command stops the build with its exit code and output, leaving the layout untouched;
+# --network none cuts the network off.
+source "$(dirname "$0")/lib.sh"
+need_tools umoci bwrap skopeo oci-image-tool tar
+[[ -x /bin/busybox ]] || die "missing /bin/busybox (Debian's busybox-static; run scripts/install-deps.sh --test)"
+
+L="$T/layout"
+
+# run_image BUNDLE ARGV...: runs a command in an unpacked rootfs, as a container runtime would.
+run_in() {
+  local rootfs=$1
+  shift
+  bwrap --bind "$rootfs" / --proc /proc --dev /dev --tmpfs /tmp --unshare-all --die-with-parent \
+    --clearenv --setenv PATH /usr/local/bin:/usr/bin:/bin --chdir / "$@"
+}
+
+# layer_listing DIR TAG N: the paths in the Nth layer (0-based) of the image, sorted.
+layer_listing() {
+  local d
+  d=$(manifest_json "$1" "$2" | jget "j['layers'][$3]['digest']")
+  blob_cat "$(blob_path "$1" "$d")" | tar -t | LC_ALL=C sort
+}
+
+# ---- the base: busybox, a few files to change and delete -----------------------------------------
+B="$T/busybox"
+mkdir -p "$B/bin" "$B/etc/old" "$B/var/lib/data/sub"
+cp /bin/busybox "$B/bin/busybox"
+for a in sh echo cat ls rm mkdir touch chmod ln env pwd id printf mv grep wc test [ true false stat sleep; do
+  ln -s busybox "$B/bin/$a"
+done
+echo "hello from the base" >"$B/etc/greeting"
+echo "old content" >"$B/etc/old/keep.txt"
+echo data >"$B/var/lib/data/sub/x.txt"
+cat >"$T/busybox.json" <<'EOF'
+{"name": "busybox", "source_root": "busybox", "source_dest": "/", "source_copy_mode": "all"}
+EOF
+build_ok "$T/busybox.json" -o "oci:$L:busybox"
+BASE_LAYERS=$(manifest_json "$L" busybox | jget "len(j['layers'])")
+
+# ---- three commands ---------------------------------------------------------------------------
+cat >"$T/app.json" <<'EOF'
+{
+  "name": "app",
+  "base_image": "oci:layout:busybox",
+  "env": {"GREETING": "hi"},
+  "workdir": "/work",
+  "commands": [
+    "echo step one says hi && echo \"$GREETING from $(pwd) as $(id -u)\" > out.txt && mkdir -p /opt/app && printf v1 > /opt/app/version",
+    "rm /etc/greeting && rm -r /var/lib/data && echo changed > /etc/old/keep.txt && chmod 0700 /opt/app",
+    "ln -s /opt/app/version /opt/app/current && ln /work/out.txt /work/link.txt && echo done > /work/step3"
+  ],
+  "entrypoint": ["/bin/sh", "-c", "cat /work/out.txt /opt/app/version; echo; ls /etc"]
+}
+EOF
+kiln build "$T/app.json" --json --progress plain -o "oci:$L:app"
+assert_eq 0 "$RC" "the build with three commands succeeds"$'\n'"$ERR"
+DIGEST=$(jget "j['digest']" <<<"$OUT")
+MODE=$(grep -o 'running ([a-z]* capture' <<<"$ERR" | head -1 | awk '{print $2}' | tr -d '(')
+assert_eq 3 "$(grep -c ': running (' <<<"$ERR")" "each of the three steps ran"
+assert_contains "$ERR" "[command 1] step one says hi" "step output is logged with the step's name"
+oci_validate "$L" app "$T/app-bundle"
+R="$T/app-bundle/rootfs"
+assert_eq "hi from /work as 0" "$(cat "$R/work/out.txt")" "env, workdir and root inside the step"
+assert_cmd "the deleted file is absent after umoci unpack" test ! -e "$R/etc/greeting"
+assert_cmd "the deleted directory is absent after umoci unpack" test ! -e "$R/var/lib/data"
+assert_cmd "its parent stays" test -d "$R/var/lib"
+assert_eq "changed" "$(cat "$R/etc/old/keep.txt")" "a modified file has its new content"
+assert_eq "700" "$(stat -c %a "$R/opt/app")" "a chmod is captured"
+assert_eq "/opt/app/version" "$(readlink "$R/opt/app/current")" "a symlink is captured"
+assert_eq "$(stat -c %i "$R/work/out.txt")" "$(stat -c %i "$R/work/link.txt")" "a hardlink stays a hardlink"
+assert_eq "$((BASE_LAYERS + 3))" "$(manifest_json "$L" app | jget "len(j['layers'])")" "one layer per step"
+CFG=$(config_json "$L" app)
+assert_eq '["kiln: RUN echo step one says hi && echo \"$GREETING from $(pwd) as $(id -u)\" > out.txt && mkdir -p /opt/app && printf v1 > /opt/app/version", "kiln: RUN rm /etc/greeting && rm -r /var/lib/data && echo changed > /etc/old/keep.txt && chmod 0700 /opt/app", "kiln: RUN ln -s /opt/app/version /opt/app/current && ln /work/out.txt /work/link.txt && echo done > /work/step3"]' \
+  "$(jget "[h['created_by'] for h in j['history']][-3:]" <<<"$CFG")" "one history entry per step, naming the command"
+assert_eq "/work" "$(jget "j['config']['WorkingDir']" <<<"$CFG")" "WorkingDir is the spec's workdir"
+assert_contains "$(jget "j['config']['Env']" <<<"$CFG")" "GREETING=hi" "the spec's env is in the config"
+# The second step's layer: whiteouts for what it deleted, the changed file, no mount points.
+L2=$(layer_listing "$L" app $((BASE_LAYERS + 1)))
+assert_contains "$L2" "etc/.wh.greeting" "deleting a file gives a whiteout"
+assert_contains "$L2" "var/lib/.wh.data" "deleting a directory gives one whiteout"
+assert_not_contains "$L2" "var/lib/data/" "nothing below a deleted directory"
+assert_contains "$L2" "etc/old/keep.txt" "the modified file is in the layer"
+assert_not_contains "$L2" "bin/busybox" "unchanged files are not in the layer"
+for l in 0 1 2; do
+  LL=$(layer_listing "$L" app $((BASE_LAYERS + l)))
+  assert_not_contains "$LL" "proc/" "layer $l: no /proc"
+  assert_not_contains "$LL" "tmp/" "layer $l: no /tmp"
+  assert_not_contains "$LL" "resolv.conf" "layer $l: no resolv.conf mount point"
+done
+# The image runs its entrypoint and prints what the steps wrote.
+ENTRY=$(jget "' '.join(j['config']['Entrypoint'])" <<<"$CFG")
+RUN_OUT=$(run_in "$R" /bin/sh -c "cat /work/out.txt /opt/app/version; echo; ls /etc")
+assert_eq $'hi from /work as 0\nv1\nold' "$RUN_OUT" "the entrypoint ($ENTRY) prints what the steps wrote"
+
+# ---- a rebuild with nothing changed runs no step -------------------------------------------------
+kiln build "$T/app.json" --json --progress plain -o "oci:$L:app"
+assert_eq 0 "$RC" "the rebuild succeeds"
+assert_eq "$DIGEST" "$(jget "j['digest']" <<<"$OUT")" "the rebuild gives the same digest"
+assert_not_contains "$ERR" ": running (" "a rebuild with nothing changed runs no step"
+assert_eq 3 "$(grep -c ': cached sha256:' <<<"$ERR")" "the three steps come from the cache"
+
+# ---- the other capture mode gives the same image -------------------------------------------------
+OTHER=snapshot
+[[ "$MODE" == snapshot ]] && OTHER=overlay
+if [[ "$OTHER" == overlay && $(id -u) -ne 0 ]]; then
+  echo "note: not root: overlay capture not tested" >&2
+else
+  kiln build "$T/app.json" --json --progress quiet --capture "$OTHER" --cache "$T/cache-$OTHER" -o "oci:$T/other:app"
+  assert_eq 0 "$RC" "$OTHER capture builds"$'\n'"$ERR"
+  assert_eq "$DIGEST" "$(jget "j['digest']" <<<"$OUT")" "$MODE and $OTHER capture give the same digest"
+fi
+for m in overlay snapshot; do
+  [[ "$m" == overlay && $(id -u) -ne 0 ]] && continue
+  kiln build "$T/app.json" --json --progress quiet --capture "$m" --cache "$T/cache-fresh-$m"
+  assert_eq "0 $DIGEST" "$RC $(jget "j.get('digest')" <<<"$OUT")" "--capture $m from a fresh cache: same digest"
+done
+
+# ---- editing the last command re-runs only it ----------------------------------------------------
+sed 's/echo done > \/work\/step3/echo again > \/work\/step3/' "$T/app.json" >"$T/app2.json"
+kiln build "$T/app2.json" --json --progress plain -o "oci:$L:app2"
+assert_eq 0 "$RC" "the edited spec builds"
+assert_eq 1 "$(grep -c ': running (' <<<"$ERR")" "only the edited step runs"
+assert_eq 2 "$(grep -c ': cached sha256:' <<<"$ERR")" "the steps before it come from the cache"
+assert_eq "$(manifest_json "$L" app | jget "j['layers'][:-1]")" "$(manifest_json "$L" app2 | jget "j['layers'][:-1]")" \
+  "the layers below the edited step are the same blobs"
+
+# ---- a failing command: exit 3, its exit code and output, the layout untouched -----------------
+cat >"$T/fail.json" <<'EOF'
+{"name": "app", "base_image": "oci:layout:busybox",
+ "commands": ["echo first-step > /f1", "echo about to fail; echo 'boom: the real cause' >&2; exit 7", "echo never > /never"]}
+EOF
+BEFORE=$(snapshot "$L")
+kiln build "$T/fail.json" --json --progress plain -o "oci:$L:failed"
+assert_eq 3 "$RC" "a failing command exits 3"
+assert_eq "step command 2" "$(jget "j['failed_step']" <<<"$OUT")" "--json names the failed step"
+assert_eq 7 "$(jget "j['step_exit_code']" <<<"$OUT")" "--json carries the command's exit code"
+assert_contains "$(jget "j['message']" <<<"$OUT")" "exited with code 7" "the message gives the exit code"
+assert_contains "$(jget "j['message']" <<<"$OUT")" "boom: the real cause" "the message quotes the output's last lines"
+assert_contains "$(jget "'\n'.join(j['log_tail'])" <<<"$OUT")" "boom: the real cause" "log_tail has the step's output"
+assert_contains "$ERR" "[command 2] boom: the real cause" "the output streamed with the step prefix"
+assert_not_contains "$ERR" "[command 3]" "nothing runs after the failed step"
+LOG=$(jget "j['log_path']" <<<"$OUT")
+assert_contains "$(cat "$LOG")" "boom: the real cause" "the build's log file has the step's output"
+assert_eq "$BEFORE" "$(snapshot "$L")" "the output layout is untouched"
+# The step before the failure is cached: fixing the command re-runs from there.
+sed 's/exit 7/true/' "$T/fail.json" >"$T/fixed.json"
+kiln build "$T/fixed.json" --json --progress plain -o "oci:$L:fixed"
+assert_eq 0 "$RC" "the fixed spec builds"
+assert_eq 1 "$(grep -c ': cached sha256:' <<<"$ERR")" "the step that succeeded before is cached"
+
+# ---- no /bin/sh in the base: a clear error ----------------------------------------------------------
+mkdir -p "$T/nosh/etc"
+echo x >"$T/nosh/etc/x"
+cat >"$T/nosh.json" <<'EOF'
+{"name": "nosh", "source_root": "nosh", "source_dest": "/", "source_copy_mode": "all"}
+EOF
+build_ok "$T/nosh.json" -o "oci:$L:nosh"
+echo '{"name": "nosh2", "base_image": "oci:layout:nosh", "commands": ["true"]}' >"$T/nosh2.json"
+kiln build "$T/nosh2.json" --json --progress quiet
+assert_eq 3 "$RC" "a base without a shell: exit 3"
+assert_contains "$(jget "j['message']" <<<"$OUT")" "no /bin/sh" "the message says the image has no shell"
+
+# ---- --network none ------------------------------------------------------------------------------
+cat >"$T/net.json" <<'EOF'
+{"name": "net", "base_image": "oci:layout:busybox",
+ "commands": ["grep -c : /proc/net/dev > /interfaces"]}
+EOF
+kiln build "$T/net.json" --json --progress quiet --network none -o "oci:$L:net"
+assert_eq 0 "$RC" "--network none builds"
+oci_validate "$L" net "$T/net-bundle"
+assert_eq 1 "$(cat "$T/net-bundle/rootfs/interfaces")" "--network none: only the loopback interface"
+kiln build "$T/net.json" --json --progress quiet --network default --cache "$T/cache-net" -o "oci:$L:net2"
+assert_eq 0 "$RC" "the default network builds"
+oci_validate "$L" net2 "$T/net2-bundle"
+N=$(cat "$T/net2-bundle/rootfs/interfaces")
+assert_cmd "the default network shares the host's interfaces ($N)" test "$N" -ge 2

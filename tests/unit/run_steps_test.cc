@@ -1,0 +1,229 @@
+// RUN steps as data (run/steps.h) and what a step changed as layer entries (run/capture.h).
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <catch2/catch.hpp>
+#include <filesystem>
+#include <map>
+
+#include "layers/digest.h"
+#include "layers/fileset.h"
+#include "run/capture.h"
+#include "run/rootfs.h"
+#include "run/steps.h"
+#include "spec/image_spec.h"
+#include "testutil.h"
+
+namespace fs = std::filesystem;
+using kiln::layers::TarEntry;
+using kiln::testutil::TempDir;
+using kiln::testutil::write_file;
+
+namespace {
+
+kiln::spec::ImageSpec spec_in(const TempDir& d, const std::string& json) {
+  return kiln::spec::parse_spec(json, d.path(), "spec.json");
+}
+
+std::map<std::string, const TarEntry*> by_path(const kiln::run::Capture& c) {
+  std::map<std::string, const TarEntry*> m;
+  for (const auto& e : c.entries) m[e.path] = &e;
+  return m;
+}
+
+std::string env_value(const std::vector<std::pair<std::string, std::string>>& env, const std::string& k) {
+  for (const auto& [ek, ev] : env)
+    if (ek == k) return ev;
+  return "<unset>";
+}
+
+}  // namespace
+
+TEST_CASE("steps: flytekit's order, one step per command", "[run]") {
+  TempDir d;
+  write_file(d / "requirements.txt", "numpy==1.26\n");
+  auto s = spec_in(d, R"({"apt_packages": ["git"], "packages": ["pandas"], "requirements": "requirements.txt",
+                          "commands": ["echo a", "echo b"], "workdir": "/app", "env": {"A": "1"}})");
+  auto steps = kiln::run::plan_steps(s, {"PATH=/usr/bin:/bin", "A=0"}, "/", 0);
+  REQUIRE(steps.size() == 4);
+  CHECK(steps[0].name == "apt");
+  CHECK(steps[1].name == "pip");
+  CHECK(steps[2].name == "command 1");
+  CHECK(steps[3].name == "command 2");
+  CHECK(steps[2].created_by == "kiln: RUN echo a");
+  // Each command is run untouched as `sh -c COMMAND` (passed as $1), inside the workdir.
+  CHECK(steps[3].argv.back() == "echo b");
+  CHECK(steps[3].argv.front() == "/bin/sh");
+  CHECK(steps[3].workdir == "/app");
+  CHECK(env_value(steps[0].env, "A") == "1");  // the spec's env over the base's
+  CHECK(env_value(steps[0].env, "PATH") == "/usr/bin:/bin");
+  CHECK(env_value(steps[0].env, "HOME") == "/root");
+  CHECK(env_value(steps[0].env, "DEBIAN_FRONTEND") == "noninteractive");
+  CHECK(env_value(steps[2].env, "DEBIAN_FRONTEND") == "<unset>");
+  CHECK(env_value(steps[1].env, "SOURCE_DATE_EPOCH") == "0");
+  // The requirements file is an input (its digest) and a read-only mount in the sandbox's /tmp.
+  REQUIRE(steps[1].inputs.size() == 1);
+  CHECK(steps[1].inputs[0].first == "requirements");
+  REQUIRE(steps[1].mounts.size() == 1);
+  CHECK(steps[1].mounts[0].target.rfind("/tmp/", 0) == 0);
+  CHECK(steps[1].mounts[0].read_only);
+}
+
+TEST_CASE("steps: no install fields, no steps", "[run]") {
+  TempDir d;
+  CHECK(kiln::run::plan_steps(spec_in(d, R"({"name": "x"})"), {}, "", 0).empty());
+  // An interpreter alone installs nothing.
+  CHECK(kiln::run::plan_steps(spec_in(d, R"({"python_version": "3.11"})"), {}, "", 0).empty());
+}
+
+TEST_CASE("steps: apt package names and pip arguments are quoted", "[run]") {
+  TempDir d;
+  auto s = spec_in(d, R"({"packages": ["pandas ; python_version >= '3.9'"], "pip_index": "https://x/simple?a=1&b=2",
+                          "pip_extra_args": "--pre"})");
+  auto steps = kiln::run::plan_steps(s, {}, "", 0);
+  REQUIRE(steps.size() == 1);
+  const std::string& script = steps[0].argv[2];
+  CHECK(script.find("'pandas ; python_version >= '\\''3.9'\\'''") != std::string::npos);
+  CHECK(script.find("--index-url 'https://x/simple?a=1&b=2'") != std::string::npos);
+  CHECK(script.find("'--pre'") != std::string::npos);
+  CHECK(kiln::run::shell_quote("it's") == "'it'\\''s'");
+}
+
+TEST_CASE("steps: the cache key follows the step, its parent and its inputs", "[run]") {
+  TempDir d;
+  write_file(d / "requirements.txt", "a\n");
+  auto s = spec_in(d, R"({"requirements": "requirements.txt", "commands": ["echo a"]})");
+  auto steps = kiln::run::plan_steps(s, {}, "", 0);
+  const std::string k = kiln::run::step_key("sha256:p", steps[0], "gzip");
+  CHECK(kiln::run::step_key("sha256:p", steps[0], "gzip") == k);
+  CHECK(kiln::run::step_key("sha256:q", steps[0], "gzip") != k);  // another parent
+  CHECK(kiln::run::step_key("sha256:p", steps[0], "zstd") != k);  // other layer bytes
+  write_file(d / "requirements.txt", "b\n");
+  auto changed = kiln::run::plan_steps(s, {}, "", 0);
+  CHECK(kiln::run::step_key("sha256:p", changed[0], "gzip") != k);  // the file's content
+  CHECK(kiln::run::step_key("sha256:p", changed[1], "gzip") == kiln::run::step_key("sha256:p", steps[1], "gzip"));
+  // The environment is part of the step.
+  auto other_env = kiln::run::plan_steps(s, {"X=1"}, "", 0);
+  CHECK(kiln::run::step_key("sha256:p", other_env[1], "gzip") != kiln::run::step_key("sha256:p", steps[1], "gzip"));
+}
+
+TEST_CASE("steps: a missing requirements file or secret source is an input error", "[run]") {
+  TempDir d;
+  CHECK_THROWS_AS(kiln::run::plan_steps(spec_in(d, R"({"requirements": "nope.txt"})"), {}, "", 0),
+                  kiln::layers::InputError);
+  CHECK_THROWS_AS(kiln::run::plan_steps(spec_in(d, R"({"packages": ["a"], "pip_secret_mounts": [["nope", "/x"]]})"), {},
+                                        "", 0),
+                  kiln::layers::InputError);
+}
+
+TEST_CASE("chain ids follow the OCI definition", "[run]") {
+  CHECK(kiln::run::chain_id({}).empty());
+  CHECK(kiln::run::chain_id({"sha256:a"}) == "sha256:a");
+  CHECK(kiln::run::chain_id({"sha256:a", "sha256:b"}) == kiln::layers::sha256_digest("sha256:a sha256:b"));
+}
+
+TEST_CASE("capture: a snapshot diff finds added, changed and removed paths", "[run]") {
+  TempDir d;
+  fs::path root = d / "root";
+  write_file(root / "etc/keep", "same\n");
+  write_file(root / "etc/touched", "same bytes\n");
+  write_file(root / "etc/changed", "old\n");
+  write_file(root / "etc/chmod", "x\n", 0644);
+  write_file(root / "var/lib/gone/a", "1\n");
+  write_file(root / "var/lib/gone/b", "2\n");
+  write_file(root / "del", "x\n");
+  fs::create_directories(root / "tmp");
+  ::chmod((root / "tmp").c_str(), 01777);
+  const auto mps = kiln::run::sandbox_mountpoints({});
+  auto before = kiln::run::take_snapshot(root, mps);
+
+  write_file(root / "etc/touched", "same bytes\n");  // rewritten, same content: not a change
+  write_file(root / "etc/changed", "new content\n");
+  ::chmod((root / "etc/chmod").c_str(), 0600);
+  fs::remove_all(root / "var/lib/gone");
+  fs::remove(root / "del");
+  write_file(root / "opt/new/file", "n\n");
+  fs::create_symlink("new/file", root / "opt/link");
+  fs::create_hard_link(root / "opt/new/file", root / "opt/hard");
+  write_file(root / "tmp/scratch", "never captured\n");
+  write_file(root / "proc/1/status", "never captured\n");
+
+  auto c = kiln::run::capture_snapshot(before, root, mps, false);
+  auto m = by_path(c);
+  CHECK(m.count("etc/changed"));
+  CHECK(m.count("etc/chmod"));
+  CHECK(m.at("etc/chmod")->mode == 0600);
+  CHECK_FALSE(m.count("etc/keep"));
+  CHECK_FALSE(m.count("etc/touched"));
+  CHECK(m.count("etc"));  // the parent, with its real mode
+  REQUIRE(m.count("var/lib/.wh.gone"));
+  CHECK(m.at("var/lib/.wh.gone")->type == TarEntry::Type::Whiteout);
+  CHECK_FALSE(m.count("var/lib/gone/.wh.a"));  // one whiteout for the removed subtree
+  CHECK(m.count(".wh.del"));
+  CHECK(m.at("opt/link")->type == TarEntry::Type::Symlink);
+  CHECK(m.at("opt/link")->link_target == "new/file");
+  // Hardlinks: the first path in the layer holds the bytes, the other links to it.
+  CHECK(m.at("opt/hard")->type == TarEntry::Type::File);
+  CHECK(m.at("opt/new/file")->type == TarEntry::Type::Hardlink);
+  CHECK(m.at("opt/new/file")->link_target == "opt/hard");
+  for (const auto& e : c.entries) {
+    INFO(e.path);
+    CHECK(e.path.rfind("tmp", 0) != 0);
+    CHECK(e.path.rfind("proc", 0) != 0);
+  }
+}
+
+TEST_CASE("capture: mount points the sandbox created are not captured", "[run]") {
+  TempDir d;
+  fs::path root = d / "root";
+  write_file(root / "bin/sh", "#!\n", 0755);
+  const auto mps = kiln::run::sandbox_mountpoints({"/root/.netrc"});
+  auto before = kiln::run::take_snapshot(root, mps);
+  write_file(root / "etc/resolv.conf", "");  // bwrap's mount point for the host's resolv.conf
+  write_file(root / "root/.netrc", "");      // a secret mount's
+  auto c = kiln::run::capture_snapshot(before, root, mps, false);
+  CHECK(c.entries.empty());
+  // A step that also writes next to them: its files, and their parents, are captured.
+  write_file(root / "etc/hostname", "kiln\n");
+  c = kiln::run::capture_snapshot(before, root, mps, false);
+  auto m = by_path(c);
+  CHECK(m.count("etc/hostname"));
+  CHECK(m.count("etc"));
+  CHECK_FALSE(m.count("etc/resolv.conf"));
+  CHECK_FALSE(m.count("root"));
+}
+
+TEST_CASE("capture: an overlay upper dir becomes whiteouts and opaque markers", "[run]") {
+  if (::geteuid() != 0) {
+    WARN("not root: overlay whiteouts (mknod, trusted xattrs) not tested");
+    return;
+  }
+  TempDir d;
+  fs::path lower = d / "lower", upper = d / "upper";
+  write_file(lower / "etc/gone", "x\n");
+  write_file(lower / "etc/same", "same\n");
+  write_file(lower / "data/old1", "1\n");
+  write_file(lower / "keep/a", "a\n");
+  fs::create_directories(upper / "etc");
+  fs::create_directories(upper / "keep");  // copied up as a parent only: not captured
+  REQUIRE(::mknod((upper / "etc/gone").c_str(), S_IFCHR, makedev(0, 0)) == 0);
+  write_file(upper / "etc/same", "same\n");  // copied up, byte-identical: not captured
+  write_file(upper / "etc/new", "n\n");
+  fs::create_directories(upper / "data");
+  REQUIRE(::setxattr((upper / "data").c_str(), "trusted.overlay.opaque", "y", 1, 0) == 0);
+  write_file(upper / "data/fresh", "f\n");
+  fs::create_directories(upper / "proc");  // bwrap's mount point
+  auto c = kiln::run::capture_overlay(upper, {lower}, kiln::run::sandbox_mountpoints({}));
+  auto m = by_path(c);
+  CHECK(m.count("etc/.wh.gone"));
+  CHECK(m.count("etc/new"));
+  CHECK_FALSE(m.count("etc/same"));
+  CHECK(m.count("data/.wh..wh..opq"));
+  CHECK(m.count("data/fresh"));
+  CHECK_FALSE(m.count("keep"));
+  CHECK_FALSE(m.count("proc"));
+  CHECK(c.whiteouts == 2);
+}
