@@ -180,3 +180,49 @@ assert_eq 0 "$RC" "the default network builds"
 oci_validate "$L" net2 "$T/net2-bundle"
 N=$(cat "$T/net2-bundle/rootfs/interfaces")
 assert_cmd "the default network shares the host's interfaces ($N)" test "$N" -ge 2
+
+# ---- killed mid-step: no mount, no sandbox and no half layer left behind ----------------------------
+cat >"$T/slow.json" <<'EOF2'
+{"name": "slow", "base_image": "oci:layout:busybox", "commands": ["echo started; sleep 60; echo never > /late"]}
+EOF2
+BEFORE=$(snapshot "$L")
+"$KILN" build "$T/slow.json" --progress plain -o "oci:$L:slow" >"$T/slow.out" 2>"$T/slow.err" &
+KPID=$!
+for _ in $(seq 100); do
+  grep -q "\[command\] started" "$T/slow.err" && break
+  sleep 0.1
+done
+assert_contains "$(cat "$T/slow.err")" "[command] started" "the slow step started"
+kill -9 "$KPID"
+wait "$KPID" 2>/dev/null || true
+sleep 0.5
+assert_eq "" "$(grep -F "$KILN_CACHE" /proc/self/mounts || true)" "no overlay mount outlives a killed build"
+assert_eq "" "$(pgrep -f "sleep 60" || true)" "the step's processes die with kiln"
+assert_eq "$BEFORE" "$(snapshot "$L")" "the layout is untouched by the killed build"
+sed 's/sleep 60; //' "$T/slow.json" >"$T/slow2.json"
+build_ok "$T/slow2.json" -o "oci:$L:slow"
+oci_validate "$L" slow "$T/slow-bundle"
+assert_eq "never" "$(cat "$T/slow-bundle/rootfs/late")" "the next build after the kill works"
+kiln cache du --json
+assert_eq 0 "$RC" "cache du after a killed build"
+
+# ---- as an ordinary user: the same image ----------------------------------------------------------
+if [[ $(id -u) -eq 0 ]] && command -v setpriv >/dev/null; then
+  U="$T/user"
+  mkdir -p "$U"
+  cp -a "$T/app.json" "$U/app.json"
+  cp -a "$L" "$U/layout"
+  chown -R 65534:65534 "$U"
+  chmod 755 "$T"
+  as_user() { setpriv --reuid=65534 --regid=65534 --clear-groups env HOME="$U" KILN_CACHE="$U/cache" KILN_STATE_DIR="$U/state" "$@"; }
+  RC=0
+  OUT=$(as_user "$KILN" build "$U/app.json" --json --progress plain -o "oci:$U/out:app" 2>"$T/user.err") || RC=$?
+  ERR=$(<"$T/user.err")
+  if grep -q "user namespace\|Operation not permitted\|setting up uid map" <<<"$ERR" && ((RC != 0)); then
+    echo "note: unprivileged user namespaces are off here: rootless RUN steps not tested" >&2
+  else
+    assert_eq 0 "$RC" "an ordinary user runs the steps (rootless)"$'\n'"$ERR"
+    assert_contains "$ERR" "snapshot capture" "rootless uses the snapshot capture"
+    assert_eq "$DIGEST" "$(jget "j.get('digest')" <<<"$OUT")" "rootless gives the same digest as root"
+  fi
+fi
