@@ -1,0 +1,708 @@
+// The RUN sandbox: bwrap in fresh namespaces, over a bound root directory or over an overlayfs that
+// a forked child mounts in its own private mount namespace just before it execs bwrap.
+//
+// Between fork() and execve() the child only makes system calls (kiln may have other threads, and
+// only async-signal-safe functions are allowed there): every string and array it needs is built
+// before the fork.
+#include "run/sandbox.h"
+
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <linux/close_range.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <stdexcept>
+#include <system_error>
+
+extern char** environ;
+
+namespace fs = std::filesystem;
+
+namespace kiln::run {
+
+namespace {
+
+const char* kNoBwrap = "RUN steps need bubblewrap: apt-get install bubblewrap";
+
+/// Longest line handed to on_line: longer ones (progress bars redrawn with \r) come in pieces.
+constexpr std::size_t kMaxLine = 64 * 1024;
+
+/// mount(2) takes at most a page of options.
+constexpr std::size_t kMaxMountOptions = 4095;
+
+/// The exit status of a child that failed before it could exec bwrap (the reason is on the error
+/// pipe; the status only shows up if that pipe somehow got lost).
+constexpr int kSetupFailedStatus = 125;
+
+class Fd {
+ public:
+  Fd() = default;
+  explicit Fd(int fd) : fd_(fd) {}
+  ~Fd() { reset(); }
+  Fd(Fd&& o) noexcept : fd_(o.release()) {}
+  Fd& operator=(Fd&& o) noexcept {
+    if (this != &o) {
+      reset();
+      fd_ = o.release();
+    }
+    return *this;
+  }
+  int get() const { return fd_; }
+  int release() {
+    int f = fd_;
+    fd_ = -1;
+    return f;
+  }
+  void reset() {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+struct Pipe {
+  Fd read, write;
+};
+
+Pipe make_pipe() {
+  int p[2];
+  if (::pipe2(p, O_CLOEXEC) != 0) throw std::system_error(errno, std::generic_category(), "pipe");
+  return {Fd(p[0]), Fd(p[1])};
+}
+
+/// Writes everything, retrying on EINTR; throws naming `what`.
+void write_fully(int fd, const char* p, std::size_t n, const fs::path& what) {
+  while (n > 0) {
+    ssize_t w = ::write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      throw std::system_error(errno, std::generic_category(), "cannot write " + what.string());
+    }
+    p += w;
+    n -= static_cast<std::size_t>(w);
+  }
+}
+
+/// NUL-terminated copies of strings, kept alive for execve.
+class CArgv {
+ public:
+  explicit CArgv(std::vector<std::string> v) : strings_(std::move(v)) {
+    for (auto& s : strings_) ptrs_.push_back(s.data());
+    ptrs_.push_back(nullptr);
+  }
+  char* const* get() const { return ptrs_.data(); }
+
+ private:
+  std::vector<std::string> strings_;
+  std::vector<char*> ptrs_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// The child side. What went wrong before exec travels back on a close-on-exec pipe: nothing on it
+// means bwrap started, so a setup failure is never confused with the command's own output.
+
+enum Stage : int {
+  kStagePdeathsig = 1,
+  kStageUnshare,
+  kStagePrivate,
+  kStageChdir,
+  kStageMount,
+  kStageFds,
+  kStageExec,
+};
+
+struct ChildError {
+  int stage;
+  int err;
+};
+
+struct ChildPlan {
+  const char* program = nullptr;
+  char* const* argv = nullptr;
+  // When the root's /etc/resolv.conf (this path) exists but is not a plain file, bwrap could not
+  // bind the host's over it (a dangling symlink fails the whole sandbox): run argv_no_resolv.
+  const char* resolv_in_root = nullptr;
+  char* const* argv_no_resolv = nullptr;
+  char* const* envp = nullptr;
+  pid_t parent = 0;
+  int null_fd = -1, out_fd = -1, err_fd = -1;
+  int max_fd = 1024;  // for the fallback that marks fds close-on-exec one by one
+  // Overlay mode (merged != nullptr).
+  const char* merged = nullptr;
+  const char* options = nullptr;        // with redirect_dir/index/metacopy/xino turned off
+  const char* basic_options = nullptr;  // without them, for kernels that reject one
+  const char* mount_cwd = nullptr;      // relative lower/upper/work paths are relative to this
+};
+
+[[noreturn]] void child_fail(int err_fd, int stage, int err) {
+  ChildError e{stage, err};
+  ssize_t ignored = ::write(err_fd, &e, sizeof e);
+  (void)ignored;
+  ::_exit(kSetupFailedStatus);
+}
+
+/// Parses the decimal fd number of a /proc/self/fd entry; -1 for "." and "..".
+int parse_fd_name(const char* s) {
+  if (*s < '0' || *s > '9') return -1;
+  int v = 0;
+  for (; *s >= '0' && *s <= '9'; ++s) v = v * 10 + (*s - '0');
+  return v;
+}
+
+/// Marks every fd from `low` on close-on-exec, so bwrap gets only 0, 1 and 2.
+void cloexec_from(int low, int max_fd) {
+  if (::close_range(static_cast<unsigned>(low), ~0u, CLOSE_RANGE_CLOEXEC) == 0) return;
+  // Older kernels: walk /proc/self/fd with raw getdents64 (opendir may allocate).
+  int dfd = ::open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    alignas(8) char buf[4096];
+    for (;;) {
+      long n = ::syscall(SYS_getdents64, dfd, buf, sizeof buf);
+      if (n <= 0) break;
+      for (long off = 0; off < n;) {
+        // struct linux_dirent64: u64 d_ino, s64 d_off, u16 d_reclen, u8 d_type, char d_name[].
+        unsigned short reclen;
+        std::memcpy(&reclen, buf + off + 16, sizeof reclen);
+        int fd = parse_fd_name(buf + off + 19);
+        if (fd >= low) ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+        off += reclen;
+      }
+    }
+    ::close(dfd);
+    return;
+  }
+  for (int fd = low; fd < max_fd; ++fd) ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+}
+
+/// Signal dispositions the command should not inherit from kiln: handlers (reset by exec anyway,
+/// but one could run in this child before it) and an ignored SIGPIPE, which breaks `yes | head`.
+void reset_signals() {
+  for (int s = 1; s < NSIG; ++s) {
+    if (s == SIGKILL || s == SIGSTOP) continue;
+    struct sigaction sa{};
+    if (::sigaction(s, nullptr, &sa) != 0) continue;
+    if (sa.sa_handler == SIG_DFL || (sa.sa_handler == SIG_IGN && s != SIGPIPE)) continue;
+    struct sigaction dfl{};
+    dfl.sa_handler = SIG_DFL;
+    ::sigaction(s, &dfl, nullptr);
+  }
+}
+
+/// A private mount namespace in which propagation to and from the host is off, so what this
+/// process mounts stays invisible outside and goes away with it.
+int private_mount_ns(int* stage) {
+  *stage = kStageUnshare;
+  if (::unshare(CLONE_NEWNS) != 0) return errno;
+  *stage = kStagePrivate;
+  if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) return errno;
+  return 0;
+}
+
+/// Mounts overlayfs at `merged`; 0 or the errno.
+int mount_overlay(const char* merged, const char* options, const char* basic_options) {
+  if (::mount("overlay", merged, "overlay", 0, options) == 0) return 0;
+  // Some kernels reject one of the feature options (xino on a file system without inode numbers
+  // to spare, index with some uppers): fall back to the kernel's defaults.
+  if (errno != EINVAL) return errno;
+  if (::mount("overlay", merged, "overlay", 0, basic_options) == 0) return 0;
+  return errno;
+}
+
+[[noreturn]] void child_main(const ChildPlan& p) {
+  reset_signals();
+  // If kiln dies (even by SIGKILL) this process, which becomes bwrap, is killed; bwrap's
+  // --die-with-parent carries that on to the command.
+  if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) child_fail(p.err_fd, kStagePdeathsig, errno);
+  if (::getppid() != p.parent) ::_exit(kSetupFailedStatus);  // kiln already gone
+
+  if (p.merged) {
+    int stage = 0;
+    if (int e = private_mount_ns(&stage)) child_fail(p.err_fd, stage, e);
+    if (p.mount_cwd && ::chdir(p.mount_cwd) != 0) child_fail(p.err_fd, kStageChdir, errno);
+    if (int e = mount_overlay(p.merged, p.options, p.basic_options)) child_fail(p.err_fd, kStageMount, e);
+  }
+
+  // Move the three fds above 2 first, so that the dup2s below cannot clobber one of them.
+  int err = ::fcntl(p.err_fd, F_DUPFD_CLOEXEC, 3);
+  if (err < 0) child_fail(p.err_fd, kStageFds, errno);
+  int out = ::fcntl(p.out_fd, F_DUPFD_CLOEXEC, 3);
+  int nul = ::fcntl(p.null_fd, F_DUPFD_CLOEXEC, 3);
+  if (out < 0 || nul < 0) child_fail(err, kStageFds, errno);
+  if (::dup2(nul, 0) < 0 || ::dup2(out, 1) < 0 || ::dup2(out, 2) < 0) child_fail(err, kStageFds, errno);
+  cloexec_from(3, p.max_fd);
+
+  sigset_t none;
+  ::sigemptyset(&none);
+  ::sigprocmask(SIG_SETMASK, &none, nullptr);
+  char* const* argv = p.argv;
+  struct stat st{};
+  if (p.resolv_in_root && ::lstat(p.resolv_in_root, &st) == 0 && !S_ISREG(st.st_mode)) argv = p.argv_no_resolv;
+  ::execve(p.program, argv, p.envp);
+  child_fail(err, kStageExec, errno);
+}
+
+/// Forks and runs child_main in the child. All signals stay blocked across the fork, so no
+/// handler of kiln's runs in the child before it resets them.
+pid_t spawn(const ChildPlan& plan) {
+  sigset_t all, old;
+  ::sigfillset(&all);
+  ::pthread_sigmask(SIG_SETMASK, &all, &old);
+  pid_t pid = ::fork();
+  if (pid == 0) child_main(plan);
+  int fork_errno = errno;
+  ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  if (pid < 0) throw std::system_error(fork_errno, std::generic_category(), "cannot fork the sandbox");
+  return pid;
+}
+
+/// Waits for a child; kills it first when the wait did not happen normally (an exception).
+class Child {
+ public:
+  explicit Child(pid_t pid) : pid_(pid) {}
+  ~Child() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      wait();
+    }
+  }
+  Child(const Child&) = delete;
+  Child& operator=(const Child&) = delete;
+
+  int wait() {
+    int status = 0;
+    while (::waitpid(pid_, &status, 0) < 0) {
+      if (errno != EINTR) {
+        status = -1;
+        break;
+      }
+    }
+    pid_ = -1;
+    return status;
+  }
+
+ private:
+  pid_t pid_;
+};
+
+/// Reads one ChildError from the error pipe; false when it closed empty (bwrap was exec'd).
+bool read_child_error(int fd, ChildError* e) {
+  std::size_t got = 0;
+  char* p = reinterpret_cast<char*>(e);
+  while (got < sizeof *e) {
+    ssize_t r = ::read(fd, p + got, sizeof *e - got);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      throw std::system_error(errno, std::generic_category(), "reading the sandbox's status");
+    }
+    if (r == 0) break;
+    got += static_cast<std::size_t>(r);
+  }
+  if (got == 0) return false;
+  if (got < sizeof *e) *e = {kStageExec, EIO};
+  return true;
+}
+
+std::string errno_text(int err) { return std::error_code(err, std::generic_category()).message(); }
+
+// ---------------------------------------------------------------------------------------------
+// Output: split into lines, copied to the log, the tail kept.
+
+class LineSplitter {
+ public:
+  explicit LineSplitter(const SandboxIo& io) : io_(io) {}
+
+  void feed(const char* p, std::size_t n) {
+    while (n > 0) {
+      const char* nl = static_cast<const char*>(std::memchr(p, '\n', n));
+      std::size_t seg = nl ? static_cast<std::size_t>(nl - p) : n;
+      while (line_.size() + seg > kMaxLine) {
+        std::size_t fit = kMaxLine - line_.size();
+        line_.append(p, fit);
+        p += fit;
+        n -= fit;
+        seg -= fit;
+        emit();
+      }
+      line_.append(p, seg);
+      p += seg;
+      n -= seg;
+      if (nl) {
+        emit();
+        ++p;
+        --n;
+      }
+    }
+  }
+
+  void finish() {
+    if (!line_.empty()) emit();
+  }
+
+  std::vector<std::string> take_tail() { return {std::make_move_iterator(tail_.begin()), std::make_move_iterator(tail_.end())}; }
+
+ private:
+  void emit() {
+    if (io_.on_line) io_.on_line(line_);
+    if (io_.tail_lines > 0) {
+      tail_.push_back(std::move(line_));
+      if (tail_.size() > io_.tail_lines) tail_.pop_front();
+    }
+    line_.clear();
+  }
+
+  const SandboxIo& io_;
+  std::string line_;
+  std::deque<std::string> tail_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Overlay options.
+
+/// overlayfs splits its options at ',' and lowerdir at ':', with '\' escaping either: a path with
+/// one of these cannot be passed through mount(2) as is.
+void check_overlay_path(const fs::path& p, const char* role) {
+  if (p.string().find_first_of(":,\\") != std::string::npos)
+    throw std::runtime_error("cannot use " + p.string() + " as an overlay " + role +
+                             " dir: overlayfs mount options cannot hold ':', ',' or '\\' in a path");
+}
+
+std::string join_options(const std::vector<std::string>& lowers, const std::string& upper, const std::string& work) {
+  std::string o = "lowerdir=";
+  for (std::size_t i = 0; i < lowers.size(); ++i) o += (i ? ":" : "") + lowers[i];
+  return o + ",upperdir=" + upper + ",workdir=" + work;
+}
+
+/// The deepest directory containing all of `paths` (absolute and normal).
+fs::path common_dir(const std::vector<fs::path>& paths) {
+  fs::path common = paths.front().parent_path();
+  for (const auto& p : paths) {
+    fs::path c;
+    auto a = common.begin(), b = p.begin();
+    for (; a != common.end() && b != p.end() && *a == *b; ++a, ++b) c /= *a;
+    common = c;
+  }
+  return common;
+}
+
+struct OverlayOptions {
+  std::string options, basic_options;
+  std::string mount_cwd;  // empty: the paths are absolute
+};
+
+/// The overlay mount options; relative to the lowers' common directory when the absolute paths
+/// do not fit in mount(2)'s page (many layers with long store paths).
+OverlayOptions overlay_options(const std::vector<fs::path>& lowers, const fs::path& upper, const fs::path& work) {
+  const std::string extra = ",redirect_dir=off,index=off,metacopy=off,xino=off";
+  std::vector<std::string> ls;
+  for (const auto& l : lowers) ls.push_back(l.string());
+  OverlayOptions o;
+  o.basic_options = join_options(ls, upper.string(), work.string());
+  if (o.basic_options.size() + extra.size() > kMaxMountOptions) {
+    std::vector<fs::path> all(lowers.begin(), lowers.end());
+    all.push_back(upper);
+    all.push_back(work);
+    fs::path base = common_dir(all);
+    ls.clear();
+    for (const auto& l : lowers) ls.push_back(l.lexically_relative(base).string());
+    o.basic_options = join_options(ls, upper.lexically_relative(base).string(), work.lexically_relative(base).string());
+    o.mount_cwd = base.string();
+    if (o.basic_options.size() + extra.size() > kMaxMountOptions)
+      throw std::runtime_error("too many layers (" + std::to_string(lowers.size()) +
+                               ") for one overlayfs mount: its options exceed a page");
+  }
+  o.options = o.basic_options + extra;
+  return o;
+}
+
+fs::path absolute_normal(const fs::path& p) {
+  fs::path a = fs::absolute(p).lexically_normal();
+  if (a.filename().empty() && a.has_parent_path() && a != a.root_path()) a = a.parent_path();
+  return a;
+}
+
+bool is_dir(const fs::path& p) {
+  struct stat st{};
+  return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/// Removes a directory this run created, once the run is over.
+class CreatedDir {
+ public:
+  CreatedDir() = default;
+  ~CreatedDir() {
+    if (!path_.empty()) ::rmdir(path_.c_str());
+  }
+  void set(fs::path p) { path_ = std::move(p); }
+
+ private:
+  fs::path path_;
+};
+
+int max_fd_hint() {
+  long m = ::sysconf(_SC_OPEN_MAX);
+  return m > 0 && m < 65536 ? static_cast<int>(m) : 65536;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+
+fs::path find_bwrap() {
+  auto executable = [](const fs::path& p) {
+    struct stat st{};
+    return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode) && ::access(p.c_str(), X_OK) == 0;
+  };
+  if (const char* b = std::getenv("KILN_BWRAP"); b && *b) return executable(b) ? fs::path(b) : fs::path();
+  const char* path = std::getenv("PATH");
+  std::string dirs = path && *path ? path : "/usr/local/bin:/usr/bin:/bin";
+  std::size_t start = 0;
+  while (start <= dirs.size()) {
+    std::size_t end = dirs.find(':', start);
+    if (end == std::string::npos) end = dirs.size();
+    std::string dir = dirs.substr(start, end - start);
+    if (dir.empty()) dir = ".";
+    fs::path candidate = fs::path(dir) / "bwrap";
+    if (executable(candidate)) return candidate;
+    start = end + 1;
+  }
+  return {};
+}
+
+SandboxResult run_sandboxed(const SandboxSpec& spec, const SandboxIo& io) {
+  const fs::path bwrap = find_bwrap();
+  if (bwrap.empty()) {
+    std::string msg = kNoBwrap;
+    if (const char* b = std::getenv("KILN_BWRAP"); b && *b) msg += std::string(" (KILN_BWRAP=") + b + " is not an executable)";
+    throw std::runtime_error(msg);
+  }
+  if (spec.argv.empty()) throw std::runtime_error("nothing to run in the sandbox (empty command)");
+  for (const auto& [k, v] : spec.env)
+    if (k.empty() || k.find('=') != std::string::npos)
+      throw std::runtime_error("invalid environment variable name '" + k + "' for the sandbox");
+  for (const auto& m : spec.mounts) {
+    struct stat st{};
+    if (::stat(m.source.c_str(), &st) != 0)
+      throw std::runtime_error("cannot mount " + m.source.string() + " into the sandbox: " + errno_text(errno));
+    if (m.target.empty() || m.target.front() != '/')
+      throw std::runtime_error("sandbox mount target must be an absolute path: '" + m.target + "'");
+  }
+
+  // The root: the directory itself, or the overlay's merged view.
+  const bool overlay = !spec.lowers.empty();
+  fs::path root;
+  OverlayOptions ov;
+  CreatedDir created_merged;  // declared before the child, so removed only after it is reaped
+  if (overlay) {
+    if (spec.upper.empty() || spec.work.empty()) throw std::runtime_error("overlay sandbox needs upper and work dirs");
+    std::vector<fs::path> lowers;
+    for (const auto& l : spec.lowers) {
+      fs::path a = absolute_normal(l);
+      check_overlay_path(a, "lower");
+      if (!is_dir(a)) throw std::runtime_error("overlay lower dir does not exist: " + a.string());
+      lowers.push_back(a);
+    }
+    fs::path upper = absolute_normal(spec.upper), work = absolute_normal(spec.work);
+    check_overlay_path(upper, "upper");
+    check_overlay_path(work, "work");
+    fs::create_directories(upper);
+    fs::create_directories(work);
+    ov = overlay_options(lowers, upper, work);
+    root = upper.parent_path() / "merged";
+    if (::mkdir(root.c_str(), 0755) == 0)
+      created_merged.set(root);
+    else if (errno != EEXIST)
+      throw std::system_error(errno, std::generic_category(), "cannot create " + root.string());
+  } else {
+    root = absolute_normal(spec.rootfs);
+    if (!is_dir(root)) throw std::runtime_error("sandbox root does not exist: " + root.string());
+  }
+
+  std::vector<std::string> args = {bwrap.string(), "--die-with-parent", "--unshare-ipc", "--unshare-pid",
+                                   "--unshare-uts", "--unshare-cgroup-try"};
+  if (!spec.network) args.push_back("--unshare-net");
+  // Unprivileged, bwrap needs a user namespace anyway; map us to root in it.
+  if (::geteuid() != 0) args.insert(args.end(), {"--unshare-user", "--uid", "0", "--gid", "0"});
+  args.insert(args.end(), {"--hostname", spec.hostname, "--bind", root.string(), "/", "--proc", "/proc", "--dev",
+                           "/dev", "--perms", "1777", "--tmpfs", "/tmp"});  // 1777: apt's _apt user writes there
+  const std::size_t resolv_at = args.size();
+  const bool bind_resolv = spec.network && ::access("/etc/resolv.conf", R_OK) == 0;
+  for (const auto& m : spec.mounts)
+    args.insert(args.end(), {m.read_only ? "--ro-bind" : "--bind", m.source.string(), m.target});
+  args.push_back("--clearenv");
+  for (const auto& [k, v] : spec.env) args.insert(args.end(), {"--setenv", k, v});
+  args.insert(args.end(), {"--chdir", spec.workdir.empty() ? std::string("/") : spec.workdir, "--"});
+  args.insert(args.end(), spec.argv.begin(), spec.argv.end());
+  // Two variants, with and without the host's resolv.conf: which one fits the root is known only
+  // once the overlay is mounted, in the child.
+  std::vector<std::string> args_resolv = args;
+  if (bind_resolv)
+    args_resolv.insert(args_resolv.begin() + static_cast<std::ptrdiff_t>(resolv_at),
+                       {"--ro-bind", "/etc/resolv.conf", "/etc/resolv.conf"});
+  const CArgv argv(std::move(args_resolv)), argv_no_resolv(std::move(args));
+  const std::string resolv_in_root = (root / "etc" / "resolv.conf").string();
+
+  Fd log;
+  if (!io.log_file.empty()) {
+    if (io.log_file.has_parent_path()) fs::create_directories(io.log_file.parent_path());
+    log = Fd(::open(io.log_file.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644));
+    if (log.get() < 0) throw std::system_error(errno, std::generic_category(), "cannot open " + io.log_file.string());
+  }
+  Fd null(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  if (null.get() < 0) throw std::system_error(errno, std::generic_category(), "cannot open /dev/null");
+  Pipe out = make_pipe(), err = make_pipe();
+
+  const std::string root_str = root.string();
+  ChildPlan plan;
+  plan.program = bwrap.c_str();
+  plan.argv = argv.get();
+  if (bind_resolv) {
+    plan.resolv_in_root = resolv_in_root.c_str();
+    plan.argv_no_resolv = argv_no_resolv.get();
+  }
+  plan.envp = environ;
+  plan.parent = ::getpid();
+  plan.null_fd = null.get();
+  plan.out_fd = out.write.get();
+  plan.err_fd = err.write.get();
+  plan.max_fd = max_fd_hint();
+  if (overlay) {
+    plan.merged = root_str.c_str();
+    plan.options = ov.options.c_str();
+    plan.basic_options = ov.basic_options.c_str();
+    if (!ov.mount_cwd.empty()) plan.mount_cwd = ov.mount_cwd.c_str();
+  }
+
+  Child child(spawn(plan));
+  out.write.reset();
+  err.write.reset();
+  null.reset();
+
+  ChildError ce{};
+  if (read_child_error(err.read.get(), &ce)) {
+    child.wait();
+    const std::string e = errno_text(ce.err);
+    switch (ce.stage) {
+      case kStageUnshare:
+        throw std::runtime_error("cannot mount overlayfs: no private mount namespace (unshare: " + e +
+                                 "); overlay mode needs root");
+      case kStagePrivate:
+        throw std::runtime_error("cannot mount overlayfs: cannot make / private: " + e);
+      case kStageChdir:
+        throw std::runtime_error("cannot mount overlayfs: cannot enter " + ov.mount_cwd + ": " + e);
+      case kStageMount:
+        throw std::runtime_error("cannot mount overlayfs at " + root_str + ": " + e +
+                                 (ce.err == EINVAL ? " (the kernel log says why; upper and work must be separate "
+                                                     "dirs on one file system that can hold an overlay upper)"
+                                                   : ""));
+      case kStageExec:
+        throw std::runtime_error("cannot run " + bwrap.string() + ": " + e);
+      default:
+        throw std::runtime_error("cannot start the sandbox: " + e);
+    }
+  }
+
+  LineSplitter lines(io);
+  std::vector<char> buf(64 * 1024);
+  for (;;) {
+    ssize_t r = ::read(out.read.get(), buf.data(), buf.size());
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      throw std::system_error(errno, std::generic_category(), "reading the sandbox's output");
+    }
+    if (r == 0) break;
+    if (log.get() >= 0) write_fully(log.get(), buf.data(), static_cast<std::size_t>(r), io.log_file);
+    lines.feed(buf.data(), static_cast<std::size_t>(r));
+  }
+  lines.finish();
+
+  const int status = child.wait();
+  SandboxResult result;
+  if (status < 0)
+    result.exit_code = 128 + SIGKILL;  // cannot happen: only a lost child makes waitpid fail
+  else if (WIFEXITED(status))
+    result.exit_code = WEXITSTATUS(status);
+  else if (WIFSIGNALED(status))
+    result.exit_code = 128 + WTERMSIG(status);
+  result.tail = lines.take_tail();
+  return result;
+}
+
+bool overlay_supported(const fs::path& scratch_dir) {
+  if (::geteuid() != 0) return false;
+  static std::mutex mu;
+  static std::map<std::string, bool> cache;
+  std::error_code ec;
+  const std::string key = fs::weakly_canonical(fs::absolute(scratch_dir), ec).string();
+  std::lock_guard<std::mutex> lock(mu);
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
+
+  bool ok = false;
+  [&] {
+    fs::create_directories(key, ec);
+    std::string tmpl = (fs::path(key) / "overlay-probe.XXXXXX").string();
+    if (!::mkdtemp(tmpl.data())) return;
+    const fs::path dir = tmpl;
+    struct Cleanup {
+      fs::path p;
+      ~Cleanup() {
+        std::error_code e;
+        fs::remove_all(p, e);
+      }
+    } cleanup{dir};
+    for (const char* d : {"lower", "upper", "work", "merged"}) fs::create_directory(dir / d, ec);
+    if (ec) return;
+    {
+      Fd f(::open((dir / "lower" / "f").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644));
+      if (f.get() < 0) return;
+    }
+    OverlayOptions ov;
+    try {
+      ov = overlay_options({dir / "lower"}, dir / "upper", dir / "work");
+    } catch (const std::exception&) {
+      return;  // the scratch path holds ':' or ','
+    }
+    const std::string merged = (dir / "merged").string();
+    const std::string removed = merged + "/f", added = merged + "/g";
+
+    sigset_t all, old;
+    ::sigfillset(&all);
+    ::pthread_sigmask(SIG_SETMASK, &all, &old);
+    pid_t pid = ::fork();
+    if (pid == 0) {
+      // Deleting a lower file needs a whiteout and creating one a copy-up: the two things a RUN
+      // step does that a bare mount test would not show failing (e.g. on an upper without xattrs).
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      int stage = 0;
+      if (private_mount_ns(&stage) != 0) ::_exit(1);
+      if (mount_overlay(merged.c_str(), ov.options.c_str(), ov.basic_options.c_str()) != 0) ::_exit(2);
+      if (::unlink(removed.c_str()) != 0) ::_exit(3);
+      int fd = ::open(added.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+      if (fd < 0) ::_exit(4);
+      ::close(fd);
+      ::_exit(0);
+    }
+    ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    if (pid < 0) return;
+    int status = Child(pid).wait();
+    ok = status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+  }();
+  cache[key] = ok;
+  return ok;
+}
+
+}  // namespace kiln::run
