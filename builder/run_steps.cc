@@ -181,8 +181,11 @@ std::vector<LayerReport> run_steps(Image& img, const std::vector<run::Step>& ste
         progress.end(id, counter + " " + label + ": " + w.digest.substr(0, 19) + ", " + std::to_string(cap.files) +
                              " files, " + std::to_string(cap.whiteouts) + " removed, " + std::to_string(w.size) +
                              " bytes");
-        if (ws.overlay) ws.pending.push_back({run::next_chain_id(chain, rec.diff_id),
-                                              {rec.diff_id, rec.media_type, store.blob_path(rec.digest)}});
+        // The next step runs on this one's upper dir: kept as its diff tree, not unpacked again.
+        if (ws.overlay) {
+          run::drop_mountpoints(sb.upper, ws.lowers, mps);
+          ws.lowers.insert(ws.lowers.begin(), cache->adopt_diff(run::next_chain_id(chain, rec.diff_id), sb.upper));
+        }
       }
     } catch (...) {
       std::rethrow_exception(StepError::wrap(std::current_exception(), label));

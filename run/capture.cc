@@ -240,19 +240,36 @@ std::vector<std::string> sandbox_mountpoints(const std::vector<std::string>& ext
   return out;
 }
 
+namespace {
+/// What a step saw below its upper dir at `rel`: the topmost lower that has it, unless a whiteout
+/// there hides it.
+std::optional<std::pair<Node, fs::path>> lower_view(const std::vector<fs::path>& lowers, const std::string& rel) {
+  for (const fs::path& l : lowers) {
+    std::optional<Node> n = stat_node(l / rel);
+    if (!n) continue;
+    if (S_ISCHR(n->mode) && n->rdev == makedev(0, 0)) return std::nullopt;  // a whiteout
+    return std::make_pair(*n, l / rel);
+  }
+  return std::nullopt;
+}
+}  // namespace
+
+void drop_mountpoints(const fs::path& upper, const std::vector<fs::path>& lowers,
+                      const std::vector<std::string>& mountpoints) {
+  for (const std::string& mp : mountpoints) {
+    std::error_code ec;
+    if (!stat_node(upper / mp) || lower_view(lowers, mp)) continue;
+    fs::remove_all(upper / mp, ec);
+    for (std::string p = parent_of(mp); !p.empty(); p = parent_of(p)) {
+      if (lower_view(lowers, p)) break;
+      if (::rmdir((upper / p).c_str()) != 0) break;  // not empty: the step wrote there too
+    }
+  }
+}
+
 Capture capture_overlay(const fs::path& upper, const std::vector<fs::path>& lowers,
                         const std::vector<std::string>& mountpoints) {
-  // What the step saw below its upper dir at `rel`: the topmost lower that has it, unless a
-  // whiteout there hides it.
-  auto lower = [&](const std::string& rel) -> std::optional<std::pair<Node, fs::path>> {
-    for (const fs::path& l : lowers) {
-      std::optional<Node> n = stat_node(l / rel);
-      if (!n) continue;
-      if (S_ISCHR(n->mode) && n->rdev == makedev(0, 0)) return std::nullopt;  // a whiteout
-      return std::make_pair(*n, l / rel);
-    }
-    return std::nullopt;
-  };
+  auto lower = [&](const std::string& rel) { return lower_view(lowers, rel); };
 
   std::map<std::string, Item> items;
   Capture warn;

@@ -38,6 +38,12 @@ std::vector<std::string> sandbox_mountpoints(const std::vector<std::string>& ext
 Capture capture_overlay(const std::filesystem::path& upper, const std::vector<std::filesystem::path>& lowers,
                         const std::vector<std::string>& mountpoints);
 
+/// Removes from an overlay upper dir the mount points the sandbox created there (and directories
+/// created only to hold them), so the upper can serve as a lower dir for the next step: what is
+/// left differs from the step's layer only by byte-identical copies, invisible in the merged view.
+void drop_mountpoints(const std::filesystem::path& upper, const std::vector<std::filesystem::path>& lowers,
+                      const std::vector<std::string>& mountpoints);
+
 /// One path of a tree, as the snapshot diff sees it.
 struct Node {
   std::uint32_t mode = 0;  // st_mode: type and permission bits

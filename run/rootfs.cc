@@ -120,6 +120,17 @@ fs::path RootfsCache::flat(const std::vector<LayerBlob>& layers, const std::func
   });
 }
 
+fs::path RootfsCache::adopt_diff(const std::string& chain, const fs::path& upper) {
+  fs::path final_dir = dir_ / ("diff-" + std::string(layers::digest_hex(chain)));
+  std::error_code ec;
+  if (fs::is_directory(final_dir, ec)) return final_dir;
+  layers::FileLock lock = store_.lock_layer("rootfs-" + final_dir.filename().string());
+  if (fs::is_directory(final_dir, ec)) return final_dir;
+  ::chmod(upper.c_str(), 0755);
+  fs::rename(upper, final_dir);
+  return final_dir;
+}
+
 fs::path RootfsCache::diff(const std::string& chain, const LayerBlob& layer) {
   return build("diff-" + std::string(layers::digest_hex(chain)), [&](const fs::path& tmp) {
     ::chmod(tmp.c_str(), 0755);

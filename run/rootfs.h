@@ -39,6 +39,9 @@ class RootfsCache {
                              const std::function<void(const std::string&)>& log = {});
   /// One layer in overlay form, for the chain id it ends; built when missing.
   std::filesystem::path diff(const std::string& chain, const LayerBlob& layer);
+  /// Takes a step's overlay upper dir (same file system) as the diff tree of `chain`, instead of
+  /// unpacking the layer again. Returns the tree's path (an existing one wins a race).
+  std::filesystem::path adopt_diff(const std::string& chain, const std::filesystem::path& upper);
 
   /// A fresh directory for one run's scratch space (upper, work, a tree copy), removed with
   /// everything in it by the returned guard.

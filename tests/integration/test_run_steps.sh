@@ -129,6 +129,11 @@ assert_eq 1 "$(grep -c ': running (' <<<"$ERR")" "only the edited step runs"
 assert_eq 2 "$(grep -c ': cached sha256:' <<<"$ERR")" "the steps before it come from the cache"
 assert_eq "$(manifest_json "$L" app | jget "j['layers'][:-1]")" "$(manifest_json "$L" app2 | jget "j['layers'][:-1]")" \
   "the layers below the edited step are the same blobs"
+# The edited step ran on the trees kept from the first build (overlay: earlier steps' upper dirs);
+# a build from nothing, the other way, gives the same image.
+APP2=$(jget "j['digest']" <<<"$OUT")
+kiln build "$T/app2.json" --json --progress quiet --capture snapshot --cache "$T/cache-app2"
+assert_eq "0 $APP2" "$RC $(jget "j.get('digest')" <<<"$OUT")" "a step on cached trees = the same step from scratch"
 
 # ---- a failing command: exit 3, its exit code and output, the layout untouched -----------------
 cat >"$T/fail.json" <<'EOF'
