@@ -1,23 +1,36 @@
 // Applying an OCI layer to a directory (see unpack.h).
 //
-// Every name is resolved component by component from a descriptor of the root with
-// O_NOFOLLOW, so neither a hostile layer nor a symlink an earlier layer left behind can make kiln
-// write outside the root; what libarchive reads is written with *at() calls on those descriptors.
+// libarchive only reads the tar; every change to the tree is made here, relative to directory fds
+// opened one component at a time with O_NOFOLLOW. So no name in the layer — and no symlink that an
+// earlier entry or an earlier layer planted — can make a write land outside the root: a path
+// through a symlink is refused, and a symlink or file that is replaced is unlinked first, never
+// written through.
+//
+// Same-layer rule (image-spec "whiteouts"): a whiteout or an opaque marker hides what lower layers
+// put there, never what the layer itself holds, and tar order does not matter. The applier keeps
+// the set of paths the current layer wrote (closed under parents); removals skip those and only
+// descend into them.
 #include "run/unpack.h"
 
 #include <archive.h>
 #include <archive_entry.h>
 #include <dirent.h>
 #include <fcntl.h>
+#include <locale.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
-#include <cstring>
-#include <set>
+#include <map>
+#include <string_view>
 #include <system_error>
+#include <unordered_set>
+#include <utility>
+
+#include "layers/compress.h"
 
 namespace fs = std::filesystem;
 
@@ -25,23 +38,28 @@ namespace kiln::run {
 
 namespace {
 
+constexpr std::string_view kWhiteoutPrefix = ".wh.";
+constexpr std::string_view kOpaqueMarker = ".wh..wh..opq";
+constexpr std::string_view kAufsMetaPrefix = ".wh..wh.";  // aufs bookkeeping (.wh..wh.plnk, ...)
+constexpr const char* kOpaqueXattr = "trusted.overlay.opaque";
+
 /// An owned file descriptor.
 class Fd {
  public:
   Fd() = default;
   explicit Fd(int fd) : fd_(fd) {}
-  Fd(Fd&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
+  Fd(Fd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
   Fd& operator=(Fd&& o) noexcept {
     if (this != &o) {
       reset();
-      fd_ = o.fd_;
-      o.fd_ = -1;
+      fd_ = std::exchange(o.fd_, -1);
     }
     return *this;
   }
   Fd(const Fd&) = delete;
   Fd& operator=(const Fd&) = delete;
   ~Fd() { reset(); }
+
   int get() const { return fd_; }
   explicit operator bool() const { return fd_ >= 0; }
   void reset() {
@@ -53,321 +71,589 @@ class Fd {
   int fd_ = -1;
 };
 
-[[noreturn]] void sys_fail(const std::string& what, const std::string& path) {
-  throw std::system_error(errno, std::generic_category(), what + " " + path);
+/// Names come out of libarchive in the thread's LC_CTYPE charset; in the "C" locale, a PAX (UTF-8)
+/// name with non-ASCII bytes would be mangled. Reading under a UTF-8 LC_CTYPE gives back the bytes
+/// as stored (UTF-8 for PAX, raw bytes for ustar/GNU names), which is what the file system gets.
+class Utf8Ctype {
+ public:
+  Utf8Ctype() {
+    for (const char* name : {"C.UTF-8", "C.utf8", "en_US.UTF-8"})
+      if ((loc_ = ::newlocale(LC_CTYPE_MASK, name, locale_t(0))) != locale_t(0)) break;
+    if (loc_ != locale_t(0)) old_ = ::uselocale(loc_);
+  }
+  ~Utf8Ctype() {
+    if (loc_ != locale_t(0)) {
+      ::uselocale(old_);
+      ::freelocale(loc_);
+    }
+  }
+  Utf8Ctype(const Utf8Ctype&) = delete;
+  Utf8Ctype& operator=(const Utf8Ctype&) = delete;
+
+ private:
+  locale_t loc_ = locale_t(0), old_ = locale_t(0);
+};
+
+[[noreturn]] void sys_fail(const std::string& what, int err = errno) {
+  throw std::system_error(err, std::generic_category(), what);
 }
 
-/// "a/b/c" → {"a", "b", "c"}; throws on absolute names and ".." (a leading "./" and "." segments
-/// are dropped, as tar writers emit them).
-std::vector<std::string> split_checked(const std::string& name, const fs::path& blob) {
-  if (!name.empty() && name[0] == '/')
-    throw UnpackError(blob.string() + ": layer entry '" + name + "' is an absolute path");
-  std::vector<std::string> parts;
+/// Splits a name from the layer into components: a leading "./" (any number of them), empty and
+/// "." components are dropped; an absolute name or a ".." component is refused. Returns why the
+/// name is refused, or "" when it is fine. No components at all means the root itself.
+std::string split_name(std::string_view name, std::vector<std::string>* parts) {
+  parts->clear();
+  if (name.empty()) return "empty name";
+  if (name.front() == '/') return "absolute name";
   std::size_t start = 0;
   while (start <= name.size()) {
-    std::size_t slash = name.find('/', start);
-    std::string part = name.substr(start, slash == std::string::npos ? std::string::npos : slash - start);
-    if (part == "..") throw UnpackError(blob.string() + ": layer entry '" + name + "' leaves the root (\"..\")");
-    if (!part.empty() && part != ".") parts.push_back(part);
-    if (slash == std::string::npos) break;
-    start = slash + 1;
+    std::size_t end = name.find('/', start);
+    if (end == std::string_view::npos) end = name.size();
+    std::string_view seg = name.substr(start, end - start);
+    if (seg == "..") return "'..' in the name";
+    if (!seg.empty() && seg != ".") parts->emplace_back(seg);
+    start = end + 1;
   }
-  return parts;
+  return "";
 }
 
 std::string join(const std::vector<std::string>& parts, std::size_t n) {
   std::string s;
-  for (std::size_t i = 0; i < n; ++i) s += (i ? "/" : "") + parts[i];
+  for (std::size_t i = 0; i < n; ++i) {
+    if (i) s += '/';
+    s += parts[i];
+  }
   return s;
 }
 
-/// Removes `name` in `dirfd`, whatever it is (a directory with everything in it).
-void remove_at(int dirfd, const std::string& name, const std::string& shown) {
-  struct stat st{};
-  if (::fstatat(dirfd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
-    if (errno == ENOENT) return;
-    sys_fail("cannot stat", shown);
-  }
-  if (!S_ISDIR(st.st_mode)) {
-    if (::unlinkat(dirfd, name.c_str(), 0) != 0 && errno != ENOENT) sys_fail("cannot remove", shown);
-    return;
-  }
-  {
-    Fd d(::openat(dirfd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-    if (!d) sys_fail("cannot open", shown);
-    ::fchmod(d.get(), 0700);  // a 0555 directory must still be emptied
-    int dup = ::dup(d.get());
-    DIR* dir = dup >= 0 ? ::fdopendir(dup) : nullptr;
-    if (!dir) sys_fail("cannot read", shown);
-    std::vector<std::string> names;
-    while (struct dirent* e = ::readdir(dir))
-      if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) names.emplace_back(e->d_name);
-    ::closedir(dir);
-    for (const auto& n : names) remove_at(d.get(), n, shown + "/" + n);
-  }
-  if (::unlinkat(dirfd, name.c_str(), AT_REMOVEDIR) != 0 && errno != ENOENT) sys_fail("cannot remove", shown);
+std::string child_path(const std::string& dir, const std::string& name) {
+  return dir.empty() ? name : dir + "/" + name;
 }
 
-struct Applier {
-  const fs::path& blob;
-  const UnpackOptions& opts;
-  Fd root;
-  UnpackStats stats;
-  std::set<std::string> written;  // paths this layer created or replaced
+bool is_overlay_whiteout(const struct stat& st) { return S_ISCHR(st.st_mode) && st.st_rdev == makedev(0, 0); }
+
+/// Applies the entries of one layer to a tree. One instance per apply_layer call.
+class Applier {
+ public:
+  Applier(const fs::path& blob, const fs::path& root, const UnpackOptions& opts)
+      : blob_(blob), root_(root), opts_(opts), privileged_(::geteuid() == 0) {
+    root_fd_ = Fd(::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!root_fd_) sys_fail("cannot open " + root.string());
+    if (!privileged_) make_usable(root_fd_.get(), "");
+  }
+
+  void apply(struct archive* a, struct archive_entry* ae);
+  /// Restores directory modes and mtimes, deepest first; call once all entries are applied.
+  void finish();
+  UnpackStats& stats() { return stats_; }
+
+ private:
+  /// Permission bits and mtime to give a directory once the layer is applied. A directory is
+  /// written into with its owner's rwx bits set; the recorded mode goes on at the end.
   struct DirMeta {
-    std::string path;
-    mode_t mode;
-    struct timespec mtime;
+    mode_t mode = 0755;
+    bool has_mtime = false;
+    struct timespec mtime{};
   };
-  std::vector<DirMeta> dirs;  // modes and times are set last: children change a dir's mtime
+  enum class Walk {
+    Create,    // make missing directories (and replace non-directories) on the way
+    Existing,  // return an empty Fd when a component is missing or not a directory
+    Probe,     // as Existing, and a symlink on the way is not an error either
+  };
 
-  /// Opens the directory `parts[0..n)` below the root, creating missing ones (0755) when
-  /// `create`. A component that is a symlink or not a directory is refused.
-  Fd open_dir(const std::vector<std::string>& parts, std::size_t n, bool create, const std::string& entry) {
-    Fd cur(::dup(root.get()));
-    for (std::size_t i = 0; i < n; ++i) {
-      Fd next(::openat(cur.get(), parts[i].c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-      if (!next && errno == ENOENT && create) {
-        if (::mkdirat(cur.get(), parts[i].c_str(), 0755) != 0 && errno != EEXIST)
-          sys_fail("cannot create directory", join(parts, i + 1));
-        next = Fd(::openat(cur.get(), parts[i].c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-      }
-      if (!next) {
-        if (errno == ELOOP || errno == ENOTDIR)
-          throw UnpackError(blob.string() + ": layer entry '" + entry + "' goes through '" + join(parts, i + 1) +
-                            "', which is not a directory (a symlink would lead outside the root)");
-        sys_fail("cannot open directory", join(parts, i + 1));
-      }
-      cur = std::move(next);
-    }
-    return cur;
+  [[noreturn]] void refuse(const std::string& why) const {
+    throw UnpackError("layer " + blob_.string() + ": refusing entry '" + entry_name_ + "': " + why);
   }
+  std::string full(const std::string& rel) const { return rel.empty() ? root_.string() : (root_ / rel).string(); }
 
-  void whiteout(const std::vector<std::string>& parts, const std::string& entry) {
-    ++stats.whiteouts;
-    const std::string& base = parts.back();
-    const std::string parent = join(parts, parts.size() - 1);
-    Fd dir = open_dir(parts, parts.size() - 1, true, entry);
-    if (base == ".wh..wh..opq") {
-      if (opts.format == UnpackFormat::Overlay) {
-        if (::fsetxattr(dir.get(), "trusted.overlay.opaque", "y", 1, 0) != 0)
-          sys_fail("cannot mark opaque (needs root)", parent);
-        return;
-      }
-      // Everything lower layers put here goes; what this layer wrote already stays.
-      int dup = ::dup(dir.get());
-      DIR* d = dup >= 0 ? ::fdopendir(dup) : nullptr;
-      if (!d) sys_fail("cannot read", parent);
-      std::vector<std::string> names;
-      while (struct dirent* e = ::readdir(d))
-        if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0) names.emplace_back(e->d_name);
-      ::closedir(d);
-      for (const auto& n : names) {
-        std::string child = parent.empty() ? n : parent + "/" + n;
-        if (!written.count(child)) remove_at(dir.get(), n, child);
-      }
-      return;
-    }
-    const std::string name = base.substr(4);
-    if (name.empty() || name == "." || name == "..")
-      throw UnpackError(blob.string() + ": layer entry '" + entry + "' is not a valid whiteout");
-    const std::string target = parent.empty() ? name : parent + "/" + name;
-    if (opts.format == UnpackFormat::Overlay) {
-      remove_at(dir.get(), name, target);
-      if (::mknodat(dir.get(), name.c_str(), S_IFCHR | 0, makedev(0, 0)) != 0)
-        sys_fail("cannot create whiteout (needs root)", target);
-      return;
-    }
-    if (!written.count(target)) remove_at(dir.get(), name, target);
-  }
+  Fd walk(const std::vector<std::string>& parts, std::size_t n, Walk how);
+  int parent_dir(const std::vector<std::string>& parts, Walk how);
+  void make_usable(int fd, const std::string& rel);
+  bool make_room(int dirfd, const std::string& name, const std::string& rel, bool keep_dir, bool* was_whiteout);
+  void remove_at(int dirfd, const std::string& name, const std::string& rel);
+  void clear_dir(int fd, const std::string& rel);
+  void clear_unwritten(int fd, const std::string& rel);
+  std::vector<std::string> list_dir(int fd, const std::string& rel);
+  void mark_written(const std::string& rel);
+  void set_opaque(int dirfd, const std::string& rel);
 
-  void owner_and_mode(int fd, const std::string& path, archive_entry* ae, bool is_dir) {
-    if (opts.preserve_owner &&
-        ::fchown(fd, static_cast<uid_t>(archive_entry_uid(ae)), static_cast<gid_t>(archive_entry_gid(ae))) != 0)
-      sys_fail("cannot set the owner of", path);
-    mode_t mode = archive_entry_perm(ae) & 07777;
-    if (is_dir) {
-      struct timespec t{archive_entry_mtime(ae), archive_entry_mtime_nsec(ae)};
-      dirs.push_back({path, mode, t});
-      return;
-    }
-    if (::fchmod(fd, mode) != 0) sys_fail("cannot set the mode of", path);  // after chown: keeps setuid
-  }
+  void whiteout(const std::vector<std::string>& parts);
+  void write_file(struct archive* a, struct archive_entry* ae, int dirfd, const std::string& name,
+                  const std::string& rel);
+  void hardlink(const char* target, int dirfd, const std::string& name, const std::string& rel);
+  void set_owner(int dirfd, const std::string& name, const std::string& rel, struct archive_entry* ae);
+  void set_mtime(int dirfd, const std::string& name, const std::string& rel, struct archive_entry* ae);
 
-  void extract(struct archive* a, archive_entry* ae) {
-    const char* raw = archive_entry_pathname(ae);
-    if (!raw) throw UnpackError(blob.string() + ": a layer entry has no name");
-    const std::string entry = raw;
-    std::vector<std::string> parts = split_checked(entry, blob);
-    if (parts.empty()) return;  // "./": the root itself
-    ++stats.entries;
-    const std::string path = join(parts, parts.size());
-    const std::string& base = parts.back();
-    if (base.rfind(".wh.", 0) == 0) {
-      whiteout(parts, entry);
-      return;
-    }
-    Fd dir = open_dir(parts, parts.size() - 1, true, entry);
-    const char* hardlink = archive_entry_hardlink(ae);
-    const mode_t type = hardlink ? AE_IFREG : archive_entry_filetype(ae);
+  const fs::path blob_, root_;
+  const UnpackOptions opts_;
+  const bool privileged_;  // root: no permission fix-ups needed
+  Fd root_fd_;
+  UnpackStats stats_;
+  std::string entry_name_;  // the current entry, as named in the layer
 
-    struct stat old{};
-    const bool exists = ::fstatat(dir.get(), base.c_str(), &old, AT_SYMLINK_NOFOLLOW) == 0;
-    if (type == AE_IFDIR) {
-      if (exists && !S_ISDIR(old.st_mode)) remove_at(dir.get(), base, path);
-      if ((!exists || !S_ISDIR(old.st_mode)) && ::mkdirat(dir.get(), base.c_str(), 0700) != 0)
-        sys_fail("cannot create directory", path);
-      Fd d(::openat(dir.get(), base.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-      if (!d) sys_fail("cannot open directory", path);
-      owner_and_mode(d.get(), path, ae, true);
-      written.insert(path);
-      return;
-    }
-    if (exists) remove_at(dir.get(), base, path);
-    written.insert(path);
+  // Paths (relative to the root) this layer created or wrote, with all their parents.
+  std::unordered_set<std::string> written_;
+  // Directories whose final mode (and mtime) is applied by finish(); "" is the root.
+  std::map<std::string, DirMeta> dir_meta_;
+  bool finishing_ = false;
 
-    if (hardlink) {
-      std::vector<std::string> tparts = split_checked(hardlink, blob);
-      if (tparts.empty()) throw UnpackError(blob.string() + ": hardlink '" + entry + "' has no target");
-      Fd tdir = open_dir(tparts, tparts.size() - 1, false, entry);
-      struct stat tst{};
-      if (::fstatat(tdir.get(), tparts.back().c_str(), &tst, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(tst.st_mode))
-        throw UnpackError(blob.string() + ": hardlink '" + entry + "' points at '" + hardlink +
-                          "', which is not a file in the layer's tree");
-      if (::linkat(tdir.get(), tparts.back().c_str(), dir.get(), base.c_str(), 0) != 0)
-        sys_fail("cannot link", path);
-      return;
-    }
-    switch (type) {
-      case AE_IFREG: {
-        Fd f(::openat(dir.get(), base.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
-        if (!f) sys_fail("cannot create", path);
-        const void* buf;
-        size_t size;
-        la_int64_t offset;
-        for (;;) {
-          int r = archive_read_data_block(a, &buf, &size, &offset);
-          if (r == ARCHIVE_EOF) break;
-          if (r < ARCHIVE_WARN)
-            throw UnpackError(blob.string() + ": cannot read '" + entry + "': " + archive_error_string(a));
-          const char* p = static_cast<const char*>(buf);
-          while (size > 0) {
-            ssize_t n = ::pwrite(f.get(), p, size, offset);
-            if (n < 0 && errno == EINTR) continue;
-            if (n < 0) sys_fail("cannot write", path);
-            p += n;
-            size -= static_cast<size_t>(n);
-            offset += n;
-            stats.bytes += static_cast<std::uint64_t>(n);
-          }
-        }
-        // Sparse files end in a hole that no block covers.
-        if (archive_entry_size_is_set(ae) && ::ftruncate(f.get(), archive_entry_size(ae)) != 0)
-          sys_fail("cannot size", path);
-        owner_and_mode(f.get(), path, ae, false);
-        struct timespec t[2] = {{0, UTIME_OMIT}, {archive_entry_mtime(ae), archive_entry_mtime_nsec(ae)}};
-        ::futimens(f.get(), t);
-        return;
-      }
-      case AE_IFLNK: {
-        const char* target = archive_entry_symlink(ae);
-        if (::symlinkat(target ? target : "", dir.get(), base.c_str()) != 0) sys_fail("cannot create symlink", path);
-        if (opts.preserve_owner &&
-            ::fchownat(dir.get(), base.c_str(), static_cast<uid_t>(archive_entry_uid(ae)),
-                       static_cast<gid_t>(archive_entry_gid(ae)), AT_SYMLINK_NOFOLLOW) != 0)
-          sys_fail("cannot set the owner of", path);
-        struct timespec t[2] = {{0, UTIME_OMIT}, {archive_entry_mtime(ae), archive_entry_mtime_nsec(ae)}};
-        ::utimensat(dir.get(), base.c_str(), t, AT_SYMLINK_NOFOLLOW);
-        return;
-      }
-      case AE_IFIFO:
-      case AE_IFCHR:
-      case AE_IFBLK: {
-        if (type != AE_IFIFO && !opts.preserve_owner) {
-          stats.warnings.push_back("skipped device node /" + path + " (creating it needs root)");
-          written.erase(path);
-          return;
-        }
-        dev_t dev = type == AE_IFIFO ? 0 : makedev(archive_entry_rdevmajor(ae), archive_entry_rdevminor(ae));
-        if (::mknodat(dir.get(), base.c_str(), type | 0600, dev) != 0) sys_fail("cannot create node", path);
-        if (opts.preserve_owner &&
-            ::fchownat(dir.get(), base.c_str(), static_cast<uid_t>(archive_entry_uid(ae)),
-                       static_cast<gid_t>(archive_entry_gid(ae)), AT_SYMLINK_NOFOLLOW) != 0)
-          sys_fail("cannot set the owner of", path);
-        if (::fchmodat(dir.get(), base.c_str(), archive_entry_perm(ae) & 07777, 0) != 0)
-          sys_fail("cannot set the mode of", path);
-        return;
-      }
-      default:
-        stats.warnings.push_back("skipped /" + path + ": an entry type layers do not hold");
-        written.erase(path);
-    }
-  }
-
-  /// Directory modes and times, deepest first (a 0555 parent must not block its children).
-  void finish_dirs() {
-    for (auto it = dirs.rbegin(); it != dirs.rend(); ++it) {
-      std::vector<std::string> parts = split_checked(it->path, blob);
-      Fd d;
-      try {
-        d = open_dir(parts, parts.size(), false, it->path);
-      } catch (const std::exception&) {
-        continue;  // removed again later in the layer
-      }
-      if (::fchmod(d.get(), it->mode) != 0) sys_fail("cannot set the mode of", it->path);
-      struct timespec t[2] = {{0, UTIME_OMIT}, it->mtime};
-      ::futimens(d.get(), t);
-    }
-  }
+  // The parent directory of the last entry: tars list a directory's entries together, so most
+  // entries skip the walk from the root. Dropped when anything at or above it is removed.
+  std::string cached_path_;
+  Fd cached_fd_;
+  bool cached_valid_ = false;
 };
 
-bool known_media_type(const std::string& mt) {
-  static const char* types[] = {
-      "application/vnd.oci.image.layer.v1.tar",
-      "application/vnd.oci.image.layer.v1.tar+gzip",
-      "application/vnd.oci.image.layer.v1.tar+zstd",
-      "application/vnd.oci.image.layer.nondistributable.v1.tar",
-      "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
-      "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
-      "application/vnd.docker.image.rootfs.diff.tar.gzip",
-      "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
-      "application/vnd.docker.image.rootfs.diff.tar",
-  };
-  for (const char* t : types)
-    if (mt == t) return true;
+/// Without root, a directory the layer (or a lower one) made read-only would stop later entries:
+/// give the owner rwx now, and put the old mode back in finish().
+void Applier::make_usable(int fd, const std::string& rel) {
+  if (privileged_ || finishing_) return;
+  struct stat st{};
+  if (::fstat(fd, &st) != 0) sys_fail("cannot stat " + full(rel));
+  if ((st.st_mode & 0700) == 0700 || st.st_uid != ::geteuid()) return;
+  if (::fchmod(fd, (st.st_mode & 07777) | 0700) != 0) sys_fail("cannot chmod " + full(rel));
+  dir_meta_.try_emplace(rel, DirMeta{static_cast<mode_t>(st.st_mode & 07777), false, {}});
+}
+
+/// Opens the directory made of the first `n` components below the root, one component at a time,
+/// never following a symlink (refused, except when probing).
+Fd Applier::walk(const std::vector<std::string>& parts, std::size_t n, Walk how) {
+  Fd cur(::fcntl(root_fd_.get(), F_DUPFD_CLOEXEC, 0));
+  if (!cur) sys_fail("cannot open " + root_.string());
+  std::string rel;
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::string& name = parts[i];
+    rel = child_path(rel, name);
+    bool created = false;
+    for (int attempt = 0;; ++attempt) {
+      int fd = ::openat(cur.get(), name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      if (fd >= 0) {
+        cur = Fd(fd);
+        // A parent the layer does not list gets 0755 whatever the umask, as with tar.
+        if (created && ::fchmod(cur.get(), 0755) != 0) sys_fail("cannot chmod " + full(rel));
+        break;
+      }
+      const int err = errno;
+      if (attempt > 1) sys_fail("cannot open directory " + full(rel), err);
+      struct stat st{};
+      if (::fstatat(cur.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+        if (errno != ENOENT) sys_fail("cannot stat " + full(rel));
+        if (how != Walk::Create) return Fd();
+        if (::mkdirat(cur.get(), name.c_str(), 0755) != 0) sys_fail("cannot create " + full(rel));
+        created = true;
+        continue;
+      }
+      if (S_ISLNK(st.st_mode)) {
+        if (how == Walk::Probe) return Fd();
+        refuse("'" + rel + "' is a symlink");
+      }
+      if (!S_ISDIR(st.st_mode)) {
+        if (how != Walk::Create) return Fd();
+        // A lower layer's file where this layer has a directory: the directory wins.
+        remove_at(cur.get(), name, rel);
+        continue;
+      }
+      // A directory we may not enter (no root): open it up, if it is ours.
+      if (err != EACCES || privileged_ || finishing_ || st.st_uid != ::geteuid())
+        sys_fail("cannot open " + full(rel), err);
+      if (::fchmodat(cur.get(), name.c_str(), (st.st_mode & 07777) | 0700, 0) != 0)
+        sys_fail("cannot chmod " + full(rel));
+      dir_meta_.try_emplace(rel, DirMeta{static_cast<mode_t>(st.st_mode & 07777), false, {}});
+    }
+    make_usable(cur.get(), rel);
+  }
+  return cur;
+}
+
+/// The directory holding the last component of `parts`, from the cache when it is the same one
+/// as the last entry's. Returns -1 when it does not exist (not with Walk::Create). The fd stays
+/// valid until the next call.
+int Applier::parent_dir(const std::vector<std::string>& parts, Walk how) {
+  std::string rel = join(parts, parts.size() - 1);
+  if (cached_valid_ && rel == cached_path_) return cached_fd_.get();
+  Fd fd = walk(parts, parts.size() - 1, how);
+  if (!fd) return -1;
+  cached_fd_ = std::move(fd);
+  cached_path_ = std::move(rel);
+  cached_valid_ = true;
+  return cached_fd_.get();
+}
+
+void Applier::mark_written(const std::string& rel) {
+  std::string p = rel;
+  while (!p.empty() && written_.insert(p).second) {
+    std::size_t slash = p.rfind('/');
+    p.resize(slash == std::string::npos ? 0 : slash);
+  }
+}
+
+std::vector<std::string> Applier::list_dir(int fd, const std::string& rel) {
+  int dfd = ::openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) sys_fail("cannot open " + full(rel));
+  DIR* d = ::fdopendir(dfd);
+  if (!d) {
+    int err = errno;
+    ::close(dfd);
+    sys_fail("cannot read " + full(rel), err);
+  }
+  std::vector<std::string> names;
+  errno = 0;
+  while (struct dirent* de = ::readdir(d)) {
+    std::string_view n = de->d_name;
+    if (n != "." && n != "..") names.emplace_back(n);
+    errno = 0;
+  }
+  int err = errno;
+  ::closedir(d);
+  if (err) sys_fail("cannot read " + full(rel), err);
+  return names;
+}
+
+/// Removes `name` in `dirfd` and, for a directory, everything below it. Nothing is followed.
+void Applier::remove_at(int dirfd, const std::string& name, const std::string& rel) {
+  if (cached_valid_ && (cached_path_ == rel || cached_path_.starts_with(rel + "/"))) cached_valid_ = false;
+  if (::unlinkat(dirfd, name.c_str(), 0) == 0 || errno == ENOENT) return;
+  const int unlink_err = errno;
+  if (unlink_err != EISDIR && unlink_err != EPERM) sys_fail("cannot remove " + full(rel));  // EPERM: BSDs
+  int fd = ::openat(dirfd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0 && errno == EACCES && !privileged_) {
+    ::fchmodat(dirfd, name.c_str(), 0700, 0);  // going away anyway
+    fd = ::openat(dirfd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  }
+  if (fd < 0) sys_fail("cannot remove " + full(rel), errno == ENOTDIR || errno == ELOOP ? unlink_err : errno);
+  {
+    Fd dir(fd);
+    if (!privileged_) ::fchmod(dir.get(), 0700);
+    clear_dir(dir.get(), rel);
+  }
+  if (::unlinkat(dirfd, name.c_str(), AT_REMOVEDIR) != 0) sys_fail("cannot remove " + full(rel));
+}
+
+void Applier::clear_dir(int fd, const std::string& rel) {
+  for (const std::string& n : list_dir(fd, rel)) remove_at(fd, n, child_path(rel, n));
+}
+
+/// Removes what lower layers put below the directory `fd`: every child this layer did not write,
+/// and, in the children it did write, the same again.
+void Applier::clear_unwritten(int fd, const std::string& rel) {
+  for (const std::string& n : list_dir(fd, rel)) {
+    std::string c = child_path(rel, n);
+    if (!written_.count(c)) {
+      remove_at(fd, n, c);
+      continue;
+    }
+    struct stat st{};
+    if (::fstatat(fd, n.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) sys_fail("cannot stat " + full(c));
+    if (!S_ISDIR(st.st_mode)) continue;
+    Fd sub(::openat(fd, n.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!sub) sys_fail("cannot open " + full(c));
+    make_usable(sub.get(), c);
+    clear_unwritten(sub.get(), c);
+  }
+}
+
+void Applier::set_opaque(int dirfd, const std::string& rel) {
+  if (::fsetxattr(dirfd, kOpaqueXattr, "y", 1, 0) != 0)
+    sys_fail("cannot set " + std::string(kOpaqueXattr) + " on " + full(rel));
+}
+
+/// Clears the way for a new entry `name`: whatever is there goes, unless it is a directory and
+/// `keep_dir` (a directory entry merges into an existing directory). Returns whether a directory
+/// was kept; `was_whiteout` tells whether an overlay whiteout was replaced.
+bool Applier::make_room(int dirfd, const std::string& name, const std::string& rel, bool keep_dir, bool* was_whiteout) {
+  *was_whiteout = false;
+  struct stat st{};
+  if (::fstatat(dirfd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+    if (errno == ENOENT) return false;
+    sys_fail("cannot stat " + full(rel));
+  }
+  if (keep_dir && S_ISDIR(st.st_mode)) return true;
+  *was_whiteout = is_overlay_whiteout(st);
+  remove_at(dirfd, name, rel);
   return false;
+}
+
+void Applier::set_owner(int dirfd, const std::string& name, const std::string& rel, struct archive_entry* ae) {
+  if (!opts_.preserve_owner) return;
+  if (::fchownat(dirfd, name.c_str(), static_cast<uid_t>(archive_entry_uid(ae)),
+                 static_cast<gid_t>(archive_entry_gid(ae)), AT_SYMLINK_NOFOLLOW) != 0)
+    sys_fail("cannot chown " + full(rel));
+}
+
+void Applier::set_mtime(int dirfd, const std::string& name, const std::string& rel, struct archive_entry* ae) {
+  struct timespec ts[2];
+  ts[0].tv_sec = ts[1].tv_sec = archive_entry_mtime(ae);
+  ts[0].tv_nsec = ts[1].tv_nsec = archive_entry_mtime_nsec(ae);
+  if (::utimensat(dirfd, name.c_str(), ts, AT_SYMLINK_NOFOLLOW) != 0) sys_fail("cannot set the mtime of " + full(rel));
+}
+
+/// `.wh.NAME` and `.wh..wh..opq`: removals in flat form, markers in overlay form.
+void Applier::whiteout(const std::vector<std::string>& parts) {
+  const std::string& leaf = parts.back();
+  const std::string dir_rel = join(parts, parts.size() - 1);
+  ++stats_.whiteouts;
+
+  if (leaf == kOpaqueMarker) {
+    Fd dir = walk(parts, parts.size() - 1, Walk::Create);  // the directory is part of this layer
+    mark_written(dir_rel);
+    if (opts_.format == UnpackFormat::Overlay)
+      set_opaque(dir.get(), dir_rel);
+    else
+      clear_unwritten(dir.get(), dir_rel);
+    return;
+  }
+
+  std::string name = leaf.substr(kWhiteoutPrefix.size());
+  if (name.empty() || name == "." || name == "..") refuse("whiteout of '" + name + "'");
+  const std::string rel = child_path(dir_rel, name);
+  const bool overlay = opts_.format == UnpackFormat::Overlay;
+  int dirfd = parent_dir(parts, overlay ? Walk::Create : Walk::Existing);
+  if (dirfd < 0) return;  // flat: nothing there to remove
+  struct stat st{};
+  const bool exists = ::fstatat(dirfd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0;
+  if (!exists && errno != ENOENT) sys_fail("cannot stat " + full(rel));
+
+  if (exists && written_.count(rel)) {
+    // The layer has NAME too: it stays, and only what lower layers had below it goes.
+    if (!S_ISDIR(st.st_mode)) return;
+    Fd sub(::openat(dirfd, name.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!sub) sys_fail("cannot open " + full(rel));
+    make_usable(sub.get(), rel);
+    if (overlay)
+      set_opaque(sub.get(), rel);
+    else
+      clear_unwritten(sub.get(), rel);
+    return;
+  }
+  if (exists) remove_at(dirfd, name, rel);
+  if (!overlay) return;
+  mark_written(dir_rel);
+  // overlayfs' whiteout: a character device 0/0.
+  if (::mknodat(dirfd, name.c_str(), S_IFCHR | 0, makedev(0, 0)) != 0) sys_fail("cannot create whiteout " + full(rel));
+}
+
+/// A regular file, streamed from the archive (sparse holes stay holes).
+void Applier::write_file(struct archive* a, struct archive_entry* ae, int dirfd, const std::string& name,
+                         const std::string& rel) {
+  Fd fd(::openat(dirfd, name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
+  if (!fd) sys_fail("cannot create " + full(rel));
+  la_int64_t end = 0;
+  for (;;) {
+    const void* buf = nullptr;
+    std::size_t size = 0;
+    la_int64_t offset = 0;
+    int r = archive_read_data_block(a, &buf, &size, &offset);
+    if (r == ARCHIVE_EOF) break;
+    if (r < ARCHIVE_WARN)
+      throw UnpackError("corrupt layer " + blob_.string() + " at '" + entry_name_ +
+                        "': " + (archive_error_string(a) ? archive_error_string(a) : "read error"));
+    const char* p = static_cast<const char*>(buf);
+    std::size_t left = size;
+    off_t at = static_cast<off_t>(offset);
+    while (left > 0) {
+      ssize_t n = ::pwrite(fd.get(), p, left, at);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) sys_fail("cannot write " + full(rel));
+      p += n;
+      at += n;
+      left -= static_cast<std::size_t>(n);
+    }
+    stats_.bytes += size;
+    end = std::max<la_int64_t>(end, offset + static_cast<la_int64_t>(size));
+  }
+  if (archive_entry_size_is_set(ae) && archive_entry_size(ae) > end &&
+      ::ftruncate(fd.get(), static_cast<off_t>(archive_entry_size(ae))) != 0)  // a trailing hole
+    sys_fail("cannot write " + full(rel));
+  // Owner before mode: chown clears setuid/setgid.
+  if (opts_.preserve_owner &&
+      ::fchown(fd.get(), static_cast<uid_t>(archive_entry_uid(ae)), static_cast<gid_t>(archive_entry_gid(ae))) != 0)
+    sys_fail("cannot chown " + full(rel));
+  if (::fchmod(fd.get(), archive_entry_perm(ae) & 07777) != 0) sys_fail("cannot chmod " + full(rel));
+  struct timespec ts[2];
+  ts[0].tv_sec = ts[1].tv_sec = archive_entry_mtime(ae);
+  ts[0].tv_nsec = ts[1].tv_nsec = archive_entry_mtime_nsec(ae);
+  if (::futimens(fd.get(), ts) != 0) sys_fail("cannot set the mtime of " + full(rel));
+}
+
+/// A hardlink to an earlier entry (or a lower layer's file). The target is looked up like any
+/// name — inside the root, through no symlink — and must not be a directory. (It may be a symlink
+/// or a special file: linkat does not follow it, and tar writers do link those.)
+void Applier::hardlink(const char* target, int dirfd, const std::string& name, const std::string& rel) {
+  std::vector<std::string> tparts;
+  if (std::string why = split_name(target, &tparts); !why.empty())
+    refuse("hardlink target '" + std::string(target) + "': " + why);
+  if (tparts.empty()) refuse("hardlink to the root");
+  const std::string trel = join(tparts, tparts.size());
+  if (trel == rel) return;  // a link to itself: already there
+  bool was_whiteout = false;
+  make_room(dirfd, name, rel, false, &was_whiteout);
+  Fd tdir = walk(tparts, tparts.size() - 1, Walk::Existing);
+  struct stat st{};
+  if (!tdir || ::fstatat(tdir.get(), tparts.back().c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0)
+    refuse("hardlink target '" + trel + "' does not exist");
+  if (S_ISDIR(st.st_mode)) refuse("hardlink target '" + trel + "' is a directory");
+  if (::linkat(tdir.get(), tparts.back().c_str(), dirfd, name.c_str(), 0) != 0)
+    sys_fail("cannot link " + full(rel) + " to " + full(trel));
+}
+
+void Applier::apply(struct archive* a, struct archive_entry* ae) {
+  ++stats_.entries;
+  const char* raw = archive_entry_pathname(ae);
+  entry_name_ = raw ? raw : "";
+  if (!raw) refuse("no usable name");
+  std::vector<std::string> parts;
+  if (std::string why = split_name(raw, &parts); !why.empty()) refuse(why);
+  const char* link = archive_entry_hardlink(ae);
+  const auto type = archive_entry_filetype(ae);
+  if (parts.empty()) {
+    // "./": the root is the caller's (containerd ignores this entry too).
+    if (type != AE_IFDIR || link) refuse("names the root but is not a directory");
+    return;
+  }
+  for (std::size_t i = 0; i + 1 < parts.size(); ++i)
+    if (std::string_view(parts[i]).starts_with(kAufsMetaPrefix)) return;  // inside .wh..wh.plnk/ etc.
+  const std::string& leaf = parts.back();
+  if (leaf.starts_with(kWhiteoutPrefix)) {
+    if (leaf != kOpaqueMarker && std::string_view(leaf).starts_with(kAufsMetaPrefix)) return;
+    whiteout(parts);
+    return;
+  }
+
+  const std::string rel = join(parts, parts.size());
+  const int dirfd = parent_dir(parts, Walk::Create);
+  bool was_whiteout = false;
+  if (link) {
+    hardlink(link, dirfd, leaf, rel);
+    mark_written(rel);
+    return;
+  }
+  const mode_t perm = archive_entry_perm(ae) & 07777;
+  switch (type) {
+    case AE_IFDIR: {
+      if (!make_room(dirfd, leaf, rel, true, &was_whiteout) && ::mkdirat(dirfd, leaf.c_str(), 0700) != 0)
+        sys_fail("cannot create " + full(rel));
+      if (was_whiteout && opts_.format == UnpackFormat::Overlay) {
+        // This layer whited NAME out and then made it a directory: lower NAME/ stays hidden.
+        Fd sub(::openat(dirfd, leaf.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+        if (!sub) sys_fail("cannot open " + full(rel));
+        set_opaque(sub.get(), rel);
+      }
+      set_owner(dirfd, leaf, rel, ae);
+      DirMeta& m = dir_meta_[rel];  // replaces a fix-up recorded for a lower layer's directory
+      m.mode = perm;
+      m.has_mtime = true;
+      m.mtime.tv_sec = archive_entry_mtime(ae);
+      m.mtime.tv_nsec = archive_entry_mtime_nsec(ae);
+      break;
+    }
+    case AE_IFREG:
+      make_room(dirfd, leaf, rel, false, &was_whiteout);
+      write_file(a, ae, dirfd, leaf, rel);
+      break;
+    case AE_IFLNK: {
+      const char* target = archive_entry_symlink(ae);
+      if (!target) refuse("symlink without a target");
+      make_room(dirfd, leaf, rel, false, &was_whiteout);
+      if (::symlinkat(target, dirfd, leaf.c_str()) != 0) sys_fail("cannot create symlink " + full(rel));
+      set_owner(dirfd, leaf, rel, ae);
+      set_mtime(dirfd, leaf, rel, ae);
+      break;
+    }
+    case AE_IFIFO:
+    case AE_IFCHR:
+    case AE_IFBLK: {
+      const bool device = type != AE_IFIFO;
+      if (device && !opts_.preserve_owner) {
+        stats_.warnings.push_back("skipped device node '" + rel + "' (needs root)");
+        return;
+      }
+      make_room(dirfd, leaf, rel, false, &was_whiteout);
+      const dev_t dev = device ? makedev(archive_entry_rdevmajor(ae), archive_entry_rdevminor(ae)) : 0;
+      if (::mknodat(dirfd, leaf.c_str(), static_cast<mode_t>(type) | perm, dev) != 0) {
+        if (device && errno == EPERM) {  // e.g. root in a user namespace
+          stats_.warnings.push_back("skipped device node '" + rel + "' (mknod not permitted)");
+          return;
+        }
+        sys_fail("cannot create " + full(rel));
+      }
+      set_owner(dirfd, leaf, rel, ae);
+      // Just created by us, and not a symlink: fchmodat may follow nothing here.
+      if (::fchmodat(dirfd, leaf.c_str(), perm, 0) != 0) sys_fail("cannot chmod " + full(rel));
+      set_mtime(dirfd, leaf, rel, ae);
+      break;
+    }
+    default:
+      stats_.warnings.push_back("skipped '" + rel + "' (sockets and unknown entry types are not unpacked)");
+      return;
+  }
+  mark_written(rel);
+}
+
+void Applier::finish() {
+  finishing_ = true;
+  // Reverse order visits children before their parents, so a parent made read-only (or
+  // non-searchable) no longer needs to be entered.
+  for (auto it = dir_meta_.rbegin(); it != dir_meta_.rend(); ++it) {
+    const auto& [rel, meta] = *it;
+    Fd fd;
+    if (rel.empty()) {
+      fd = Fd(::fcntl(root_fd_.get(), F_DUPFD_CLOEXEC, 0));
+    } else {
+      std::vector<std::string> parts;
+      split_name(rel, &parts);
+      fd = walk(parts, parts.size(), Walk::Probe);  // replaced or removed since: nothing to do
+    }
+    if (!fd) continue;
+    if (::fchmod(fd.get(), meta.mode) != 0) sys_fail("cannot chmod " + full(rel));
+    if (meta.has_mtime) {
+      struct timespec ts[2] = {meta.mtime, meta.mtime};
+      if (::futimens(fd.get(), ts) != 0) sys_fail("cannot set the mtime of " + full(rel));
+    }
+  }
+}
+
+[[noreturn]] void corrupt(struct archive* a, const fs::path& blob) {
+  const char* msg = archive_error_string(a);
+  throw UnpackError("corrupt layer " + blob.string() + ": " + (msg ? msg : "unreadable tar"));
 }
 
 }  // namespace
 
 UnpackStats apply_layer(const fs::path& blob, const std::string& media_type, const fs::path& root,
                         const UnpackOptions& opts) {
-  if (!known_media_type(media_type))
-    throw UnpackError(blob.string() + ": cannot unpack a layer of media type '" + media_type + "'");
-  Applier ap{blob, opts, Fd(::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)), {}, {}, {}};
-  if (!ap.root) sys_fail("cannot open", root.string());
+  try {
+    (void)layers::compression_of_media_type(media_type);  // libarchive detects the codec itself
+  } catch (const std::exception& e) {
+    throw UnpackError("layer " + blob.string() + ": " + e.what());
+  }
+  Fd blob_fd(::open(blob.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!blob_fd) sys_fail("cannot open layer " + blob.string());
+  Applier applier(blob, root, opts);
 
+  Utf8Ctype utf8_ctype;  // outlives the archive below
   struct archive* a = archive_read_new();
   if (!a) throw std::runtime_error("libarchive: out of memory");
   struct Guard {
     struct archive* a;
     ~Guard() { archive_read_free(a); }
   } guard{a};
-  archive_read_support_filter_all(a);  // gzip, zstd, or none: the media type names one of them
+  // Only the codecs a layer media type can name (support_filter_all would also run external
+  // programs for exotic ones). The tar reader takes ustar, PAX and GNU tar.
+  archive_read_support_filter_gzip(a);
+  archive_read_support_filter_zstd(a);
   archive_read_support_format_tar(a);
-  archive_read_support_format_gnutar(a);
-  if (archive_read_open_filename(a, blob.c_str(), 1 << 20) != ARCHIVE_OK)
-    throw UnpackError(blob.string() + ": cannot read the layer: " + archive_error_string(a));
-  struct archive_entry* ae = nullptr;
+  archive_read_support_format_empty(a);
+  if (archive_read_open_fd(a, blob_fd.get(), 1 << 20) != ARCHIVE_OK) corrupt(a, blob);
+
   for (;;) {
+    struct archive_entry* ae = nullptr;
     int r = archive_read_next_header(a, &ae);
     if (r == ARCHIVE_EOF) break;
-    if (r < ARCHIVE_WARN)
-      throw UnpackError(blob.string() + ": corrupt or truncated layer: " + archive_error_string(a));
-    ap.extract(a, ae);
+    if (r < ARCHIVE_WARN) corrupt(a, blob);
+    applier.apply(a, ae);
   }
-  ap.finish_dirs();
-  return std::move(ap.stats);
+  applier.finish();
+  return std::move(applier.stats());
 }
 
 }  // namespace kiln::run

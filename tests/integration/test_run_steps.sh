@@ -7,6 +7,7 @@
 # command stops the build with its exit code and output, leaving the layout untouched;
 # --network none cuts the network off.
 source "$(dirname "$0")/lib.sh"
+source "$(dirname "$0")/registry/registry_lib.sh"
 need_tools umoci bwrap skopeo oci-image-tool tar
 [[ -x /bin/busybox ]] || die "missing /bin/busybox (Debian's busybox-static; run scripts/install-deps.sh --test)"
 
@@ -231,3 +232,20 @@ if [[ $(id -u) -eq 0 ]] && command -v setpriv >/dev/null; then
     assert_eq "$DIGEST" "$(jget "j.get('digest')" <<<"$OUT")" "rootless gives the same digest as root"
   fi
 fi
+
+# ---- a registry base: its layers are fetched (only) when a step has to run ------------------------
+start_registry plain
+R=$REG_ADDR
+cat >"$T/busybox-reg.json" <<EOF
+{"name": "busybox", "registry": "$R", "source_root": "busybox", "source_dest": "/", "source_copy_mode": "all"}
+EOF
+build_ok "$T/busybox-reg.json"
+REG_BASE=$(jget "j['pushed']['reference']" <<<"$OUT")
+REG_BASE=${REG_BASE%@*}
+sed "s#\"oci:layout:busybox\"#\"$REG_BASE\"#" "$T/app.json" >"$T/app-reg.json"
+kiln build "$T/app-reg.json" --json --progress quiet --cache "$T/cache-reg" -o "oci:$L:app-reg"
+assert_eq 0 "$RC" "steps on a registry base"$'\n'"$ERR"
+oci_validate "$L" app-reg "$T/reg-bundle"
+assert_eq "hi from /work as 0" "$(cat "$T/reg-bundle/rootfs/work/out.txt")" "the steps ran on the registry base"
+assert_eq "$(manifest_json "$L" app | jget "j['layers'][-3:]")" "$(manifest_json "$L" app-reg | jget "j['layers'][-3:]")" \
+  "the same base bytes from a registry give the same step layers"
