@@ -165,7 +165,7 @@ std::vector<LayerReport> run_steps(Image& img, const std::vector<run::Step>& ste
         run::Capture cap = ws.overlay ? run::capture_overlay(sb.upper, ws.lowers, mps)
                                       : run::capture_snapshot(before, ws.tree, mps, !root);
         for (const auto& w : cap.warnings) progress.warn(label + ": " + w);
-        const std::string id = "step" + std::to_string(i);
+        const std::string id = "layer-step" + std::to_string(i);  // "layer…": --fail-fast can stop it
         progress.begin(id, "layer " + label, cap.bytes);
         auto blob = store.new_blob();
         layers::LayerWriteOptions wo;

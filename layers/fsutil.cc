@@ -127,4 +127,18 @@ void sync_dir(const fs::path& dir) {
   }
 }
 
+void remove_tree(const std::filesystem::path& dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::exists(fs::symlink_status(dir, ec))) return;
+  fs::remove_all(dir, ec);
+  if (!ec) return;
+  for (auto it = fs::recursive_directory_iterator(dir, fs::directory_options::skip_permission_denied, ec);
+       !ec && it != fs::recursive_directory_iterator(); it.increment(ec))
+    if (it->is_directory(ec) && !it->is_symlink(ec)) ::chmod(it->path().c_str(), 0700);
+  ::chmod(dir.c_str(), 0700);
+  fs::remove_all(dir, ec);
+  if (ec) throw std::system_error(ec, "cannot remove " + dir.string());
+}
+
 }  // namespace kiln::layers

@@ -25,6 +25,10 @@ void atomic_write(const std::filesystem::path& path, const std::string& content,
 /// reflink (FICLONE), else a copy. Returns "hardlink", "reflink" or "copy".
 const char* link_or_copy(const std::filesystem::path& src, const std::filesystem::path& dst);
 
+/// Removes a tree (no error when it is absent), first making writable the directories a RUN step
+/// may have left read-only (0555). Throws std::system_error when it cannot.
+void remove_tree(const std::filesystem::path& dir);
+
 /// fsync a directory, so a rename in it is durable.
 void sync_dir(const std::filesystem::path& dir);
 

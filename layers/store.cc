@@ -256,17 +256,6 @@ std::uint64_t tree_bytes(const fs::path& dir) {
   }
   return n;
 }
-/// Removes a tree, making directories a RUN step left read-only writable first.
-void remove_tree(const fs::path& dir) {
-  std::error_code ec;
-  fs::remove_all(dir, ec);
-  if (!ec) return;
-  for (auto it = fs::recursive_directory_iterator(dir, fs::directory_options::skip_permission_denied, ec);
-       !ec && it != fs::recursive_directory_iterator(); it.increment(ec))
-    if (it->is_directory(ec) && !it->is_symlink(ec)) ::chmod(it->path().c_str(), 0700);
-  ::chmod(dir.c_str(), 0700);
-  fs::remove_all(dir, ec);
-}
 }  // namespace
 
 Store::Usage Store::usage() const {
@@ -341,7 +330,12 @@ Store::PruneResult Store::prune(std::int64_t older_than_seconds) const {
   // tmp files are from writes in flight: only those over an hour old are certainly dead.
   for (auto& e : fs::directory_iterator(root_ / "tmp", ec)) {
     auto age = std::chrono::duration_cast<std::chrono::seconds>(now - e.last_write_time(ec)).count();
-    if (age > 3600) remove_tree(e.path());
+    if (age > 3600) {
+      try {
+        remove_tree(e.path());
+      } catch (const std::exception&) {
+      }
+    }
   }
   // Unpacked trees: used ones are touched (mtime) each time a build starts on them; a ".name" is
   // one being built (or left by a killed build: dead after an hour).
@@ -350,7 +344,11 @@ Store::PruneResult Store::prune(std::int64_t older_than_seconds) const {
     auto age = std::chrono::duration_cast<std::chrono::seconds>(now - e.last_write_time(ec)).count();
     if (building ? age <= 3600 : !old(e)) continue;
     r.removed_tree_bytes += tree_bytes(e.path());
-    remove_tree(e.path());
+    try {
+      remove_tree(e.path());
+    } catch (const std::exception&) {
+      continue;
+    }
     ++r.removed_trees;
   }
   return r;

@@ -14,6 +14,7 @@
 #include <system_error>
 
 #include "layers/digest.h"
+#include "layers/utf8_locale.h"
 
 namespace kiln::layers {
 
@@ -54,31 +55,6 @@ la_ssize_t on_write(struct archive*, void* ctx, const void* buf, size_t n) {
   }
   return static_cast<la_ssize_t>(n);
 }
-
-// libarchive derives each header's names from the UTF-8 we give it through the current locale's
-// charset, and libarchive 3.6/3.7 crash (NULL pathname) when that conversion fails — in the "C"
-// locale, any non-ASCII name. While a layer is written, this thread runs under a UTF-8 LC_CTYPE,
-// so names are written as UTF-8 whatever the process locale (which also keeps the bytes
-// independent of the user's locale).
-class Utf8Ctype {
- public:
-  Utf8Ctype() {
-    for (const char* name : {"C.UTF-8", "C.utf8", "en_US.UTF-8"})
-      if ((loc_ = ::newlocale(LC_CTYPE_MASK, name, locale_t(0))) != locale_t(0)) break;
-    if (loc_ != locale_t(0)) old_ = ::uselocale(loc_);
-  }
-  ~Utf8Ctype() {
-    if (loc_ != locale_t(0)) {
-      ::uselocale(old_);
-      ::freelocale(loc_);
-    }
-  }
-  Utf8Ctype(const Utf8Ctype&) = delete;
-  Utf8Ctype& operator=(const Utf8Ctype&) = delete;
-
- private:
-  locale_t loc_ = locale_t(0), old_ = locale_t(0);
-};
 
 [[noreturn]] void fail(struct archive* a, const std::string& what) {
   throw std::runtime_error(what + ": " + (archive_error_string(a) ? archive_error_string(a) : "tar error"));

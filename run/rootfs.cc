@@ -26,20 +26,6 @@ std::string chain_id(const std::vector<std::string>& diff_ids) {
   return c;
 }
 
-void remove_tree(const fs::path& dir) {
-  std::error_code ec;
-  if (!fs::exists(fs::symlink_status(dir, ec))) return;
-  fs::remove_all(dir, ec);
-  if (!ec) return;
-  // Directories a step made read-only (0555): give the owner write access, then try again.
-  for (auto it = fs::recursive_directory_iterator(dir, fs::directory_options::skip_permission_denied, ec);
-       !ec && it != fs::recursive_directory_iterator(); it.increment(ec))
-    if (it->is_directory(ec) && !it->is_symlink(ec)) ::chmod(it->path().c_str(), 0700);
-  ::chmod(dir.c_str(), 0700);
-  fs::remove_all(dir, ec);
-  if (ec) throw std::system_error(ec, "cannot remove " + dir.string());
-}
-
 void copy_tree(const fs::path& from, const fs::path& to) {
   // coreutils' cp keeps hardlinks, owners, modes, times and special files, and reflinks on
   // file systems that can; nothing in Debian's libraries does all of that.
@@ -65,7 +51,7 @@ RootfsCache::RootfsCache(const layers::Store& store) : store_(store), dir_(store
 RootfsCache::Scratch::~Scratch() {
   if (dir_.empty()) return;
   try {
-    remove_tree(dir_);
+    layers::remove_tree(dir_);
   } catch (...) {
   }
 }
@@ -97,7 +83,7 @@ fs::path RootfsCache::build(const std::string& name, const std::function<void(co
     fs::rename(tmp, final_dir);
   } catch (...) {
     try {
-      remove_tree(tmp);
+      layers::remove_tree(tmp);
     } catch (...) {
     }
     throw;

@@ -64,9 +64,6 @@ class RootfsCache {
   std::filesystem::path dir_;
 };
 
-/// Removes a tree even where a step left directories without write permission.
-void remove_tree(const std::filesystem::path& dir);
-
 /// Copies a tree (owners, modes, links, times) — reflinks where the file system can.
 void copy_tree(const std::filesystem::path& from, const std::filesystem::path& to);
 

@@ -31,6 +31,7 @@
 #include <utility>
 
 #include "layers/compress.h"
+#include "layers/utf8_locale.h"
 
 namespace fs = std::filesystem;
 
@@ -69,29 +70,6 @@ class Fd {
 
  private:
   int fd_ = -1;
-};
-
-/// Names come out of libarchive in the thread's LC_CTYPE charset; in the "C" locale, a PAX (UTF-8)
-/// name with non-ASCII bytes would be mangled. Reading under a UTF-8 LC_CTYPE gives back the bytes
-/// as stored (UTF-8 for PAX, raw bytes for ustar/GNU names), which is what the file system gets.
-class Utf8Ctype {
- public:
-  Utf8Ctype() {
-    for (const char* name : {"C.UTF-8", "C.utf8", "en_US.UTF-8"})
-      if ((loc_ = ::newlocale(LC_CTYPE_MASK, name, locale_t(0))) != locale_t(0)) break;
-    if (loc_ != locale_t(0)) old_ = ::uselocale(loc_);
-  }
-  ~Utf8Ctype() {
-    if (loc_ != locale_t(0)) {
-      ::uselocale(old_);
-      ::freelocale(loc_);
-    }
-  }
-  Utf8Ctype(const Utf8Ctype&) = delete;
-  Utf8Ctype& operator=(const Utf8Ctype&) = delete;
-
- private:
-  locale_t loc_ = locale_t(0), old_ = locale_t(0);
 };
 
 [[noreturn]] void sys_fail(const std::string& what, int err = errno) {
@@ -630,7 +608,7 @@ UnpackStats apply_layer(const fs::path& blob, const std::string& media_type, con
   if (!blob_fd) sys_fail("cannot open layer " + blob.string());
   Applier applier(blob, root, opts);
 
-  Utf8Ctype utf8_ctype;  // outlives the archive below
+  layers::Utf8Ctype utf8_ctype;  // outlives the archive below
   struct archive* a = archive_read_new();
   if (!a) throw std::runtime_error("libarchive: out of memory");
   struct Guard {
