@@ -10,7 +10,7 @@
 #   - `kiln ARGS...`: runs $KILN, leaving $OUT (stdout), $ERR (stderr) and $RC (exit code);
 #   - `build_ok SPEC ARGS...`: a `kiln build --json --progress quiet` that must succeed;
 #   - jget (python3 over JSON), make_tree, snapshot, rootfs_listing, manifest_json, config_json,
-#     blob_path, blob_cat, oci_validate, need_tools;
+#     blob_path, blob_cat, oci_validate, run_entrypoint, need_tools;
 #   - a one-line summary at exit: "test_x: N passed, M failed (S s)". The exit code is non-zero
 #     when any assertion failed or a command broke off the script.
 #
@@ -291,6 +291,27 @@ oci_validate() {
   fi
   skopeo inspect "oci:$dir:$tag" >"$log" 2>&1 || die "skopeo inspect rejects oci:$dir:$tag"$'\n'"$(cat "$log")"
   pass
+}
+
+# run_entrypoint DIR TAG ROOTFS: runs the image's Entrypoint + Cmd, with its Env and WorkingDir,
+# inside ROOTFS (an unpacked bundle's rootfs) under bwrap, as a container runtime would; prints
+# what it prints (stdout and stderr). Never fails itself.
+run_entrypoint() {
+  local cfg
+  cfg=$(config_json "$1" "$2")
+  local -a argv envs
+  mapfile -t argv < <(jget "'\n'.join((j['config'].get('Entrypoint') or []) + (j['config'].get('Cmd') or []))" <<<"$cfg")
+  mapfile -t envs < <(jget "'\n'.join(j['config'].get('Env') or [])" <<<"$cfg")
+  local -a setenv=()
+  local kv
+  for kv in "${envs[@]}"; do
+    [[ -n "$kv" ]] && setenv+=(--setenv "${kv%%=*}" "${kv#*=}")
+  done
+  local wd
+  wd=$(jget "j['config'].get('WorkingDir') or '/'" <<<"$cfg")
+  bwrap --bind "$3" / --proc /proc --dev /dev --tmpfs /tmp --unshare-all --die-with-parent --clearenv \
+    --setenv PATH /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "${setenv[@]}" --chdir "$wd" \
+    -- "${argv[@]}" 2>&1 || true
 }
 
 # need_tools TOOL...: dies with a clear message when a test tool is missing.

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# apt_packages for real: a Debian bookworm base made with debootstrap (minbase) and turned into an
-# OCI image by umoci — a base kiln did not write, with real owners, setuid files and a 1777 /tmp —
-# then `apt_packages: ["hello"]` from the Debian mirror. The image runs `hello` under bwrap; the
-# layer holds the package but no apt lists or caches; owners and modes of the base survive;
-# --network none fails the step with apt's own error, exit 3.
+# An ImageSpec with all four install fields, for real, with no daemon: a Debian bookworm base made
+# with debootstrap (minbase) and turned into an OCI image by umoci — a base kiln did not write,
+# with real owners, setuid files and a 1777 /tmp — then apt_packages (hello, python3-pip) from the
+# Debian mirror, requirements + packages through the pip that apt installed (two wheels written
+# here, passed in with pip_secret_mounts), and commands that use both. The image's entrypoint runs
+# under bwrap and prints what the steps made; the apt layer holds the packages but no apt lists or
+# caches; owners and modes of the base survive; a rebuild runs nothing; --network none fails the
+# apt step with apt's own error, exit 3.
 #
 # Needs the Debian mirror (as scripts/install-deps.sh does). The debootstrap tree is kept in
 # $KILN_TEST_CACHE (default /var/tmp/kiln-test-cache) between runs; without a mirror the test is
@@ -46,18 +49,39 @@ umoci repack --image "$D:bookworm" "$T/base-bundle" >/dev/null
 umoci config --image "$D:bookworm" --config.env "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" >/dev/null
 rm -rf "$T/base-bundle"
 
-cat >"$T/spec.json" <<EOF
-{"name": "hello", "base_image": "oci:debian:bookworm", "apt_packages": ["hello"], "entrypoint": ["hello"]}
+W="$T/wheels"
+mkdir -p "$W"
+"$PYTHON" "$(dirname "$0")/make_wheel.py" "$W" kilnhello 1.0 "GREETING = 'hello from a wheel'"
+"$PYTHON" "$(dirname "$0")/make_wheel.py" "$W" kilnextra 2.0 "EXTRA = 'and an extra'"
+echo "kilnhello==1.0" >"$T/requirements.txt"
+cat >"$T/spec.json" <<'EOF'
+{
+  "name": "everything",
+  "base_image": "oci:debian:bookworm",
+  "apt_packages": ["hello", "python3-pip"],
+  "requirements": "requirements.txt",
+  "packages": ["kilnextra==2.0"],
+  "pip_extra_args": "--no-index --find-links /wheels",
+  "pip_secret_mounts": [["wheels", "/wheels"]],
+  "workdir": "/app",
+  "commands": [
+    "python3 -c 'import kilnhello, kilnextra; print(kilnhello.GREETING, kilnextra.EXTRA)' > greeting.txt",
+    "hello > hello.txt"
+  ],
+  "entrypoint": ["sh", "-c", "cat greeting.txt hello.txt"]
+}
 EOF
-kiln build "$T/spec.json" --json --progress plain -o "oci:$T/out:hello"
-assert_eq 0 "$RC" "apt_packages builds"$'\n'"$(tail -30 <<<"$ERR")"
+kiln build "$T/spec.json" --json --progress plain -o "oci:$T/out:all"
+assert_eq 0 "$RC" "apt_packages, requirements, packages and commands build"$'\n'"$(tail -30 <<<"$ERR")"
+DIGEST=$(jget "j.get('digest')" <<<"$OUT")
 assert_contains "$ERR" "[apt] " "apt's output is logged with the step's name"
-oci_validate "$T/out" hello "$T/bundle"
+assert_contains "$ERR" "[pip] Successfully installed" "pip's output is logged with the step's name"
+oci_validate "$T/out" all "$T/bundle"
 R="$T/bundle/rootfs"
-RUN_OUT=$(bwrap --bind "$R" / --proc /proc --dev /dev --tmpfs /tmp --unshare-all --die-with-parent --clearenv \
-  --setenv PATH /usr/bin:/bin hello 2>&1) || true
-assert_eq "Hello, world!" "$RUN_OUT" "the installed package runs in the image"
-D_LAYER=$(manifest_json "$T/out" hello | jget "j['layers'][-1]['digest']")
+assert_eq $'hello from a wheel and an extra\nHello, world!' "$(run_entrypoint "$T/out" all "$R")" \
+  "the image's entrypoint prints what the apt, pip and command steps made"
+assert_eq 4 "$(manifest_json "$T/out" all | jget "len(j['layers']) - 1")" "apt, pip and two commands: four layers on the base"
+D_LAYER=$(manifest_json "$T/out" all | jget "j['layers'][1]['digest']")
 LISTING=$(blob_cat "$(blob_path "$T/out" "$D_LAYER")" | tar -tv | grep -v '/\.wh\.')
 assert_contains "$LISTING" "usr/bin/hello" "the apt layer holds the package"
 assert_not_contains "$LISTING" "var/lib/apt/lists/deb" "no apt lists in the layer"
@@ -67,6 +91,13 @@ assert_eq "1777" "$(stat -c %a "$R/tmp")" "the base's /tmp keeps mode 1777"
 assert_eq "4755" "$(stat -c %a "$R/usr/bin/su")" "setuid files of the base survive"
 assert_eq "_apt" "$(stat -c %U "$R/var/cache/apt/archives/partial" 2>/dev/null || echo missing)" \
   "a directory owned by another user keeps its owner"
+
+assert_cmd "the wheels (a secret mount) are not in the image" test ! -e "$R/wheels"
+
+# ---- nothing changed: no step runs --------------------------------------------------------------
+kiln build "$T/spec.json" --json --progress plain
+assert_eq "0 $DIGEST" "$RC $(jget "j.get('digest')" <<<"$OUT")" "the rebuild gives the same digest"
+assert_not_contains "$ERR" ": running (" "a rebuild with nothing changed runs no step"
 
 # ---- no network: apt's own error, exit 3 ---------------------------------------------------------
 kiln build "$T/spec.json" --json --progress quiet --network none --cache "$T/cache-nonet"

@@ -43,24 +43,7 @@ build_ok "$T/python.json" -o "oci:$L:python"
 W="$T/wheels"
 mkdir -p "$W"
 cp "$SETUPTOOLS_WHL" "$W/"
-"$PYTHON" - "$W" <<'EOF'
-import base64, hashlib, sys, zipfile
-files = {
-    "kilnhello/__init__.py": "GREETING = 'hello from a wheel'\n",
-    "kilnhello-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: kilnhello\nVersion: 1.0\n",
-    "kilnhello-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: kiln-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-}
-record = []
-for name, text in files.items():
-    data = text.encode()
-    h = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-    record.append(f"{name},sha256={h},{len(data)}")
-record.append("kilnhello-1.0.dist-info/RECORD,,")
-with zipfile.ZipFile(sys.argv[1] + "/kilnhello-1.0-py3-none-any.whl", "w") as z:
-    for name, text in files.items():
-        z.writestr(zipfile.ZipInfo(name, (1980, 1, 1, 0, 0, 0)), text)
-    z.writestr(zipfile.ZipInfo("kilnhello-1.0.dist-info/RECORD", (1980, 1, 1, 0, 0, 0)), "\n".join(record) + "\n")
-EOF
+"$PYTHON" "$(dirname "$0")/make_wheel.py" "$W" kilnhello 1.0 "GREETING = 'hello from a wheel'"
 
 # ---- the app: requirements + packages, offline ---------------------------------------------------
 mkdir -p "$T/app"
@@ -85,9 +68,8 @@ assert_contains "$ERR" "[pip] " "pip's output is logged with the step's name"
 assert_contains "$ERR" "Successfully installed" "pip installed the packages"
 oci_validate "$L" app "$T/app-bundle"
 R="$T/app-bundle/rootfs"
-OUT_RUN=$(bwrap --bind "$R" / --proc /proc --dev /dev --tmpfs /tmp --unshare-all --die-with-parent --clearenv \
-  --setenv PATH /usr/local/bin:/usr/bin:/bin python3 -c "import kilnhello, setuptools; print(kilnhello.GREETING, setuptools.__version__)" 2>&1) || true
-assert_eq "hello from a wheel $SETUPTOOLS_VERSION" "$OUT_RUN" "the installed packages import in the image"
+OUT_RUN=$(run_entrypoint "$L" app "$R")
+assert_eq "hello from a wheel $SETUPTOOLS_VERSION" "$OUT_RUN" "the image's entrypoint imports the installed packages"
 assert_cmd "the secret mount is not in the image" test ! -e "$R/wheels"
 assert_eq "" "$(ls "$R/tmp" 2>/dev/null)" "nothing from the sandbox's /tmp (where requirements.txt was mounted)"
 PYC=$(find "$R" -path '*kilnhello/__pycache__/*.pyc' | head -1)
