@@ -36,7 +36,8 @@ std::string capture_mode(const StepRunOptions& ro, const layers::Store& store) {
 
 std::string failure_message(const run::SandboxResult& r) {
   std::string msg = "exited with code " + std::to_string(r.exit_code);
-  if (r.exit_code > 128 && r.exit_code < 128 + 65) msg = "was killed by signal " + std::to_string(r.exit_code - 128);
+  // The shell's way of reporting a signal, or a command's own choice of code: both read the same.
+  if (r.exit_code > 128 && r.exit_code < 128 + 65) msg += " (killed by signal " + std::to_string(r.exit_code - 128) + "?)";
   for (const auto& l : r.tail)
     if (l.find("bwrap: execvp /bin/sh") != std::string::npos)
       return msg + ": the image has no /bin/sh, and RUN steps run under it (use a base image with a shell)";

@@ -190,10 +190,9 @@ std::vector<Step> plan_steps(const spec::ImageSpec& s, const std::vector<std::st
       st.mounts.push_back({p, target, true});
     }
     steps.push_back(std::move(st));
-  } else if (s.python_exec || s.python_version) {
-    // Nothing to install: the interpreter is only checked, by the step that would use it. kiln
-    // never downloads one (docs/run-steps.md).
   }
+  // python_version / python_exec alone install nothing: they choose (and check) the interpreter
+  // of the pip step. kiln never downloads one (docs/run-steps.md).
 
   for (std::size_t i = 0; i < s.commands.size(); ++i) {
     std::string name = s.commands.size() == 1 ? "command" : "command " + std::to_string(i + 1);
