@@ -27,6 +27,8 @@
 #include <stdexcept>
 #include <system_error>
 
+#include "layers/unique_fd.h"
+
 extern char** environ;
 
 namespace fs = std::filesystem;
@@ -47,33 +49,7 @@ constexpr std::size_t kMaxMountOptions = 4095;
 /// pipe; the status only shows up if that pipe somehow got lost).
 constexpr int kSetupFailedStatus = 125;
 
-class Fd {
- public:
-  Fd() = default;
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() { reset(); }
-  Fd(Fd&& o) noexcept : fd_(o.release()) {}
-  Fd& operator=(Fd&& o) noexcept {
-    if (this != &o) {
-      reset();
-      fd_ = o.release();
-    }
-    return *this;
-  }
-  int get() const { return fd_; }
-  int release() {
-    int f = fd_;
-    fd_ = -1;
-    return f;
-  }
-  void reset() {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = -1;
-  }
-
- private:
-  int fd_ = -1;
-};
+using Fd = layers::UniqueFd;
 
 struct Pipe {
   Fd read, write;

@@ -31,6 +31,7 @@
 #include <utility>
 
 #include "layers/compress.h"
+#include "layers/unique_fd.h"
 #include "layers/utf8_locale.h"
 
 namespace fs = std::filesystem;
@@ -44,33 +45,7 @@ constexpr std::string_view kOpaqueMarker = ".wh..wh..opq";
 constexpr std::string_view kAufsMetaPrefix = ".wh..wh.";  // aufs bookkeeping (.wh..wh.plnk, ...)
 constexpr const char* kOpaqueXattr = "trusted.overlay.opaque";
 
-/// An owned file descriptor.
-class Fd {
- public:
-  Fd() = default;
-  explicit Fd(int fd) : fd_(fd) {}
-  Fd(Fd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
-  Fd& operator=(Fd&& o) noexcept {
-    if (this != &o) {
-      reset();
-      fd_ = std::exchange(o.fd_, -1);
-    }
-    return *this;
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() { reset(); }
-
-  int get() const { return fd_; }
-  explicit operator bool() const { return fd_ >= 0; }
-  void reset() {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = -1;
-  }
-
- private:
-  int fd_ = -1;
-};
+using Fd = layers::UniqueFd;
 
 [[noreturn]] void sys_fail(const std::string& what, int err = errno) {
   throw std::system_error(err, std::generic_category(), what);
