@@ -31,21 +31,7 @@ std::string stream_plain(const Layer& l, const layers::ByteSink& sink, std::uint
                                     *size += n;
                                     if (sink) sink(d, n);
                                   });
-  int fd = ::open(l.blob.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw std::system_error(errno, std::generic_category(), "cannot open " + l.blob.string());
-  std::vector<char> buf(1 << 20);
-  for (;;) {
-    ssize_t n = ::read(fd, buf.data(), buf.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      int e = errno;
-      ::close(fd);
-      throw std::system_error(e, std::generic_category(), "cannot read " + l.blob.string());
-    }
-    if (n == 0) break;
-    dec->write(buf.data(), static_cast<std::size_t>(n));
-  }
-  ::close(fd);
+  layers::read_blocks(l.blob, [&](const char* d, std::size_t n) { dec->write(d, n); }, 1 << 20, /*follow=*/true);
   dec->finish();
   return h.digest();
 }

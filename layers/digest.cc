@@ -11,6 +11,8 @@
 #include <system_error>
 #include <vector>
 
+#include "layers/fsutil.h"
+
 namespace kiln::layers {
 
 namespace {
@@ -47,22 +49,8 @@ std::string sha256_hex(std::string_view data) {
 }
 
 std::string sha256_file_hex(const std::filesystem::path& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-  if (fd < 0) throw std::system_error(errno, std::generic_category(), "cannot open " + path.string());
   Sha256 h;
-  std::vector<char> buf(1 << 20);
-  for (;;) {
-    ssize_t n = ::read(fd, buf.data(), buf.size());
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      int e = errno;
-      ::close(fd);
-      throw std::system_error(e, std::generic_category(), "cannot read " + path.string());
-    }
-    if (n == 0) break;
-    h.update(buf.data(), static_cast<std::size_t>(n));
-  }
-  ::close(fd);
+  read_blocks(path, [&](const char* d, std::size_t n) { h.update(d, n); });
   return h.hex();
 }
 

@@ -10,6 +10,7 @@
 #include <atomic>
 #include <random>
 #include <system_error>
+#include <vector>
 
 namespace fs = std::filesystem;
 
@@ -139,6 +140,24 @@ void remove_tree(const std::filesystem::path& dir) {
   ::chmod(dir.c_str(), 0700);
   fs::remove_all(dir, ec);
   if (ec) throw std::system_error(ec, "cannot remove " + dir.string());
+}
+
+void read_blocks(const std::filesystem::path& path, const std::function<void(const char*, std::size_t)>& f,
+                 std::size_t block, bool follow) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | (follow ? 0 : O_NOFOLLOW));
+  if (fd < 0) throw std::system_error(errno, std::generic_category(), "cannot open " + path.string());
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  std::vector<char> buf(block);
+  for (;;) {
+    ssize_t n = ::read(fd, buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw std::system_error(errno, std::generic_category(), "cannot read " + path.string());
+    if (n == 0) return;
+    f(buf.data(), static_cast<std::size_t>(n));
+  }
 }
 
 }  // namespace kiln::layers

@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <filesystem>
+#include <functional>
 #include <string>
 
 namespace kiln::layers {
@@ -28,6 +29,11 @@ const char* link_or_copy(const std::filesystem::path& src, const std::filesystem
 /// Removes a tree (no error when it is absent), first making writable the directories a RUN step
 /// may have left read-only (0555). Throws std::system_error when it cannot.
 void remove_tree(const std::filesystem::path& dir);
+
+/// Reads a whole file in blocks of up to `block` bytes, handing each to `f`. A symlink is refused
+/// unless `follow`. Throws std::system_error naming the file.
+void read_blocks(const std::filesystem::path& path, const std::function<void(const char*, std::size_t)>& f,
+                 std::size_t block = 1 << 20, bool follow = false);
 
 /// fsync a directory, so a rename in it is durable.
 void sync_dir(const std::filesystem::path& dir);

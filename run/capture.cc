@@ -15,6 +15,8 @@
 
 #include <xxhash.h>
 
+#include "layers/fsutil.h"
+
 namespace fs = std::filesystem;
 
 namespace kiln::run {
@@ -55,28 +57,14 @@ std::optional<Node> stat_node(const fs::path& p) {
 }
 
 std::uint64_t content_hash(const fs::path& p) {
-  int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-  if (fd < 0) sys_fail("cannot open", p);
   XXH3_state_t* st = XXH3_createState();
+  struct Free {
+    XXH3_state_t* st;
+    ~Free() { XXH3_freeState(st); }
+  } free_state{st};
   XXH3_64bits_reset(st);
-  std::vector<char> buf(1 << 18);
-  for (;;) {
-    ssize_t n = ::read(fd, buf.data(), buf.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      int e = errno;
-      ::close(fd);
-      XXH3_freeState(st);
-      errno = e;
-      sys_fail("cannot read", p);
-    }
-    if (n == 0) break;
-    XXH3_64bits_update(st, buf.data(), static_cast<std::size_t>(n));
-  }
-  ::close(fd);
-  std::uint64_t h = XXH3_64bits_digest(st);
-  XXH3_freeState(st);
-  return h;
+  layers::read_blocks(p, [&](const char* d, std::size_t n) { XXH3_64bits_update(st, d, n); }, 1 << 18);
+  return XXH3_64bits_digest(st);
 }
 
 bool same_bytes(const fs::path& a, const fs::path& b) { return content_hash(a) == content_hash(b); }
