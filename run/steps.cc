@@ -70,9 +70,7 @@ std::string pip_script(const spec::ImageSpec& s, bool with_requirements) {
     if (!want.empty()) candidates += "python" + want + " ";
     candidates += "python3 python";
   }
-  std::string args;
-  if (s.pip_index) args += " --index-url " + shell_quote(*s.pip_index);
-  for (const auto& u : s.pip_extra_index_url) args += " --extra-index-url " + shell_quote(u);
+  std::string args;  // pip_index and pip_extra_index_url come as PIP_INDEX_URL / PIP_EXTRA_INDEX_URL
   for (const auto& a : s.pip_extra_args) args += " " + shell_quote(a);
   if (with_requirements) args += std::string(" -r ") + kRequirementsTarget;
   for (const auto& p : s.packages) args += " " + shell_quote(p);
@@ -181,6 +179,21 @@ std::vector<Step> plan_steps(const spec::ImageSpec& s, const std::vector<std::st
     set(st.env, "PIP_NO_CACHE_DIR", "1");
     set(st.env, "PIP_PROGRESS_BAR", "off");
     st.inputs = step_inputs(s);
+    // Index URLs may carry a token: they reach pip through the environment, outside the cache key
+    // (which sees them without credentials) and outside every log.
+    if (s.pip_index) {
+      st.secret_env.emplace_back("PIP_INDEX_URL", *s.pip_index);
+      st.inputs.emplace_back("pip_index", spec::without_userinfo(*s.pip_index));
+    }
+    if (!s.pip_extra_index_url.empty()) {
+      std::string all, shown;
+      for (const auto& u : s.pip_extra_index_url) {
+        all += (all.empty() ? "" : " ") + u;
+        shown += (shown.empty() ? "" : " ") + spec::without_userinfo(u);
+      }
+      st.secret_env.emplace_back("PIP_EXTRA_INDEX_URL", all);
+      st.inputs.emplace_back("pip_extra_index_url", shown);
+    }
     if (s.requirements) st.mounts.push_back({resolve(s, *s.requirements), kRequirementsTarget, true});
     for (const auto& [src, target] : s.pip_secret_mounts) {
       fs::path p = resolve(s, src);

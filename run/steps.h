@@ -25,6 +25,9 @@ struct Step {
   std::string created_by;      // the history entry ("kiln: RUN apt-get install …")
   std::vector<std::string> argv;               // run in the sandbox
   std::vector<std::pair<std::string, std::string>> env;  // the whole environment, in order
+  /// More environment, not part of the cache key and never logged: index URLs with credentials.
+  /// Their credential-free form is among `inputs`.
+  std::vector<std::pair<std::string, std::string>> secret_env;
   std::string workdir;         // created when missing
   std::vector<Mount> mounts;   // read-only binds, not captured
   std::vector<std::pair<std::string, std::string>> inputs;  // (name, sha256 hex) of files it reads

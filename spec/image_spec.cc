@@ -634,6 +634,16 @@ ImageSpec load_spec(const std::string& path) {
   return parse_spec(text, fs::absolute(path).parent_path(), path);
 }
 
+std::string without_userinfo(const std::string& url) {
+  std::size_t scheme = url.find("://");
+  if (scheme == std::string::npos) return url;
+  std::size_t host = scheme + 3;
+  std::size_t end = url.find_first_of("/?#", host);
+  std::size_t at = url.rfind('@', end == std::string::npos ? std::string::npos : end);
+  if (at == std::string::npos || at < host) return url;
+  return url.substr(0, host) + url.substr(at + 1);
+}
+
 nlohmann::json ImageSpec::canonical() const {
   json c = json::object();  // std::map-backed: keys come out sorted
   auto put_str = [&](const char* key, const std::optional<std::string>& v) {
@@ -672,8 +682,12 @@ nlohmann::json ImageSpec::canonical() const {
     case BaseImage::Kind::Spec: c["base_image"] = base_image.spec->canonical(); break;
   }
   c["platform"] = platform;
-  put_str("pip_index", pip_index);
-  put_list("pip_extra_index_url", pip_extra_index_url);
+  if (pip_index) c["pip_index"] = without_userinfo(*pip_index);
+  if (!pip_extra_index_url.empty()) {
+    json urls = json::array();
+    for (const auto& u : pip_extra_index_url) urls.push_back(without_userinfo(u));
+    c["pip_extra_index_url"] = urls;
+  }
   if (!pip_secret_mounts.empty()) {
     json mounts = json::array();
     for (const auto& [src, target] : pip_secret_mounts)

@@ -110,6 +110,11 @@ struct ImageSpec {
   nlohmann::json canonical() const;
 };
 
+/// `url` without credentials: "https://user:token@host/simple" → "https://host/simple". Index URLs
+/// may carry a token; it shapes nothing in the image, so the tag, the history and the step cache
+/// keys see the URL without it (and nothing prints it).
+std::string without_userinfo(const std::string& url);
+
 /// Parse and validate JSON text. Throws SpecError.
 ImageSpec parse_spec(std::string_view text, const std::filesystem::path& base_dir,
                      const std::string& origin);

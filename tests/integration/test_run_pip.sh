@@ -107,3 +107,22 @@ sed 's/"requirements.txt"/"missing.txt"/' "$T/app/spec.json" >"$T/app/missing.js
 kiln build "$T/app/missing.json" --json --progress quiet
 assert_eq 2 "$RC" "a missing requirements file: exit 2"
 assert_contains "$(jget "j['message']" <<<"$OUT")" "missing.txt" "the message names the file"
+
+# ---- an index URL with a token: pip gets it, nothing prints or stores it ---------------------------
+sed 's#"pip_extra_args"#"pip_index": "https://kiln:s3cr3t-t0ken@pypi.invalid/simple", "pip_extra_args"#' \
+  "$T/app/spec.json" >"$T/app/token.json"
+kiln build "$T/app/token.json" --json --progress plain -o "oci:$L:token"
+assert_eq 0 "$RC" "a spec with an index token builds (--no-index wins)"$'\n'"$ERR"
+ID=$(jget "j['build_id']" <<<"$OUT")
+assert_not_contains "$OUT$ERR" "s3cr3t" "the token is not in kiln's output"
+assert_not_contains "$(cat "$(jget "j['log_path']" <<<"$OUT")")" "s3cr3t" "nor in the build's log"
+kiln show "$ID" --json
+assert_not_contains "$OUT" "s3cr3t" "nor in the build record"
+assert_not_contains "$(config_json "$L" token)" "s3cr3t" "nor in the image config"
+kiln tag "$T/app/token.json"
+TOKEN_REF=$OUT
+sed 's/s3cr3t-t0ken/rotated-t0ken/' "$T/app/token.json" >"$T/app/rotated.json"
+kiln tag "$T/app/rotated.json"
+assert_eq "$TOKEN_REF" "$OUT" "rotating the token keeps the tag"
+kiln build "$T/app/rotated.json" --json --progress plain
+assert_not_contains "$ERR" "[pip] " "rotating the token does not re-run pip"
