@@ -180,9 +180,11 @@ std::vector<LayerReport> run_steps(Image& img, const std::vector<run::Step>& ste
         rec = {w.digest, w.diff_id, w.media_type, w.size, w.tar_size};
         store.put_layer(key, rec);
         lr.files = cap.files;
-        progress.end(id, counter + " " + label + ": " + w.digest.substr(0, 19) + ", " + std::to_string(cap.files) +
-                             " files, " + std::to_string(cap.whiteouts) + " removed, " + std::to_string(w.size) +
-                             " bytes");
+        const std::string what = cap.entries.empty()
+                                     ? "no change (an empty layer)"
+                                     : std::to_string(cap.files) + " files, " + std::to_string(cap.whiteouts) +
+                                           " removed, " + std::to_string(w.size) + " bytes";
+        progress.end(id, counter + " " + label + ": " + w.digest.substr(0, 19) + ", " + what);
         // The next step runs on this one's upper dir: kept as its diff tree, not unpacked again.
         if (ws.overlay) {
           run::drop_mountpoints(sb.upper, ws.lowers, mps);
