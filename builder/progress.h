@@ -18,6 +18,9 @@ class Progress {
   virtual void begin(const std::string& id, const std::string& label, std::uint64_t total) = 0;
   virtual void advance(const std::string& id, std::uint64_t done_delta) = 0;
   virtual void end(const std::string& id, const std::string& summary) = 0;
+  /// Has whoever started the build asked it to stop (--fail-fast)? Long waits poll this; the next
+  /// layer event then throws.
+  virtual bool stop_requested() const { return false; }
 };
 
 /// Discards everything.

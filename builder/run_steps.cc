@@ -161,7 +161,12 @@ std::vector<LayerReport> run_steps(Image& img, const std::vector<run::Step>& ste
         }
         run::SandboxIo io;
         io.on_line = [&](std::string_view line) { progress.log("[" + st.name + "] " + std::string(line)); };
+        io.stop = [&] { return progress.stop_requested(); };
         run::SandboxResult res = run::run_sandboxed(sb, io);
+        if (res.stopped) {
+          progress.advance("layer-" + label, 0);  // a layer event: the build log throws Cancelled
+          throw std::runtime_error(label + ": stopped");
+        }
         if (res.exit_code != 0) throw StepError(label, failure_message(res), res.exit_code);
 
         run::Capture cap = ws.overlay ? run::capture_overlay(sb.upper, ws.lowers, mps)

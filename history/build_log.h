@@ -34,6 +34,7 @@ class BuildLog : public builder::Progress {
   void begin(const std::string& id, const std::string& label, std::uint64_t total) override;
   void advance(const std::string& id, std::uint64_t delta) override;
   void end(const std::string& id, const std::string& summary) override;
+  bool stop_requested() const override { return cancel_ && cancel_->load(); }
 
   /// A line for the file only (not shown).
   void note(const std::string& line);

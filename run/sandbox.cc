@@ -7,6 +7,7 @@
 #include "run/sandbox.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/mount.h>
@@ -259,6 +260,10 @@ class Child {
   Child(const Child&) = delete;
   Child& operator=(const Child&) = delete;
 
+  /// bwrap takes everything in the sandbox with it (--die-with-parent inside).
+  void kill() {
+    if (pid_ > 0) ::kill(pid_, SIGKILL);
+  }
   int wait() {
     int status = 0;
     while (::waitpid(pid_, &status, 0) < 0) {
@@ -594,7 +599,21 @@ SandboxResult run_sandboxed(const SandboxSpec& spec, const SandboxIo& io) {
 
   LineSplitter lines(io);
   std::vector<char> buf(64 * 1024);
+  bool stopped = false;
   for (;;) {
+    if (io.stop) {  // wait for output at most 200 ms, then ask whether to go on
+      struct pollfd p{out.read.get(), POLLIN, 0};
+      int n = ::poll(&p, 1, 200);
+      if (n < 0 && errno != EINTR) throw std::system_error(errno, std::generic_category(), "poll");
+      if (n <= 0) {
+        if (io.stop()) {
+          stopped = true;
+          child.kill();
+          break;
+        }
+        continue;
+      }
+    }
     ssize_t r = ::read(out.read.get(), buf.data(), buf.size());
     if (r < 0) {
       if (errno == EINTR) continue;
@@ -615,6 +634,7 @@ SandboxResult run_sandboxed(const SandboxSpec& spec, const SandboxIo& io) {
   else if (WIFSIGNALED(status))
     result.exit_code = 128 + WTERMSIG(status);
   result.tail = lines.take_tail();
+  result.stopped = stopped;
   return result;
 }
 

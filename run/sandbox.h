@@ -40,6 +40,7 @@ struct SandboxSpec {
 struct SandboxResult {
   int exit_code = 0;     // the command's status; 128+N when killed by signal N
   std::vector<std::string> tail;  // the last lines of output (at most tail_lines)
+  bool stopped = false;           // killed because io.stop asked for it
 };
 
 struct SandboxIo {
@@ -49,6 +50,9 @@ struct SandboxIo {
   /// Raw output is appended here too (created if needed) when not empty.
   std::filesystem::path log_file;
   std::size_t tail_lines = 20;
+  /// Polled about five times a second while the command runs: true kills the sandbox, and
+  /// run_sandboxed returns with `stopped` set.
+  std::function<bool()> stop;
 };
 
 /// The bwrap program: $KILN_BWRAP, else `bwrap` on PATH. Empty when there is none.

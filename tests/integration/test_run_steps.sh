@@ -239,3 +239,18 @@ oci_validate "$L" app-reg "$T/reg-bundle"
 assert_eq "hi from /work as 0" "$(cat "$T/reg-bundle/rootfs/work/out.txt")" "the steps ran on the registry base"
 assert_eq "$(manifest_json "$L" app | jget "j['layers'][-3:]")" "$(manifest_json "$L" app-reg | jget "j['layers'][-3:]")" \
   "the same base bytes from a registry give the same step layers"
+
+# ---- --fail-fast stops a running step of another build at once -------------------------------------
+cat >"$T/long.json" <<'EOF'
+{"name": "long", "base_image": "oci:layout:busybox", "commands": ["echo long-started; sleep 60"]}
+EOF
+cat >"$T/quickfail.json" <<'EOF'
+{"name": "quickfail", "base_image": "oci:layout:busybox", "commands": ["sleep 1; exit 5"]}
+EOF
+START=$SECONDS
+kiln build "$T/long.json" "$T/quickfail.json" --jobs 2 --fail-fast --json --progress plain --cache "$T/cache-ff"
+assert_eq 3 "$RC" "--fail-fast with a failed step: exit 3"
+assert_cmd "the running step was stopped, not waited for ($((SECONDS - START)) s)" test $((SECONDS - START)) -lt 30
+assert_eq "True,False" "$(jget "','.join(str(b.get('cancelled', False)) for b in j['builds'])" <<<"$OUT")" \
+  "the long build is reported cancelled, the failing one failed"
+assert_eq "" "$(pgrep -f "sleep 60" || true)" "no process of the stopped step is left"
