@@ -216,6 +216,10 @@ const char* kind_name(std::uint32_t mode) {
   return "special file";
 }
 
+std::string skipped(const std::string& rel, std::uint32_t mode) {
+  return std::string("skipped /") + rel + ": a " + kind_name(mode) + " (layers hold files, directories and links)";
+}
+
 }  // namespace
 
 std::vector<std::string> sandbox_mountpoints(const std::vector<std::string>& extra_targets) {
@@ -260,7 +264,7 @@ Capture capture_overlay(const fs::path& upper, const std::vector<fs::path>& lowe
   auto lower = [&](const std::string& rel) { return lower_view(lowers, rel); };
 
   std::map<std::string, Item> items;
-  Capture warn;
+  std::vector<std::string> warnings;
   walk(upper, "", {}, [&](const std::string& rel, const Node& n) {
     Item it;
     it.node = n;
@@ -293,13 +297,12 @@ Capture capture_overlay(const fs::path& upper, const std::vector<fs::path>& lowe
                   lo->first.uid == n.uid && lo->first.gid == n.gid;
       if (!same) it.kind = Item::Kind::Keep;
     } else {
-      warn.warnings.push_back(std::string("skipped /") + rel + ": a " + kind_name(n.mode) +
-                              " (layers hold files, directories and links)");
+      warnings.push_back(skipped(rel, n.mode));
     }
     items.emplace(rel, it);
   });
   Capture c = to_entries(items, upper, false);
-  c.warnings = std::move(warn.warnings);
+  c.warnings = std::move(warnings);
   return c;
 }
 
@@ -316,7 +319,7 @@ Snapshot take_snapshot(const fs::path& root, const std::vector<std::string>& mou
 Capture capture_snapshot(const Snapshot& before, const fs::path& root, const std::vector<std::string>& mountpoints,
                          bool map_caller_to_root) {
   std::map<std::string, Item> items;
-  Capture warn;
+  std::vector<std::string> warnings;
   walk(root, "", mountpoints, [&](const std::string& rel, const Node& n) {
     Item it;
     it.node = n;
@@ -335,8 +338,7 @@ Capture capture_snapshot(const Snapshot& before, const fs::path& root, const std
       if (meta_changed || o.size != n.size || (touched && content_hash(root / rel) != o.content))
         it.kind = Item::Kind::Keep;
     } else if (type_changed) {
-      warn.warnings.push_back(std::string("skipped /") + rel + ": a " + kind_name(n.mode) +
-                              " (layers hold files, directories and links)");
+      warnings.push_back(skipped(rel, n.mode));
     }
     items.emplace(rel, it);
   });
@@ -356,7 +358,7 @@ Capture capture_snapshot(const Snapshot& before, const fs::path& root, const std
     items.emplace(rel, it);
   }
   Capture c = to_entries(items, root, map_caller_to_root);
-  c.warnings = std::move(warn.warnings);
+  c.warnings = std::move(warnings);
   return c;
 }
 
