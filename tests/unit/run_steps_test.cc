@@ -200,6 +200,19 @@ TEST_CASE("capture: a snapshot diff finds added, changed and removed paths", "[r
   }
 }
 
+TEST_CASE("capture: a fifo a step makes is skipped with a warning", "[run]") {
+  TempDir d;
+  fs::path root = d / "root";
+  write_file(root / "bin/sh", "#!\n", 0755);
+  const auto mps = kiln::run::sandbox_mountpoints({});
+  auto before = kiln::run::take_snapshot(root, mps);
+  REQUIRE(::mkfifo((root / "bin/pipe").c_str(), 0644) == 0);
+  auto c = kiln::run::capture_snapshot(before, root, mps, false);
+  CHECK(c.entries.empty());
+  REQUIRE(c.warnings.size() == 1);
+  CHECK(c.warnings[0].find("/bin/pipe: a fifo") != std::string::npos);
+}
+
 TEST_CASE("capture: mount points the sandbox created are not captured", "[run]") {
   TempDir d;
   fs::path root = d / "root";
