@@ -148,6 +148,8 @@ WrittenLayer write_layer(const std::vector<TarEntry>& entries, const LayerWriteO
       case TarEntry::Type::File:
         archive_entry_set_filetype(ae, AE_IFREG);
         archive_entry_set_size(ae, static_cast<la_int64_t>(e.size));
+        if (!e.capability.empty())  // written as a PAX SCHILY.xattr record
+          archive_entry_xattr_add_entry(ae, "security.capability", e.capability.data(), e.capability.size());
         break;
     }
     // A name with no header form (not valid UTF-8, or no UTF-8 locale on this system): refuse it

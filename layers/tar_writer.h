@@ -28,6 +28,9 @@ struct TarEntry {
   std::string sha256;         // File: content digest (hex) — part of the layer's cache key
   // Identity of the source file at the time it was hashed: the writer refuses a file that changed.
   std::int64_t mtime_ns = 0, ctime_ns = 0;
+  /// File: its security.capability xattr (file capabilities, as setcap writes them), "" for
+  /// none. The one xattr layers carry: it is what makes ping work for non-root users.
+  std::string capability;
 };
 
 /// Sort bytewise, add missing parent directories (mode 0755), drop duplicate paths (the last

@@ -46,6 +46,11 @@ std::optional<Node> stat_node(const fs::path& p) {
   n.rdev = st.st_rdev;
   n.mtime_ns = ns(st.st_mtim);
   n.ctime_ns = ns(st.st_ctim);
+  if (S_ISREG(st.st_mode)) {
+    char buf[64];
+    ssize_t len = ::lgetxattr(p.c_str(), "security.capability", buf, sizeof buf);
+    if (len > 0) n.capability.assign(buf, static_cast<std::size_t>(len));
+  }
   if (S_ISLNK(st.st_mode)) {
     std::string buf(static_cast<std::size_t>(st.st_size) + 1, '\0');
     ssize_t len = ::readlink(p.c_str(), buf.data(), buf.size());
@@ -199,6 +204,7 @@ Capture to_entries(std::map<std::string, Item>& items, const fs::path& root, boo
       e.source = root / rel;
       e.mtime_ns = n.mtime_ns;
       e.ctime_ns = n.ctime_ns;
+      e.capability = n.capability;
       c.bytes += n.size;
       ++c.files;
       c.entries.push_back(std::move(e));
@@ -290,7 +296,7 @@ Capture capture_overlay(const fs::path& upper, const std::vector<fs::path>& lowe
     } else if (S_ISREG(n.mode)) {
       bool same = lo && S_ISREG(lo->first.mode) && (lo->first.mode & 07777) == (n.mode & 07777) &&
                   lo->first.uid == n.uid && lo->first.gid == n.gid && lo->first.size == n.size &&
-                  same_bytes(upper / rel, lo->second);
+                  lo->first.capability == n.capability && same_bytes(upper / rel, lo->second);
       if (!same) it.kind = Item::Kind::Keep;
     } else if (S_ISLNK(n.mode)) {
       bool same = lo && S_ISLNK(lo->first.mode) && lo->first.link_target == n.link_target &&
@@ -326,7 +332,8 @@ Capture capture_snapshot(const Snapshot& before, const fs::path& root, const std
     auto b = before.find(rel);
     const bool type_changed = b == before.end() || (b->second.mode & S_IFMT) != (n.mode & S_IFMT);
     const bool meta_changed = type_changed || (b->second.mode & 07777) != (n.mode & 07777) ||
-                              b->second.uid != n.uid || b->second.gid != n.gid;
+                              b->second.uid != n.uid || b->second.gid != n.gid ||
+                              b->second.capability != n.capability;
     if (S_ISDIR(n.mode)) {
       if (meta_changed && !(b == before.end() && above_mountpoint(rel, mountpoints))) it.kind = Item::Kind::Keep;
     } else if (S_ISLNK(n.mode)) {

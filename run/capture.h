@@ -9,7 +9,7 @@
 //             only if its type, mode, owner, link target or content changed; a path that is gone
 //             becomes a whiteout (only the topmost one of a removed subtree).
 //
-// Either way every entry carries its real mode and owner, parent directories included (so the
+// Either way every entry carries its real mode, owner and file capabilities (security.capability), parent directories included (so the
 // writer never invents a 0755 parent over, say, a 1777 /tmp), hardlinks within the layer stay
 // hardlinks, and the sandbox's own mount points (/proc, /dev, /tmp, resolv.conf, secret mounts)
 // are never captured. Device nodes, fifos and sockets a step creates are skipped with a warning.
@@ -52,6 +52,7 @@ struct Node {
   std::int64_t mtime_ns = 0, ctime_ns = 0;
   std::string link_target;
   std::uint64_t content = 0;  // XXH3-64 of a regular file's bytes
+  std::string capability;     // a regular file's security.capability xattr ("" = none)
 };
 using Snapshot = std::map<std::string, Node>;  // relative path → node; bytewise order
 

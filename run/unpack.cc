@@ -422,6 +422,17 @@ void Applier::write_file(struct archive* a, struct archive_entry* ae, int dirfd,
       ::fchown(fd.get(), static_cast<uid_t>(archive_entry_uid(ae)), static_cast<gid_t>(archive_entry_gid(ae))) != 0)
     sys_fail("cannot chown " + full(rel));
   if (::fchmod(fd.get(), archive_entry_perm(ae) & 07777) != 0) sys_fail("cannot chmod " + full(rel));
+  // File capabilities, after the chown (which clears them); setting them needs root.
+  if (opts_.preserve_owner) {
+    const char* name = nullptr;
+    const void* value = nullptr;
+    std::size_t size = 0;
+    archive_entry_xattr_reset(ae);
+    while (archive_entry_xattr_next(ae, &name, &value, &size) == ARCHIVE_OK)
+      if (name && std::string_view(name) == "security.capability" &&
+          ::fsetxattr(fd.get(), name, value, size, 0) != 0)
+        sys_fail("cannot set the file capabilities of " + full(rel));
+  }
   struct timespec ts[2];
   ts[0].tv_sec = ts[1].tv_sec = archive_entry_mtime(ae);
   ts[0].tv_nsec = ts[1].tv_nsec = archive_entry_mtime_nsec(ae);

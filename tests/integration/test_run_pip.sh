@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# packages + requirements through pip, offline: a Python base made here from Debian's own
+# packages + requirements through pip, offline (and file capabilities a step sets): a Python base made here from Debian's own
 # python3.11 (and pip from python3-pip-whl), a wheel directory passed in with pip_secret_mounts
 # (setuptools from /usr/share/python-wheels, plus a wheel this test writes), pip_extra_args
 # "--no-index --find-links". The installed packages import in the final image under bwrap; the pip
@@ -126,3 +126,40 @@ kiln tag "$T/app/rotated.json"
 assert_eq "$TOKEN_REF" "$OUT" "rotating the token keeps the tag"
 kiln build "$T/app/rotated.json" --json --progress plain
 assert_not_contains "$ERR" "[pip] " "rotating the token does not re-run pip"
+
+# ---- file capabilities a step sets (as setcap does) are in the layer and survive unpacking --------
+# vfs_cap_data v2, effective, permitted = CAP_NET_RAW (13): what `setcap cap_net_raw+ep` writes.
+CAP_HEX=0100000200200000000000000000000000000000
+cat >"$T/app/caps.json" <<EOF
+{"name": "caps", "base_image": "oci:../layout:python",
+ "commands": ["python3 -c \"import os, shutil; shutil.copy('/bin/busybox', '/bin/ping'); os.setxattr('/bin/ping', 'security.capability', bytes.fromhex('$CAP_HEX'))\""]}
+EOF
+kiln build "$T/app/caps.json" --json --progress quiet -o "oci:$L:caps"
+assert_eq 0 "$RC" "a step that sets file capabilities builds"$'\n'"$ERR"
+CAPS_DIGEST=$(jget "j.get('digest')" <<<"$OUT")
+CAP_LAYER=$(manifest_json "$L" caps | jget "j['layers'][-1]['digest']")
+blob_cat "$(blob_path "$L" "$CAP_LAYER")" >"$T/caps.tar"
+assert_eq "$CAP_HEX" "$("$PYTHON" -c '
+import sys, tarfile
+t = tarfile.open(sys.argv[1])
+m = t.getmember("bin/ping")
+print(m.pax_headers.get("SCHILY.xattr.security.capability", "").encode("latin-1", "surrogateescape").hex())' "$T/caps.tar")" \
+  "the layer carries security.capability as a SCHILY.xattr PAX record"
+for m in overlay snapshot; do
+  kiln build "$T/app/caps.json" --json --progress quiet --capture "$m" --cache "$T/cache-caps-$m"
+  assert_eq "0 $CAPS_DIGEST" "$RC $(jget "j.get('digest')" <<<"$OUT")" "--capture $m sees the capabilities (same digest)"
+done
+# A later step sees them on a tree unpacked from the cached layer (snapshot capture applies the
+# blob to a copy of the base).
+"$PYTHON" - "$T/app/caps.json" "$T/app/caps2.json" <<'EOF'
+import json, sys
+spec = json.load(open(sys.argv[1]))
+spec["commands"].append("python3 -c \"import os; print(os.getxattr('/bin/ping', 'security.capability').hex())\" > /cap.txt")
+json.dump(spec, open(sys.argv[2], "w"))
+EOF
+kiln build "$T/app/caps2.json" --json --progress quiet --capture snapshot --cache "$T/cache-caps-overlay" -o "oci:$L:caps2"
+assert_eq 0 "$RC" "a step after the capabilities builds"$'\n'"$ERR"
+oci_validate "$L" caps2 "$T/caps2-bundle"
+assert_eq "$CAP_HEX" "$(cat "$T/caps2-bundle/rootfs/cap.txt")" "the next step saw the capabilities (restored when the layer was unpacked)"
+assert_eq "$CAP_HEX" "$("$PYTHON" -c 'import os, sys; print(os.getxattr(sys.argv[1], "security.capability").hex())' "$T/caps2-bundle/rootfs/bin/ping" 2>&1)" \
+  "umoci unpack restores the capabilities kiln wrote"
