@@ -9,6 +9,8 @@ build_pkgs=(
   build-essential cmake pkg-config
   libarchive-dev libssl-dev libzstd-dev zlib1g-dev nlohmann-json3-dev libxxhash-dev libcli11-dev
   libcurl4-openssl-dev libsqlite3-dev catch2
+  libgit2-dev     # repository context for source_copy_mode all (.gitignore chain, info/exclude, tracked files)
+  libseccomp-dev  # the RUN-step sandbox's syscall filter
   bubblewrap  # the sandbox RUN steps (apt_packages, packages, commands) run in
 )
 test_pkgs=(
@@ -19,6 +21,9 @@ test_pkgs=(
   python3-yaml  # tests/integration/test_modelcar.sh: parses kiln k8s-patch's YAML
   openssl # tests/integration/registry: self-signed TLS certificates and token signing
   debootstrap  # tests/integration/test_run_apt.sh: a real Debian base for apt_packages
+  git          # fidelity tests: real git beside kiln's libgit2 use
+  python3-docker python3-click python3-requests python3-packaging  # flytekit's own code in fidelity tests
+  clang libclang-rt-14-dev  # tests/fuzz: libFuzzer targets (built when clang is present)
 )
 
 pkgs=("${build_pkgs[@]}")
