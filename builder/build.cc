@@ -310,7 +310,9 @@ Prepared prepare(const spec::ImageSpec& s, const BuildOptions& opts) {
   p.timings["walk"] = since(t0);
   t0 = Clock::now();
   layers::StatIndex index;
-  fs::path idx = opts.store->stat_index_path(index_key(s.base_dir));
+  // Keyed on what the walk read: source_root when set, else the directory copy entries resolve in.
+  // Specs sharing a root share the index (it keeps entries another walk saw).
+  fs::path idx = opts.store->stat_index_path(index_key(s.source_root ? *s.source_root : s.base_dir));
   index.load(idx);
   layers::hash_files(p.files, &index, opts.jobs);
   index.save(idx);

@@ -150,9 +150,22 @@ void read_blocks(const std::filesystem::path& path, const std::function<void(con
     int fd;
     ~Closer() { ::close(fd); }
   } closer{fd};
-  std::vector<char> buf(block);
+  // One buffer per thread, reused: allocating (and zeroing) a fresh one per file
+  // dominated hashing a tree of many small files.
+  // (A nested call from `f` gets its own.)
+  thread_local std::vector<char> shared;
+  thread_local bool busy = false;
+  std::vector<char> own;
+  std::vector<char>& buf = busy ? own : shared;
+  if (buf.size() < block) buf.resize(block);
+  struct Busy {
+    bool& flag;
+    bool was;
+    ~Busy() { flag = was; }
+  } busy_guard{busy, busy};
+  busy = true;
   for (;;) {
-    ssize_t n = ::read(fd, buf.data(), buf.size());
+    ssize_t n = ::read(fd, buf.data(), block);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) throw std::system_error(errno, std::generic_category(), "cannot read " + path.string());
     if (n == 0) return;

@@ -355,11 +355,14 @@ Store::PruneResult Store::prune(std::int64_t older_than_seconds) const {
 }
 
 // ---------------------------------------------------------------------------------------------
-// StatIndex: "KILNSTAT1\n", written_ns, then records of
-//   u32 path length, path bytes, u64 size, i64 mtime_ns, i64 ctime_ns, u64 ino, u64 dev, 32-byte hash
+// StatIndex: "KILNSTAT2\n", written_ns, then records of
+//   u32 path length, path bytes, u64 size, i64 mtime_ns, i64 ctime_ns, u64 ino, u64 dev, 32-byte hash,
+//   u16 age (saves since a walk last saw the entry)
 
 namespace {
-const char kStatMagic[] = "KILNSTAT1\n";
+const char kStatMagic[] = "KILNSTAT2\n";
+// Racy: modified within this window before the index was written (see lookup()).
+constexpr std::int64_t kRacyWindow = 1000000000;
 
 template <class T>
 void put(std::string& s, T v) {
@@ -411,18 +414,25 @@ void StatIndex::load(const fs::path& file) {
       break;
     e.sha256 = raw_to_hex(s.data() + pos, 32);
     pos += 32;
+    if (!get(s, pos, &e.age)) break;
     entries_.emplace(std::move(path), std::move(e));
   }
 }
 
 void StatIndex::save(const fs::path& file) {
-  std::size_t unseen = 0;
-  for (auto& [_, e] : entries_) unseen += !e.seen;
-  if (!dirty_ && unseen == 0) return;
+  // Entries this walk did not see stay (another spec may walk them: two specs sharing a root, or
+  // alternating builds), unless they were racy when last written — those were never trusted and
+  // would look safe under the new write time — or have gone unseen for kMaxAge rewrites.
+  if (!dirty_) return;
+  constexpr std::uint16_t kMaxAge = 8;
   std::string s(kStatMagic, sizeof kStatMagic - 1);
   put(s, now_ns());
   for (auto& [path, e] : entries_) {
-    if (!e.seen) continue;
+    if (!e.seen) {
+      const bool racy = e.key.mtime_ns >= written_ns_ - kRacyWindow || e.key.ctime_ns >= written_ns_ - kRacyWindow;
+      if (racy || e.age >= kMaxAge) continue;
+    }
+    const std::uint16_t age = e.seen ? 0 : static_cast<std::uint16_t>(e.age + 1);
     put(s, static_cast<std::uint32_t>(path.size()));
     s += path;
     put(s, e.key.size);
@@ -431,6 +441,7 @@ void StatIndex::save(const fs::path& file) {
     put(s, e.key.ino);
     put(s, e.key.dev);
     s += hex_to_raw(e.sha256);
+    put(s, age);
   }
   atomic_write(file, s, file.parent_path().parent_path() / "tmp", /*sync=*/false);
   dirty_ = false;
@@ -441,7 +452,6 @@ std::optional<std::string> StatIndex::lookup(const std::string& abs_path, const 
   if (it == entries_.end() || !(it->second.key == key)) return std::nullopt;
   // Racy: modified within the same second the index was written; a later edit could keep the
   // same mtime. Hash it again (the next save makes it safe).
-  constexpr std::int64_t kRacyWindow = 1000000000;
   if (key.mtime_ns >= written_ns_ - kRacyWindow || key.ctime_ns >= written_ns_ - kRacyWindow) return std::nullopt;
   const_cast<Entry&>(it->second).seen = true;
   return it->second.sha256;

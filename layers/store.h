@@ -138,7 +138,8 @@ class StatIndex {
     bool operator==(const Key&) const = default;
   };
   void load(const std::filesystem::path& file);
-  /// Writes atomically, only when something changed since load().
+  /// Writes atomically, only when an entry was added or updated since load(). Entries this walk did
+  /// not look up are kept (several specs may share one index) until unseen for 8 rewrites.
   void save(const std::filesystem::path& file);
   std::optional<std::string> lookup(const std::string& abs_path, const Key& key) const;
   void update(const std::string& abs_path, const Key& key, const std::string& sha256_hex);
@@ -148,6 +149,7 @@ class StatIndex {
     Key key;
     std::string sha256;  // hex
     bool seen = false;
+    std::uint16_t age = 0;  // rewrites since a walk last saw it
   };
   std::unordered_map<std::string, Entry> entries_;
   std::int64_t written_ns_ = 0;

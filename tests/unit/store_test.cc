@@ -14,6 +14,7 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "layers/digest.h"
@@ -499,6 +500,34 @@ TEST_CASE("store: StatIndex does not trust racy entries") {
   CHECK(idx.lookup("/s", safe) == std::string(64, '3'));
 }
 
+TEST_CASE("store: StatIndex drops an unseen entry that was racy when written") {
+  // A racy entry was never trusted; kept under a later write time it would look safe.
+  TempDir tmp;
+  Store s(tmp / "cache");
+  const fs::path file = s.stat_index_path("racy-unseen");
+  StatIndex::Key fresh = old_key(1, 1);
+  fresh.mtime_ns = now_ns();
+  StatIndex::Key safe = old_key(2, 2);
+  {
+    StatIndex idx;
+    idx.update("/fresh", fresh, std::string(64, 'f'));
+    idx.update("/safe", safe, std::string(64, '5'));
+    idx.save(file);
+  }
+  // Past the racy window of the first write: under the second write time, "/fresh" would pass.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1200));
+  {
+    StatIndex idx;
+    idx.load(file);
+    idx.update("/other", old_key(3, 3), std::string(64, '0'));  // neither looked up
+    idx.save(file);
+  }
+  StatIndex idx;
+  idx.load(file);
+  CHECK(idx.lookup("/safe", safe) == std::string(64, '5'));
+  CHECK_FALSE(idx.lookup("/fresh", fresh));
+}
+
 TEST_CASE("store: StatIndex save writes nothing when nothing changed") {
   TempDir tmp;
   Store s(tmp / "cache");
@@ -537,16 +566,36 @@ TEST_CASE("store: StatIndex save writes nothing when nothing changed") {
     CHECK(again.lookup("/c", old_key(3, 3)) == std::string(64, 'c'));
     CHECK(again.lookup("/a", old_key(1, 1)) == std::string(64, 'a'));
   }
-  SECTION("an entry not used: rewritten without it") {
+  SECTION("an entry not used, none updated: no write, entry kept") {
     StatIndex idx;
     idx.load(file);
     REQUIRE(idx.lookup("/a", old_key(1, 1)));
     idx.save(file);
-    CHECK_FALSE(file_id(file) == written);
+    CHECK(file_id(file) == written);
+  }
+  SECTION("an entry not used while another is updated: kept for another walk") {
+    StatIndex idx;
+    idx.load(file);
+    REQUIRE(idx.lookup("/a", old_key(1, 1)));
+    idx.update("/c", old_key(3, 3), std::string(64, 'c'));
+    idx.save(file);
     StatIndex again;
     again.load(file);
-    CHECK(again.lookup("/a", old_key(1, 1)) == std::string(64, 'a'));
-    CHECK_FALSE(again.lookup("/b", old_key(2, 2)));
+    CHECK(again.lookup("/b", old_key(2, 2)) == std::string(64, 'b'));
+    CHECK(again.lookup("/c", old_key(3, 3)) == std::string(64, 'c'));
+  }
+  SECTION("an entry unseen for 8 rewrites is dropped; seeing it resets its age") {
+    for (int i = 0; i < 9; ++i) {
+      StatIndex idx;
+      idx.load(file);
+      if (i == 3) REQUIRE(idx.lookup("/b", old_key(2, 2)));  // /b seen once more at rewrite 4
+      idx.update("/n" + std::to_string(i), old_key(10 + i, 10 + i), std::string(64, '9'));
+      idx.save(file);
+    }
+    StatIndex idx;
+    idx.load(file);
+    CHECK_FALSE(idx.lookup("/a", old_key(1, 1)));                  // unseen for 9 rewrites
+    CHECK(idx.lookup("/b", old_key(2, 2)) == std::string(64, 'b'));  // unseen for 5
   }
   CHECK(names_in(tmp / "cache" / "tmp").empty());
 }
