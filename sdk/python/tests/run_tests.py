@@ -19,4 +19,6 @@ if how is None:
 print("flytekit: %s" % how, file=sys.stderr)
 suite = unittest.defaultTestLoader.discover(os.path.dirname(os.path.abspath(__file__)), pattern="test_*.py")
 result = unittest.TextTestRunner(verbosity=2).run(suite)
+for test, reason in result.skipped:
+    print("skipped: %s: %s" % (test.id(), reason), file=sys.stderr)
 sys.exit(0 if result.wasSuccessful() else 1)

@@ -20,7 +20,7 @@ from flytekit.exceptions.user import (
     FlyteAuthenticationException,
     FlyteEntityNotExistException,
     FlyteUserException,
-    FlyteValueException,
+    FlyteValidationException,
 )
 from flytekit.image_spec import ImageBuildEngine, ImageSpec
 from flytekit.image_spec.image_spec import ImageSpecBuilder
@@ -50,7 +50,7 @@ class RegistrationTest(unittest.TestCase):
 
     @unittest.skipIf(tomllib is None, "tomllib needs Python 3.11")
     def test_entry_point_as_flytekit_loads_plugins(self):
-        with open(os.path.join(kiln_env.os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyproject.toml"), "rb") as f:
+        with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyproject.toml"), "rb") as f:
             meta = tomllib.load(f)
         eps = meta["project"]["entry-points"]["flytekit.plugins"]
         self.assertEqual(eps, {"kiln": "flytekitplugins.kiln"})
@@ -74,7 +74,7 @@ class ErrorMappingTest(unittest.TestCase):
     def test_each_exit_code_has_its_flytekit_exception(self):
         cases = {
             1: (plugin.KilnInternalError, FlyteNonRecoverableSystemException),
-            2: (plugin.KilnSpecError, FlyteValueException),
+            2: (plugin.KilnSpecError, FlyteValidationException),
             3: (plugin.KilnBuildError, FlyteUserException),
             4: (plugin.KilnAuthenticationError, FlyteAuthenticationException),
             5: (plugin.KilnNotFoundError, FlyteEntityNotExistException),
@@ -99,7 +99,10 @@ class ErrorMappingTest(unittest.TestCase):
         tmp = kiln_env.TempDirTest("run")
         tmp.setUp()
         self.addCleanup(tmp.doCleanups)
-        b = KilnImageSpecBuilder(kiln=Kiln(common_args=["--cache", tmp.cache]), outputs=[])
+        b = KilnImageSpecBuilder(
+            kiln=Kiln(common_args=["--cache", tmp.cache], env={"KILN_STATE_DIR": os.path.join(tmp.tmp, "state")}),
+            outputs=[],
+        )
         # Exit 2: a field kiln does not build.
         with self.assertRaises(plugin.KilnSpecError) as cm:
             b.build_image(ImageSpec(name="bad", conda_packages=["numpy"]))
@@ -205,3 +208,45 @@ class BuildTest(kiln_env.TempDirTest):
         self.assertIn("BASE=1", config["config"]["Env"])
         self.assertIn("GREETING=hi", config["config"]["Env"])
         self.assertEqual(spec.image_name(), result["image"])
+
+
+@unittest.skipUnless(os.environ.get("KILN_TEST_REGISTRY"), "no test registry (tests/integration/test_sdk_python.sh starts one)")
+class RegistryTest(kiln_env.TempDirTest):
+    """A build with `registry` pushes, and a second look finds the tag there (no Docker daemon)."""
+
+    def test_push_to_a_registry(self):
+        kiln_env.require_kiln(self)
+        registry = os.environ["KILN_TEST_REGISTRY"]
+        self.put("proj/wf/__init__.py")
+        self.put("proj/wf/hello.py", "def greet():\n    return 'hi'\n")
+        builder = KilnImageSpecBuilder(
+            kiln=Kiln(
+                common_args=["--cache", self.cache, "--insecure-allow-http", registry],
+                env={"KILN_STATE_DIR": os.path.join(self.tmp, "state")},
+            ),
+            outputs=[],
+        )
+        previous = ImageBuildEngine.get_registry()["kiln"]
+        plugin.register(builder)
+        self.addCleanup(ImageBuildEngine.register, "kiln", previous[0], previous[1])
+
+        def spec():
+            return ImageSpec(
+                name="kiln-push", builder="kiln", registry=registry, source_root=os.path.join(self.tmp, "proj"),
+                source_copy_mode=CopyFileDetection.ALL, tag_format="{spec_hash}",
+            )
+
+        first = spec()
+        self.assertTrue(builder.should_build(first))  # the repository does not exist yet
+        ImageBuildEngine.build(first)
+        result = builder.last_result
+        self.assertEqual(first.image_name(), "%s/kiln-push:%s" % (registry, result["tag"]))
+        # The registry holds that manifest (asked with kiln inspect, a registry client of its own).
+        r = builder.kiln.inspect(first.image_name())
+        self.assertEqual(r.code, 0, r.stderr)
+        self.assertEqual(r.json.get("digest"), result["digest"], r.json)
+        # A second registration finds it and does not build.
+        ImageBuildEngine._IMAGE_NAME_TO_REAL_NAME.clear()
+        second = spec()
+        self.assertFalse(builder.should_build(second))
+        self.assertEqual(second.image_name(), first.image_name())

@@ -21,7 +21,7 @@ from flytekit.exceptions.user import (
     FlyteEntityNotExistException,
     FlyteRecoverableException,
     FlyteUserException,
-    FlyteValueException,
+    FlyteValidationException,
 )
 from flytekit.image_spec.image_spec import ImageBuildEngine, ImageSpec, ImageSpecBuilder
 
@@ -48,7 +48,7 @@ class KilnError(FlyteUserException):
         self.log_path = self.failure.get("log_path")
 
 
-class KilnSpecError(KilnError, FlyteValueException):
+class KilnSpecError(KilnError, FlyteValidationException):
     """Exit 2: the spec (or a flag, or a file it names) is wrong; fix the ImageSpec."""
 
     _ERROR_CODE = "USER:KilnSpecError"
@@ -141,6 +141,7 @@ class KilnImageSpecBuilder(ImageSpecBuilder):
         self._outputs = list(outputs) if outputs is not None else None
         self._local_bases: Dict[str, ImageSpec] = {}  # kiln's name → the spec, for images with no registry
         self.last_result: Optional[Dict[str, Any]] = None  # the last `kiln build --json` result
+        self._warned_image_id = False
 
     @property
     def kiln(self) -> Kiln:
@@ -168,10 +169,12 @@ class KilnImageSpecBuilder(ImageSpecBuilder):
         if isinstance(base, str) and base in self._local_bases:
             spec["base_image"] = to_kiln_spec(self._local_bases[base])
         if not self.kiln.supports_field(IMAGE_ID_FIELD):
-            cli.eprint(
-                "flytekitplugins-kiln: warning: this kiln does not accept %s; ImageSpec.is_container() "
-                "will be False in the image (upgrade kiln)" % IMAGE_ID_FIELD
-            )
+            if not self._warned_image_id:
+                self._warned_image_id = True
+                cli.eprint(
+                    "flytekitplugins-kiln: warning: this kiln does not accept %s; ImageSpec.is_container() "
+                    "will be False in its images (upgrade kiln)" % IMAGE_ID_FIELD
+                )
             spec = strip_image_id(spec)
         return spec
 
