@@ -71,6 +71,12 @@ class RegistrationTest(unittest.TestCase):
 
 
 class ErrorMappingTest(unittest.TestCase):
+    def test_missing_binary_is_a_kiln_error(self):
+        b = KilnImageSpecBuilder(kiln=Kiln(binary="/nonexistent/kiln"), outputs=[])
+        with self.assertRaises(plugin.KilnError) as cm:
+            b.build_image(ImageSpec(name="x"))
+        self.assertIn("/nonexistent/kiln", str(cm.exception))
+
     def test_each_exit_code_has_its_flytekit_exception(self):
         cases = {
             1: (plugin.KilnInternalError, FlyteNonRecoverableSystemException),

@@ -81,15 +81,20 @@ class Kiln:
         if self.env is not None:
             env = dict(os.environ)
             env.update(self.env)
-        proc = subprocess.run(
-            argv,
-            input=stdin if stdin is not None else "",
-            stdout=subprocess.PIPE,
-            stderr=None if stream_stderr else subprocess.PIPE,
-            text=True,
-            env=env,
-            cwd=self.cwd,
-        )
+        try:
+            proc = subprocess.run(
+                argv,
+                input=stdin if stdin is not None else "",
+                stdout=subprocess.PIPE,
+                stderr=None if stream_stderr else subprocess.PIPE,
+                text=True,
+                env=env,
+                cwd=self.cwd,
+            )
+        except OSError as e:
+            from .builder import KilnError
+
+            raise KilnError("cannot run kiln (%s): %s; set $KILN to the kiln binary" % (argv[0], e)) from e
         return KilnRun(argv, proc.returncode, proc.stdout or "", proc.stderr or "")
 
     # ---- the calls the plugin makes ----
