@@ -43,3 +43,36 @@ assert_match "$(grep -E '^Ran [0-9]+ tests' "$T/unittest.log" || true)" "^Ran [0
 if [[ -n ${KILN_TEST_REGISTRY:-} ]]; then
   assert_not_contains "$(cat "$T/unittest.log")" "skipped: test_builder.RegistryTest" "the registry push test ran"
 fi
+
+# The package installs, and flytekit's plugin discovery finds it: pip (offline, no build isolation,
+# Debian's setuptools) installs a copy of sdk/python into a directory, and the entry point group
+# flytekit.plugins, as flytekit's load_implicit_plugins() reads it, loads flytekitplugins.kiln,
+# which registers the builder with flytekit's ImageBuildEngine.
+if "$PY" -m pip --version >/dev/null 2>&1 && "$PY" -c 'import setuptools' >/dev/null 2>&1; then
+  cp -r "$KILN_SOURCE_DIR/sdk/python" "$T/pkg-src"
+  rm -rf "$T/pkg-src/tests"
+  RC=0
+  "$PY" -m pip install --quiet --no-deps --no-index --no-build-isolation --target "$T/site" "$T/pkg-src" \
+    >"$T/pip.log" 2>&1 || RC=$?
+  assert_eq 0 "$RC" "pip installs sdk/python: $(tail -3 "$T/pip.log")"
+  RC=0
+  OUT=$(cd "$KILN_SOURCE_DIR/sdk/python/tests" && KILN_SITE="$T/site" "$PY" - 2>&1 <<'EOF'
+import os, sys
+import flytekit_env  # from the working directory, sdk/python/tests
+flytekit_env.SDK_DIR = os.environ["KILN_SITE"]  # setup() puts the installed copy on sys.path, not sdk/python
+assert flytekit_env.setup() is not None
+from importlib.metadata import entry_points
+from flytekit.image_spec import ImageBuildEngine
+eps = [e for e in entry_points(group="flytekit.plugins") if e.name == "kiln"]
+assert len(eps) == 1, eps
+module = eps[0].load()
+assert module.__file__.startswith(os.environ["KILN_SITE"]), module.__file__
+builder, priority = ImageBuildEngine.get_registry()["kiln"]
+print("registered", type(builder).__name__, priority)
+EOF
+) || RC=$?
+  assert_eq 0 "$RC" "the installed plugin loads through the flytekit.plugins entry point: $OUT"
+  assert_contains "$OUT" "registered KilnImageSpecBuilder 2" "the entry point registers the kiln builder"
+else
+  echo "test_sdk_python: no pip or setuptools for /usr/bin/python3: the install check is skipped" >&2
+fi
