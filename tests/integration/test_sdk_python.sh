@@ -4,7 +4,9 @@
 # ImageSpecBuilder and ImageBuildEngine: the installed flytekit, else its source in
 # $KILN_SOURCE_DIR/../shared/flytekit-e96c720 (or $KILN_FLYTEKIT_SRC) with the few stubs importing
 # it needs without flyteidl. The end-to-end tests build real images through ImageBuildEngine into an
-# OCI layout and, when Debian's docker-registry is installed, push to a loopback registry.
+# OCI layout and, when Debian's docker-registry is installed, push to a loopback registry. Then pip
+# (offline) installs the package into a directory, and flytekit's entry point group
+# flytekit.plugins must load it and register the builder.
 #
 # Skipped (exit 77), saying why, when flytekit is neither installed nor present.
 set -euo pipefail
