@@ -19,6 +19,7 @@ from flytekitplugins.kiln import (
     find_project_root,
     has_fast_execute_prefix,
     plan_input,
+    plan_input_for_settings,
     run_plan,
     strip_fast_execute_prefix,
     task_ref,
@@ -139,6 +140,24 @@ class ProjectTest(kiln_env.TempDirTest):
             plan_input([TaskRef("x", "img", [os.path.join(self.tmp, "elsewhere.py")])], project_root=self.proj)
         with self.assertRaises(ValueError):
             plan_input([TaskRef("x", None, ["wf/hello.py"])], project_root=self.proj)
+
+    def test_plan_input_for_settings(self):
+        # The attributes flytekit's SerializationSettings, FastSerializationSettings and ImageConfig have.
+        ns = types.SimpleNamespace
+        settings = ns(
+            source_root=self.proj,
+            fast_serialization_settings=ns(enabled=True, destination_dir="/root/code", distribution_location="s3://b/x"),
+            image_config=ns(default_image=ns(full="cr.flyte.org/flyteorg/flytekit:py3.11-1.14.0")),
+        )
+        p = plan_input_for_settings([TaskRef("t", None, ["wf/hello.py"])], settings, copy="all", loaded_modules=[])
+        self.assertEqual(p["project_root"], self.proj)
+        self.assertEqual(p["dest_dir"], "/root/code")
+        self.assertEqual(p["copy"], "all")
+        self.assertEqual(p["tasks"][0]["image"], "cr.flyte.org/flyteorg/flytekit:py3.11-1.14.0")
+        # pyflyte's default destination "." is the working directory: left to kiln's default.
+        settings.fast_serialization_settings.destination_dir = "."
+        self.assertNotIn("dest_dir", plan_input_for_settings([TaskRef("t", None, ["wf/hello.py"])], settings,
+                                                             loaded_modules=[]))
 
     def kiln(self):
         kiln_env.require_kiln(self)

@@ -198,6 +198,24 @@ def plan_input(
     return plan
 
 
+def plan_input_for_settings(tasks: Iterable[TaskRef], settings: Any, copy: str = "auto", **kw: Any) -> Dict[str, Any]:
+    """plan_input with what flytekit's SerializationSettings know: the project root
+    (settings.source_root), pyflyte's --destination-dir (fast_serialization_settings.destination_dir,
+    when absolute: pyflyte's default "." means the container's working directory, which is also
+    kiln's default) and the default image (image_config.default_image.full)."""
+    fast = getattr(settings, "fast_serialization_settings", None)
+    dest = getattr(fast, "destination_dir", None) if fast is not None else None
+    if dest is not None and os.path.isabs(dest):
+        kw.setdefault("dest_dir", dest)
+    if getattr(settings, "source_root", None):
+        kw.setdefault("project_root", settings.source_root)
+    image_config = getattr(settings, "image_config", None)
+    default = getattr(getattr(image_config, "default_image", None), "full", None)
+    if default:
+        kw.setdefault("default_image", default)
+    return plan_input(tasks, copy=copy, **kw)
+
+
 def run_plan(plan: Mapping[str, Any], kiln: Any = None) -> Dict[str, Any]:
     """`kiln plan -`: the plan's answer (also when it holds errors: see has_errors). Raises the
     mapped KilnError when kiln refuses the input."""
