@@ -103,6 +103,10 @@ class ProjectTest(kiln_env.TempDirTest):
         m = ArrayNodeMapTask()
         m.name, m.python_function_task = "map_greet", t
         self.assertEqual(task_ref(m, default_image="default:1"), TaskRef("map_greet", image, ref.modules, "map"))
+        PythonInstanceTask = type("PythonInstanceTask", (), {})
+        inst = PythonInstanceTask()
+        inst.name, inst.instantiated_in, inst.container_image = "sql", "wf.hello", "img:1"
+        self.assertEqual(task_ref(inst), TaskRef("sql", "img:1", ref.modules, "python"))
         bare = PythonFunctionTask()
         bare.name, bare.task_function, bare.container_image = "b", hello.greet, None
         self.assertEqual(task_ref(bare, default_image="default:1").image, "default:1")

@@ -112,9 +112,16 @@ def task_ref(task: Any, default_image: Any = None) -> TaskRef:
         inner = getattr(task, "python_function_task", None) or getattr(task, "_run_task", None) or task
     image = getattr(inner, "container_image", None) or getattr(task, "container_image", None) or default_image
     modules: List[str] = []
-    fn = getattr(inner, "task_function", None)
-    if kind != "raw_container" and fn is not None:
-        f = _module_file(fn)
+    if kind != "raw_container":
+        # As flytekit's extract_task_module: the task function's module, else (an instance task)
+        # the module it was instantiated in.
+        fn = getattr(inner, "task_function", None)
+        f = None
+        if fn is not None:
+            f = _module_file(fn)
+        elif getattr(inner, "instantiated_in", None):
+            mod = sys.modules.get(inner.instantiated_in)
+            f = os.path.abspath(mod.__file__) if getattr(mod, "__file__", None) else None
         if f:
             modules.append(f)
     return TaskRef(name=task.name, image=image, modules=modules, kind=kind)
