@@ -785,3 +785,25 @@ TEST_CASE("plan: decide needs only the narrow per-image facts") {
   CHECK(task_out(out, "u").at("reason") == "module_not_baked");
   CHECK(out.at("images").at("img").at("image") == "img:v1");
 }
+
+TEST_CASE("plan: prepared_image carries the spec's source_dest and working directory") {
+  Project p;
+  plan::PlanInput in = plan::parse_plan(
+      plan_of("auto", json::array(), {{"a", image_at("src", {{"source_dest", "/app"}})}, {"b", image_at("src", {{"workdir", "/srv"}})}})
+          .dump(),
+      p.root, "plan.json");
+  kiln::builder::BuildOptions opts{&p.store};
+  auto prepared = plan::prepare_images(in, opts);
+  plan::PreparedImage a = plan::prepared_image(prepared.at("a"));
+  CHECK(a.source_dest == "/app");
+  CHECK(a.workdir == "/app");  // kiln's default working directory is source_dest
+  CHECK(a.source_root == p.root / "src");
+  CHECK(a.files == &prepared.at("a").files);
+  CHECK(a.image_ref == prepared.at("a").image_ref());
+  plan::PreparedImage b = plan::prepared_image(prepared.at("b"));
+  CHECK(b.source_dest == "/root");
+  CHECK(b.workdir == "/srv");
+  CHECK(plan::loaded_modules_under(in, p.root / "src").empty());
+  in.loaded_modules = {"src/wf/baked.py", "other/plain.py"};
+  CHECK(plan::loaded_modules_under(in, p.root / "src") == std::vector<std::string>{"wf/baked.py"});
+}
