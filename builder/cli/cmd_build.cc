@@ -27,6 +27,7 @@
 #include "layers/digest.h"
 #include "modelcar/lint.h"
 #include "plan/plan.h"
+#include "plan/prepare.h"
 #include "registry/reference.h"
 #include "spec/image_spec.h"
 #include "spec/tag.h"
