@@ -191,48 +191,52 @@ class LayerStream {
     in_pos_ += n;
     return n;
   }
+  // Each decoder is called once more with no input when the file has ended: output it could not
+  // hand out (the output buffer was full) is still in it.
   std::size_t next_gzip() {
-    if (!fill()) {
-      if (!gz_member_done_) corrupt("truncated gzip stream");
-      done_ = true;
-      return 0;
-    }
+    const bool have = fill();
     if (gz_member_done_) {
       // Another gzip member may follow (concatenated gzip); anything else after a complete member
       // (zero padding some tools add) is not part of the tar.
-      const auto* m = reinterpret_cast<const unsigned char*>(in_.data() + in_pos_);
-      if (m[0] != 0x1f) {
+      if (!have || static_cast<unsigned char>(in_[in_pos_]) != 0x1f) {
         done_ = true;
         return 0;
       }
       if (inflateReset(&gz_) != Z_OK) corrupt("gzip stream");
       gz_member_done_ = false;
     }
-    gz_.next_in = reinterpret_cast<Bytef*>(in_.data() + in_pos_);
-    gz_.avail_in = static_cast<uInt>(in_len_ - in_pos_);
+    gz_.next_in = have ? reinterpret_cast<Bytef*>(in_.data() + in_pos_) : nullptr;
+    gz_.avail_in = have ? static_cast<uInt>(in_len_ - in_pos_) : 0;
     gz_.next_out = reinterpret_cast<Bytef*>(out_.data());
     gz_.avail_out = static_cast<uInt>(out_.size());
     int r = inflate(&gz_, Z_NO_FLUSH);
-    in_pos_ = in_len_ - gz_.avail_in;
+    if (have) in_pos_ = in_len_ - gz_.avail_in;
+    const std::size_t produced = out_.size() - gz_.avail_out;
     if (r == Z_STREAM_END) {
       gz_member_done_ = true;
-    } else if (r != Z_OK && r != Z_BUF_ERROR) {
+    } else if (r == Z_BUF_ERROR) {
+      if (!have && produced == 0) corrupt("truncated gzip stream");
+    } else if (r != Z_OK) {
       corrupt(std::string("gzip: ") + (gz_.msg ? gz_.msg : "invalid data"));
     }
-    return out_.size() - gz_.avail_out;
+    return produced;
   }
   std::size_t next_zstd() {
-    if (!fill()) {
-      if (zs_pending_) corrupt("truncated zstd stream");
+    const bool have = fill();
+    if (!have && !zs_pending_) {
       done_ = true;
       return 0;
     }
-    ZSTD_inBuffer in{in_.data() + in_pos_, in_len_ - in_pos_, 0};
+    ZSTD_inBuffer in{have ? in_.data() + in_pos_ : nullptr, have ? in_len_ - in_pos_ : 0, 0};
     ZSTD_outBuffer out{out_.data(), out_.size(), 0};
     std::size_t r = ZSTD_decompressStream(zs_, &out, &in);
     if (ZSTD_isError(r)) corrupt(std::string("zstd: ") + ZSTD_getErrorName(r));
     in_pos_ += in.pos;
     zs_pending_ = r != 0;
+    if (!have && out.pos == 0) {
+      if (zs_pending_) corrupt("truncated zstd stream");
+      done_ = true;
+    }
     return out.pos;
   }
 
