@@ -200,3 +200,23 @@ assert_eq 0 "$(find "$KILN_CACHE/rootfs" -type c -name null | wc -l)" "no device
 # ==== 5. The trees are the owner's only ==============================================================
 assert_eq 700 "$(stat -c %a "$KILN_CACHE/rootfs")" "rootfs/ is 0700"
 assert_eq 700 "$(stat -c %a "$KILN_CACHE/tmp")" "tmp/ is 0700"
+
+# ==== 6. A full output disk leaves no temp file ======================================================
+# A 1 MiB tmpfs for the output layout, a 3 MiB layer: the copy into the layout runs out of space.
+if [[ $(id -u) == 0 ]] && mkdir -p "$T/small" && mount -t tmpfs -o size=1m kiln-test-full "$T/small" 2>/dev/null; then
+  mkdir -p "$T/bigsrc"
+  head -c $((3 << 20)) /dev/urandom >"$T/bigsrc/weights.bin"
+  echo '{"name": "big", "source_root": "bigsrc", "source_copy_mode": "all"}' >"$T/big.json"
+  kiln build "$T/big.json" --json --progress quiet -o "oci:$T/small/out:t"
+  rc=$RC
+  leftovers=$(find "$T/small" -name '.kiln-tmp*' | wc -l)
+  used=$(du -sk "$T/small" | cut -f1)
+  umount "$T/small"
+  assert_ne 0 "$rc" "a full output disk fails the build"
+  assert_contains "$ERR" "No space left on device" "the error says the disk is full"
+  assert_eq 0 "$leftovers" "no .kiln-tmp.* is left in the layout"
+  if ((used < 512)); then pass; else fail "the failed copy's bytes were removed (${used} KiB still used)"; fi
+  assert_eq 0 "$(find "$KILN_CACHE/tmp" -mindepth 1 | wc -l)" "nothing is left in the store's tmp/"
+else
+  echo "test_verify_base: not root or no tmpfs mount here: the full-disk check is skipped" >&2
+fi
