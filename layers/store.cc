@@ -16,6 +16,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <system_error>
+#include <vector>
 
 #include "layers/digest.h"
 #include "layers/fsutil.h"
@@ -119,6 +120,8 @@ Store::Store(fs::path root) : root_(std::move(root)) {
                                "'; use another KILN_CACHE or remove it");
   }
   for (const char* d : {"blobs/sha256", "layers", "stat", "tmp", "verified", "locks"}) fs::create_directories(root_ / d);
+  // tmp/ holds scratch trees of RUN steps (a base's files as the image has them): owner only.
+  ::chmod((root_ / "tmp").c_str(), 0700);
   if (v.empty()) atomic_write(vfile, kVersionLine, root_ / "tmp");
 }
 
@@ -196,6 +199,55 @@ bool Store::verify_blob(const std::string& digest) const {
   std::error_code ec;
   fs::remove(root_ / "verified" / hex, ec);
   return false;
+}
+
+bool Store::verify_external(const fs::path& file, const std::string& digest) const {
+  const std::string hex(digest_hex(digest));
+  std::error_code ec;
+  fs::path abs = fs::absolute(file, ec);
+  if (ec) abs = file;
+  KeyHasher k;
+  k.field("external-blob");
+  k.field(abs.lexically_normal().string());
+  fs::path memo_path = root_ / "verified" / ("ext-" + k.hex());
+  auto identity_of = [&](const struct stat& st) {
+    return digest + " " + std::to_string(st.st_dev) + " " + identity(st);
+  };
+  struct stat st{};
+  if (::stat(file.c_str(), &st) != 0) throw std::system_error(errno, std::generic_category(), "cannot read " + file.string());
+  std::string memo;
+  if (read_file_if_exists(memo_path, &memo) && memo == identity_of(st)) return true;
+  // Hash from one descriptor, and remember the identity of what was hashed.
+  int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw std::system_error(errno, std::generic_category(), "cannot read " + file.string());
+  Sha256 h;
+  std::vector<char> buf(1 << 20);
+  for (;;) {
+    ssize_t n = ::read(fd, buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int e = errno;
+      ::close(fd);
+      throw std::system_error(e, std::generic_category(), "cannot read " + file.string());
+    }
+    if (n == 0) break;
+    h.update(buf.data(), static_cast<std::size_t>(n));
+  }
+  struct stat after{};
+  const bool stable = ::fstat(fd, &after) == 0 && identity(after) == identity(st) && after.st_dev == st.st_dev;
+  ::close(fd);
+  if (h.hex() != hex) {
+    fs::remove(memo_path, ec);
+    return false;
+  }
+  if (stable) {
+    try {
+      atomic_write(memo_path, identity_of(after), root_ / "tmp", /*sync=*/false);
+    } catch (const std::exception&) {
+      // Only a memo: without it the blob is hashed again when next used.
+    }
+  }
+  return true;
 }
 
 FileLock Store::lock_layer(const std::string& key, const std::function<void()>& on_wait) const {
@@ -317,8 +369,13 @@ Store::PruneResult Store::prune(std::int64_t older_than_seconds) const {
     ++r.removed_blobs;
   }
   // Memos of removed blobs; lock files nobody holds (a day old: a lock only saves duplicate work).
-  for (auto& e : fs::directory_iterator(root_ / "verified", ec))
+  for (auto& e : fs::directory_iterator(root_ / "verified", ec)) {
+    if (e.path().filename().string().rfind("ext-", 0) == 0) {  // a blob outside the store
+      if (old(e)) fs::remove(e.path(), ec);
+      continue;
+    }
     if (!fs::exists(root_ / "blobs" / "sha256" / e.path().filename(), ec)) fs::remove(e.path(), ec);
+  }
   for (auto& e : fs::directory_iterator(root_ / "locks", ec)) {
     auto age = std::chrono::duration_cast<std::chrono::seconds>(now - e.last_write_time(ec)).count();
     if (age < 86400) continue;

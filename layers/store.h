@@ -10,6 +10,8 @@
 //   verified/<hex>               "ino size mtime_ns" of a blob whose content was checked against its
 //                                digest (by the writer, or by hashing): while the blob's identity
 //                                is unchanged it is not hashed again
+//   verified/ext-<key>           the same for a blob outside the store (a base's OCI layout), keyed
+//                                on its path: "digest dev ino size mtime_ns"
 //   locks/<key>.lock             flock held while a process writes the layer <key>
 //   rootfs/flat-<chain>/         unpacked base trees RUN steps start from (docs/run-steps.md)
 //   rootfs/diff-<chain>/         step layers in overlayfs form; both rebuilt from blobs when gone
@@ -104,6 +106,11 @@ class Store {
   /// does not match is removed. False when the blob is missing.
   bool verify_blob(const std::string& digest) const;
   void put_layer(const std::string& key, const LayerRecord& rec) const;
+  /// Is `file`, a blob outside the store (in a base's OCI layout), known to hold `digest`? It is
+  /// hashed unless this very file — same path, device, inode, size and mtime — was verified to
+  /// hold `digest` before; a match is remembered under verified/ext-<path key>. Throws
+  /// std::system_error when the file cannot be read.
+  bool verify_external(const std::filesystem::path& file, const std::string& digest) const;
 
   std::filesystem::path stat_index_path(const std::string& key) const;
   std::filesystem::path tmp_dir() const { return root_ / "tmp"; }

@@ -70,6 +70,7 @@ Failure classify(const std::exception& e) {
   }
   if (auto* n = dynamic_cast<const builder::NotFoundError*>(&e)) return {kNotFound, "permanent", "not_found", n->what(), ""};
   if (auto* b = dynamic_cast<const BusyError*>(&e)) return {kTransient, "transient", "busy", b->what(), ""};
+  if (auto* b = dynamic_cast<const builder::BaseError*>(&e)) return {kUsage, "permanent", "base", b->what(), ""};
   if (auto* i = dynamic_cast<const layers::InputError*>(&e)) return {kUsage, "permanent", "input", i->what(), ""};
   if (auto* r = dynamic_cast<const registry::RegistryError*>(&e)) {
     using K = registry::RegistryError::Kind;

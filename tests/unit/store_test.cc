@@ -599,3 +599,54 @@ TEST_CASE("store: StatIndex save writes nothing when nothing changed") {
   }
   CHECK(names_in(tmp / "cache" / "tmp").empty());
 }
+
+TEST_CASE("store: verify_external hashes a blob outside the store once per identity") {
+  TempDir t;
+  Store store(t / "cache");
+  fs::create_directories(t / "layout");
+  const fs::path blob = t / "layout" / "blob";
+  const std::string content = "layer bytes of a base image";
+  kiln::testutil::write_file(blob, content);
+  const std::string digest = sha256_digest(content);
+
+  CHECK(store.verify_external(blob, digest));
+  std::vector<std::string> memos;
+  for (auto& e : fs::directory_iterator(t / "cache" / "verified"))
+    if (e.path().filename().string().rfind("ext-", 0) == 0) memos.push_back(e.path().string());
+  REQUIRE(memos.size() == 1);
+  CHECK(contains(kiln::testutil::read_file(memos[0]), digest));
+
+  // Remembered: the memo is what decides while the identity holds (a changed memo shows it).
+  fs::last_write_time(memos[0], fs::file_time_type::clock::now() - std::chrono::hours(1));
+  auto memo_time = fs::last_write_time(memos[0]);
+  CHECK(store.verify_external(blob, digest));
+  CHECK(fs::last_write_time(memos[0]) == memo_time);
+
+  // A wrong digest is not accepted just because the file was verified for another one.
+  CHECK_FALSE(store.verify_external(blob, sha256_digest("something else")));
+
+  // Other bytes of the same size, with a new mtime: hashed again, and refused.
+  std::string evil = content;
+  evil[0] = 'L';
+  kiln::testutil::write_file(blob, evil);
+  struct timespec ts[2];
+  ::clock_gettime(CLOCK_REALTIME, &ts[0]);
+  ts[0].tv_sec += 5;
+  ts[1] = ts[0];
+  ::utimensat(AT_FDCWD, blob.c_str(), ts, 0);
+  CHECK_FALSE(store.verify_external(blob, digest));
+  CHECK_FALSE(store.verify_external(blob, digest));  // and the memo is gone for good
+
+  // The same content at another path is verified on its own.
+  kiln::testutil::write_file(t / "layout" / "other", content);
+  CHECK(store.verify_external(t / "layout" / "other", digest));
+  CHECK_THROWS_AS(store.verify_external(t / "layout" / "missing", digest), std::system_error);
+}
+
+TEST_CASE("store: tmp/ is the owner's only") {
+  TempDir t;
+  Store store(t / "cache");
+  struct stat st{};
+  REQUIRE(::stat((t / "cache" / "tmp").c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0700);
+}
