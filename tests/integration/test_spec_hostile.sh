@@ -21,7 +21,11 @@ open(f"{d}/pyver.json", "w").write(json.dumps({"name": "x", "python_version": "3
 open(f"{d}/arrays.json", "w").write('{"builder_options": ' + "[" * 200000 + "]" * 200000 + "}")
 open(f"{d}/overflow.json", "w").write('{\n  "name": "x",\n  "source_date_epoch": 1e999\n}\n')
 open(f"{d}/epoch.json", "w").write(json.dumps({"name": "x", "source_date_epoch": 253402300800}))
-open(f"{d}/epoch-max.json", "w").write(json.dumps({"name": "x", "source_date_epoch": 253402300799}))
+open(f"{d}/epoch-max.json", "w").write(json.dumps({"name": "x", "source_date_epoch": 253402300799,
+                                                   "source_root": "src", "source_copy_mode": "all"}))
+import os
+os.makedirs(f"{d}/src")
+open(f"{d}/src/a.py", "w").write("A = 1\n")
 EOF
 
 # refused SPEC NEEDLE: kiln tag and kiln build --json both exit 2 and say NEEDLE.

@@ -87,7 +87,9 @@ assert_eq "app:$REF_TAG" "$OUT" "kiln tag on the absolute-path spec"
 CFG=$(config_json "$T/out3" t)
 MAN=$(manifest_json "$T/out3" t)
 assert_not_contains "$CFG$MAN" "$T" "no host path in the config or manifest"
-assert_not_contains "$MAN" "base.name" "an oci: base (a host path) is not named in the annotations"
+assert_not_contains "$MAN" "oci:" "an oci: base (a host path) is not named in the annotations"
+assert_match "$(jget "j['annotations']['org.opencontainers.image.base.name']" <<<"$MAN")" '^mid:[0-9a-f]{32}$' \
+  "a nested spec base is named by its name:tag"
 assert_contains "$MAN" "org.opencontainers.image.base.digest" "the base digest is"
 oci_validate "$T/out3" t
 
