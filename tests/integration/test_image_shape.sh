@@ -112,7 +112,7 @@ sed 's/img-id-1/img-id-2/' "$P/spec.json" >"$P/spec2.json"
 kiln build "$P/spec2.json" --json --progress plain -o "oci:$L:v3"
 assert_eq 0 "$RC" "the build with another _F_IMG_ID succeeds"$'\n'"$ERR"
 assert_eq "$TAG2" "$(jget "j['tag']" <<<"$OUT")" "another _F_IMG_ID: same tag"
-assert_eq 0 "$(grep -c ': running (' <<<"$ERR")" "another _F_IMG_ID: no step runs"
+assert_eq 0 "$(grep -c ': running (' <<<"$ERR" || true)" "another _F_IMG_ID: no step runs"
 assert_eq "$(manifest_json "$L" v2 | jget "[l['digest'] for l in j['layers']]")" \
   "$(manifest_json "$L" v3 | jget "[l['digest'] for l in j['layers']]")" "another _F_IMG_ID: the same layers"
 assert_eq '["PYTHONPATH=/root", "_F_IMG_ID=img-id-2"]' "$(config_json "$L" v3 | jget "j['config']['Env']")" \
