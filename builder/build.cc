@@ -597,7 +597,7 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
   for (const auto& [k, v] : s.annotations) img.annotations[k] = v;
   img.annotations["org.opencontainers.image.created"] = created;
   if (!base_digest.empty()) {
-    img.annotations["org.opencontainers.image.base.name"] = base_name;
+    if (!base_name.empty()) img.annotations["org.opencontainers.image.base.name"] = base_name;
     img.annotations["org.opencontainers.image.base.digest"] = base_digest;
   }
 

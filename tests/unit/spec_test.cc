@@ -754,10 +754,10 @@ TEST_CASE("spec: nested base_image specs have a depth limit", "[hostile]") {
   CHECK_THAT(err, Catch::Contains("nests base_image specs more than 32 deep"));
   CHECK_THAT(err, Catch::StartsWith("spec.json: field 'base_image.base_image."));
   // 10,000 deep (which overflowed the stack) stops at the JSON depth limit, with a position.
-  CHECK(error_of(nested_bases(10000)) == "spec.json:1:1793: JSON nested more than 128 levels deep");
+  CHECK(error_of(nested_bases(10000)) == "spec.json:1:1921: JSON nested more than 128 levels deep");
   // Deep arrays anywhere, even inside strings' neighbours, are measured outside strings only.
   CHECK(error_of("{\"builder_options\": " + std::string(200000, '[') + "}") ==
-        "spec.json:1:149: JSON nested more than 128 levels deep");
+        "spec.json:1:148: JSON nested more than 128 levels deep");
   CHECK(parse("{\"env\": {\"A\": \"" + std::string(5000, '[') + "\\\"\"}}").env.at("A").size() == 5001);
 }
 
