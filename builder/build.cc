@@ -293,6 +293,25 @@ void verify_layout_base(const Image& img, const std::string& base_name, const la
   }
 }
 
+/// A base whose config names another platform than the spec's is refused: kiln never labels an
+/// amd64 image arm64 (an index was already resolved to the spec's platform).
+void check_platform(const Image& img, const spec::ImageSpec& s) {
+  Platform want = parse_platform(s.platform);
+  auto field = [&](const char* k) {
+    auto it = img.config.find(k);
+    return it != img.config.end() && it->is_string() ? it->get<std::string>() : std::string();
+  };
+  std::string os = field("os"), arch = field("architecture"), variant = field("variant");
+  bool differs = (!os.empty() && os != want.os) || (!arch.empty() && arch != want.architecture) ||
+                 (!variant.empty() && !want.variant.empty() && variant != want.variant);
+  if (!differs) return;
+  std::string have = os + "/" + arch + (variant.empty() ? "" : "/" + variant);
+  throw spec::SpecError("platform", s.origin + ": field 'platform' is " + s.platform + ", but the base image " +
+                                        s.base_image.ref + " is " + have +
+                                        "; kiln does not cross-build: use a base for " + s.platform +
+                                        " (or an index that has one), or set platform to " + have);
+}
+
 registry::Reference parse_base_reference(const spec::ImageSpec& s) {
   try {
     return registry::parse_reference(s.base_image.ref);
@@ -364,8 +383,9 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
     case spec::BaseImage::Kind::OciLayout: {
       LayoutImage li = read_oci_layout(s.base_image.layout_dir, s.base_image.layout_tag, s.platform);
       img = std::move(li.image);
-      base_name = s.base_image.ref;
-      verify_layout_base(img, base_name, *opts.store);
+      // No base.name: an oci: base is a host path, relative or not, and the image must not depend
+      // on where the layout sits. The base digest names it.
+      verify_layout_base(img, s.base_image.ref, *opts.store);
       base_digest = li.manifest_digest;
       break;
     }
@@ -386,6 +406,14 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
       break;
     }
   }
+  check_platform(img, s);
+  if (prep.files.has_source && prep.files.mode == spec::CopyMode::LoadedModules && prep.files.source.empty()) {
+    std::string w = "source_root is set with source_copy_mode loaded_modules, but no module was given "
+                    "(loaded_modules, --module, --modules-from): no source file is baked";
+    progress.warn(w);
+    r.warnings.push_back(w);
+  }
+  const std::size_t base_layers = img.layers.size();
   for (const Layer& l : img.layers) {
     LayerReport lr;
     lr.label = "base";
@@ -398,7 +426,9 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
     r.layers.push_back(lr);
   }
 
-  // RUN steps: a layer each, before the source and copy layers (a code edit never re-runs them).
+  // RUN steps, in flytekit's order: apt and pip before the source and copy layers (a code edit
+  // never re-runs them), commands after them (they see the baked files).
+  std::vector<run::Step> pre_steps, post_steps;
   {
     const json& base_cfg = img.config.contains("config") ? img.config["config"] : json::object();
     std::vector<std::string> base_env;
@@ -406,7 +436,10 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
       for (const auto& e : base_cfg["Env"])
         if (e.is_string()) base_env.push_back(e.get<std::string>());
     std::string base_workdir = base_cfg.is_object() ? base_cfg.value("WorkingDir", std::string()) : std::string();
-    std::vector<run::Step> steps = run::plan_steps(s, base_env, base_workdir, epoch);
+    for (run::Step& st : run::plan_steps(s, base_env, base_workdir, epoch))
+      (st.after_files ? post_steps : pre_steps).push_back(std::move(st));
+  }
+  auto run_phase = [&](const std::vector<run::Step>& steps) {
     if (!steps.empty()) {
       StepRunOptions ro;
       ro.compression = s.compression;
@@ -423,14 +456,15 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
       };
       std::vector<LayerReport> step_reports;
       try {
-        step_reports = run_steps(img, steps, opts, ro, progress, fetch_base);
+        step_reports = run_steps(img, steps, base_layers, opts, ro, progress, fetch_base);
       } catch (const run::BaseLayerError& e) {  // a hostile or mislabelled base: name it
         throw BaseError("base_image " + (base_name.empty() ? s.base_image.ref : base_name) + ": " + e.what());
       }
       for (auto& lr : step_reports) r.layers.push_back(std::move(lr));
-      r.timings["steps"] = since(t_steps);
+      r.timings["steps"] += since(t_steps);
     }
-  }
+  };
+  run_phase(pre_steps);
 
   // Plan and build the new layers.
   const auto [uid, gid] = owner_of(s);
@@ -516,6 +550,7 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
     reports[i].tar_size = rec.tar_size;
     r.layers.push_back(reports[i]);
   }
+  run_phase(post_steps);
 
   // Config.
   json& cfg = img.config["config"];
@@ -534,15 +569,25 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
       }
     env.emplace_back(k, v);
   };
-  if (prep.files.has_source && !s.modelcar && !s.env.count("PYTHONPATH")) set_env("PYTHONPATH", s.source_dest);
+  // flytekit's Dockerfile sets ENV PYTHONPATH=/root (replacing the base's), then the spec's env.
+  if (s.bakes_files() && !s.modelcar) set_env("PYTHONPATH", s.source_dest);
   for (const auto& [k, v] : s.env) set_env(k, v);
+  // _F_IMG_ID last, as flytekit's Dockerfile does: only the config changes with it.
+  if (s.f_img_id) {
+    env.erase(std::remove_if(env.begin(), env.end(), [](const auto& kv) { return kv.first == spec::kFlyteImageIdEnv; }),
+              env.end());
+    env.emplace_back(spec::kFlyteImageIdEnv, *s.f_img_id);
+  }
   if (!env.empty()) {
     json arr = json::array();
     for (auto& [k, v] : env) arr.push_back(k + "=" + v);
     cfg["Env"] = arr;
   }
-  if (!s.entrypoint.empty()) {
-    cfg["Entrypoint"] = s.entrypoint;
+  if (s.entrypoint) {  // as Dockerfile ENTRYPOINT: the base's Cmd goes too; [] clears both
+    if (s.entrypoint->empty())
+      cfg.erase("Entrypoint");
+    else
+      cfg["Entrypoint"] = *s.entrypoint;
     cfg.erase("Cmd");
   }
   if (s.modelcar) {  // KServe gives the modelcar container its args
@@ -578,7 +623,7 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
   for (const auto& [k, v] : s.annotations) img.annotations[k] = v;
   img.annotations["org.opencontainers.image.created"] = created;
   if (!base_digest.empty()) {
-    img.annotations["org.opencontainers.image.base.name"] = base_name;
+    if (!base_name.empty()) img.annotations["org.opencontainers.image.base.name"] = base_name;
     img.annotations["org.opencontainers.image.base.digest"] = base_digest;
   }
 

@@ -61,20 +61,28 @@ struct Workspace {
 
 }  // namespace
 
-std::vector<LayerReport> run_steps(Image& img, const std::vector<run::Step>& steps, const BuildOptions& opts,
+std::vector<LayerReport> run_steps(Image& img, const std::vector<run::Step>& steps, std::size_t base_layers,
+                                   const BuildOptions& opts,
                                    const StepRunOptions& ro, Progress& progress,
                                    const std::function<void()>& fetch_base) {
   std::vector<LayerReport> reports;
   if (steps.empty()) return reports;
   layers::Store& store = *opts.store;
   const bool root = ::geteuid() == 0;
+  base_layers = std::min(base_layers, img.layers.size());
   std::vector<std::string> diff_ids;
-  for (const Layer& l : img.layers) diff_ids.push_back(l.diff_id);
+  for (std::size_t i = 0; i < base_layers; ++i) diff_ids.push_back(img.layers[i].diff_id);
   std::string chain = run::chain_id(diff_ids);
-  const std::size_t base_layers = img.layers.size();
 
   std::optional<run::RootfsCache> cache;
   Workspace ws;
+  // Layers above the base (earlier steps, the source and copy layers) join the tree only if a
+  // step has to run, as cached step layers do.
+  for (std::size_t i = base_layers; i < img.layers.size(); ++i) {
+    const Layer& l = img.layers[i];
+    chain = run::next_chain_id(chain, l.diff_id);
+    ws.pending.push_back({chain, {l.diff_id, l.desc.media_type, l.blob}});
+  }
   std::string mode;  // decided on the first step that runs
   // What shapes a step layer's bytes besides the step itself. The capture mode does not: both
   // give the same entries. Running rootless does (owners other than root cannot be set).

@@ -27,10 +27,14 @@ struct StepRunOptions {
 };
 
 /// Appends one layer (and history entry) per step to `img`, returning what happened to each.
+/// The first `base_layers` layers of `img` are the base (unpacked once into a flat tree, cached
+/// by chain id); the layers above them (earlier steps, source and copy layers) are applied on top
+/// of it only when a step has to run.
 /// `fetch_base` makes the base layers' blobs local (a registry base's are fetched lazily).
 /// A step that fails throws StepError naming it, with its exit code and last output lines;
 /// the store keeps only complete layers, nothing else is written.
-std::vector<LayerReport> run_steps(Image& img, const std::vector<run::Step>& steps, const BuildOptions& opts,
+std::vector<LayerReport> run_steps(Image& img, const std::vector<run::Step>& steps, std::size_t base_layers,
+                                   const BuildOptions& opts,
                                    const StepRunOptions& ro, Progress& progress,
                                    const std::function<void()>& fetch_base);
 

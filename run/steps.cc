@@ -119,6 +119,7 @@ std::vector<std::pair<std::string, std::string>> step_environment(const std::vec
     std::size_t eq = kv.find('=');
     set(env, kv.substr(0, eq), eq == std::string::npos ? "" : kv.substr(eq + 1));
   }
+  if (s.bakes_files() && !s.modelcar) set(env, "PYTHONPATH", s.source_dest);
   for (const auto& [k, v] : s.env) set(env, k, v);
   if (!has(env, "PATH")) set(env, "PATH", kDefaultPath);
   if (!has(env, "HOME")) set(env, "HOME", "/root");
@@ -168,7 +169,8 @@ std::vector<Step> plan_steps(const spec::ImageSpec& s, const std::vector<std::st
   const bool pip = !s.packages.empty() || s.requirements;
   if (pip) {
     std::string what;
-    if (s.requirements) what += " -r " + *s.requirements;
+    // The file's bytes are an input of the step; its host path is not (it differs per checkout).
+    if (s.requirements) what += std::string(" -r ") + kRequirementsTarget;
     for (const auto& p : s.packages) what += " " + p;
     Step st = make("pip", "kiln: RUN pip install" + what, pip_script(s, s.requirements.has_value()));
     // Debian and Ubuntu mark their Python "externally managed" (PEP 668); an image is the
@@ -213,6 +215,7 @@ std::vector<Step> plan_steps(const spec::ImageSpec& s, const std::vector<std::st
     Step st = make(name, "kiln: RUN " + s.commands[i], "exec /bin/sh -c \"$1\"");
     st.argv.push_back("sh");
     st.argv.push_back(s.commands[i]);
+    st.after_files = true;
     steps.push_back(std::move(st));
   }
   return steps;

@@ -6,8 +6,10 @@
 //   2. pip        packages + requirements: `PY -m pip install` with the interpreter chosen by
 //                 python_exec / python_version (docs/run-steps.md says how), honouring pip_index,
 //                 pip_extra_index_url, pip_extra_args and pip_secret_mounts
-//   3. command N  each of commands, as `/bin/sh -c COMMAND`
-// The source and copy layers come after all steps, so a code edit never re-runs an install.
+//   -- the source_root and copy layers go here (built by builder/build.cc) --
+//   3. command N  each of commands, as `/bin/sh -c COMMAND`, on top of the source and copy files
+// This is flytekit's default-builder order: a code edit never re-runs apt or pip, and commands
+// can work on the baked files (`chmod +x /root/serve`), so they re-run when the code changes.
 #pragma once
 
 #include <cstdint>
@@ -31,11 +33,13 @@ struct Step {
   std::string workdir;         // created when missing
   std::vector<Mount> mounts;   // read-only binds, not captured
   std::vector<std::pair<std::string, std::string>> inputs;  // (name, sha256 hex) of files it reads
+  bool after_files = false;    // runs after the source and copy layers (commands), not before
 };
 
-/// The environment steps run with: the base image's Env, then the spec's env, then what kiln
-/// needs (PATH and HOME when the image has none, SOURCE_DATE_EPOCH so pip's .pyc files are
-/// reproducible).
+/// The environment steps run with: the base image's Env, then PYTHONPATH=source_dest when the
+/// spec bakes files (flytekit's ENV PYTHONPATH=/root, set before its installs), then the spec's
+/// env, then what kiln needs (PATH and HOME when the image has none, SOURCE_DATE_EPOCH so pip's
+/// .pyc files are reproducible).
 std::vector<std::pair<std::string, std::string>> step_environment(
     const std::vector<std::string>& base_env, const spec::ImageSpec& s, std::int64_t epoch);
 

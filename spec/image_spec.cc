@@ -12,7 +12,6 @@
 #include <fstream>
 #include <iostream>
 #include <iterator>
-#include <regex>
 #include <sstream>
 #include <string_view>
 
@@ -85,6 +84,28 @@ std::size_t edit_distance(std::string_view a, std::string_view b) {
   return d[a.size()][b.size()];
 }
 
+/// `s` cut to a length an error message can show.
+std::string shorten(const std::string& s) {
+  constexpr std::size_t kMax = 80;
+  return s.size() <= kMax ? s : s.substr(0, kMax) + "…(" + std::to_string(s.size()) + " characters)";
+}
+
+/// An apt package entry's length limit: far above any Debian name, far below a stack problem.
+constexpr std::size_t kMaxAptPackage = 256;
+
+/// "3", "3.11", "3.11.4": one to three dot-separated runs of digits.
+bool valid_python_version(std::string_view s) {
+  if (s.size() > 32) return false;
+  int parts = 0;
+  for (std::size_t i = 0; i <= s.size(); ++i) {
+    std::size_t start = i;
+    while (i < s.size() && s[i] >= '0' && s[i] <= '9') ++i;
+    if (i == start || ++parts > 3) return false;
+    if (i < s.size() && s[i] != '.') return false;
+  }
+  return true;
+}
+
 // ---------------------------------------------------------------------------------------------
 // One field being parsed: its (dotted) name, value, and where relative paths resolve.
 
@@ -93,6 +114,7 @@ struct Field {
   const fs::path& base_dir;
   std::string name;  // "env", or "base_image.env" inside a nested spec
   const json& v;
+  int depth = 0;     // how deep in nested base_image specs (0: the top spec)
 
   [[noreturn]] void fail(const std::string& what) const {
     throw SpecError(name, origin + ": field '" + name + "' " + what);
@@ -263,15 +285,18 @@ bool valid_platform(std::string_view platform) {
 }
 
 ImageSpec parse_fields(const json& obj, const fs::path& base_dir, const std::string& origin,
-                       const std::string& prefix);
+                       const std::string& prefix, int depth);
 
 /// "scratch", "oci:DIR[:TAG]", a nested spec object, or (anything else) a registry reference.
 BaseImage parse_base(const Field& f) {
   BaseImage base;
   if (f.v.is_object()) {
     base.kind = BaseImage::Kind::Spec;
-    base.spec =
-        std::make_shared<const ImageSpec>(parse_fields(f.v, f.base_dir, f.origin, f.name + "."));
+    if (f.depth + 1 > kMaxBaseImageDepth)
+      f.fail("nests base_image specs more than " + std::to_string(kMaxBaseImageDepth) +
+             " deep; build the inner ones separately and name them by reference");
+    base.spec = std::make_shared<const ImageSpec>(
+        parse_fields(f.v, f.base_dir, f.origin, f.name + ".", f.depth + 1));
     return base;
   }
   if (!f.v.is_string()) f.wrong_type("a string or an object (a nested spec)");
@@ -393,7 +418,13 @@ const std::map<std::string, Handler>& handlers() {
          s.pip_extra_args.assign(std::istream_iterator<std::string>(words), {});
        }},
       {"registry_config", [](const Field& f, ImageSpec& s) { s.registry_config = f.host_path(); }},
-      {"entrypoint", [](const Field& f, ImageSpec& s) { s.entrypoint = f.str_or_list(); }},
+      {"entrypoint",
+       [](const Field& f, ImageSpec& s) {
+         // "" is absent (keep the base's); [] clears the base's entrypoint, as in flytekit.
+         std::vector<std::string> v = f.str_or_list();
+         if (f.v.is_string() && v.empty()) return;
+         s.entrypoint = std::move(v);
+       }},
       {"commands", [](const Field& f, ImageSpec& s) { s.commands = f.str_list(); }},
       {"tag_format", [](const Field& f, ImageSpec& s) { s.tag_format = f.opt_str(); }},
       {"source_copy_mode",
@@ -425,7 +456,16 @@ const std::map<std::string, Handler>& handlers() {
          s.large_file_threshold = static_cast<std::uint64_t>(f.integer(1));
        }},
       {"source_date_epoch",
-       [](const Field& f, ImageSpec& s) { s.source_date_epoch = f.integer(0); }},
+       [](const Field& f, ImageSpec& s) {
+         std::int64_t v = f.integer(0);
+         if (v > kMaxSourceDateEpoch)
+           f.fail("must be at most " + std::to_string(kMaxSourceDateEpoch) +
+                  " (9999-12-31T23:59:59Z), not " + std::to_string(v));
+         s.source_date_epoch = v;
+       }},
+      {"_F_IMG_ID", [](const Field& f, ImageSpec& s) { s.f_img_id = f.opt_str(); }},
+      // Applied before every other field (parse_fields); listed here so it is a known field.
+      {"context_dir", [](const Field&, ImageSpec&) {}},
       {"modelcar",
        [](const Field& f, ImageSpec& s) {
          if (!f.v.is_boolean()) f.wrong_type("a boolean");
@@ -454,20 +494,19 @@ void check_step_fields(const ImageSpec& spec, const std::string& origin, const s
   auto fail = [&](const std::string& field, const std::string& what) {
     throw SpecError(prefix + field, origin + ": field '" + prefix + field + "' " + what);
   };
-  // Debian package names ([a-z0-9][a-z0-9+.-]+), optionally :arch, =version or /release.
-  static const std::regex apt_name(R"(^[a-z0-9][a-z0-9+.-]*(:[a-z0-9-]+)?(=[A-Za-z0-9.+~:-]+|/[a-z0-9.-]+)?$)");
   for (const std::string& p : spec.apt_packages)
-    if (!std::regex_match(p, apt_name))
-      fail("apt_packages", "has '" + p + "', which is not a Debian package name (name[:arch][=version|/release])");
+    if (!valid_apt_package(p))
+      fail("apt_packages", "has '" + shorten(p) +
+                               "', which is not a Debian package name (name[:arch][=version|/release], at most " +
+                               std::to_string(kMaxAptPackage) + " characters)");
   for (const std::string& p : spec.packages) {
     if (p.empty() || p.find_first_not_of(" \t") == std::string::npos) fail("packages", "has an empty item");
     if (p[p.find_first_not_of(" \t")] == '-')
       fail("packages", "has '" + p + "', which looks like a pip option: put options in pip_extra_args");
     if (p.find('\n') != std::string::npos) fail("packages", "has an item with a line break");
   }
-  static const std::regex version(R"(^[0-9]+(\.[0-9]+){0,2}$)");
-  if (spec.python_version && !std::regex_match(*spec.python_version, version))
-    fail("python_version", "must be a version like \"3.11\", not '" + *spec.python_version + "'");
+  if (spec.python_version && !valid_python_version(*spec.python_version))
+    fail("python_version", "must be a version like \"3.11\", not '" + shorten(*spec.python_version) + "'");
   if (spec.python_exec && spec.python_exec->find_first_of(" \t\n'\"$`\\") != std::string::npos)
     fail("python_exec", "must be a program name or path without spaces or quotes");
   if (spec.requirements) {
@@ -487,9 +526,14 @@ void check_step_fields(const ImageSpec& spec, const std::string& origin, const s
 
 /// Phase 1: known keys and value types (recursively). `prefix` is "" or "base_image.".
 ImageSpec parse_fields(const json& obj, const fs::path& base_dir, const std::string& origin,
-                       const std::string& prefix) {
+                       const std::string& prefix, int depth) {
   ImageSpec spec;
   spec.base_dir = base_dir;
+  // context_dir moves where every other relative path resolves, so it comes first.
+  if (auto it = obj.find("context_dir"); it != obj.end() && !it->is_null()) {
+    Field f{origin, base_dir, prefix + "context_dir", *it, depth};
+    if (auto dir = f.host_path()) spec.base_dir = *dir;
+  }
   spec.origin = origin;
   spec.base_image.ref = "scratch";
   for (const auto& [key, value] : obj.items())
@@ -500,7 +544,8 @@ ImageSpec parse_fields(const json& obj, const fs::path& base_dir, const std::str
                                                    "builder_options' and '" + prefix +
                                                    "builder_config' mean the same; give only one");
   for (const auto& [key, value] : obj.items())
-    if (!value.is_null()) handlers().at(key)(Field{origin, base_dir, prefix + key, value}, spec);
+    if (!value.is_null())
+      handlers().at(key)(Field{origin, spec.base_dir, prefix + key, value, depth}, spec);
 
   // Cross-field rules.
   if (spec.modelcar) {
@@ -514,7 +559,7 @@ ImageSpec parse_fields(const json& obj, const fs::path& base_dir, const std::str
       fail("source_copy_mode", "must be \"all\" or absent with modelcar (the whole model directory is copied)");
     if (given("source_dest") && spec.source_dest != kModelcarDest)
       fail("source_dest", std::string("must be \"") + kModelcarDest + "\" or absent with modelcar");
-    if (!spec.entrypoint.empty())
+    if (spec.entrypoint && !spec.entrypoint->empty())
       fail("entrypoint", "must be empty with modelcar: KServe sets the modelcar container's args");
     spec.source_copy_mode = CopyMode::All;
     spec.source_dest = kModelcarDest;
@@ -526,7 +571,8 @@ ImageSpec parse_fields(const json& obj, const fs::path& base_dir, const std::str
                     origin + ": field '" + prefix +
                         "loaded_modules' needs source_root with source_copy_mode "
                         "\"loaded_modules\"");
-  if (!spec.workdir && spec.source_root) spec.workdir = spec.source_dest;
+  // flytekit's image always ends with WORKDIR /root; kiln sets it whenever it bakes files there.
+  if (!spec.workdir && (spec.source_root || !spec.copy.empty())) spec.workdir = spec.source_dest;
   return spec;
 }
 
@@ -563,23 +609,26 @@ void check_supported(const ImageSpec& spec, const std::string& prefix) {
   if (base.kind == BaseImage::Kind::Spec) check_supported(*base.spec, prefix + "base_image.");
 }
 
-/// "origin:LINE:COL: JSON syntax error ..." from nlohmann's byte position (1-based, the last
-/// character read).
-[[noreturn]] void syntax_error(std::string_view text, const std::string& origin,
-                               const json::parse_error& e) {
-  std::size_t at = std::min<std::size_t>(e.byte == 0 ? 0 : e.byte - 1, text.size());
+/// "origin:LINE:COL: " for the byte at offset `at` (0-based) of `text`.
+std::string where(std::string_view text, const std::string& origin, std::size_t at) {
+  at = std::min(at, text.size());
   std::string_view before = text.substr(0, at);
   std::size_t line = 1 + std::count(before.begin(), before.end(), '\n');
   std::size_t last_newline = before.rfind('\n');
   std::size_t column = at - (last_newline == std::string_view::npos ? 0 : last_newline + 1) + 1;
+  return origin + ":" + std::to_string(line) + ":" + std::to_string(column) + ": ";
+}
 
+/// "origin:LINE:COL: JSON syntax error ..." from nlohmann's byte position (1-based, the last
+/// character read) and its exception text.
+[[noreturn]] void syntax_error(std::string_view text, const std::string& origin, std::size_t byte,
+                               std::string detail) {
   // nlohmann: "[json.exception.parse_error.101] parse error at line 1, column 2: DETAIL".
-  std::string detail = e.what();
   if (auto p = detail.find("parse error"); p != std::string::npos) {
     if (auto colon = detail.find(": ", p); colon != std::string::npos)
       detail = detail.substr(colon + 2);
   }
-  std::string msg = origin + ":" + std::to_string(line) + ":" + std::to_string(column) + ": ";
+  std::string msg = where(text, origin, byte == 0 ? 0 : byte - 1);
   // "syntax error while parsing value - invalid literal" → "JSON syntax error while parsing
   // value: invalid literal".
   if (auto dash = detail.find(" - ");
@@ -588,6 +637,62 @@ void check_supported(const ImageSpec& spec, const std::string& prefix) {
   else
     msg += "JSON syntax error: " + detail;
   throw SpecError("", msg);
+}
+
+/// Refuses JSON nested deeper than kMaxJsonDepth, before anything recursive sees it.
+void check_depth(std::string_view text, const std::string& origin) {
+  int depth = 0;
+  bool in_string = false;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    char c = text[i];
+    if (in_string) {
+      if (c == '\\') ++i;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '{' || c == '[') {
+      if (++depth > kMaxJsonDepth)
+        throw SpecError("", where(text, origin, i) + "JSON nested more than " + std::to_string(kMaxJsonDepth) +
+                                " levels deep");
+    } else if (c == '}' || c == ']') {
+      --depth;
+    }
+  }
+}
+
+/// nlohmann's DOM builder, keeping where a syntax error or an out-of-range number was found
+/// instead of throwing (an out-of-range exception carries no position).
+class PositionedParser : public nlohmann::detail::json_sax_dom_parser<json> {
+ public:
+  explicit PositionedParser(json& doc) : json_sax_dom_parser(doc, false) {}
+  template <class Exception>
+  bool parse_error(std::size_t position, const std::string& token, const Exception& ex) {
+    failed = true;
+    this->position = position;
+    this->token = token;
+    message = ex.what();
+    out_of_range = std::is_same_v<Exception, json::out_of_range>;
+    return false;
+  }
+  bool failed = false, out_of_range = false;
+  std::size_t position = 0;
+  std::string token, message;
+};
+
+json parse_json(std::string_view text, const std::string& origin) {
+  check_depth(text, origin);
+  json doc;
+  PositionedParser sax(doc);
+  json::sax_parse(text.begin(), text.end(), &sax);
+  if (!sax.failed) return doc;
+  if (sax.out_of_range) {
+    // The position is just past the number: point at its first character.
+    std::size_t start = sax.position >= sax.token.size() ? sax.position - sax.token.size() : 0;
+    std::string shown = sax.token.size() > 40 ? sax.token.substr(0, 40) + "…" : sax.token;
+    throw SpecError("", where(text, origin, start) + "JSON number " + shown +
+                            " is out of range (it does not fit a 64-bit float)");
+  }
+  syntax_error(text, origin, sax.position, sax.message);
 }
 
 }  // namespace
@@ -605,16 +710,11 @@ const std::vector<std::string>& known_fields() {
 
 ImageSpec parse_spec(std::string_view text, const std::filesystem::path& base_dir,
                      const std::string& origin) {
-  json doc;
-  try {
-    doc = json::parse(text);
-  } catch (const json::parse_error& e) {
-    syntax_error(text, origin, e);
-  }
+  json doc = parse_json(text, origin);
   if (!doc.is_object())
     throw SpecError("", origin + ": the spec must be a JSON object, not " + describe(doc));
   fs::path base = normal(base_dir.empty() ? fs::current_path() : fs::absolute(base_dir));
-  ImageSpec spec = parse_fields(doc, base, origin, "");
+  ImageSpec spec = parse_fields(doc, base, origin, "", 0);
   check_supported(spec, "");
   return spec;
 }
@@ -632,6 +732,37 @@ ImageSpec load_spec(const std::string& path) {
   std::string text(std::istreambuf_iterator<char>(in), {});
   if (in.bad()) throw SpecError("", "cannot read spec file '" + path + "': read error");
   return parse_spec(text, fs::absolute(path).parent_path(), path);
+}
+
+bool valid_apt_package(std::string_view s) {
+  // name: [a-z0-9][a-z0-9+.-]*, then :arch ([a-z0-9-]+), then =version ([A-Za-z0-9.+~:-]+) or
+  // /release ([a-z0-9.-]+). Hand-written: a regex engine recurses per character.
+  if (s.empty() || s.size() > kMaxAptPackage) return false;
+  auto lower_digit = [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); };
+  auto run = [&](std::size_t& i, auto ok) {
+    std::size_t start = i;
+    while (i < s.size() && ok(s[i])) ++i;
+    return i > start;
+  };
+  std::size_t i = 0;
+  if (!lower_digit(s[0])) return false;
+  run(i, [&](char c) { return lower_digit(c) || c == '+' || c == '.' || c == '-'; });
+  if (i < s.size() && s[i] == ':') {
+    ++i;
+    if (!run(i, [&](char c) { return lower_digit(c) || c == '-'; })) return false;
+  }
+  if (i < s.size() && s[i] == '=') {
+    ++i;
+    if (!run(i, [&](char c) {
+          return lower_digit(c) || (c >= 'A' && c <= 'Z') || c == '.' || c == '+' || c == '~' || c == ':' ||
+                 c == '-';
+        }))
+      return false;
+  } else if (i < s.size() && s[i] == '/') {
+    ++i;
+    if (!run(i, [&](char c) { return lower_digit(c) || c == '.' || c == '-'; })) return false;
+  }
+  return i == s.size();
 }
 
 std::string without_userinfo(const std::string& url) {
@@ -657,18 +788,16 @@ nlohmann::json ImageSpec::canonical() const {
   };
 
   put_str("python_version", python_version);
-  // A modelcar's image does not depend on where its model directory is: the files say it all.
+  // No host path enters the canonical spec: an image does not depend on where its files are, and
+  // the files themselves are hashed (docs/tag.md). Only the copy mode says how they were chosen.
   if (modelcar) c["modelcar"] = true;
-  if (source_root && !modelcar) {
-    std::string rel = source_root->lexically_relative(base_dir).generic_string();
-    c["source_root"] = rel.empty() ? "." : rel;
-    c["source_copy_mode"] = to_string(source_copy_mode);
-  }
+  if (source_root && !modelcar) c["source_copy_mode"] = to_string(source_copy_mode);
   put_map("env", env);
   put_list("packages", packages);
   put_list("conda_packages", conda_packages);
   put_list("conda_channels", conda_channels);
-  put_str("requirements", requirements);
+  // The requirements file's path is left out; its content enters as an input (docs/tag.md).
+  if (requirements) c["requirements"] = true;
   put_list("apt_packages", apt_packages);
   put_str("cuda", cuda);
   put_str("cudnn", cudnn);
@@ -690,12 +819,11 @@ nlohmann::json ImageSpec::canonical() const {
   }
   if (!pip_secret_mounts.empty()) {
     json mounts = json::array();
-    for (const auto& [src, target] : pip_secret_mounts)
-      mounts.push_back(json::array({src, target}));
+    for (const auto& [src, target] : pip_secret_mounts) mounts.push_back(target);  // the source is a host path
     c["pip_secret_mounts"] = mounts;
   }
   put_list("pip_extra_args", pip_extra_args);
-  put_list("entrypoint", entrypoint);
+  if (entrypoint) c["entrypoint"] = *entrypoint;  // [] (clear the base's) is kept: it shapes the config
   put_list("commands", commands);
   {  // `copy` is a set of paths: its order shapes nothing
     std::vector<std::string> sorted = copy;

@@ -39,6 +39,9 @@ const char* to_string(Compression c);  // "gzip", "zstd", "none"
 
 struct ImageSpec;
 
+/// The environment variable flytekit's ImageSpec.is_container() reads (and the spec field name).
+inline constexpr const char* kFlyteImageIdEnv = "_F_IMG_ID";
+
 /// A modelcar (KServe, docs/modelcar.md): `"modelcar": true` puts source_root at /models (copy
 /// mode all), directories 0775 and files 0644 (readable by any uid), and no Entrypoint or Cmd.
 inline constexpr const char* kModelcarDest = "/models";
@@ -77,7 +80,9 @@ struct ImageSpec {
   std::vector<std::pair<std::string, std::string>> pip_secret_mounts;
   std::vector<std::string> pip_extra_args;
   std::optional<std::filesystem::path> registry_config;  // absolute
-  std::vector<std::string> entrypoint;            // empty = inherit from the base
+  /// Absent: inherit the base's Entrypoint (and Cmd). Present: replaces them; `[]` clears them
+  /// (flytekit's meaning: "set to [] to remove the entrypoint").
+  std::optional<std::vector<std::string>> entrypoint;
   std::vector<std::string> commands;
   std::optional<std::string> tag_format;          // e.g. "{spec_hash}-dev"
   CopyMode source_copy_mode = CopyMode::LoadedModules;  // meaningful only with source_root
@@ -98,22 +103,46 @@ struct ImageSpec {
   std::uint64_t large_file_threshold = 64ull << 20;  // bytes; files this big get their own layer
   std::optional<std::int64_t> source_date_epoch;  // overrides $SOURCE_DATE_EPOCH
   bool modelcar = false;                          // a KServe modelcar image (see kModelcarDest)
+  /// `"_F_IMG_ID"`: flytekit's ImageSpec.id, which its ImageSpec.is_container() compares with the
+  /// container's $_F_IMG_ID. kiln cannot compute it (it hashes Python's repr of the spec), so the
+  /// caller passes it; the builder sets it as the config's last Env entry. It is outside the tag
+  /// and outside every cached layer key (docs/tag.md), as flytekit keeps it out of its layer cache.
+  std::optional<std::string> f_img_id;
 
   // ---- context ----
-  std::filesystem::path base_dir;                 // absolute directory relative paths resolve against
+  /// Absolute directory relative paths resolve against: `context_dir` when the spec gives it,
+  /// else the spec file's directory (the working directory for stdin), else the parent spec's.
+  std::filesystem::path base_dir;
   std::string origin;                             // spec file path as given, or "<stdin>"
 
-  /// The normalized spec as JSON: defaults applied, paths relative to base_dir, empty fields
-  /// dropped, keys sorted. Fields that do not shape the image's content (registry,
-  /// registry_config, builder, builder_options, tag_format, name) are left out.
+  /// The normalized spec as JSON: defaults applied, empty fields dropped, keys sorted. No host
+  /// path enters it (source_root, requirements, pip_secret_mounts sources, oci: base directories,
+  /// context_dir, the spec's own location): what they point to enters the tag as file entries and
+  /// input digests. Fields that do not shape the image's content (registry, registry_config,
+  /// builder, builder_options, tag_format, name, _F_IMG_ID) are left out too.
   /// This is the spec part of the tag hash (see docs/tag.md).
   nlohmann::json canonical() const;
+
+  /// Does the image get files at source_dest (source_root not in no_copy mode, or copy entries)?
+  /// Then flytekit's WorkingDir and PYTHONPATH apply.
+  bool bakes_files() const {
+    return (source_root && source_copy_mode != CopyMode::NoCopy) || !copy.empty();
+  }
 };
 
 /// `url` without credentials: "https://user:token@host/simple" → "https://host/simple". Index URLs
 /// may carry a token; it shapes nothing in the image, so the tag, the history and the step cache
 /// keys see the URL without it (and nothing prints it).
 std::string without_userinfo(const std::string& url);
+
+/// Limits that keep a hostile spec from exhausting the stack.
+inline constexpr int kMaxBaseImageDepth = 32;   // nested base_image specs
+inline constexpr int kMaxJsonDepth = 128;       // nested JSON arrays and objects anywhere
+/// source_date_epoch's range: 1970-01-01T00:00:00Z … 9999-12-31T23:59:59Z, what every tool can read.
+inline constexpr std::int64_t kMaxSourceDateEpoch = 253402300799;
+
+/// Is `s` a Debian package name as apt takes it: name[:arch][=version|/release]?
+bool valid_apt_package(std::string_view s);
 
 /// Parse and validate JSON text. Throws SpecError.
 ImageSpec parse_spec(std::string_view text, const std::filesystem::path& base_dir,

@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <regex>
 
 #include "layers/digest.h"
 
@@ -40,7 +39,7 @@ void hash_files(layers::Sha256& h, std::vector<TagFile>& files) {
 std::string spec_hash(const ImageSpec& spec, const std::string& base_id, std::vector<TagFile> files,
                       std::int64_t env_epoch, const std::vector<std::pair<std::string, std::string>>& inputs) {
   layers::Sha256 h;
-  h.update("kiln-spec-hash-v1\n");
+  h.update(kSpecHashPrefix);
   h.update(spec.canonical().dump());
   h.update("\nbase " + base_id + "\n");
   if (env_epoch != 0 && !spec.source_date_epoch) h.update("epoch " + std::to_string(env_epoch) + "\n");
@@ -57,8 +56,11 @@ std::string files_digest(std::vector<TagFile> files) {
 }
 
 bool valid_tag(const std::string& tag) {
-  static const std::regex re("^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$");
-  return std::regex_match(tag, re);
+  auto word = [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+  };
+  if (tag.empty() || tag.size() > 128 || !word(tag[0])) return false;
+  return std::all_of(tag.begin() + 1, tag.end(), [&](char c) { return word(c) || c == '.' || c == '-'; });
 }
 
 std::string make_tag(const ImageSpec& spec, const std::string& hash) {

@@ -18,7 +18,10 @@ struct TagFile {
   std::string content;  // file: sha256 hex; symlink: target; directory: ""
 };
 
-/// sha256 hex over: "kiln-spec-hash-v1\n", the canonical spec JSON, "\n", "base " + base_id + "\n",
+/// The first line of the spec hash; changes whenever the algorithm does (docs/tag.md).
+inline constexpr const char* kSpecHashPrefix = "kiln-spec-hash-v2\n";
+
+/// sha256 hex over: kSpecHashPrefix, the canonical spec JSON, "\n", "base " + base_id + "\n",
 /// then per file (sorted by dest, bytewise): type, ' ', mode (4 octal digits), ' ', content, ' ',
 /// dest, '\0'. `base_id` is "scratch", the base manifest digest, or a nested spec's hash.
 /// `env_epoch` is SOURCE_DATE_EPOCH from the environment when the spec does not set

@@ -70,6 +70,39 @@ TEST_CASE("steps: flytekit's order, one step per command", "[run]") {
   REQUIRE(steps[1].mounts.size() == 1);
   CHECK(steps[1].mounts[0].target.rfind("/tmp/", 0) == 0);
   CHECK(steps[1].mounts[0].read_only);
+  // Commands come after the source and copy layers (flytekit's order); apt and pip before.
+  CHECK_FALSE(steps[0].after_files);
+  CHECK_FALSE(steps[1].after_files);
+  CHECK(steps[2].after_files);
+  CHECK(steps[3].after_files);
+  // The history names the requirements file by where the step reads it, not by its host path.
+  CHECK(steps[1].created_by == "kiln: RUN pip install -r /tmp/kiln/requirements.txt pandas");
+  // No files baked: no PYTHONPATH.
+  CHECK(env_value(steps[0].env, "PYTHONPATH") == "<unset>");
+}
+
+TEST_CASE("steps: PYTHONPATH is source_dest when the spec bakes files, before the spec's env", "[run]") {
+  TempDir d;
+  auto pp = [&](const std::string& json, std::vector<std::string> base_env = {}) {
+    auto steps = kiln::run::plan_steps(spec_in(d, json), base_env, "", 0);
+    REQUIRE(!steps.empty());
+    return env_value(steps[0].env, "PYTHONPATH");
+  };
+  CHECK(pp(R"({"source_root": ".", "commands": ["x"]})", {"PYTHONPATH=/usr/lib/x"}) == "/root");
+  CHECK(pp(R"({"copy": ["a"], "commands": ["x"], "source_dest": "/app"})") == "/app");
+  CHECK(pp(R"({"source_root": ".", "commands": ["x"], "env": {"PYTHONPATH": "/mine"}})") == "/mine");
+  CHECK(pp(R"({"source_root": ".", "source_copy_mode": "no_copy", "commands": ["x"]})", {"PYTHONPATH=/b"}) == "/b");
+  CHECK(pp(R"({"commands": ["x"]})") == "<unset>");
+}
+
+TEST_CASE("steps: the requirements path is in no step key, only its content", "[run]") {
+  TempDir a, b;
+  write_file(a / "requirements.txt", "x\n");
+  write_file(b / "sub" / "reqs.txt", "x\n");
+  auto sa = kiln::run::plan_steps(spec_in(a, R"({"requirements": "requirements.txt"})"), {}, "", 0);
+  auto sb = kiln::run::plan_steps(spec_in(b, R"({"requirements": "sub/reqs.txt"})"), {}, "", 0);
+  CHECK(kiln::run::step_key("c", sa[0], "gzip") == kiln::run::step_key("c", sb[0], "gzip"));
+  CHECK(sa[0].created_by == sb[0].created_by);
 }
 
 TEST_CASE("steps: no install fields, no steps", "[run]") {

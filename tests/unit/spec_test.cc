@@ -408,7 +408,8 @@ TEST_CASE("spec: defaults") {
   CHECK_FALSE(s.source_date_epoch.has_value());
   CHECK_FALSE(s.registry.has_value());
   CHECK(s.builder_options.is_null());
-  CHECK(s.entrypoint.empty());
+  CHECK_FALSE(s.entrypoint.has_value());
+  CHECK_FALSE(s.f_img_id.has_value());
   CHECK(s.base_dir == fs::path("/base"));
   CHECK(s.origin == "spec.json");
 }
@@ -444,7 +445,53 @@ TEST_CASE("spec: entrypoint takes a string or a list") {
   CHECK(parse(R"({"entrypoint": "/bin/sh"})").entrypoint == std::vector<std::string>{"/bin/sh"});
   CHECK(parse(R"({"entrypoint": ["sh", "-c", "x"]})").entrypoint ==
         std::vector<std::string>{"sh", "-c", "x"});
-  CHECK(parse(R"({"entrypoint": ""})").entrypoint.empty());
+  CHECK_FALSE(parse(R"({"entrypoint": ""})").entrypoint.has_value());
+}
+
+TEST_CASE("spec: entrypoint [] clears the base's, absent keeps it") {
+  ImageSpec cleared = parse(R"({"entrypoint": []})");
+  REQUIRE(cleared.entrypoint.has_value());
+  CHECK(cleared.entrypoint->empty());
+  CHECK_FALSE(parse(R"({})").entrypoint.has_value());
+  CHECK_FALSE(parse(R"({"entrypoint": null})").entrypoint.has_value());
+  // Clearing shapes the config, so it is part of the canonical spec; absent is not.
+  CHECK(cleared.canonical()["entrypoint"] == json::array());
+  CHECK_FALSE(parse("{}").canonical().contains("entrypoint"));
+}
+
+TEST_CASE("spec: _F_IMG_ID is stored, and outside the canonical spec") {
+  ImageSpec s = parse(R"({"_F_IMG_ID": "abc-123_x"})");
+  CHECK(s.f_img_id == "abc-123_x");
+  CHECK(s.canonical() == parse("{}").canonical());
+  CHECK(parse(R"({"_F_IMG_ID": "other"})").canonical() == s.canonical());
+  CHECK_FALSE(parse(R"({"_F_IMG_ID": ""})").f_img_id.has_value());
+  CHECK(error_of(R"({"_F_IMG_ID": 5})") == "spec.json: field '_F_IMG_ID' must be a string, not a number");
+}
+
+TEST_CASE("spec: workdir defaults to source_dest when copy entries are baked") {
+  CHECK(parse(R"({"copy": ["a"]})").workdir == "/root");
+  CHECK(parse(R"({"copy": ["a"], "source_dest": "/app"})").workdir == "/app");
+  CHECK_FALSE(parse(R"({})").workdir.has_value());
+  CHECK(parse(R"({"copy": ["a"]})").bakes_files());
+  CHECK(parse(R"({"source_root": "."})").bakes_files());
+  CHECK_FALSE(parse(R"({"source_root": ".", "source_copy_mode": "no_copy"})").bakes_files());
+  CHECK_FALSE(parse(R"({})").bakes_files());
+}
+
+TEST_CASE("spec: context_dir moves where relative paths resolve, first of all fields") {
+  ImageSpec s = parse(R"({"source_root": "src", "copy": ["data"], "requirements": "req.txt",
+                          "base_image": {"source_root": "lib", "base_image": "oci:l:t"},
+                          "context_dir": "/work/project"})");
+  CHECK(s.base_dir == fs::path("/work/project"));
+  CHECK(s.source_root == fs::path("/work/project/src"));
+  CHECK(s.base_image.spec->source_root == fs::path("/work/project/lib"));
+  CHECK(s.base_image.spec->base_image.layout_dir == fs::path("/work/project/l"));
+  // Relative to the spec's directory itself.
+  CHECK(parse(R"({"context_dir": "../p", "source_root": "."})").source_root == fs::path("/p"));
+  // Not content: where the files are is not part of the canonical spec.
+  CHECK(s.canonical() == parse(R"({"source_root": "x", "copy": ["data"], "requirements": "r.txt",
+                                   "base_image": {"source_root": "y", "base_image": "oci:/a/b:t"}})")
+                             .canonical());
 }
 
 TEST_CASE("spec: kiln's own fields are stored") {
@@ -531,7 +578,7 @@ TEST_CASE("spec: canonical applies defaults and drops empty and non-content fiel
         R"({"base_image":{"oci_layout_tag":"v2"},"compression":"zstd","copy":["a","z"],)"
         R"("entrypoint":["run"],"env":{"A":"1","B":"2"},"labels":{"l":"v"},)"
         R"("large_file_threshold":100,"platform":"linux/arm64","source_copy_mode":"all",)"
-        R"("source_date_epoch":5,"source_dest":"/root","source_root":"src","user":"1000",)"
+        R"("source_date_epoch":5,"source_dest":"/root","user":"1000",)"
         R"("workdir":"/root"})");
 }
 
@@ -560,8 +607,8 @@ TEST_CASE("spec: canonical covers the fields that need RUN steps") {
         R"("compression":"gzip","conda_channels":["ch"],"conda_packages":["c"],"cuda":"12",)"
         R"("cudnn":"8","large_file_threshold":67108864,"packages":["numpy"],)"
         R"("pip_extra_args":["--pre"],"pip_extra_index_url":["https://x"],)"
-        R"("pip_index":"https://i","pip_secret_mounts":[["/s","/t"]],"platform":"linux/amd64",)"
-        R"("python_exec":"/py","python_version":"3.12","requirements":"req.txt",)"
+        R"("pip_index":"https://i","pip_secret_mounts":["/t"],"platform":"linux/amd64",)"
+        R"("python_exec":"/py","python_version":"3.12","requirements":true,)"
         R"("runtime_packages":["r"],"source_dest":"/root"})");
 }
 
@@ -572,9 +619,9 @@ TEST_CASE("spec: canonical keys are sorted") {
   for (const auto& item : c.items()) keys.push_back(item.key());
   CHECK(keys == std::vector<std::string>{"base_image", "compression", "copy",
                                          "large_file_threshold", "platform", "source_copy_mode",
-                                         "source_dest", "source_root", "user", "workdir"});
+                                         "source_dest", "user", "workdir"});
   CHECK(std::is_sorted(keys.begin(), keys.end()));
-  CHECK(c["source_root"] == ".");
+  CHECK_FALSE(c.contains("source_root"));
 }
 
 TEST_CASE("spec: canonical is independent of where the spec lives") {
@@ -583,9 +630,21 @@ TEST_CASE("spec: canonical is independent of where the spec lives") {
   json a = parse(text, "/home/alice/repo/specs").canonical();
   json b = parse(text, "/tmp/ci/checkout/specs").canonical();
   CHECK(a == b);
-  CHECK(a["source_root"] == "../src");
-  CHECK(a["base_image"]["source_root"] == "lib");
+  CHECK_FALSE(a.contains("source_root"));
+  CHECK(a["source_copy_mode"] == "loaded_modules");
+  CHECK(a["base_image"]["source_copy_mode"] == "loaded_modules");
   CHECK(a["base_image"]["base_image"] == json{{"oci_layout_tag", "v1"}});
+  // Absolute paths in a spec written to a temporary directory (as pyflyte does) give the same.
+  json c = parse(R"({"source_root": "/home/alice/repo/src", "copy": ["data"],
+      "base_image": {"source_root": "/home/alice/repo/specs/lib",
+                     "base_image": "oci:/home/alice/repo/specs/layout:v1"}})",
+                 "/tmp/pyflyte-123").canonical();
+  CHECK(c == a);
+  // Requirements and secret sources are host paths too: their content counts, not where they are.
+  CHECK(parse(R"({"requirements": "/a/req.txt", "pip_secret_mounts": [["/a/s", "/t"]]})").canonical() ==
+        parse(R"({"requirements": "b/requirements.txt", "pip_secret_mounts": [["s2", "/t"]]})").canonical());
+  CHECK(parse(R"({"pip_secret_mounts": [["/a/s", "/t"]]})").canonical() !=
+        parse(R"({"pip_secret_mounts": [["/a/s", "/u"]]})").canonical());
 }
 
 TEST_CASE("spec: canonical changes with content fields only") {
@@ -618,7 +677,8 @@ TEST_CASE("spec: load_spec reads a file and resolves paths against its directory
   CHECK(s.origin == path);
   CHECK(s.base_dir == tmp.path / "proj/specs");
   CHECK(s.source_root == tmp.path / "proj");
-  CHECK(s.canonical()["source_root"] == "..");
+  CHECK_FALSE(s.canonical().contains("source_root"));  // tag v2: no path in the canonical spec
+  CHECK(s.canonical().dump().find(tmp.path.string()) == std::string::npos);
 }
 
 TEST_CASE("spec: load_spec errors name the path") {
@@ -654,9 +714,10 @@ TEST_CASE("spec: load_spec errors name the path") {
 TEST_CASE("spec: known_fields is sorted and complete") {
   const auto& fields = kiln::spec::known_fields();
   CHECK(std::is_sorted(fields.begin(), fields.end()));
-  CHECK(fields.size() == 40);
+  CHECK(fields.size() == 42);
   for (const char* f : {"name", "builder_config", "builder_options", "runtime_packages", "workdir",
-                        "loaded_modules", "source_date_epoch", "large_file_threshold", "modelcar"}) {
+                        "loaded_modules", "source_date_epoch", "large_file_threshold", "modelcar",
+                        "_F_IMG_ID", "context_dir"}) {
     INFO(f);
     CHECK(std::count(fields.begin(), fields.end(), f) == 1);
   }
@@ -669,4 +730,86 @@ TEST_CASE("spec: to_string") {
   CHECK(std::string(to_string(Compression::Gzip)) == "gzip");
   CHECK(std::string(to_string(Compression::Zstd)) == "zstd");
   CHECK(std::string(to_string(Compression::None)) == "none");
+}
+
+// ---- Hostile specs: clear errors, never a crash (issue 12 §5) -----------------------------------
+
+namespace {
+/// {"base_image": {"base_image": ... {} ...}} nested `depth` deep.
+std::string nested_bases(int depth) {
+  std::string text;
+  for (int i = 0; i < depth; ++i) text += "{\"base_image\": ";
+  text += "{}";
+  for (int i = 0; i < depth; ++i) text += "}";
+  return text;
+}
+}  // namespace
+
+TEST_CASE("spec: nested base_image specs have a depth limit", "[hostile]") {
+  // 32 nested specs are fine; the 33rd is refused with the path of the field.
+  ImageSpec ok = parse(nested_bases(kiln::spec::kMaxBaseImageDepth));
+  int depth = 0;
+  for (const ImageSpec* s = &ok; s->base_image.kind == BaseImage::Kind::Spec; s = s->base_image.spec.get()) ++depth;
+  CHECK(depth == kiln::spec::kMaxBaseImageDepth);
+  std::string err = error_of(nested_bases(kiln::spec::kMaxBaseImageDepth + 1));
+  CHECK_THAT(err, Catch::Contains("nests base_image specs more than 32 deep"));
+  CHECK_THAT(err, Catch::StartsWith("spec.json: field 'base_image.base_image."));
+  // 10,000 deep (which overflowed the stack) stops at the JSON depth limit, with a position.
+  CHECK(error_of(nested_bases(10000)) == "spec.json:1:1921: JSON nested more than 128 levels deep");
+  // Deep arrays anywhere, even inside strings' neighbours, are measured outside strings only.
+  CHECK(error_of("{\"builder_options\": " + std::string(200000, '[') + "}") ==
+        "spec.json:1:148: JSON nested more than 128 levels deep");
+  CHECK(parse("{\"env\": {\"A\": \"" + std::string(5000, '[') + "\\\"\"}}").env.at("A").size() == 5001);
+}
+
+TEST_CASE("spec: a huge apt package name is refused quickly, without a regex", "[hostile]") {
+  const std::string huge(50000, 'a');
+  std::string err = error_of(R"({"apt_packages": [")" + huge + R"("]})");
+  CHECK_THAT(err, Catch::StartsWith("spec.json: field 'apt_packages' has 'aaaa"));
+  CHECK_THAT(err, Catch::Contains("(50000 characters)"));
+  CHECK(err.size() < 400);
+  // Long runs of the other character classes, each of which used to recurse per character.
+  for (const std::string& p : {"a" + std::string(50000, '+'), "a:" + std::string(50000, '-'),
+                               "a=" + std::string(50000, '1'), "a/" + std::string(50000, '.')}) {
+    CHECK_FALSE(kiln::spec::valid_apt_package(p));
+  }
+  CHECK(field_of(R"({"python_version": ")" + std::string(50000, '3') + R"("})") == "python_version");
+}
+
+TEST_CASE("spec: apt package names follow Debian's shape", "[hostile]") {
+  using kiln::spec::valid_apt_package;
+  for (const char* good : {"git", "libc6:amd64", "curl=7.88.1-10", "gcc/bookworm-backports", "g++", "0ad",
+                           "python3.11", "libfoo:i386=1:2.3~rc1+b2", "x/stable-security"})
+    CHECK(valid_apt_package(good));
+  for (const char* bad : {"", "Git", "-x", "+a", "git;rm", "a b", "a:", "a=", "a/", "a:AMD64", "a/Stable", "a=1/x",
+                          "a/x=1", "a::b", "ä"})
+    CHECK_FALSE(valid_apt_package(bad));
+  CHECK(valid_apt_package(std::string(256, 'a')));
+  CHECK_FALSE(valid_apt_package(std::string(257, 'a')));
+}
+
+TEST_CASE("spec: python_version is one to three runs of digits", "[hostile]") {
+  for (const char* good : {"3", "3.11", "3.11.4", "10.0"}) CHECK(parse(std::string(R"({"python_version": ")") + good + "\"}").python_version == good);
+  for (const char* bad : {"3.", ".3", "3..1", "3.11.4.1", "3a", "v3", " 3", "3.11 "})
+    CHECK(field_of(std::string(R"({"python_version": ")") + bad + "\"}") == "python_version");
+}
+
+TEST_CASE("spec: a JSON number out of range is a spec error with line and column", "[hostile]") {
+  CHECK(error_of("{\n  \"source_date_epoch\": 1e999\n}") ==
+        "spec.json:2:24: JSON number 1e999 is out of range (it does not fit a 64-bit float)");
+  CHECK(field_of("{\"source_date_epoch\": 1e999}") == "");
+  CHECK(error_of(R"({"builder_options": [1, -2e400]})") ==
+        "spec.json:1:25: JSON number -2e400 is out of range (it does not fit a 64-bit float)");
+  // Large integers that fit a double are a type or range error of the field, not a crash.
+  CHECK(error_of(R"({"source_date_epoch": 99999999999999999999999})") ==
+        "spec.json: field 'source_date_epoch' must be an integer, not a number");
+}
+
+TEST_CASE("spec: source_date_epoch must be within 0 ... 253402300799", "[hostile]") {
+  CHECK(parse(R"({"source_date_epoch": 253402300799})").source_date_epoch == 253402300799);
+  CHECK(parse(R"({"source_date_epoch": 0})").source_date_epoch == 0);
+  CHECK(error_of(R"({"source_date_epoch": 253402300800})") ==
+        "spec.json: field 'source_date_epoch' must be at most 253402300799 (9999-12-31T23:59:59Z), not 253402300800");
+  CHECK(field_of(R"({"source_date_epoch": 9223372036854775807})") == "source_date_epoch");
+  CHECK(field_of(R"({"base_image": {"source_date_epoch": 300000000000}})") == "base_image.source_date_epoch");
 }

@@ -57,13 +57,13 @@ TEST_CASE("tag: spec_hash follows the documented algorithm exactly") {
   REQUIRE(spec.canonical().dump() == canonical);
 
   // No files.
-  CHECK(spec_hash(spec, "scratch", {}) == sha256_hex("kiln-spec-hash-v1\n" + canonical + "\nbase scratch\n"));
+  CHECK(spec_hash(spec, "scratch", {}) == sha256_hex("kiln-spec-hash-v2\n" + canonical + "\nbase scratch\n"));
 
   // With files: sorted bytewise by dest ("root/link" < "root/pkg" < "root/pkg/mod.py" < "root/run.sh").
   auto files = sample_files();
   const std::string entries = entry_bytes(sorted(files));
   CHECK(entries.substr(0, 28) == std::string("l 0777 pkg/mod.py root/link\0", 28));
-  const std::string expect = sha256_hex("kiln-spec-hash-v1\n" + canonical + "\nbase sha256:abc\n" + entries);
+  const std::string expect = sha256_hex("kiln-spec-hash-v2\n" + canonical + "\nbase sha256:abc\n" + entries);
   const std::string h = spec_hash(spec, "sha256:abc", files);
   CHECK(h == expect);
   CHECK(h.size() == 64);
@@ -142,6 +142,33 @@ TEST_CASE("tag: spec_hash depends on content-shaping fields only") {
   s.base_dir = "/elsewhere";
   s.origin = "elsewhere.json";
   CHECK(spec_hash(s, "scratch", sample_files()) == h);
+}
+
+TEST_CASE("tag: v2 leaves host paths and _F_IMG_ID out of the hash") {
+  const ImageSpec spec = base_spec();
+  const std::string h = spec_hash(spec, "scratch", sample_files());
+  CHECK(spec.canonical().dump().find("/proj") == std::string::npos);
+
+  ImageSpec a = spec, b = spec;
+  a.source_root = "/proj/src";
+  b.source_root = "/elsewhere/deep/checkout/src";
+  b.base_dir = "/tmp/pyflyte-xyz";
+  CHECK(spec_hash(a, "scratch", sample_files()) == spec_hash(b, "scratch", sample_files()));
+  a.requirements = "requirements.txt";
+  b.requirements = "/elsewhere/deep/checkout/reqs.txt";
+  const std::vector<std::pair<std::string, std::string>> in = {{"requirements", sha256_hex("numpy\n")}};
+  CHECK(spec_hash(a, "scratch", sample_files(), 0, in) == spec_hash(b, "scratch", sample_files(), 0, in));
+  // The requirements' content does count.
+  CHECK(spec_hash(a, "scratch", sample_files(), 0, in) !=
+        spec_hash(a, "scratch", sample_files(), 0, {{"requirements", sha256_hex("pandas\n")}}));
+
+  ImageSpec id = spec;
+  id.f_img_id = "flyte-image-id";
+  CHECK(spec_hash(id, "scratch", sample_files()) == h);
+  // entrypoint: [] clears the base's, so it counts; absent does not.
+  ImageSpec cleared = spec;
+  cleared.entrypoint = std::vector<std::string>{};
+  CHECK(spec_hash(cleared, "scratch", sample_files()) != h);
 }
 
 TEST_CASE("tag: make_tag with the default and custom tag_format") {
