@@ -528,7 +528,6 @@ class Job {
     if (rec_.kind == "build") f.spec_path = rec_.spec_path;  // a file to point at
     f.build_id = rec_.id;
     if (rec_.name.empty() && rec_.kind == "build") name_from_broken_spec(rec_.spec_path, &rec_);
-    if (out_.image.empty()) out_.image = rec_.repository;
     progress_.note(std::string("error: ") + (f.kind == "step" ? f.step + ": " : "") + f.message);
     f.log_path = log_.path();
     f.log_tail = log_.tail(20);
