@@ -21,13 +21,6 @@ namespace fs = std::filesystem;
 namespace kiln::cli {
 namespace {
 
-/// Columns on a terminal: UTF-8 continuation bytes take none.
-std::size_t width(const std::string& s) {
-  std::size_t n = 0;
-  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
-  return n;
-}
-
 struct BuildArgs {
   std::vector<std::string> specs;  // build: one or more
   std::string spec_path;           // tag: one

@@ -89,6 +89,12 @@ using session::BusyError;
 std::unique_ptr<history::HistoryDb> open_history(ProgressView& view);
 
 std::int64_t source_date_epoch_from_env();
+/// Columns on a terminal: UTF-8 continuation bytes take none.
+inline std::size_t width(const std::string& s) {
+  std::size_t n = 0;
+  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+  return n;
+}
 std::vector<std::string> read_module_list(const std::string& file);
 
 // Each command file registers its subcommands.

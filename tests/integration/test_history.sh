@@ -197,6 +197,9 @@ assert_eq "$P1 $P3 None" "$(jget "' '.join([j[0]['tag_moved_from'], j[0]['image_
 assert_eq "[\"$REG_ADDR/hist-layout:v1@$P3\"] oci:$T/other:o2" "$(jget "json.dumps(j[0]['pushed']) + ' ' + j[0]['spec_path']" <<<"$OUT")" \
   "kiln push: the record keeps the pushed reference and the source"
 assert_contains "$(cat "$(jget "j[0]['log_path']" <<<"$OUT")")" "pushed $REG_ADDR/hist-layout:v1@$P3" "kiln push: the push has a log"
+kiln show "$PUSH_ID2"
+assert_contains "$OUT" "push $PUSH_ID2" "kiln show: a push says it is one"
+assert_contains "$OUT" "source:         oci:$T/other:o2" "kiln show: and names its source"
 kiln push "oci:$T/other:nope" "$REG_ADDR/hist-layout:v1" --json --progress quiet
 assert_eq 5 "$RC" "kiln push of a missing tag: exit 5"
 kiln show "$(jget "j['build_id']" <<<"$OUT")" --json
