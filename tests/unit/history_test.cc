@@ -369,3 +369,43 @@ TEST_CASE("store: a layer whose blob no longer matches its digest is a miss, and
   CHECK(store.find_layer("key"));
   CHECK(fs::exists(d / "cache" / "verified" / std::string(kiln::layers::digest_hex(digest))));
 }
+
+TEST_CASE("history: a version 1 database gains the kind column; its rows read as builds", "[history]") {
+  TempDir d;
+  fs::create_directories(d / "state");
+  {
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open((d / "state" / "builds.db").c_str(), &db) == SQLITE_OK);
+    const char* v1 = R"SQL(
+      PRAGMA journal_mode=WAL;
+      CREATE TABLE builds (id TEXT PRIMARY KEY, name TEXT NOT NULL, repository TEXT NOT NULL, tag TEXT,
+        spec_path TEXT, spec_digest TEXT, inputs_digest TEXT, image_digest TEXT, config_digest TEXT, base TEXT,
+        outputs TEXT, pushed TEXT, tag_moved_from TEXT, status TEXT NOT NULL, exit_code INTEGER, error_class TEXT,
+        error_kind TEXT, failed_step TEXT, message TEXT, started_ms INTEGER NOT NULL, finished_ms INTEGER,
+        timings TEXT, spec TEXT, layers TEXT, warnings TEXT, log_path TEXT, host TEXT, pid INTEGER);
+      INSERT INTO builds (id, name, repository, status, started_ms, finished_ms)
+        VALUES ('01J9Z3K8Q6M0V7W2X4Y5Z6A7B8', 'old', 'old', 'success', 1, 2);
+      PRAGMA user_version=1;
+    )SQL";
+    REQUIRE(sqlite3_exec(db, v1, nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(db);
+  }
+  HistoryDb db(d / "state");
+  auto old = db.get("01J9Z3K8Q6M0V7W2X4Y5Z6A7B8");
+  REQUIRE(old);
+  CHECK(old->kind == "build");
+  CHECK(old->to_json()["kind"] == "build");
+  Record p = Record::start();
+  p.kind = "push";
+  p.name = "old";
+  p.repository = "old";
+  p.status = "success";
+  db.append(p);
+  auto got = db.get(p.id);
+  REQUIRE(got);
+  CHECK(got->kind == "push");
+  // A second opening (another process, later) finds the column there.
+  HistoryDb again(d / "state");
+  CHECK(again.list("old").size() == 2);
+  CHECK(Record::from_json(got->to_json()).kind == "push");
+}
