@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# kiln benchmark: kiln vs tar|gzip, tar|pigz, tar|zstd, tar|sha256sum, umoci and buildah, and
+# kiln benchmark: kiln vs same-shape tar|pigz -1 and tar|zstd -3 peers, the openssl and read-only
+# floors, umoci and buildah, and
 # kiln's push vs skopeo's to a throwaway docker-registry on 127.0.0.1.
 #
 #   bench/run.sh [--small] [--reps N] [--rev REV | --kiln PATH | --no-build]
@@ -42,7 +43,7 @@ while (($#)); do
   shift
 done
 
-need=(tar gzip pigz zstd sha256sum umoci python3)
+need=(tar gzip pigz zstd openssl umoci python3)
 missing=()
 for t in "${need[@]}"; do command -v "$t" >/dev/null || missing+=("$t"); done
 [[ -x /usr/bin/time ]] || missing+=("/usr/bin/time (package time)")

@@ -20,6 +20,7 @@
 #include "layers/digest.h"
 #include "layers/parallel.h"
 #include "layers/tar_writer.h"
+#include "run/rootfs.h"
 #include "run/steps.h"
 #include "spec/tag.h"
 
@@ -276,6 +277,22 @@ std::string index_key(const fs::path& dir) {
   return h.hex();
 }
 
+/// The layer blobs of a base read from an OCI layout hold the bytes their digests name: hashed
+/// like registry pulls, once per blob identity (the store remembers what it verified).
+void verify_layout_base(const Image& img, const std::string& base_name, const layers::Store& store) {
+  for (const Layer& l : img.layers) {
+    bool ok = false;
+    try {
+      ok = store.verify_external(l.blob, l.desc.digest);
+    } catch (const std::system_error& e) {
+      throw BaseError("base_image " + base_name + ": cannot read layer blob " + l.desc.digest + ": " + e.what());
+    }
+    if (!ok)
+      throw BaseError("base_image " + base_name + ": layer blob " + l.desc.digest +
+                      " does not match its digest (its bytes were changed: the layout is corrupt or was tampered with)");
+  }
+}
+
 registry::Reference parse_base_reference(const spec::ImageSpec& s) {
   try {
     return registry::parse_reference(s.base_image.ref);
@@ -310,7 +327,9 @@ Prepared prepare(const spec::ImageSpec& s, const BuildOptions& opts) {
   p.timings["walk"] = since(t0);
   t0 = Clock::now();
   layers::StatIndex index;
-  fs::path idx = opts.store->stat_index_path(index_key(s.base_dir));
+  // Keyed on what the walk read: source_root when set, else the directory copy entries resolve in.
+  // Specs sharing a root share the index (it keeps entries another walk saw).
+  fs::path idx = opts.store->stat_index_path(index_key(s.source_root ? *s.source_root : s.base_dir));
   index.load(idx);
   layers::hash_files(p.files, &index, opts.jobs);
   index.save(idx);
@@ -346,6 +365,7 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
       LayoutImage li = read_oci_layout(s.base_image.layout_dir, s.base_image.layout_tag, s.platform);
       img = std::move(li.image);
       base_name = s.base_image.ref;
+      verify_layout_base(img, base_name, *opts.store);
       base_digest = li.manifest_digest;
       break;
     }
@@ -401,7 +421,13 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
       auto fetch_base = [&] {
         if (s.base_image.kind == spec::BaseImage::Kind::Registry) fetch_layers(*opts.registries, img, *opts.store);
       };
-      for (auto& lr : run_steps(img, steps, opts, ro, progress, fetch_base)) r.layers.push_back(std::move(lr));
+      std::vector<LayerReport> step_reports;
+      try {
+        step_reports = run_steps(img, steps, opts, ro, progress, fetch_base);
+      } catch (const run::BaseLayerError& e) {  // a hostile or mislabelled base: name it
+        throw BaseError("base_image " + (base_name.empty() ? s.base_image.ref : base_name) + ": " + e.what());
+      }
+      for (auto& lr : step_reports) r.layers.push_back(std::move(lr));
       r.timings["steps"] = since(t_steps);
     }
   }

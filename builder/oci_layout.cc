@@ -26,7 +26,8 @@ std::string read_blob_verified(const fs::path& dir, const std::string& digest) {
   std::string s;
   fs::path p = dir / "blobs" / "sha256" / std::string(layers::digest_hex(digest));
   if (!layers::read_file_if_exists(p, &s)) throw std::runtime_error("layout " + dir.string() + " lacks blob " + digest);
-  if (layers::sha256_digest(s) != digest) throw std::runtime_error("layout " + dir.string() + ": blob " + digest + " is corrupt");
+  if (layers::sha256_digest(s) != digest)
+    throw BaseError("layout " + dir.string() + ": blob " + digest + " does not match its digest (the layout is corrupt)");
   return s;
 }
 
@@ -119,7 +120,7 @@ bool put_blob(const fs::path& dir, const std::string& digest, std::uint64_t size
   if (::stat(dest.c_str(), &st) == 0 && static_cast<std::uint64_t>(st.st_size) == size) return false;
   fs::path tmp = dir / layers::unique_name(".kiln-tmp");
   if (src) {
-    layers::link_or_copy(*src, tmp);
+    layers::link_or_copy(*src, tmp);  // removes its partial copy when it fails
   } else {
     int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd < 0) throw std::system_error(errno, std::generic_category(), "cannot create " + tmp.string());
@@ -184,7 +185,8 @@ LayoutImage read_oci_layout(const fs::path& dir, const std::string& tag, const s
     struct stat st{};
     if (::stat(l.blob.c_str(), &st) != 0) throw std::runtime_error(where + " lacks layer blob " + l.desc.digest);
     if (static_cast<std::uint64_t>(st.st_size) != l.desc.size)
-      throw std::runtime_error(where + ": layer blob " + l.desc.digest + " has the wrong size");
+      throw BaseError(where + ": layer blob " + l.desc.digest + " has the wrong size (" + std::to_string(st.st_size) +
+                      " bytes, the manifest says " + std::to_string(l.desc.size) + ")");
     out.image.layers.push_back(std::move(l));
   }
   return out;

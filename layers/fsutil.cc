@@ -90,33 +90,42 @@ const char* link_or_copy(const fs::path& src, const fs::path& dst) {
     throw std::system_error(e, std::generic_category(), "cannot create " + dst.string());
   }
   const char* how = "reflink";
-  if (::ioctl(out, FICLONE, in) != 0) {
-    how = "copy";
-    struct stat st{};
-    ::fstat(in, &st);
-    off_t left = st.st_size;
-    while (left > 0) {
-      ssize_t n = ::copy_file_range(in, nullptr, out, nullptr, static_cast<std::size_t>(left), 0);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) {
-        // Fallback for file systems without copy_file_range.
-        char buf[1 << 16];
-        ssize_t r;
-        while ((r = ::read(in, buf, sizeof buf)) > 0) write_all(out, buf, static_cast<std::size_t>(r), dst);
-        break;
+  try {
+    if (::ioctl(out, FICLONE, in) != 0) {
+      how = "copy";
+      struct stat st{};
+      if (::fstat(in, &st) != 0) throw std::system_error(errno, std::generic_category(), "cannot stat " + src.string());
+      off_t left = st.st_size;
+      while (left > 0) {
+        ssize_t n = ::copy_file_range(in, nullptr, out, nullptr, static_cast<std::size_t>(left), 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == ENOSPC || errno == EDQUOT || errno == EIO))
+          throw std::system_error(errno, std::generic_category(), "cannot write " + dst.string());
+        if (n <= 0) {
+          // Fallback for file systems without copy_file_range.
+          char buf[1 << 16];
+          ssize_t r;
+          while ((r = ::read(in, buf, sizeof buf)) > 0) write_all(out, buf, static_cast<std::size_t>(r), dst);
+          if (r < 0) throw std::system_error(errno, std::generic_category(), "cannot read " + src.string());
+          break;
+        }
+        left -= n;
       }
-      left -= n;
+      if (::fsync(out) != 0) throw std::system_error(errno, std::generic_category(), "fsync " + dst.string());
     }
-    if (::fsync(out) != 0) {
-      int e = errno;
-      ::close(in);
-      ::close(out);
-      ::unlink(dst.c_str());
-      throw std::system_error(e, std::generic_category(), "fsync " + dst.string());
-    }
+  } catch (...) {
+    // A full disk (or any failure) leaves no partial copy behind.
+    ::close(in);
+    ::close(out);
+    ::unlink(dst.c_str());
+    throw;
   }
   ::close(in);
-  ::close(out);
+  if (::close(out) != 0) {
+    int e = errno;
+    ::unlink(dst.c_str());
+    throw std::system_error(e, std::generic_category(), "cannot write " + dst.string());
+  }
   return how;
 }
 
@@ -150,9 +159,22 @@ void read_blocks(const std::filesystem::path& path, const std::function<void(con
     int fd;
     ~Closer() { ::close(fd); }
   } closer{fd};
-  std::vector<char> buf(block);
+  // One buffer per thread, reused: allocating (and zeroing) a fresh one per file
+  // dominated hashing a tree of many small files.
+  // (A nested call from `f` gets its own.)
+  thread_local std::vector<char> shared;
+  thread_local bool busy = false;
+  std::vector<char> own;
+  std::vector<char>& buf = busy ? own : shared;
+  if (buf.size() < block) buf.resize(block);
+  struct Busy {
+    bool& flag;
+    bool was;
+    ~Busy() { flag = was; }
+  } busy_guard{busy, busy};
+  busy = true;
   for (;;) {
-    ssize_t n = ::read(fd, buf.data(), buf.size());
+    ssize_t n = ::read(fd, buf.data(), block);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) throw std::system_error(errno, std::generic_category(), "cannot read " + path.string());
     if (n == 0) return;

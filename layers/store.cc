@@ -16,6 +16,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <system_error>
+#include <vector>
 
 #include "layers/digest.h"
 #include "layers/fsutil.h"
@@ -119,6 +120,8 @@ Store::Store(fs::path root) : root_(std::move(root)) {
                                "'; use another KILN_CACHE or remove it");
   }
   for (const char* d : {"blobs/sha256", "layers", "stat", "tmp", "verified", "locks"}) fs::create_directories(root_ / d);
+  // tmp/ holds scratch trees of RUN steps (a base's files as the image has them): owner only.
+  ::chmod((root_ / "tmp").c_str(), 0700);
   if (v.empty()) atomic_write(vfile, kVersionLine, root_ / "tmp");
 }
 
@@ -196,6 +199,55 @@ bool Store::verify_blob(const std::string& digest) const {
   std::error_code ec;
   fs::remove(root_ / "verified" / hex, ec);
   return false;
+}
+
+bool Store::verify_external(const fs::path& file, const std::string& digest) const {
+  const std::string hex(digest_hex(digest));
+  std::error_code ec;
+  fs::path abs = fs::absolute(file, ec);
+  if (ec) abs = file;
+  KeyHasher k;
+  k.field("external-blob");
+  k.field(abs.lexically_normal().string());
+  fs::path memo_path = root_ / "verified" / ("ext-" + k.hex());
+  auto identity_of = [&](const struct stat& st) {
+    return digest + " " + std::to_string(st.st_dev) + " " + identity(st);
+  };
+  struct stat st{};
+  if (::stat(file.c_str(), &st) != 0) throw std::system_error(errno, std::generic_category(), "cannot read " + file.string());
+  std::string memo;
+  if (read_file_if_exists(memo_path, &memo) && memo == identity_of(st)) return true;
+  // Hash from one descriptor, and remember the identity of what was hashed.
+  int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw std::system_error(errno, std::generic_category(), "cannot read " + file.string());
+  Sha256 h;
+  std::vector<char> buf(1 << 20);
+  for (;;) {
+    ssize_t n = ::read(fd, buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int e = errno;
+      ::close(fd);
+      throw std::system_error(e, std::generic_category(), "cannot read " + file.string());
+    }
+    if (n == 0) break;
+    h.update(buf.data(), static_cast<std::size_t>(n));
+  }
+  struct stat after{};
+  const bool stable = ::fstat(fd, &after) == 0 && identity(after) == identity(st) && after.st_dev == st.st_dev;
+  ::close(fd);
+  if (h.hex() != hex) {
+    fs::remove(memo_path, ec);
+    return false;
+  }
+  if (stable) {
+    try {
+      atomic_write(memo_path, identity_of(after), root_ / "tmp", /*sync=*/false);
+    } catch (const std::exception&) {
+      // Only a memo: without it the blob is hashed again when next used.
+    }
+  }
+  return true;
 }
 
 FileLock Store::lock_layer(const std::string& key, const std::function<void()>& on_wait) const {
@@ -317,8 +369,13 @@ Store::PruneResult Store::prune(std::int64_t older_than_seconds) const {
     ++r.removed_blobs;
   }
   // Memos of removed blobs; lock files nobody holds (a day old: a lock only saves duplicate work).
-  for (auto& e : fs::directory_iterator(root_ / "verified", ec))
+  for (auto& e : fs::directory_iterator(root_ / "verified", ec)) {
+    if (e.path().filename().string().rfind("ext-", 0) == 0) {  // a blob outside the store
+      if (old(e)) fs::remove(e.path(), ec);
+      continue;
+    }
     if (!fs::exists(root_ / "blobs" / "sha256" / e.path().filename(), ec)) fs::remove(e.path(), ec);
+  }
   for (auto& e : fs::directory_iterator(root_ / "locks", ec)) {
     auto age = std::chrono::duration_cast<std::chrono::seconds>(now - e.last_write_time(ec)).count();
     if (age < 86400) continue;
@@ -355,11 +412,14 @@ Store::PruneResult Store::prune(std::int64_t older_than_seconds) const {
 }
 
 // ---------------------------------------------------------------------------------------------
-// StatIndex: "KILNSTAT1\n", written_ns, then records of
-//   u32 path length, path bytes, u64 size, i64 mtime_ns, i64 ctime_ns, u64 ino, u64 dev, 32-byte hash
+// StatIndex: "KILNSTAT2\n", written_ns, then records of
+//   u32 path length, path bytes, u64 size, i64 mtime_ns, i64 ctime_ns, u64 ino, u64 dev, 32-byte hash,
+//   u16 age (saves since a walk last saw the entry)
 
 namespace {
-const char kStatMagic[] = "KILNSTAT1\n";
+const char kStatMagic[] = "KILNSTAT2\n";
+// Racy: modified within this window before the index was written (see lookup()).
+constexpr std::int64_t kRacyWindow = 1000000000;
 
 template <class T>
 void put(std::string& s, T v) {
@@ -411,18 +471,25 @@ void StatIndex::load(const fs::path& file) {
       break;
     e.sha256 = raw_to_hex(s.data() + pos, 32);
     pos += 32;
+    if (!get(s, pos, &e.age)) break;
     entries_.emplace(std::move(path), std::move(e));
   }
 }
 
 void StatIndex::save(const fs::path& file) {
-  std::size_t unseen = 0;
-  for (auto& [_, e] : entries_) unseen += !e.seen;
-  if (!dirty_ && unseen == 0) return;
+  // Entries this walk did not see stay (another spec may walk them: two specs sharing a root, or
+  // alternating builds), unless they were racy when last written — those were never trusted and
+  // would look safe under the new write time — or have gone unseen for kMaxAge rewrites.
+  if (!dirty_) return;
+  constexpr std::uint16_t kMaxAge = 8;
   std::string s(kStatMagic, sizeof kStatMagic - 1);
   put(s, now_ns());
   for (auto& [path, e] : entries_) {
-    if (!e.seen) continue;
+    if (!e.seen) {
+      const bool racy = e.key.mtime_ns >= written_ns_ - kRacyWindow || e.key.ctime_ns >= written_ns_ - kRacyWindow;
+      if (racy || e.age >= kMaxAge) continue;
+    }
+    const std::uint16_t age = e.seen ? 0 : static_cast<std::uint16_t>(e.age + 1);
     put(s, static_cast<std::uint32_t>(path.size()));
     s += path;
     put(s, e.key.size);
@@ -431,6 +498,7 @@ void StatIndex::save(const fs::path& file) {
     put(s, e.key.ino);
     put(s, e.key.dev);
     s += hex_to_raw(e.sha256);
+    put(s, age);
   }
   atomic_write(file, s, file.parent_path().parent_path() / "tmp", /*sync=*/false);
   dirty_ = false;
@@ -441,7 +509,6 @@ std::optional<std::string> StatIndex::lookup(const std::string& abs_path, const 
   if (it == entries_.end() || !(it->second.key == key)) return std::nullopt;
   // Racy: modified within the same second the index was written; a later edit could keep the
   // same mtime. Hash it again (the next save makes it safe).
-  constexpr std::int64_t kRacyWindow = 1000000000;
   if (key.mtime_ns >= written_ns_ - kRacyWindow || key.ctime_ns >= written_ns_ - kRacyWindow) return std::nullopt;
   const_cast<Entry&>(it->second).seen = true;
   return it->second.sha256;

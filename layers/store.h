@@ -10,6 +10,8 @@
 //   verified/<hex>               "ino size mtime_ns" of a blob whose content was checked against its
 //                                digest (by the writer, or by hashing): while the blob's identity
 //                                is unchanged it is not hashed again
+//   verified/ext-<key>           the same for a blob outside the store (a base's OCI layout), keyed
+//                                on its path: "digest dev ino size mtime_ns"
 //   locks/<key>.lock             flock held while a process writes the layer <key>
 //   rootfs/flat-<chain>/         unpacked base trees RUN steps start from (docs/run-steps.md)
 //   rootfs/diff-<chain>/         step layers in overlayfs form; both rebuilt from blobs when gone
@@ -104,6 +106,11 @@ class Store {
   /// does not match is removed. False when the blob is missing.
   bool verify_blob(const std::string& digest) const;
   void put_layer(const std::string& key, const LayerRecord& rec) const;
+  /// Is `file`, a blob outside the store (in a base's OCI layout), known to hold `digest`? It is
+  /// hashed unless this very file — same path, device, inode, size and mtime — was verified to
+  /// hold `digest` before; a match is remembered under verified/ext-<path key>. Throws
+  /// std::system_error when the file cannot be read.
+  bool verify_external(const std::filesystem::path& file, const std::string& digest) const;
 
   std::filesystem::path stat_index_path(const std::string& key) const;
   std::filesystem::path tmp_dir() const { return root_ / "tmp"; }
@@ -138,7 +145,8 @@ class StatIndex {
     bool operator==(const Key&) const = default;
   };
   void load(const std::filesystem::path& file);
-  /// Writes atomically, only when something changed since load().
+  /// Writes atomically, only when an entry was added or updated since load(). Entries this walk did
+  /// not look up are kept (several specs may share one index) until unseen for 8 rewrites.
   void save(const std::filesystem::path& file);
   std::optional<std::string> lookup(const std::string& abs_path, const Key& key) const;
   void update(const std::string& abs_path, const Key& key, const std::string& sha256_hex);
@@ -148,6 +156,7 @@ class StatIndex {
     Key key;
     std::string sha256;  // hex
     bool seen = false;
+    std::uint16_t age = 0;  // rewrites since a walk last saw it
   };
   std::unordered_map<std::string, Entry> entries_;
   std::int64_t written_ns_ = 0;

@@ -8,6 +8,7 @@
 #include <iostream>
 #include <set>
 #include <sstream>
+#include <stdexcept>
 
 #include "layers/fileset.h"
 
@@ -86,7 +87,7 @@ PlanInput parse_plan(std::string_view text, const fs::path& base_dir, const std:
     bad("", origin + ":" + std::to_string(line) + ":" + std::to_string(col) + ": JSON syntax error in the plan");
   }
   if (!j.is_object()) bad("", origin + ": the plan must be a JSON object");
-  check_keys(j, {"copy", "project_root", "loaded_modules", "images", "tasks"}, "plan");
+  check_keys(j, {"copy", "project_root", "dest_dir", "loaded_modules", "images", "tasks"}, "plan");
   PlanInput in;
   in.origin = origin;
   std::string copy = string_field(j, "copy", "auto", "copy");
@@ -98,6 +99,15 @@ PlanInput parse_plan(std::string_view text, const fs::path& base_dir, const std:
   in.project_root = (base_dir / string_field(j, "project_root", ".", "project_root")).lexically_normal();
   if (in.project_root.generic_string().size() > 1 && in.project_root.generic_string().back() == '/')
     in.project_root = in.project_root.parent_path();
+  if (j.contains("dest_dir") && !j["dest_dir"].is_null()) {
+    std::string d = string_field(j, "dest_dir", "", "dest_dir");
+    if (d.empty() || d.front() != '/')
+      bad("dest_dir", "field 'dest_dir' must be an absolute path in the container (pyflyte's --destination-dir), not '" +
+                          d + "'");
+    d = fs::path(d).lexically_normal().generic_string();
+    while (d.size() > 1 && d.back() == '/') d.pop_back();
+    in.dest_dir = d;
+  }
   for (const auto& m : string_list(j.value("loaded_modules", json()), "loaded_modules"))
     in.loaded_modules.push_back(clean_rel(m, "loaded_modules"));
 
@@ -175,12 +185,12 @@ PlanInput load_plan(const std::string& path) {
 
 namespace {
 
+/// What decide() knows of one image.
 struct Facts {
   std::string image_ref;
   bool is_spec = false, bakes = false;
-  fs::path source_root;
-  const layers::FileSet* files = nullptr;
-  json summary;
+  const PreparedImage* prepared = nullptr;  // spec images
+  fs::path source_root;                     // canonical, when bakes
 };
 
 /// The module, relative to source_root, when it lies below it.
@@ -189,6 +199,28 @@ std::optional<std::string> under(const fs::path& project_root, const std::string
   std::string r = rel.generic_string();
   if (r.empty() || r == "." || r.rfind("..", 0) == 0) return std::nullopt;
   return r;
+}
+
+/// `dir` + `rel` as an absolute container path.
+std::string join(const std::string& dir, const std::string& rel) {
+  return (fs::path(dir) / rel).lexically_normal().generic_string();
+}
+
+/// The dotted name pyflyte gives a module file relative to the project root ("wf/a.py" → "wf.a",
+/// "wf/__init__.py" → "wf").
+std::string dotted(const std::string& module) {
+  std::string m = module;
+  if (m.size() > 3 && m.compare(m.size() - 3, 3, ".py") == 0) m.resize(m.size() - 3);
+  const std::string init = "/__init__";
+  if (m.size() > init.size() && m.compare(m.size() - init.size(), init.size(), init) == 0) m.resize(m.size() - init.size());
+  std::replace(m.begin(), m.end(), '/', '.');
+  return m;
+}
+
+std::string join_list(const std::vector<std::string>& xs) {
+  std::string out;
+  for (const auto& x : xs) out += (out.empty() ? "" : ", ") + x;
+  return out;
 }
 
 /// What the SDK would upload: auto = the loaded modules (or the tasks' modules), all = the
@@ -201,6 +233,9 @@ json bundle_files(const PlanInput& in) {
     s.source_copy_mode = spec::CopyMode::All;
     s.base_dir = in.project_root;
     s.origin = in.origin;
+    // TODO(flyteignore): the bundle honours .flyteignore as pyflyte's does; pass
+    // layers::CollectOptions{.flyteignore = true} here once collect_files takes it. This is the only
+    // place the bundle's file list is computed.
     layers::FileSet set = layers::collect_files(s);
     for (const auto& f : set.source)
       if (f.type != layers::FileEntry::Type::Dir) files.push_back(f.rel);
@@ -218,47 +253,82 @@ json bundle_files(const PlanInput& in) {
   return files;
 }
 
-}  // namespace
+/// Where a Python task's modules are, in an image that bakes source.
+struct ModuleCheck {
+  std::vector<std::string> missing;  // not in the baked set
+  json locations = json::array();    // baked, but not where the task imports them from
+  std::vector<std::string> misplaced;
+};
 
-std::map<std::string, builder::Prepared> prepare_images(const PlanInput& in, const builder::BuildOptions& opts) {
-  std::map<std::string, builder::Prepared> out;
-  const fs::path project = fs::weakly_canonical(in.project_root);
-  for (const auto& im : in.images) {
-    if (!im.spec) continue;
-    builder::BuildOptions o = opts;
-    if (im.spec->source_root && im.spec->source_copy_mode == spec::CopyMode::LoadedModules) {
-      const fs::path root = fs::weakly_canonical(*im.spec->source_root);
-      for (const auto& m : in.loaded_modules)
-        if (auto rel = under(project, m, root)) o.extra_modules.push_back(*rel);
+ModuleCheck check_modules(const TaskInput& t, const Facts& f, const fs::path& project, const std::string& import_root) {
+  ModuleCheck c;
+  for (const auto& m : t.modules) {
+    auto rel = under(project, m, f.source_root);
+    if (!rel || !f.prepared->files->contains_source_file(*rel)) {
+      c.missing.push_back(m);
+      continue;
     }
-    out.emplace(im.id, builder::prepare(*im.spec, o));
+    std::string baked_at = join(f.prepared->source_dest, *rel);
+    std::string expected_at = join(import_root, m);
+    if (baked_at != expected_at) {
+      c.misplaced.push_back(m);
+      c.locations.push_back({{"module", m}, {"baked_at", baked_at}, {"expected_at", expected_at}});
+    }
+  }
+  return c;
+}
+
+/// "src/wf/a.py is baked at /root/wf/a.py but must be at /root/src/wf/a.py (the task imports
+/// src.wf.a)", for each misplaced module.
+std::string describe_locations(const json& locations) {
+  std::string out;
+  for (const auto& l : locations) {
+    const std::string m = l.at("module");
+    out += (out.empty() ? "" : "; ") + m + " is baked at " + l.at("baked_at").get<std::string>() +
+           " but must be at " + l.at("expected_at").get<std::string>() + " (the task imports " + dotted(m) + ")";
   }
   return out;
 }
 
-json decide(const PlanInput& in, const std::map<std::string, builder::Prepared>& prepared) {
+}  // namespace
+
+std::vector<std::string> loaded_modules_under(const PlanInput& in, const fs::path& source_root) {
+  const fs::path project = fs::weakly_canonical(in.project_root);
+  const fs::path root = fs::weakly_canonical(source_root);
+  std::vector<std::string> out;
+  for (const auto& m : in.loaded_modules)
+    if (auto rel = under(project, m, root)) out.push_back(*rel);
+  return out;
+}
+
+json decide(const PlanInput& in, const std::map<std::string, PreparedImage>& prepared) {
   std::map<std::string, Facts> facts;
   json images = json::object();
   for (const auto& im : in.images) {
     Facts f;
+    json summary;
     if (im.spec) {
-      const builder::Prepared& p = prepared.at(im.id);
+      auto it = prepared.find(im.id);
+      if (it == prepared.end() || !it->second.files)
+        throw std::logic_error("plan::decide: image '" + im.id + "' was not prepared");
+      const PreparedImage& p = it->second;
       f.is_spec = true;
-      f.image_ref = p.image_ref();
-      f.bakes = p.files.has_source;
-      if (f.bakes) f.source_root = fs::weakly_canonical(*im.spec->source_root);
-      f.files = &p.files;
-      f.summary = {{"image", f.image_ref}, {"kind", "imagespec"}, {"source_baked", f.bakes}};
+      f.prepared = &p;
+      f.image_ref = p.image_ref;
+      f.bakes = p.files->has_source;
+      if (f.bakes) f.source_root = fs::weakly_canonical(p.source_root);
+      summary = {{"image", f.image_ref}, {"kind", "imagespec"}, {"source_baked", f.bakes}};
       if (f.bakes) {
-        f.summary["source_digest"] = p.source_digest;
-        f.summary["source_dest"] = im.spec->source_dest;
-        f.summary["copy_mode"] = spec::to_string(p.files.mode);
+        summary["source_digest"] = p.source_digest;
+        summary["source_dest"] = p.source_dest;
+        summary["copy_mode"] = spec::to_string(p.files->mode);
+        summary["workdir"] = p.workdir;
       }
     } else {
       f.image_ref = im.ref;
-      f.summary = {{"image", im.ref}, {"kind", "reference"}, {"source_baked", false}};
+      summary = {{"image", im.ref}, {"kind", "reference"}, {"source_baked", false}};
     }
-    images[im.id] = f.summary;
+    images[im.id] = summary;
     facts.emplace(im.id, std::move(f));
   }
   const fs::path project = fs::weakly_canonical(in.project_root);
@@ -270,49 +340,75 @@ json decide(const PlanInput& in, const std::map<std::string, builder::Prepared>&
     json out = {{"name", t.name}, {"kind", t.kind}, {"image", t.image}, {"image_ref", f.image_ref}};
     bool fast = false;
     std::string reason;
+    auto warn = [&](const std::string& code, const std::string& message, json extra = json::object()) {
+      json w = {{"code", code}, {"task", t.name}, {"message", message}};
+      w.update(extra);
+      warnings.push_back(w);
+    };
     if (t.raw_container()) {
       reason = "raw_container";
       if (f.is_spec && !f.bakes && in.copy != CopyMode::None)
-        warnings.push_back({{"code", "raw_container_without_source"},
-                            {"task", t.name},
-                            {"message", "raw container task '" + t.name + "' runs on ImageSpec image '" + t.image +
-                                            "', which bakes no source_root; the fast-register bundle never reaches a "
-                                            "raw container, so its code is missing at run time unless the image holds it"}});
+        warn("raw_container_without_source",
+             "raw container task '" + t.name + "' runs on ImageSpec image '" + t.image +
+                 "', which bakes no source_root; the fast-register bundle never reaches a raw container, so its "
+                 "code is missing at run time unless the image holds it");
+    } else if (f.bakes && t.modules.empty()) {
+      // Nothing to check: the task may import anything. Never counted as baked.
+      reason = "modules_unknown";
+      fast = in.copy != CopyMode::None;
+      warn("modules_unknown",
+           "task '" + t.name + "' lists no modules, so kiln cannot check that image '" + t.image +
+               "' bakes its code where the task imports it from; " +
+               (fast ? std::string("the task keeps fast register")
+                     : std::string("copy is none, so nothing else would bring the code")) +
+               " (list the task's module files in 'modules')");
     } else {
-      std::vector<std::string> missing;
-      if (f.bakes) {
-        for (const auto& m : t.modules) {
-          auto rel = under(project, m, f.source_root);
-          if (!rel || !f.files->contains_source_file(*rel)) missing.push_back(m);
-        }
-      }
-      bool baked = f.bakes && missing.empty();
+      const std::string import_root = f.is_spec ? in.dest_dir.value_or(f.prepared->workdir) : std::string();
+      ModuleCheck c;
+      if (f.bakes) c = check_modules(t, f, project, import_root);
+      const bool baked = f.bakes && c.missing.empty() && c.misplaced.empty();
       if (baked) {
         reason = "source_baked";
       } else if (in.copy == CopyMode::None) {
         reason = "copy_none";
-        errors.push_back({{"code", "code_unavailable"},
-                          {"task", t.name},
-                          {"message", "task '" + t.name + "' runs on '" + f.image_ref +
-                                          "', which does not bake its code, and copy is none: nothing would bring the "
-                                          "code; bake it (source_root) or register with --copy auto|all"}});
+        std::string why = "which does not bake its code";
+        if (!c.missing.empty()) why = "which does not bake " + join_list(c.missing);
+        else if (!c.misplaced.empty()) why = "where " + describe_locations(c.locations);
+        json e = {{"code", "code_unavailable"},
+                  {"task", t.name},
+                  {"message", "task '" + t.name + "' runs on '" + f.image_ref + "', " + why +
+                                  ", and copy is none: nothing would bring the code; bake it (source_root at the "
+                                  "project root) or register with --copy auto|all"}};
+        if (!c.locations.empty()) e["locations"] = c.locations;
+        errors.push_back(e);
       } else if (!f.is_spec) {
         reason = "plain_image";
         fast = true;
       } else if (!f.bakes) {
         reason = "no_source_root";
         fast = true;
-      } else {
+      } else if (!c.missing.empty()) {
         reason = "module_not_baked";
         fast = true;
-        std::string list;
-        for (const auto& m : missing) list += (list.empty() ? "" : ", ") + m;
-        warnings.push_back({{"code", "module_not_baked"},
-                            {"task", t.name},
-                            {"modules", missing},
-                            {"message", "task '" + t.name + "': image '" + t.image + "' bakes source_root but not " + list +
-                                            " (outside source_root, ignored, or not a loaded module); the task falls "
-                                            "back to fast register"}});
+        warn("module_not_baked",
+             "task '" + t.name + "': image '" + t.image + "' bakes source_root but not " + join_list(c.missing) +
+                 " (outside source_root, ignored, or not a loaded module); the task falls back to fast register",
+             {{"modules", c.missing}});
+      } else {
+        reason = "module_path_mismatch";
+        fast = true;
+        warn("module_path_mismatch",
+             "task '" + t.name + "': image '" + t.image + "' bakes its code at the wrong place: " +
+                 describe_locations(c.locations) +
+                 " (source_root must be the project root, or source_dest/workdir must match); the task falls back "
+                 "to fast register",
+             {{"modules", c.misplaced}, {"locations", c.locations}});
+      }
+      if (reason == "module_not_baked" && !c.locations.empty()) {
+        warn("module_path_mismatch",
+             "task '" + t.name + "': image '" + t.image + "' bakes its code at the wrong place: " +
+                 describe_locations(c.locations),
+             {{"modules", c.misplaced}, {"locations", c.locations}});
       }
     }
     need_bundle |= fast;
@@ -337,13 +433,15 @@ std::string summary(const json& plan) {
   std::ostringstream o;
   o << "plan (copy " << plan.value("copy", "") << "):\n";
   for (const auto& t : plan["tasks"]) {
-    // Only source_baked tasks are "baked": a raw container runs its image as is, and a copy_none
-    // task has no code at all (an error below).
+    // Only source_baked tasks are "baked": a raw container runs its image as is, a copy_none task
+    // has no code at all (an error below), and a modules_unknown task under copy none may or may not
+    // find its code (a warning below).
     const std::string r = t["reason"].get<std::string>();
     o << "  "
       << (t["fast_register"].get<bool>() ? "fast-register "
           : r == "source_baked"          ? "baked         "
           : r == "raw_container"         ? "raw container "
+          : r == "modules_unknown"       ? "unverified    "
                                          : "no code       ")
       << t["name"].get<std::string>()
       << " on " << t["image_ref"].get<std::string>() << " (" << r << ")\n";

@@ -102,6 +102,8 @@ std::pair<std::string, std::string> error_of(const std::string& body) {
   return {"", ""};
 }
 
+bool is_redirect(long status) { return status == 301 || status == 302 || status == 303 || status == 307 || status == 308; }
+
 std::string join(const std::vector<std::string>& v, const char* sep) {
   std::string s;
   for (const auto& x : v) s += (s.empty() ? "" : sep) + x;
@@ -109,6 +111,44 @@ std::string join(const std::vector<std::string>& v, const char* sep) {
 }
 
 }  // namespace
+
+std::string url_origin(const std::string& url) {
+  std::size_t sep = url.find("://");
+  if (sep == std::string::npos) return "";
+  std::string scheme = url.substr(0, sep);
+  std::transform(scheme.begin(), scheme.end(), scheme.begin(), [](unsigned char c) { return std::tolower(c); });
+  if (scheme != "http" && scheme != "https") return "";
+  std::size_t start = sep + 3;
+  std::size_t end = url.find_first_of("/?#", start);
+  std::string authority = url.substr(start, end == std::string::npos ? std::string::npos : end - start);
+  if (std::size_t at = authority.rfind('@'); at != std::string::npos) authority.erase(0, at + 1);  // userinfo
+  std::string host = authority, port;
+  if (!authority.empty() && authority[0] == '[') {  // [v6]:port
+    std::size_t close = authority.find(']');
+    if (close == std::string::npos) return "";
+    host = authority.substr(0, close + 1);
+    if (close + 1 < authority.size() && authority[close + 1] == ':') port = authority.substr(close + 2);
+  } else if (std::size_t colon = authority.rfind(':'); colon != std::string::npos) {
+    host = authority.substr(0, colon);
+    port = authority.substr(colon + 1);
+  }
+  std::transform(host.begin(), host.end(), host.begin(), [](unsigned char c) { return std::tolower(c); });
+  if (host.empty()) return "";
+  if (port.empty()) port = scheme == "https" ? "443" : "80";
+  return scheme + "://" + host + ":" + port;
+}
+
+std::string resolve_url(const std::string& base, const std::string& location) {
+  if (!url_origin(location).empty() || location.find("://") != std::string::npos) return location;
+  std::size_t sep = base.find("://");
+  std::size_t path_start = sep == std::string::npos ? std::string::npos : base.find('/', sep + 3);
+  std::string root = path_start == std::string::npos ? base : base.substr(0, path_start);
+  if (location.rfind("//", 0) == 0) return base.substr(0, sep + 1) + location;  // scheme-relative
+  if (!location.empty() && location[0] == '/') return root + location;
+  std::string path = path_start == std::string::npos ? "/" : base.substr(path_start);
+  path = path.substr(0, path.find_first_of("?#"));
+  return root + path.substr(0, path.rfind('/') + 1) + location;
+}
 
 Client::Client(std::string registry, ClientOptions opts) : registry_(std::move(registry)), opts_(std::move(opts)) {
   tls_.skip_verify = opts_.skip_tls_verify;
@@ -134,6 +174,32 @@ void Client::release(std::unique_ptr<HttpClient> c) {
 std::string Client::url(const std::string& path) const {
   std::string host = registry_ == "docker.io" ? "registry-1.docker.io" : registry_;
   return (scheme_.empty() ? "https" : scheme_) + "://" + host + path;
+}
+
+std::string Client::origin() const { return url_origin(url("/")); }
+
+HttpResponse Client::perform_scoped(HttpRequest req, const std::string& auth, const std::string& auth_origin) {
+  req.follow_redirects = false;
+  for (int hop = 0;; ++hop) {
+    HttpRequest r = req;
+    // Credentials go only where they belong: a Location or a redirect to another scheme, host or
+    // port (a CDN serving blobs, or a hostile server) gets none, whatever it answers.
+    if (!auth.empty() && !auth_origin.empty() && url_origin(r.url) == auth_origin) r.headers.push_back(auth);
+    auto c = acquire();
+    HttpResponse resp = c->perform(r, tls_);
+    release(std::move(c));
+    if (!is_redirect(resp.status) || hop >= 5) return resp;
+    std::string loc = resp.header("location");
+    if (loc.empty()) return resp;
+    std::string next = resolve_url(r.url, loc);
+    if (url_origin(next).empty()) return resp;  // not http(s): answered as the 3xx it is
+    if (resp.status == 303 || ((resp.status == 301 || resp.status == 302) && req.method == "POST")) {
+      req.method = "GET";
+      req.body = nullptr;
+      req.body_file.clear();
+    }
+    req.url = next;
+  }
 }
 
 std::string Client::absolute(const std::string& location) const {
@@ -227,12 +293,19 @@ void Client::fetch_token(const std::string& challenge, const std::vector<std::st
   HttpRequest req;
   req.url = u;
   req.timeout_seconds = 30;
-  if (creds_ && !creds_->identity_token) req.headers.push_back("Authorization: Basic " + b64(creds_->username + ":" + creds_->password));
+  const std::string realm_origin = url_origin(params["realm"]);
+  if (realm_origin.empty())
+    throw RegistryError(RegistryError::Kind::Protocol, "registry " + registry_ + " names a token server that is not an http(s) URL");
+  // Credentials never travel in plain HTTP unless this registry may be spoken to that way.
+  if (realm_origin.rfind("http://", 0) == 0 && !opts_.allow_http)
+    throw RegistryError(RegistryError::Kind::Protocol, "registry " + registry_ + " names a token server in plain HTTP (" +
+                                                           realm_origin + "); kiln sends credentials only over TLS "
+                                                           "(or to a registry allowed with --insecure-allow-http)");
+  std::string basic;
+  if (creds_ && !creds_->identity_token) basic = "Authorization: Basic " + b64(creds_->username + ":" + creds_->password);
   HttpResponse r;
   for (int attempt = 1;; ++attempt) {
-    auto c = acquire();
-    r = c->perform(req, tls_);
-    release(std::move(c));
+    r = perform_scoped(req, basic, realm_origin);
     bool transient = r.status == 0 ? is_transient_curl(r.curl_code) : (r.status == 429 || r.status >= 500);
     if (!transient || attempt >= opts_.max_attempts) break;
     std::this_thread::sleep_for(opts_.backoff * (1 << (attempt - 1)));
@@ -285,12 +358,7 @@ void Client::authenticate(const std::vector<std::string>& scopes) {
 }
 
 HttpResponse Client::send_once(HttpRequest& req, const std::vector<std::string>& scopes) {
-  HttpRequest r = req;
-  if (std::string h = auth_header(scopes); !h.empty()) r.headers.push_back(h);
-  auto c = acquire();
-  HttpResponse resp = c->perform(r, tls_);
-  release(std::move(c));
-  return resp;
+  return perform_scoped(req, auth_header(scopes), origin());
 }
 
 HttpResponse Client::send(HttpRequest req, const std::vector<std::string>& scopes, bool retry) {
@@ -299,7 +367,9 @@ HttpResponse Client::send(HttpRequest req, const std::vector<std::string>& scope
   bool authed = false;
   for (int attempt = 1;; ++attempt) {
     HttpResponse r = send_once(req, scopes);
-    if (r.status == 401 && !authed) {
+    // Only the registry's own challenge is answered: a 401 from wherever a Location or redirect
+    // led must not make kiln hand credentials to a token server that host names.
+    if (r.status == 401 && !authed && url_origin(r.effective_url.empty() ? req.url : r.effective_url) == origin()) {
       authed = true;
       std::string challenge = r.header("www-authenticate");
       if (challenge.empty())

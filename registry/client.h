@@ -113,6 +113,11 @@ class Client {
   HttpResponse send(HttpRequest req, const std::vector<std::string>& scopes, bool retry = true);
   HttpResponse send_once(HttpRequest& req, const std::vector<std::string>& scopes);
   std::string url(const std::string& path) const;
+  /// scheme://host:port of the registry (after ping()): where its credentials may go.
+  std::string origin() const;
+  /// Performs `req`, following redirects itself; `auth` (a header line) is sent only to URLs of
+  /// `auth_origin`.
+  HttpResponse perform_scoped(HttpRequest req, const std::string& auth, const std::string& auth_origin);
   std::string absolute(const std::string& location) const;
   void fetch_token(const std::string& challenge, const std::vector<std::string>& scopes);
   std::string auth_header(const std::vector<std::string>& scopes);
@@ -133,6 +138,12 @@ class Client {
   std::vector<std::unique_ptr<HttpClient>> pool_;
   std::uint64_t requests_ = 0;
 };
+
+/// "scheme://host:port" of an http(s) URL (lowercase host, default port filled in); "" for
+/// anything else. Two URLs share credentials only when their origins are equal.
+std::string url_origin(const std::string& url);
+/// `location` (absolute, scheme-relative, absolute-path or relative) resolved against `base`.
+std::string resolve_url(const std::string& base, const std::string& location);
 
 /// Scope strings for the token server.
 inline std::string pull_scope(const std::string& repo) { return "repository:" + repo + ":pull"; }

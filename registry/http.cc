@@ -75,6 +75,23 @@ std::size_t on_read(char* buf, std::size_t size, std::size_t n, void* ctx) {
   return static_cast<std::size_t>(r);
 }
 
+/// Rewinds the request body, so libcurl can send it again (a kept-alive connection the server
+/// had closed, a redirect that keeps the method, an auth round trip).
+int on_seek(void* ctx, curl_off_t offset, int origin) {
+  auto* t = static_cast<Transfer*>(ctx);
+  if (origin != SEEK_SET || offset < 0) return CURL_SEEKFUNC_CANTSEEK;
+  const auto off = static_cast<std::uint64_t>(offset);
+  if (t->req->body) {
+    if (off > t->req->body->size()) return CURL_SEEKFUNC_FAIL;
+    t->body_pos = static_cast<std::size_t>(off);
+    return CURL_SEEKFUNC_OK;
+  }
+  if (t->fd < 0 || off > t->req->body_size) return CURL_SEEKFUNC_FAIL;
+  if (::lseek(t->fd, static_cast<off_t>(t->req->body_offset + off), SEEK_SET) < 0) return CURL_SEEKFUNC_FAIL;
+  t->left = t->req->body_size - off;
+  return CURL_SEEKFUNC_OK;
+}
+
 }  // namespace
 
 std::string HttpResponse::header(const std::string& name) const {
@@ -108,6 +125,9 @@ HttpResponse HttpClient::perform(const HttpRequest& req, const TlsOptions& tls) 
   curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1024L);
   curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, 60L);
   curl_easy_setopt(c, CURLOPT_FOLLOWLOCATION, req.follow_redirects ? 1L : 0L);
+  // Never: a redirect to another host must not carry credentials (kiln's own headers are only
+  // added for the registry's origin, and the registry client follows redirects itself).
+  curl_easy_setopt(c, CURLOPT_UNRESTRICTED_AUTH, 0L);
   curl_easy_setopt(c, CURLOPT_MAXREDIRS, 5L);
   curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(c, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
@@ -133,6 +153,8 @@ HttpResponse HttpClient::perform(const HttpRequest& req, const TlsOptions& tls) 
       curl_easy_setopt(c, CURLOPT_UPLOAD, 1L);
       curl_easy_setopt(c, CURLOPT_READFUNCTION, on_read);
       curl_easy_setopt(c, CURLOPT_READDATA, &t);
+      curl_easy_setopt(c, CURLOPT_SEEKFUNCTION, on_seek);
+      curl_easy_setopt(c, CURLOPT_SEEKDATA, &t);
       std::uint64_t len = req.body ? req.body->size() : req.body_size;
       curl_easy_setopt(c, CURLOPT_INFILESIZE_LARGE, static_cast<curl_off_t>(len));
     }
@@ -178,6 +200,7 @@ bool is_transient_curl(int code) {
     case CURLE_RECV_ERROR:
     case CURLE_PARTIAL_FILE:
     case CURLE_GOT_NOTHING:
+    case CURLE_SEND_FAIL_REWIND:  // a resend that could not rewind: the next attempt starts afresh
     case CURLE_HTTP2:
     case CURLE_HTTP2_STREAM:
     case CURLE_COULDNT_RESOLVE_HOST:

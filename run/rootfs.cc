@@ -46,6 +46,9 @@ void copy_tree(const fs::path& from, const fs::path& to) {
 
 RootfsCache::RootfsCache(const layers::Store& store) : store_(store), dir_(store.root() / "rootfs") {
   fs::create_directories(dir_);
+  // The trees hold a base's files as the image has them (setuid binaries, world-writable
+  // directories): no other user of the machine may reach them.
+  if (::chmod(dir_.c_str(), 0700) != 0) throw std::system_error(errno, std::generic_category(), "cannot chmod " + dir_.string());
 }
 
 RootfsCache::Scratch::~Scratch() {
@@ -102,7 +105,19 @@ fs::path RootfsCache::flat(const std::vector<LayerBlob>& layers, const std::func
     UnpackOptions o;
     o.format = UnpackFormat::Flat;
     o.preserve_owner = ::geteuid() == 0;
-    for (const auto& l : layers) apply_layer(l.blob, l.media_type, tmp, o);
+    // Each layer's content is checked against its diff_id as it is applied, so the tree only
+    // ever gets the name of a chain of verified diff_ids: a base that claims another image's
+    // diff_ids cannot plant its files in that image's tree.
+    for (std::size_t i = 0; i < layers.size(); ++i) {
+      o.expect_diff_id = layers[i].diff_id;
+      try {
+        UnpackStats st = apply_layer(layers[i].blob, layers[i].media_type, tmp, o);
+        if (log)
+          for (const auto& w : st.warnings) log("base layer " + std::to_string(i + 1) + ": " + w);
+      } catch (const UnpackError& e) {
+        throw BaseLayerError("base layer " + std::to_string(i + 1) + " of " + std::to_string(layers.size()) + ": " + e.what());
+      }
+    }
   });
 }
 
@@ -123,6 +138,7 @@ fs::path RootfsCache::diff(const std::string& chain, const LayerBlob& layer) {
     UnpackOptions o;
     o.format = UnpackFormat::Overlay;
     o.preserve_owner = true;
+    o.expect_diff_id = layer.diff_id;
     apply_layer(layer.blob, layer.media_type, tmp, o);
   });
 }

@@ -16,8 +16,16 @@
 #include <vector>
 
 #include "layers/store.h"
+#include "run/unpack.h"
 
 namespace kiln::run {
+
+/// A layer of a base image failed to unpack (refused entry, corrupt, diff_id mismatch): the
+/// message says which layer ("base layer 2 of 3: layer sha256:…: …").
+class BaseLayerError : public UnpackError {
+ public:
+  using UnpackError::UnpackError;
+};
 
 struct LayerBlob {
   std::string diff_id, media_type;

@@ -30,7 +30,11 @@
 #include <unordered_set>
 #include <utility>
 
+#include <zlib.h>
+#include <zstd.h>
+
 #include "layers/compress.h"
+#include "layers/digest.h"
 #include "layers/unique_fd.h"
 #include "layers/utf8_locale.h"
 
@@ -85,6 +89,171 @@ std::string child_path(const std::string& dir, const std::string& name) {
 
 bool is_overlay_whiteout(const struct stat& st) { return S_ISCHR(st.st_mode) && st.st_rdev == makedev(0, 0); }
 
+/// How errors name a layer: by its digest when it sits in a blobs/sha256/ directory.
+std::string layer_name(const fs::path& blob) {
+  if (blob.parent_path().filename() == "sha256") return "sha256:" + blob.filename().string();
+  return blob.string();
+}
+
+/// The character devices every container gets from its runtime (and a RUN step from the sandbox's
+/// own /dev): harmless, and not worth failing a build over when a base ships them.
+bool standard_char_device(unsigned major, unsigned minor) {
+  if (major == 1) return minor == 3 || minor == 5 || minor == 7 || minor == 8 || minor == 9;  // null zero full random urandom
+  if (major == 5) return minor <= 2;                                                          // tty console ptmx
+  return false;
+}
+
+/// The uncompressed stream of a layer blob, for libarchive's read callback: the codec is told by
+/// the magic bytes (a few images label plain tars as gzip), the output is hashed as it goes out,
+/// and how much one read may produce is bounded whatever the compression ratio.
+class LayerStream {
+ public:
+  LayerStream(int fd, std::string name) : fd_(fd), name_(std::move(name)), in_(1 << 16), out_(1 << 18) {}
+  ~LayerStream() {
+    if (gz_init_) inflateEnd(&gz_);
+    if (zs_) ZSTD_freeDStream(zs_);
+  }
+  LayerStream(const LayerStream&) = delete;
+  LayerStream& operator=(const LayerStream&) = delete;
+
+  /// The next piece of the uncompressed stream (0 at its end). Throws UnpackError when corrupt.
+  std::size_t next(const void** buf) {
+    if (!started_) start();
+    std::size_t n = 0;
+    while (n == 0 && !done_) {
+      switch (codec_) {
+        case Codec::Plain: n = next_plain(); break;
+        case Codec::Gzip: n = next_gzip(); break;
+        case Codec::Zstd: n = next_zstd(); break;
+      }
+    }
+    if (n) {
+      diff_.update(out_.data(), n);
+      total_ += n;
+    }
+    *buf = out_.data();
+    return n;
+  }
+  /// Reads (and hashes) what the tar reader left: padding after the end-of-archive blocks.
+  void drain() {
+    const void* b = nullptr;
+    while (next(&b) > 0) {
+    }
+  }
+  std::string diff_id() { return diff_.digest(); }
+
+ private:
+  enum class Codec { Plain, Gzip, Zstd };
+  [[noreturn]] void corrupt(const std::string& why) const { throw UnpackError("corrupt layer " + name_ + ": " + why); }
+
+  /// Refills the input buffer when empty; false at the end of the file.
+  bool fill() {
+    if (in_pos_ < in_len_) return true;
+    if (in_eof_) return false;
+    for (;;) {
+      ssize_t r = ::read(fd_, in_.data(), in_.size());
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) sys_fail("cannot read layer " + name_);
+      in_pos_ = 0;
+      in_len_ = static_cast<std::size_t>(r);
+      if (r == 0) in_eof_ = true;
+      return r > 0;
+    }
+  }
+  void start() {
+    started_ = true;
+    // The magic needs up to 4 bytes; a read may return fewer (a pipe, a tiny blob): gather them.
+    while (in_len_ < 4 && !in_eof_) {
+      ssize_t r = ::read(fd_, in_.data() + in_len_, in_.size() - in_len_);
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) sys_fail("cannot read layer " + name_);
+      if (r == 0) in_eof_ = true;
+      in_len_ += static_cast<std::size_t>(r);
+    }
+    const auto* m = reinterpret_cast<const unsigned char*>(in_.data());
+    if (in_len_ >= 2 && m[0] == 0x1f && m[1] == 0x8b) {
+      codec_ = Codec::Gzip;
+      if (inflateInit2(&gz_, 15 + 16) != Z_OK) throw std::runtime_error("zlib: cannot start inflating");
+      gz_init_ = true;
+    } else if (in_len_ >= 4 && m[0] == 0x28 && m[1] == 0xb5 && m[2] == 0x2f && m[3] == 0xfd) {
+      codec_ = Codec::Zstd;
+      zs_ = ZSTD_createDStream();
+      if (!zs_) throw std::runtime_error("zstd: out of memory");
+    }
+  }
+  std::size_t next_plain() {
+    if (!fill()) {
+      done_ = true;
+      return 0;
+    }
+    std::size_t n = std::min(out_.size(), in_len_ - in_pos_);
+    std::copy_n(in_.data() + in_pos_, n, out_.data());
+    in_pos_ += n;
+    return n;
+  }
+  // Each decoder is called once more with no input when the file has ended: output it could not
+  // hand out (the output buffer was full) is still in it.
+  std::size_t next_gzip() {
+    const bool have = fill();
+    if (gz_member_done_) {
+      // Another gzip member may follow (concatenated gzip); anything else after a complete member
+      // (zero padding some tools add) is not part of the tar.
+      if (!have || static_cast<unsigned char>(in_[in_pos_]) != 0x1f) {
+        done_ = true;
+        return 0;
+      }
+      if (inflateReset(&gz_) != Z_OK) corrupt("gzip stream");
+      gz_member_done_ = false;
+    }
+    gz_.next_in = have ? reinterpret_cast<Bytef*>(in_.data() + in_pos_) : nullptr;
+    gz_.avail_in = have ? static_cast<uInt>(in_len_ - in_pos_) : 0;
+    gz_.next_out = reinterpret_cast<Bytef*>(out_.data());
+    gz_.avail_out = static_cast<uInt>(out_.size());
+    int r = inflate(&gz_, Z_NO_FLUSH);
+    if (have) in_pos_ = in_len_ - gz_.avail_in;
+    const std::size_t produced = out_.size() - gz_.avail_out;
+    if (r == Z_STREAM_END) {
+      gz_member_done_ = true;
+    } else if (r == Z_BUF_ERROR) {
+      if (!have && produced == 0) corrupt("truncated gzip stream");
+    } else if (r != Z_OK) {
+      corrupt(std::string("gzip: ") + (gz_.msg ? gz_.msg : "invalid data"));
+    }
+    return produced;
+  }
+  std::size_t next_zstd() {
+    const bool have = fill();
+    if (!have && !zs_pending_) {
+      done_ = true;
+      return 0;
+    }
+    ZSTD_inBuffer in{have ? in_.data() + in_pos_ : nullptr, have ? in_len_ - in_pos_ : 0, 0};
+    ZSTD_outBuffer out{out_.data(), out_.size(), 0};
+    std::size_t r = ZSTD_decompressStream(zs_, &out, &in);
+    if (ZSTD_isError(r)) corrupt(std::string("zstd: ") + ZSTD_getErrorName(r));
+    in_pos_ += in.pos;
+    zs_pending_ = r != 0;
+    if (!have && out.pos == 0) {
+      if (zs_pending_) corrupt("truncated zstd stream");
+      done_ = true;
+    }
+    return out.pos;
+  }
+
+  int fd_;
+  std::string name_;
+  std::vector<char> in_, out_;
+  std::size_t in_pos_ = 0, in_len_ = 0;
+  bool in_eof_ = false, started_ = false, done_ = false;
+  Codec codec_ = Codec::Plain;
+  z_stream gz_{};
+  bool gz_init_ = false, gz_member_done_ = false;
+  ZSTD_DStream* zs_ = nullptr;
+  bool zs_pending_ = false;
+  layers::Sha256 diff_;
+  std::uint64_t total_ = 0;
+};
+
 /// Applies the entries of one layer to a tree. One instance per apply_layer call.
 class Applier {
  public:
@@ -115,7 +284,7 @@ class Applier {
   };
 
   [[noreturn]] void refuse(const std::string& why) const {
-    throw UnpackError("layer " + blob_.string() + ": refusing entry '" + entry_name_ + "': " + why);
+    throw UnpackError("layer " + layer_name(blob_) + ": refusing entry '" + entry_name_ + "': " + why);
   }
   std::string full(const std::string& rel) const { return rel.empty() ? root_.string() : (root_ / rel).string(); }
 
@@ -398,7 +567,7 @@ void Applier::write_file(struct archive* a, struct archive_entry* ae, int dirfd,
     int r = archive_read_data_block(a, &buf, &size, &offset);
     if (r == ARCHIVE_EOF) break;
     if (r < ARCHIVE_WARN)
-      throw UnpackError("corrupt layer " + blob_.string() + " at '" + entry_name_ +
+      throw UnpackError("corrupt layer " + layer_name(blob_) + " at '" + entry_name_ +
                         "': " + (archive_error_string(a) ? archive_error_string(a) : "read error"));
     const char* p = static_cast<const char*>(buf);
     std::size_t left = size;
@@ -523,23 +692,22 @@ void Applier::apply(struct archive* a, struct archive_entry* ae) {
       set_mtime(dirfd, leaf, rel, ae);
       break;
     }
-    case AE_IFIFO:
     case AE_IFCHR:
     case AE_IFBLK: {
-      const bool device = type != AE_IFIFO;
-      if (device && !opts_.preserve_owner) {
-        stats_.warnings.push_back("skipped device node '" + rel + "' (needs root)");
+      // Never made: a device node in a tree a RUN step runs on could open the host's disks or
+      // memory. The usual /dev entries are harmless to skip (the sandbox brings its own /dev).
+      const unsigned major = archive_entry_rdevmajor(ae), minor = archive_entry_rdevminor(ae);
+      const std::string what = std::string(type == AE_IFBLK ? "block" : "character") + " device " +
+                               std::to_string(major) + ":" + std::to_string(minor);
+      if (type == AE_IFCHR && (standard_char_device(major, minor) || (major == 0 && minor == 0))) {
+        stats_.warnings.push_back("skipped " + what + " '" + rel + "' (RUN steps get their own /dev)");
         return;
       }
+      refuse(what + ": kiln does not create device nodes from a layer");
+    }
+    case AE_IFIFO: {
       make_room(dirfd, leaf, rel, false, &was_whiteout);
-      const dev_t dev = device ? makedev(archive_entry_rdevmajor(ae), archive_entry_rdevminor(ae)) : 0;
-      if (::mknodat(dirfd, leaf.c_str(), static_cast<mode_t>(type) | perm, dev) != 0) {
-        if (device && errno == EPERM) {  // e.g. root in a user namespace
-          stats_.warnings.push_back("skipped device node '" + rel + "' (mknod not permitted)");
-          return;
-        }
-        sys_fail("cannot create " + full(rel));
-      }
+      if (::mknodat(dirfd, leaf.c_str(), S_IFIFO | perm, 0) != 0) sys_fail("cannot create " + full(rel));
       set_owner(dirfd, leaf, rel, ae);
       // Just created by us, and not a symlink: fchmodat may follow nothing here.
       if (::fchmodat(dirfd, leaf.c_str(), perm, 0) != 0) sys_fail("cannot chmod " + full(rel));
@@ -576,9 +744,28 @@ void Applier::finish() {
   }
 }
 
-[[noreturn]] void corrupt(struct archive* a, const fs::path& blob) {
+/// libarchive's read callback over a LayerStream. An exception must not cross libarchive's C
+/// frames: it is kept, and rethrown once libarchive has returned.
+struct ReadContext {
+  LayerStream* stream;
+  std::exception_ptr error;
+};
+
+la_ssize_t read_layer(struct archive* a, void* ctx, const void** buf) {
+  auto* c = static_cast<ReadContext*>(ctx);
+  try {
+    return static_cast<la_ssize_t>(c->stream->next(buf));
+  } catch (...) {
+    c->error = std::current_exception();
+    archive_set_error(a, EIO, "layer stream failed");
+    return -1;
+  }
+}
+
+[[noreturn]] void corrupt(struct archive* a, const ReadContext& ctx, const fs::path& blob) {
+  if (ctx.error) std::rethrow_exception(ctx.error);
   const char* msg = archive_error_string(a);
-  throw UnpackError("corrupt layer " + blob.string() + ": " + (msg ? msg : "unreadable tar"));
+  throw UnpackError("corrupt layer " + layer_name(blob) + ": " + (msg ? msg : "unreadable tar"));
 }
 
 }  // namespace
@@ -586,13 +773,15 @@ void Applier::finish() {
 UnpackStats apply_layer(const fs::path& blob, const std::string& media_type, const fs::path& root,
                         const UnpackOptions& opts) {
   try {
-    (void)layers::compression_of_media_type(media_type);  // libarchive detects the codec itself
+    (void)layers::compression_of_media_type(media_type);  // the codec itself is told by its magic
   } catch (const std::exception& e) {
-    throw UnpackError("layer " + blob.string() + ": " + e.what());
+    throw UnpackError("layer " + layer_name(blob) + ": " + e.what());
   }
   Fd blob_fd(::open(blob.c_str(), O_RDONLY | O_CLOEXEC));
   if (!blob_fd) sys_fail("cannot open layer " + blob.string());
   Applier applier(blob, root, opts);
+  LayerStream stream(blob_fd.get(), layer_name(blob));
+  ReadContext ctx{&stream, nullptr};
 
   layers::Utf8Ctype utf8_ctype;  // outlives the archive below
   struct archive* a = archive_read_new();
@@ -601,23 +790,33 @@ UnpackStats apply_layer(const fs::path& blob, const std::string& media_type, con
     struct archive* a;
     ~Guard() { archive_read_free(a); }
   } guard{a};
-  // Only the codecs a layer media type can name (support_filter_all would also run external
-  // programs for exotic ones). The tar reader takes ustar, PAX and GNU tar.
-  archive_read_support_filter_gzip(a);
-  archive_read_support_filter_zstd(a);
+  // Only the tar formats: decompression is LayerStream's, so the diff_id is computed on exactly
+  // the bytes the entries come from. The tar reader takes ustar, PAX and GNU tar.
   archive_read_support_format_tar(a);
   archive_read_support_format_empty(a);
-  if (archive_read_open_fd(a, blob_fd.get(), 1 << 20) != ARCHIVE_OK) corrupt(a, blob);
+  if (archive_read_open(a, &ctx, nullptr, read_layer, nullptr) != ARCHIVE_OK) corrupt(a, ctx, blob);
 
   for (;;) {
     struct archive_entry* ae = nullptr;
     int r = archive_read_next_header(a, &ae);
     if (r == ARCHIVE_EOF) break;
-    if (r < ARCHIVE_WARN) corrupt(a, blob);
-    applier.apply(a, ae);
+    if (r < ARCHIVE_WARN) corrupt(a, ctx, blob);
+    try {
+      applier.apply(a, ae);
+    } catch (...) {
+      if (ctx.error) std::rethrow_exception(ctx.error);  // the stream's own error says more
+      throw;
+    }
   }
+  if (ctx.error) std::rethrow_exception(ctx.error);
+  stream.drain();
+  UnpackStats& stats = applier.stats();
+  stats.diff_id = stream.diff_id();
+  if (!opts.expect_diff_id.empty() && stats.diff_id != opts.expect_diff_id)
+    throw UnpackError("layer " + layer_name(blob) + " does not match its diff_id: the image config says " +
+                      opts.expect_diff_id + ", its content is " + stats.diff_id);
   applier.finish();
-  return std::move(applier.stats());
+  return std::move(stats);
 }
 
 }  // namespace kiln::run

@@ -10,6 +10,12 @@
 //
 // Never writes outside `root`: absolute names, ".." segments and names that resolve through a
 // symlink are refused (UnpackError), as are hardlinks whose target lies outside the root.
+//
+// Device nodes are never created from a layer: the standard character devices (null, zero, full,
+// random, urandom, tty, console, ptmx) are skipped with a warning (a RUN step gets its own /dev),
+// any other device node is refused. The layer is decompressed here, and its uncompressed stream
+// hashed as it is read: with `expect_diff_id` set, a layer whose diff_id differs is refused once
+// the stream ends (the caller builds the tree in a temporary directory and throws it away).
 #pragma once
 
 #include <cstdint>
@@ -18,11 +24,14 @@
 #include <string>
 #include <vector>
 
+#include "layers/fileset.h"  // InputError
+
 namespace kiln::run {
 
-class UnpackError : public std::runtime_error {
+/// A hostile, corrupt or mislabelled layer: bad input (exit 2), not a failure of kiln or a step.
+class UnpackError : public layers::InputError {
  public:
-  using std::runtime_error::runtime_error;
+  using layers::InputError::InputError;
 };
 
 enum class UnpackFormat { Flat, Overlay };
@@ -31,10 +40,13 @@ struct UnpackOptions {
   UnpackFormat format = UnpackFormat::Flat;
   /// Restore the uid/gid recorded in the tar (needs root). When false, files belong to the caller.
   bool preserve_owner = true;
+  /// "sha256:…": the diff_id the layer must have (checked over the whole uncompressed stream).
+  std::string expect_diff_id;
 };
 
 struct UnpackStats {
   std::uint64_t entries = 0, bytes = 0, whiteouts = 0;
+  std::string diff_id;                // sha256 of the uncompressed stream, as read
   std::vector<std::string> warnings;  // e.g. device nodes skipped without root
 };
 

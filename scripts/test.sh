@@ -8,5 +8,10 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh --test
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKILN_BUILD_TESTS=ON >/dev/null
 cmake --build build -j"$(nproc)"
+# The fuzz targets (tests/fuzz) need clang's libFuzzer; without it their test skips.
+if command -v clang++ >/dev/null && compgen -G "/usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-*.a" >/dev/null; then
+  cmake -S tests/fuzz -B build/fuzz -DCMAKE_CXX_COMPILER=clang++ >/dev/null
+  cmake --build build/fuzz -j"$(nproc)"
+fi
 cd build
 ctest --output-on-failure -j"$(nproc)" "$@"

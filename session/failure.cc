@@ -24,6 +24,7 @@ Failure classify(const std::exception& e) {
   }
   if (auto* n = dynamic_cast<const builder::NotFoundError*>(&e)) return {kNotFound, "permanent", "not_found", n->what(), ""};
   if (auto* b = dynamic_cast<const BusyError*>(&e)) return {kTransient, "transient", "busy", b->what(), ""};
+  if (auto* b = dynamic_cast<const builder::BaseError*>(&e)) return {kUsage, "permanent", "base", b->what(), ""};
   if (auto* l = dynamic_cast<const LintError*>(&e)) {
     Failure f{kUsage, "permanent", "lint", l->what(), ""};
     f.lint = l->findings();

@@ -13,6 +13,7 @@
 #include "builder/cli/common.h"
 #include "builder/output.h"
 #include "plan/plan.h"
+#include "plan/prepare.h"
 #include "session/session.h"
 #include "spec/image_spec.h"
 

@@ -6,6 +6,9 @@
 #   - inputs validate against docs/schemas/plan-input.schema.json, outputs against
 #     docs/schemas/plan-output.schema.json (python3-jsonschema);
 #   - the output is byte-identical across runs, from stdin, and from a copy of the project;
+#   - the import path: a source_root that is a subfolder of the project root is not baked
+#     (module_path_mismatch; code_unavailable under copy none), a task with no modules is never
+#     baked (modules_unknown), and the project root at source_root is;
 #   - with every task baked, no file of the project outside the baked set is touched, even with
 #     copy all (a FIFO, and an unreadable directory for an unprivileged user);
 #   - `kiln build --plan PLAN -o oci:DIR` builds the spec images and prints {status, plan, builds}.
@@ -116,8 +119,11 @@ mkdir -p "$P/src/wf" "$P/other" "$P/specs"
 echo 'def baked(): pass' >"$P/src/wf/baked.py"
 echo 'def mapped(x): return x' >"$P/src/wf/mapped.py"
 echo 'def plain(): pass' >"$P/other/plain.py"
+# src/ lands at /root/src and the working directory is /root, so src/wf/baked.py is where the
+# task (task-module src.wf.baked, relative to the project root proj/) imports it from.
 cat >"$P/specs/baked.json" <<'EOF'
-{"name": "baked", "source_root": "../src", "source_copy_mode": "all", "tag_format": "{spec_hash}"}
+{"name": "baked", "source_root": "../src", "source_copy_mode": "all", "tag_format": "{spec_hash}",
+ "source_dest": "/root/src", "workdir": "/root"}
 EOF
 
 # write_plan FILE COPY [EXTRA_TASKS_JSON]: the mixed workflow (baked python task, plain-image python
@@ -208,6 +214,58 @@ check "dockerignored module: module_not_baked, fast_register, warning" pyexpr "$
 rm "$P/src/.dockerignore"
 
 # ---------------------------------------------------------------------------------------------
+# The import path. A source_root that is a subfolder of the project root (kiln's default
+# source_dest /root): src/wf/baked.py lands at /root/wf/baked.py, but the task imports src.wf.baked
+# from /root/src/wf/baked.py. Not baked: fast register with module_path_mismatch, or, under copy
+# none, code_unavailable. A task listing no modules is never counted as baked (modules_unknown).
+cat >"$P/specs/subfolder.json" <<'EOF'
+{"name": "subfolder", "source_root": "../src", "source_copy_mode": "all", "tag_format": "{spec_hash}"}
+EOF
+for copy in auto none; do
+  cat >"$P/plan-sub-$copy.json" <<EOF
+{"copy": "$copy", "images": {"sub": {"spec": "specs/subfolder.json"}},
+ "tasks": [{"name": "wf.baked", "image": "sub", "modules": ["src/wf/baked.py"]},
+           {"name": "wf.nomod", "image": "sub"}]}
+EOF
+  schema_check "subfolder source_root (copy $copy): input validates" valid input "$P/plan-sub-$copy.json"
+done
+run_kiln sub-auto plan "$P/plan-sub-auto.json"
+check "subfolder source_root, copy auto: exit 0 (got $RC)" test "$RC" -eq 0
+schema_check "subfolder source_root, copy auto: output validates" valid output "$T/sub-auto.out"
+check "subfolder source_root: not baked - module_path_mismatch and modules_unknown, both fast register" pyexpr "$T/sub-auto.out" \
+  '[(t["name"], t["fast_register"], t["reason"]) for t in d["tasks"]] == [
+     ("wf.baked", True, "module_path_mismatch"), ("wf.nomod", True, "modules_unknown")]
+   and [(w["code"], w["task"]) for w in d["warnings"]] == [("module_path_mismatch", "wf.baked"), ("modules_unknown", "wf.nomod")]
+   and d["warnings"][0]["locations"] == [{"module": "src/wf/baked.py", "baked_at": "/root/wf/baked.py", "expected_at": "/root/src/wf/baked.py"}]
+   and d["bundle"]["needed"] is True and d["errors"] == []'
+check "the summary says where the module is and where it must be" \
+  grep -q "src/wf/baked.py is baked at /root/wf/baked.py but must be at /root/src/wf/baked.py" "$T/sub-auto.err"
+run_kiln sub-none plan "$P/plan-sub-none.json"
+check "subfolder source_root, copy none: exit 2 (got $RC)" test "$RC" -eq 2
+schema_check "subfolder source_root, copy none: output validates" valid output "$T/sub-none.out"
+check "copy none: code_unavailable naming both places; modules_unknown stays a warning" pyexpr "$T/sub-none.out" \
+  '[(t["name"], t["fast_register"], t["reason"]) for t in d["tasks"]] == [
+     ("wf.baked", False, "copy_none"), ("wf.nomod", False, "modules_unknown")]
+   and [(e["code"], e["task"]) for e in d["errors"]] == [("code_unavailable", "wf.baked")]
+   and d["errors"][0]["locations"][0]["expected_at"] == "/root/src/wf/baked.py"
+   and [w["code"] for w in d["warnings"]] == ["modules_unknown"] and d["bundle"] == {"needed": False}'
+# With the project root at source_root (src/, pyflyte's root there: src/ has no __init__.py) the
+# same image bakes the task; dest_dir names where pyflyte puts the code.
+"$PY" - "$P/plan-sub-auto.json" "$P/plan-sub-dest.json" <<'EOF'
+import json, sys
+p = json.load(open(sys.argv[1]))
+p["dest_dir"] = "/root"
+p["project_root"] = "src"
+p["tasks"] = [{"name": "wf.baked", "image": "sub", "modules": ["wf/baked.py"]}]
+json.dump(p, open(sys.argv[2], "w"))
+EOF
+schema_check "dest_dir input validates" valid input "$P/plan-sub-dest.json"
+run_kiln sub-dest plan "$P/plan-sub-dest.json"
+check "project_root = source_root, dest_dir /root: baked (got $RC)" pyexpr "$T/sub-dest.out" \
+  '[(t["name"], t["reason"]) for t in d["tasks"]] == [("wf.baked", "source_baked")] and d["bundle"] == {"needed": False}'
+schema_check "dest_dir plan: output validates" valid output "$T/sub-dest.out"
+
+# ---------------------------------------------------------------------------------------------
 # Malformed input: exit 2, nothing on stdout, a clear message on stderr; --json puts the failure
 # on stdout. The schema rejects what it can express (not an unknown image id).
 bad_case() {  # bad_case NAME JSON EXPECTED_STDERR_SUBSTRING SCHEMA_REJECTS(yes|no)
@@ -227,6 +285,7 @@ bad_case bad-copy '{"copy": "sometimes"}' "field 'copy' must be auto, all or non
 bad_case copy-type '{"copy": true}' "field 'copy' must be a string" yes
 bad_case syntax '{"copy": "auto",}' "$P/bad-syntax.json:1:17: JSON syntax error in the plan" no
 bad_case two-forms '{"images": {"a": {"ref": "x", "spec": "y.json"}}}' "images.a must have exactly one of" yes
+bad_case dest-dir '{"dest_dir": "root"}' "field 'dest_dir' must be an absolute path" yes
 
 run_kiln bad-json plan --json "$P/bad-unknown-image.json"
 check "malformed with --json: exit 2" test "$RC" -eq 2

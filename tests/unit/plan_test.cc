@@ -2,6 +2,7 @@
 // errors and bundle, each on a real temporary project walked through prepare_images with a store
 // in a temporary directory (the same path `kiln plan` takes).
 #include "plan/plan.h"
+#include "plan/prepare.h"
 
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -85,10 +86,15 @@ struct Project {
   }
 };
 
-/// The images every test may use: a spec baking src/ (copy mode all), a spec baking nothing, a
-/// plain reference.
+/// The images every test may use: a spec baking src/ (copy mode all) at /root/src, so that with the
+/// working directory /root each module sits where its dotted path (src.wf.baked, relative to the
+/// project root proj/) imports it from; a spec baking nothing; a plain reference.
+json baked_spec(const std::string& name, const std::string& mode) {
+  return {{"name", name}, {"source_root", "src"}, {"source_copy_mode", mode}, {"source_dest", "/root/src"}, {"workdir", "/root"}};
+}
+
 json std_images() {
-  return {{"baked", {{"inline", {{"name", "baked"}, {"source_root", "src"}, {"source_copy_mode", "all"}}}}},
+  return {{"baked", {{"inline", baked_spec("baked", "all")}}},
           {"bare", {{"inline", {{"name", "bare"}}}}},
           {"plain", "python:3.12-slim"}};
 }
@@ -143,7 +149,8 @@ TEST_CASE("plan: reason source_baked - a python task whose module the image bake
   CHECK(img.at("kind") == "imagespec");
   CHECK(img.at("source_baked") == true);
   CHECK(img.at("copy_mode") == "all");
-  CHECK(img.at("source_dest") == "/root");
+  CHECK(img.at("source_dest") == "/root/src");
+  CHECK(img.at("workdir") == "/root");
   CHECK(img.at("source_digest").get<std::string>().rfind("sha256:", 0) == 0);
   CHECK(img.at("image") == t.at("image_ref"));
 }
@@ -410,7 +417,7 @@ TEST_CASE("plan: every task baked - copy all scans no file of the project") {
 
 TEST_CASE("plan: loaded_modules image - listed modules are baked, others are not") {
   Project p;
-  json images = {{"lm", {{"inline", {{"name", "lm"}, {"source_root", "src"}, {"source_copy_mode", "loaded_modules"}}}}}};
+  json images = {{"lm", {{"inline", baked_spec("lm", "loaded_modules")}}}};
   json plan_json = plan_of("auto",
                            {task("listed", "python", "lm", {"src/wf/baked.py"}),
                             task("unlisted", "python", "lm", {"src/wf/mapped.py"})},
@@ -456,9 +463,10 @@ TEST_CASE("plan: map, array and unknown kinds count as python tasks") {
   CHECK(task_out(out, "x").at("kind") == "some_plugin");
   CHECK(task_out(out, "d").at("reason") == "module_not_baked");
   // kind omitted: python.
-  json dflt = p.run(json{{"images", std_images()}, {"tasks", {{{"name", "t"}, {"image", "baked"}}}}});
+  json dflt = p.run(json{{"images", std_images()}, {"tasks", {{{"name", "t"}, {"image", "plain"}}}}});
   CHECK(task_out(dflt, "t").at("kind") == "python");
   CHECK(task_out(dflt, "t").at("modules") == json::array());
+  CHECK(task_out(dflt, "t").at("reason") == "plain_image");
   CHECK(dflt.at("copy") == "auto");
 }
 
@@ -588,4 +596,214 @@ TEST_CASE("plan: summary names each task's decision, the bundle, warnings and er
   CHECK(has(f, "  fast-register p on python:3.12-slim (plain_image)\n"));
   CHECK(has(f, "  bundle: needed, 1 file(s)\n"));
   CHECK(has(f, "warning: [raw_container_without_source] raw container task 'w'"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The import path: a baked module replaces the bundle only where the task imports it from.
+// pyflyte runs a task as `task-module <dotted path relative to the project root>` from the
+// container's working directory; the baked file sits at source_dest + its path below source_root.
+
+namespace {
+
+/// A spec image baking `source_root` (copy mode all) with kiln's defaults (source_dest = workdir
+/// = /root), plus `extra` fields.
+json image_at(const std::string& source_root, json extra = json::object()) {
+  json s = {{"name", "img"}, {"source_root", source_root}, {"source_copy_mode", "all"}};
+  s.update(extra);
+  return {{"inline", s}};
+}
+
+}  // namespace
+
+TEST_CASE("plan: source_root a subfolder of the project root - module_path_mismatch, fast register") {
+  Project p;  // project root proj/, source_root proj/src: src/wf/baked.py lands at /root/wf/baked.py
+  json out = p.run(plan_of("auto", {task("t", "python", "sub", {"src/wf/baked.py", "src/wf/mapped.py"})},
+                           {{"sub", image_at("src")}}));
+  const json& t = task_out(out, "t");
+  CHECK(t.at("reason") == "module_path_mismatch");
+  CHECK(t.at("fast_register") == true);
+  REQUIRE(out.at("warnings").size() == 1);
+  const json& w = out.at("warnings")[0];
+  CHECK(w.at("code") == "module_path_mismatch");
+  CHECK(w.at("task") == "t");
+  CHECK(w.at("modules") == json{"src/wf/baked.py", "src/wf/mapped.py"});
+  CHECK(w.at("locations") ==
+        json{{{"module", "src/wf/baked.py"}, {"baked_at", "/root/wf/baked.py"}, {"expected_at", "/root/src/wf/baked.py"}},
+             {{"module", "src/wf/mapped.py"}, {"baked_at", "/root/wf/mapped.py"}, {"expected_at", "/root/src/wf/mapped.py"}}});
+  const std::string msg = w.at("message");
+  CHECK(has(msg, "src/wf/baked.py is baked at /root/wf/baked.py but must be at /root/src/wf/baked.py"));
+  CHECK(has(msg, "imports src.wf.baked"));
+  CHECK(out.at("bundle").at("needed") == true);
+  CHECK(out.at("errors") == json::array());
+  CHECK(out.at("images").at("sub").at("workdir") == "/root");
+}
+
+TEST_CASE("plan: source_root a parent of the project root - module_path_mismatch") {
+  Project p;  // project root proj/src (pyflyte's: src/ has no __init__.py), source_root proj/
+  json plan_json = plan_of("auto", {task("t", "python", "parent", {"wf/baked.py"})}, {{"parent", image_at(".")}});
+  plan_json["project_root"] = "src";
+  json out = p.run(plan_json);
+  CHECK(task_out(out, "t").at("reason") == "module_path_mismatch");
+  CHECK(task_out(out, "t").at("fast_register") == true);
+  REQUIRE(out.at("warnings").size() == 1);
+  CHECK(out.at("warnings")[0].at("locations") ==
+        json{{{"module", "wf/baked.py"}, {"baked_at", "/root/src/wf/baked.py"}, {"expected_at", "/root/wf/baked.py"}}});
+  CHECK(out.at("bundle") == json{{"needed", true}, {"file_count", 1}, {"files", {"wf/baked.py"}}});
+}
+
+TEST_CASE("plan: source_root equal to the project root - baked at the import path") {
+  Project p;
+  json plan_json = plan_of("auto", {task("t", "python", "same", {"wf/baked.py"})}, {{"same", image_at("src")}});
+  plan_json["project_root"] = "src";
+  json out = p.run(plan_json);
+  CHECK(task_out(out, "t").at("reason") == "source_baked");
+  CHECK(task_out(out, "t").at("fast_register") == false);
+  CHECK(out.at("warnings") == json::array());
+  CHECK(out.at("bundle") == json{{"needed", false}});
+}
+
+TEST_CASE("plan: a misplaced module under copy none is code_unavailable, naming both places") {
+  Project p;
+  json out = p.run(plan_of("none", {task("t", "python", "sub", {"src/wf/baked.py"})}, {{"sub", image_at("src")}}));
+  CHECK(task_out(out, "t").at("reason") == "copy_none");
+  CHECK(task_out(out, "t").at("fast_register") == false);
+  CHECK(out.at("warnings") == json::array());
+  REQUIRE(out.at("errors").size() == 1);
+  const json& e = out.at("errors")[0];
+  CHECK(e.at("code") == "code_unavailable");
+  CHECK(e.at("locations") ==
+        json{{{"module", "src/wf/baked.py"}, {"baked_at", "/root/wf/baked.py"}, {"expected_at", "/root/src/wf/baked.py"}}});
+  CHECK(has(e.at("message").get<std::string>(), "baked at /root/wf/baked.py but must be at /root/src/wf/baked.py"));
+  CHECK(has(e.at("message").get<std::string>(), "copy is none"));
+  CHECK(plan::has_errors(out));
+}
+
+TEST_CASE("plan: one module missing and one misplaced - module_not_baked, both warnings") {
+  Project p;
+  json out = p.run(plan_of("auto", {task("t", "python", "sub", {"src/wf/baked.py", "other/plain.py"})},
+                           {{"sub", image_at("src")}}));
+  CHECK(task_out(out, "t").at("reason") == "module_not_baked");
+  CHECK(task_out(out, "t").at("fast_register") == true);
+  REQUIRE(out.at("warnings").size() == 2);
+  CHECK(out.at("warnings")[0].at("code") == "module_not_baked");
+  CHECK(out.at("warnings")[0].at("modules") == json{"other/plain.py"});
+  CHECK(out.at("warnings")[1].at("code") == "module_path_mismatch");
+  CHECK(out.at("warnings")[1].at("modules") == json{"src/wf/baked.py"});
+}
+
+TEST_CASE("plan: the import root is the plan's dest_dir, else the image's working directory") {
+  Project p;
+  // source_root = project root (proj/src), baked at /app: /app/wf/baked.py.
+  json app = image_at("src", {{"source_dest", "/app"}, {"workdir", "/app"}});
+  json plan_json = plan_of("auto", {task("t", "python", "app", {"wf/baked.py"})}, {{"app", app}});
+  plan_json["project_root"] = "src";
+
+  // No dest_dir: the image's working directory /app is where the task imports from.
+  CHECK(task_out(p.run(plan_json), "t").at("reason") == "source_baked");
+  // A workdir elsewhere moves the import root away from the baked files.
+  json moved = plan_json;
+  moved["images"]["app"]["inline"]["workdir"] = "/srv";
+  json out = p.run(moved);
+  CHECK(task_out(out, "t").at("reason") == "module_path_mismatch");
+  CHECK(out.at("warnings")[0].at("locations")[0].at("expected_at") == "/srv/wf/baked.py");
+  // dest_dir given: it wins over the working directory (normalized).
+  plan_json["dest_dir"] = "/app/./";
+  CHECK(task_out(p.run(plan_json), "t").at("reason") == "source_baked");
+  plan_json["dest_dir"] = "/root";
+  out = p.run(plan_json);
+  CHECK(task_out(out, "t").at("reason") == "module_path_mismatch");
+  CHECK(out.at("warnings")[0].at("locations") ==
+        json{{{"module", "wf/baked.py"}, {"baked_at", "/app/wf/baked.py"}, {"expected_at", "/root/wf/baked.py"}}});
+}
+
+TEST_CASE("plan: a python task that lists no modules is never counted as baked (modules_unknown)") {
+  Project p;
+  json tasks = {{{"name", "t"}, {"image", "baked"}}, task("u", "python", "baked", {})};
+  json out = p.run(plan_of("auto", tasks));
+  for (const char* name : {"t", "u"}) {
+    CHECK(task_out(out, name).at("reason") == "modules_unknown");
+    CHECK(task_out(out, name).at("fast_register") == true);
+  }
+  REQUIRE(out.at("warnings").size() == 2);
+  CHECK(out.at("warnings")[0].at("code") == "modules_unknown");
+  CHECK(out.at("warnings")[0].at("task") == "t");
+  CHECK(out.at("warnings")[0].size() == 3);  // code, task, message
+  CHECK(has(out.at("warnings")[0].at("message").get<std::string>(), "keeps fast register"));
+  CHECK(out.at("bundle").at("needed") == true);
+  CHECK(out.at("errors") == json::array());
+
+  // copy none: nothing would bring a bundle; the task is not an error, but not baked either.
+  json none = p.run(plan_of("none", tasks));
+  CHECK(task_out(none, "t").at("reason") == "modules_unknown");
+  CHECK(task_out(none, "t").at("fast_register") == false);
+  CHECK(none.at("warnings").size() == 2);
+  CHECK(has(none.at("warnings")[0].at("message").get<std::string>(), "copy is none"));
+  CHECK(none.at("errors") == json::array());
+  CHECK(none.at("bundle") == json{{"needed", false}});
+  CHECK(has(plan::summary(none), "  unverified    t on baked:"));
+
+  // On an image that bakes nothing, the usual reasons apply.
+  json bare = p.run(plan_of("auto", {task("b", "python", "bare", {}), task("q", "python", "plain", {})}));
+  CHECK(task_out(bare, "b").at("reason") == "no_source_root");
+  CHECK(task_out(bare, "q").at("reason") == "plain_image");
+  CHECK(bare.at("warnings") == json::array());
+}
+
+TEST_CASE("plan: dest_dir must be an absolute string") {
+  CHECK(parse_error(R"({"dest_dir": "root"})").second == "dest_dir");
+  CHECK(has(parse_error(R"({"dest_dir": "root"})").first, "must be an absolute path"));
+  CHECK(parse_error(R"({"dest_dir": 3})").second == "dest_dir");
+  CHECK(parse_error(R"({"dest_dir": ""})").second == "dest_dir");
+  Tmp t;
+  CHECK(plan::parse_plan(R"({"dest_dir": "/root//x/"})", t.path(), "p.json").dest_dir == std::optional<std::string>("/root/x"));
+  CHECK_FALSE(plan::parse_plan(R"({"dest_dir": null})", t.path(), "p.json").dest_dir.has_value());
+}
+
+TEST_CASE("plan: decide needs only the narrow per-image facts") {
+  // A hand-made file set, no builder involved: the plan core stands on its own.
+  Project p;
+  plan::PlanInput in = plan::parse_plan(
+      plan_of("auto", {task("t", "python", "img", {"src/wf/baked.py"}), task("u", "python", "img", {"src/wf/mapped.py"})},
+              {{"img", {{"inline", {{"name", "img"}}}}}})
+          .dump(),
+      p.root, "plan.json");
+  kiln::layers::FileSet files;
+  files.has_source = true;
+  files.mode = kiln::spec::CopyMode::All;
+  kiln::layers::FileEntry e;
+  e.rel = "wf/baked.py";
+  files.source.push_back(e);
+  plan::PreparedImage im;
+  im.image_ref = "img:v1";
+  im.files = &files;
+  im.source_digest = "sha256:" + std::string(64, '0');
+  im.source_root = p.root / "src";
+  im.source_dest = "/root/src";
+  im.workdir = "/root";
+  json out = plan::decide(in, std::map<std::string, plan::PreparedImage>{{"img", im}});
+  CHECK(task_out(out, "t").at("reason") == "source_baked");
+  CHECK(task_out(out, "u").at("reason") == "module_not_baked");
+  CHECK(out.at("images").at("img").at("image") == "img:v1");
+}
+
+TEST_CASE("plan: prepared_image carries the spec's source_dest and working directory") {
+  Project p;
+  plan::PlanInput in = plan::parse_plan(
+      plan_of("auto", json::array(), {{"a", image_at("src", {{"source_dest", "/app"}})}, {"b", image_at("src", {{"workdir", "/srv"}})}})
+          .dump(),
+      p.root, "plan.json");
+  kiln::builder::BuildOptions opts{&p.store};
+  auto prepared = plan::prepare_images(in, opts);
+  plan::PreparedImage a = plan::prepared_image(prepared.at("a"));
+  CHECK(a.source_dest == "/app");
+  CHECK(a.workdir == "/app");  // kiln's default working directory is source_dest
+  CHECK(a.source_root == p.root / "src");
+  CHECK(a.files == &prepared.at("a").files);
+  CHECK(a.image_ref == prepared.at("a").image_ref());
+  plan::PreparedImage b = plan::prepared_image(prepared.at("b"));
+  CHECK(b.source_dest == "/root");
+  CHECK(b.workdir == "/srv");
+  CHECK(plan::loaded_modules_under(in, p.root / "src").empty());
+  in.loaded_modules = {"src/wf/baked.py", "other/plain.py"};
+  CHECK(plan::loaded_modules_under(in, p.root / "src") == std::vector<std::string>{"wf/baked.py"});
 }

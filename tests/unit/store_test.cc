@@ -14,6 +14,7 @@
 #include <set>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "layers/digest.h"
@@ -499,6 +500,34 @@ TEST_CASE("store: StatIndex does not trust racy entries") {
   CHECK(idx.lookup("/s", safe) == std::string(64, '3'));
 }
 
+TEST_CASE("store: StatIndex drops an unseen entry that was racy when written") {
+  // A racy entry was never trusted; kept under a later write time it would look safe.
+  TempDir tmp;
+  Store s(tmp / "cache");
+  const fs::path file = s.stat_index_path("racy-unseen");
+  StatIndex::Key fresh = old_key(1, 1);
+  fresh.mtime_ns = now_ns();
+  StatIndex::Key safe = old_key(2, 2);
+  {
+    StatIndex idx;
+    idx.update("/fresh", fresh, std::string(64, 'f'));
+    idx.update("/safe", safe, std::string(64, '5'));
+    idx.save(file);
+  }
+  // Past the racy window of the first write: under the second write time, "/fresh" would pass.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1200));
+  {
+    StatIndex idx;
+    idx.load(file);
+    idx.update("/other", old_key(3, 3), std::string(64, '0'));  // neither looked up
+    idx.save(file);
+  }
+  StatIndex idx;
+  idx.load(file);
+  CHECK(idx.lookup("/safe", safe) == std::string(64, '5'));
+  CHECK_FALSE(idx.lookup("/fresh", fresh));
+}
+
 TEST_CASE("store: StatIndex save writes nothing when nothing changed") {
   TempDir tmp;
   Store s(tmp / "cache");
@@ -537,16 +566,87 @@ TEST_CASE("store: StatIndex save writes nothing when nothing changed") {
     CHECK(again.lookup("/c", old_key(3, 3)) == std::string(64, 'c'));
     CHECK(again.lookup("/a", old_key(1, 1)) == std::string(64, 'a'));
   }
-  SECTION("an entry not used: rewritten without it") {
+  SECTION("an entry not used, none updated: no write, entry kept") {
     StatIndex idx;
     idx.load(file);
     REQUIRE(idx.lookup("/a", old_key(1, 1)));
     idx.save(file);
-    CHECK_FALSE(file_id(file) == written);
+    CHECK(file_id(file) == written);
+  }
+  SECTION("an entry not used while another is updated: kept for another walk") {
+    StatIndex idx;
+    idx.load(file);
+    REQUIRE(idx.lookup("/a", old_key(1, 1)));
+    idx.update("/c", old_key(3, 3), std::string(64, 'c'));
+    idx.save(file);
     StatIndex again;
     again.load(file);
-    CHECK(again.lookup("/a", old_key(1, 1)) == std::string(64, 'a'));
-    CHECK_FALSE(again.lookup("/b", old_key(2, 2)));
+    CHECK(again.lookup("/b", old_key(2, 2)) == std::string(64, 'b'));
+    CHECK(again.lookup("/c", old_key(3, 3)) == std::string(64, 'c'));
+  }
+  SECTION("an entry unseen for 8 rewrites is dropped; seeing it resets its age") {
+    for (int i = 0; i < 9; ++i) {
+      StatIndex idx;
+      idx.load(file);
+      if (i == 3) REQUIRE(idx.lookup("/b", old_key(2, 2)));  // /b seen once more at rewrite 4
+      idx.update("/n" + std::to_string(i), old_key(10 + i, 10 + i), std::string(64, '9'));
+      idx.save(file);
+    }
+    StatIndex idx;
+    idx.load(file);
+    CHECK_FALSE(idx.lookup("/a", old_key(1, 1)));                  // unseen for 9 rewrites
+    CHECK(idx.lookup("/b", old_key(2, 2)) == std::string(64, 'b'));  // unseen for 5
   }
   CHECK(names_in(tmp / "cache" / "tmp").empty());
+}
+
+TEST_CASE("store: verify_external hashes a blob outside the store once per identity") {
+  TempDir t;
+  Store store(t / "cache");
+  fs::create_directories(t / "layout");
+  const fs::path blob = t / "layout" / "blob";
+  const std::string content = "layer bytes of a base image";
+  kiln::testutil::write_file(blob, content);
+  const std::string digest = sha256_digest(content);
+
+  CHECK(store.verify_external(blob, digest));
+  std::vector<std::string> memos;
+  for (auto& e : fs::directory_iterator(t / "cache" / "verified"))
+    if (e.path().filename().string().rfind("ext-", 0) == 0) memos.push_back(e.path().string());
+  REQUIRE(memos.size() == 1);
+  CHECK(contains(kiln::testutil::read_file(memos[0]), digest));
+
+  // Remembered: the memo is what decides while the identity holds (a changed memo shows it).
+  fs::last_write_time(memos[0], fs::file_time_type::clock::now() - std::chrono::hours(1));
+  auto memo_time = fs::last_write_time(memos[0]);
+  CHECK(store.verify_external(blob, digest));
+  CHECK(fs::last_write_time(memos[0]) == memo_time);
+
+  // A wrong digest is not accepted just because the file was verified for another one.
+  CHECK_FALSE(store.verify_external(blob, sha256_digest("something else")));
+
+  // Other bytes of the same size, with a new mtime: hashed again, and refused.
+  std::string evil = content;
+  evil[0] = 'L';
+  kiln::testutil::write_file(blob, evil);
+  struct timespec ts[2];
+  ::clock_gettime(CLOCK_REALTIME, &ts[0]);
+  ts[0].tv_sec += 5;
+  ts[1] = ts[0];
+  ::utimensat(AT_FDCWD, blob.c_str(), ts, 0);
+  CHECK_FALSE(store.verify_external(blob, digest));
+  CHECK_FALSE(store.verify_external(blob, digest));  // and the memo is gone for good
+
+  // The same content at another path is verified on its own.
+  kiln::testutil::write_file(t / "layout" / "other", content);
+  CHECK(store.verify_external(t / "layout" / "other", digest));
+  CHECK_THROWS_AS(store.verify_external(t / "layout" / "missing", digest), std::system_error);
+}
+
+TEST_CASE("store: tmp/ is the owner's only") {
+  TempDir t;
+  Store store(t / "cache");
+  struct stat st{};
+  REQUIRE(::stat((t / "cache" / "tmp").c_str(), &st) == 0);
+  CHECK((st.st_mode & 0777) == 0700);
 }

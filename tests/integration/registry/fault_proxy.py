@@ -2,7 +2,8 @@
 """A loopback HTTP proxy in front of a plain-HTTP registry that injects faults by rule.
 
     fault_proxy.py --upstream 127.0.0.1:PORT [--rule RULE]... [--port-file FILE] [--log FILE]
-                   [--time-limit SECONDS]
+                   [--time-limit SECONDS] [--drop-reused] [--auth-log FILE]
+    fault_proxy.py --record-only [--blob-root DIR] [--auth-log FILE] [--port-file FILE] [--log FILE]
 
 Listens on 127.0.0.1 (a kernel-picked port, written to --port-file once it accepts connections)
 and forwards every request to the upstream registry faithfully (method, path, query, headers,
@@ -16,6 +17,21 @@ the query), and act on the first `count` of them (default 1; 0 = every one):
                                                               body, then close the connection
     name_unknown=REPO                                         answer 404 NAME_UNKNOWN to
                                                               POST /v2/REPO/blobs/uploads/ (always)
+    relocate=HOST:PORT,method=POST,path=/blobs/uploads/       forward, then point the answer's
+                                                              Location at http://HOST:PORT instead
+    redirect=HOST:PORT,method=GET,path=/blobs/sha256:         answer 307 to http://HOST:PORT/<same
+                                                              path> (a CDN serving blobs)
+
+Options beyond the rules:
+    --drop-reused      every connection serves one request; the next request on it is read (headers
+                       and body) and the connection closed without an answer, as a server does that
+                       closes idle kept-alive connections (the client must re-send the request).
+    --auth-log FILE    one line per request: "METHOD PATH auth=<scheme>|none" (the Authorization
+                       header's scheme, never its value).
+    --record-only      no upstream: answer every request itself, logging it. Blob GETs are served
+                       from --blob-root (a distribution storage root: .../docker/registry/v2) when
+                       the blob is there; everything else gets 401 with a Basic challenge, the
+                       bait a credential leak would take.
 
 A faulted request is not forwarded. Each request is logged to --log as one line:
 "UNIXTIME METHOD PATH -> STATUS|drop … [rule N]", so tests can check that a fault did fire. The proxy exits
@@ -47,13 +63,15 @@ class Rule:
         self.drop = kv.get("drop") == "1"
         self.after = int(kv.get("after", "65536"))
         self.name_unknown = kv.get("name_unknown")
+        self.relocate = kv.get("relocate")
+        self.redirect = kv.get("redirect")
         if self.name_unknown:
             self.method = "POST"
             self.path = re.compile("^/v2/" + re.escape(self.name_unknown) + "/blobs/uploads/?(\\?|$)")
             self.count = 0
             self.status = 404
-        if not (self.status or self.drop):
-            raise SystemExit("rule %r: needs status=, drop=1 or name_unknown=" % text)
+        if not (self.status or self.drop or self.relocate or self.redirect):
+            raise SystemExit("rule %r: needs status=, drop=1, name_unknown=, relocate= or redirect=" % text)
         self.fired = 0
         self.lock = threading.Lock()
 
@@ -147,15 +165,90 @@ class Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(data)
 
+    def _log_auth(self):
+        cfg = self.server.cfg
+        if cfg.auth_log:
+            auth = self.headers.get("Authorization")
+            scheme = auth.split(" ", 1)[0] if auth else "none"
+            with cfg.log_lock, open(cfg.auth_log, "a") as f:
+                f.write("%s %s auth=%s\n" % (self.command, self.path, scheme))
+
+    def _drop_reused(self) -> bool:
+        """--drop-reused: the second request on a connection is read, then the connection closed."""
+        self.served = getattr(self, "served", 0) + 1
+        if not self.server.cfg.drop_reused or self.served == 1:
+            return False
+        for _ in self._read_body_chunks():
+            pass
+        self._log("drop reused connection")
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.close_connection = True
+        return True
+
+    def _record(self):
+        """--record-only: serve blobs from the blob root, tempt everything else with a 401."""
+        cfg = self.server.cfg
+        for _ in self._read_body_chunks():
+            pass
+        m = re.search(r"/blobs/sha256:([0-9a-f]{64})$", self.path.split("?")[0])
+        data = None
+        if m and cfg.blob_root and self.command in ("GET", "HEAD"):
+            hexd = m.group(1)
+            f = os.path.join(cfg.blob_root, "blobs", "sha256", hexd[:2], hexd, "data")
+            if os.path.exists(f):
+                with open(f, "rb") as fh:
+                    data = fh.read()
+        if data is not None:
+            self._log("200")
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command == "GET":
+                self.wfile.write(data)
+            return
+        body = b'{"errors": [{"code": "UNAUTHORIZED", "message": "credentials, please"}]}'
+        self._log("401")
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Basic realm="recorder"')
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _redirect(self, rule: Rule):
+        for _ in self._read_body_chunks():
+            pass
+        self._log("307 [rule %d]" % rule.idx)
+        self.send_response(307)
+        self.send_header("Location", "http://%s%s" % (rule.redirect, self.path))
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
     def _handle(self):
         cfg = self.server.cfg
+        self._log_auth()
+        if self._drop_reused():
+            return
+        if cfg.record_only:
+            self._record()
+            return
         for rule in cfg.rules:
             if rule.take(self.command, self.path):
-                self._fault(rule)
+                if rule.redirect:
+                    self._redirect(rule)
+                elif rule.relocate:
+                    self._forward(relocate=rule)
+                else:
+                    self._fault(rule)
                 return
         self._forward()
 
-    def _forward(self):
+    def _forward(self, relocate=None):
         cfg = self.server.cfg
         up = http.client.HTTPConnection(cfg.upstream_host, cfg.upstream_port, timeout=120)
         try:
@@ -192,6 +285,10 @@ class Handler(BaseHTTPRequestHandler):
                     continue
                 if lk == "location":
                     v = v.replace("http://" + cfg.upstream, "http://" + cfg.self_addr)
+                    if relocate is not None:
+                        path = v.split("://", 1)[1].split("/", 1)[1] if "://" in v else v.lstrip("/")
+                        v = "http://%s/%s" % (relocate.relocate, path)
+                        self._log("relocated [rule %d]" % relocate.idx)
                 self.send_header(k, v)
             if data is not None:
                 self.send_header("Content-Length", str(len(data)))
@@ -215,7 +312,11 @@ class Handler(BaseHTTPRequestHandler):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--upstream", required=True, help="HOST:PORT of a plain-HTTP registry")
+    ap.add_argument("--upstream", help="HOST:PORT of a plain-HTTP registry")
+    ap.add_argument("--drop-reused", action="store_true")
+    ap.add_argument("--auth-log")
+    ap.add_argument("--record-only", action="store_true")
+    ap.add_argument("--blob-root")
     ap.add_argument("--rule", action="append", default=[])
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--port-file")
@@ -227,9 +328,13 @@ def main():
         pass
 
     cfg = Cfg()
-    cfg.upstream = a.upstream
-    cfg.upstream_host, _, port = a.upstream.rpartition(":")
+    if not a.upstream and not a.record_only:
+        raise SystemExit("--upstream is needed (unless --record-only)")
+    cfg.upstream = a.upstream or "127.0.0.1:9"
+    cfg.upstream_host, _, port = cfg.upstream.rpartition(":")
     cfg.upstream_port = int(port)
+    cfg.drop_reused, cfg.auth_log = a.drop_reused, a.auth_log
+    cfg.record_only, cfg.blob_root = a.record_only, a.blob_root
     cfg.rules = [Rule(r, i) for i, r in enumerate(a.rule)]
     cfg.log, cfg.log_lock = a.log, threading.Lock()
     class Server(ThreadingHTTPServer):
