@@ -34,6 +34,7 @@ json Record::to_json() const {
                   {"from_base", l.from_base}});
   auto opt = [](const std::string& s) { return s.empty() ? json(nullptr) : json(s); };
   return {{"id", id},
+          {"kind", kind.empty() ? std::string("build") : kind},
           {"name", name},
           {"repository", repository},
           {"tag", opt(tag)},
@@ -83,6 +84,7 @@ Record Record::from_json(const json& j) {
   };
   Record r;
   r.id = str("id");
+  r.kind = str("kind").empty() ? std::string("build") : str("kind");
   r.name = str("name");
   r.repository = str("repository");
   r.tag = str("tag");
@@ -214,8 +216,8 @@ CREATE INDEX IF NOT EXISTS builds_by_repository ON builds(repository, id);
 const char* kColumns =
     "id, name, repository, tag, spec_path, spec_digest, inputs_digest, image_digest, config_digest, base, "
     "outputs, pushed, tag_moved_from, status, exit_code, error_class, error_kind, failed_step, message, "
-    "started_ms, finished_ms, timings, spec, layers, warnings, log_path, host, pid";
-constexpr int kNumColumns = 28;
+    "started_ms, finished_ms, timings, spec, layers, warnings, log_path, host, pid, kind";
+constexpr int kNumColumns = 29;
 
 class Stmt {
  public:
@@ -284,6 +286,7 @@ void bind_record(Stmt& s, const Record& r) {
   s.text(i++, r.log_path);
   s.text(i++, r.host);
   s.integer(i++, r.pid);
+  s.text(i++, r.kind);
 }
 
 Record read_record(Stmt& s) {
@@ -307,6 +310,7 @@ Record read_record(Stmt& s) {
   j["log_path"] = s.col_text(i++);
   j["host"] = s.col_text(i++);
   j["pid"] = s.col_int(i++);
+  j["kind"] = s.col_text(i++);
   return Record::from_json(j);
 }
 
@@ -376,6 +380,15 @@ HistoryDb::HistoryDb(const fs::path& dir) : dir_(dir) {
       exec(db_, "PRAGMA journal_mode=WAL");
       exec(db_, kSchema);
       exec(db_, "PRAGMA user_version=1");
+    }
+    if (version < 2) {  // version 2: the `kind` column (build, modelcar, push); old rows read as builds
+      try {
+        exec(db_, "ALTER TABLE builds ADD COLUMN kind TEXT");
+      } catch (const HistoryError& e) {
+        // Another process added it first.
+        if (std::string(e.what()).find("duplicate column") == std::string::npos) throw;
+      }
+      exec(db_, "PRAGMA user_version=2");
     }
   } catch (...) {
     sqlite3_close(db_);

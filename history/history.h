@@ -36,10 +36,11 @@ struct LayerInfo {
 /// One build.
 struct Record {
   std::string id;               // time-ordered, sortable (see new_id)
+  std::string kind = "build";   // what ran: "build" (kiln build), "modelcar", "push" (kiln push)
   std::string name;             // the spec's name ("" when the spec could not be read)
   std::string repository;       // [registry/]name
   std::string tag;
-  std::string spec_path;        // as given on the command line
+  std::string spec_path;        // as given on the command line (the model directory; the push's oci: source)
   std::string spec_digest;      // sha256 of `spec` (its JSON, keys sorted)
   std::string inputs_digest;    // sha256:<spec hash>: spec, base and every copied file (docs/tag.md)
   std::string image_digest;     // the manifest digest ("" when the build failed before it)

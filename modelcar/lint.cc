@@ -179,16 +179,6 @@ Filesystem flatten(const std::vector<std::filesystem::path>& blobs) {
   return fs;
 }
 
-Filesystem flatten(const builder::Image& img) {
-  std::vector<std::filesystem::path> blobs;
-  for (const auto& l : img.layers) {
-    if (l.blob.empty() || !std::filesystem::exists(l.blob))
-      throw std::runtime_error("layer " + l.desc.digest + " is not on disk (fetch it first)");
-    blobs.push_back(l.blob);
-  }
-  return flatten(blobs);
-}
-
 std::optional<std::string> resolve(const Filesystem& fs, const std::string& path) {
   std::vector<std::string> done;
   std::deque<std::string> todo;
@@ -301,8 +291,12 @@ std::vector<Finding> lint(const Filesystem& fs, const json& config, const LintOp
   return out;
 }
 
-std::vector<Finding> lint(const builder::Image& img, const LintOptions& opts) {
-  return lint(flatten(img), img.config, opts);
+std::vector<Finding> lint(const std::vector<std::filesystem::path>& layer_blobs, const json& config,
+                          const LintOptions& opts) {
+  for (const auto& b : layer_blobs)
+    if (b.empty() || !std::filesystem::exists(b))
+      throw std::runtime_error("layer blob " + b.string() + " is not on disk (fetch it first)");
+  return lint(flatten(layer_blobs), config, opts);
 }
 
 bool has_errors(const std::vector<Finding>& findings) {

@@ -4,6 +4,9 @@
 // Rules (docs/modelcar.md): /models exists, is a directory and is not empty; sh, ln, sleep, ls and
 // [ are on PATH (through symlinks, as busybox applets are); no ENTRYPOINT; every file under
 // /models readable, and every directory searchable, by any uid; a `latest` tag is a warning.
+//
+// modelcar/ sits above layers/ and spec/ only: it lints an image given as values (a config and its
+// layer blobs), never reaching into the builder.
 #pragma once
 
 #include <cstdint>
@@ -14,7 +17,6 @@
 #include <string>
 #include <vector>
 
-#include "builder/image.h"
 
 namespace kiln::modelcar {
 
@@ -43,9 +45,6 @@ using Filesystem = std::map<std::string, Node>;
 /// `DIR/.wh..wh..opq` empties DIR of lower layers' entries. Reads headers only. Throws
 /// std::runtime_error naming the blob on a read error.
 Filesystem flatten(const std::vector<std::filesystem::path>& blobs);
-/// The filesystem of `img`; every layer's blob must be on disk (builder::fetch_layers for a
-/// registry image).
-Filesystem flatten(const builder::Image& img);
 
 /// Follows `path` (absolute or not, relative to the root) through symlinks, as the kernel would
 /// inside the image. Returns the resolved path ("" = the root), or nothing when it does not exist.
@@ -67,8 +66,11 @@ struct LintOptions {
 
 /// Checks a flattened filesystem against the image config (the full config JSON, with "config").
 std::vector<Finding> lint(const Filesystem& fs, const nlohmann::json& config, const LintOptions& opts);
-/// Flattens `img` and checks it.
-std::vector<Finding> lint(const builder::Image& img, const LintOptions& opts);
+/// Flattens an image's layer blobs (bottom first; each must be on disk: a registry image's layers
+/// are fetched first) and checks the result against its config. The image is a value here, a
+/// config and its blobs: the lint does not depend on how it was built or where it came from.
+std::vector<Finding> lint(const std::vector<std::filesystem::path>& layer_blobs, const nlohmann::json& config,
+                          const LintOptions& opts);
 
 bool has_errors(const std::vector<Finding>& findings);
 /// [{"code","severity","message"}, ...]

@@ -12,13 +12,6 @@
 namespace kiln::cli {
 namespace {
 
-/// Columns on a terminal: UTF-8 continuation bytes take none.
-std::size_t width(const std::string& s) {
-  std::size_t n = 0;
-  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
-  return n;
-}
-
 struct HistoryArgs {
   std::string name, id, id2;
   std::size_t limit = 0;
@@ -116,7 +109,7 @@ int run_show(Context& ctx, const HistoryArgs& a) {
   auto line = [](const std::string& k, const std::string& v) {
     if (!v.empty()) std::cout << "  " << k << std::string(k.size() < 16 ? 16 - k.size() : 1, ' ') << v << "\n";
   };
-  std::cout << "build " << r.id << "\n";
+  std::cout << (r.kind.empty() ? std::string("build") : r.kind) << " " << r.id << "\n";
   line("name:", r.name);
   line("repository:", r.repository);
   std::string status = r.status;
@@ -125,7 +118,8 @@ int run_show(Context& ctx, const HistoryArgs& a) {
   line("status:", status);
   line("failed step:", r.failed_step);
   line("message:", r.message);
-  line("spec:", r.spec_path + (r.spec_digest.empty() ? "" : " (" + short_digest(r.spec_digest) + ")"));
+  line(r.kind == "push" ? "source:" : r.kind == "modelcar" ? "model:" : "spec:",
+       r.spec_path + (r.spec_digest.empty() ? "" : " (" + short_digest(r.spec_digest) + ")"));
   line("tag:", r.tag);
   line("base:", r.base);
   line("inputs:", r.inputs_digest);

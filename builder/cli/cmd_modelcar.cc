@@ -4,16 +4,17 @@
 //   kiln modelcar verify REF|oci:DIR[:TAG]                           lint an existing image
 //   kiln k8s-patch --modelcar REF --mode init|sidecar|imagevolume    the pod spec fragment
 //
-// The build is the spec path of `kiln build` (modelcar::make_spec, then builder::prepare, build,
-// write_output, push_remote); the lint runs on the built image before anything is written.
+// The build is the spec path of `kiln build`: modelcar::make_spec, then the same build session
+// (session/session.h), which lints the image before anything is written and records the build in
+// the history (kind "modelcar").
 #include <algorithm>
 #include <iostream>
 
-#include "builder/build.h"
 #include "builder/cli/common.h"
 #include "builder/oci_layout.h"
 #include "builder/output.h"
 #include "builder/registry_io.h"
+#include "session/session.h"
 #include "modelcar/k8s.h"
 #include "modelcar/lint.h"
 #include "modelcar/spec.h"
@@ -54,18 +55,6 @@ void print_findings(const std::vector<modelcar::Finding>& findings, std::ostream
   for (const auto& f : findings) os << modelcar::to_string(f.severity) << " " << f.code << ": " << f.message << "\n";
 }
 
-json layers_json(const std::vector<builder::LayerReport>& ls) {
-  json arr = json::array();
-  for (const auto& l : ls)
-    arr.push_back({{"label", l.label},
-                   {"digest", l.digest},
-                   {"media_type", l.media_type},
-                   {"size", l.size},
-                   {"cache", l.cache_hit ? "hit" : "miss"},
-                   {"from_base", l.from_base}});
-  return arr;
-}
-
 std::string count(std::size_t n, const std::string& what) {
   return std::to_string(n) + " " + what + (n == 1 ? "" : "s");
 }
@@ -87,123 +76,43 @@ int run_build(Context& ctx, const ModelcarArgs& a) {
   if (a.outputs.empty() && a.push.empty()) throw std::invalid_argument("give -o/--output, --push, or both");
 
   modelcar::SpecRequest req{a.model_dir, a.base, a.name, "", a.platform};
-  std::optional<registry::Reference> target;
+  session::Options o;
+  o.kind = "modelcar";
+  o.skip_existing = false;  // the tag may be the user's own (v2, latest): always build
+  o.preflight = !a.skip_preflight;
+  o.lint_volume_only = a.volume_only;
+  o.push = session::Options::Push::Never;
   if (!a.push.empty()) {
-    target = registry::parse_reference(a.push);
-    if (!target->digest.empty()) throw std::invalid_argument("--push takes a tag, not a digest: '" + a.push + "'");
-    if (a.name.empty()) req.name = target->repository;
-    req.registry = target->registry;
+    registry::Reference target = registry::parse_reference(a.push);
+    if (!target.digest.empty()) throw std::invalid_argument("--push takes a tag, not a digest: '" + a.push + "'");
+    if (a.name.empty()) req.name = target.repository;
+    req.registry = target.registry;
+    if (!explicit_tag(a.push)) target.tag.clear();  // the spec's tag
+    o.push = session::Options::Push::Always;
+    o.push_to = target;
   }
-  std::vector<builder::OutputTarget> targets;
-  for (const auto& o : a.outputs) targets.push_back(builder::parse_output(o));
+  for (const auto& t : a.outputs) o.outputs.push_back(builder::parse_output(t));
   spec::ImageSpec s = modelcar::make_spec(req);
+  o.build = build_options(ctx);
 
-  layers::Store store = ctx.open_store();
-  builder::RegistrySession session(ctx.registry_settings(), &ctx.view);
-  builder::BuildOptions opts;
-  opts.store = &store;
-  opts.registries = &session;
-  opts.progress = &ctx.view;
-  opts.jobs = ctx.jobs();
-  opts.source_date_epoch = source_date_epoch_from_env();
+  Resources res;
+  open_resources(ctx, res);
+  session::Session sess(res.env);
+  session::Outcome r = sess.build(s, a.model_dir, o);
+  if (!r.ok()) return report_failure(r.failure, ctx.common);
 
-  if (target && !a.skip_preflight) {  // a forbidden target fails before the model is hashed
-    builder::PreflightReport pre = builder::preflight(session, target->name(), /*describe_repository=*/false);
-    for (const auto& st : pre.steps)
-      ctx.view.log(std::string("preflight ") + (st.ok ? "ok   " : "FAIL ") + st.name + ": " + st.message);
-    if (!pre.ok)
-      throw registry::RegistryError(pre.failure.value_or(registry::RegistryError::Kind::Protocol),
-                                    "preflight failed at '" + pre.steps.back().name + "': " + pre.steps.back().message);
-  }
-
-  builder::Prepared prep = builder::prepare(s, opts);
-  for (const auto& w : prep.files.warnings) ctx.view.warn(w);
-  if (std::none_of(prep.files.source.begin(), prep.files.source.end(),
-                   [](const layers::FileEntry& f) { return f.type != layers::FileEntry::Type::Dir; }))
-    throw layers::InputError("the model directory '" + s.source_root->string() +
-                             "' holds no file (after .dockerignore): /models would be empty");
-  builder::BuildResult r = builder::build(prep, opts);
-  builder::fetch_layers(session, r.image, store);  // a registry base's layers: the lint reads them
-
-  // The lint, before anything leaves the cache.
-  if (target && !explicit_tag(a.push)) target->tag = prep.tag;
-  modelcar::LintOptions lo;
-  lo.volume_only = a.volume_only;
-  std::vector<std::string> tags;
-  for (const auto& t : targets) tags.push_back(t.tag.empty() ? prep.tag : t.tag);
-  if (target) tags.push_back(target->tag);
-  for (const auto& t : tags)
-    if (lo.tag.empty() || t == "latest") lo.tag = t;
-  std::vector<modelcar::Finding> findings = modelcar::lint(r.image, lo);
-  for (const auto& f : findings)
-    if (f.severity == modelcar::Finding::Severity::Warning) ctx.view.warn(f.code + ": " + f.message);
-  if (modelcar::has_errors(findings)) {
-    auto [errors, warnings] = tally(findings);
-    std::string msg =
-        "the modelcar image fails its lint (" + count(errors, "error") + "); nothing was written or pushed";
-    for (const auto& f : findings)
-      if (f.severity == modelcar::Finding::Severity::Error)
-        std::cerr << "kiln: lint error " << f.code << ": " << f.message << "\n";
-    std::cerr << "kiln: error: " << msg << std::endl;
-    if (ctx.common.json_out)
-      std::cout << json{{"status", "failed"},
-                        {"exit_code", kUsage},
-                        {"error_class", "permanent"},
-                        {"error_kind", "lint"},
-                        {"message", msg},
-                        {"digest", r.manifest_digest},
-                        {"lint", modelcar::to_json(findings)}}
-                       .dump(2)
-                << std::endl;
-    return kUsage;
-  }
-
-  json outs = json::array();
-  for (const auto& t : targets) {
-    std::string d = builder::write_output(r.image, t, prep.repository, prep.tag);
-    ctx.view.log("wrote " + t.text + " (" + d.substr(0, 19) + ")");
-    outs.push_back({{"target", t.text}, {"digest", d}});
-  }
-  json pushed = nullptr;
-  std::string reference = prep.repository + "@" + r.manifest_digest;
-  if (target) {
-    builder::PushResult pr = builder::push_remote(session, r.image, *target, store);
-    ctx.view.log("pushed " + pr.reference + " (" + std::to_string(pr.uploaded) + " blob(s) uploaded, " +
-                 std::to_string(pr.skipped) + " already there, " + std::to_string(pr.mounted) + " mounted)");
-    if (!pr.previous_digest.empty())
-      ctx.view.warn("tag " + target->name() + ":" + target->tag + " moved from " + pr.previous_digest + " to " +
-                    pr.digest);
-    pushed = {{"reference", pr.reference}, {"digest", pr.digest},   {"uploaded", pr.uploaded},
-              {"skipped", pr.skipped},     {"mounted", pr.mounted}, {"bytes_uploaded", pr.bytes_uploaded}};
-    reference = target->name() + "@" + pr.digest;
-  }
-  std::size_t hits = 0, built = 0;
-  for (const auto& l : r.layers)
-    if (!l.from_base) (l.cache_hit ? hits : built)++;
-  ctx.view.log("built modelcar " + prep.image_ref() + ": " + std::to_string(built) + " layer(s) written, " +
-               std::to_string(hits) + " from cache");
-
+  std::string reference =
+      r.pushed ? r.push_target->name() + "@" + r.pushed->digest : r.repository + "@" + r.digest;
   if (ctx.common.json_out) {
-    auto base = r.image.annotations.find("org.opencontainers.image.base.digest");
-    std::cout << json{{"status", "success"},
-                      {"image", prep.image_ref()},
-                      {"repository", prep.repository},
-                      {"tag", prep.tag},
-                      {"digest", r.manifest_digest},
-                      {"reference", reference},
-                      {"config_digest", r.config_digest},
-                      {"spec_hash", prep.spec_hash},
-                      {"model_digest", prep.source_digest},
-                      {"base_digest", base == r.image.annotations.end() ? json(nullptr) : json(base->second)},
-                      {"spec", modelcar::spec_json(req)},
-                      {"outputs", outs},
-                      {"pushed", pushed},
-                      {"layers", layers_json(r.layers)},
-                      {"lint", modelcar::to_json(findings)},
-                      {"timings", r.timings},
-                      {"warnings", r.warnings}}
-                     .dump(2)
-              << std::endl;
+    json j = outcome_json(r);
+    auto base = r.annotations.find("org.opencontainers.image.base.digest");
+    j["reference"] = reference;
+    j["model_digest"] = r.source_digest;
+    j["base_digest"] = base == r.annotations.end() ? json(nullptr) : json(base->second);
+    j["spec"] = modelcar::spec_json(req);
+    j["lint"] = modelcar::to_json(r.lint);
+    j.erase("source");
+    std::cout << j.dump(2) << std::endl;
   } else {
     std::cout << reference << std::endl;
   }
@@ -236,7 +145,7 @@ int run_verify(Context& ctx, const VerifyArgs& a) {
     lo.tag = ref.tag;  // "latest" when the reference names none
     shown = ref.name() + (ref.tag.empty() ? "" : ":" + ref.tag);
   }
-  std::vector<modelcar::Finding> findings = modelcar::lint(img, lo);
+  std::vector<modelcar::Finding> findings = session::lint_modelcar(img, lo);
   auto [errors, warnings] = tally(findings);
   if (ctx.common.json_out) {
     std::cout << json{{"status", errors ? "failed" : "ok"},

@@ -1,13 +1,11 @@
 // kiln push oci:DIR[:TAG] REF: copy an image from an OCI layout to a registry — blobs the
-// registry has are skipped, the manifest goes last. The same sink as `kiln build --push`.
+// registry has are skipped, the manifest goes last. The same sink as `kiln build --push`, through a
+// build session: the push is recorded in the history (kind "push", with tag_moved_from).
 #include <iostream>
 
 #include "builder/cli/common.h"
-#include "builder/oci_layout.h"
-#include "builder/registry_io.h"
 #include "registry/reference.h"
-
-namespace fs = std::filesystem;
+#include "session/session.h"
 
 namespace kiln::cli {
 
@@ -22,30 +20,26 @@ void add_push_command(CLI::App& app, Common& c, std::vector<Command>& out) {
   push->add_option("--platform", a->platform, "Platform to pick from an image index");
   add_common_options(push, c);
   add_registry_options(push, c);
-  out.push_back({push, [a](Context& ctx) {
+  out.push_back({push, [a](Context& ctx) -> int {
                    if (a->src.rfind("oci:", 0) != 0)
                      throw std::invalid_argument("'" + a->src + "': the source must be oci:DIR[:TAG]");
                    registry::Reference target = registry::parse_reference(a->dest);
                    if (!target.digest.empty())
                      throw std::invalid_argument("'" + a->dest + "': push to a tag, not a digest");
-                   fs::path dir;
-                   std::string tag;
-                   builder::split_oci_ref(a->src, &dir, &tag);
-                   builder::LayoutImage li = builder::read_oci_layout(dir, tag, a->platform);
-                   layers::Store store = ctx.open_store();
-                   builder::RegistrySession session(ctx.registry_settings(), &ctx.view);
-                   builder::PushResult pr = builder::push_remote(session, li.image, target, store);
-                   if (pr.digest != li.manifest_digest)
-                     ctx.view.warn("the registry holds the manifest as " + pr.digest + ", the layout as " +
-                                   li.manifest_digest);
-                   if (!pr.previous_digest.empty())
-                     ctx.view.warn("tag " + target.name() + ":" + target.tag + " moved from " + pr.previous_digest);
+                   Resources res;
+                   open_resources(ctx, res);
+                   session::Session sess(res.env);
+                   session::Outcome r = sess.push(a->src, a->platform, target, session::Options{});
+                   if (!r.ok()) return report_failure(r.failure, ctx.common);
+                   const builder::PushResult& pr = *r.pushed;
                    if (ctx.common.json_out) {
                      std::cout << json{{"status", "success"},    {"reference", pr.reference}, {"digest", pr.digest},
                                        {"uploaded", pr.uploaded}, {"skipped", pr.skipped},     {"mounted", pr.mounted},
                                        {"bytes_uploaded", pr.bytes_uploaded},
                                        {"previous_digest", pr.previous_digest.empty() ? json(nullptr)
-                                                                                      : json(pr.previous_digest)}}
+                                                                                      : json(pr.previous_digest)},
+                                       {"build_id", r.build_id},
+                                       {"log_path", r.log_path.empty() ? json(nullptr) : json(r.log_path)}}
                                        .dump(2)
                                << std::endl;
                    } else {

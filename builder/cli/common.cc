@@ -10,13 +10,8 @@
 #include <system_error>
 #include <thread>
 
-#include "builder/build.h"
-#include "builder/oci_layout.h"
-#include "history/build_log.h"
-#include "builder/errors.h"
-#include "layers/fileset.h"
-#include "registry/client.h"
-#include "spec/image_spec.h"
+#include "modelcar/lint.h"
+#include "registry/reference.h"
 
 namespace fs = std::filesystem;
 
@@ -60,52 +55,6 @@ void add_common_options(CLI::App* sub, Common& c) {
   sub->add_option("-j,--jobs", c.jobs, "Threads for hashing and layer writing (default: cores)");
 }
 
-Failure classify(const std::exception& e) {
-  if (auto* s = dynamic_cast<const spec::SpecError*>(&e)) return {kUsage, "permanent", "spec", s->what(), s->field()};
-  if (auto* st = dynamic_cast<const builder::StepError*>(&e)) {
-    Failure f{kBuildFailed, "permanent", "step", st->what(), ""};
-    f.step = st->step();
-    if (st->exit_code() >= 0) f.step_exit_code = st->exit_code();
-    return f;
-  }
-  if (auto* n = dynamic_cast<const builder::NotFoundError*>(&e)) return {kNotFound, "permanent", "not_found", n->what(), ""};
-  if (auto* b = dynamic_cast<const BusyError*>(&e)) return {kTransient, "transient", "busy", b->what(), ""};
-  if (auto* b = dynamic_cast<const builder::BaseError*>(&e)) return {kUsage, "permanent", "base", b->what(), ""};
-  if (auto* i = dynamic_cast<const layers::InputError*>(&e)) return {kUsage, "permanent", "input", i->what(), ""};
-  if (auto* r = dynamic_cast<const registry::RegistryError*>(&e)) {
-    using K = registry::RegistryError::Kind;
-    int code = kInternal;
-    switch (r->kind()) {
-      case K::Unauthorized: code = kAuth; break;
-      case K::Denied: code = kDenied; break;
-      case K::NameUnknown:
-      case K::ManifestUnknown:
-      case K::BlobUnknown: code = kNotFound; break;
-      case K::Unreachable:
-      case K::Transient: code = kTransient; break;
-      case K::Protocol: code = kInternal; break;
-    }
-    return {code, r->transient() ? "transient" : "permanent", registry::RegistryError::kind_name(r->kind()), r->what(), ""};
-  }
-  if (auto* a = dynamic_cast<const std::invalid_argument*>(&e)) return {kUsage, "permanent", "usage", a->what(), ""};
-  if (auto* se = dynamic_cast<const std::system_error*>(&e)) {
-    if (se->code() == std::errc::no_such_file_or_directory) return {kNotFound, "permanent", "not_found", se->what(), ""};
-    return {kInternal, "permanent", "system", se->what(), ""};
-  }
-  if (auto* fe = dynamic_cast<const fs::filesystem_error*>(&e)) return {kInternal, "permanent", "system", fe->what(), ""};
-  return {kInternal, "permanent", "internal", e.what(), ""};
-}
-
-Failure classify(std::exception_ptr e) {
-  try {
-    std::rethrow_exception(e);
-  } catch (const std::exception& x) {
-    return classify(x);
-  } catch (...) {
-    return {kInternal, "permanent", "internal", "unknown error", ""};
-  }
-}
-
 json failure_json(const Failure& f) {
   auto opt = [](const std::string& s) { return s.empty() ? json(nullptr) : json(s); };
   json j = {{"status", "failed"},
@@ -121,6 +70,8 @@ json failure_json(const Failure& f) {
   if (!f.build_id.empty()) j["build_id"] = f.build_id;
   if (!f.spec_path.empty()) j["spec"] = f.spec_path;
   if (f.cancelled) j["cancelled"] = true;
+  if (!f.digest.empty()) j["digest"] = f.digest;
+  if (!f.lint.empty()) j["lint"] = modelcar::to_json(f.lint);
   return j;
 }
 
@@ -194,6 +145,9 @@ void annotate_github(const Failure& f) {
 }
 
 int report_failure(const Failure& f, const Common& c) {
+  for (const auto& l : f.lint)
+    if (l.severity == modelcar::Finding::Severity::Error)
+      std::fprintf(stderr, "kiln: lint error %s: %s\n", l.code.c_str(), l.message.c_str());
   if (f.kind == "step" && !f.step.empty()) {
     std::fprintf(stderr, "kiln: error: %s: %s\n", f.step.c_str(), f.message.c_str());
   } else {
@@ -212,6 +166,86 @@ std::unique_ptr<history::HistoryDb> open_history(ProgressView& view) {
     view.warn(std::string("build history unavailable, this build is not recorded: ") + e.what());
     return nullptr;
   }
+}
+
+void open_resources(Context& ctx, Resources& r) {
+  try {
+    r.store.emplace(ctx.open_store());
+    r.env.store = &*r.store;
+  } catch (...) {
+    r.env.store_error = std::current_exception();  // reported (and recorded) by each build
+  }
+  r.history = open_history(ctx.view);
+  r.env.history = r.history.get();
+  r.env.progress = &ctx.view;
+  r.env.registry = ctx.registry_settings();
+}
+
+builder::BuildOptions build_options(Context& ctx, int jobs) {
+  builder::BuildOptions opts;
+  opts.jobs = jobs > 0 ? jobs : ctx.jobs();
+  opts.source_date_epoch = source_date_epoch_from_env();
+  return opts;
+}
+
+json layers_json(const std::vector<builder::LayerReport>& ls) {
+  json arr = json::array();
+  for (const auto& l : ls) {
+    json j = {{"label", l.label},       {"digest", l.digest}, {"diff_id", l.diff_id},
+              {"media_type", l.media_type}, {"size", l.size}, {"cache", l.cache_hit ? "hit" : "miss"},
+              {"from_base", l.from_base}};
+    if (!l.from_base) {
+      j["uncompressed_size"] = l.tar_size;
+      j["files"] = l.files;
+      j["seconds"] = l.seconds;
+    }
+    arr.push_back(j);
+  }
+  return arr;
+}
+
+namespace {
+json outputs_json(const session::Outcome& o) {
+  json outs = json::array();
+  for (const auto& w : o.outputs) outs.push_back({{"target", w.target}, {"digest", w.digest}});
+  return outs;
+}
+}  // namespace
+
+json outcome_json(const session::Outcome& o) {
+  auto opt = [](const std::string& s) { return s.empty() ? json(nullptr) : json(s); };
+  json j;
+  if (o.status == "exists") {
+    registry::Reference done = *o.push_target;
+    done.digest = o.digest;
+    j = {{"status", "exists"}, {"image", o.image}, {"digest", o.digest}, {"reference", done.str()},
+         {"tag", o.tag},       {"spec_hash", o.spec_hash}, {"outputs", outputs_json(o)}};
+  } else {
+    json pushed = nullptr;
+    if (o.pushed) {
+      const auto& pr = *o.pushed;
+      pushed = {{"reference", pr.reference}, {"digest", pr.digest},   {"uploaded", pr.uploaded},
+                {"skipped", pr.skipped},     {"mounted", pr.mounted}, {"bytes_uploaded", pr.bytes_uploaded},
+                {"previous_digest", opt(pr.previous_digest)}};
+    }
+    j = {{"status", "success"},
+         {"image", o.image},
+         {"repository", o.repository},
+         {"tag", o.tag},
+         {"digest", o.digest},
+         {"reference", o.repository + "@" + o.digest},
+         {"config_digest", o.config_digest},
+         {"spec_hash", o.spec_hash},
+         {"outputs", outputs_json(o)},
+         {"layers", layers_json(o.layers)},
+         {"timings", o.timings},
+         {"warnings", o.warnings},
+         {"pushed", pushed}};
+    if (o.has_source) j["source"] = {{"digest", o.source_digest}, {"dest", o.source_dest}, {"copy_mode", o.copy_mode}};
+  }
+  j["build_id"] = o.build_id;
+  j["log_path"] = opt(o.log_path);
+  return j;
 }
 
 std::int64_t source_date_epoch_from_env() {

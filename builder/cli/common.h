@@ -17,6 +17,7 @@
 #include "builder/registry_io.h"
 #include "history/history.h"
 #include "layers/store.h"
+#include "session/session.h"
 
 namespace kiln::cli {
 
@@ -54,24 +55,9 @@ void add_common_options(CLI::App* sub, Common& c);
 /// Adds --insecure-allow-http, --insecure-skip-tls-verify, --registry-ca, --registry-config.
 void add_registry_options(CLI::App* sub, Common& c);
 
-/// A failure with its exit code and class, for the human line and the --json object. For a
-/// build, it also says which step failed and where its log is.
-struct Failure {
-  int code = kInternal;
-  std::string error_class = "permanent";  // "permanent" | "transient"
-  std::string kind = "internal";          // "usage", "spec", "input", "step", "not_found", "busy", ...
-  std::string message;
-  std::string field;                      // the spec field at fault, if known
-  std::string step;                       // failed_step: "spec", "prepare", "layer …", "push", ...
-  std::optional<int> step_exit_code;      // the failed step's command status (steps running commands)
-  std::string log_path;
-  std::vector<std::string> log_tail;
-  std::string spec_path;                  // the spec the failure is about ("-" = stdin)
-  std::string build_id;
-  bool cancelled = false;                 // --fail-fast stopped it: another build failed first
-};
-Failure classify(const std::exception& e);
-Failure classify(std::exception_ptr e);
+/// A failure (exit code, class, kind, step, log) and its classification: the library's.
+using session::Failure;
+using session::classify;
 /// The --json failure object: status "failed", exit_code, error_class, error_kind, message,
 /// failed_step, step_exit_code, log_path, log_tail (and field, build_id, spec when known).
 json failure_json(const Failure& f);
@@ -81,17 +67,34 @@ void annotate_github(const Failure& f);
 /// Prints the failure (stderr line, annotation, --json object on stdout); returns its exit code.
 int report_failure(const Failure& f, const Common& c);
 
-/// Another process is building the same image name right now, and --no-wait was given.
-class BusyError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
+/// What a build session shares, from the flags: the store (or why it cannot be opened), the
+/// history (or none, with a warning), the view, the registry settings.
+struct Resources {
+  std::optional<layers::Store> store;
+  std::unique_ptr<history::HistoryDb> history;
+  session::Environment env;
 };
+void open_resources(Context& ctx, Resources& r);
+/// The build options from the flags and the environment (threads, SOURCE_DATE_EPOCH).
+builder::BuildOptions build_options(Context& ctx, int jobs = 0);
+/// The --json form of a build's layers and of a successful build.
+json layers_json(const std::vector<builder::LayerReport>& ls);
+json outcome_json(const session::Outcome& o);
+
+/// Another process is building the same image name right now, and --no-wait was given.
+using session::BusyError;
 
 /// The build records (HistoryDb::default_dir()); null, with a warning, when they cannot be opened:
 /// a build goes on without its record rather than fail for it.
 std::unique_ptr<history::HistoryDb> open_history(ProgressView& view);
 
 std::int64_t source_date_epoch_from_env();
+/// Columns on a terminal: UTF-8 continuation bytes take none.
+inline std::size_t width(const std::string& s) {
+  std::size_t n = 0;
+  for (unsigned char c : s) n += (c & 0xC0) != 0x80;
+  return n;
+}
 std::vector<std::string> read_module_list(const std::string& file);
 
 // Each command file registers its subcommands.

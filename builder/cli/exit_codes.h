@@ -1,17 +1,19 @@
-// kiln's exit codes: stable, documented in README.md ("Exit codes"). SDKs branch on them.
+// kiln's exit codes: stable, documented in README.md ("Exit codes"). SDKs branch on them. They are
+// the library's (session/failure.h): a build session records them with each failure.
 #pragma once
+
+#include "session/failure.h"
 
 namespace kiln::cli {
 
-enum ExitCode : int {
-  kOk = 0,
-  kInternal = 1,        // a bug or an unexpected system failure
-  kUsage = 2,           // bad command line, bad spec, bad input files: fix and re-run
-  kBuildFailed = 3,     // a build step failed
-  kAuth = 4,            // authentication failed: no credentials, or rejected ones
-  kNotFound = 5,        // reference, repository, tag or file not found
-  kTransient = 6,       // registry or network trouble (unreachable, 5xx, 429): safe to retry
-  kDenied = 7,          // authenticated, but not permitted (e.g. push with a pull-only token)
-};
+using session::ExitCode;
+using session::kOk;
+using session::kInternal;
+using session::kUsage;
+using session::kBuildFailed;
+using session::kAuth;
+using session::kNotFound;
+using session::kTransient;
+using session::kDenied;
 
 }  // namespace kiln::cli

@@ -3,7 +3,10 @@
 # ($KILN_STATE_DIR, else $XDG_STATE_HOME/kiln); reusing a name adds records and deletes none;
 # `kiln history`, `kiln show` (and --log), `kiln diff` naming the changed spec field and layer; a
 # build killed mid-way reads as interrupted; and a push that moves an existing remote tag says so in
-# the log and the record, keeping the old digest, so a rollback is one push by digest.
+# the log and the record, keeping the old digest, so a rollback is one push by digest. A tag that
+# exists in the registry skips the build but still writes every -o output (from the registry's
+# image) and --image-refs, or fails; `kiln push` and `kiln modelcar` are recorded like builds (kind
+# push / modelcar), with the tag they moved.
 source "$(dirname "$0")/lib.sh"
 source "$(dirname "$0")/registry/registry_lib.sh"
 need_tools skopeo seq
@@ -144,3 +147,79 @@ assert_match "$(sed -n 2p <<<"$OUT")" "success \(tag moved\)" "history shows the
 skopeo copy --quiet --src-tls-verify=false --dest-tls-verify=false "docker://${IMAGE%:*}@$P1" "docker://$IMAGE" >/dev/null 2>"$T/skopeo.err" ||
   fail "rollback by digest failed: $(cat "$T/skopeo.err")"
 assert_eq "$P1" "$(skopeo inspect --tls-verify=false "docker://$IMAGE" | jget "j['Digest']")" "rollback: the tag names the old digest again"
+
+# ---- the tag exists: nothing is built, but every requested output is still written ------------------
+echo "{\"name\": \"hist-exists\", \"registry\": \"$REG_ADDR\", \"source_root\": \"app\", \"source_copy_mode\": \"all\"}" >"$W/exists.json"
+build_ok "$W/exists.json"
+EX_DIGEST=$(jget "j['digest']" <<<"$OUT")
+EX_TAG=$(jget "j['tag']" <<<"$OUT")
+# Another machine: a fresh cache, so the image can only come from the registry.
+kiln build "$W/exists.json" --json --progress plain --cache "$T/cache-exists" \
+  -o "oci:$T/ex" -o "docker-archive:$T/ex.tar" --image-refs "$T/ex-refs.txt"
+assert_eq 0 "$RC" "exists with outputs: exit 0"$'\n'"$ERR"
+assert_eq "exists $EX_DIGEST" "$(jget "j['status'] + ' ' + j['digest']" <<<"$OUT")" "exists with outputs: status exists, the registry's digest"
+assert_eq "oci:$T/ex $EX_DIGEST docker-archive:$T/ex.tar $EX_DIGEST" \
+  "$(jget "' '.join(o['target'] + ' ' + o['digest'] for o in j['outputs'])" <<<"$OUT")" "exists with outputs: both outputs written, with the digest"
+assert_contains "$ERR" "the outputs get the registry's image" "exists with outputs: said on stderr"
+assert_eq "$EX_DIGEST" "$(jget "[m['digest'] for m in j['manifests'] if m['annotations']['org.opencontainers.image.ref.name'] == '$EX_TAG'][0]" "$T/ex/index.json")" \
+  "exists with outputs: the layout's tag names the registry's digest"
+oci_validate --no-unpack "$T/ex" "$EX_TAG"
+if layout_blobs_ok "$T/ex"; then pass; else fail "exists with outputs: the layout's blobs match their digests"; fi
+skopeo inspect "docker-archive:$T/ex.tar" >"$T/ex-tar.json" 2>"$T/skopeo.err" || fail "skopeo reads the archive: $(cat "$T/skopeo.err")"
+assert_eq "$REG_ADDR/hist-exists:$EX_TAG@$EX_DIGEST" "$(cat "$T/ex-refs.txt")" "exists: --image-refs gets the reference too"
+kiln show "$(jget "j['build_id']" <<<"$OUT")" --json
+assert_eq "exists [\"docker-archive:$T/ex.tar\", \"oci:$T/ex\"]" "$(jget "j['status'] + ' ' + json.dumps(j['outputs'])" <<<"$OUT")" \
+  "exists with outputs: the record keeps the outputs, in commit order (archives, then layout tags)"
+# An output that cannot be written fails the run: never exit 0 with an output skipped.
+touch "$T/not-a-dir"
+kiln build "$W/exists.json" --json --progress quiet --cache "$T/cache-exists" -o "oci:$T/not-a-dir/layout"
+assert_ne 0 "$RC" "exists with an unwritable output: not exit 0"
+assert_eq "failed output oci:$T/not-a-dir/layout" "$(jget "j['status'] + ' ' + j['failed_step']" <<<"$OUT")" \
+  "exists with an unwritable output: the output step failed"
+
+# ---- kiln push is recorded like a build, with the tag it moved ------------------------------------
+echo '{"name": "other", "source_root": "app", "source_copy_mode": "all", "env": {"OTHER": "2"}}' >"$W/other2.json"
+build_ok "$W/other2.json" -o "oci:$T/other:o2"
+P3=$(jget "j['digest']" <<<"$OUT")
+kiln push "oci:$T/other:o" "$REG_ADDR/hist-layout:v1" --json --progress quiet
+assert_eq 0 "$RC" "kiln push"$'\n'"$ERR"
+PUSH_ID1=$(jget "j['build_id']" <<<"$OUT")
+kiln push "oci:$T/other:o2" "$REG_ADDR/hist-layout:v1" --json --progress plain
+assert_eq 0 "$RC" "kiln push that moves the tag"
+PUSH_ID2=$(jget "j['build_id']" <<<"$OUT")
+assert_contains "$ERR" "moved from $P1 to $P3" "kiln push: the moved tag is said"
+kiln history "$REG_ADDR/hist-layout" --json
+assert_eq "$PUSH_ID2 $PUSH_ID1" "$(jget "' '.join(r['id'] for r in j)" <<<"$OUT")" "kiln push: both pushes in the history"
+assert_eq "push push success success" "$(jget "' '.join([r['kind'] for r in j] + [r['status'] for r in j])" <<<"$OUT")" \
+  "kiln push: recorded as pushes, succeeded"
+assert_eq "$P1 $P3 None" "$(jget "' '.join([j[0]['tag_moved_from'], j[0]['image_digest'], str(j[1]['tag_moved_from'])])" <<<"$OUT")" \
+  "kiln push: the second record keeps the digest the tag moved from"
+assert_eq "[\"$REG_ADDR/hist-layout:v1@$P3\"] oci:$T/other:o2" "$(jget "json.dumps(j[0]['pushed']) + ' ' + j[0]['spec_path']" <<<"$OUT")" \
+  "kiln push: the record keeps the pushed reference and the source"
+assert_contains "$(cat "$(jget "j[0]['log_path']" <<<"$OUT")")" "pushed $REG_ADDR/hist-layout:v1@$P3" "kiln push: the push has a log"
+kiln show "$PUSH_ID2"
+assert_contains "$OUT" "push $PUSH_ID2" "kiln show: a push says it is one"
+assert_contains "$OUT" "source:         oci:$T/other:o2" "kiln show: and names its source"
+kiln push "oci:$T/other:nope" "$REG_ADDR/hist-layout:v1" --json --progress quiet
+assert_eq 5 "$RC" "kiln push of a missing tag: exit 5"
+kiln show "$(jget "j['build_id']" <<<"$OUT")" --json
+assert_eq "push failed 5 source" "$(jget "' '.join(str(j[k]) for k in ('kind', 'status', 'exit_code', 'failed_step'))" <<<"$OUT")" \
+  "kiln push: a failed push is recorded"
+
+# ---- kiln modelcar is recorded like a build, with the tag it moved -----------------------------------
+mkdir -p "$W/model"
+echo '{"w": 1}' >"$W/model/config.json"
+kiln modelcar "$W/model" --base scratch --volume-only --push "$REG_ADDR/hist-mc:v1" -o "oci:$T/mc" --json --progress quiet
+assert_eq 0 "$RC" "kiln modelcar"$'\n'"$ERR"
+MC1=$(jget "j['digest']" <<<"$OUT")
+echo '{"w": 2}' >"$W/model/config.json"
+kiln modelcar "$W/model" --base scratch --volume-only --push "$REG_ADDR/hist-mc:v1" --json --progress quiet
+assert_eq 0 "$RC" "kiln modelcar, the model changed"
+MC2=$(jget "j['digest']" <<<"$OUT")
+MC_ID2=$(jget "j['build_id']" <<<"$OUT")
+kiln history "$REG_ADDR/hist-mc" --json
+assert_eq "$MC_ID2 modelcar modelcar success success" "$(jget "' '.join([j[0]['id']] + [r['kind'] for r in j] + [r['status'] for r in j])" <<<"$OUT")" \
+  "kiln modelcar: both builds in the history, as modelcars"
+assert_eq "$MC1 $MC2" "$(jget "j[0]['tag_moved_from'] + ' ' + j[0]['image_digest']" <<<"$OUT")" "kiln modelcar: the record keeps the tag move"
+assert_eq "[\"oci:$T/mc\"] $W/model" "$(jget "json.dumps(j[1]['outputs']) + ' ' + j[1]['spec_path']" <<<"$OUT")" \
+  "kiln modelcar: the record keeps the outputs and the model directory"

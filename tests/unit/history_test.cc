@@ -16,7 +16,6 @@
 #include <thread>
 #include <vector>
 
-#include "builder/progress.h"
 #include "history/build_log.h"
 #include "layers/digest.h"
 #include "layers/store.h"
@@ -292,45 +291,32 @@ TEST_CASE("history: NameLock excludes a second holder until released", "[history
   CHECK(got.load());
 }
 
-namespace {
-struct Collect : kiln::builder::Progress {
-  std::vector<std::string> lines;
-  void log(const std::string& l) override { lines.push_back(l); }
-  void begin(const std::string&, const std::string&, std::uint64_t) override {}
-  void advance(const std::string&, std::uint64_t) override {}
-  void end(const std::string&, const std::string& s) override { lines.push_back(s); }
-};
-}  // namespace
-
-TEST_CASE("history: BuildLog passes lines on, keeps them in its file, and cancels layer work", "[history]") {
+TEST_CASE("history: BuildLog keeps the lines in its file, and its tail", "[history]") {
   TempDir d;
-  Collect inner;
-  BuildLog log(inner, d / "b.log", "[x] ");
-  log.log("one");
-  log.warn("two");
-  log.note("three");
-  log.begin("layer0", "layer big", 10);
-  log.end("layer0", "layer big: done");
-  CHECK(inner.lines == std::vector<std::string>{"[x] one", "warning: [x] two", "[x] layer big: done"});
-  CHECK(log.tail(2) == std::vector<std::string>{"layer big ...", "layer big: done"});
-  CHECK(kiln::testutil::read_file(d / "b.log") == "one\nwarning: two\nthree\nlayer big ...\nlayer big: done\n");
-
-  std::atomic<bool> cancel{false};
-  log.watch(&cancel);
-  log.advance("layer0", 1);
-  log.checkpoint();
-  cancel = true;
-  log.advance("pull1", 1);  // not a layer: registry transfers are never interrupted mid-callback
-  CHECK_FALSE(log.cancelled());
-  CHECK_THROWS_AS(log.advance("layer1", 1), Cancelled);
-  CHECK(log.cancelled());
-  CHECK_THROWS_AS(log.checkpoint(), Cancelled);
+  BuildLog log(d / "b.log");
+  log.line("one");
+  log.line("warning: two");
+  log.line("three");
+  CHECK(log.path() == (d / "b.log").string());
+  CHECK(log.tail(2) == std::vector<std::string>{"warning: two", "three"});
+  CHECK(kiln::testutil::read_file(d / "b.log") == "one\nwarning: two\nthree\n");
+  // Reopened (a build's log is appended to, never truncated).
+  {
+    BuildLog again(d / "b.log");
+    again.line("four");
+  }
+  CHECK(kiln::testutil::read_file(d / "b.log") == "one\nwarning: two\nthree\nfour\n");
   // Without a file, the tail comes from memory.
-  BuildLog nofile(inner, "");
-  nofile.log("a");
-  nofile.log("b");
+  BuildLog nofile("");
+  nofile.line("a");
+  nofile.line("b");
   CHECK(nofile.path().empty());
   CHECK(nofile.tail(1) == std::vector<std::string>{"b"});
+  // A file that cannot be created: the log goes on without it.
+  BuildLog bad(d / "no-such-dir" / "x.log");
+  bad.line("c");
+  CHECK(bad.path().empty());
+  CHECK(bad.tail(5) == std::vector<std::string>{"c"});
 }
 
 TEST_CASE("store: lock_layer makes a second writer wait, and tells it so", "[history][store]") {
@@ -382,4 +368,44 @@ TEST_CASE("store: a layer whose blob no longer matches its digest is a miss, and
   fs::remove(d / "cache" / "verified" / std::string(kiln::layers::digest_hex(digest)));
   CHECK(store.find_layer("key"));
   CHECK(fs::exists(d / "cache" / "verified" / std::string(kiln::layers::digest_hex(digest))));
+}
+
+TEST_CASE("history: a version 1 database gains the kind column; its rows read as builds", "[history]") {
+  TempDir d;
+  fs::create_directories(d / "state");
+  {
+    sqlite3* db = nullptr;
+    REQUIRE(sqlite3_open((d / "state" / "builds.db").c_str(), &db) == SQLITE_OK);
+    const char* v1 = R"SQL(
+      PRAGMA journal_mode=WAL;
+      CREATE TABLE builds (id TEXT PRIMARY KEY, name TEXT NOT NULL, repository TEXT NOT NULL, tag TEXT,
+        spec_path TEXT, spec_digest TEXT, inputs_digest TEXT, image_digest TEXT, config_digest TEXT, base TEXT,
+        outputs TEXT, pushed TEXT, tag_moved_from TEXT, status TEXT NOT NULL, exit_code INTEGER, error_class TEXT,
+        error_kind TEXT, failed_step TEXT, message TEXT, started_ms INTEGER NOT NULL, finished_ms INTEGER,
+        timings TEXT, spec TEXT, layers TEXT, warnings TEXT, log_path TEXT, host TEXT, pid INTEGER);
+      INSERT INTO builds (id, name, repository, status, started_ms, finished_ms)
+        VALUES ('01J9Z3K8Q6M0V7W2X4Y5Z6A7B8', 'old', 'old', 'success', 1, 2);
+      PRAGMA user_version=1;
+    )SQL";
+    REQUIRE(sqlite3_exec(db, v1, nullptr, nullptr, nullptr) == SQLITE_OK);
+    sqlite3_close(db);
+  }
+  HistoryDb db(d / "state");
+  auto old = db.get("01J9Z3K8Q6M0V7W2X4Y5Z6A7B8");
+  REQUIRE(old);
+  CHECK(old->kind == "build");
+  CHECK(old->to_json()["kind"] == "build");
+  Record p = Record::start();
+  p.kind = "push";
+  p.name = "old";
+  p.repository = "old";
+  p.status = "success";
+  db.append(p);
+  auto got = db.get(p.id);
+  REQUIRE(got);
+  CHECK(got->kind == "push");
+  // A second opening (another process, later) finds the column there.
+  HistoryDb again(d / "state");
+  CHECK(again.list("old").size() == 2);
+  CHECK(Record::from_json(got->to_json()).kind == "push");
 }

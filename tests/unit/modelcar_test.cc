@@ -15,6 +15,7 @@
 #include "modelcar/k8s.h"
 #include "modelcar/lint.h"
 #include "modelcar/spec.h"
+#include "session/session.h"
 #include "spec/image_spec.h"
 #include "testutil.h"
 
@@ -206,10 +207,10 @@ TEST_CASE("modelcar build: /models is 0775 in every layer, no entrypoint, model 
       CHECK(node.mode == (node.type == Node::Type::Dir ? 0775u : 0644u));
     }
   }
-  Filesystem all = kiln::modelcar::flatten(r.image);
+  Filesystem all = kiln::modelcar::flatten(kiln::session::layer_blobs(r.image));
   CHECK(all.at("models/big").mode == 0775);
   CHECK(all.at("models/big/weights.safetensors").size == 4096);
-  CHECK(kiln::modelcar::lint(r.image, {}).empty());
+  CHECK(kiln::session::lint_modelcar(r.image, {}).empty());
 
   // The same files in a plain (non-modelcar) spec must not hit the modelcar's cached layers.
   ImageSpec plain = parse(R"({"name": "p", "source_root": "model", "source_dest": "/models", "source_copy_mode": "all",
@@ -332,10 +333,10 @@ TEST_CASE("modelcar lint: an image built from scratch has no shell", "[modelcar]
   kiln::layers::Store store(tmp / "cache");
   write_file(tmp / "model/w.bin", "w");
   kiln::builder::BuildResult r = build(parse(R"({"modelcar": true, "source_root": "model"})", tmp.path()), store);
-  auto f = kiln::modelcar::lint(r.image, {});
+  auto f = kiln::session::lint_modelcar(r.image, {});
   CHECK(codes(f) ==
         std::vector<std::string>{"tool_missing", "tool_missing", "tool_missing", "tool_missing", "tool_missing"});
-  CHECK(kiln::modelcar::lint(r.image, {"", true}).empty());
+  CHECK(kiln::session::lint_modelcar(r.image, {"", true}).empty());
 }
 
 TEST_CASE("modelcar spec request: the spec kiln modelcar builds", "[modelcar]") {

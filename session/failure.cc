@@ -1,0 +1,69 @@
+// Exceptions → failures (exit code, class, kind).
+#include "session/failure.h"
+
+#include <filesystem>
+#include <system_error>
+
+#include "builder/build.h"
+#include "builder/errors.h"
+#include "layers/fileset.h"
+#include "registry/client.h"
+#include "spec/image_spec.h"
+
+namespace fs = std::filesystem;
+
+namespace kiln::session {
+
+Failure classify(const std::exception& e) {
+  if (auto* s = dynamic_cast<const spec::SpecError*>(&e)) return {kUsage, "permanent", "spec", s->what(), s->field()};
+  if (auto* st = dynamic_cast<const builder::StepError*>(&e)) {
+    Failure f{kBuildFailed, "permanent", "step", st->what(), ""};
+    f.step = st->step();
+    if (st->exit_code() >= 0) f.step_exit_code = st->exit_code();
+    return f;
+  }
+  if (auto* n = dynamic_cast<const builder::NotFoundError*>(&e)) return {kNotFound, "permanent", "not_found", n->what(), ""};
+  if (auto* b = dynamic_cast<const BusyError*>(&e)) return {kTransient, "transient", "busy", b->what(), ""};
+  if (auto* b = dynamic_cast<const builder::BaseError*>(&e)) return {kUsage, "permanent", "base", b->what(), ""};
+  if (auto* l = dynamic_cast<const LintError*>(&e)) {
+    Failure f{kUsage, "permanent", "lint", l->what(), ""};
+    f.lint = l->findings();
+    f.digest = l->digest();
+    return f;
+  }
+  if (auto* i = dynamic_cast<const layers::InputError*>(&e)) return {kUsage, "permanent", "input", i->what(), ""};
+  if (auto* r = dynamic_cast<const registry::RegistryError*>(&e)) {
+    using K = registry::RegistryError::Kind;
+    int code = kInternal;
+    switch (r->kind()) {
+      case K::Unauthorized: code = kAuth; break;
+      case K::Denied: code = kDenied; break;
+      case K::NameUnknown:
+      case K::ManifestUnknown:
+      case K::BlobUnknown: code = kNotFound; break;
+      case K::Unreachable:
+      case K::Transient: code = kTransient; break;
+      case K::Protocol: code = kInternal; break;
+    }
+    return {code, r->transient() ? "transient" : "permanent", registry::RegistryError::kind_name(r->kind()), r->what(), ""};
+  }
+  if (auto* a = dynamic_cast<const std::invalid_argument*>(&e)) return {kUsage, "permanent", "usage", a->what(), ""};
+  if (auto* se = dynamic_cast<const std::system_error*>(&e)) {
+    if (se->code() == std::errc::no_such_file_or_directory) return {kNotFound, "permanent", "not_found", se->what(), ""};
+    return {kInternal, "permanent", "system", se->what(), ""};
+  }
+  if (auto* fe = dynamic_cast<const fs::filesystem_error*>(&e)) return {kInternal, "permanent", "system", fe->what(), ""};
+  return {kInternal, "permanent", "internal", e.what(), ""};
+}
+
+Failure classify(std::exception_ptr e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::exception& x) {
+    return classify(x);
+  } catch (...) {
+    return {kInternal, "permanent", "internal", "unknown error", ""};
+  }
+}
+
+}  // namespace kiln::session
