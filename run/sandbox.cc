@@ -308,6 +308,9 @@ int prepare_root(const ChildPlan& p, int* stage) {
   if (::dup2(nul, 0) < 0 || ::dup2(out, 1) < 0 || ::dup2(out, 2) < 0) child_fail(err, kStageFds, errno);
   if (sec >= 0 && ::dup2(sec, kSeccompFd) < 0) child_fail(err, kStageFds, errno);
   if (ns2 >= 0 && ::dup2(ns2, kUserns2Fd) < 0) child_fail(err, kStageFds, errno);
+  // bwrap gets exactly these. It closes the seccomp fd once read, but keeps --userns2's open into
+  // the command: a descriptor of the step's own user namespace, which gives nothing the step does
+  // not have (setns and the mount calls it could feed are denied by the seccomp filter).
   cloexec_from(kUserns2Fd + 1, p.max_fd);
   if (sec < 0) ::fcntl(kSeccompFd, F_SETFD, FD_CLOEXEC);
   if (ns2 < 0) ::fcntl(kUserns2Fd, F_SETFD, FD_CLOEXEC);
