@@ -450,6 +450,7 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
       ro.created = created;
       ro.network = opts.network;
       ro.capture = opts.run_capture;
+      ro.timeout = opts.step_timeout;
       auto t_steps = Clock::now();
       auto fetch_base = [&] {
         if (s.base_image.kind == spec::BaseImage::Kind::Registry) fetch_layers(*opts.registries, img, *opts.store);

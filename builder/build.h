@@ -32,6 +32,7 @@ struct BuildOptions {
   std::int64_t source_date_epoch = 0;     // unless the spec sets one
   bool network = true;                    // RUN steps reach the network (--network none: no)
   std::string run_capture = "auto";       // RUN step capture: auto, overlay or snapshot
+  double step_timeout = 0;                // seconds a RUN step may run (0: no limit)
 };
 
 /// Everything known before any layer is built.

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <optional>
 
@@ -32,6 +33,19 @@ std::string capture_mode(const StepRunOptions& ro, const layers::Store& store) {
   if (mode != "overlay" && mode != "snapshot")
     throw std::invalid_argument("unknown capture mode '" + mode + "' (auto, overlay or snapshot)");
   return mode;
+}
+
+/// 5 → "5s", 90 → "90s", 600 → "10m", 7200 → "2h", 1.5 → "1.5s".
+std::string format_seconds(double s) {
+  char buf[64];
+  const auto whole = static_cast<long long>(s);
+  if (static_cast<double>(whole) == s && whole > 0 && whole % 3600 == 0)
+    std::snprintf(buf, sizeof buf, "%lldh", whole / 3600);
+  else if (static_cast<double>(whole) == s && whole > 0 && whole % 60 == 0 && whole >= 600)
+    std::snprintf(buf, sizeof buf, "%lldm", whole / 60);
+  else
+    std::snprintf(buf, sizeof buf, "%gs", s);
+  return buf;
 }
 
 std::string failure_message(const run::SandboxResult& r) {
@@ -170,7 +184,11 @@ std::vector<LayerReport> run_steps(Image& img, const std::vector<run::Step>& ste
         run::SandboxIo io;
         io.on_line = [&](std::string_view line) { progress.log("[" + st.name + "] " + std::string(line)); };
         io.stop = [&] { return progress.stop_requested(); };
+        io.timeout = ro.timeout;
         run::SandboxResult res = run::run_sandboxed(sb, io);
+        if (res.timed_out)
+          throw StepError(label, "timed out after " + format_seconds(ro.timeout) +
+                                     " (--step-timeout): the step and everything it started were killed");
         if (res.stopped) {
           progress.advance("layer-" + label, 0);  // a layer event: the build log throws Cancelled
           throw std::runtime_error(label + ": stopped");

@@ -24,6 +24,7 @@ struct StepRunOptions {
   /// "auto" (overlay when it can be mounted, else snapshot), "overlay" or "snapshot";
   /// $KILN_RUN_CAPTURE overrides "auto".
   std::string capture = "auto";
+  double timeout = 0;  // seconds a step may run; 0: no limit
 };
 
 /// Appends one layer (and history entry) per step to `img`, returning what happened to each.

@@ -8,6 +8,8 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <optional>
 #include <set>
@@ -44,6 +46,7 @@ std::optional<Node> stat_node(const fs::path& p) {
   n.dev = st.st_dev;
   n.nlink = st.st_nlink;
   n.rdev = st.st_rdev;
+  n.blocks = static_cast<std::uint64_t>(st.st_blocks);
   n.mtime_ns = ns(st.st_mtim);
   n.ctime_ns = ns(st.st_ctim);
   if (S_ISREG(st.st_mode)) {
@@ -61,15 +64,81 @@ std::optional<Node> stat_node(const fs::path& p) {
   return n;
 }
 
+/// A hash of a regular file's bytes that costs what the file holds on disk, not its apparent size:
+/// the file is seen as 64 KiB blocks; blocks of zeros (holes, or zeros written out) are skipped,
+/// the others hashed with their index, and the size last. Two files with the same bytes get the
+/// same hash whatever their holes; SEEK_DATA/SEEK_HOLE find the data, so a 15 TiB sparse file
+/// with 2 KB in it is hashed in microseconds.
 std::uint64_t content_hash(const fs::path& p) {
+  constexpr std::size_t kBlock = 64 * 1024;
+  static const std::vector<char> zeros(kBlock, 0);
+  int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) sys_fail("cannot open", p);
+  struct Close {
+    int fd;
+    ~Close() { ::close(fd); }
+  } closer{fd};
+  struct stat sb{};
+  if (::fstat(fd, &sb) != 0) sys_fail("cannot stat", p);
+  const auto size = static_cast<std::uint64_t>(sb.st_size);
   XXH3_state_t* st = XXH3_createState();
   struct Free {
     XXH3_state_t* st;
     ~Free() { XXH3_freeState(st); }
   } free_state{st};
   XXH3_64bits_reset(st);
-  layers::read_blocks(p, [&](const char* d, std::size_t n) { XXH3_64bits_update(st, d, n); }, 1 << 18);
+  std::vector<char> buf(kBlock);
+  std::uint64_t next_block = 0;  // blocks below this one are done
+  auto hash_blocks = [&](std::uint64_t from, std::uint64_t to) {  // the blocks holding [from, to)
+    for (std::uint64_t b = std::max(from / kBlock, next_block); b * kBlock < to; ++b) {
+      std::size_t got = 0;
+      const std::uint64_t off = b * kBlock;
+      const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(kBlock, size - off));
+      while (got < want) {
+        ssize_t n = ::pread(fd, buf.data() + got, want - got, static_cast<off_t>(off + got));
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) sys_fail("cannot read", p);
+        if (n == 0) break;  // shrank meanwhile
+        got += static_cast<std::size_t>(n);
+      }
+      if (std::memcmp(buf.data(), zeros.data(), got) != 0) {
+        XXH3_64bits_update(st, &b, sizeof b);
+        XXH3_64bits_update(st, buf.data(), got);
+      }
+      next_block = b + 1;
+    }
+  };
+  for (std::uint64_t pos = 0; pos < size;) {
+    off_t data = ::lseek(fd, static_cast<off_t>(pos), SEEK_DATA);
+    if (data < 0) {
+      if (errno == ENXIO) break;  // only a hole is left
+      hash_blocks(pos, size);     // no SEEK_DATA here: read it all
+      break;
+    }
+    off_t hole = ::lseek(fd, data, SEEK_HOLE);
+    std::uint64_t end = hole < 0 ? size : std::min<std::uint64_t>(static_cast<std::uint64_t>(hole), size);
+    if (end <= static_cast<std::uint64_t>(data)) break;
+    hash_blocks(static_cast<std::uint64_t>(data), end);
+    pos = end;
+  }
+  XXH3_64bits_update(st, &size, sizeof size);
   return XXH3_64bits_digest(st);
+}
+
+/// Files a layer would have to hold as this many bytes of zeros are refused (see to_entries).
+constexpr std::uint64_t kMaxHoleBytes = std::uint64_t(1) << 30;
+
+std::string human(std::uint64_t n) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  double v = static_cast<double>(n);
+  int u = 0;
+  while (v >= 1024 && u < 6) {
+    v /= 1024;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.1f %s", v, units[u]);
+  return buf;
 }
 
 bool same_bytes(const fs::path& a, const fs::path& b) { return content_hash(a) == content_hash(b); }
@@ -199,6 +268,14 @@ Capture to_entries(std::map<std::string, Item>& items, const fs::path& root, boo
           continue;
         }
       }
+      // A tar holds a file's holes as zeros: a 15 TiB sparse file would make a 15 TiB layer.
+      const std::uint64_t on_disk = n.blocks * 512;
+      if (n.size > on_disk && n.size - on_disk > kMaxHoleBytes)
+        throw std::runtime_error("/" + rel + " is a sparse file of " + human(n.size) + " (" + human(on_disk) +
+                                 " on disk); a layer would hold its holes as zeros, so files with more than " +
+                                 human(kMaxHoleBytes) +
+                                 " of holes are refused (useradd makes /var/log/lastlog one for a high uid: "
+                                 "use useradd --no-log-init)");
       e.type = layers::TarEntry::Type::File;
       e.size = n.size;
       e.source = root / rel;
@@ -239,6 +316,28 @@ std::vector<std::string> sandbox_mountpoints(const std::vector<std::string>& ext
 }
 
 namespace {
+// An overlay mounted by the host's root marks opaque directories with trusted.overlay.opaque; one
+// mounted from a user namespace (RUN steps of a root kiln, see run/sandbox.h) with
+// user.overlay.opaque.
+constexpr const char* kOpaqueXattrs[] = {"trusted.overlay.opaque", "user.overlay.opaque"};
+
+bool opaque_dir(const fs::path& dir) {
+  for (const char* name : kOpaqueXattrs) {
+    char v[4] = {0};
+    if (::lgetxattr(dir.c_str(), name, v, sizeof v) == 1 && v[0] == 'y') return true;
+  }
+  return false;
+}
+
+/// Sets both opaque markers on the opaque directories of an upper dir, so it serves as a lower
+/// dir for either kind of overlay.
+void mark_opaque_dirs(const fs::path& upper) {
+  walk(upper, "", {}, [&](const std::string& rel, const Node& n) {
+    if (!S_ISDIR(n.mode) || !opaque_dir(upper / rel)) return;
+    for (const char* name : kOpaqueXattrs) ::lsetxattr((upper / rel).c_str(), name, "y", 1, 0);
+  });
+}
+
 /// What a step saw below its upper dir at `rel`: the topmost lower that has it, unless a whiteout
 /// there hides it.
 std::optional<std::pair<Node, fs::path>> lower_view(const std::vector<fs::path>& lowers, const std::string& rel) {
@@ -254,6 +353,7 @@ std::optional<std::pair<Node, fs::path>> lower_view(const std::vector<fs::path>&
 
 void drop_mountpoints(const fs::path& upper, const std::vector<fs::path>& lowers,
                       const std::vector<std::string>& mountpoints) {
+  mark_opaque_dirs(upper);
   for (const std::string& mp : mountpoints) {
     std::error_code ec;
     if (!stat_node(upper / mp) || lower_view(lowers, mp)) continue;
@@ -286,9 +386,7 @@ Capture capture_overlay(const fs::path& upper, const std::vector<fs::path>& lowe
       return;
     }
     if (S_ISDIR(n.mode)) {
-      char v[4] = {0};
-      ssize_t len = ::lgetxattr((upper / rel).c_str(), "trusted.overlay.opaque", v, sizeof v);
-      it.opaque = len == 1 && v[0] == 'y';
+      it.opaque = opaque_dir(upper / rel);
       bool same = lo && S_ISDIR(lo->first.mode) && (lo->first.mode & 07777) == (n.mode & 07777) &&
                   lo->first.uid == n.uid && lo->first.gid == n.gid;
       if (it.opaque || (lo && !same)) it.kind = Item::Kind::Keep;

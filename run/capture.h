@@ -49,9 +49,10 @@ struct Node {
   std::uint32_t mode = 0;  // st_mode: type and permission bits
   std::uint32_t uid = 0, gid = 0;
   std::uint64_t size = 0, ino = 0, dev = 0, nlink = 0, rdev = 0;
+  std::uint64_t blocks = 0;  // st_blocks (512-byte units): what a sparse file holds on disk
   std::int64_t mtime_ns = 0, ctime_ns = 0;
   std::string link_target;
-  std::uint64_t content = 0;  // XXH3-64 of a regular file's bytes
+  std::uint64_t content = 0;  // a hash of a regular file's bytes (holes cost nothing to hash)
   std::string capability;     // a regular file's security.capability xattr ("" = none)
 };
 using Snapshot = std::map<std::string, Node>;  // relative path → node; bytewise order

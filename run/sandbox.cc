@@ -10,6 +10,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -17,9 +18,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <grp.h>
 #include <linux/close_range.h>
+#include <linux/mount.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -29,6 +33,7 @@
 #include <system_error>
 
 #include "layers/unique_fd.h"
+#include "run/seccomp.h"
 
 extern char** environ;
 
@@ -101,6 +106,8 @@ enum Stage : int {
   kStageMount,
   kStageFds,
   kStageExec,
+  kStageIdmap,
+  kStageUserns,
 };
 
 struct ChildError {
@@ -124,7 +131,24 @@ struct ChildPlan {
   const char* options = nullptr;        // with redirect_dir/index/metacopy/xino turned off
   const char* basic_options = nullptr;  // without them, for kernels that reject one
   const char* mount_cwd = nullptr;      // relative lower/upper/work paths are relative to this
+  // Confinement of a root caller (see "user namespaces" below). userns_fd >= 0: join it before
+  // exec'ing bwrap, as its root. shift: the ids are shifted (idmap_fd is the namespace whose
+  // mapping the idmapped mounts use; it is also handed to bwrap as --userns2), the paths in
+  // idmap[] are made idmapped mounts first, those in idmap_try[] when their file system allows,
+  // and the overlay is mounted from inside the user namespace.
+  int userns_fd = -1;
+  int idmap_fd = -1;
+  bool shift = false;
+  const char* const* idmap = nullptr;
+  const char* const* idmap_try = nullptr;
+  int seccomp_fd = -1;  // handed to bwrap as kSeccompFd
 };
+
+/// Where bwrap finds the descriptors it is given (--seccomp, --userns2).
+constexpr int kSeccompFd = 3;
+constexpr int kUserns2Fd = 4;
+/// Scratch descriptors are moved above this while the fixed ones are set up.
+constexpr int kHighFd = 10;
 
 [[noreturn]] void child_fail(int err_fd, int stage, int err) {
   ChildError e{stage, err};
@@ -200,6 +224,67 @@ int mount_overlay(const char* merged, const char* options, const char* basic_opt
   return errno;
 }
 
+/// Replaces the mount at `path` (in this private mount namespace) with an idmapped clone of it:
+/// files owned by id N on disk appear owned by N as seen from `userns_fd`'s namespace.
+int idmap_over(const char* path, int userns_fd) {
+  int fd = static_cast<int>(::syscall(SYS_open_tree, AT_FDCWD, path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC));
+  if (fd < 0) return errno;
+  struct mount_attr attr{};
+  attr.attr_set = MOUNT_ATTR_IDMAP;
+  attr.userns_fd = static_cast<std::uint64_t>(userns_fd);
+  int err = 0;
+  if (::syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH, &attr, sizeof attr) != 0 ||
+      ::syscall(SYS_move_mount, fd, "", AT_FDCWD, path, MOVE_MOUNT_F_EMPTY_PATH) != 0)
+    err = errno;
+  ::close(fd);
+  return err;
+}
+
+/// Becomes root of the user namespace `fd` (this process holds every capability in it after
+/// setns, and so may set its ids there).
+int enter_userns(int fd) {
+  if (::setns(fd, CLONE_NEWUSER) != 0) return errno;
+  if (::setgroups(0, nullptr) != 0 || ::setresgid(0, 0, 0) != 0 || ::setresuid(0, 0, 0) != 0) return errno;
+  return 0;
+}
+
+/// Everything a root caller's child does before bwrap: the private mount namespace, idmapped
+/// mounts, the overlay, entering the user namespace. Also used by the probe. 0 or the errno,
+/// with the stage in *stage.
+int prepare_root(const ChildPlan& p, int* stage) {
+  const bool confined = p.userns_fd >= 0;
+  if (p.merged || confined)
+    if (int e = private_mount_ns(stage)) return e;
+  if (p.shift) {
+    *stage = kStageIdmap;
+    for (const char* const* d = p.idmap; d && *d; ++d)
+      if (int e = idmap_over(*d, p.idmap_fd)) return e;
+    for (const char* const* d = p.idmap_try; d && *d; ++d) (void)idmap_over(*d, p.idmap_fd);
+  }
+  // Not shifted, the overlay is mounted as the host's root, before the user namespace.
+  if (p.merged && !p.shift) {
+    *stage = kStageChdir;
+    if (p.mount_cwd && ::chdir(p.mount_cwd) != 0) return errno;
+    *stage = kStageMount;
+    if (int e = mount_overlay(p.merged, p.options, p.basic_options)) return e;
+  }
+  if (confined) {
+    *stage = kStageUserns;
+    if (int e = enter_userns(p.userns_fd)) return e;
+  }
+  // Shifted, the overlay is mounted by the namespace's root (on idmapped layers, with user.*
+  // xattrs), in a mount namespace that namespace owns.
+  if (p.merged && p.shift) {
+    *stage = kStageUnshare;
+    if (::unshare(CLONE_NEWNS) != 0) return errno;
+    *stage = kStageChdir;
+    if (p.mount_cwd && ::chdir(p.mount_cwd) != 0) return errno;
+    *stage = kStageMount;
+    if (int e = mount_overlay(p.merged, p.options, p.basic_options)) return e;
+  }
+  return 0;
+}
+
 [[noreturn]] void child_main(const ChildPlan& p) {
   reset_signals();
   // If kiln dies (even by SIGKILL) this process, which becomes bwrap, is killed; bwrap's
@@ -207,21 +292,28 @@ int mount_overlay(const char* merged, const char* options, const char* basic_opt
   if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) child_fail(p.err_fd, kStagePdeathsig, errno);
   if (::getppid() != p.parent) ::_exit(kSetupFailedStatus);  // kiln already gone
 
-  if (p.merged) {
+  {
     int stage = 0;
-    if (int e = private_mount_ns(&stage)) child_fail(p.err_fd, stage, e);
-    if (p.mount_cwd && ::chdir(p.mount_cwd) != 0) child_fail(p.err_fd, kStageChdir, errno);
-    if (int e = mount_overlay(p.merged, p.options, p.basic_options)) child_fail(p.err_fd, kStageMount, e);
+    if (int e = prepare_root(p, &stage)) child_fail(p.err_fd, stage, e);
   }
 
-  // Move the three fds above 2 first, so that the dup2s below cannot clobber one of them.
-  int err = ::fcntl(p.err_fd, F_DUPFD_CLOEXEC, 3);
+  // Move the fds high first, so that the dup2s below cannot clobber one of them.
+  int err = ::fcntl(p.err_fd, F_DUPFD_CLOEXEC, kHighFd);
   if (err < 0) child_fail(p.err_fd, kStageFds, errno);
-  int out = ::fcntl(p.out_fd, F_DUPFD_CLOEXEC, 3);
-  int nul = ::fcntl(p.null_fd, F_DUPFD_CLOEXEC, 3);
-  if (out < 0 || nul < 0) child_fail(err, kStageFds, errno);
+  int out = ::fcntl(p.out_fd, F_DUPFD_CLOEXEC, kHighFd);
+  int nul = ::fcntl(p.null_fd, F_DUPFD_CLOEXEC, kHighFd);
+  int sec = p.seccomp_fd >= 0 ? ::fcntl(p.seccomp_fd, F_DUPFD_CLOEXEC, kHighFd) : -1;
+  int ns2 = p.shift ? ::fcntl(p.idmap_fd, F_DUPFD_CLOEXEC, kHighFd) : -1;
+  if (out < 0 || nul < 0 || (p.seccomp_fd >= 0 && sec < 0) || (p.shift && ns2 < 0)) child_fail(err, kStageFds, errno);
   if (::dup2(nul, 0) < 0 || ::dup2(out, 1) < 0 || ::dup2(out, 2) < 0) child_fail(err, kStageFds, errno);
-  cloexec_from(3, p.max_fd);
+  if (sec >= 0 && ::dup2(sec, kSeccompFd) < 0) child_fail(err, kStageFds, errno);
+  if (ns2 >= 0 && ::dup2(ns2, kUserns2Fd) < 0) child_fail(err, kStageFds, errno);
+  // bwrap gets exactly these. It closes the seccomp fd once read, but keeps --userns2's open into
+  // the command: a descriptor of the step's own user namespace, which gives nothing the step does
+  // not have (setns and the mount calls it could feed are denied by the seccomp filter).
+  cloexec_from(kUserns2Fd + 1, p.max_fd);
+  if (sec < 0) ::fcntl(kSeccompFd, F_SETFD, FD_CLOEXEC);
+  if (ns2 < 0) ::fcntl(kUserns2Fd, F_SETFD, FD_CLOEXEC);
 
   sigset_t none;
   ::sigemptyset(&none);
@@ -410,6 +502,10 @@ OverlayOptions overlay_options(const std::vector<fs::path>& lowers, const fs::pa
   return o;
 }
 
+/// overlayfs mounted from a user namespace keeps its whiteout and opaque markers in user.*
+/// xattrs (trusted.* is the host root's).
+std::string insert_userxattr(const std::string& options) { return options + ",userxattr"; }
+
 fs::path absolute_normal(const fs::path& p) {
   fs::path a = fs::absolute(p).lexically_normal();
   if (a.filename().empty() && a.has_parent_path() && a != a.root_path()) a = a.parent_path();
@@ -433,6 +529,146 @@ class CreatedDir {
  private:
   fs::path path_;
 };
+
+// ---------------------------------------------------------------------------------------------
+// User namespaces for a root caller.
+//
+// Run as root, kiln never hands a step the host's root. Every step runs in a user namespace, so
+// it has no capability outside it (no mknod of real devices, no mount of a disk, no module):
+//
+//   shifted (where the store's file system takes idmapped mounts): ids 0…2^31-2 of the step are
+//     host ids 2^31…2^32-2, which own nothing on the host. Two namespaces: U1 maps those and
+//     also the host's root (at id 2^31-1), so that bwrap, running as U1's root, can reach the
+//     paths it binds (a store under a 0700 /root); U2, U1's child, maps the range only, and the
+//     step runs in it (bwrap --userns2). The step's root and store trees are idmapped mounts
+//     (through U2), so a file owned by N on disk is owned by N in the step, and what the step
+//     writes lands on disk with the ids it chose: capture needs no translation.
+//   identity (elsewhere): one namespace mapping every id to itself. The step's root is the
+//     host's uid 0 for file permissions on what it can see, but holds no capability outside.
+
+constexpr std::uint32_t kShiftBase = 0x80000000u;  // host id of the step's root when shifted
+constexpr std::uint32_t kShiftCount = 0x7fffffffu;  // ids 0…2^31-2
+
+struct UserNamespaces {
+  Fd outer;  // U1: joined before exec'ing bwrap
+  Fd inner;  // U2 (shifted only): the step's namespace, and the idmapping of its mounts
+};
+
+/// Writes `text` to /proc/<pid>/<file>; only system calls (used in forked children too).
+bool write_proc(pid_t pid, const char* file, const char* text) {
+  char path[64] = "/proc/";
+  char digits[16];
+  int n = 0;
+  for (unsigned v = static_cast<unsigned>(pid); n == 0 || v > 0; v /= 10) digits[n++] = static_cast<char>('0' + v % 10);
+  std::size_t at = 6;
+  while (n > 0) path[at++] = digits[--n];
+  path[at++] = '/';
+  for (const char* f = file; *f; ++f) path[at++] = *f;
+  path[at] = '\0';
+  int fd = ::open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  std::size_t len = std::strlen(text);
+  bool ok = ::write(fd, text, len) == static_cast<ssize_t>(len);
+  ::close(fd);
+  return ok;
+}
+
+/// Reads exactly one byte (EINTR retried); false at end of file or on error.
+bool read_byte(int fd, char* c) {
+  for (;;) {
+    ssize_t r = ::read(fd, c, 1);
+    if (r == 1) return true;
+    if (r < 0 && errno == EINTR) continue;
+    return false;
+  }
+}
+
+/// Makes the namespaces (see above) with two short-lived helper processes: A unshares U1, whose
+/// maps kiln writes; A forks B, which unshares U2, whose map A writes (only a process of U1 or
+/// of U2 may); kiln opens both namespaces and lets the helpers go.
+UserNamespaces make_user_namespaces(bool shift) {
+  Pipe up = make_pipe();    // helpers → kiln: 'a' (U1 made), 'c' + pid of B (U2 mapped)
+  Pipe down = make_pipe();  // kiln → A: 'g' (U1 mapped); end of file: exit
+  const pid_t parent = ::getpid();
+  sigset_t all, old;
+  ::sigfillset(&all);
+  ::pthread_sigmask(SIG_SETMASK, &all, &old);
+  pid_t a = ::fork();
+  if (a == 0) {
+    ::close(up.read.get());
+    ::close(down.write.get());
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(1);
+    char c;
+    if (::unshare(CLONE_NEWUSER) != 0) ::_exit(1);
+    if (::write(up.write.get(), "a", 1) != 1 || !read_byte(down.read.get(), &c) || c != 'g') ::_exit(1);
+    if (shift) {
+      int b2a[2], hold[2];
+      if (::pipe2(b2a, O_CLOEXEC) != 0 || ::pipe2(hold, O_CLOEXEC) != 0) ::_exit(1);
+      pid_t b = ::fork();
+      if (b == 0) {
+        ::close(b2a[0]);
+        ::close(hold[1]);
+        ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (::unshare(CLONE_NEWUSER) != 0) ::_exit(1);
+        if (::write(b2a[1], "b", 1) != 1) ::_exit(1);
+        read_byte(hold[0], &c);  // until A exits
+        ::_exit(0);
+      }
+      if (b < 0) ::_exit(1);
+      ::close(b2a[1]);
+      ::close(hold[0]);
+      // U2's ids 0…2^31-2 are U1's 0…2^31-2 (host 2^31…): U1's id for the host's root stays out.
+      if (!read_byte(b2a[0], &c) || !write_proc(b, "uid_map", "0 0 2147483647\n") ||
+          !write_proc(b, "gid_map", "0 0 2147483647\n"))
+        ::_exit(1);
+      char msg[1 + sizeof(pid_t)];
+      msg[0] = 'c';
+      std::memcpy(msg + 1, &b, sizeof b);
+      if (::write(up.write.get(), msg, sizeof msg) != static_cast<ssize_t>(sizeof msg)) ::_exit(1);
+    }
+    while (read_byte(down.read.get(), &c)) {
+    }
+    ::_exit(0);
+  }
+  int fork_errno = errno;
+  ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  if (a < 0) throw std::system_error(fork_errno, std::generic_category(), "cannot fork");
+  Child helper(a);
+  up.write.reset();
+  down.read.reset();
+  auto fail = [](const std::string& why) {
+    return std::runtime_error("cannot confine RUN steps in a user namespace: " + why +
+                              " (kiln runs steps as root only inside one; see docs/run-steps.md)");
+  };
+  char c = 0;
+  if (!read_byte(up.read.get(), &c) || c != 'a') throw fail("unshare(CLONE_NEWUSER) failed");
+  const std::string map = shift ? "0 2147483648 2147483647\n2147483647 0 1\n" : "0 0 4294967295\n";
+  if (!write_proc(a, "uid_map", map.c_str()) || !write_proc(a, "gid_map", map.c_str()))
+    throw fail("cannot write its id maps: " + errno_text(errno));
+  if (::write(down.write.get(), "g", 1) != 1) throw fail("the helper process is gone");
+  UserNamespaces ns;
+  const std::string proc_a = "/proc/" + std::to_string(a);
+  ns.outer = Fd(::open((proc_a + "/ns/user").c_str(), O_RDONLY | O_CLOEXEC));
+  if (ns.outer.get() < 0) throw fail("cannot open it: " + errno_text(errno));
+  if (shift) {
+    char msg[1 + sizeof(pid_t)];
+    std::size_t got = 0;
+    while (got < sizeof msg && read_byte(up.read.get(), msg + got)) ++got;
+    if (got != sizeof msg || msg[0] != 'c') throw fail("cannot make the inner namespace");
+    pid_t b;
+    std::memcpy(&b, msg + 1, sizeof b);
+    ns.inner = Fd(::open(("/proc/" + std::to_string(b) + "/ns/user").c_str(), O_RDONLY | O_CLOEXEC));
+    if (ns.inner.get() < 0) throw fail("cannot open the inner namespace: " + errno_text(errno));
+  }
+  down.write.reset();  // the helpers exit
+  helper.wait();
+  return ns;
+}
+
+/// Does the file system of `dir` take idmapped mounts (and overlayfs, from a user namespace, on
+/// idmapped layers)? Probed once per file system, in a throwaway child.
+bool shift_supported(const fs::path& dir);
 
 int max_fd_hint() {
   long m = ::sysconf(_SC_OPEN_MAX);
@@ -513,11 +749,53 @@ SandboxResult run_sandboxed(const SandboxSpec& spec, const SandboxIo& io) {
     if (!is_dir(root)) throw std::runtime_error("sandbox root does not exist: " + root.string());
   }
 
+  // How a root caller confines the step (see "User namespaces"): shifted where the store's file
+  // system takes idmapped mounts, else the identity map. Rootless, bwrap maps us to root.
+  const bool as_root = ::geteuid() == 0;
+  const bool shift = as_root && shift_supported(overlay ? absolute_normal(spec.upper).parent_path() : root.parent_path());
+  std::vector<std::string> idmap, idmap_try;
+  if (shift) {
+    if (overlay) {
+      for (const auto& l : spec.lowers) idmap.push_back(absolute_normal(l).string());
+      // upper and work must share one mount: idmap their common directory.
+      idmap.push_back(common_dir({absolute_normal(spec.upper), absolute_normal(spec.work)}).string());
+    } else {
+      idmap.push_back(root.string());
+    }
+    for (const auto& m : spec.mounts) idmap_try.push_back(absolute_normal(m.source).string());
+    if (overlay) {
+      ov.options = insert_userxattr(ov.options);
+      ov.basic_options = insert_userxattr(ov.basic_options);
+    }
+  }
+  UserNamespaces userns;
+  if (as_root) userns = make_user_namespaces(shift);
+  // The seccomp filter, in a memfd bwrap reads.
+  Fd seccomp(::memfd_create("kiln-seccomp", MFD_CLOEXEC));
+  if (seccomp.get() < 0) throw std::system_error(errno, std::generic_category(), "memfd_create");
+  {
+    const std::string& prog = step_seccomp_program();
+    write_fully(seccomp.get(), prog.data(), prog.size(), "the seccomp filter");
+    if (::lseek(seccomp.get(), 0, SEEK_SET) != 0) throw std::system_error(errno, std::generic_category(), "lseek");
+  }
+
   std::vector<std::string> args = {bwrap.string(), "--die-with-parent", "--unshare-ipc", "--unshare-pid",
                                    "--unshare-uts", "--unshare-cgroup-try"};
   if (!spec.network) args.push_back("--unshare-net");
-  // Unprivileged, bwrap needs a user namespace anyway; map us to root in it.
-  if (::geteuid() != 0) args.insert(args.end(), {"--unshare-user", "--uid", "0", "--gid", "0"});
+  if (as_root) {
+    // Already inside the namespace: bwrap is its root. The step keeps Docker's default
+    // capabilities minus CAP_MKNOD and CAP_NET_RAW, each meaningful only inside.
+    if (shift) args.insert(args.end(), {"--userns2", std::to_string(kUserns2Fd)});
+    args.insert(args.end(), {"--cap-drop", "ALL"});
+    for (const char* cap : {"CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_SETGID",
+                            "CAP_SETUID", "CAP_SETPCAP", "CAP_SETFCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT",
+                            "CAP_AUDIT_WRITE"})
+      args.insert(args.end(), {"--cap-add", cap});
+  } else {
+    // Unprivileged, bwrap needs a user namespace anyway; map us to root in it.
+    args.insert(args.end(), {"--unshare-user", "--uid", "0", "--gid", "0"});
+  }
+  args.insert(args.end(), {"--seccomp", std::to_string(kSeccompFd)});
   args.insert(args.end(), {"--hostname", spec.hostname, "--bind", root.string(), "/", "--proc", "/proc", "--dev",
                            "/dev", "--perms", "1777", "--tmpfs", "/tmp"});  // 1777: apt's _apt user writes there
   const std::size_t resolv_at = args.size();
@@ -536,6 +814,7 @@ SandboxResult run_sandboxed(const SandboxSpec& spec, const SandboxIo& io) {
                        {"--ro-bind", "/etc/resolv.conf", "/etc/resolv.conf"});
   const CArgv argv(std::move(args_resolv)), argv_no_resolv(std::move(args));
   const std::string resolv_in_root = (root / "etc" / "resolv.conf").string();
+  const CArgv idmap_c(std::move(idmap)), idmap_try_c(std::move(idmap_try));
 
   Fd log;
   if (!io.log_file.empty()) {
@@ -561,6 +840,14 @@ SandboxResult run_sandboxed(const SandboxSpec& spec, const SandboxIo& io) {
   plan.out_fd = out.write.get();
   plan.err_fd = err.write.get();
   plan.max_fd = max_fd_hint();
+  plan.seccomp_fd = seccomp.get();
+  if (as_root) {
+    plan.userns_fd = userns.outer.get();
+    plan.shift = shift;
+    plan.idmap_fd = userns.inner.get();
+    plan.idmap = idmap_c.get();
+    plan.idmap_try = idmap_try_c.get();
+  }
   if (overlay) {
     plan.merged = root_str.c_str();
     plan.options = ov.options.c_str();
@@ -572,6 +859,8 @@ SandboxResult run_sandboxed(const SandboxSpec& spec, const SandboxIo& io) {
   out.write.reset();
   err.write.reset();
   null.reset();
+  seccomp.reset();
+  userns = {};
 
   ChildError ce{};
   if (read_child_error(err.read.get(), &ce)) {
@@ -592,6 +881,10 @@ SandboxResult run_sandboxed(const SandboxSpec& spec, const SandboxIo& io) {
                                                    : ""));
       case kStageExec:
         throw std::runtime_error("cannot run " + bwrap.string() + ": " + e);
+      case kStageIdmap:
+        throw std::runtime_error("cannot confine the step: an idmapped mount of its root failed: " + e);
+      case kStageUserns:
+        throw std::runtime_error("cannot confine the step: cannot enter its user namespace: " + e);
       default:
         throw std::runtime_error("cannot start the sandbox: " + e);
     }
@@ -599,14 +892,29 @@ SandboxResult run_sandboxed(const SandboxSpec& spec, const SandboxIo& io) {
 
   LineSplitter lines(io);
   std::vector<char> buf(64 * 1024);
-  bool stopped = false;
+  bool stopped = false, timed_out = false;
+  using Clock = std::chrono::steady_clock;
+  const bool limited = io.timeout > 0;
+  const Clock::time_point deadline =
+      limited ? Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(io.timeout))
+              : Clock::time_point::max();
   for (;;) {
-    if (io.stop) {  // wait for output at most 200 ms, then ask whether to go on
+    if (io.stop || limited) {  // wait for output at most 200 ms, then ask whether to go on
+      int wait_ms = 200;
+      if (limited) {
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+        if (left <= 0) {
+          timed_out = true;
+          child.kill();
+          break;
+        }
+        if (left < wait_ms) wait_ms = static_cast<int>(left);
+      }
       struct pollfd p{out.read.get(), POLLIN, 0};
-      int n = ::poll(&p, 1, 200);
+      int n = ::poll(&p, 1, wait_ms);
       if (n < 0 && errno != EINTR) throw std::system_error(errno, std::generic_category(), "poll");
       if (n <= 0) {
-        if (io.stop()) {
+        if (io.stop && io.stop()) {
           stopped = true;
           child.kill();
           break;
@@ -635,70 +943,123 @@ SandboxResult run_sandboxed(const SandboxSpec& spec, const SandboxIo& io) {
     result.exit_code = 128 + WTERMSIG(status);
   result.tail = lines.take_tail();
   result.stopped = stopped;
+  result.timed_out = timed_out;
   return result;
 }
 
-bool overlay_supported(const fs::path& scratch_dir) {
-  if (::geteuid() != 0) return false;
-  static std::mutex mu;
-  static std::map<std::string, bool> cache;
+namespace {
+
+/// Mounts an overlay in a throwaway child the way a step's would be (shifted or not), deletes a
+/// lower file and creates one owned by 100:100: the things a RUN step does that a bare mount
+/// test would not show failing (e.g. an upper without xattrs, a file system without idmapping).
+bool probe_overlay(const fs::path& scratch, bool shift) {
   std::error_code ec;
-  const std::string key = fs::weakly_canonical(fs::absolute(scratch_dir), ec).string();
+  fs::create_directories(scratch, ec);
+  std::string tmpl = (scratch / "overlay-probe.XXXXXX").string();
+  if (!::mkdtemp(tmpl.data())) return false;
+  const fs::path dir = tmpl;
+  struct Cleanup {
+    fs::path p;
+    ~Cleanup() {
+      std::error_code e;
+      fs::remove_all(p, e);
+    }
+  } cleanup{dir};
+  for (const char* d : {"lower", "run", "run/upper", "run/work", "run/merged"}) fs::create_directory(dir / d, ec);
+  if (ec) return false;
+  {
+    Fd f(::open((dir / "lower" / "f").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644));
+    if (f.get() < 0) return false;
+  }
+  OverlayOptions ov;
+  try {
+    ov = overlay_options({dir / "lower"}, dir / "run" / "upper", dir / "run" / "work");
+  } catch (const std::exception&) {
+    return false;  // the scratch path holds ':' or ','
+  }
+  if (shift) {
+    ov.options = insert_userxattr(ov.options);
+    ov.basic_options = insert_userxattr(ov.basic_options);
+  }
+  UserNamespaces userns;
+  if (shift) {
+    try {
+      userns = make_user_namespaces(true);
+    } catch (const std::exception&) {
+      return false;
+    }
+  }
+  const std::string merged = (dir / "run" / "merged").string();
+  const std::string removed = merged + "/f", added = merged + "/g";
+  const CArgv idmap({(dir / "lower").string(), (dir / "run").string()});
+  ChildPlan p;
+  p.merged = merged.c_str();
+  p.options = ov.options.c_str();
+  p.basic_options = ov.basic_options.c_str();
+  if (!ov.mount_cwd.empty()) p.mount_cwd = ov.mount_cwd.c_str();
+  if (shift) {
+    p.userns_fd = userns.outer.get();
+    p.idmap_fd = userns.inner.get();
+    p.shift = true;
+    p.idmap = idmap.get();
+  }
+
+  sigset_t all, old;
+  ::sigfillset(&all);
+  ::pthread_sigmask(SIG_SETMASK, &all, &old);
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    int stage = 0;
+    if (prepare_root(p, &stage) != 0) ::_exit(1);
+    if (::unlink(removed.c_str()) != 0) ::_exit(3);
+    int fd = ::open(added.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) ::_exit(4);
+    if (::fchown(fd, 100, 100) != 0) ::_exit(5);
+    ::close(fd);
+    ::_exit(0);
+  }
+  ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  if (pid < 0) return false;
+  int status = Child(pid).wait();
+  if (status < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) return false;
+  // What the step wrote must be on disk with the ids it chose.
+  struct stat st{};
+  return ::lstat((dir / "run" / "upper" / "g").c_str(), &st) == 0 && st.st_uid == 100 && st.st_gid == 100 &&
+         ::lstat((dir / "run" / "upper" / "f").c_str(), &st) == 0 && S_ISCHR(st.st_mode);
+}
+
+/// Probes cached per directory (overlay) or per file system (shifting).
+template <class Key>
+bool cached_probe(const Key& key, std::map<Key, bool>& cache, std::mutex& mu, const std::function<bool()>& probe) {
   std::lock_guard<std::mutex> lock(mu);
   if (auto it = cache.find(key); it != cache.end()) return it->second;
-
-  bool ok = false;
-  [&] {
-    fs::create_directories(key, ec);
-    std::string tmpl = (fs::path(key) / "overlay-probe.XXXXXX").string();
-    if (!::mkdtemp(tmpl.data())) return;
-    const fs::path dir = tmpl;
-    struct Cleanup {
-      fs::path p;
-      ~Cleanup() {
-        std::error_code e;
-        fs::remove_all(p, e);
-      }
-    } cleanup{dir};
-    for (const char* d : {"lower", "upper", "work", "merged"}) fs::create_directory(dir / d, ec);
-    if (ec) return;
-    {
-      Fd f(::open((dir / "lower" / "f").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644));
-      if (f.get() < 0) return;
-    }
-    OverlayOptions ov;
-    try {
-      ov = overlay_options({dir / "lower"}, dir / "upper", dir / "work");
-    } catch (const std::exception&) {
-      return;  // the scratch path holds ':' or ','
-    }
-    const std::string merged = (dir / "merged").string();
-    const std::string removed = merged + "/f", added = merged + "/g";
-
-    sigset_t all, old;
-    ::sigfillset(&all);
-    ::pthread_sigmask(SIG_SETMASK, &all, &old);
-    pid_t pid = ::fork();
-    if (pid == 0) {
-      // Deleting a lower file needs a whiteout and creating one a copy-up: the two things a RUN
-      // step does that a bare mount test would not show failing (e.g. on an upper without xattrs).
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      int stage = 0;
-      if (private_mount_ns(&stage) != 0) ::_exit(1);
-      if (mount_overlay(merged.c_str(), ov.options.c_str(), ov.basic_options.c_str()) != 0) ::_exit(2);
-      if (::unlink(removed.c_str()) != 0) ::_exit(3);
-      int fd = ::open(added.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
-      if (fd < 0) ::_exit(4);
-      ::close(fd);
-      ::_exit(0);
-    }
-    ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
-    if (pid < 0) return;
-    int status = Child(pid).wait();
-    ok = status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0;
-  }();
+  bool ok = probe();
   cache[key] = ok;
   return ok;
+}
+
+bool shift_supported(const fs::path& dir) {
+  if (::geteuid() != 0) return false;
+  if (const char* e = std::getenv("KILN_SANDBOX_SHIFT"); e && std::string(e) == "0") return false;
+  struct stat st{};
+  if (::stat(dir.c_str(), &st) != 0) return false;
+  static std::mutex mu;
+  static std::map<dev_t, bool> cache;
+  return cached_probe<dev_t>(st.st_dev, cache, mu, [&] { return probe_overlay(dir, true); });
+}
+
+}  // namespace
+
+bool overlay_supported(const fs::path& scratch_dir) {
+  if (::geteuid() != 0) return false;
+  std::error_code ec;
+  const std::string key = fs::weakly_canonical(fs::absolute(scratch_dir), ec).string();
+  fs::create_directories(key, ec);
+  if (shift_supported(key)) return true;
+  static std::mutex mu;
+  static std::map<std::string, bool> cache;
+  return cached_probe<std::string>(key, cache, mu, [&] { return probe_overlay(key, false); });
 }
 
 }  // namespace kiln::run

@@ -2,6 +2,11 @@
 // RUN steps execute in. Root inside, a fresh /proc, /dev and /tmp, the given environment only,
 // the network shared unless turned off, the host's resolv.conf for name lookups.
 //
+// Confinement: always a user namespace (also when kiln runs as root: the step's root is then a
+// high, unused host id range where the store's file system takes idmapped mounts, else the host
+// ids but with no capability outside the namespace), Docker's default capability set minus
+// CAP_MKNOD and CAP_NET_RAW, no_new_privs, and the seccomp filter of run/seccomp.h.
+//
 // Two ways to provide the root:
 //   rootfs            a directory bound read-write at / (the snapshot-diff capture)
 //   overlay           lowers (top first) + upper + work: kiln mounts overlayfs in a private mount
@@ -41,6 +46,7 @@ struct SandboxResult {
   int exit_code = 0;     // the command's status; 128+N when killed by signal N
   std::vector<std::string> tail;  // the last lines of output (at most tail_lines)
   bool stopped = false;           // killed because io.stop asked for it
+  bool timed_out = false;         // killed because it ran longer than io.timeout
 };
 
 struct SandboxIo {
@@ -53,6 +59,9 @@ struct SandboxIo {
   /// Polled about five times a second while the command runs: true kills the sandbox, and
   /// run_sandboxed returns with `stopped` set.
   std::function<bool()> stop;
+  /// Seconds the command may run (0: no limit). Past it the whole sandbox is killed and
+  /// run_sandboxed returns with `timed_out` set.
+  double timeout = 0;
 };
 
 /// The bwrap program: $KILN_BWRAP, else `bwrap` on PATH. Empty when there is none.

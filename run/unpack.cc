@@ -48,6 +48,7 @@ constexpr std::string_view kWhiteoutPrefix = ".wh.";
 constexpr std::string_view kOpaqueMarker = ".wh..wh..opq";
 constexpr std::string_view kAufsMetaPrefix = ".wh..wh.";  // aufs bookkeeping (.wh..wh.plnk, ...)
 constexpr const char* kOpaqueXattr = "trusted.overlay.opaque";
+constexpr const char* kUserOpaqueXattr = "user.overlay.opaque";
 
 using Fd = layers::UniqueFd;
 
@@ -477,6 +478,9 @@ void Applier::clear_unwritten(int fd, const std::string& rel) {
 void Applier::set_opaque(int dirfd, const std::string& rel) {
   if (::fsetxattr(dirfd, kOpaqueXattr, "y", 1, 0) != 0)
     sys_fail("cannot set " + std::string(kOpaqueXattr) + " on " + full(rel));
+  // The same marker for an overlay mounted from a user namespace (userxattr), as RUN steps run.
+  if (::fsetxattr(dirfd, kUserOpaqueXattr, "y", 1, 0) != 0)
+    sys_fail("cannot set " + std::string(kUserOpaqueXattr) + " on " + full(rel));
 }
 
 /// Clears the way for a new entry `name`: whatever is there goes, unless it is a directory and

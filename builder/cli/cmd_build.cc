@@ -30,7 +30,24 @@ struct BuildArgs {
   bool push = false, no_push = false, force = false, skip_preflight = false;
   bool fail_fast = false, keep_going = false, no_wait = false;
   std::string network = "default", capture = "auto";
+  std::string step_timeout;  // --step-timeout DURATION ("" = none)
 };
+
+/// "90", "90s", "1.5m", "2h" → seconds; -1 when it is not a positive duration.
+double parse_duration(const std::string& s) {
+  if (s.empty()) return -1;
+  std::size_t used = 0;
+  double v = 0;
+  try {
+    v = std::stod(s, &used);
+  } catch (const std::exception&) {
+    return -1;
+  }
+  const std::string unit = s.substr(used);
+  double mult = unit.empty() || unit == "s" ? 1 : unit == "m" ? 60 : unit == "h" ? 3600 : -1;
+  if (mult < 0 || !(v > 0) || v * mult > 1e9) return -1;
+  return v * mult;
+}
 
 /// The output targets, checked before anything is built: a path of the wrong kind is a usage
 /// error now rather than a failure after the build.
@@ -110,6 +127,7 @@ session::Options options_of(Context& ctx, const BuildArgs& a, std::vector<builde
   o.build.extra_modules = modules_of(a);
   o.build.network = a.network != "none";
   o.build.run_capture = a.capture;
+  if (!a.step_timeout.empty()) o.build.step_timeout = parse_duration(a.step_timeout);
   o.outputs = std::move(targets);
   o.push = a.no_push ? session::Options::Push::Never
                      : a.push ? session::Options::Push::Always : session::Options::Push::Auto;
@@ -258,6 +276,11 @@ void add_build_commands(CLI::App& app, Common& c, std::vector<Command>& out) {
   build->add_option("--capture", a->capture,
                     "How RUN steps' changes are captured: auto, overlay (needs root) or snapshot")
       ->check(CLI::IsMember({"auto", "overlay", "snapshot"}));
+  build->add_option("--step-timeout", a->step_timeout,
+                    "Kill a RUN step (and fail the build, exit 3) when it runs longer than DURATION: 90, 90s, 10m, 2h")
+      ->check([](const std::string& v) {
+        return parse_duration(v) > 0 ? std::string() : "--step-timeout takes a duration such as 90s, 10m or 2h";
+      });
   build->add_flag("--no-wait", a->no_wait,
                   "Fail (exit 6) instead of waiting when another kiln is building the same image name");
   add_common_options(build, c);
