@@ -194,19 +194,24 @@ bool link_stays_inside(const std::string& rel, const std::string& target) {
 struct Walker {
   const std::string root;         // absolute, real path (for `abs` and messages)
   const std::string dest_prefix;
-  IgnoreRules* rules;             // builtin/flytekit, Docker-style files and (outside git) .gitignore
-  bool read_gitignores = false;   // add each directory's .gitignore to `rules` (outside a repository)
-  GitRepo* git = nullptr;         // the repository holding the root (source_copy_mode all), or null
+  const IgnoreRules* rules;       // builtin/flytekit and Docker-style files (paths relative to root)
+  IgnoreRules* git_rules = nullptr;  // .gitignore files met on the way are added here; null: none
+  std::string git_prefix;         // root relative to git_rules' base (the work tree): "" or "sub/app/"
+  const GitRepo* git = nullptr;   // the repository holding the root: its tracked files are kept
   bool dirs_need_content = false; // emit a directory only when something below it is emitted
   std::vector<FileEntry>* out;
   std::vector<std::string>* warnings;
 
-  void walk(int dfd, const std::string& rel, bool git_dir_ignored) {
+  bool git_ignored(const std::string& child, bool is_dir) const {
+    return git_rules && git_rules->ignored(git_prefix + child, is_dir);
+  }
+
+  void walk(int dfd, const std::string& rel) {
     const std::string dir_abs = rel.empty() ? root : root + "/" + rel;
     std::vector<std::string> names = list_dir(dfd, dir_abs);
-    if (read_gitignores && std::binary_search(names.begin(), names.end(), std::string(".gitignore"))) {
+    if (git_rules && std::binary_search(names.begin(), names.end(), std::string(".gitignore"))) {
       std::string text;
-      if (read_small_file_at(dfd, ".gitignore", &text)) rules->add_gitignore(rel, text);
+      if (read_small_file_at(dfd, ".gitignore", &text)) git_rules->add_gitignore(git_prefix + rel, text);
     }
     for (const std::string& n : names) {
       std::string child = join(rel, n);
@@ -218,8 +223,8 @@ struct Walker {
       }
       if (S_ISDIR(st.st_mode)) {
         if (rules->can_prune(child)) continue;
-        bool git_ignored = git_dir_ignored || (git && git->rules_match(child, true));
-        if (git_ignored && !git->tracks_below(child)) continue;  // nothing below is kept
+        // Below a directory git excludes, only tracked files stay (git ls-files -io lists the rest).
+        if (git_ignored(child, true) && !(git && git->tracks_below(child))) continue;
         bool emit = !dirs_need_content && !rules->ignored(child, true);
         if (emit && !valid_utf8(child))
           throw InputError("file name is not valid UTF-8: '" + printable(child_abs) +
@@ -227,12 +232,12 @@ struct Walker {
         FileEntry e = make_entry(child, dest_prefix + child, child_abs, st, dfd, n.c_str());
         UniqueFd sub = open_child_dir(dfd, n.c_str(), st, child_abs);
         std::size_t before = out->size();
-        walk(sub.get(), child, git_ignored);
+        walk(sub.get(), child);
         if (emit || (dirs_need_content && out->size() > before)) out->push_back(std::move(e));
         continue;
       }
       if (rules->ignored(child, false)) continue;
-      if (git && !git->tracked(child) && (git_dir_ignored || git->rules_match(child, false))) continue;
+      if (git_ignored(child, false) && !(git && git->tracked(child))) continue;
       // Checked after the ignore rules, so an excluded name does not matter; the whole path, as a
       // re-included file may sit below an excluded directory whose name is not UTF-8.
       if (!valid_utf8(child))
@@ -306,9 +311,9 @@ void add_listed(const std::string& root, int root_fd, const std::string& rel, co
     UniqueFd dir = open_child_dir(parent.get(), name.c_str(), st, abs);
     IgnoreRules builtin;
     builtin.add_builtin();
-    Walker w{abs, dest_prefix + rel + "/", &builtin, false, nullptr, false, out, warnings};
+    Walker w{abs, dest_prefix + rel + "/", &builtin, nullptr, "", nullptr, false, out, warnings};
     std::size_t first = out->size();
-    w.walk(dir.get(), "", false);
+    w.walk(dir.get(), "");
     for (std::size_t i = first; i < out->size(); ++i) (*out)[i].rel = rel + "/" + (*out)[i].rel;
   }
   out->push_back(std::move(e));
@@ -376,10 +381,16 @@ FileSet collect_files(const spec::ImageSpec& spec, const CollectOptions& opts) {
       if (read_file_if_exists(root + "/.dockerignore", &text)) rules.add_dockerignore(text, ".dockerignore");
       if (opts.flyteignore && read_file_if_exists(root + "/.flyteignore", &text))
         rules.add_dockerignore(text, ".flyteignore");
+      // Inside a git work tree, git's exclude sources from the work tree's root down and the index;
+      // outside one, the tree's own .gitignore files.
+      IgnoreRules git_rules;
       std::unique_ptr<GitRepo> git = GitRepo::open(root);
-      if (git) set.git_workdir = git->workdir();
-      Walker w{root, prefix, &rules, !git, git.get(), true, &set.source, &set.warnings};
-      w.walk(root_fd.get(), "", git && git->dir_itself_ignored());
+      if (git) {
+        set.git_workdir = git->workdir();
+        git->add_rules(git_rules);
+      }
+      Walker w{root, prefix, &rules, &git_rules, git ? git->prefix() : "", git.get(), true, &set.source, &set.warnings};
+      w.walk(root_fd.get(), "");
     } else {
       std::vector<std::string> mods = spec.loaded_modules;
       mods.insert(mods.end(), opts.extra_modules.begin(), opts.extra_modules.end());

@@ -4,6 +4,8 @@
 #include <git2.h>
 
 #include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <string>
 
 namespace kiln::layers {
@@ -66,17 +68,49 @@ std::unique_ptr<GitRepo> GitRepo::open(const std::string& dir) {
   return g;
 }
 
-bool GitRepo::dir_itself_ignored() {
-  // Top down: below an excluded directory nothing can be re-included (libgit2's single lookup
-  // would let a "!" rule on the deeper path win).
-  for (std::size_t slash = prefix_.find('/'); slash != std::string::npos; slash = prefix_.find('/', slash + 1)) {
-    int ignored = 0;
-    std::string p = prefix_.substr(0, slash + 1);
-    if (git_ignore_path_is_ignored(&ignored, h_->repo, p.c_str()) < 0)
-      throw InputError("cannot read git's ignore rules for '" + p + "': " + last_error());
-    if (ignored) return true;
+namespace {
+
+bool read_text(const std::string& path, std::string* out) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return false;
+  out->assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+  return true;
+}
+
+std::string excludes_file(git_repository* repo) {
+  git_config* cfg = nullptr;
+  std::string path;
+  if (git_repository_config_snapshot(&cfg, repo) == 0) {
+    git_buf buf = GIT_BUF_INIT;
+    if (git_config_get_path(&buf, cfg, "core.excludesFile") == 0 && buf.ptr) path = buf.ptr;
+    git_buf_dispose(&buf);
+    git_config_free(cfg);
   }
-  return false;
+  if (!path.empty()) return path;
+  const char* xdg = std::getenv("XDG_CONFIG_HOME");
+  if (xdg && *xdg) return std::string(xdg) + "/git/ignore";
+  const char* home = std::getenv("HOME");
+  return home && *home ? std::string(home) + "/.config/git/ignore" : std::string();
+}
+
+}  // namespace
+
+void GitRepo::add_rules(IgnoreRules& rules) const {
+  std::string text;
+  std::string common = git_repository_commondir(h_->repo);
+  if (!common.empty() && common.back() != '/') common += '/';
+  if (read_text(common + "info/exclude", &text)) rules.add_git_excludes(text);
+  if (std::string f = excludes_file(h_->repo); !f.empty() && read_text(f, &text)) rules.add_git_excludes(text);
+  // The .gitignore files above `dir`: "", "sub", ... (the prefix without its last component).
+  std::string dir;
+  for (std::size_t start = 0; !prefix_.empty();) {
+    std::string p = workdir_ + (dir.empty() ? "" : "/" + dir) + "/.gitignore";
+    if (read_text(p, &text)) rules.add_gitignore(dir, text);
+    std::size_t slash = prefix_.find('/', start);
+    if (slash == std::string::npos || slash + 1 >= prefix_.size()) break;
+    dir = prefix_.substr(0, slash);
+    start = slash + 1;
+  }
 }
 
 bool GitRepo::tracked(std::string_view rel) const {
@@ -89,14 +123,6 @@ bool GitRepo::tracks_below(std::string_view rel_dir) const {
   std::string p = prefix_ + std::string(rel_dir) + "/";
   std::size_t pos = 0;
   return git_index_find_prefix(&pos, h_->index, p.c_str()) == 0;
-}
-
-bool GitRepo::rules_match(std::string_view rel, bool is_dir) const {
-  std::string p = prefix_ + std::string(rel) + (is_dir ? "/" : "");
-  int ignored = 0;
-  if (git_ignore_path_is_ignored(&ignored, h_->repo, p.c_str()) < 0)
-    throw InputError("cannot read git's ignore rules for '" + p + "': " + last_error());
-  return ignored != 0;
 }
 
 }  // namespace kiln::layers

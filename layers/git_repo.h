@@ -1,16 +1,21 @@
-// The git context of a source root, through libgit2: which files `git ls-files -io
-// --exclude-standard` would call ignored (flytekit's GitIgnore), without spawning git.
+// The git context of a source root, through libgit2: what `git ls-files -io --exclude-standard`
+// (flytekit's GitIgnore) needs, without spawning git — the work tree, the index, and the exclude
+// sources.
 //
 // A path is ignored for git when it is untracked (not in the index) and the exclude rules match it
 // or one of its parent directories: .gitignore files from the work tree's root down (including
 // those above the source root), .git/info/exclude and core.excludesFile. Tracked files are kept
-// even when a pattern matches them, as git keeps them.
+// even when a pattern matches them, as git keeps them. The rules themselves are matched by kiln's
+// git matcher (layers/ignore.h), which follows git: libgit2's own matcher drops a "!" rule that
+// negates nothing earlier in the same file, and lets a "!" rule re-include a file below an
+// excluded directory, where git does neither.
 #pragma once
 
 #include <memory>
 #include <string>
 #include <string_view>
 
+#include "layers/ignore.h"
 #include "layers/input_error.h"
 
 namespace kiln::layers {
@@ -29,16 +34,16 @@ class GitRepo {
   const std::string& workdir() const { return workdir_; }
   const std::string& prefix() const { return prefix_; }
 
-  /// Is `dir` itself, or a directory above it up to the work tree's root, excluded?
-  bool dir_itself_ignored();
+  /// Adds git's exclude sources to `rules`, whose paths are relative to the work tree's root:
+  /// .git/info/exclude, core.excludesFile (default $XDG_CONFIG_HOME/git/ignore), and the
+  /// .gitignore files of the directories from the root down to `dir`'s parent. The walk adds
+  /// those at and below `dir` as it meets them.
+  void add_rules(IgnoreRules& rules) const;
 
   /// Is this path (relative to `dir`) in the index?
   bool tracked(std::string_view rel) const;
   /// Does the index hold a path below this directory (relative to `dir`)?
   bool tracks_below(std::string_view rel_dir) const;
-  /// Do the exclude rules match this path (relative to `dir`)? Parent directories are not
-  /// consulted here: the walk asks for each directory on its way down.
-  bool rules_match(std::string_view rel, bool is_dir) const;
 
  private:
   GitRepo() = default;

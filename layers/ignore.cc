@@ -345,7 +345,8 @@ bool docker_escaped(uint32_t c) {
 std::string check_filepath_syntax(std::string_view p) {
   size_t i = 0;
   auto get_esc = [&]() -> std::string {  // filepath's getEsc: one (escaped) rune of a class
-    if (i >= p.size() || p[i] == '-' || p[i] == ']') return "a '-' or ']' where a character is expected in '[...]'";
+    if (i >= p.size()) return "'[' without a closing ']'";
+    if (p[i] == '-' || p[i] == ']') return "a '-' or ']' where a character is expected in '[...]'";
     if (p[i] == '\\' && ++i >= p.size()) return "'\\' at the end of a '[...]'";
     size_t w = 0;
     uint32_t r = decode_rune(p, i, w);
@@ -685,6 +686,7 @@ struct IgnoreRules::Impl {
   bool builtin = false;
   bool flytekit = false;
   std::map<std::string, GitFile, std::less<>> git;  // keyed by directory ("" = root)
+  std::vector<GitFile> git_excludes;                // below every .gitignore, in precedence order
   std::vector<DockerFile> docker;                   // .dockerignore, .flyteignore
 
   // Git verdict for the first k segments of s, ignoring ancestors: +1 ignore, -1 keep, 0 none.
@@ -706,13 +708,14 @@ struct IgnoreRules::Impl {
   // Git: is the path, or any directory above it, excluded?
   bool git_ignored(std::string_view path, const std::vector<std::string_view>& s,
                    bool is_dir) const {
-    if (git.empty() || s.empty()) return false;
+    if ((git.empty() && git_excludes.empty()) || s.empty()) return false;
     std::vector<const GitFile*> files;  // .gitignore files in "", s0, s0/s1, ... deepest first
     for (size_t q = 0; q < s.size(); ++q) {
       size_t len = q == 0 ? 0 : static_cast<size_t>(s[q - 1].data() + s[q - 1].size() - path.data());
       auto it = git.find(path.substr(0, len));
       if (it != git.end()) files.insert(files.begin(), &it->second);
     }
+    for (const GitFile& f : git_excludes) files.push_back(&f);  // info/exclude, core.excludesFile
     if (files.empty()) return false;
     for (size_t k = 1; k <= s.size(); ++k)
       if (git_verdict(files, s.data(), k, k < s.size() || is_dir) > 0) return true;
@@ -754,6 +757,12 @@ IgnoreRules& IgnoreRules::operator=(IgnoreRules&&) noexcept = default;
 
 void IgnoreRules::add_builtin() { impl_->builtin = true; }
 
+namespace {
+
+void parse_gitignore(GitFile& file, std::string_view content);
+
+}  // namespace
+
 void IgnoreRules::add_gitignore(std::string_view dir_rel, std::string_view content) {
   std::vector<std::string_view> dir;
   split(dir_rel, dir);
@@ -762,6 +771,17 @@ void IgnoreRules::add_gitignore(std::string_view dir_rel, std::string_view conte
   for (std::string_view d : dir) key += (key.empty() ? "" : "/") + std::string(d);
   GitFile& file = impl_->git[key];
   file.depth = dir.size();
+  parse_gitignore(file, content);
+}
+
+void IgnoreRules::add_git_excludes(std::string_view content) {
+  impl_->git_excludes.emplace_back();
+  parse_gitignore(impl_->git_excludes.back(), content);
+}
+
+namespace {
+
+void parse_gitignore(GitFile& file, std::string_view content) {
 
   for_each_line(content, [&](std::string_view line) {
     if (line.empty() || line[0] == '#') return;
@@ -782,6 +802,8 @@ void IgnoreRules::add_gitignore(std::string_view dir_rel, std::string_view conte
     file.rules.push_back(std::move(rule));
   });
 }
+
+}  // namespace
 
 void IgnoreRules::add_flytekit_standard() { impl_->flytekit = true; }
 

@@ -41,6 +41,10 @@ class IgnoreRules {
   /// directory cannot be re-included. Later rules and deeper .gitignore files win.
   void add_gitignore(std::string_view dir_rel, std::string_view content);
 
+  /// Exclude patterns of lower precedence than every .gitignore, relative to the root (git's
+  /// .git/info/exclude, then core.excludesFile: call in that order).
+  void add_git_excludes(std::string_view content);
+
   /// A Docker-style ignore file at the root (`file_name` is ".dockerignore" or ".flyteignore",
   /// used in error messages). Read as Docker reads .dockerignore (moby's ignorefile + patternmatcher):
   /// a UTF-8 BOM is dropped, lines starting with "#" are comments, whitespace is trimmed, "!"
