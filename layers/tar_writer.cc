@@ -169,6 +169,10 @@ WrittenLayer write_layer(const std::vector<TarEntry>& entries, const LayerWriteO
     if (e.type != TarEntry::Type::File || e.size == 0) continue;
 
     int fd = ::open(e.source.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0 && (errno == ELOOP || errno == ENOENT || errno == ENOTDIR))
+      throw InputError("'" + e.source.string() + "' changed while kiln read the tree (" +
+                       (errno == ELOOP ? "a file became a symlink" : "a file disappeared") +
+                       "); re-run the build once the tree is stable");
     if (fd < 0) throw std::system_error(errno, std::generic_category(), "cannot open " + e.source.string());
     struct FdGuard {
       int fd;
@@ -202,8 +206,8 @@ WrittenLayer write_layer(const std::vector<TarEntry>& entries, const LayerWriteO
       changed = m != e.mtime_ns || c != e.ctime_ns;
     }
     if (changed)
-      throw std::runtime_error("file changed while the build read it: " + e.source.string() +
-                               " (re-run the build once the tree is stable)");
+      throw InputError("file changed while the build read it: " + e.source.string() +
+                       " (re-run the build once the tree is stable)");
   }
   if (archive_write_close(a) != ARCHIVE_OK) {
     if (!p.error.empty()) throw std::runtime_error(p.error);
