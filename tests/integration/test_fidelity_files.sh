@@ -3,18 +3,19 @@
 # Runs flytekit's own ls_files (from ../shared/flytekit-e96c720) and `kiln files` on random
 # projects inside real git repositories, and requires 0 differences (tests/integration/fidelity/
 # conformance.py says how trees and the docker-py/Docker question are handled).
-source "$(dirname "$0")/lib.sh"
-
-FLYTEKIT="$KILN_SOURCE_DIR/../shared/flytekit-e96c720"
+# Skips (77) are decided before lib.sh, whose exit trap counts any non-zero exit as a failure.
+SRC=${KILN_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
+FLYTEKIT=${KILN_FLYTEKIT_DIR:-$SRC/../shared/flytekit-e96c720}
 if [[ ! -d "$FLYTEKIT/flytekit" ]]; then
   echo "SKIP: flytekit's source is not at $FLYTEKIT (the fidelity test compares with its own ls_files)" >&2
   exit 77
 fi
 command -v git >/dev/null || { echo "SKIP: git is not installed" >&2; exit 77; }
-"$PYTHON" -c 'import docker.utils.build' 2>/dev/null || {
+/usr/bin/python3 -c 'import docker.utils.build' 2>/dev/null || {
   echo "SKIP: python3-docker is missing (flytekit's ignore module imports its matcher)" >&2
   exit 77
 }
+source "$(dirname "$0")/lib.sh"
 
 SEEDS=${KILN_FIDELITY_SEEDS:-40}
 if "$PYTHON" "$KILN_SOURCE_DIR/tests/integration/fidelity/conformance.py" "$KILN" "$FLYTEKIT" --seeds "$SEEDS" \
