@@ -189,6 +189,16 @@ bool link_stays_inside(const std::string& rel, const std::string& target) {
   return true;
 }
 
+/// Is this directory the top of another git work tree (a nested repository, or a submodule's
+/// checkout)? As git decides it: a ".git" directory holding HEAD, or a ".git" file naming one.
+bool nested_work_tree(int dfd) {
+  struct stat st{};
+  if (::fstatat(dfd, ".git", &st, AT_SYMLINK_NOFOLLOW) != 0) return false;
+  if (S_ISDIR(st.st_mode)) return ::fstatat(dfd, ".git/HEAD", &st, AT_SYMLINK_NOFOLLOW) == 0;
+  std::string text;
+  return S_ISREG(st.st_mode) && read_small_file_at(dfd, ".git", &text) && text.rfind("gitdir:", 0) == 0;
+}
+
 /// One walk below a root, every directory opened relative to its parent's descriptor with
 /// O_NOFOLLOW and checked against what lstat saw: a swapped path is an error, never followed.
 struct Walker {
@@ -202,14 +212,15 @@ struct Walker {
   std::vector<FileEntry>* out;
   std::vector<std::string>* warnings;
 
-  bool git_ignored(const std::string& child, bool is_dir) const {
-    return git_rules && git_rules->ignored(git_prefix + child, is_dir);
-  }
-
-  void walk(int dfd, const std::string& rel) {
+  /// `use_git` is false below a nested repository or submodule: `git ls-files` does not look
+  /// inside one, so flytekit's GitIgnore ignores nothing there.
+  void walk(int dfd, const std::string& rel, bool use_git = true) {
+    auto git_ignored = [&](const std::string& child, bool is_dir) {
+      return use_git && git_rules && git_rules->ignored(git_prefix + child, is_dir);
+    };
     const std::string dir_abs = rel.empty() ? root : root + "/" + rel;
     std::vector<std::string> names = list_dir(dfd, dir_abs);
-    if (git_rules && std::binary_search(names.begin(), names.end(), std::string(".gitignore"))) {
+    if (use_git && git_rules && std::binary_search(names.begin(), names.end(), std::string(".gitignore"))) {
       std::string text;
       if (read_small_file_at(dfd, ".gitignore", &text)) git_rules->add_gitignore(git_prefix + rel, text);
     }
@@ -224,15 +235,18 @@ struct Walker {
       if (S_ISDIR(st.st_mode)) {
         if (rules->can_prune(child)) continue;
         // Below a directory git excludes, only tracked files stay (git ls-files -io lists the rest).
+        // An excluded directory is not baked even when a repository is nested in it (flytekit
+        // bakes that one: docs/files.md).
         if (git_ignored(child, true) && !(git && git->tracks_below(child))) continue;
+        UniqueFd sub = open_child_dir(dfd, n.c_str(), st, child_abs);
+        bool nested = use_git && git && nested_work_tree(sub.get());
         bool emit = !dirs_need_content && !rules->ignored(child, true);
         if (emit && !valid_utf8(child))
           throw InputError("file name is not valid UTF-8: '" + printable(child_abs) +
                            "' (rename it, or exclude it with .dockerignore)");
         FileEntry e = make_entry(child, dest_prefix + child, child_abs, st, dfd, n.c_str());
-        UniqueFd sub = open_child_dir(dfd, n.c_str(), st, child_abs);
         std::size_t before = out->size();
-        walk(sub.get(), child);
+        walk(sub.get(), child, use_git && !nested);
         if (emit || (dirs_need_content && out->size() > before)) out->push_back(std::move(e));
         continue;
       }

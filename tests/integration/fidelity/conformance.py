@@ -3,7 +3,7 @@
 
 For each seed, builds a random project inside a real git repository (nested and parent
 .gitignore files, .git/info/exclude, core.excludesFile, tracked files that match ignore patterns,
-a .dockerignore, __pycache__, .cache, symlinks), then compares:
+a .dockerignore, __pycache__, .cache, symlinks, a nested repository), then compares:
 
   - flytekit: tools/script_mode.ls_files(root, ALL, ignore_group=IgnoreGroup(root, [GitIgnore,
     DockerIgnore, StandardIgnore])), exactly as image_spec/default_builder.py calls it, loaded from
@@ -18,8 +18,9 @@ decides, per tree, whether both read the .dockerignore alike. Where they do, kil
 flytekit exactly; where they do not, kiln must equal flytekit with Docker's matcher in place of
 docker-py's (kiln follows Docker).
 
-Deliberate difference (docs/files.md): kiln stores symlinks as symlinks, so it keeps a symlink to a
-directory and a dangling symlink, which flytekit's walk skips; those are not counted.
+Deliberate differences (docs/files.md), not counted: kiln stores symlinks as symlinks, so it keeps a
+symlink to a directory and a dangling symlink, which flytekit's walk skips; and kiln does not bake a
+repository nested in a git-ignored directory, which flytekit does.
 
 Usage: conformance.py KILN FLYTEKIT_DIR [--seeds N] [--first S] [--keep]
 Exit 0 when there are no differences; 1 otherwise (each difference printed).
@@ -264,6 +265,17 @@ def make_tree(rng, base, env):
         w(os.path.join(repo, "other.py"), "outside the source root\n")
     if rng.random() < 0.8:
         w(os.path.join(root, ".dockerignore"), "\n".join(rng.sample(DOCKERIGNORE, rng.randint(1, 6))) + "\n")
+    # A nested repository (a vendored checkout): git ls-files does not look inside it.
+    if rng.random() < 0.4:
+        dep = os.path.join(root, "third_party", "dep")
+        w(os.path.join(dep, "dep.py"), "dep\n")
+        w(os.path.join(dep, "dep.log"), "log\n")
+        w(os.path.join(dep, "build", "out.txt"), "out\n")
+        w(os.path.join(dep, ".gitignore"), "*.py\n")
+        git(env, dep, "init", "-q")
+        if rng.random() < 0.5:
+            with open(os.path.join(root, ".gitignore"), "a") as f:
+                f.write(rng.choice(["third_party/\n", "*.log\n", "dep\n"]))
     git(env, repo, "init", "-q")
     w(os.path.join(repo, ".git", "info", "exclude"), rng.choice(["*.bak\n", "*.csv\n", "notes.txt\n", ""]))
     excludes = os.path.join(base, "excludes")
@@ -341,6 +353,18 @@ def main():
                     continue  # kept by kiln on purpose, skipped by flytekit's walk
                 kiln.add(e["path"])
 
+            # Deliberate difference: a git-ignored directory is not baked by kiln even when a
+            # repository is nested in it; flytekit bakes that repository's files (git ls-files
+            # reports it as one "dir/" entry, which its per-file check never matches).
+            dep = os.path.join(root, "third_party", "dep")
+            dropped = set()
+            if os.path.isdir(os.path.join(dep, ".git")):
+                for d in ("third_party/", "third_party/dep/"):
+                    c = subprocess.run(["git", "check-ignore", "-q", os.path.join(root, d)], cwd=root, env=env)
+                    if c.returncode == 0:
+                        dropped = {p for p in walk_files(root) if p.startswith("third_party/dep/")}
+                        break
+
             di = os.path.join(root, ".dockerignore")
             ref = docker_read(open(di).read()) if os.path.isfile(di) else []
             pm = ignore.DockerIgnore(root).pm
@@ -351,6 +375,7 @@ def main():
             else:
                 disagree += 1
                 want, what = flytekit_ls(root, ref), "flytekit with Docker's matcher"
+            want -= dropped
             if kiln != want:
                 diffs += 1
                 print(f"seed {seed}: kiln differs from {what} (tree kept under {base})")
