@@ -137,6 +137,28 @@ TEST_CASE("fileset/git: ignore files above source_root, info/exclude, core.exclu
   }
 }
 
+TEST_CASE("fileset/git: a nested repository gets no git rules (git does not look inside), unless ignored", "[git]") {
+  if (!have_git()) {
+    WARN("SKIPPED: git is not installed");
+    return;
+  }
+  TempDir tmp;
+  HomeEnv home(tmp);
+  const fs::path repo = tmp / "repo";
+  write_file(repo / ".gitignore", "*.log\nignored/\n");
+  write_file(repo / "main.py", "x");
+  write_file(repo / "app.log", "dropped");
+  write_file(repo / "vendor" / "dep" / "dep.log", "kept: inside a nested repository");
+  write_file(repo / "vendor" / "dep" / ".gitignore", "*.py\n");
+  write_file(repo / "vendor" / "dep" / "dep.py", "kept too: its own .gitignore is not read either");
+  write_file(repo / "ignored" / "dep2" / "x.py", "not baked: the directory is ignored");
+  git(tmp, repo, "init -q");
+  git(tmp, repo / "vendor" / "dep", "init -q");
+  git(tmp, repo / "ignored" / "dep2", "init -q");
+  CHECK(files_of(collect_files(spec_all(repo))) ==
+        std::set<std::string>{".gitignore", "main.py", "vendor/dep/.gitignore", "vendor/dep/dep.log", "vendor/dep/dep.py"});
+}
+
 TEST_CASE("fileset/git: outside a repository, .gitignore files still apply", "[git]") {
   TempDir tmp;
   HomeEnv home(tmp);
