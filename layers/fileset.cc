@@ -155,10 +155,10 @@ std::vector<std::string> list_dir(int dfd, const std::string& abs) {
   return names;
 }
 
-/// Reads a small regular file `name` of `dfd` (not through a symlink; not a fifo). False when
-/// it is missing or not a regular file.
-bool read_small_file_at(int dfd, const char* name, std::string* out) {
-  UniqueFd fd(::openat(dfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY));
+/// Reads a small regular file `name` of `dfd` (not through a symlink unless `follow`; never a
+/// fifo). False when it is missing or not a regular file.
+bool read_small_file_at(int dfd, const char* name, std::string* out, bool follow = false) {
+  UniqueFd fd(::openat(dfd, name, O_RDONLY | (follow ? 0 : O_NOFOLLOW) | O_NONBLOCK | O_CLOEXEC | O_NOCTTY));
   if (!fd) return false;
   struct stat st{};
   if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) return false;
@@ -392,8 +392,8 @@ FileSet collect_files(const spec::ImageSpec& spec, const CollectOptions& opts) {
       IgnoreRules rules;
       rules.add_flytekit_standard();
       std::string text;
-      if (read_file_if_exists(root + "/.dockerignore", &text)) rules.add_dockerignore(text, ".dockerignore");
-      if (opts.flyteignore && read_file_if_exists(root + "/.flyteignore", &text))
+      if (read_small_file_at(root_fd.get(), ".dockerignore", &text, true)) rules.add_dockerignore(text, ".dockerignore");
+      if (opts.flyteignore && read_small_file_at(root_fd.get(), ".flyteignore", &text, true))
         rules.add_dockerignore(text, ".flyteignore");
       // Inside a git work tree, git's exclude sources from the work tree's root down and the index;
       // outside one, the tree's own .gitignore files.

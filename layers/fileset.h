@@ -3,7 +3,10 @@
 //
 // Safety rules: the walk never follows a symlink (symlinks are stored as symlinks); a listed path
 // that resolves outside its root through a symlink is refused; fifos, sockets and devices are
-// refused; file names must be valid UTF-8.
+// refused; file names must be valid UTF-8. Directories are opened relative to their parent's
+// descriptor (O_NOFOLLOW) and files are read only through open_walked_file, so a path swapped
+// for a symlink during a build is an error, never followed. Which files mode "all" selects, and
+// why: docs/files.md.
 #pragma once
 
 #include <cstdint>
