@@ -101,6 +101,8 @@ layers::TarEntry to_tar(const layers::FileEntry& f, std::uint32_t uid, std::uint
       t.sha256 = f.sha256;
       t.mtime_ns = f.key.mtime_ns;
       t.ctime_ns = f.key.ctime_ns;
+      t.dev = f.key.dev;
+      t.ino = f.key.ino;
       break;
   }
   return t;
@@ -241,8 +243,12 @@ void plan_layers(const std::vector<layers::FileEntry>& files, const std::string&
 /// Reads the first MiB of a file to decide whether compressing it pays.
 spec::Compression sample_compression(const layers::FileEntry& f, spec::Compression preferred) {
   if (precompressed_name(f.rel)) return spec::Compression::None;
-  int fd = ::open(f.abs.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-  if (fd < 0) return preferred;
+  int fd = -1;
+  try {
+    fd = layers::open_walked_file(f);  // the walked file itself, never a path swapped since
+  } catch (const layers::InputError&) {
+    return preferred;  // the layer writer reports it
+  }
   std::vector<char> buf(1 << 20);
   ssize_t n = ::read(fd, buf.data(), buf.size());
   ::close(fd);

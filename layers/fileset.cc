@@ -3,7 +3,9 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/openat2.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -15,8 +17,10 @@
 
 #include "layers/digest.h"
 #include "layers/fsutil.h"
+#include "layers/git_repo.h"
 #include "layers/ignore.h"
 #include "layers/parallel.h"
+#include "layers/unique_fd.h"
 
 namespace fs = std::filesystem;
 
@@ -78,8 +82,10 @@ StatIndex::Key key_of(const struct stat& st) {
 
 std::string join(const std::string& a, const std::string& b) { return a.empty() ? b : b.empty() ? a : a + "/" + b; }
 
-/// Builds an entry for `abs` (already lstat'ed), or throws for a file kind kiln refuses.
-FileEntry make_entry(const std::string& rel, const std::string& dest, const std::string& abs, const struct stat& st) {
+/// Builds an entry for `name` in the directory `dfd` (already lstat'ed as `st`; `abs` names it in
+/// messages), or throws for a file kind kiln refuses.
+FileEntry make_entry(const std::string& rel, const std::string& dest, const std::string& abs, const struct stat& st,
+                     int dfd, const char* name) {
   if (const char* kind = special_kind(st.st_mode))
     throw InputError("'" + printable(abs) + "' is " + kind + "; only files, directories and symlinks can go into an image");
   FileEntry e;
@@ -96,7 +102,7 @@ FileEntry make_entry(const std::string& rel, const std::string& dest, const std:
     e.type = FileEntry::Type::Symlink;
     e.mode = 0777;
     std::string target(static_cast<std::size_t>(st.st_size) + 1, '\0');
-    ssize_t n = ::readlink(abs.c_str(), target.data(), target.size());
+    ssize_t n = ::readlinkat(dfd, name, target.data(), target.size());
     if (n < 0) throw InputError("cannot read symlink '" + printable(abs) + "': " + std::strerror(errno));
     target.resize(static_cast<std::size_t>(n));
     if (!valid_utf8(target)) throw InputError("symlink '" + printable(abs) + "' has a target that is not valid UTF-8");
@@ -109,6 +115,62 @@ FileEntry make_entry(const std::string& rel, const std::string& dest, const std:
     e.size = static_cast<std::uint64_t>(st.st_size);
   }
   return e;
+}
+
+[[noreturn]] void changed_during_walk(const std::string& abs, const char* what) {
+  throw InputError("'" + printable(abs) + "' changed while kiln read the tree (" + what +
+                   "); nothing outside the source is read: re-run the build once the tree is stable");
+}
+
+/// Opens the directory `name` of `dfd` without following a symlink, and checks it is the one
+/// lstat'ed as `st` (a directory swapped for a symlink since is refused, never followed).
+UniqueFd open_child_dir(int dfd, const char* name, const struct stat& st, const std::string& abs) {
+  UniqueFd fd(::openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  if (!fd) {
+    if (errno == ELOOP || errno == ENOTDIR || errno == ENOENT) changed_during_walk(abs, "a directory became something else");
+    throw InputError("cannot read directory '" + printable(abs) + "': " + std::strerror(errno));
+  }
+  struct stat now{};
+  if (::fstat(fd.get(), &now) != 0 || now.st_dev != st.st_dev || now.st_ino != st.st_ino)
+    changed_during_walk(abs, "a directory was replaced");
+  return fd;
+}
+
+/// The names in the directory `dfd`, without "." and "..".
+std::vector<std::string> list_dir(int dfd, const std::string& abs) {
+  int dup = ::fcntl(dfd, F_DUPFD_CLOEXEC, 0);
+  DIR* d = dup < 0 ? nullptr : ::fdopendir(dup);
+  if (!d) {
+    if (dup >= 0) ::close(dup);
+    throw InputError("cannot read directory '" + printable(abs) + "': " + std::strerror(errno));
+  }
+  std::vector<std::string> names;
+  while (struct dirent* de = ::readdir(d)) {
+    std::string n = de->d_name;
+    if (n == "." || n == "..") continue;
+    names.push_back(std::move(n));
+  }
+  ::closedir(d);
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+/// Reads a small regular file `name` of `dfd` (not through a symlink unless `follow`; never a
+/// fifo). False when it is missing or not a regular file.
+bool read_small_file_at(int dfd, const char* name, std::string* out, bool follow = false) {
+  UniqueFd fd(::openat(dfd, name, O_RDONLY | (follow ? 0 : O_NOFOLLOW) | O_NONBLOCK | O_CLOEXEC | O_NOCTTY));
+  if (!fd) return false;
+  struct stat st{};
+  if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) return false;
+  out->clear();
+  char buf[65536];
+  for (;;) {
+    ssize_t n = ::read(fd.get(), buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    out->append(buf, static_cast<std::size_t>(n));
+  }
+  return true;
 }
 
 /// Does the lexical target of a symlink at `rel` (relative to a root) stay inside that root?
@@ -127,60 +189,80 @@ bool link_stays_inside(const std::string& rel, const std::string& target) {
   return true;
 }
 
+/// Is this directory the top of another git work tree (a nested repository, or a submodule's
+/// checkout)? As git decides it: a ".git" directory holding HEAD, or a ".git" file naming one.
+bool nested_work_tree(int dfd) {
+  struct stat st{};
+  if (::fstatat(dfd, ".git", &st, AT_SYMLINK_NOFOLLOW) != 0) return false;
+  if (S_ISDIR(st.st_mode)) return ::fstatat(dfd, ".git/HEAD", &st, AT_SYMLINK_NOFOLLOW) == 0;
+  std::string text;
+  return S_ISREG(st.st_mode) && read_small_file_at(dfd, ".git", &text) && text.rfind("gitdir:", 0) == 0;
+}
+
+/// One walk below a root, every directory opened relative to its parent's descriptor with
+/// O_NOFOLLOW and checked against what lstat saw: a swapped path is an error, never followed.
 struct Walker {
-  const std::string root;  // absolute, real path
+  const std::string root;         // absolute, real path (for `abs` and messages)
   const std::string dest_prefix;
-  IgnoreRules* rules;      // null: keep everything (but the built-in rules in `builtin`)
-  IgnoreRules builtin;
+  const IgnoreRules* rules;       // builtin/flytekit and Docker-style files (paths relative to root)
+  IgnoreRules* git_rules = nullptr;  // .gitignore files met on the way are added here; null: none
+  std::string git_prefix;         // root relative to git_rules' base (the work tree): "" or "sub/app/"
+  const GitRepo* git = nullptr;   // the repository holding the root: its tracked files are kept
+  bool dirs_need_content = false; // emit a directory only when something below it is emitted
   std::vector<FileEntry>* out;
   std::vector<std::string>* warnings;
 
-  void walk(const std::string& rel) {
-    std::string dir_abs = rel.empty() ? root : root + "/" + rel;
-    DIR* d = ::opendir(dir_abs.c_str());
-    if (!d) throw InputError("cannot read directory '" + printable(dir_abs) + "': " + std::strerror(errno));
-    struct DirGuard {
-      DIR* d;
-      ~DirGuard() { ::closedir(d); }
-    } guard{d};
-    std::vector<std::string> names;
-    while (struct dirent* de = ::readdir(d)) {
-      std::string n = de->d_name;
-      if (n == "." || n == "..") continue;
-      names.push_back(std::move(n));
-    }
-    int dfd = ::dirfd(d);
-    if (rules && std::find(names.begin(), names.end(), ".gitignore") != names.end()) {
+  /// `use_git` is false below a nested repository or submodule: `git ls-files` does not look
+  /// inside one, so flytekit's GitIgnore ignores nothing there.
+  void walk(int dfd, const std::string& rel, bool use_git = true) {
+    auto git_ignored = [&](const std::string& child, bool is_dir) {
+      return use_git && git_rules && git_rules->ignored(git_prefix + child, is_dir);
+    };
+    const std::string dir_abs = rel.empty() ? root : root + "/" + rel;
+    std::vector<std::string> names = list_dir(dfd, dir_abs);
+    if (use_git && git_rules && std::binary_search(names.begin(), names.end(), std::string(".gitignore"))) {
       std::string text;
-      read_file_if_exists(dir_abs + "/.gitignore", &text);
-      rules->add_gitignore(rel, text);
+      if (read_small_file_at(dfd, ".gitignore", &text)) git_rules->add_gitignore(git_prefix + rel, text);
     }
-    std::sort(names.begin(), names.end());
-    std::vector<std::string> subdirs;  // walked after this directory's own entries
     for (const std::string& n : names) {
       std::string child = join(rel, n);
+      std::string child_abs = root + "/" + child;
       struct stat st{};
-      if (::fstatat(dfd, n.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0)
-        throw InputError("cannot stat '" + printable(root + "/" + child) + "': " + std::strerror(errno));
-      bool is_dir = S_ISDIR(st.st_mode);
-      const IgnoreRules& r = rules ? *rules : builtin;
-      if (r.ignored(child, is_dir)) {
-        if (is_dir && !r.can_prune(child)) subdirs.push_back(child);  // look inside, emit nothing
+      if (::fstatat(dfd, n.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
+        if (errno == ENOENT) changed_during_walk(child_abs, "a file disappeared");
+        throw InputError("cannot stat '" + printable(child_abs) + "': " + std::strerror(errno));
+      }
+      if (S_ISDIR(st.st_mode)) {
+        if (rules->can_prune(child)) continue;
+        // Below a directory git excludes, only tracked files stay (git ls-files -io lists the rest).
+        // An excluded directory is not baked even when a repository is nested in it (flytekit
+        // bakes that one: docs/files.md).
+        if (git_ignored(child, true) && !(git && git->tracks_below(child))) continue;
+        UniqueFd sub = open_child_dir(dfd, n.c_str(), st, child_abs);
+        bool nested = use_git && git && nested_work_tree(sub.get());
+        bool emit = !dirs_need_content && !rules->ignored(child, true);
+        if (emit && !valid_utf8(child))
+          throw InputError("file name is not valid UTF-8: '" + printable(child_abs) +
+                           "' (rename it, or exclude it with .dockerignore)");
+        FileEntry e = make_entry(child, dest_prefix + child, child_abs, st, dfd, n.c_str());
+        std::size_t before = out->size();
+        walk(sub.get(), child, use_git && !nested);
+        if (emit || (dirs_need_content && out->size() > before)) out->push_back(std::move(e));
         continue;
       }
+      if (rules->ignored(child, false)) continue;
+      if (git_ignored(child, false) && !(git && git->tracked(child))) continue;
       // Checked after the ignore rules, so an excluded name does not matter; the whole path, as a
       // re-included file may sit below an excluded directory whose name is not UTF-8.
       if (!valid_utf8(child))
-        throw InputError("file name is not valid UTF-8: '" + printable(root + "/" + child) +
+        throw InputError("file name is not valid UTF-8: '" + printable(child_abs) +
                          "' (rename it, or exclude it with .dockerignore)");
-      FileEntry e = make_entry(child, dest_prefix + child, root + "/" + child, st);
+      FileEntry e = make_entry(child, dest_prefix + child, child_abs, st, dfd, n.c_str());
       if (e.type == FileEntry::Type::Symlink && !link_stays_inside(child, e.link_target))
         warnings->push_back("symlink '" + child + "' points outside source_root ('" + e.link_target +
                             "'); stored as a symlink, not followed");
-      if (is_dir) subdirs.push_back(child);
       out->push_back(std::move(e));
     }
-    for (const std::string& s : subdirs) walk(s);
   }
 };
 
@@ -198,23 +280,54 @@ bool inside(const std::string& path, const std::string& root) {
                           (root == "/" || path[root.size()] == '/'));
 }
 
+UniqueFd open_root(const std::string& root) {
+  UniqueFd fd(::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd) throw InputError("cannot read directory '" + printable(root) + "': " + std::strerror(errno));
+  return fd;
+}
+
+/// Opens the directory `rel` below `root_fd`, following only symlinks that stay below the root
+/// (openat2 RESOLVE_BENEATH). Returns an invalid fd with errno set; ENOSYS on kernels before 5.6.
+UniqueFd open_dir_beneath(int root_fd, const std::string& rel) {
+  struct open_how how{};
+  how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
+  how.resolve = RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS;
+  long fd = ::syscall(SYS_openat2, root_fd, rel.c_str(), &how, sizeof how);
+  return UniqueFd(fd < 0 ? -1 : static_cast<int>(fd));
+}
+
 /// Adds one listed path (a loaded module, or a copy entry) below `root`, recursing into a directory.
-void add_listed(const std::string& root, const std::string& rel, const std::string& dest_prefix, const char* what,
-                std::vector<FileEntry>* out, std::vector<std::string>* warnings) {
-  std::string abs = root + "/" + rel;
+void add_listed(const std::string& root, int root_fd, const std::string& rel, const std::string& dest_prefix,
+                const char* what, std::vector<FileEntry>* out, std::vector<std::string>* warnings) {
+  const std::string abs = root + "/" + rel;
+  const std::string parent_rel = fs::path(rel).parent_path().string();
+  const std::string name = fs::path(rel).filename().string();
+  UniqueFd parent;
+  if (parent_rel.empty()) {
+    parent = UniqueFd(::fcntl(root_fd, F_DUPFD_CLOEXEC, 0));
+  } else {
+    parent = open_dir_beneath(root_fd, parent_rel);
+    if (!parent && errno == ENOSYS) {  // no openat2: resolve, then check the result stays inside
+      std::string real_parent = real(root + "/" + parent_rel, what);
+      if (!inside(real_parent, root))
+        throw InputError(std::string(what) + " '" + rel + "' resolves outside " + root + " (through a symlink); refused");
+      parent = UniqueFd(::open(real_parent.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+    }
+    if (!parent && errno == EXDEV)
+      throw InputError(std::string(what) + " '" + rel + "' resolves outside " + root + " (through a symlink); refused");
+  }
+  if (!parent) throw InputError(std::string(what) + " '" + rel + "' not found under " + root);
   struct stat st{};
-  if (::lstat(abs.c_str(), &st) != 0)
+  if (::fstatat(parent.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0)
     throw InputError(std::string(what) + " '" + rel + "' not found under " + root);
-  // The parent must resolve inside the root: no symlinked directory may lead out.
-  std::string parent = real(fs::path(abs).parent_path().string(), what);
-  if (!inside(parent, root))
-    throw InputError(std::string(what) + " '" + rel + "' resolves outside " + root + " (through a symlink); refused");
-  FileEntry e = make_entry(rel, dest_prefix + rel, abs, st);
+  FileEntry e = make_entry(rel, dest_prefix + rel, abs, st, parent.get(), name.c_str());
   if (e.type == FileEntry::Type::Dir) {
-    Walker w{abs, dest_prefix + rel + "/", nullptr, {}, out, warnings};
-    w.builtin.add_builtin();
+    UniqueFd dir = open_child_dir(parent.get(), name.c_str(), st, abs);
+    IgnoreRules builtin;
+    builtin.add_builtin();
+    Walker w{abs, dest_prefix + rel + "/", &builtin, nullptr, "", nullptr, false, out, warnings};
     std::size_t first = out->size();
-    w.walk("");
+    w.walk(dir.get(), "");
     for (std::size_t i = first; i < out->size(); ++i) (*out)[i].rel = rel + "/" + (*out)[i].rel;
   }
   out->push_back(std::move(e));
@@ -253,6 +366,12 @@ bool FileSet::contains_source_file(const std::string& rel) const {
 }
 
 FileSet collect_files(const spec::ImageSpec& spec, const std::vector<std::string>& extra_modules) {
+  CollectOptions opts;
+  opts.extra_modules = extra_modules;
+  return collect_files(spec, opts);
+}
+
+FileSet collect_files(const spec::ImageSpec& spec, const CollectOptions& opts) {
   FileSet set;
   set.dest = spec.source_dest;
   set.mode = spec.source_root ? spec.source_copy_mode : spec::CopyMode::NoCopy;
@@ -266,22 +385,35 @@ FileSet collect_files(const spec::ImageSpec& spec, const std::vector<std::string
       throw InputError("source_root '" + root + "' does not exist (resolved from " + spec.origin + ")");
     if (!S_ISDIR(st.st_mode)) throw InputError("source_root '" + root + "' is not a directory");
     root = real(root, "source_root");
+    UniqueFd root_fd = open_root(root);
     if (set.mode == spec::CopyMode::All) {
+      // flytekit's image builder: IgnoreGroup([GitIgnore, DockerIgnore, StandardIgnore]); the
+      // fast-register bundle adds FlyteIgnore.
       IgnoreRules rules;
-      rules.add_builtin();
-      std::string docker;
-      if (read_file_if_exists(root + "/.dockerignore", &docker)) rules.add_dockerignore(docker);
-      Walker w{root, prefix, &rules, {}, &set.source, &set.warnings};
-      w.walk("");
+      rules.add_flytekit_standard();
+      std::string text;
+      if (read_small_file_at(root_fd.get(), ".dockerignore", &text, true)) rules.add_dockerignore(text, ".dockerignore");
+      if (opts.flyteignore && read_small_file_at(root_fd.get(), ".flyteignore", &text, true))
+        rules.add_dockerignore(text, ".flyteignore");
+      // Inside a git work tree, git's exclude sources from the work tree's root down and the index;
+      // outside one, the tree's own .gitignore files.
+      IgnoreRules git_rules;
+      std::unique_ptr<GitRepo> git = GitRepo::open(root);
+      if (git) {
+        set.git_workdir = git->workdir();
+        git->add_rules(git_rules);
+      }
+      Walker w{root, prefix, &rules, &git_rules, git ? git->prefix() : "", git.get(), true, &set.source, &set.warnings};
+      w.walk(root_fd.get(), "");
     } else {
       std::vector<std::string> mods = spec.loaded_modules;
-      mods.insert(mods.end(), extra_modules.begin(), extra_modules.end());
+      mods.insert(mods.end(), opts.extra_modules.begin(), opts.extra_modules.end());
       for (const std::string& m : mods) {
         std::string clean = fs::path(m).lexically_normal().generic_string();
         while (!clean.empty() && clean.back() == '/') clean.pop_back();
         if (clean.empty() || clean == "." || clean.front() == '/' || clean.rfind("../", 0) == 0 || clean == "..")
           throw InputError("loaded module '" + m + "' must be a relative path inside source_root");
-        add_listed(root, clean, prefix, "loaded module", &set.source, &set.warnings);
+        add_listed(root, root_fd.get(), clean, prefix, "loaded module", &set.source, &set.warnings);
       }
     }
     std::sort(set.source.begin(), set.source.end(), [](const FileEntry& a, const FileEntry& b) { return a.rel < b.rel; });
@@ -293,7 +425,9 @@ FileSet collect_files(const spec::ImageSpec& spec, const std::vector<std::string
 
   if (!spec.copy.empty()) {
     std::string base = real(spec.base_dir.string(), "spec directory");
-    for (const std::string& c : spec.copy) add_listed(base, c, prefix, "copy entry", &set.copy, &set.warnings);
+    UniqueFd base_fd = open_root(base);
+    for (const std::string& c : spec.copy)
+      add_listed(base, base_fd.get(), c, prefix, "copy entry", &set.copy, &set.warnings);
     std::sort(set.copy.begin(), set.copy.end(), [](const FileEntry& a, const FileEntry& b) { return a.dest < b.dest; });
     set.copy.erase(std::unique(set.copy.begin(), set.copy.end(),
                                [](const FileEntry& a, const FileEntry& b) { return a.dest == b.dest; }),
@@ -308,6 +442,21 @@ FileSet collect_files(const spec::ImageSpec& spec, const std::vector<std::string
       }
   }
   return set;
+}
+
+int open_walked_file(const FileEntry& e) {
+  UniqueFd fd(::open(e.abs.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY));
+  if (!fd) {
+    if (errno == ELOOP) changed_during_walk(e.abs, "a file became a symlink");
+    if (errno == ENOENT) changed_during_walk(e.abs, "a file disappeared");
+    throw InputError("cannot open '" + printable(e.abs) + "': " + std::strerror(errno));
+  }
+  struct stat st{};
+  if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode) || st.st_dev != e.key.dev || st.st_ino != e.key.ino)
+    changed_during_walk(e.abs, "a file, or a directory above it, was replaced");
+  int fl = ::fcntl(fd.get(), F_GETFL);
+  if (fl >= 0) ::fcntl(fd.get(), F_SETFL, fl & ~O_NONBLOCK);
+  return fd.release();
 }
 
 void hash_files(FileSet& set, StatIndex* index, int jobs) {
@@ -329,13 +478,19 @@ void hash_files(FileSet& set, StatIndex* index, int jobs) {
   std::sort(todo.begin(), todo.end(), [](FileEntry* a, FileEntry* b) { return a->size > b->size; });
   parallel_for(todo.size(), jobs, [&](std::size_t i) {
     FileEntry* e = todo[i];
-    try {
-      e->sha256 = sha256_file_hex(e->abs);
-    } catch (const std::system_error& err) {
-      throw InputError("cannot read '" + printable(e->abs) + "': " + err.code().message());
-    } catch (const std::exception& err) {
-      throw InputError("cannot hash '" + printable(e->abs) + "': " + err.what());
+    // Read from a descriptor checked to be the walked file: a path swapped for a symlink (or a
+    // parent directory swapped for one) since the walk is refused, never followed.
+    UniqueFd fd(open_walked_file(*e));
+    Sha256 h;
+    std::vector<char> buf(1 << 20);
+    for (;;) {
+      ssize_t n = ::read(fd.get(), buf.data(), buf.size());
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) throw InputError("cannot read '" + printable(e->abs) + "': " + std::strerror(errno));
+      if (n == 0) break;
+      h.update(buf.data(), static_cast<std::size_t>(n));
     }
+    e->sha256 = h.hex();
   });
   if (index)
     for (FileEntry* e : todo) index->update(e->abs, e->key, e->sha256);

@@ -3,7 +3,10 @@
 //
 // Safety rules: the walk never follows a symlink (symlinks are stored as symlinks); a listed path
 // that resolves outside its root through a symlink is refused; fifos, sockets and devices are
-// refused; file names must be valid UTF-8.
+// refused; file names must be valid UTF-8. Directories are opened relative to their parent's
+// descriptor (O_NOFOLLOW) and files are read only through open_walked_file, so a path swapped
+// for a symlink during a build is an error, never followed. Which files mode "all" selects, and
+// why: docs/files.md.
 #pragma once
 
 #include <cstdint>
@@ -11,16 +14,12 @@
 #include <string>
 #include <vector>
 
+#include "layers/input_error.h"
 #include "layers/store.h"
 #include "spec/image_spec.h"
 
 namespace kiln::layers {
 
-/// Bad input on disk (missing source_root, a fifo, an unreadable file…): the user must fix it.
-class InputError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
 
 struct FileEntry {
   enum class Type { File, Dir, Symlink };
@@ -45,14 +44,37 @@ struct FileSet {
   std::vector<FileEntry> source;           // sorted by rel
   std::vector<FileEntry> copy;             // sorted by dest
   std::vector<std::string> warnings;       // e.g. a symlink pointing outside source_root
+  std::string git_workdir;                 // mode all: the git work tree holding source_root, or ""
   std::uint64_t total_bytes() const;
   /// Is this path (relative to source_root) a file the image bakes in?
   bool contains_source_file(const std::string& rel) const;
 };
 
-/// Walks what `spec` copies. `extra_modules` adds to the spec's loaded_modules (as an SDK passes
-/// them on the command line). Reads no file content. Throws InputError.
+struct CollectOptions {
+  /// Added to the spec's loaded_modules (as an SDK passes them on the command line).
+  std::vector<std::string> extra_modules;
+  /// Also apply `<source_root>/.flyteignore` in mode all (Docker pattern semantics), as flytekit's
+  /// fast-register bundle does. The image's file set does not: flytekit's image builder ignores it.
+  bool flyteignore = false;
+};
+
+/// Walks what `spec` copies. Reads no file content. Throws InputError.
+///
+/// Mode all selects the files flytekit selects (docs/files.md): inside a git work tree, the files
+/// `git ls-files -io --exclude-standard` does not list (tracked files are kept even when ignored;
+/// .gitignore files above source_root, .git/info/exclude and core.excludesFile apply); outside
+/// one, the tree's .gitignore files; then the root .dockerignore (Docker's semantics) and
+/// flytekit's standard ignores. Directories are listed only when they hold something listed.
+///
+/// Every directory is opened relative to its parent's descriptor with O_NOFOLLOW and checked
+/// against what lstat saw, so a directory swapped for a symlink is an InputError, never followed.
+FileSet collect_files(const spec::ImageSpec& spec, const CollectOptions& opts);
 FileSet collect_files(const spec::ImageSpec& spec, const std::vector<std::string>& extra_modules = {});
+
+/// Opens a walked file for reading: O_NOFOLLOW, and refused (InputError) unless the descriptor is
+/// the regular file the walk saw (same device and inode), so bytes from outside the root are
+/// never read through a path swapped since. The caller owns the returned descriptor.
+int open_walked_file(const FileEntry& e);
 
 /// Fills FileEntry::sha256 for every file, from `index` where the stat identity matches, reading
 /// the rest with up to `jobs` threads (and recording them in `index`). Throws InputError.

@@ -1,8 +1,11 @@
-// Ignore rules for source_copy_mode "all": a small glob engine ('/'-aware, "**" spanning
-// directories) plus .gitignore (git), .dockerignore (moby patternmatcher) and built-in rules.
+// Ignore rules for source_copy_mode "all": a small glob engine for .gitignore ('/'-aware, "**"
+// spanning directories), Docker's .dockerignore matcher (moby patternmatcher semantics), and
+// flytekit's standard rules.
 //
-// Patterns are compiled once into segments; matching a path is a greedy segment match with a
+// Git patterns are compiled once into segments; matching a path is a greedy segment match with a
 // single backtrack point per "*"/"**" level, so it is O(pattern x path) and never exponential.
+// Docker patterns are compiled to a small Thompson NFA (Docker compiles them to Go regular
+// expressions): matching simulates the state set, O(pattern x path), with no recursion.
 #include "layers/ignore.h"
 
 #include <algorithm>
@@ -203,18 +206,6 @@ bool match(const Pattern& p, const std::string_view* s, size_t n) {
   return match_segs(p.segs.data(), p.segs.size(), s, n);
 }
 
-// Could p match some path strictly below the directory `dir` (n segments)? True when a prefix
-// of p matches dir exactly and pattern segments remain (or the prefix ends in "**"). Assumes
-// every remaining segment can match something, which errs on the safe side.
-bool could_match_below(const Pattern& p, const std::string_view* dir, size_t n) {
-  const size_t m = p.segs.size();
-  for (size_t len = 0; len <= m; ++len) {
-    bool open = len < m || p.segs[len - 1].kind == Seg::kDoubleStar;
-    if (open && match_segs(p.segs.data(), len, dir, n)) return true;
-  }
-  return false;
-}
-
 // Splits a relative path into its non-empty segments (views into `path`).
 void split(std::string_view path, std::vector<std::string_view>& out) {
   out.clear();
@@ -238,13 +229,6 @@ void for_each_line(std::string_view content, F f) {
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
     f(line);
   }
-}
-
-std::string_view trim_space(std::string_view s) {
-  const char* ws = " \t\r\n\v\f";
-  size_t b = s.find_first_not_of(ws);
-  if (b == std::string_view::npos) return {};
-  return s.substr(b, s.find_last_not_of(ws) - b + 1);
 }
 
 // Go's filepath.Clean for '/'-separated paths.
@@ -296,18 +280,414 @@ struct GitFile {
   std::vector<GitRule> rules;
 };
 
-struct DockerRule {
-  Pattern pat;
-  bool exception = false;
+// ---------------------------------------------------------------------------------------------
+// Docker (.dockerignore): moby's ignorefile.ReadAll, then patternmatcher.New, then
+// MatchesOrParentMatches. Docker turns each pattern into a Go regular expression, or into a plain
+// string comparison (exact, prefix or suffix) when it can; kiln classifies patterns the same way
+// and runs the regular-expression ones on its own NFA.
+
+// Decodes one UTF-8 rune at s[i] as Go does: an invalid byte is U+FFFD of width 1.
+uint32_t decode_rune(std::string_view s, size_t i, size_t& width) {
+  auto b = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
+  unsigned char c = b(i);
+  width = 1;
+  if (c < 0x80) return c;
+  size_t n = (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+  if (n == 0 || i + n > s.size()) return 0xFFFD;
+  uint32_t r = c & (0x7F >> n);
+  for (size_t k = 1; k < n; ++k) {
+    if ((b(i + k) >> 6) != 2) return 0xFFFD;
+    r = (r << 6) | (b(i + k) & 0x3F);
+  }
+  static const uint32_t kMin[5] = {0, 0, 0x80, 0x800, 0x10000};
+  if (r < kMin[n] || r > 0x10FFFF || (r >= 0xD800 && r <= 0xDFFF)) return 0xFFFD;
+  width = n;
+  return r;
+}
+
+// Go's unicode.IsSpace.
+bool go_space(uint32_t r) {
+  return r == ' ' || (r >= '\t' && r <= '\r') || r == 0x85 || r == 0xA0 || r == 0x1680 ||
+         (r >= 0x2000 && r <= 0x200A) || r == 0x2028 || r == 0x2029 || r == 0x202F || r == 0x205F ||
+         r == 0x3000;
+}
+
+// Go's strings.TrimSpace.
+std::string_view go_trim_space(std::string_view s) {
+  while (!s.empty()) {
+    size_t w = 0;
+    if (!go_space(decode_rune(s, 0, w))) break;
+    s.remove_prefix(w);
+  }
+  while (!s.empty()) {
+    size_t start = s.size() - 1;  // back up to the first byte of the last rune
+    while (start > 0 && s.size() - start < 4 && (static_cast<unsigned char>(s[start]) >> 6) == 2) --start;
+    size_t w = 0;
+    uint32_t r = decode_rune(s, start, w);
+    if (start + w != s.size()) {  // not one valid rune to the end: the last byte is U+FFFD
+      break;
+    }
+    if (!go_space(r)) break;
+    s.remove_suffix(w);
+  }
+  return s;
+}
+
+bool ascii_alnum(uint32_t c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
+
+// The characters Docker escapes when building its regular expression: literal in every pattern.
+bool docker_escaped(uint32_t c) {
+  return c == '.' || c == '+' || c == '(' || c == ')' || c == '|' || c == '{' || c == '}' || c == '$';
+}
+
+// The syntax check patternmatcher.New does with filepath.Match(pattern, "."): a trailing "\" and
+// malformed bracket expressions are errors. Returns "" or the reason.
+std::string check_filepath_syntax(std::string_view p) {
+  size_t i = 0;
+  auto get_esc = [&]() -> std::string {  // filepath's getEsc: one (escaped) rune of a class
+    if (i >= p.size()) return "'[' without a closing ']'";
+    if (p[i] == '-' || p[i] == ']') return "a '-' or ']' where a character is expected in '[...]'";
+    if (p[i] == '\\' && ++i >= p.size()) return "'\\' at the end of a '[...]'";
+    size_t w = 0;
+    uint32_t r = decode_rune(p, i, w);
+    if (r == 0xFFFD && w == 1) return "invalid UTF-8 in '[...]'";
+    i += w;
+    if (i >= p.size()) return "'[' without a closing ']'";
+    return "";
+  };
+  while (i < p.size()) {
+    char c = p[i];
+    if (c == '\\') {
+      if (i + 1 >= p.size()) return "'\\' at the end of the pattern";
+      i += 2;
+    } else if (c == '[') {
+      ++i;
+      if (i < p.size() && p[i] == '^') ++i;
+      for (int nrange = 0;; ++nrange) {
+        if (i < p.size() && p[i] == ']' && nrange > 0) {
+          ++i;
+          break;
+        }
+        if (std::string e = get_esc(); !e.empty()) return e;
+        if (p[i] == '-') {
+          ++i;
+          if (std::string e = get_esc(); !e.empty()) return e;
+        }
+      }
+    } else {
+      ++i;
+    }
+  }
+  return "";
+}
+
+struct DockerClass {
+  bool negate = false;
+  std::vector<std::pair<uint32_t, uint32_t>> ranges;
+  bool has(uint32_t r) const {
+    bool hit = false;
+    for (auto [lo, hi] : ranges) hit |= lo <= r && r <= hi;
+    return hit != negate;
+  }
 };
+
+// One node of a Thompson NFA.
+struct Node {
+  enum Op : uint8_t { kRune, kNotSlash, kNotNewline, kClass, kSplit, kBegin, kMatch } op;
+  uint32_t arg = 0;  // kRune: the rune; kClass: class index
+  uint32_t out = 0, out1 = 0;
+};
+
+struct DockerPattern {
+  enum Type : uint8_t { kExact, kPrefix, kSuffix, kRegexp } type = kExact;
+  bool exception = false;
+  std::string text;  // kExact: the pattern; kPrefix: the prefix; kSuffix: the suffix
+  std::vector<Node> nfa;
+  std::vector<DockerClass> classes;
+};
+
+struct NfaRun {
+  std::vector<uint32_t> cur, next, stack, mark;
+  uint32_t gen = 0;
+};
+
+bool node_accepts(const DockerPattern& p, const Node& n, uint32_t r) {
+  switch (n.op) {
+    case Node::kRune: return r == n.arg;
+    case Node::kNotSlash: return r != '/';
+    case Node::kNotNewline: return r != '\n';
+    case Node::kClass: return p.classes[n.arg].has(r);
+    default: return false;
+  }
+}
+
+// Adds state s and its epsilon closure to `list` (iteratively: no recursion on user input).
+void add_state(const DockerPattern& p, NfaRun& run, std::vector<uint32_t>& list, uint32_t s, size_t pos) {
+  run.stack.push_back(s);
+  while (!run.stack.empty()) {
+    uint32_t x = run.stack.back();
+    run.stack.pop_back();
+    if (run.mark[x] == run.gen) continue;
+    run.mark[x] = run.gen;
+    const Node& n = p.nfa[x];
+    if (n.op == Node::kSplit) {
+      run.stack.push_back(n.out1);
+      run.stack.push_back(n.out);
+    } else if (n.op == Node::kBegin) {
+      if (pos == 0) run.stack.push_back(n.out);
+    } else {
+      list.push_back(x);
+    }
+  }
+}
+
+// Runs the NFA over `s`. Returns whether it accepts s (whole), or, with `alive_only`, whether any
+// state is still alive after s (some continuation of s might match).
+bool run_nfa(const DockerPattern& p, std::string_view s, bool alive_only) {
+  NfaRun run;
+  run.mark.assign(p.nfa.size(), 0);
+  run.gen = 1;
+  add_state(p, run, run.cur, 0, 0);
+  size_t i = 0;
+  while (i < s.size() && !run.cur.empty()) {
+    size_t w = 0;
+    uint32_t r = decode_rune(s, i, w);
+    i += w;
+    ++run.gen;
+    run.next.clear();
+    for (uint32_t x : run.cur)
+      if (node_accepts(p, p.nfa[x], r)) add_state(p, run, run.next, p.nfa[x].out, i);
+    std::swap(run.cur, run.next);
+  }
+  if (alive_only) return !run.cur.empty();
+  if (i < s.size()) return false;
+  for (uint32_t x : run.cur)
+    if (p.nfa[x].op == Node::kMatch) return true;
+  return false;
+}
+
+bool docker_match_one(const DockerPattern& p, std::string_view path) {
+  switch (p.type) {
+    case DockerPattern::kExact: return path == p.text;
+    case DockerPattern::kPrefix: return path.starts_with(p.text);
+    case DockerPattern::kSuffix:
+      return path.ends_with(p.text) || (!p.text.empty() && p.text[0] == '/' && path == std::string_view(p.text).substr(1));
+    default: return run_nfa(p, path, false);
+  }
+}
+
+// Could p match some string that starts with `prefix` (a directory path plus "/")?
+bool docker_could_match_with_prefix(const DockerPattern& p, std::string_view prefix) {
+  switch (p.type) {
+    case DockerPattern::kExact: return std::string_view(p.text).starts_with(prefix);
+    case DockerPattern::kPrefix:
+      return std::string_view(p.text).starts_with(prefix) || prefix.starts_with(p.text);
+    case DockerPattern::kSuffix: return true;
+    default: return run_nfa(p, prefix, true);
+  }
+}
+
+// Compiles one cleaned pattern (no "!") as patternmatcher's Pattern.compile does. Throws
+// std::invalid_argument for what kiln cannot read the way Docker's Go regexp reads it.
+DockerPattern compile_docker(std::string_view pat) {
+  DockerPattern p;
+  std::vector<Node>& nfa = p.nfa;
+  auto emit = [&](Node::Op op, uint32_t arg = 0) {  // a node that moves on to the next one
+    uint32_t at = static_cast<uint32_t>(nfa.size());
+    nfa.push_back({op, arg, at + 1, 0});
+  };
+  auto star = [&](Node::Op op) {  // (op)* : L: split(M, after); M: op -> L
+    uint32_t l = static_cast<uint32_t>(nfa.size());
+    nfa.push_back({Node::kSplit, 0, l + 1, l + 2});
+    nfa.push_back({op, 0, l, 0});
+  };
+  auto unsupported = [](const std::string& what) {
+    throw std::invalid_argument(what + " is read by Docker as a Go regular expression; kiln does not support it");
+  };
+  auto type = DockerPattern::kExact;
+  size_t pos = 0;
+  auto peek = [&]() -> int { return pos < pat.size() ? static_cast<unsigned char>(pat[pos]) : -1; };
+  auto next_rune = [&]() {
+    size_t w = 0;
+    uint32_t r = decode_rune(pat, pos, w);
+    pos += w;
+    return r;
+  };
+  for (size_t i = 0; pos < pat.size(); ++i) {
+    uint32_t ch = next_rune();
+    if (ch == '*') {
+      if (peek() == '*') {
+        ++pos;
+        if (peek() == '/') ++pos;
+        if (peek() == -1) {
+          if (type == DockerPattern::kExact) {
+            type = DockerPattern::kPrefix;
+          } else {
+            star(Node::kNotNewline);  // ".*"
+            type = DockerPattern::kRegexp;
+          }
+        } else {  // "(.*/)?": S: split(L, after); L: split(M, N); M: any but \n -> L; N: '/' -> after
+          uint32_t s = static_cast<uint32_t>(nfa.size());
+          nfa.push_back({Node::kSplit, 0, s + 1, s + 4});
+          nfa.push_back({Node::kSplit, 0, s + 2, s + 3});
+          nfa.push_back({Node::kNotNewline, 0, s + 1, 0});
+          nfa.push_back({Node::kRune, '/', s + 4, 0});
+          type = DockerPattern::kRegexp;
+        }
+        if (i == 0) type = DockerPattern::kSuffix;
+      } else {
+        star(Node::kNotSlash);  // "[^/]*"
+        type = DockerPattern::kRegexp;
+      }
+    } else if (ch == '?') {
+      emit(Node::kNotSlash);
+      type = DockerPattern::kRegexp;
+    } else if (docker_escaped(ch)) {
+      emit(Node::kRune, ch);
+    } else if (ch == '\\') {
+      if (pos < pat.size()) {
+        uint32_t e = next_rune();
+        if (ascii_alnum(e) || e >= 0x80)
+          unsupported("the escape '\\" + std::string(pat.substr(pos - (e >= 0x80 ? 2 : 1), e >= 0x80 ? 2 : 1)) + "'");
+        emit(Node::kRune, e);
+        type = DockerPattern::kRegexp;
+      } else {
+        emit(Node::kRune, '\\');
+      }
+    } else if (ch == '[') {
+      // Docker copies the bracket expression into its regular expression; kiln parses it here
+      // (its syntax was checked by check_filepath_syntax) and refuses what Go would read otherwise.
+      DockerClass cls;
+      if (peek() == '^') {
+        cls.negate = true;
+        ++pos;
+      }
+      auto class_rune = [&]() -> uint32_t {
+        uint32_t r = next_rune();
+        if (r == '*' || r == '?') unsupported(std::string("'") + static_cast<char>(r) + "' inside '[...]'");
+        if (r == '[' && peek() == ':') unsupported("'[:' inside '[...]'");
+        if (r == '\\') {
+          r = next_rune();
+          if (ascii_alnum(r) || r >= 0x80) unsupported("an escape of a letter, digit or non-ASCII character inside '[...]'");
+        }
+        return r;
+      };
+      for (bool first = true; first || peek() != ']'; first = false) {
+        uint32_t lo = class_rune(), hi = lo;
+        if (peek() == '-') {
+          ++pos;
+          hi = class_rune();
+          if (hi < lo) throw std::invalid_argument("the range in '[...]' is reversed");
+        }
+        cls.ranges.emplace_back(lo, hi);
+      }
+      ++pos;  // ']'
+      emit(Node::kClass, static_cast<uint32_t>(p.classes.size()));
+      p.classes.push_back(std::move(cls));
+      type = DockerPattern::kRegexp;
+    } else if (ch == ']') {
+      emit(Node::kRune, ']');
+      type = DockerPattern::kRegexp;
+    } else if (ch == '^') {
+      emit(Node::kBegin);  // outside brackets, Go reads '^' as "beginning of text"
+    } else {
+      emit(Node::kRune, ch);
+    }
+  }
+  nfa.push_back({Node::kMatch, 0, 0, 0});
+  p.type = type;
+  if (type == DockerPattern::kExact) p.text = std::string(pat);
+  if (type == DockerPattern::kPrefix) p.text = std::string(pat.substr(0, pat.size() - 2));
+  if (type == DockerPattern::kSuffix) p.text = std::string(pat.substr(2));
+  if (type != DockerPattern::kRegexp) {
+    p.nfa.clear();
+    p.classes.clear();
+  }
+  return p;
+}
+
+struct DockerFile {
+  std::vector<DockerPattern> patterns;
+
+  // patternmatcher's MatchesOrParentMatches: the last pattern that matches the path or one of its
+  // parent directories decides.
+  bool ignored(std::string_view path, const std::vector<std::string_view>& segs) const {
+    bool matched = false;
+    for (const DockerPattern& p : patterns) {
+      if (p.exception != matched) continue;
+      bool hit = docker_match_one(p, path);
+      for (size_t k = 1; !hit && k < segs.size(); ++k)
+        hit = docker_match_one(p, path.substr(0, static_cast<size_t>(segs[k - 1].data() + segs[k - 1].size() - path.data())));
+      if (hit) matched = !p.exception;
+    }
+    return matched;
+  }
+
+  // Everything below `dir` is excluded when `dir` is, unless an exception could match a path
+  // below it (the last matching pattern decides, and every pattern matching dir matches below).
+  bool can_prune(std::string_view dir, const std::vector<std::string_view>& segs) const {
+    if (!ignored(dir, segs)) return false;
+    std::string prefix = std::string(dir) + "/";
+    for (const DockerPattern& p : patterns)
+      if (p.exception && docker_could_match_with_prefix(p, prefix)) return false;
+    return true;
+  }
+};
+
+DockerFile parse_docker_file(std::string_view content, std::string_view file_name) {
+  DockerFile f;
+  size_t line_no = 0;
+  auto fail = [&](const std::string& why) {
+    throw InputError(std::string(file_name) + ":" + std::to_string(line_no) + ": " + why);
+  };
+  while (!content.empty()) {  // bufio.ScanLines
+    size_t nl = content.find('\n');
+    std::string_view line = content.substr(0, nl);
+    content.remove_prefix(nl == std::string_view::npos ? content.size() : nl + 1);
+    ++line_no;
+    if (line.size() >= 65536) fail("line longer than 64 KiB (Docker refuses it)");
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (line_no == 1 && line.starts_with("\xEF\xBB\xBF")) line.remove_prefix(3);
+    if (line.starts_with("#")) continue;
+    // ignorefile.ReadAll
+    std::string_view t = go_trim_space(line);
+    if (t.empty()) continue;
+    bool invert = t[0] == '!';
+    if (invert) t = go_trim_space(t.substr(1));
+    std::string pat(t);
+    if (!pat.empty()) {
+      pat = clean_path(pat);
+      if (pat.size() > 1 && pat[0] == '/') pat.erase(0, 1);
+    }
+    if (invert) pat = "!" + pat;
+    // patternmatcher.New
+    pat = clean_path(go_trim_space(pat));
+    bool exception = false;
+    if (pat[0] == '!') {
+      if (pat.size() == 1) fail("illegal exclusion pattern \"!\"");
+      exception = true;
+      pat.erase(0, 1);
+    }
+    if (std::string why = check_filepath_syntax(pat); !why.empty()) fail("bad pattern '" + pat + "': " + why);
+    try {
+      DockerPattern p = compile_docker(pat);
+      p.exception = exception;
+      f.patterns.push_back(std::move(p));
+    } catch (const std::invalid_argument& e) {
+      fail("pattern '" + pat + "': " + e.what());
+    }
+  }
+  return f;
+}
 
 }  // namespace
 
 struct IgnoreRules::Impl {
   bool builtin = false;
+  bool flytekit = false;
   std::map<std::string, GitFile, std::less<>> git;  // keyed by directory ("" = root)
-  std::vector<DockerRule> docker;
-  bool docker_exceptions = false;
+  std::vector<GitFile> git_excludes;                // below every .gitignore, in precedence order
+  std::vector<DockerFile> docker;                   // .dockerignore, .flyteignore
 
   // Git verdict for the first k segments of s, ignoring ancestors: +1 ignore, -1 keep, 0 none.
   // `files` holds the .gitignore files on the path, deepest first.
@@ -328,41 +708,45 @@ struct IgnoreRules::Impl {
   // Git: is the path, or any directory above it, excluded?
   bool git_ignored(std::string_view path, const std::vector<std::string_view>& s,
                    bool is_dir) const {
-    if (git.empty() || s.empty()) return false;
+    if ((git.empty() && git_excludes.empty()) || s.empty()) return false;
     std::vector<const GitFile*> files;  // .gitignore files in "", s0, s0/s1, ... deepest first
     for (size_t q = 0; q < s.size(); ++q) {
       size_t len = q == 0 ? 0 : static_cast<size_t>(s[q - 1].data() + s[q - 1].size() - path.data());
       auto it = git.find(path.substr(0, len));
       if (it != git.end()) files.insert(files.begin(), &it->second);
     }
+    for (const GitFile& f : git_excludes) files.push_back(&f);  // info/exclude, core.excludesFile
     if (files.empty()) return false;
     for (size_t k = 1; k <= s.size(); ++k)
       if (git_verdict(files, s.data(), k, k < s.size() || is_dir) > 0) return true;
     return false;
   }
 
-  // Docker: last matching rule wins; a rule matches the path or any of its parents.
-  bool docker_ignored(const std::vector<std::string_view>& s) const {
-    bool ignored = false;
-    for (const DockerRule& r : docker) {
-      if (r.exception != ignored) continue;  // cannot change the verdict
-      for (size_t k = s.size(); k >= 1; --k) {
-        if (match(r.pat, s.data(), k)) {
-          ignored = !r.exception;
-          break;
-        }
-      }
-    }
-    return ignored;
+  bool docker_ignored(std::string_view path, const std::vector<std::string_view>& s) const {
+    for (const DockerFile& f : docker)
+      if (f.ignored(path, s)) return true;
+    return false;
   }
 
   bool builtin_ignored(const std::vector<std::string_view>& s, bool is_dir) const {
-    if (!builtin) return false;
-    for (size_t i = 0; i < s.size(); ++i) {
-      bool dir = i + 1 < s.size() || is_dir;
-      if (dir && (s[i] == ".git" || s[i] == "__pycache__")) return true;
+    if (builtin) {
+      for (size_t i = 0; i < s.size(); ++i) {
+        bool dir = i + 1 < s.size() || is_dir;
+        if (dir && (s[i] == ".git" || s[i] == "__pycache__")) return true;
+      }
+      if (!is_dir && !s.empty() && s.back().ends_with(".pyc")) return true;
     }
-    return !is_dir && !s.empty() && s.back().ends_with(".pyc");
+    if (flytekit) {
+      // fnmatch "*.pyc", ".cache", ".cache/*", "__pycache__/*", "**/__pycache__/*" on the
+      // relative path ("*" crosses "/" in fnmatch), and os.walk never entering ".git".
+      for (size_t i = 0; i < s.size(); ++i) {
+        bool dir = i + 1 < s.size() || is_dir;
+        if (dir && (s[i] == ".git" || s[i] == "__pycache__")) return true;
+      }
+      if (!s.empty() && s[0] == ".cache") return true;
+      if (!is_dir && !s.empty() && s.back().ends_with(".pyc")) return true;
+    }
+    return false;
   }
 };
 
@@ -373,6 +757,12 @@ IgnoreRules& IgnoreRules::operator=(IgnoreRules&&) noexcept = default;
 
 void IgnoreRules::add_builtin() { impl_->builtin = true; }
 
+namespace {
+
+void parse_gitignore(GitFile& file, std::string_view content);
+
+}  // namespace
+
 void IgnoreRules::add_gitignore(std::string_view dir_rel, std::string_view content) {
   std::vector<std::string_view> dir;
   split(dir_rel, dir);
@@ -381,6 +771,17 @@ void IgnoreRules::add_gitignore(std::string_view dir_rel, std::string_view conte
   for (std::string_view d : dir) key += (key.empty() ? "" : "/") + std::string(d);
   GitFile& file = impl_->git[key];
   file.depth = dir.size();
+  parse_gitignore(file, content);
+}
+
+void IgnoreRules::add_git_excludes(std::string_view content) {
+  impl_->git_excludes.emplace_back();
+  parse_gitignore(impl_->git_excludes.back(), content);
+}
+
+namespace {
+
+void parse_gitignore(GitFile& file, std::string_view content) {
 
   for_each_line(content, [&](std::string_view line) {
     if (line.empty() || line[0] == '#') return;
@@ -402,22 +803,12 @@ void IgnoreRules::add_gitignore(std::string_view dir_rel, std::string_view conte
   });
 }
 
-void IgnoreRules::add_dockerignore(std::string_view content) {
-  for_each_line(content, [&](std::string_view line) {
-    if (!line.empty() && line[0] == '#') return;  // moby: '#' only in the first column
-    line = trim_space(line);
-    DockerRule rule;
-    if (!line.empty() && line[0] == '!') {
-      rule.exception = true;
-      line = trim_space(line.substr(1));
-    }
-    std::string pat = clean_path(line);
-    while (!pat.empty() && pat[0] == '/') pat.erase(0, 1);
-    if (line.empty() || pat.empty() || pat == "." || pat == "..") return;
-    rule.pat = compile(pat);
-    impl_->docker_exceptions |= rule.exception;
-    impl_->docker.push_back(std::move(rule));
-  });
+}  // namespace
+
+void IgnoreRules::add_flytekit_standard() { impl_->flytekit = true; }
+
+void IgnoreRules::add_dockerignore(std::string_view content, std::string_view file_name) {
+  impl_->docker.push_back(parse_docker_file(content, file_name));
 }
 
 bool IgnoreRules::ignored(std::string_view rel_path, bool is_dir) const {
@@ -427,22 +818,20 @@ bool IgnoreRules::ignored(std::string_view rel_path, bool is_dir) const {
   split(rel_path, s);
   if (s.empty()) return false;
   return impl_->builtin_ignored(s, is_dir) || impl_->git_ignored(rel_path, s, is_dir) ||
-         impl_->docker_ignored(s);
+         impl_->docker_ignored(rel_path, s);
 }
 
-// Builtin and git exclusions are final for the whole subtree. A Docker-only exclusion may be
-// undone below by an exception whose pattern could match a path strictly below the directory
-// (checked precisely on segment prefixes, conservatively on what remains).
+// Builtin and git exclusions are final for the whole subtree. A Docker exclusion may be undone
+// below by an exception that could match a path below the directory.
 bool IgnoreRules::can_prune(std::string_view dir_rel) const {
   if (!impl_) return false;
   std::vector<std::string_view> s;
   split(dir_rel, s);
   if (s.empty()) return false;
   if (impl_->builtin_ignored(s, true) || impl_->git_ignored(dir_rel, s, true)) return true;
-  if (!impl_->docker_ignored(s)) return false;
-  for (const DockerRule& r : impl_->docker)
-    if (r.exception && could_match_below(r.pat, s.data(), s.size())) return false;
-  return true;
+  for (const DockerFile& f : impl_->docker)
+    if (f.can_prune(dir_rel, s)) return true;
+  return false;
 }
 
 bool glob_match(std::string_view pattern, std::string_view path) {
@@ -450,6 +839,17 @@ bool glob_match(std::string_view pattern, std::string_view path) {
   std::vector<std::string_view> s;
   split(path, s);
   return match(p, s.data(), s.size());
+}
+
+}  // namespace kiln::layers
+
+namespace kiln::layers {
+
+bool docker_ignored(std::string_view content, std::string_view path) {
+  DockerFile f = parse_docker_file(content, ".dockerignore");
+  std::vector<std::string_view> s;
+  split(path, s);
+  return f.ignored(path, s);
 }
 
 }  // namespace kiln::layers

@@ -1,5 +1,7 @@
-// Ignore rules for source_copy_mode "all": .gitignore files (git semantics, nested), the root
-// .dockerignore (Docker semantics), and kiln's built-in rules (.git, *.pyc, __pycache__).
+// Ignore rules for source_copy_mode "all": flytekit's standard ignores, .gitignore files (git
+// semantics, nested; used outside a git repository — inside one, layers/git_repo asks libgit2),
+// and Docker-style ignore files (.dockerignore, and .flyteignore for the fast-register bundle) with
+// the semantics of Docker's own matcher (moby/patternmatcher).
 //
 // Paths given to the matcher are relative to the source root, '/'-separated, with no leading or
 // trailing slash ("pkg/mod.py").
@@ -10,6 +12,8 @@
 #include <string_view>
 #include <vector>
 
+#include "layers/input_error.h"
+
 namespace kiln::layers {
 
 class IgnoreRules {
@@ -19,8 +23,16 @@ class IgnoreRules {
   IgnoreRules(IgnoreRules&&) noexcept;
   IgnoreRules& operator=(IgnoreRules&&) noexcept;
 
-  /// kiln's built-in rules: the directory ".git" anywhere, "__pycache__" anywhere, "*.pyc".
+  /// kiln's built-in rules for listed directories (loaded modules, copy entries): the directory
+  /// ".git" anywhere, "__pycache__" anywhere, "*.pyc".
   void add_builtin();
+
+  /// flytekit's standard ignores (STANDARD_IGNORE_PATTERNS, matched as Python's fnmatch matches
+  /// them against the path relative to the root) plus its walk's ".git" exclusion: a directory
+  /// named ".git" anywhere, any file whose path ends in ".pyc", any file below a "__pycache__"
+  /// directory, and ".cache" at the root (the file, or everything below the directory). A nested
+  /// "pkg/.cache/" is kept, as flytekit keeps it.
+  void add_flytekit_standard();
 
   /// The patterns of a .gitignore found in directory `dir_rel` ("" for the root). Git semantics:
   /// comments, blank lines, trailing-space trimming, "\" escapes, "!" negation, a leading or middle
@@ -29,17 +41,27 @@ class IgnoreRules {
   /// directory cannot be re-included. Later rules and deeper .gitignore files win.
   void add_gitignore(std::string_view dir_rel, std::string_view content);
 
-  /// The root .dockerignore. Docker semantics: patterns are relative to the root (a leading "/" is
-  /// dropped, paths are cleaned), "**" spans directories, "!" re-includes — even a file under an
-  /// excluded directory — and the last matching rule wins. A pattern matching a directory also
-  /// excludes everything below it.
-  void add_dockerignore(std::string_view content);
+  /// Exclude patterns of lower precedence than every .gitignore, relative to the root (git's
+  /// .git/info/exclude, then core.excludesFile: call in that order).
+  void add_git_excludes(std::string_view content);
+
+  /// A Docker-style ignore file at the root (`file_name` is ".dockerignore" or ".flyteignore",
+  /// used in error messages). Read as Docker reads .dockerignore (moby's ignorefile + patternmatcher):
+  /// a UTF-8 BOM is dropped, lines starting with "#" are comments, whitespace is trimmed, "!"
+  /// makes an exception, paths are cleaned (Go's filepath.Clean) and a leading "/" dropped. A
+  /// pattern matches a path or any of its parent directories; the last matching pattern decides.
+  /// "*" and "?" never match "/", "**" matches any number of characters including "/" (also
+  /// inside a segment: "**.pem" matches "certs/server.pem"), "[...]" is a class of UTF-8 runes.
+  /// Throws InputError naming `file_name:LINE` for a pattern Docker refuses ("[", a trailing "\",
+  /// "[a-b-c]", a lone "!", a line over 64 KiB) or one kiln cannot read as Docker does (see
+  /// docs/files.md). Each call adds an independent rule set: a path is ignored when any set ignores it.
+  void add_dockerignore(std::string_view content, std::string_view file_name = ".dockerignore");
 
   /// Is this path excluded? `is_dir` tells whether it is a directory.
   bool ignored(std::string_view rel_path, bool is_dir) const;
 
-  /// May the walk skip this ignored directory without looking inside? False when a Docker "!"
-  /// rule could re-include something below it.
+  /// Is everything at and below this directory excluded, so the walk need not look inside?
+  /// False when a Docker "!" exception could re-include something below it.
   bool can_prune(std::string_view dir_rel) const;
 
  private:
@@ -47,8 +69,12 @@ class IgnoreRules {
   std::unique_ptr<Impl> impl_;
 };
 
-/// Glob match of one pattern against a path, both '/'-separated. "*", "?" and "[...]" (with "!" or
-/// "^" negation and ranges) never match "/"; "**" as a whole segment matches zero or more segments.
+/// Glob match of one git pattern against a path, both '/'-separated. "*", "?" and "[...]" (with "!"
+/// or "^" negation and ranges) never match "/"; "**" as a whole segment matches zero or more segments.
 bool glob_match(std::string_view pattern, std::string_view path);
+
+/// Docker's verdict for one path: the rules of a .dockerignore `content` applied to `path` (a
+/// relative, '/'-separated path), as IgnoreRules::add_dockerignore reads them. Throws InputError.
+bool docker_ignored(std::string_view content, std::string_view path);
 
 }  // namespace kiln::layers

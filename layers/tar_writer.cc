@@ -1,5 +1,6 @@
 // Deterministic PAX tar writing over libarchive, with digests computed in the same pass.
 #include "layers/tar_writer.h"
+#include "layers/input_error.h"
 
 #include <archive.h>
 #include <archive_entry.h>
@@ -167,12 +168,23 @@ WrittenLayer write_layer(const std::vector<TarEntry>& entries, const LayerWriteO
     }
     if (e.type != TarEntry::Type::File || e.size == 0) continue;
 
-    int fd = ::open(e.source.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    int fd = ::open(e.source.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0 && (errno == ELOOP || errno == ENOENT || errno == ENOTDIR))
+      throw InputError("'" + e.source.string() + "' changed while kiln read the tree (" +
+                       (errno == ELOOP ? "a file became a symlink" : "a file disappeared") +
+                       "); re-run the build once the tree is stable");
     if (fd < 0) throw std::system_error(errno, std::generic_category(), "cannot open " + e.source.string());
     struct FdGuard {
       int fd;
       ~FdGuard() { ::close(fd); }
     } fguard{fd};
+    if (e.ino != 0) {
+      struct stat id{};
+      if (::fstat(fd, &id) != 0 || !S_ISREG(id.st_mode) || id.st_dev != e.dev || id.st_ino != e.ino)
+        throw InputError("'" + e.source.string() + "' changed while kiln read the tree (a file, or a directory above it, "
+                         "was replaced); re-run the build once the tree is stable");
+    }
+    if (int fl = ::fcntl(fd, F_GETFL); fl >= 0) ::fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
     std::uint64_t left = e.size;
     while (left > 0) {
       ssize_t n = ::read(fd, buf.data(), std::min<std::uint64_t>(buf.size(), left));
@@ -194,8 +206,8 @@ WrittenLayer write_layer(const std::vector<TarEntry>& entries, const LayerWriteO
       changed = m != e.mtime_ns || c != e.ctime_ns;
     }
     if (changed)
-      throw std::runtime_error("file changed while the build read it: " + e.source.string() +
-                               " (re-run the build once the tree is stable)");
+      throw InputError("file changed while the build read it: " + e.source.string() +
+                       " (re-run the build once the tree is stable)");
   }
   if (archive_write_close(a) != ARCHIVE_OK) {
     if (!p.error.empty()) throw std::runtime_error(p.error);

@@ -28,6 +28,9 @@ struct TarEntry {
   std::string sha256;         // File: content digest (hex) — part of the layer's cache key
   // Identity of the source file at the time it was hashed: the writer refuses a file that changed.
   std::int64_t mtime_ns = 0, ctime_ns = 0;
+  // Identity of the source file when it was walked (0: not checked): the writer reads only from a
+  // descriptor that is this file, so a path swapped for a symlink is refused, never followed.
+  std::uint64_t dev = 0, ino = 0;
   /// File: its security.capability xattr (file capabilities, as setcap writes them), "" for
   /// none. The one xattr layers carry: it is what makes ping work for non-root users.
   std::string capability;

@@ -233,10 +233,11 @@ json bundle_files(const PlanInput& in) {
     s.source_copy_mode = spec::CopyMode::All;
     s.base_dir = in.project_root;
     s.origin = in.origin;
-    // TODO(flyteignore): the bundle honours .flyteignore as pyflyte's does; pass
-    // layers::CollectOptions{.flyteignore = true} here once collect_files takes it. This is the only
-    // place the bundle's file list is computed.
-    layers::FileSet set = layers::collect_files(s);
+    // The bundle honours .flyteignore as pyflyte's does (the image's file set does not, as
+    // flytekit's image builder does not). This is the only place the bundle's file list is computed.
+    layers::CollectOptions opts;
+    opts.flyteignore = true;
+    layers::FileSet set = layers::collect_files(s, opts);
     for (const auto& f : set.source)
       if (f.type != layers::FileEntry::Type::Dir) files.push_back(f.rel);
   } else {

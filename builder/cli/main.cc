@@ -8,6 +8,8 @@
 
 namespace kiln::cli {
 
+void add_files_command(CLI::App& app, Common& c, std::vector<Command>& out);  // cmd_files.cc
+
 int run(int argc, char** argv) {
   CLI::App app{"kiln: build OCI images from ImageSpec JSON, without a Docker daemon"};
   app.require_subcommand(1);
@@ -21,6 +23,7 @@ int run(int argc, char** argv) {
   add_push_command(app, common, commands);
   add_modelcar_commands(app, common, commands);
   add_history_commands(app, common, commands);
+  add_files_command(app, common, commands);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -141,10 +141,13 @@ assert_eq "$DA" "$(digest_of "$T/V")" "chmod 600 keeps the digest"
 variant
 mv "$T/V/proj/pkg/sub/c.py" "$T/V/proj/pkg/sub/d.py"
 assert_ne "$TAG_A" "$(tag_of "$T/V")" "rename changes the tag"
-# A new empty directory changes the tag (directories are part of the image).
+# An empty directory is not baked (flytekit copies files: its image has no empty directories),
+# so adding one leaves the tag alone; a directory holding a file is part of the image.
 variant
 mkdir "$T/V/proj/another_empty_dir"
-assert_ne "$TAG_A" "$(tag_of "$T/V")" "a new empty directory changes the tag"
+assert_eq "$TAG_A" "$(tag_of "$T/V")" "a new empty directory does not change the tag (it is not baked)"
+printf 'x\n' >"$T/V/proj/another_empty_dir/f.txt"
+assert_ne "$TAG_A" "$(tag_of "$T/V")" "a new directory with a file changes the tag"
 # A symlink's target is content: retargeting it changes the tag.
 variant
 ln -sfn pkg/sub/b.py "$T/V/proj/alias.py"

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -806,4 +807,20 @@ TEST_CASE("plan: prepared_image carries the spec's source_dest and working direc
   CHECK(plan::loaded_modules_under(in, p.root / "src").empty());
   in.loaded_modules = {"src/wf/baked.py", "other/plain.py"};
   CHECK(plan::loaded_modules_under(in, p.root / "src") == std::vector<std::string>{"wf/baked.py"});
+}
+
+TEST_CASE("plan: the copy-all bundle honours .flyteignore, the image's file set does not") {
+  Project p;
+  put(p.root / ".flyteignore", "scripts/\n");
+  put(p.root / "src/.flyteignore", "wf/mapped.py\n");  // inside the baking image's source_root
+  json tasks = {task("wf.plain", "python", "plain", {"other/plain.py"}),
+                task("wf.map", "map", "baked", {"src/wf/mapped.py"})};
+  json out = p.run(plan_of("all", tasks));
+  // pyflyte's bundle: .flyteignore at the project root drops scripts/ (the ignore file itself stays,
+  // as flytekit's walk keeps it).
+  json files = out.at("bundle").at("files");
+  CHECK(std::find(files.begin(), files.end(), "scripts/run.sh") == files.end());
+  CHECK(std::find(files.begin(), files.end(), "other/plain.py") != files.end());
+  // The image (flytekit's image builder ignores .flyteignore) still bakes src/wf/mapped.py.
+  CHECK(task_out(out, "wf.map").at("reason") == "source_baked");
 }
