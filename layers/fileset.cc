@@ -298,7 +298,21 @@ UniqueFd open_dir_beneath(int root_fd, const std::string& rel) {
 
 /// Adds one listed path (a loaded module, or a copy entry) below `root`, recursing into a directory.
 void add_listed(const std::string& root, int root_fd, const std::string& rel, const std::string& dest_prefix,
-                const char* what, std::vector<FileEntry>* out, std::vector<std::string>* warnings) {
+                const char* what, std::vector<FileEntry>* out, std::vector<std::string>* warnings,
+                bool whole_dir = false) {
+  // A copy entry's directory is copied whole (`whole_dir`), as flytekit's shutil.copytree does: no
+  // ignore rule applies inside it. A listed module directory is walked minus .git, __pycache__, *.pyc.
+  IgnoreRules none;
+  IgnoreRules builtin;
+  builtin.add_builtin();
+  const IgnoreRules* rules = whole_dir ? &none : &builtin;
+  if (rel == ".") {  // copy ["."]: the whole directory, at dest_prefix (flytekit: COPY . /root/./)
+    UniqueFd dir(::fcntl(root_fd, F_DUPFD_CLOEXEC, 0));
+    if (!dir) throw InputError(std::string(what) + " '.': cannot open " + root + ": " + std::strerror(errno));
+    Walker w{root, dest_prefix, rules, nullptr, "", nullptr, false, out, warnings};
+    w.walk(dir.get(), "");
+    return;
+  }
   const std::string abs = root + "/" + rel;
   const std::string parent_rel = fs::path(rel).parent_path().string();
   const std::string name = fs::path(rel).filename().string();
@@ -323,9 +337,7 @@ void add_listed(const std::string& root, int root_fd, const std::string& rel, co
   FileEntry e = make_entry(rel, dest_prefix + rel, abs, st, parent.get(), name.c_str());
   if (e.type == FileEntry::Type::Dir) {
     UniqueFd dir = open_child_dir(parent.get(), name.c_str(), st, abs);
-    IgnoreRules builtin;
-    builtin.add_builtin();
-    Walker w{abs, dest_prefix + rel + "/", &builtin, nullptr, "", nullptr, false, out, warnings};
+    Walker w{abs, dest_prefix + rel + "/", rules, nullptr, "", nullptr, false, out, warnings};
     std::size_t first = out->size();
     w.walk(dir.get(), "");
     for (std::size_t i = first; i < out->size(); ++i) (*out)[i].rel = rel + "/" + (*out)[i].rel;
@@ -427,7 +439,7 @@ FileSet collect_files(const spec::ImageSpec& spec, const CollectOptions& opts) {
     std::string base = real(spec.base_dir.string(), "spec directory");
     UniqueFd base_fd = open_root(base);
     for (const std::string& c : spec.copy)
-      add_listed(base, base_fd.get(), c, prefix, "copy entry", &set.copy, &set.warnings);
+      add_listed(base, base_fd.get(), c, prefix, "copy entry", &set.copy, &set.warnings, /*whole_dir=*/true);
     std::sort(set.copy.begin(), set.copy.end(), [](const FileEntry& a, const FileEntry& b) { return a.dest < b.dest; });
     set.copy.erase(std::unique(set.copy.begin(), set.copy.end(),
                                [](const FileEntry& a, const FileEntry& b) { return a.dest == b.dest; }),

@@ -205,9 +205,11 @@ WrittenLayer write_layer(const std::vector<TarEntry>& entries, const LayerWriteO
       std::int64_t c = std::int64_t(st.st_ctim.tv_sec) * 1000000000 + st.st_ctim.tv_nsec;
       changed = m != e.mtime_ns || c != e.ctime_ns;
     }
+    // Content that changed under the read (a file still being written) fails the layer step (exit
+    // 3: retry once the tree is stable); a path swapped under the walk (above) is refused as input.
     if (changed)
-      throw InputError("file changed while the build read it: " + e.source.string() +
-                       " (re-run the build once the tree is stable)");
+      throw std::runtime_error("file changed while the build read it: " + e.source.string() +
+                               " (re-run the build once the tree is stable)");
   }
   if (archive_write_close(a) != ARCHIVE_OK) {
     if (!p.error.empty()) throw std::runtime_error(p.error);

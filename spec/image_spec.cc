@@ -187,7 +187,8 @@ struct Field {
   }
 
   /// Relative host paths that must stay below their root: no "..", not absolute, normalized.
-  std::vector<std::string> relative_paths(const std::string& below) const {
+  /// `allow_root`: "." (the directory itself) is accepted, kept as ".".
+  std::vector<std::string> relative_paths(const std::string& below, bool allow_root = false) const {
     std::vector<std::string> out;
     for (const std::string& entry : str_or_list()) {
       if (entry.empty()) fail("has an empty entry");
@@ -199,6 +200,7 @@ struct Field {
         if (part.empty() || part == ".") continue;
         joined += (joined.empty() ? "" : "/") + part;
       }
+      if (joined.empty() && allow_root) joined = ".";
       if (joined.empty()) fail("entry '" + entry + "' must name a path below " + below);
       out.push_back(joined);
     }
@@ -430,7 +432,7 @@ const std::map<std::string, Handler>& handlers() {
       {"source_copy_mode",
        [](const Field& f, ImageSpec& s) { s.source_copy_mode = parse_copy_mode(f); }},
       {"copy",
-       [](const Field& f, ImageSpec& s) { s.copy = f.relative_paths("the spec's directory"); }},
+       [](const Field& f, ImageSpec& s) { s.copy = f.relative_paths("the spec's directory", /*allow_root=*/true); }},
       {"python_exec", [](const Field& f, ImageSpec& s) { s.python_exec = f.opt_str(); }},
       {"builder_options", [](const Field& f, ImageSpec& s) { s.builder_options = f.v; }},
       {"builder_config", [](const Field& f, ImageSpec& s) { s.builder_options = f.v; }},

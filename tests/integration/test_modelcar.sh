@@ -193,9 +193,10 @@ kiln modelcar verify "oci:$L:latest" --json
 assert_eq '0 ["latest_tag"]' "$RC $(jget "[f['code'] for f in j['findings']]" <<<"$OUT")" "verify warns about latest"
 
 # ---- the lint catches an empty /models, an entrypoint and a missing shell --------------------------
-mkdir -p "$T/empty/models"
+# (An empty directory of a source tree is not baked, as flytekit copies files only: a RUN step
+# makes the empty /models.)
 cat >"$T/empty.json" <<'EOF'
-{"name": "empty", "source_root": "empty", "source_dest": "/", "source_copy_mode": "all", "base_image": "oci:layout:busybox"}
+{"name": "empty", "base_image": "oci:layout:busybox", "commands": ["mkdir -p /models"]}
 EOF
 build_ok "$T/empty.json" -o "oci:$L:empty"
 kiln modelcar verify "oci:$L:empty" --json

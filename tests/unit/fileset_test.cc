@@ -338,6 +338,7 @@ TEST_CASE("fileset: a missing or non-directory source_root is an InputError") {
                            [](const InputError& e) { return contains(e.what(), "not a directory"); }));
 }
 
+// flytekit copies a `copy` directory with shutil.copytree: everything in it, __pycache__ and .git too.
 TEST_CASE("fileset: copy entries land at root/<rel>") {
   TempDir tmp;
   const fs::path proj = tmp / "proj";
@@ -353,13 +354,29 @@ TEST_CASE("fileset: copy entries land at root/<rel>") {
   CHECK(set.source.empty());
   CHECK(describe(set.copy) == std::vector<std::string>{
                                   "assets root/assets d 0755 0",
+                                  "assets/__pycache__ root/assets/__pycache__ d 0755 0",
+                                  "assets/__pycache__/x.pyc root/assets/__pycache__/x.pyc f 0644 3",
                                   "assets/logo.png root/assets/logo.png f 0644 3",
                                   "assets/sub root/assets/sub d 0755 0",
                                   "assets/sub/i.txt root/assets/sub/i.txt f 0755 4",
                                   "conf/app.toml root/conf/app.toml f 0644 6",
                               });
   CHECK(find(set.copy, "conf/app.toml")->abs == (proj / "conf" / "app.toml").string());
-  CHECK(set.total_bytes() == 3 + 4 + 6);
+  CHECK(set.total_bytes() == 3 + 3 + 4 + 6);
+
+  // copy ["."]: the whole directory at root/ (flytekit: COPY . /root/./).
+  spec.copy = {"."};
+  FileSet all = collect_files(spec);
+  CHECK(describe(all.copy) == std::vector<std::string>{
+                                  "assets root/assets d 0755 0",
+                                  "assets/__pycache__ root/assets/__pycache__ d 0755 0",
+                                  "assets/__pycache__/x.pyc root/assets/__pycache__/x.pyc f 0644 3",
+                                  "assets/logo.png root/assets/logo.png f 0644 3",
+                                  "assets/sub root/assets/sub d 0755 0",
+                                  "assets/sub/i.txt root/assets/sub/i.txt f 0755 4",
+                                  "conf root/conf d 0755 0",
+                                  "conf/app.toml root/conf/app.toml f 0644 6",
+                              });
 
   spec.copy = {"conf/missing.toml"};
   CHECK_THROWS_MATCHES(collect_files(spec), InputError,

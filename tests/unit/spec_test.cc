@@ -359,8 +359,8 @@ TEST_CASE("spec: copy entries are relative, normalized, and stay below the spec 
   CHECK(error_of(R"({"copy": ["/etc/passwd"]})") ==
         "spec.json: field 'copy' entry '/etc/passwd' must be a relative path, not absolute");
   CHECK(error_of(R"({"copy": ["a", ""]})") == "spec.json: field 'copy' has an empty entry");
-  CHECK(error_of(R"({"copy": ["./"]})") ==
-        "spec.json: field 'copy' entry './' must name a path below the spec's directory");
+  // "." (or "./") is the directory itself, as flytekit accepts it (COPY . /root/./).
+  CHECK(parse(R"({"copy": ["./", "."]})").copy == std::vector<std::string>{".", "."});
   CHECK(field_of(R"({"copy": ["/x"]})") == "copy");
 }
 
