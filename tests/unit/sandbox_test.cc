@@ -667,11 +667,13 @@ TEST_CASE("a command that outlives the timeout is killed with everything it star
   make_rootfs(tmp / "root");
   SandboxIo io;
   io.timeout = 0.3;
-  SandboxSpec spec = sh_spec(tmp / "root", "sleep 300 & sleep 301; echo never");
+  // Distinctive durations, so the check never sees another test's (or another checkout's) sleep.
+  const std::string a = std::to_string(100000 + ::getpid() % 100000), b = std::to_string(200000 + ::getpid() % 100000);
+  SandboxSpec spec = sh_spec(tmp / "root", "sleep " + a + " & sleep " + b + "; echo never");
   SandboxResult res = run_sandboxed(spec, io);
   CHECK(res.timed_out);
   CHECK(res.exit_code != 0);
-  CHECK(wait_until([] { return !process_exists({"sleep", "300"}) && !process_exists({"sleep", "301"}); }));
+  CHECK(wait_until([&] { return !process_exists({"sleep", a}) && !process_exists({"sleep", b}); }));
   // Without a timeout (or a generous one) the same kind of command finishes normally.
   io.timeout = 60;
   SandboxResult ok = run_sandboxed(sh_spec(tmp / "root", "true"), io);
