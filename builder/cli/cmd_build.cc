@@ -54,7 +54,12 @@ double parse_duration(const std::string& s) {
 std::vector<builder::OutputTarget> targets_of(const BuildArgs& a, std::size_t nspecs) {
   std::vector<builder::OutputTarget> targets;
   for (const auto& o : a.outputs) {
-    builder::OutputTarget t = builder::parse_output(o);
+    builder::OutputTarget t;
+    try {
+      t = builder::parse_output(o);
+    } catch (const std::runtime_error& e) {  // "oci:" with no directory: the command line's fault
+      throw std::invalid_argument(std::string("-o: ") + e.what());
+    }
     std::error_code ec;
     fs::file_status st = fs::status(t.path, ec);
     if (t.kind == builder::OutputTarget::Kind::OciLayout) {
@@ -257,8 +262,10 @@ void add_build_commands(CLI::App& app, Common& c, std::vector<Command>& out) {
 
   auto* build = app.add_subcommand("build", "Build images from ImageSpec JSON files ('-' reads stdin)");
   build->add_option("spec", a->specs, "ImageSpec JSON files (several build into one store), or - for stdin");
-  build->add_option("-o,--output", a->outputs, "oci:DIR[:TAG] or docker-archive:FILE (repeatable)");
-  build->add_option("--module", a->modules, "A loaded module file, relative to source_root (repeatable)");
+  build->add_option("-o,--output", a->outputs, "oci:DIR[:TAG] or docker-archive:FILE (repeatable)")
+      ->allow_extra_args(false);
+  build->add_option("--module", a->modules, "A loaded module file, relative to source_root (repeatable)")
+      ->allow_extra_args(false);
   build->add_option("--modules-from", a->modules_from, "File listing loaded modules, one per line ('-': stdin)");
   build->add_option("--image-refs", a->image_refs, "Append the built reference (name:tag@digest) to this file");
   build->add_option("--plan", a->plan_path, "A task plan (see `kiln plan`): build its specs, then print the plan");
@@ -289,7 +296,8 @@ void add_build_commands(CLI::App& app, Common& c, std::vector<Command>& out) {
 
   auto* tag = app.add_subcommand("tag", "Print the [registry/]name:tag a spec builds, without building");
   tag->add_option("spec", a->spec_path, "ImageSpec JSON file, or - for stdin")->required();
-  tag->add_option("--module", a->modules, "A loaded module file, relative to source_root (repeatable)");
+  tag->add_option("--module", a->modules, "A loaded module file, relative to source_root (repeatable)")
+      ->allow_extra_args(false);
   tag->add_option("--modules-from", a->modules_from, "File listing loaded modules, one per line ('-': stdin)");
   add_common_options(tag, c);
   add_registry_options(tag, c);

@@ -38,9 +38,11 @@ builder::RegistrySettings Context::registry_settings(const std::string& spec_con
 }
 
 void add_registry_options(CLI::App* sub, Common& c) {
-  sub->add_option("--insecure-allow-http", c.allow_http, "Allow plain HTTP to this registry host[:port] (repeatable)");
+  sub->add_option("--insecure-allow-http", c.allow_http, "Allow plain HTTP to this registry host[:port] (repeatable)")
+      ->allow_extra_args(false);
   sub->add_option("--insecure-skip-tls-verify", c.skip_tls_verify,
-                  "Do not verify the TLS certificate of this registry host[:port] (repeatable)");
+                  "Do not verify the TLS certificate of this registry host[:port] (repeatable)")
+      ->allow_extra_args(false);
   sub->add_option("--registry-ca", c.registry_ca, "Extra CA certificates (PEM) to trust for registries");
   sub->add_option("--registry-config", c.registry_config,
                   "docker config.json (or its directory) with credentials (default: the spec's registry_config, "
