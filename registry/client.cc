@@ -293,6 +293,25 @@ void Client::fetch_token(const std::string& challenge, const std::vector<std::st
   HttpRequest req;
   req.url = u;
   req.timeout_seconds = 30;
+  // An identity token (docker login with a token, Azure ACR, a helper answering "<token>") is an
+  // OAuth2 refresh token: it is traded for an access token with a POSTed refresh-token grant, as
+  // docker and go-containerregistry do; it never goes in a Basic header or a URL.
+  std::string form;
+  if (creds_ && creds_->identity_token) {
+    auto form_escape = [](const std::string& v) {
+      std::string e = url_escape(v);
+      for (std::size_t i = 0; (i = e.find('/', i)) != std::string::npos;) e.replace(i, 1, "%2F");
+      for (std::size_t i = 0; (i = e.find(':', i)) != std::string::npos;) e.replace(i, 1, "%3A");
+      return e;
+    };
+    form = "grant_type=refresh_token&refresh_token=" + form_escape(creds_->password) +
+           "&service=" + form_escape(params["service"]) + "&scope=" + form_escape(join(all, " ")) +
+           "&client_id=kiln";
+    req.method = "POST";
+    req.url = params["realm"];
+    req.body = &form;
+    req.headers.push_back("Content-Type: application/x-www-form-urlencoded");
+  }
   const std::string realm_origin = url_origin(params["realm"]);
   if (realm_origin.empty())
     throw RegistryError(RegistryError::Kind::Protocol, "registry " + registry_ + " names a token server that is not an http(s) URL");
@@ -314,7 +333,10 @@ void Client::fetch_token(const std::string& challenge, const std::vector<std::st
     throw RegistryError(RegistryError::Kind::Unreachable, "cannot reach the token server of " + registry_ + ": " + r.transport_error);
   if (r.status == 401 || r.status == 403)
     throw RegistryError(RegistryError::Kind::Unauthorized,
-                        creds_ ? "registry " + registry_ + " rejected the credentials (wrong user name or password?)"
+                        creds_ && creds_->identity_token
+                            ? "the token server of " + registry_ + " rejected the identity token from the docker config "
+                              "(expired or revoked? log in again)"
+                        : creds_ ? "registry " + registry_ + " rejected the credentials (wrong user name or password?)"
                                : "registry " + registry_ + " requires credentials; log in (docker login) or set registry_config",
                         r.status, "UNAUTHORIZED");
   if (r.status != 200)
