@@ -23,6 +23,7 @@ const char* RegistryError::kind_name(Kind k) {
     case Kind::ManifestUnknown: return "manifest_unknown";
     case Kind::BlobUnknown: return "blob_unknown";
     case Kind::Unreachable: return "unreachable";
+    case Kind::UnknownHost: return "unknown_host";
     case Kind::Transient: return "transient";
     case Kind::Protocol: return "protocol";
   }
@@ -103,6 +104,13 @@ std::pair<std::string, std::string> error_of(const std::string& body) {
 }
 
 bool is_redirect(long status) { return status == 301 || status == 302 || status == 303 || status == 307 || status == 308; }
+
+/// "host:port" → "host"; "[v6]:port" → "[v6]".
+std::string host_only(const std::string& registry) {
+  std::size_t close = registry.rfind(']'), colon = registry.rfind(':');
+  if (colon == std::string::npos || (close != std::string::npos && colon < close)) return registry;
+  return registry.substr(0, colon);
+}
 
 std::string join(const std::vector<std::string>& v, const char* sep) {
   std::string s;
@@ -232,6 +240,12 @@ void Client::ping() {
   if (r.status == 0 && opts_.allow_http && !opts_.prefer_http && is_tls_mismatch(r.curl_code)) {
     if (opts_.log) opts_.log(registry_ + " does not speak TLS; using plain HTTP (allowed for this registry)");
     r = attempt("http");
+  }
+  if (r.status == 0 && r.curl_code == 6 /* CURLE_COULDNT_RESOLVE_HOST */) {
+    scheme_.clear();
+    throw RegistryError(RegistryError::Kind::UnknownHost,
+                        "cannot resolve host '" + host_only(registry_) + "' (registry " + registry_ +
+                            "): is the name right? (" + r.transport_error + ")");
   }
   if (r.status == 0) {
     scheme_.clear();
@@ -417,7 +431,7 @@ HttpResponse Client::send(HttpRequest req, const std::vector<std::string>& scope
 void Client::fail(const HttpResponse& r, const std::string& what) const {
   using K = RegistryError::Kind;
   if (r.status == 0)
-    throw RegistryError(is_transient_curl(r.curl_code) ? K::Transient : K::Unreachable,
+    throw RegistryError(r.curl_code == 6 ? K::UnknownHost : is_transient_curl(r.curl_code) ? K::Transient : K::Unreachable,
                         what + ": " + r.transport_error);
   auto [code, message] = error_of(r.body);
   std::string detail = " (" + std::to_string(r.status) + (code.empty() ? "" : " " + code) +

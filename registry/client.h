@@ -32,7 +32,8 @@ class RegistryError : public std::runtime_error {
     NameUnknown,      // repository does not exist
     ManifestUnknown,  // tag or manifest does not exist
     BlobUnknown,      // blob does not exist
-    Unreachable,      // cannot connect (closed port, DNS, TLS handshake)
+    Unreachable,      // cannot connect (closed port, TLS handshake)
+    UnknownHost,      // the host name does not resolve: a typo more often than an outage, not retried
     Transient,        // 408, 429, 5xx, connection reset: retry later
     Protocol,         // an answer that breaks the protocol, or a digest mismatch
   };

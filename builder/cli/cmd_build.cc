@@ -95,6 +95,18 @@ std::string shorten(std::string s, std::size_t n) {
   return s;
 }
 
+/// A failure's message without the "SPEC: " it starts with when it is shown beside the spec's
+/// path already (the summary table, the quiet error lines): the path once, not twice.
+std::string message_beside_spec(const session::Failure& f) {
+  const std::string prefix = f.spec_path + ":";
+  std::string m = f.message;
+  if (!f.spec_path.empty() && m.rfind(prefix, 0) == 0) {
+    m.erase(0, prefix.size());
+    if (!m.empty() && m[0] == ' ') m.erase(0, 1);  // "SPEC: msg" → "msg"; "SPEC:2:1: msg" → "2:1: msg"
+  }
+  return (f.kind == "step" && !f.step.empty() ? f.step + ": " : "") + m;
+}
+
 /// The summary of several builds, for people (stderr).
 void print_summary(const std::vector<session::Outcome>& outs) {
   std::size_t ok = 0, failed = 0, cancelled = 0;
@@ -107,7 +119,7 @@ void print_summary(const std::vector<session::Outcome>& outs) {
     std::string status = o.ok() ? (o.status == "exists" ? "exists" : "ok")
                                 : o.failure.cancelled ? "CANCELLED" : "FAILED (" + std::to_string(o.failure.code) + ")";
     std::string result = o.ok() ? o.repository + "@" + o.digest
-                                : shorten((o.failure.kind == "step" ? o.failure.step + ": " : "") + o.failure.message, 90);
+                                : shorten(message_beside_spec(o.failure), 90);
     rows.push_back({o.spec_path, o.image.empty() ? "-" : o.image, status, secs, result});
   }
   std::array<std::size_t, 5> w{};
@@ -169,8 +181,7 @@ int run_builds(Context& ctx, const BuildArgs& a) {
   } else {
     for (const auto& r : outs)  // quiet: still the errors, one line each
       if (!r.ok() && !r.failure.cancelled)
-        std::fprintf(stderr, "kiln: error: %s: %s%s\n", r.spec_path.c_str(),
-                     r.failure.kind == "step" ? (r.failure.step + ": ").c_str() : "", r.failure.message.c_str());
+        std::fprintf(stderr, "kiln: error: %s: %s\n", r.spec_path.c_str(), message_beside_spec(r.failure).c_str());
   }
   for (const auto& r : outs)
     if (!r.ok() && !r.failure.cancelled) annotate_github(r.failure);
@@ -278,7 +289,7 @@ void add_build_commands(CLI::App& app, Common& c, std::vector<Command>& out) {
   auto* kg = build->add_flag("--keep-going", a->keep_going,
                              "With several specs: finish the other builds after a failure (the default)");
   ff->excludes(kg);
-  build->add_option("--network", a->network, "Network for RUN steps: default (the host's) or none")
+  build->add_option("--network", a->network, "Network for RUN steps: default or host (both: the host's network), or none")
       ->check(CLI::IsMember({"default", "host", "none"}));
   build->add_option("--capture", a->capture,
                     "How RUN steps' changes are captured: auto, overlay (needs root) or snapshot")

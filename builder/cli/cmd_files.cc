@@ -47,7 +47,7 @@ void add_files_command(CLI::App& app, Common& c, std::vector<Command>& out) {
   files->add_option("--modules-from", a->modules_from, "File listing loaded modules, one per line ('-': stdin)");
   files->add_flag("--flyteignore", a->flyteignore,
                   "Also apply .flyteignore, as pyflyte's fast-register bundle does (mode all)");
-  add_common_options(files, c);
+  add_common_options(files, c, /*cache_used=*/false, /*jobs_used=*/false);
   out.push_back({files, [a](Context& ctx) {
                    spec::ImageSpec s = spec::load_spec(a->spec_path);
                    layers::CollectOptions opts;

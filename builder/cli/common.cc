@@ -49,12 +49,14 @@ void add_registry_options(CLI::App* sub, Common& c) {
                   "$DOCKER_CONFIG, ~/.docker)");
 }
 
-void add_common_options(CLI::App* sub, Common& c) {
-  sub->add_option("--cache", c.cache_dir, "Cache directory (default: $KILN_CACHE, else $XDG_CACHE_HOME/kiln)");
+void add_common_options(CLI::App* sub, Common& c, bool cache_used, bool jobs_used) {
+  auto* cache = sub->add_option("--cache", c.cache_dir, "Cache directory (default: $KILN_CACHE, else $XDG_CACHE_HOME/kiln)");
   sub->add_option("--progress", c.progress, "Progress on stderr: auto, plain or quiet")
       ->check(CLI::IsMember({"auto", "plain", "quiet"}));
   sub->add_flag("--json", c.json_out, "Print a machine-readable JSON result on stdout");
-  sub->add_option("-j,--jobs", c.jobs, "Threads for hashing and layer writing (default: cores)");
+  auto* jobs = sub->add_option("-j,--jobs", c.jobs, "Threads for hashing and layer writing (default: cores)");
+  if (!cache_used) cache->group("");  // accepted, not shown
+  if (!jobs_used) jobs->group("");
 }
 
 json failure_json(const Failure& f) {

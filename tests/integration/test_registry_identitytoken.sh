@@ -45,6 +45,10 @@ assert_eq 0 "$RC" "identitytoken: build --push exit 0"$'\n'"$ERR"
 no_token "identitytoken push"
 assert_eq "$(jget "j['digest']" <<<"$OUT")" "$(jget "(j.get('pushed') or {}).get('digest')" <<<"$OUT")" "identitytoken: pushed the image"
 assert_eq 0 "$(grep -c '"grant": "get"' "$TOKEN_LOG" || true)" "identitytoken: no GET (anonymous or Basic) token request"
+# The preflight before the build shows the repository it checks, not the ":latest" a bare name
+# parses to (the tag is known only once the files are hashed).
+assert_contains "$ERR" "preflight ok   reference: $REG_ADDR/idtok-app (tag from the spec" "build preflight: the reference without :latest"
+assert_not_contains "$ERR" "idtok-app:latest" "build preflight: no :latest"
 
 # ---- a revoked token: exit 4 (credentials), a message about the identity token -----------------
 kiln preflight "$REG_ADDR/idtok-app" --json --registry-config "$W/badtok"
