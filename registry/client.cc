@@ -196,6 +196,7 @@ HttpResponse Client::perform_scoped(HttpRequest req, const std::string& auth, co
     auto c = acquire();
     HttpResponse resp = c->perform(r, tls_);
     release(std::move(c));
+    trace(r, resp);
     if (!is_redirect(resp.status) || hop >= 5) return resp;
     std::string loc = resp.header("location");
     if (loc.empty()) return resp;
@@ -208,6 +209,20 @@ HttpResponse Client::perform_scoped(HttpRequest req, const std::string& auth, co
     }
     req.url = next;
   }
+}
+
+void Client::trace(const HttpRequest& req, const HttpResponse& resp) const {
+  if (!opts_.trace || !opts_.log) return;
+  // The URL without its query (upload state, token scopes) and without any user:password@.
+  std::string u = req.url.substr(0, req.url.find_first_of("?#"));
+  if (std::size_t scheme = u.find("://"); scheme != std::string::npos) {
+    std::size_t host = scheme + 3, slash = u.find('/', host);
+    std::size_t at = u.rfind('@', slash == std::string::npos ? std::string::npos : slash);
+    if (at != std::string::npos && at >= host) u.erase(host, at + 1 - host);
+  }
+  if (u.size() < req.url.size() && req.url[u.size()] == '?') u += "?…";
+  opts_.log("http " + req.method + " " + u + " " +
+            (resp.status ? std::to_string(resp.status) : "failed: " + resp.transport_error));
 }
 
 std::string Client::absolute(const std::string& location) const {
@@ -226,6 +241,7 @@ void Client::ping() {
     auto c = acquire();
     HttpResponse r = c->perform(req, tls_);
     release(std::move(c));
+    trace(req, r);
     return r;
   };
   HttpResponse r;

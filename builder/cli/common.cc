@@ -34,6 +34,8 @@ builder::RegistrySettings Context::registry_settings(const std::string& spec_con
   r.ca_file = common.registry_ca;
   r.docker_config = !common.registry_config.empty() ? common.registry_config : spec_config;
   r.jobs = std::max(4, jobs());
+  const char* debug = std::getenv("KILN_DEBUG");
+  r.trace = common.verbose || (debug && *debug && std::string(debug) != "0");
   return r;
 }
 

@@ -32,6 +32,7 @@ struct Common {
   // Registry access.
   std::vector<std::string> allow_http, skip_tls_verify;
   std::string registry_ca, registry_config;
+  bool verbose = false;  // -v/--verbose (or KILN_DEBUG=1): log registry requests
 };
 
 /// What a command gets when it runs.

@@ -10,7 +10,9 @@
 
 namespace kiln::cli {
 
-void add_files_command(CLI::App& app, Common& c, std::vector<Command>& out);  // cmd_files.cc
+void add_files_command(CLI::App& app, Common& c, std::vector<Command>& out);    // cmd_files.cc
+void add_version_command(CLI::App& app, Common& c, std::vector<Command>& out);  // cmd_version.cc
+std::string version_text();                                                    // cmd_version.cc
 
 namespace {
 
@@ -87,8 +89,11 @@ std::string did_you_mean(CLI::App& app, int argc, char** argv) {
 int run(int argc, char** argv) {
   CLI::App app{"kiln: build OCI images from ImageSpec JSON, without a Docker daemon"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", std::string("kiln ") + KILN_VERSION);
+  app.set_version_flag("--version", version_text());
   Common common;
+  // -v before or after the command: CLI11 passes the parent's flags through to subcommands.
+  app.fallthrough();
+  app.add_flag("-v,--verbose", common.verbose, "Log each registry request (method, URL, status; never credentials)");
   std::vector<Command> commands;
   add_build_commands(app, common, commands);
   add_inspect_command(app, common, commands);
@@ -98,6 +103,7 @@ int run(int argc, char** argv) {
   add_modelcar_commands(app, common, commands);
   add_history_commands(app, common, commands);
   add_files_command(app, common, commands);
+  add_version_command(app, common, commands);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

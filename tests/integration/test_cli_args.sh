@@ -105,3 +105,17 @@ assert_contains "$ERR" "did you mean 'du'?" "kiln cache dux: did you mean du"
 kiln build "$W/spec.json" --zzzzzzzz
 assert_eq 2 "$RC" "a flag close to nothing: exit 2"
 assert_not_contains "$ERR" "did you mean" "a flag close to nothing: no suggestion"
+
+# ---- kiln version / --version --------------------------------------------------------------------
+kiln version
+assert_eq 0 "$RC" "kiln version: exit 0"
+assert_match "$(head -n1 <<<"$OUT")" '^kiln [0-9]+\.[0-9]+\.[0-9]+ \(git [^)]+\)$' "kiln version: version and git revision"
+for lib in libarchive zstd openssl libcurl libgit2; do
+  assert_match "$OUT" "  $lib: [^ ]*[0-9]+\.[0-9]+" "kiln version: the $lib version"
+done
+VERSION_TEXT=$OUT
+kiln --version
+assert_eq "$VERSION_TEXT" "$OUT" "--version prints what kiln version prints"
+kiln version --json
+assert_eq "libarchive libcurl libgit2 openssl sqlite zstd" "$(jget "' '.join(sorted(j['libraries']))" <<<"$OUT")" "kiln version --json: the libraries"
+assert_eq "$(jget "j['git_revision']" <<<"$OUT")" "$(sed -nE '1s/.*\(git ([^)]+)\)$/\1/p' <<<"$VERSION_TEXT")" "kiln version --json: the same revision"
