@@ -227,7 +227,7 @@ class Job {
     if (o_.push == Options::Push::Never) return false;
     const bool has_registry = s.registry && !s.registry->empty();
     if (o_.push == Options::Push::Auto && !has_registry) return false;
-    if (!o_.push_to && !has_registry) throw std::invalid_argument("--push needs a registry: set \"registry\" in the spec");
+    if (!o_.push_to && !has_registry) throw std::invalid_argument("--push needs a registry: set \"registry\" in the spec, or KILN_DEFAULT_REPO");
     return true;
   }
 
@@ -582,7 +582,13 @@ class Job {
 
 Outcome Session::build(const std::string& spec_path, const Options& opts) const {
   Job job(env_, opts, opts.kind, spec_path);
-  return job.run([&] { job.from_spec(spec::load_spec(spec_path)); }, "build " + job.record().id + " of " + spec_path);
+  return job.run(
+      [&] {
+        spec::ImageSpec s = spec::load_spec(spec_path);
+        if (opts.adjust_spec) opts.adjust_spec(s);
+        job.from_spec(s);
+      },
+      "build " + job.record().id + " of " + spec_path);
 }
 
 Outcome Session::build(const spec::ImageSpec& spec, const std::string& origin, const Options& opts) const {

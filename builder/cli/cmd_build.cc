@@ -5,6 +5,8 @@
 // the outcome: with one spec, `repo@sha256:…` on stdout (or one JSON object with --json); with
 // several, one line per image (or {"status", "builds": […]}), and a summary table on stderr.
 #include <algorithm>
+#include <cctype>
+#include <cstdlib>
 #include <cstdio>
 #include <iostream>
 #include <system_error>
@@ -31,7 +33,43 @@ struct BuildArgs {
   bool fail_fast = false, keep_going = false, no_wait = false;
   std::string network = "default", capture = "auto";
   std::string step_timeout;  // --step-timeout DURATION ("" = none)
+  std::string platform;      // --platform: overrides the spec's (and its nested bases')
 };
+
+/// os/arch[/variant], each part lowercase letters, digits, '_', '.', '-'.
+bool valid_platform(const std::string& p) {
+  int parts = 1;
+  bool empty_part = p.empty() || p.front() == '/' || p.back() == '/';
+  for (std::size_t i = 0; i < p.size(); ++i) {
+    char c = p[i];
+    if (c == '/') {
+      ++parts;
+      if (i + 1 < p.size() && p[i + 1] == '/') empty_part = true;
+    } else if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-')) {
+      return false;
+    }
+  }
+  return !empty_part && (parts == 2 || parts == 3);
+}
+
+/// --platform on a spec and on every nested base spec (a base built for another platform would
+/// not be one the image can use).
+void set_platform(spec::ImageSpec& s, const std::string& platform) {
+  s.platform = platform;
+  if (s.base_image.kind == spec::BaseImage::Kind::Spec && s.base_image.spec) {
+    auto copy = std::make_shared<spec::ImageSpec>(*s.base_image.spec);
+    set_platform(*copy, platform);
+    s.base_image.spec = copy;
+  }
+}
+
+/// $KILN_DEFAULT_REPO (as ko's KO_DOCKER_REPO): where `--push` sends a spec that names no registry.
+std::string default_repo() {
+  const char* r = std::getenv("KILN_DEFAULT_REPO");
+  std::string v = r ? r : "";
+  while (!v.empty() && v.back() == '/') v.pop_back();
+  return v;
+}
 
 /// "90", "90s", "1.5m", "2h" → seconds; -1 when it is not a positive duration.
 double parse_duration(const std::string& s) {
@@ -152,6 +190,17 @@ session::Options options_of(Context& ctx, const BuildArgs& a, std::vector<builde
   o.preflight = !a.skip_preflight;
   o.wait_for_name = !a.no_wait;
   o.image_refs = a.image_refs;
+  const std::string repo = a.push ? default_repo() : "";
+  if (!a.platform.empty() || !repo.empty()) {
+    o.adjust_spec = [platform = a.platform, repo](spec::ImageSpec& s) {
+      if (!platform.empty()) set_platform(s, platform);
+      if (!repo.empty() && (!s.registry || s.registry->empty())) {
+        std::string lower = repo;
+        for (auto& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+        s.registry = lower;
+      }
+    };
+  }
   return o;
 }
 
@@ -298,6 +347,11 @@ void add_build_commands(CLI::App& app, Common& c, std::vector<Command>& out) {
                     "Kill a RUN step (and fail the build, exit 3) when it runs longer than DURATION: 90, 90s, 10m, 2h")
       ->check([](const std::string& v) {
         return parse_duration(v) > 0 ? std::string() : "--step-timeout takes a duration such as 90s, 10m or 2h";
+      });
+  build->add_option("--platform", a->platform,
+                    "Build for this os/arch[/variant] instead of the spec's platform (e.g. linux/arm64)")
+      ->check([](const std::string& v) {
+        return valid_platform(v) ? std::string() : "--platform takes os/arch[/variant], e.g. linux/arm64";
       });
   build->add_flag("--no-wait", a->no_wait,
                   "Fail (exit 6) instead of waiting when another kiln is building the same image name");

@@ -119,3 +119,23 @@ assert_eq "$VERSION_TEXT" "$OUT" "--version prints what kiln version prints"
 kiln version --json
 assert_eq "libarchive libcurl libgit2 openssl sqlite zstd" "$(jget "' '.join(sorted(j['libraries']))" <<<"$OUT")" "kiln version --json: the libraries"
 assert_eq "$(jget "j['git_revision']" <<<"$OUT")" "$(sed -nE '1s/.*\(git ([^)]+)\)$/\1/p' <<<"$VERSION_TEXT")" "kiln version --json: the same revision"
+
+# ---- --platform overrides the spec's platform ---------------------------------------------------
+build_ok "$W/spec.json" --module pkg/a.py -o "oci:$T/plat:amd"
+AMD_DIGEST=$(jget "j['digest']" <<<"$OUT")
+AMD_TAG=$(jget "j['tag']" <<<"$OUT")
+build_ok "$W/spec.json" --module pkg/a.py --platform linux/arm64 -o "oci:$T/plat:arm"
+assert_ne "$AMD_DIGEST" "$(jget "j['digest']" <<<"$OUT")" "--platform linux/arm64: another image"
+assert_ne "$AMD_TAG" "$(jget "j['tag']" <<<"$OUT")" "--platform linux/arm64: another tag"
+kiln inspect "oci:$T/plat:arm" --platform linux/arm64
+assert_eq "linux arm64" "$(jget "j['config']['os'] + ' ' + j['config']['architecture']" <<<"$OUT")" "--platform linux/arm64: the config says arm64"
+# It overrides a platform the spec sets, and a nested base spec's too.
+echo '{"name": "args-app", "source_root": "proj", "platform": "linux/arm64", "base_image": {"name": "nb", "platform": "linux/arm64"}}' >"$W/arm.json"
+build_ok "$W/arm.json" --module pkg/a.py --platform linux/amd64 -o "oci:$T/plat:over"
+kiln inspect "oci:$T/plat:over"
+assert_eq "amd64" "$(jget "j['config']['architecture']" <<<"$OUT")" "--platform linux/amd64 overrides the spec's arm64 (and its nested base's)"
+kiln build "$W/spec.json" --platform arm64 --progress quiet
+assert_eq 2 "$RC" "--platform arm64 (no os): exit 2"
+assert_contains "$ERR" "os/arch" "--platform arm64: says the form"
+kiln build "$W/spec.json" --platform linux//arm64 --progress quiet
+assert_eq 2 "$RC" "--platform linux//arm64: exit 2"

@@ -93,3 +93,22 @@ assert_not_contains "$ERR" "Authorization" "KILN_DEBUG=1: no Authorization heade
 assert_not_contains "$ERR" "eyJ" "KILN_DEBUG=1: no JWT"
 kiln build "$W/spec.json" --progress plain --force --registry-config "$W/idtok"
 assert_not_contains "$ERR" "http GET" "without -v or KILN_DEBUG: no request log"
+
+# ---- KILN_DEFAULT_REPO: where --push sends a spec without "registry" ----------------------------
+printf '{"name": "norepo-app", "source_root": "src", "source_copy_mode": "all"}\n' >"$W/norepo.json"
+KILN_DEFAULT_REPO="$REG_ADDR/team/" kiln build "$W/norepo.json" --push --json --progress quiet --registry-config "$W/idtok"
+assert_eq 0 "$RC" "KILN_DEFAULT_REPO + --push: exit 0"$'\n'"$ERR"
+assert_match "$(jget "j['pushed']['reference']" <<<"$OUT")" "^$REG_ADDR/team/norepo-app:[0-9a-f]{32}@sha256:" "KILN_DEFAULT_REPO: pushed to REPO/name:tag"
+NOREPO_TAG=$(jget "j['tag']" <<<"$OUT")
+kiln tag "$W/norepo.json"
+assert_eq "norepo-app:$NOREPO_TAG" "$OUT" "KILN_DEFAULT_REPO does not change the tag"
+# Without --push it is not used (the image is not pushed).
+KILN_DEFAULT_REPO="$REG_ADDR/team" kiln build "$W/norepo.json" --json --progress quiet --registry-config "$W/idtok"
+assert_eq "0 null" "$RC $(jget "j.get('pushed')" <<<"$OUT")" "KILN_DEFAULT_REPO without --push: no push"
+# A spec's own registry wins.
+KILN_DEFAULT_REPO="127.0.0.1:1/elsewhere" kiln build "$W/spec.json" --push --force --json --progress quiet --registry-config "$W/idtok"
+assert_eq 0 "$RC" "a spec's registry wins over KILN_DEFAULT_REPO"$'\n'"$ERR"
+# --push without either: the error names both ways.
+kiln build "$W/norepo.json" --push --progress quiet
+assert_eq 2 "$RC" "--push with no registry: exit 2"
+assert_contains "$ERR" "KILN_DEFAULT_REPO" "--push with no registry: mentions KILN_DEFAULT_REPO"
