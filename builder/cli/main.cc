@@ -13,6 +13,7 @@ namespace kiln::cli {
 void add_files_command(CLI::App& app, Common& c, std::vector<Command>& out);    // cmd_files.cc
 void add_version_command(CLI::App& app, Common& c, std::vector<Command>& out);  // cmd_version.cc
 std::string version_text();                                                    // cmd_version.cc
+void add_completion_command(CLI::App& app, Common& c, std::vector<Command>& out);  // cmd_completion.cc
 
 namespace {
 
@@ -104,6 +105,7 @@ int run(int argc, char** argv) {
   add_history_commands(app, common, commands);
   add_files_command(app, common, commands);
   add_version_command(app, common, commands);
+  add_completion_command(app, common, commands);  // last: it describes the others
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
