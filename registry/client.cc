@@ -260,7 +260,7 @@ void Client::ping() {
   if (r.status == 0 && r.curl_code == 6 /* CURLE_COULDNT_RESOLVE_HOST */) {
     scheme_.clear();
     throw RegistryError(RegistryError::Kind::UnknownHost,
-                        "cannot resolve host '" + host_only(registry_) + "' (registry " + registry_ +
+                        "cannot resolve host '" + host_only(registry_ == "docker.io" ? "registry-1.docker.io" : registry_) + "' (registry " + registry_ +
                             "): is the name right? (" + r.transport_error + ")");
   }
   if (r.status == 0) {
