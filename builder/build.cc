@@ -343,7 +343,20 @@ Prepared prepare(const spec::ImageSpec& s, const BuildOptions& opts) {
     case spec::BaseImage::Kind::Registry: {
       if (!opts.registries) throw std::logic_error("a registry base needs a registry session");
       registry::Reference ref = parse_base_reference(s);
-      p.base_id = resolve_remote(*opts.registries, ref, s.platform, *opts.store);
+      try {
+        p.base_id = resolve_remote(*opts.registries, ref, s.platform, *opts.store);
+      } catch (const registry::RegistryError& e) {
+        // Say which field led kiln to the registry, and the way around an unreachable one.
+        using K = registry::RegistryError::Kind;
+        const bool reach = e.kind() == K::Unreachable || e.kind() == K::UnknownHost || e.kind() == K::Transient;
+        throw registry::RegistryError(
+            e.kind(),
+            "field 'base_image': cannot pull '" + s.base_image.ref + "': " + e.what() +
+                (reach ? "; to build without this registry, copy the base to a local layout (skopeo copy docker://" +
+                             ref.str() + " oci:DIR:TAG) and set base_image to \"oci:DIR:TAG\""
+                       : std::string()),
+            e.status(), e.code());
+      }
       break;
     }
   }

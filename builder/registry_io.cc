@@ -67,6 +67,7 @@ registry::Client& RegistrySession::client(const std::string& reg) {
   o.skip_tls_verify = settings_.skip_tls_verify.count(reg) > 0;
   o.ca_file = settings_.ca_file;
   o.max_attempts = settings_.max_attempts;
+  o.trace = settings_.trace;
   Progress* p = progress_;
   if (p) o.log = [p](const std::string& line) { p->log(line); };
   auto c = std::make_unique<registry::Client>(reg, o);

@@ -27,6 +27,7 @@ struct RegistrySettings {
   std::string ca_file;                          // extra CA bundle
   int jobs = 4;                                 // parallel blob transfers
   int max_attempts = 5;
+  bool trace = false;                           // log each request (method, URL, status; no secrets)
 };
 
 /// One client per registry host, shared by sources and sinks.

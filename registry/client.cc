@@ -23,6 +23,7 @@ const char* RegistryError::kind_name(Kind k) {
     case Kind::ManifestUnknown: return "manifest_unknown";
     case Kind::BlobUnknown: return "blob_unknown";
     case Kind::Unreachable: return "unreachable";
+    case Kind::UnknownHost: return "unknown_host";
     case Kind::Transient: return "transient";
     case Kind::Protocol: return "protocol";
   }
@@ -103,6 +104,13 @@ std::pair<std::string, std::string> error_of(const std::string& body) {
 }
 
 bool is_redirect(long status) { return status == 301 || status == 302 || status == 303 || status == 307 || status == 308; }
+
+/// "host:port" → "host"; "[v6]:port" → "[v6]".
+std::string host_only(const std::string& registry) {
+  std::size_t close = registry.rfind(']'), colon = registry.rfind(':');
+  if (colon == std::string::npos || (close != std::string::npos && colon < close)) return registry;
+  return registry.substr(0, colon);
+}
 
 std::string join(const std::vector<std::string>& v, const char* sep) {
   std::string s;
@@ -188,6 +196,7 @@ HttpResponse Client::perform_scoped(HttpRequest req, const std::string& auth, co
     auto c = acquire();
     HttpResponse resp = c->perform(r, tls_);
     release(std::move(c));
+    trace(r, resp);
     if (!is_redirect(resp.status) || hop >= 5) return resp;
     std::string loc = resp.header("location");
     if (loc.empty()) return resp;
@@ -200,6 +209,20 @@ HttpResponse Client::perform_scoped(HttpRequest req, const std::string& auth, co
     }
     req.url = next;
   }
+}
+
+void Client::trace(const HttpRequest& req, const HttpResponse& resp) const {
+  if (!opts_.trace || !opts_.log) return;
+  // The URL without its query (upload state, token scopes) and without any user:password@.
+  std::string u = req.url.substr(0, req.url.find_first_of("?#"));
+  if (std::size_t scheme = u.find("://"); scheme != std::string::npos) {
+    std::size_t host = scheme + 3, slash = u.find('/', host);
+    std::size_t at = u.rfind('@', slash == std::string::npos ? std::string::npos : slash);
+    if (at != std::string::npos && at >= host) u.erase(host, at + 1 - host);
+  }
+  if (u.size() < req.url.size() && req.url[u.size()] == '?') u += "?…";
+  opts_.log("http " + req.method + " " + u + " " +
+            (resp.status ? std::to_string(resp.status) : "failed: " + resp.transport_error));
 }
 
 std::string Client::absolute(const std::string& location) const {
@@ -218,6 +241,7 @@ void Client::ping() {
     auto c = acquire();
     HttpResponse r = c->perform(req, tls_);
     release(std::move(c));
+    trace(req, r);
     return r;
   };
   HttpResponse r;
@@ -232,6 +256,12 @@ void Client::ping() {
   if (r.status == 0 && opts_.allow_http && !opts_.prefer_http && is_tls_mismatch(r.curl_code)) {
     if (opts_.log) opts_.log(registry_ + " does not speak TLS; using plain HTTP (allowed for this registry)");
     r = attempt("http");
+  }
+  if (r.status == 0 && r.curl_code == 6 /* CURLE_COULDNT_RESOLVE_HOST */) {
+    scheme_.clear();
+    throw RegistryError(RegistryError::Kind::UnknownHost,
+                        "cannot resolve host '" + host_only(registry_ == "docker.io" ? "registry-1.docker.io" : registry_) + "' (registry " + registry_ +
+                            "): is the name right? (" + r.transport_error + ")");
   }
   if (r.status == 0) {
     scheme_.clear();
@@ -293,6 +323,25 @@ void Client::fetch_token(const std::string& challenge, const std::vector<std::st
   HttpRequest req;
   req.url = u;
   req.timeout_seconds = 30;
+  // An identity token (docker login with a token, Azure ACR, a helper answering "<token>") is an
+  // OAuth2 refresh token: it is traded for an access token with a POSTed refresh-token grant, as
+  // docker and go-containerregistry do; it never goes in a Basic header or a URL.
+  std::string form;
+  if (creds_ && creds_->identity_token) {
+    auto form_escape = [](const std::string& v) {
+      std::string e = url_escape(v);
+      for (std::size_t i = 0; (i = e.find('/', i)) != std::string::npos;) e.replace(i, 1, "%2F");
+      for (std::size_t i = 0; (i = e.find(':', i)) != std::string::npos;) e.replace(i, 1, "%3A");
+      return e;
+    };
+    form = "grant_type=refresh_token&refresh_token=" + form_escape(creds_->password) +
+           "&service=" + form_escape(params["service"]) + "&scope=" + form_escape(join(all, " ")) +
+           "&client_id=kiln";
+    req.method = "POST";
+    req.url = params["realm"];
+    req.body = &form;
+    req.headers.push_back("Content-Type: application/x-www-form-urlencoded");
+  }
   const std::string realm_origin = url_origin(params["realm"]);
   if (realm_origin.empty())
     throw RegistryError(RegistryError::Kind::Protocol, "registry " + registry_ + " names a token server that is not an http(s) URL");
@@ -314,7 +363,10 @@ void Client::fetch_token(const std::string& challenge, const std::vector<std::st
     throw RegistryError(RegistryError::Kind::Unreachable, "cannot reach the token server of " + registry_ + ": " + r.transport_error);
   if (r.status == 401 || r.status == 403)
     throw RegistryError(RegistryError::Kind::Unauthorized,
-                        creds_ ? "registry " + registry_ + " rejected the credentials (wrong user name or password?)"
+                        creds_ && creds_->identity_token
+                            ? "the token server of " + registry_ + " rejected the identity token from the docker config "
+                              "(expired or revoked? log in again)"
+                        : creds_ ? "registry " + registry_ + " rejected the credentials (wrong user name or password?)"
                                : "registry " + registry_ + " requires credentials; log in (docker login) or set registry_config",
                         r.status, "UNAUTHORIZED");
   if (r.status != 200)
@@ -395,7 +447,7 @@ HttpResponse Client::send(HttpRequest req, const std::vector<std::string>& scope
 void Client::fail(const HttpResponse& r, const std::string& what) const {
   using K = RegistryError::Kind;
   if (r.status == 0)
-    throw RegistryError(is_transient_curl(r.curl_code) ? K::Transient : K::Unreachable,
+    throw RegistryError(r.curl_code == 6 ? K::UnknownHost : is_transient_curl(r.curl_code) ? K::Transient : K::Unreachable,
                         what + ": " + r.transport_error);
   auto [code, message] = error_of(r.body);
   std::string detail = " (" + std::to_string(r.status) + (code.empty() ? "" : " " + code) +

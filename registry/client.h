@@ -32,7 +32,8 @@ class RegistryError : public std::runtime_error {
     NameUnknown,      // repository does not exist
     ManifestUnknown,  // tag or manifest does not exist
     BlobUnknown,      // blob does not exist
-    Unreachable,      // cannot connect (closed port, DNS, TLS handshake)
+    Unreachable,      // cannot connect (closed port, TLS handshake)
+    UnknownHost,      // the host name does not resolve: a typo more often than an outage, not retried
     Transient,        // 408, 429, 5xx, connection reset: retry later
     Protocol,         // an answer that breaks the protocol, or a digest mismatch
   };
@@ -61,6 +62,7 @@ struct ClientOptions {
   std::uint64_t chunk_size = 32ull << 20;      // chunked upload piece size
   std::uint64_t monolithic_max = 64ull << 20;  // blobs up to this size go in one PUT
   std::function<void(const std::string&)> log;  // never receives secrets
+  bool trace = false;                          // log every request: method, URL (no query, no userinfo), status
 };
 
 /// A manifest (or index) as fetched.
@@ -110,6 +112,8 @@ class Client {
     std::string value;
     std::chrono::steady_clock::time_point expires;
   };
+  /// With opts_.trace: "http GET https://host/v2/… 200" through opts_.log (never a header or a body).
+  void trace(const HttpRequest& req, const HttpResponse& resp) const;
   HttpResponse send(HttpRequest req, const std::vector<std::string>& scopes, bool retry = true);
   HttpResponse send_once(HttpRequest& req, const std::vector<std::string>& scopes);
   std::string url(const std::string& path) const;

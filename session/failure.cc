@@ -40,7 +40,8 @@ Failure classify(const std::exception& e) {
       case K::Denied: code = kDenied; break;
       case K::NameUnknown:
       case K::ManifestUnknown:
-      case K::BlobUnknown: code = kNotFound; break;
+      case K::BlobUnknown:
+      case K::UnknownHost: code = kNotFound; break;
       case K::Unreachable:
       case K::Transient: code = kTransient; break;
       case K::Protocol: code = kInternal; break;

@@ -227,16 +227,23 @@ class Job {
     if (o_.push == Options::Push::Never) return false;
     const bool has_registry = s.registry && !s.registry->empty();
     if (o_.push == Options::Push::Auto && !has_registry) return false;
-    if (!o_.push_to && !has_registry) throw std::invalid_argument("--push needs a registry: set \"registry\" in the spec");
+    if (!o_.push_to && !has_registry) throw std::invalid_argument("--push needs a registry: set \"registry\" in the spec, or KILN_DEFAULT_REPO");
     return true;
   }
 
   /// The dry push: a forbidden or misspelled target fails in seconds, before any file is hashed.
-  void preflight(const std::string& name) {
+  /// `tag`: the tag the push will use, when known ("" before the spec's files are hashed); the
+  /// check itself needs only the repository.
+  void preflight(const std::string& name, const std::string& tag = "") {
     step_ = "preflight";
     builder::PreflightReport pre = builder::preflight(*rs_, name, /*describe_repository=*/false);
-    for (const auto& st : pre.steps)
-      progress_.log(std::string("preflight ") + (st.ok ? "ok   " : "FAIL ") + st.name + ": " + st.message);
+    for (const auto& st : pre.steps) {
+      // Not the ":latest" a bare name parses to: the tag this build pushes.
+      std::string msg = st.name == "reference" && st.ok
+                            ? name + (tag.empty() ? std::string(" (tag from the spec, once its files are hashed)") : ":" + tag)
+                            : st.message;
+      progress_.log(std::string("preflight ") + (st.ok ? "ok   " : "FAIL ") + st.name + ": " + msg);
+    }
     if (!pre.ok) {
       const auto& last = pre.steps.back();
       throw registry::RegistryError(pre.failure.value_or(registry::RegistryError::Kind::Protocol),
@@ -250,7 +257,8 @@ class Job {
     named(s.name, spec::repository(s));
     registries(s.registry_config ? s.registry_config->string() : "");
     const bool push = wants_push(s);
-    if (push && o_.preflight) preflight(o_.push_to ? o_.push_to->name() : spec::repository(s));
+    if (push && o_.preflight)
+      preflight(o_.push_to ? o_.push_to->name() : spec::repository(s), o_.push_to ? o_.push_to->tag : "");
     step_ = "prepare";
     builder::Prepared prep = builder::prepare(s, build_options());
     for (const auto& w : prep.files.warnings) progress_.warn(w);
@@ -263,7 +271,8 @@ class Job {
     named(prep.spec->name, prep.repository);
     registries(prep.spec->registry_config ? prep.spec->registry_config->string() : "");
     const bool push = wants_push(*prep.spec);
-    if (push && o_.preflight) preflight(o_.push_to ? o_.push_to->name() : prep.repository);
+    if (push && o_.preflight)
+      preflight(o_.push_to ? o_.push_to->name() : prep.repository, o_.push_to ? o_.push_to->tag : prep.tag);
     from_prepared(prep, push);
   }
 
@@ -573,7 +582,13 @@ class Job {
 
 Outcome Session::build(const std::string& spec_path, const Options& opts) const {
   Job job(env_, opts, opts.kind, spec_path);
-  return job.run([&] { job.from_spec(spec::load_spec(spec_path)); }, "build " + job.record().id + " of " + spec_path);
+  return job.run(
+      [&] {
+        spec::ImageSpec s = spec::load_spec(spec_path);
+        if (opts.adjust_spec) opts.adjust_spec(s);
+        job.from_spec(s);
+      },
+      "build " + job.record().id + " of " + spec_path);
 }
 
 Outcome Session::build(const spec::ImageSpec& spec, const std::string& origin, const Options& opts) const {

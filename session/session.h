@@ -25,6 +25,7 @@
 #include <atomic>
 #include <exception>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -122,6 +123,9 @@ struct Options {
   std::string kind = "build";                  // the record's kind: "build", "modelcar"
   std::string log_prefix;                      // before every line passed on (not in the log file)
   const CancelToken* cancel = nullptr;         // cancels this build (--fail-fast)
+  /// Applied to a spec read from a file before it is built (the CLI's --platform and
+  /// KILN_DEFAULT_REPO); may throw (a usage error fails the build like any other).
+  std::function<void(spec::ImageSpec&)> adjust_spec;
 };
 
 struct WrittenOutput {

@@ -5,6 +5,8 @@
 // the outcome: with one spec, `repo@sha256:…` on stdout (or one JSON object with --json); with
 // several, one line per image (or {"status", "builds": […]}), and a summary table on stderr.
 #include <algorithm>
+#include <cctype>
+#include <cstdlib>
 #include <cstdio>
 #include <iostream>
 #include <system_error>
@@ -31,7 +33,43 @@ struct BuildArgs {
   bool fail_fast = false, keep_going = false, no_wait = false;
   std::string network = "default", capture = "auto";
   std::string step_timeout;  // --step-timeout DURATION ("" = none)
+  std::string platform;      // --platform: overrides the spec's (and its nested bases')
 };
+
+/// os/arch[/variant], each part lowercase letters, digits, '_', '.', '-'.
+bool valid_platform(const std::string& p) {
+  int parts = 1;
+  bool empty_part = p.empty() || p.front() == '/' || p.back() == '/';
+  for (std::size_t i = 0; i < p.size(); ++i) {
+    char c = p[i];
+    if (c == '/') {
+      ++parts;
+      if (i + 1 < p.size() && p[i + 1] == '/') empty_part = true;
+    } else if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-')) {
+      return false;
+    }
+  }
+  return !empty_part && (parts == 2 || parts == 3);
+}
+
+/// --platform on a spec and on every nested base spec (a base built for another platform would
+/// not be one the image can use).
+void set_platform(spec::ImageSpec& s, const std::string& platform) {
+  s.platform = platform;
+  if (s.base_image.kind == spec::BaseImage::Kind::Spec && s.base_image.spec) {
+    auto copy = std::make_shared<spec::ImageSpec>(*s.base_image.spec);
+    set_platform(*copy, platform);
+    s.base_image.spec = copy;
+  }
+}
+
+/// $KILN_DEFAULT_REPO (as ko's KO_DOCKER_REPO): where `--push` sends a spec that names no registry.
+std::string default_repo() {
+  const char* r = std::getenv("KILN_DEFAULT_REPO");
+  std::string v = r ? r : "";
+  while (!v.empty() && v.back() == '/') v.pop_back();
+  return v;
+}
 
 /// "90", "90s", "1.5m", "2h" → seconds; -1 when it is not a positive duration.
 double parse_duration(const std::string& s) {
@@ -54,7 +92,12 @@ double parse_duration(const std::string& s) {
 std::vector<builder::OutputTarget> targets_of(const BuildArgs& a, std::size_t nspecs) {
   std::vector<builder::OutputTarget> targets;
   for (const auto& o : a.outputs) {
-    builder::OutputTarget t = builder::parse_output(o);
+    builder::OutputTarget t;
+    try {
+      t = builder::parse_output(o);
+    } catch (const std::runtime_error& e) {  // "oci:" with no directory: the command line's fault
+      throw std::invalid_argument(std::string("-o: ") + e.what());
+    }
     std::error_code ec;
     fs::file_status st = fs::status(t.path, ec);
     if (t.kind == builder::OutputTarget::Kind::OciLayout) {
@@ -90,6 +133,18 @@ std::string shorten(std::string s, std::size_t n) {
   return s;
 }
 
+/// A failure's message without the "SPEC: " it starts with when it is shown beside the spec's
+/// path already (the summary table, the quiet error lines): the path once, not twice.
+std::string message_beside_spec(const session::Failure& f) {
+  const std::string prefix = f.spec_path + ":";
+  std::string m = f.message;
+  if (!f.spec_path.empty() && m.rfind(prefix, 0) == 0) {
+    m.erase(0, prefix.size());
+    if (!m.empty() && m[0] == ' ') m.erase(0, 1);  // "SPEC: msg" → "msg"; "SPEC:2:1: msg" → "2:1: msg"
+  }
+  return (f.kind == "step" && !f.step.empty() ? f.step + ": " : "") + m;
+}
+
 /// The summary of several builds, for people (stderr).
 void print_summary(const std::vector<session::Outcome>& outs) {
   std::size_t ok = 0, failed = 0, cancelled = 0;
@@ -102,7 +157,7 @@ void print_summary(const std::vector<session::Outcome>& outs) {
     std::string status = o.ok() ? (o.status == "exists" ? "exists" : "ok")
                                 : o.failure.cancelled ? "CANCELLED" : "FAILED (" + std::to_string(o.failure.code) + ")";
     std::string result = o.ok() ? o.repository + "@" + o.digest
-                                : shorten((o.failure.kind == "step" ? o.failure.step + ": " : "") + o.failure.message, 90);
+                                : shorten(message_beside_spec(o.failure), 90);
     rows.push_back({o.spec_path, o.image.empty() ? "-" : o.image, status, secs, result});
   }
   std::array<std::size_t, 5> w{};
@@ -135,6 +190,17 @@ session::Options options_of(Context& ctx, const BuildArgs& a, std::vector<builde
   o.preflight = !a.skip_preflight;
   o.wait_for_name = !a.no_wait;
   o.image_refs = a.image_refs;
+  const std::string repo = a.push ? default_repo() : "";
+  if (!a.platform.empty() || !repo.empty()) {
+    o.adjust_spec = [platform = a.platform, repo](spec::ImageSpec& s) {
+      if (!platform.empty()) set_platform(s, platform);
+      if (!repo.empty() && (!s.registry || s.registry->empty())) {
+        std::string lower = repo;
+        for (auto& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+        s.registry = lower;
+      }
+    };
+  }
   return o;
 }
 
@@ -164,8 +230,7 @@ int run_builds(Context& ctx, const BuildArgs& a) {
   } else {
     for (const auto& r : outs)  // quiet: still the errors, one line each
       if (!r.ok() && !r.failure.cancelled)
-        std::fprintf(stderr, "kiln: error: %s: %s%s\n", r.spec_path.c_str(),
-                     r.failure.kind == "step" ? (r.failure.step + ": ").c_str() : "", r.failure.message.c_str());
+        std::fprintf(stderr, "kiln: error: %s: %s\n", r.spec_path.c_str(), message_beside_spec(r.failure).c_str());
   }
   for (const auto& r : outs)
     if (!r.ok() && !r.failure.cancelled) annotate_github(r.failure);
@@ -257,8 +322,10 @@ void add_build_commands(CLI::App& app, Common& c, std::vector<Command>& out) {
 
   auto* build = app.add_subcommand("build", "Build images from ImageSpec JSON files ('-' reads stdin)");
   build->add_option("spec", a->specs, "ImageSpec JSON files (several build into one store), or - for stdin");
-  build->add_option("-o,--output", a->outputs, "oci:DIR[:TAG] or docker-archive:FILE (repeatable)");
-  build->add_option("--module", a->modules, "A loaded module file, relative to source_root (repeatable)");
+  build->add_option("-o,--output", a->outputs, "oci:DIR[:TAG] or docker-archive:FILE (repeatable)")
+      ->allow_extra_args(false);
+  build->add_option("--module", a->modules, "A loaded module file, relative to source_root (repeatable)")
+      ->allow_extra_args(false);
   build->add_option("--modules-from", a->modules_from, "File listing loaded modules, one per line ('-': stdin)");
   build->add_option("--image-refs", a->image_refs, "Append the built reference (name:tag@digest) to this file");
   build->add_option("--plan", a->plan_path, "A task plan (see `kiln plan`): build its specs, then print the plan");
@@ -271,7 +338,7 @@ void add_build_commands(CLI::App& app, Common& c, std::vector<Command>& out) {
   auto* kg = build->add_flag("--keep-going", a->keep_going,
                              "With several specs: finish the other builds after a failure (the default)");
   ff->excludes(kg);
-  build->add_option("--network", a->network, "Network for RUN steps: default (the host's) or none")
+  build->add_option("--network", a->network, "Network for RUN steps: default or host (both: the host's network), or none")
       ->check(CLI::IsMember({"default", "host", "none"}));
   build->add_option("--capture", a->capture,
                     "How RUN steps' changes are captured: auto, overlay (needs root) or snapshot")
@@ -281,6 +348,11 @@ void add_build_commands(CLI::App& app, Common& c, std::vector<Command>& out) {
       ->check([](const std::string& v) {
         return parse_duration(v) > 0 ? std::string() : "--step-timeout takes a duration such as 90s, 10m or 2h";
       });
+  build->add_option("--platform", a->platform,
+                    "Build for this os/arch[/variant] instead of the spec's platform (e.g. linux/arm64)")
+      ->check([](const std::string& v) {
+        return valid_platform(v) ? std::string() : "--platform takes os/arch[/variant], e.g. linux/arm64";
+      });
   build->add_flag("--no-wait", a->no_wait,
                   "Fail (exit 6) instead of waiting when another kiln is building the same image name");
   add_common_options(build, c);
@@ -289,7 +361,8 @@ void add_build_commands(CLI::App& app, Common& c, std::vector<Command>& out) {
 
   auto* tag = app.add_subcommand("tag", "Print the [registry/]name:tag a spec builds, without building");
   tag->add_option("spec", a->spec_path, "ImageSpec JSON file, or - for stdin")->required();
-  tag->add_option("--module", a->modules, "A loaded module file, relative to source_root (repeatable)");
+  tag->add_option("--module", a->modules, "A loaded module file, relative to source_root (repeatable)")
+      ->allow_extra_args(false);
   tag->add_option("--modules-from", a->modules_from, "File listing loaded modules, one per line ('-': stdin)");
   add_common_options(tag, c);
   add_registry_options(tag, c);

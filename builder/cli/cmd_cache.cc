@@ -10,7 +10,7 @@ void add_cache_commands(CLI::App& app, Common& c, std::vector<Command>& out) {
   auto* cache = app.add_subcommand("cache", "Inspect or prune the content-addressed store");
   cache->require_subcommand(1);
   auto* du = cache->add_subcommand("du", "Show what the store holds");
-  add_common_options(du, c);
+  add_common_options(du, c, /*cache_used=*/true, /*jobs_used=*/false);
   out.push_back({du, [](Context& ctx) {
                    layers::Store store = ctx.open_store();
                    auto u = store.usage();
@@ -41,7 +41,7 @@ void add_cache_commands(CLI::App& app, Common& c, std::vector<Command>& out) {
   auto* prune = cache->add_subcommand("prune", "Remove cache entries unused for a while");
   prune->add_option("--older-than", a->older_days, "Days unused (default 7)");
   prune->add_flag("--all", a->all, "Remove everything not in use right now");
-  add_common_options(prune, c);
+  add_common_options(prune, c, /*cache_used=*/true, /*jobs_used=*/false);
   out.push_back({prune, [a](Context& ctx) {
                    layers::Store store = ctx.open_store();
                    auto r = store.prune(a->all ? 0 : static_cast<std::int64_t>(a->older_days * 86400));

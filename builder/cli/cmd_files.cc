@@ -42,11 +42,12 @@ void add_files_command(CLI::App& app, Common& c, std::vector<Command>& out) {
   auto a = std::make_shared<Args>();
   auto* files = app.add_subcommand("files", "List the files a spec bakes in (source_root and copy entries)");
   files->add_option("spec", a->spec_path, "ImageSpec JSON file, or '-' for stdin")->required();
-  files->add_option("--module", a->modules, "Loaded module file (relative to source_root); repeatable");
+  files->add_option("--module", a->modules, "Loaded module file (relative to source_root); repeatable")
+      ->allow_extra_args(false);
   files->add_option("--modules-from", a->modules_from, "File listing loaded modules, one per line ('-': stdin)");
   files->add_flag("--flyteignore", a->flyteignore,
                   "Also apply .flyteignore, as pyflyte's fast-register bundle does (mode all)");
-  add_common_options(files, c);
+  add_common_options(files, c, /*cache_used=*/false, /*jobs_used=*/false);
   out.push_back({files, [a](Context& ctx) {
                    spec::ImageSpec s = spec::load_spec(a->spec_path);
                    layers::CollectOptions opts;

@@ -50,6 +50,11 @@ void add_inspect_command(CLI::App& app, Common& c, std::vector<Command>& out) {
   add_registry_options(inspect, c);
   out.push_back({inspect, [a](Context& ctx) {
                    if (a->ref.rfind("oci:", 0) != 0) {
+                     std::error_code ec;
+                     if (a->ref[0] == '/' || a->ref.rfind("./", 0) == 0 || a->ref.rfind("../", 0) == 0 ||
+                         fs::is_directory(a->ref, ec))
+                       throw std::invalid_argument("'" + a->ref + "' looks like a local path, not a registry reference: for an OCI layout, use oci:" +
+                                                   a->ref + "[:TAG]");
                      registry::Reference ref = registry::parse_reference(a->ref);
                      layers::Store store = ctx.open_store();
                      builder::RegistrySession session(ctx.registry_settings(), &ctx.view);

@@ -221,7 +221,8 @@ void add_modelcar_commands(CLI::App& app, Common& c, std::vector<Command>& out) 
   mc->add_option("--base", a->base,
                  "Base image: oci:DIR[:TAG], a registry reference, or scratch (with --volume-only); "
                  "it needs sh, ln, sleep, ls and [");
-  mc->add_option("-o,--output", a->outputs, "oci:DIR[:TAG] or docker-archive:FILE (repeatable)");
+  mc->add_option("-o,--output", a->outputs, "oci:DIR[:TAG] or docker-archive:FILE (repeatable)")
+      ->allow_extra_args(false);
   mc->add_option("--push", a->push, "Push to this registry reference (REGISTRY/REPO[:TAG])");
   mc->add_option("--name", a->name, "Image name (default: the --push repository, else the directory's name)");
   mc->add_option("--platform", a->platform, "Platform of the base (default linux/amd64)");

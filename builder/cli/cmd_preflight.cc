@@ -10,7 +10,7 @@ void add_preflight_command(CLI::App& app, Common& c, std::vector<Command>& out) 
   auto ref = std::make_shared<std::string>();
   auto* pf = app.add_subcommand("preflight", "Check that a push to REF would work, without pushing anything");
   pf->add_option("ref", *ref, "[host[:port]/]repo[:tag]")->required();
-  add_common_options(pf, c);
+  add_common_options(pf, c, /*cache_used=*/false, /*jobs_used=*/false);
   add_registry_options(pf, c);
   out.push_back({pf, [ref](Context& ctx) {
                    builder::RegistrySession session(ctx.registry_settings(), &ctx.view);

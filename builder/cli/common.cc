@@ -34,25 +34,31 @@ builder::RegistrySettings Context::registry_settings(const std::string& spec_con
   r.ca_file = common.registry_ca;
   r.docker_config = !common.registry_config.empty() ? common.registry_config : spec_config;
   r.jobs = std::max(4, jobs());
+  const char* debug = std::getenv("KILN_DEBUG");
+  r.trace = common.verbose || (debug && *debug && std::string(debug) != "0");
   return r;
 }
 
 void add_registry_options(CLI::App* sub, Common& c) {
-  sub->add_option("--insecure-allow-http", c.allow_http, "Allow plain HTTP to this registry host[:port] (repeatable)");
+  sub->add_option("--insecure-allow-http", c.allow_http, "Allow plain HTTP to this registry host[:port] (repeatable)")
+      ->allow_extra_args(false);
   sub->add_option("--insecure-skip-tls-verify", c.skip_tls_verify,
-                  "Do not verify the TLS certificate of this registry host[:port] (repeatable)");
+                  "Do not verify the TLS certificate of this registry host[:port] (repeatable)")
+      ->allow_extra_args(false);
   sub->add_option("--registry-ca", c.registry_ca, "Extra CA certificates (PEM) to trust for registries");
   sub->add_option("--registry-config", c.registry_config,
                   "docker config.json (or its directory) with credentials (default: the spec's registry_config, "
                   "$DOCKER_CONFIG, ~/.docker)");
 }
 
-void add_common_options(CLI::App* sub, Common& c) {
-  sub->add_option("--cache", c.cache_dir, "Cache directory (default: $KILN_CACHE, else $XDG_CACHE_HOME/kiln)");
+void add_common_options(CLI::App* sub, Common& c, bool cache_used, bool jobs_used) {
+  auto* cache = sub->add_option("--cache", c.cache_dir, "Cache directory (default: $KILN_CACHE, else $XDG_CACHE_HOME/kiln)");
   sub->add_option("--progress", c.progress, "Progress on stderr: auto, plain or quiet")
       ->check(CLI::IsMember({"auto", "plain", "quiet"}));
   sub->add_flag("--json", c.json_out, "Print a machine-readable JSON result on stdout");
-  sub->add_option("-j,--jobs", c.jobs, "Threads for hashing and layer writing (default: cores)");
+  auto* jobs = sub->add_option("-j,--jobs", c.jobs, "Threads for hashing and layer writing (default: cores)");
+  if (!cache_used) cache->group("");  // accepted, not shown
+  if (!jobs_used) jobs->group("");
 }
 
 json failure_json(const Failure& f) {

@@ -32,6 +32,7 @@ struct Common {
   // Registry access.
   std::vector<std::string> allow_http, skip_tls_verify;
   std::string registry_ca, registry_config;
+  bool verbose = false;  // -v/--verbose (or KILN_DEBUG=1): log registry requests
 };
 
 /// What a command gets when it runs.
@@ -50,8 +51,10 @@ struct Command {
   std::function<int(Context&)> run;
 };
 
-/// Adds --cache, --progress, --json, --jobs to a subcommand.
-void add_common_options(CLI::App* sub, Common& c);
+/// Adds --cache, --progress, --json, --jobs to a subcommand. A command that uses no store
+/// (`cache_used` false) or no threads (`jobs_used` false) still accepts the flag, so scripts that
+/// pass it everywhere keep working, but its help does not show it.
+void add_common_options(CLI::App* sub, Common& c, bool cache_used = true, bool jobs_used = true);
 /// Adds --insecure-allow-http, --insecure-skip-tls-verify, --registry-ca, --registry-config.
 void add_registry_options(CLI::App* sub, Common& c);
 

@@ -1,6 +1,6 @@
 # Registry fixtures for kiln's registry integration tests (sourced after ../lib.sh).
 #
-#   start_registry MODE      MODE: plain | tls-basic | token. Starts Debian's `docker-registry
+#   start_registry MODE      MODE: plain | tls-basic | token | token-refresh. Starts Debian's `docker-registry
 #                            serve` (distribution 2.8) on 127.0.0.1:<free port> with fresh
 #                            filesystem storage (delete enabled) and an info-level log, waits until
 #                            /v2/ answers, and exports:
@@ -12,6 +12,8 @@
 #     token:     TOKEN_ADDR, TOKEN_LOG (one JSON line per token request); users pusher/REG_PASS
 #                (pull,push on every repository) and reader/REG_PASS (pull only); anonymous gets
 #                pull only (as public registries do). The registry itself speaks plain HTTP.
+#     token-refresh: as token, but the token server takes only the OAuth2 refresh-token grant
+#                (POST); REG_IDTOKEN is an identity token for "pusher"
 #   stop_registry            stops the current registry (and its token server).
 #   start_fault_proxy UPSTREAM RULE...   fault_proxy.py in front of UPSTREAM; exports PROXY_ADDR,
 #                            PROXY_LOG, PROXY_PID. stop_fault_proxy stops it.
@@ -108,7 +110,7 @@ start_registry() {
   local mode=$1 port
   REG_DIR=$(mktemp -d "$T/registry.XXXX")
   REG_LOG=$REG_DIR/registry.log
-  REG_USER="" REG_PASS="" REG_CERT="" TOKEN_ADDR="" TOKEN_LOG="" TOKEN_PID=""
+  REG_USER="" REG_PASS="" REG_IDTOKEN="" REG_CERT="" TOKEN_ADDR="" TOKEN_LOG="" TOKEN_PID=""
   mkdir -p "$REG_DIR/storage"
   local tls="" auth=""
   case "$mode" in
@@ -127,19 +129,25 @@ start_registry() {
     realm: kiln-test
     path: $REG_DIR/htpasswd"
       ;;
-    token)
+    token | token-refresh)
+      # token-refresh: the token server takes only the OAuth2 refresh-token grant (POST), with
+      # REG_IDTOKEN (a docker "identitytoken") standing for "pusher".
       _make_cert "$REG_DIR"  # the token signing key; its certificate is the registry's root bundle
       REG_PASS="s3cret-$RANDOM$RANDOM-token"
+      REG_IDTOKEN="idtok-$RANDOM$RANDOM-refresh"
       cat >"$REG_DIR/users.json" <<JSON
 {"users": {"pusher": {"password": "$REG_PASS", "access": {"*": ["pull", "push"]}},
            "reader": {"password": "$REG_PASS", "access": {"*": ["pull"]}}},
+ "refresh_tokens": {"$REG_IDTOKEN": "pusher"},
  "anonymous": {"*": ["pull"]}}
 JSON
+      local refresh_only=()
+      [[ "$mode" == token-refresh ]] && refresh_only=(--refresh-only)
       TOKEN_LOG=$REG_DIR/token.log
       : >"$TOKEN_LOG"
       "$PYTHON" "$REGLIB_DIR/token_server.py" --key "$REG_DIR/key.pem" --cert "$REG_DIR/cert.pem" \
         --users "$REG_DIR/users.json" --service kiln-test-registry --issuer kiln-test-issuer \
-        --port-file "$REG_DIR/token.port" --log "$TOKEN_LOG" --time-limit 600 \
+        --port-file "$REG_DIR/token.port" --log "$TOKEN_LOG" --time-limit 600 "${refresh_only[@]}" \
         >"$REG_DIR/token.out" 2>&1 &
       TOKEN_PID=$!
       _REG_PIDS+=("$TOKEN_PID")
@@ -152,7 +160,7 @@ JSON
     issuer: kiln-test-issuer
     rootcertbundle: $REG_DIR/cert.pem"
       ;;
-    *) die "start_registry: unknown mode '$mode' (plain, tls-basic, token)" ;;
+    *) die "start_registry: unknown mode '$mode' (plain, tls-basic, token, token-refresh)" ;;
   esac
   # The port is picked before the registry binds it: retry on the (rare) race.
   for _ in 1 2 3; do
@@ -187,7 +195,7 @@ YAML
     local scheme=http
     [[ "$mode" == tls-basic ]] && scheme=https
     if _wait_http "$scheme://$REG_ADDR/v2/" "$REG_PID"; then
-      export REG_ADDR REG_LOG REG_DIR REG_PID REG_USER REG_PASS REG_CERT TOKEN_ADDR TOKEN_LOG
+      export REG_ADDR REG_LOG REG_DIR REG_PID REG_USER REG_PASS REG_IDTOKEN REG_CERT TOKEN_ADDR TOKEN_LOG
       return 0
     fi
     _reg_stop_pid "$REG_PID"

@@ -3,6 +3,7 @@
 
     token_server.py --key KEY.pem --cert CERT.pem --users USERS.json --service S --issuer I
                     [--port-file FILE] [--log FILE] [--time-limit SECONDS] [--expires-in SECONDS]
+                    [--refresh-only]
 
 Listens on 127.0.0.1 (port 0: the kernel picks one; it is written to --port-file once the server
 accepts connections) and answers GET /token?service=…&scope=repository:NAME:ACTIONS&… with
@@ -19,8 +20,14 @@ scope, the requested actions that are also granted (the registry then refuses wh
 as real token servers do). A wrong password or an unknown user → 401. No Authorization header →
 the "anonymous" grants (none when absent).
 
+An identity token (docker's "identitytoken") is an OAuth2 refresh token: POST /token with the form
+grant_type=refresh_token&refresh_token=T&service=S&scope=… (scopes space-separated)&client_id=…
+gets the grants of the user USERS.json's "refresh_tokens" maps T to ({"T": "pusher"}); an unknown
+token → 401. With --refresh-only, that is the only grant accepted: every GET /token → 401, as a
+registry that only takes identity tokens (Azure ACR with a token login) answers.
+
 Every token request is logged to --log as one JSON line: {"user", "ok", "scopes", "granted"}
-(never a password).
+(never a password), with "grant" ("refresh_token" for a POST) and "client_id" for POSTs.
 """
 import argparse
 import base64
@@ -91,6 +98,27 @@ class Handler(BaseHTTPRequestHandler):
             with cfg.log_lock, open(cfg.log, "a") as f:
                 f.write(json.dumps(entry) + "\n")
 
+    def do_POST(self):
+        cfg = self.server.cfg
+        url = urlparse(self.path)
+        if url.path != "/token":
+            self._send(404, {"errors": [{"code": "NOT_FOUND", "message": url.path}]})
+            return
+        length = int(self.headers.get("Content-Length", "0") or 0)
+        form = parse_qs(self.rfile.read(length).decode(), keep_blank_values=True)
+        one = lambda k: form.get(k, [""])[0]
+        ctype = self.headers.get("Content-Type", "")
+        user = cfg.users.get("refresh_tokens", {}).get(one("refresh_token"))
+        entry = {"user": user, "grant": one("grant_type"), "client_id": one("client_id"),
+                 "scopes": form.get("scope", [])}
+        if (one("grant_type") != "refresh_token" or user is None or
+                not ctype.startswith("application/x-www-form-urlencoded")):
+            self._log(dict(entry, ok=False, granted=[]))
+            self._send(401, {"error": "invalid_grant"})
+            return
+        grants = cfg.users.get("users", {}).get(user, {}).get("access", {})
+        self._grant(user, grants, form, dict(entry, ok=True))
+
     def do_GET(self):
         cfg = self.server.cfg
         url = urlparse(self.path)
@@ -98,6 +126,10 @@ class Handler(BaseHTTPRequestHandler):
             self._send(404, {"errors": [{"code": "NOT_FOUND", "message": url.path}]})
             return
         q = parse_qs(url.query)
+        if cfg.refresh_only:
+            self._log({"user": None, "grant": "get", "ok": False, "scopes": q.get("scope", []), "granted": []})
+            self._send(401, {"errors": [{"code": "UNAUTHORIZED", "message": "only the refresh_token grant"}]})
+            return
         user, grants = None, cfg.users.get("anonymous", {})
         auth = self.headers.get("Authorization", "")
         if auth:
@@ -117,6 +149,10 @@ class Handler(BaseHTTPRequestHandler):
                 self._send(401, {"errors": [{"code": "UNAUTHORIZED", "message": "bad credentials"}]},
                            [("WWW-Authenticate", 'Basic realm="kiln-test-token"')])
                 return
+        self._grant(user, grants, q, {"user": user, "ok": True, "scopes": q.get("scope", [])})
+
+    def _grant(self, user, grants, q, log_entry):
+        cfg = self.server.cfg
         if q.get("service", [cfg.service])[0] != cfg.service:
             self._send(400, {"errors": [{"code": "UNSUPPORTED", "message": "unknown service"}]})
             return
@@ -138,7 +174,7 @@ class Handler(BaseHTTPRequestHandler):
         claims = {"iss": cfg.issuer, "sub": user or "", "aud": cfg.service, "exp": now + cfg.expires_in,
                   "nbf": now - 10, "iat": now, "jti": uuid.uuid4().hex, "access": access}
         token = cfg.signer.sign(claims)
-        self._log({"user": user, "ok": True, "scopes": q.get("scope", []), "granted": access})
+        self._log(dict(log_entry, granted=access))
         self._send(200, {"token": token, "access_token": token, "expires_in": cfg.expires_in,
                          "issued_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))})
 
@@ -154,6 +190,7 @@ def main():
     ap.add_argument("--port-file")
     ap.add_argument("--log")
     ap.add_argument("--expires-in", type=int, default=300)
+    ap.add_argument("--refresh-only", action="store_true", help="accept only POSTed refresh-token grants")
     ap.add_argument("--time-limit", type=float, default=900, help="exit after this many seconds")
     a = ap.parse_args()
 
@@ -163,6 +200,7 @@ def main():
     cfg = Cfg()
     cfg.users = json.load(open(a.users))
     cfg.service, cfg.issuer, cfg.expires_in = a.service, a.issuer, a.expires_in
+    cfg.refresh_only = a.refresh_only
     cfg.signer = Signer(a.key, a.cert)
     cfg.log, cfg.log_lock = a.log, threading.Lock()
     srv = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
