@@ -62,6 +62,10 @@ tree="$work/tree-$preset"
 
 # 1. The tree (generated once; a stamp file records the preset and generator version).
 python3 "$here/gen_tree.py" "$tree" --preset "$preset"
+# bench/work/ is git-ignored in kiln's own checkout, and kiln (like flytekit) bakes only tracked
+# files below a directory git ignores: give the tree a repository of its own (nothing tracked,
+# nothing ignored), as a project checkout has. The peers read the same tree.
+[[ -d "$tree/.git" ]] || git init -q "$tree"
 
 # 2. kiln.
 if [[ -z "$kiln" && -n "$rev" ]]; then

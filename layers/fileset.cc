@@ -417,6 +417,24 @@ FileSet collect_files(const spec::ImageSpec& spec, const CollectOptions& opts) {
       }
       Walker w{root, prefix, &rules, &git_rules, git ? git->prefix() : "", git.get(), true, &set.source, &set.warnings};
       w.walk(root_fd.get(), "");
+      // source_root inside a directory git ignores: flytekit's `git ls-files -io` selection keeps
+      // only tracked files there (often none). Say so rather than bake an empty tree silently.
+      if (git && !git->prefix().empty()) {
+        std::string p = git->prefix();
+        while (!p.empty() && p.back() == '/') p.pop_back();
+        for (std::size_t cut = 0; cut != std::string::npos;) {
+          cut = p.find('/', cut + 1);
+          std::string dir = p.substr(0, cut);
+          if (git_rules.ignored(dir, true)) {
+            std::size_t files = 0;
+            for (const auto& e : set.source) files += e.type != FileEntry::Type::Dir;
+            set.warnings.push_back("source_root " + root + " lies in '" + dir + "/', which git ignores in " +
+                                   git->workdir() + ": only files git tracks there are baked (" +
+                                   std::to_string(files) + "), as flytekit selects them");
+            break;
+          }
+        }
+      }
     } else {
       std::vector<std::string> mods = spec.loaded_modules;
       mods.insert(mods.end(), opts.extra_modules.begin(), opts.extra_modules.end());

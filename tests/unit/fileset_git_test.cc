@@ -129,7 +129,14 @@ TEST_CASE("fileset/git: ignore files above source_root, info/exclude, core.exclu
     write_file(repo / "out" / "app" / "b.py", "b");
     write_file(repo / ".gitignore", "out/\n");
     git(tmp, repo, "add -f out/app/b.py");
-    CHECK(files_of(collect_files(spec_all(repo / "out" / "app"))) == std::set<std::string>{"b.py"});
+    FileSet set = collect_files(spec_all(repo / "out" / "app"));
+    CHECK(files_of(set) == std::set<std::string>{"b.py"});
+    // ...and says so, naming the ignored directory: a silently empty image is the usual surprise.
+    REQUIRE(set.warnings.size() == 1);
+    CHECK(set.warnings[0].find("lies in 'out/', which git ignores") != std::string::npos);
+    CHECK(set.warnings[0].find("(1)") != std::string::npos);
+    // A source_root no ignore rule covers gets no such warning.
+    CHECK(collect_files(spec_all(src)).warnings.empty());
   }
   SECTION("the index is read: untracking a file makes its ignore rule apply") {
     git(tmp, repo, "rm -q --cached sub/app/tracked.log");
