@@ -1,7 +1,17 @@
 #!/usr/bin/env python3
-"""Generates the benchmark source tree: a deterministic stand-in for a real ML project.
+"""Generates the benchmark source trees: deterministic stand-ins for a real ML project.
 
-    gen_tree.py OUT_DIR --preset full|small
+    gen_tree.py OUT_DIR --preset full|small|100k|100k-small|bigfile|bigfile-small [--jobs N]
+
+Presets:
+    full, small            the bench tree: 10,000 (1,000) files, ~275 (~30) MB of text and one
+                           512 (64) MiB incompressible weights file (layout below)
+    100k, 100k-small       the many-files tree: 100,000 (10,000) small files (python modules with
+                           a median of ~1.6 KB, configs, docs; ~330 (~33) MB), no data files, no weights
+    bigfile, bigfile-small one 1 GiB (128 MiB) compressible text file, src/data/corpus.txt: runs of
+                           consecutive lines drawn from a pool of generated python modules
+                           (gzip -1 ~2.9x, gzip -6 ~3.4x, like source code; not zeros, not repeats
+                           a 32 KiB deflate window could see)
 
 Layout under OUT_DIR/src (what kiln's source_root points at):
     <project>/...          python packages nested 1-4 deep, modules of 1-40 KB (log-normal)
@@ -20,19 +30,32 @@ version: a tree whose stamp matches is left alone.
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import random
 import shutil
 import sys
+import time
 import zlib
 
 GEN_VERSION = "5"
+
+# The python module size distribution of the bench tree (log-normal: median, sigma, min, max).
+PY_SIZES = (15_000, 0.6, 1024, 40 * 1024)
 
 PRESETS = {
     # files: total number of files (weights included); text_mb: approx. bytes of text files.
     # csv_files / jsonl_files: MB-sized data files sharing what the small files leave of text_mb.
     "full": dict(files=10_000, text_mb=275, csv_files=12, jsonl_files=6, weights=512 << 20, seed=20241122),
     "small": dict(files=1_000, text_mb=30, csv_files=2, jsonl_files=1, weights=64 << 20, seed=20241123),
+    # Many small files (a site-packages or node_modules sized checkout): no data files, no weights.
+    "100k": dict(files=100_000, text_mb=0, csv_files=0, jsonl_files=0, weights=0, seed=20261202,
+                 py_sizes=(1_600, 0.8, 200, 40 * 1024)),
+    "100k-small": dict(files=10_000, text_mb=0, csv_files=0, jsonl_files=0, weights=0, seed=20261203,
+                       py_sizes=(1_600, 0.8, 200, 40 * 1024)),
+    # One big compressible file.
+    "bigfile": dict(bigfile=1 << 30, seed=20261204),
+    "bigfile-small": dict(bigfile=128 << 20, seed=20261205),
 }
 
 # ------------------------------------------------------------------------------------------
@@ -317,7 +340,8 @@ def lognormal_size(rng, median, sigma, lo, hi):
 def plan_tree(p, vocab):
     """Returns [(rel_path, kind, size)] for every file but the weights."""
     rng = random.Random(p["seed"])
-    n_total = p["files"] - 1  # the weights file
+    n_total = p["files"] - (1 if p["weights"] else 0)  # the weights file
+    py_median, py_sigma, py_lo, py_hi = p.get("py_sizes", PY_SIZES)
     n_csv = p["csv_files"]
     n_cfg = max(4, n_total * 6 // 100)
     n_doc = max(2, n_total * 3 // 100)
@@ -378,10 +402,12 @@ def plan_tree(p, vocab):
     py = [i for i, (r, k, s) in enumerate(files) if k == "py" and s == 0]
     for i in py:
         r, k, _ = files[i]
-        files[i] = (r, k, lognormal_size(rng, 15_000, 0.6, 1024, 40 * 1024))
+        files[i] = (r, k, lognormal_size(rng, py_median, py_sigma, py_lo, py_hi))
     used = sum(s for _, _, s in files)
     budget = max(p["text_mb"] * 1_000_000 - used, (n_csv + n_jsonl) * 1_000_000)
     for kind, n, share in (("csv", n_csv, 0.6), ("jsonl", n_jsonl, 0.4)):
+        if not n:
+            continue
         weights = [rng.uniform(0.4, 1.6) for _ in range(n)]
         for i in range(n):
             size = int(budget * share * weights[i] / sum(weights))
@@ -402,10 +428,64 @@ def write_weights(path, nbytes, seed):
             left -= n
 
 
+def write_bigfile(path, nbytes, seed):
+    """One compressible text file of exactly nbytes: runs of 20-300 consecutive lines, each run
+    starting at a random line of a ~16 MB pool of generated python modules. The pool is far larger
+    than deflate's 32 KiB window (and zstd -3's 2 MiB one), so the codecs see code-like text, not
+    repeats; the runs keep the local structure (indentation, names reused within a function)."""
+    rng = random.Random(seed)
+    vocab = Vocab(seed)
+    pool = b"".join(python_module(random.Random(seed * 7919 + i), vocab, lognormal_size(rng, 8000, 0.6, 1024, 40_000))
+                    for i in range(1500))
+    offs = [0]
+    i = pool.find(b"\n")
+    while i >= 0:
+        offs.append(i + 1)
+        i = pool.find(b"\n", i + 1)
+    nl = len(offs) - 1
+    written = 0
+    with open(path, "wb") as f:
+        buf = []
+        while written < nbytes:
+            s = rng.randrange(nl - 300)
+            b = pool[offs[s]:offs[s + rng.randint(20, 300)]][: nbytes - written]
+            buf.append(b)
+            written += len(b)
+            if len(buf) >= 1024:
+                f.write(b"".join(buf))
+                buf = []
+        f.write(b"".join(buf))
+
+
+_worker = {}
+
+
+def _init_worker(seed):
+    _worker["vocab"] = Vocab(seed)
+    _worker["seed"] = seed
+
+
+def _write_file(item):
+    """Writes one planned file (each from its own PRNG seeded by its path: the bytes do not depend
+    on the order or the process that writes them). Returns its size."""
+    full, rel, kind, size = item
+    vocab, seed = _worker["vocab"], _worker["seed"]
+    rng = random.Random(path_seed(seed, rel))
+    if kind in ("csv", "jsonl"):
+        (csv_data if kind == "csv" else jsonl_data)(rng, vocab, size, full)
+    else:
+        gen = {"py": python_module, "yaml": yaml_config, "json": json_config, "md": markdown_doc}[kind]
+        with open(full, "wb") as f:
+            f.write(gen(rng, vocab, size))
+    return os.path.getsize(full)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
     ap.add_argument("--preset", choices=sorted(PRESETS), default="full")
+    ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                    help="processes writing files (the bytes do not depend on it; default 2)")
     a = ap.parse_args()
     p = PRESETS[a.preset]
     stamp_path = os.path.join(a.out, ".complete")
@@ -417,28 +497,46 @@ def main():
         shutil.rmtree(a.out)
     src = os.path.join(a.out, "src")
     os.makedirs(src)
+    t0 = time.time()
+    if "bigfile" in p:
+        path = os.path.join(src, "data", "corpus.txt")
+        os.makedirs(os.path.dirname(path))
+        write_bigfile(path, p["bigfile"], p["seed"])
+        with open(stamp_path, "w") as f:
+            f.write(stamp)
+        print(f"gen_tree: wrote {path} ({p['bigfile'] >> 20} MiB) in {time.time() - t0:.0f} s", file=sys.stderr)
+        return
     vocab = Vocab(p["seed"])
     project, files = plan_tree(p, vocab)
-    total = 0
-    for n, (rel, kind, size) in enumerate(files):
+    items = []
+    for rel, kind, size in files:
         full = os.path.join(src, rel)
         os.makedirs(os.path.dirname(full), exist_ok=True)
-        rng = random.Random(path_seed(p["seed"], rel))
-        if kind in ("csv", "jsonl"):
-            (csv_data if kind == "csv" else jsonl_data)(rng, vocab, size, full)
-        else:
-            gen = {"py": python_module, "yaml": yaml_config, "json": json_config, "md": markdown_doc}[kind]
-            with open(full, "wb") as f:
-                f.write(gen(rng, vocab, size))
-        total += os.path.getsize(full)
-        if n % 1000 == 999:
+        items.append((full, rel, kind, size))
+    # The MB-sized data files first, so they do not end up last in one process.
+    items.sort(key=lambda it: it[2] not in ("csv", "jsonl"))
+    total = 0
+    if a.jobs > 1:
+        pool = multiprocessing.Pool(a.jobs, _init_worker, (p["seed"],))
+        sizes = pool.imap_unordered(_write_file, items, chunksize=64)
+    else:
+        _init_worker(p["seed"])
+        sizes = map(_write_file, items)
+    for n, size in enumerate(sizes):
+        total += size
+        if n % 10000 == 9999 or (len(items) <= 20000 and n % 1000 == 999):
             print(f"gen_tree: {n + 1}/{len(files)} files, {total / 1e6:.0f} MB", file=sys.stderr)
-    os.makedirs(os.path.join(src, "models"), exist_ok=True)
-    write_weights(os.path.join(src, "models", "weights.safetensors"), p["weights"], p["seed"] + 1)
+    if a.jobs > 1:
+        pool.close()
+        pool.join()
+    if p["weights"]:
+        os.makedirs(os.path.join(src, "models"), exist_ok=True)
+        write_weights(os.path.join(src, "models", "weights.safetensors"), p["weights"], p["seed"] + 1)
     with open(stamp_path, "w") as f:
         f.write(stamp)
-    print(f"gen_tree: wrote {len(files) + 1} files, {total / 1e6:.1f} MB text + "
-          f"{p['weights'] >> 20} MiB weights under {src} (project package {project})", file=sys.stderr)
+    print(f"gen_tree: wrote {len(files) + (1 if p['weights'] else 0)} files, {total / 1e6:.1f} MB text + "
+          f"{p['weights'] >> 20} MiB weights under {src} (project package {project}) in {time.time() - t0:.0f} s",
+          file=sys.stderr)
 
 
 if __name__ == "__main__":
