@@ -12,7 +12,8 @@
 #
 #   --small     smaller inputs: 1,000 files / ~30 MB text / 64 MiB weights instead of 10,000 /
 #               ~280 MB / 512 MiB; 10,000 instead of 100,000 small files; 128 MiB instead of 1 GiB
-#   --quick     a smoke test: 1 repetition, 3 no-change samples (medians of 1: not for figures)
+#   --quick     a smoke test: 1 repetition, 3 no-change samples (medians of 1: not for figures;
+#               overrides --reps)
 #   --reps N    timed repetitions per scenario (default 3); the median is reported
 #   --cases L   comma-separated subset of tree10k,push,tree100k,bigfile (default: all)
 #   --clean     remove the generated inputs under bench/work/ afterwards (they are kept by
@@ -24,8 +25,9 @@
 #
 # By default kiln is built (Release) from the working tree in build-bench/; if that build fails
 # (someone's work in progress) the previous build-bench/kiln is used, with a warning.
-# Generates the tree once under bench/work/ (git-ignored), builds kiln,
-# runs every scenario, prints the table and writes it to bench/results-latest[-small].md.
+# Generates the inputs once under bench/work/ (git-ignored), builds kiln, runs every scenario of
+# the selected cases, prints the tables and writes them to bench/results-latest[-small].md
+# (results-latest[-small][-quick][-CASES].md for --quick or a subset of the cases).
 # The bench reports PASS/FAIL against the targets but exits 0 unless it could not run.
 # The push rows need docker-registry and skopeo (left out, with a note, when missing); every
 # registry started for them is stopped when bench.py ends, however it ends.
@@ -56,7 +58,7 @@ while (($#)); do
     --kiln) kiln="$2"; shift ;;
     --rev) rev="$2"; shift ;;
     --no-build) build=0 ;;
-    -h|--help) sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
