@@ -470,8 +470,8 @@ class Bench:
     def tree100k_rep(self, rep, warm):
         """kiln cold (gzip) and no-change rebuilds (each after a `find` floor) on the 100k-file
         tree, then its peers: the same-shape `tar | pigz -1 -p2` (no file there is large enough for
-        a layer of its own, so kiln makes one gzip layer of the whole tree), the openssl floor and
-        umoci insert."""
+        a layer of its own: every byte goes through gzip level 1, on kiln's 2 threads), the openssl
+        floor and umoci insert."""
         label = "warm-up" if warm else f"rep {rep + 1}"
         tree = self.tree100k
         src = os.path.join(tree, "src")
