@@ -1318,7 +1318,7 @@ class Bench:
                for sc, xs in self.samples.items()}
         with open(path, "w") as f:
             json.dump({"samples": raw, "checks": self.checks, "skipped": self.skipped, "overhead_s": self.overhead,
-                       "push": self.push, "repro": self.repro, "cases": list(self.cases),
+                       "push": self.push, "repro": self.repro, "cases": list(self.cases), "reps": self.a.reps,
                        "load_start": self.load_start, "load_end": self.load_end,
                        "edit_file": self.edit_file, "edit_len": len(self.edit_orig or b"")}, f, indent=1)
 
@@ -1336,6 +1336,7 @@ class Bench:
         self.edit_file, self.edit_orig = d["edit_file"], b"x" * d["edit_len"]
         self.repro = {c: {**r, "runs": [tuple(x) for x in r["runs"]]} for c, r in d.get("repro", {}).items()}
         self.cases = d.get("cases", self.cases)
+        self.a.reps = d.get("reps", self.a.reps)
 
 
 def main():
@@ -1364,7 +1365,7 @@ def main():
         ap.error(f"--cases: unknown {', '.join(bad) or '(none)'}; known: {', '.join(CASES)}")
     a.cases = [c for c in CASES if c in a.cases]  # the run's order
     for c, need in (("tree10k", "tree"), ("push", "tree"), ("tree100k", "tree_100k"), ("bigfile", "bigfile")):
-        if c in a.cases and not getattr(a, need):
+        if c in a.cases and not getattr(a, need) and not a.from_raw:
             ap.error(f"case {c} needs --{need.replace('_', '-')}")
     # Registries started for the push rows are stopped whatever happens: normal exit, exception,
     # ^C (KeyboardInterrupt) or SIGTERM/SIGHUP (turned into SystemExit so `finally` blocks run).
