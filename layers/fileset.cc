@@ -359,6 +359,31 @@ std::string dest_prefix_of(const std::string& dest) {
   return p;
 }
 
+/// Sorts entries by `less` moving each entry at most once: an index is sorted, then the
+/// permutation applied in place, cycle by cycle (sorting the entries themselves moved each one
+/// log n times).
+template <class Less>
+void sort_entries(std::vector<FileEntry>& list, Less less) {
+  if (std::is_sorted(list.begin(), list.end(), less)) return;
+  std::vector<std::uint32_t> order(list.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = static_cast<std::uint32_t>(i);
+  std::sort(order.begin(), order.end(), [&](std::uint32_t a, std::uint32_t b) { return less(list[a], list[b]); });
+  // Position i receives list[order[i]]; each cycle is walked once, marked by order[i] = i.
+  for (std::size_t i = 0; i < order.size(); ++i) {
+    if (order[i] == i) continue;
+    FileEntry held = std::move(list[i]);
+    std::size_t at = i;
+    while (order[at] != i) {
+      std::size_t from = order[at];
+      list[at] = std::move(list[from]);
+      order[at] = static_cast<std::uint32_t>(at);
+      at = from;
+    }
+    list[at] = std::move(held);
+    order[at] = static_cast<std::uint32_t>(at);
+  }
+}
+
 /// Marks every later link of a multiply-linked file with the dest of the first one.
 void mark_hardlinks(std::vector<FileEntry>& list) {
   std::map<std::pair<std::uint64_t, std::uint64_t>, std::string> first;
@@ -457,7 +482,7 @@ FileSet collect_files(const spec::ImageSpec& spec, const CollectOptions& opts) {
         add_listed(root_ptr, root_fd.get(), clean, prefix, "loaded module", &set.source, &set.warnings);
       }
     }
-    std::sort(set.source.begin(), set.source.end(), [](const FileEntry& a, const FileEntry& b) { return a.rel < b.rel; });
+    sort_entries(set.source, [](const FileEntry& a, const FileEntry& b) { return a.rel < b.rel; });
     set.source.erase(std::unique(set.source.begin(), set.source.end(),
                                  [](const FileEntry& a, const FileEntry& b) { return a.rel == b.rel; }),
                      set.source.end());
@@ -469,7 +494,7 @@ FileSet collect_files(const spec::ImageSpec& spec, const CollectOptions& opts) {
     UniqueFd base_fd = open_root(*base);
     for (const std::string& c : spec.copy)
       add_listed(base, base_fd.get(), c, prefix, "copy entry", &set.copy, &set.warnings, /*whole_dir=*/true);
-    std::sort(set.copy.begin(), set.copy.end(), [](const FileEntry& a, const FileEntry& b) { return a.dest < b.dest; });
+    sort_entries(set.copy, [](const FileEntry& a, const FileEntry& b) { return a.dest < b.dest; });
     set.copy.erase(std::unique(set.copy.begin(), set.copy.end(),
                                [](const FileEntry& a, const FileEntry& b) { return a.dest == b.dest; }),
                    set.copy.end());

@@ -28,7 +28,7 @@ idx_id=$(stat -c '%i %Y %s' "${idx[0]}")
 # relative to a directory descriptor), directories excluded.
 opened_files() {
   grep -E 'open(at)?\(' "$1" | grep -v O_DIRECTORY | grep -v ENOENT |
-    grep -E "\"($T/proj/[^\"]*|[^/\"]*\.(py|txt))\"" | sed 's/.*"\(.*\)".*/\1/' | sort -u || true
+    grep -E "\"($T/proj/src/[^\"]*|$T/proj/extra\.txt|[^/\"]*\.(py|txt))\"" | sed 's/.*"\(.*\)".*/\1/' | sort -u || true
 }
 strace -f -qq -e trace=openat,open,openat2 -o "$T/strace.log" "$KILN" build "$T/proj/spec.json" -o "oci:$T/out" \
   --json --progress quiet >"$T/second.json" 2>"$T/second.err" || die "traced rebuild failed: $(cat "$T/second.err")"
