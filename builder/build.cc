@@ -97,8 +97,8 @@ layers::TarEntry to_tar(const layers::FileEntry& f, std::uint32_t uid, std::uint
     case layers::FileEntry::Type::File:
       t.type = layers::TarEntry::Type::File;
       t.size = f.size;
-      t.source = f.abs;
-      t.sha256 = f.sha256;
+      t.source = f.abs();
+      t.sha256 = f.sha256.hex();
       t.mtime_ns = f.key.mtime_ns;
       t.ctime_ns = f.key.ctime_ns;
       t.dev = f.key.dev;
@@ -133,12 +133,18 @@ std::string layer_key(const LayerPlan& p, std::int64_t mtime, std::uint32_t uid,
   h.field(static_cast<std::uint64_t>(uid) << 32 | gid);
   if (!p.modelcar_root.empty()) h.field("modelcar-dirs " + p.modelcar_root);  // implicit parents' mode
   std::vector<std::size_t> groups = hardlink_groups(p.files);
+  char hex[64];
   for (std::size_t i = 0; i < p.files.size(); ++i) {
     const layers::FileEntry& f = *p.files[i];
     h.field(f.dest);
     h.field(static_cast<std::uint64_t>(f.type) << 32 | f.mode);
     h.field(f.size);
-    h.field(f.type == layers::FileEntry::Type::Symlink ? f.link_target : f.sha256);
+    if (f.type == layers::FileEntry::Type::Symlink) {
+      h.field(f.link_target);
+    } else {  // the hex digest ("" for a directory), without a string per file
+      if (!f.sha256.empty()) f.sha256.hex_to(hex);
+      h.field(std::string_view(hex, f.sha256.empty() ? 0 : sizeof hex));
+    }
     h.field(static_cast<std::uint64_t>(groups[i]));
   }
   return h.hex();
@@ -177,9 +183,13 @@ void plan_layers(const std::vector<layers::FileEntry>& files, const std::string&
   if (files.empty()) return;
   LayerPlan packed;
   std::vector<LayerPlan> large, chunks(1);
-  // Where each file went, so a hardlink joins the layer of the file it links to (the tag
-  // records the link, so the tar must store it as one).
+  // Where each multiply-linked file went, so a hardlink joins the layer of the file it links to
+  // (the tag records the link, so the tar must store it as one). Only files with several links
+  // can be linked to: the map stays empty for an ordinary tree.
   std::map<std::string, std::pair<char, std::size_t>> home;
+  auto remember = [&](const layers::FileEntry& f, char kind, std::size_t i) {
+    if (f.type == layers::FileEntry::Type::File && f.nlink > 1) home[f.dest] = {kind, i};
+  };
   for (const auto& f : files) {
     const bool file = f.type == layers::FileEntry::Type::File;
     if (file && !f.link_to.empty() && home.count(f.link_to)) {
@@ -187,11 +197,11 @@ void plan_layers(const std::vector<layers::FileEntry>& files, const std::string&
       LayerPlan& p = kind == 'L' ? large[i] : kind == 'P' ? packed : chunks[i];
       p.files.push_back(&f);
       ++p.nfiles;
-      home[f.dest] = {kind, i};
+      remember(f, kind, i);
       continue;
     }
     if (file && f.size >= s.large_file_threshold) {
-      home[f.dest] = {'L', large.size()};
+      remember(f, 'L', large.size());
       LayerPlan p;
       p.label = what + " large file " + f.rel;
       p.created_by = "kiln: COPY " + f.rel + " /" + f.dest;
@@ -201,7 +211,7 @@ void plan_layers(const std::vector<layers::FileEntry>& files, const std::string&
       p.files.push_back(&f);
       large.push_back(std::move(p));
     } else if (file && f.size >= kPackedMin && precompressed_name(f.rel)) {
-      home[f.dest] = {'P', 0};
+      remember(f, 'P', 0);
       packed.bytes += f.size;
       ++packed.nfiles;
       packed.files.push_back(&f);
@@ -209,7 +219,7 @@ void plan_layers(const std::vector<layers::FileEntry>& files, const std::string&
       // The cap is checked before adding, so no chunk overshoots it by its last file.
       if (!chunks.back().files.empty() && chunks.back().bytes + f.size > kChunkMax) chunks.emplace_back();
       LayerPlan& c = chunks.back();
-      home[f.dest] = {'C', chunks.size() - 1};
+      remember(f, 'C', chunks.size() - 1);
       c.bytes += f.size;
       c.nfiles += file;
       c.files.push_back(&f);
@@ -256,24 +266,42 @@ spec::Compression sample_compression(const layers::FileEntry& f, spec::Compressi
   return layers::worth_compressing(buf.data(), static_cast<std::size_t>(n)) ? preferred : spec::Compression::None;
 }
 
-std::vector<spec::TagFile> tag_files(const std::vector<layers::FileEntry>& files) {
-  std::vector<spec::TagFile> out;
-  out.reserve(files.size());
-  for (const auto& f : files) {
-    spec::TagFile t;
-    t.dest = f.dest;
-    t.mode = f.mode;
-    switch (f.type) {
-      case layers::FileEntry::Type::File:
-        t.type = f.link_to.empty() ? 'f' : 'h';
-        t.content = f.link_to.empty() ? f.sha256 : f.link_to;
-        break;
-      case layers::FileEntry::Type::Dir: t.type = 'd'; break;
-      case layers::FileEntry::Type::Symlink: t.type = 'l'; t.content = f.link_target; break;
-    }
-    out.push_back(std::move(t));
+/// Fills `t` with the tag's view of an entry (assigned, so a reused TagFile allocates nothing).
+void to_tag_file(const layers::FileEntry& f, spec::TagFile& t) {
+  t.dest = f.dest;
+  t.mode = f.mode;
+  switch (f.type) {
+    case layers::FileEntry::Type::File:
+      t.type = f.link_to.empty() ? 'f' : 'h';
+      if (!f.link_to.empty()) {
+        t.content = f.link_to;
+      } else if (f.sha256.empty()) {
+        t.content.clear();
+      } else {
+        t.content.resize(64);
+        f.sha256.hex_to(t.content.data());
+      }
+      break;
+    case layers::FileEntry::Type::Dir:
+      t.type = 'd';
+      t.content.clear();
+      break;
+    case layers::FileEntry::Type::Symlink:
+      t.type = 'l';
+      t.content = f.link_target;
+      break;
   }
+}
+
+std::vector<spec::TagFile> tag_files(const std::vector<layers::FileEntry>& files) {
+  std::vector<spec::TagFile> out(files.size());
+  for (std::size_t i = 0; i < files.size(); ++i) to_tag_file(files[i], out[i]);
   return out;
+}
+
+bool sorted_by_dest(const std::vector<layers::FileEntry>& files) {
+  return std::is_sorted(files.begin(), files.end(),
+                        [](const layers::FileEntry& a, const layers::FileEntry& b) { return a.dest < b.dest; });
 }
 
 std::string index_key(const fs::path& dir) {
@@ -361,23 +389,52 @@ Prepared prepare(const spec::ImageSpec& s, const BuildOptions& opts) {
     }
   }
   auto t0 = Clock::now();
-  p.files = layers::collect_files(s, opts.extra_modules);
-  p.timings["walk"] = since(t0);
-  t0 = Clock::now();
   layers::StatIndex index;
   // Keyed on what the walk read: source_root when set, else the directory copy entries resolve in.
-  // Specs sharing a root share the index (it keeps entries another walk saw).
+  // Specs sharing a root share the index (it keeps entries another walk saw). Loaded first: its
+  // size is the walk's size hint (no doubling of the entry list on a rebuild).
   fs::path idx = opts.store->stat_index_path(index_key(s.source_root ? *s.source_root : s.base_dir));
   index.load(idx);
+  layers::CollectOptions copts;
+  copts.extra_modules = opts.extra_modules;
+  copts.expected_entries = index.loaded_size() + index.loaded_size() / 16;
+  p.files = layers::collect_files(s, copts);
+  p.timings["walk"] = since(t0);
+  t0 = Clock::now();
   layers::hash_files(p.files, &index, opts.jobs);
   index.save(idx);
   p.timings["hash"] = since(t0);
 
-  std::vector<spec::TagFile> all = tag_files(p.files.source);
-  std::vector<spec::TagFile> copies = tag_files(p.files.copy);
-  if (p.files.has_source) p.source_digest = "sha256:" + spec::files_digest(all);
-  all.insert(all.end(), copies.begin(), copies.end());
-  p.spec_hash = spec::spec_hash(s, p.base_id, std::move(all), opts.source_date_epoch, run::step_inputs(s));
+  // The tag's file lines, streamed in dest order from the two sorted lists: no second list as long
+  // as the tree.
+  const auto& src = p.files.source;
+  const auto& cp = p.files.copy;
+  const auto inputs = run::step_inputs(s);
+  if (sorted_by_dest(src) && sorted_by_dest(cp)) {
+    std::size_t i = 0, j = 0;
+    if (p.files.has_source)
+      p.source_digest = "sha256:" + spec::files_digest_streamed([&](spec::TagFile& t) {
+                          if (i == src.size()) return false;
+                          to_tag_file(src[i++], t);
+                          return true;
+                        });
+    i = 0;
+    p.spec_hash = spec::spec_hash_streamed(
+        s, p.base_id,
+        [&](spec::TagFile& t) {
+          if (i == src.size() && j == cp.size()) return false;
+          const bool from_src = j == cp.size() || (i < src.size() && !(cp[j].dest < src[i].dest));
+          to_tag_file(from_src ? src[i++] : cp[j++], t);
+          return true;
+        },
+        opts.source_date_epoch, inputs);
+  } else {
+    std::vector<spec::TagFile> all = tag_files(src);
+    if (p.files.has_source) p.source_digest = "sha256:" + spec::files_digest(all);
+    std::vector<spec::TagFile> copies = tag_files(cp);
+    all.insert(all.end(), copies.begin(), copies.end());
+    p.spec_hash = spec::spec_hash(s, p.base_id, std::move(all), opts.source_date_epoch, inputs);
+  }
   p.tag = spec::make_tag(s, p.spec_hash);
   p.repository = spec::repository(s);
   return p;

@@ -80,20 +80,20 @@ StatIndex::Key key_of(const struct stat& st) {
   return k;
 }
 
-std::string join(const std::string& a, const std::string& b) { return a.empty() ? b : b.empty() ? a : a + "/" + b; }
 
 /// Builds an entry for `name` in the directory `dfd` (already lstat'ed as `st`; `abs` names it in
 /// messages), or throws for a file kind kiln refuses.
-FileEntry make_entry(const std::string& rel, const std::string& dest, const std::string& abs, const struct stat& st,
-                     int dfd, const char* name) {
+FileEntry make_entry(std::string rel, std::string dest, const std::shared_ptr<const std::string>& root,
+                     const struct stat& st, int dfd, const char* name) {
+  auto abs = [&] { return *root + "/" + rel; };
   if (const char* kind = special_kind(st.st_mode))
-    throw InputError("'" + printable(abs) + "' is " + kind + "; only files, directories and symlinks can go into an image");
+    throw InputError("'" + printable(abs()) + "' is " + kind + "; only files, directories and symlinks can go into an image");
   FileEntry e;
-  e.rel = rel;
-  e.dest = dest;
-  e.abs = abs;
+  e.rel = std::move(rel);
+  e.dest = std::move(dest);
+  e.root = root;
   e.key = key_of(st);
-  e.nlink = st.st_nlink;
+  e.nlink = static_cast<std::uint32_t>(st.st_nlink);
   if (S_ISDIR(st.st_mode)) {
     e.type = FileEntry::Type::Dir;
     e.mode = 0755;
@@ -103,10 +103,10 @@ FileEntry make_entry(const std::string& rel, const std::string& dest, const std:
     e.mode = 0777;
     std::string target(static_cast<std::size_t>(st.st_size) + 1, '\0');
     ssize_t n = ::readlinkat(dfd, name, target.data(), target.size());
-    if (n < 0) throw InputError("cannot read symlink '" + printable(abs) + "': " + std::strerror(errno));
+    if (n < 0) throw InputError("cannot read symlink '" + printable(e.abs()) + "': " + std::strerror(errno));
     target.resize(static_cast<std::size_t>(n));
-    if (!valid_utf8(target)) throw InputError("symlink '" + printable(abs) + "' has a target that is not valid UTF-8");
-    e.link_target = target;
+    if (!valid_utf8(target)) throw InputError("symlink '" + printable(e.abs()) + "' has a target that is not valid UTF-8");
+    e.link_target = std::move(target);
     e.size = 0;
     e.key.size = 0;
   } else {
@@ -146,9 +146,9 @@ std::vector<std::string> list_dir(int dfd, const std::string& abs) {
   }
   std::vector<std::string> names;
   while (struct dirent* de = ::readdir(d)) {
-    std::string n = de->d_name;
-    if (n == "." || n == "..") continue;
-    names.push_back(std::move(n));
+    const char* n = de->d_name;
+    if (n[0] == '.' && (n[1] == 0 || (n[1] == '.' && n[2] == 0))) continue;
+    names.emplace_back(n);
   }
   ::closedir(d);
   std::sort(names.begin(), names.end());
@@ -202,7 +202,7 @@ bool nested_work_tree(int dfd) {
 /// One walk below a root, every directory opened relative to its parent's descriptor with
 /// O_NOFOLLOW and checked against what lstat saw: a swapped path is an error, never followed.
 struct Walker {
-  const std::string root;         // absolute, real path (for `abs` and messages)
+  const std::string root;         // absolute, real path of the walk's top (for messages)
   const std::string dest_prefix;
   const IgnoreRules* rules;       // builtin/flytekit and Docker-style files (paths relative to root)
   IgnoreRules* git_rules = nullptr;  // .gitignore files met on the way are added here; null: none
@@ -211,6 +211,12 @@ struct Walker {
   bool dirs_need_content = false; // emit a directory only when something below it is emitted
   std::vector<FileEntry>* out;
   std::vector<std::string>* warnings;
+  /// What entries are relative to (FileEntry::root), and the path of the walk's top below it ("" or
+  /// "listed/dir/"), prepended to each entry's rel.
+  std::shared_ptr<const std::string> entry_root;
+  std::string rel_prefix;
+
+  std::string abs_of(const std::string& child) const { return root + "/" + child; }
 
   /// `use_git` is false below a nested repository or submodule: `git ls-files` does not look
   /// inside one, so flytekit's GitIgnore ignores nothing there.
@@ -218,19 +224,21 @@ struct Walker {
     auto git_ignored = [&](const std::string& child, bool is_dir) {
       return use_git && git_rules && git_rules->ignored(git_prefix + child, is_dir);
     };
-    const std::string dir_abs = rel.empty() ? root : root + "/" + rel;
-    std::vector<std::string> names = list_dir(dfd, dir_abs);
+    std::vector<std::string> names = list_dir(dfd, rel.empty() ? root : abs_of(rel));
     if (use_git && git_rules && std::binary_search(names.begin(), names.end(), std::string(".gitignore"))) {
       std::string text;
       if (read_small_file_at(dfd, ".gitignore", &text)) git_rules->add_gitignore(git_prefix + rel, text);
     }
+    std::string child = rel;  // reused: rel + "/" + name
+    if (!child.empty()) child += '/';
+    const std::size_t base_len = child.size();
     for (const std::string& n : names) {
-      std::string child = join(rel, n);
-      std::string child_abs = root + "/" + child;
+      child.resize(base_len);
+      child += n;
       struct stat st{};
       if (::fstatat(dfd, n.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) {
-        if (errno == ENOENT) changed_during_walk(child_abs, "a file disappeared");
-        throw InputError("cannot stat '" + printable(child_abs) + "': " + std::strerror(errno));
+        if (errno == ENOENT) changed_during_walk(abs_of(child), "a file disappeared");
+        throw InputError("cannot stat '" + printable(abs_of(child)) + "': " + std::strerror(errno));
       }
       if (S_ISDIR(st.st_mode)) {
         if (rules->can_prune(child)) continue;
@@ -238,16 +246,16 @@ struct Walker {
         // An excluded directory is not baked even when a repository is nested in it (flytekit
         // bakes that one: docs/files.md).
         if (git_ignored(child, true) && !(git && git->tracks_below(child))) continue;
-        UniqueFd sub = open_child_dir(dfd, n.c_str(), st, child_abs);
+        UniqueFd sub = open_child_dir(dfd, n.c_str(), st, abs_of(child));
         bool nested = use_git && git && nested_work_tree(sub.get());
         bool emit = !dirs_need_content && !rules->ignored(child, true);
         if (emit && !valid_utf8(child))
-          throw InputError("file name is not valid UTF-8: '" + printable(child_abs) +
+          throw InputError("file name is not valid UTF-8: '" + printable(abs_of(child)) +
                            "' (rename it, or exclude it with .dockerignore)");
-        FileEntry e = make_entry(child, dest_prefix + child, child_abs, st, dfd, n.c_str());
         std::size_t before = out->size();
         walk(sub.get(), child, use_git && !nested);
-        if (emit || (dirs_need_content && out->size() > before)) out->push_back(std::move(e));
+        if (emit || (dirs_need_content && out->size() > before))
+          out->push_back(make_entry(rel_prefix + child, dest_prefix + child, entry_root, st, dfd, n.c_str()));
         continue;
       }
       if (rules->ignored(child, false)) continue;
@@ -255,9 +263,9 @@ struct Walker {
       // Checked after the ignore rules, so an excluded name does not matter; the whole path, as a
       // re-included file may sit below an excluded directory whose name is not UTF-8.
       if (!valid_utf8(child))
-        throw InputError("file name is not valid UTF-8: '" + printable(child_abs) +
+        throw InputError("file name is not valid UTF-8: '" + printable(abs_of(child)) +
                          "' (rename it, or exclude it with .dockerignore)");
-      FileEntry e = make_entry(child, dest_prefix + child, child_abs, st, dfd, n.c_str());
+      FileEntry e = make_entry(rel_prefix + child, dest_prefix + child, entry_root, st, dfd, n.c_str());
       if (e.type == FileEntry::Type::Symlink && !link_stays_inside(child, e.link_target))
         warnings->push_back("symlink '" + child + "' points outside source_root ('" + e.link_target +
                             "'); stored as a symlink, not followed");
@@ -297,9 +305,10 @@ UniqueFd open_dir_beneath(int root_fd, const std::string& rel) {
 }
 
 /// Adds one listed path (a loaded module, or a copy entry) below `root`, recursing into a directory.
-void add_listed(const std::string& root, int root_fd, const std::string& rel, const std::string& dest_prefix,
-                const char* what, std::vector<FileEntry>* out, std::vector<std::string>* warnings,
-                bool whole_dir = false) {
+void add_listed(const std::shared_ptr<const std::string>& root_ptr, int root_fd, const std::string& rel,
+                const std::string& dest_prefix, const char* what, std::vector<FileEntry>* out,
+                std::vector<std::string>* warnings, bool whole_dir = false) {
+  const std::string& root = *root_ptr;
   // A copy entry's directory is copied whole (`whole_dir`), as flytekit's shutil.copytree does: no
   // ignore rule applies inside it. A listed module directory is walked minus .git, __pycache__, *.pyc.
   IgnoreRules none;
@@ -309,7 +318,7 @@ void add_listed(const std::string& root, int root_fd, const std::string& rel, co
   if (rel == ".") {  // copy ["."]: the whole directory, at dest_prefix (flytekit: COPY . /root/./)
     UniqueFd dir(::fcntl(root_fd, F_DUPFD_CLOEXEC, 0));
     if (!dir) throw InputError(std::string(what) + " '.': cannot open " + root + ": " + std::strerror(errno));
-    Walker w{root, dest_prefix, rules, nullptr, "", nullptr, false, out, warnings};
+    Walker w{root, dest_prefix, rules, nullptr, "", nullptr, false, out, warnings, root_ptr, ""};
     w.walk(dir.get(), "");
     return;
   }
@@ -334,13 +343,11 @@ void add_listed(const std::string& root, int root_fd, const std::string& rel, co
   struct stat st{};
   if (::fstatat(parent.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0)
     throw InputError(std::string(what) + " '" + rel + "' not found under " + root);
-  FileEntry e = make_entry(rel, dest_prefix + rel, abs, st, parent.get(), name.c_str());
+  FileEntry e = make_entry(rel, dest_prefix + rel, root_ptr, st, parent.get(), name.c_str());
   if (e.type == FileEntry::Type::Dir) {
     UniqueFd dir = open_child_dir(parent.get(), name.c_str(), st, abs);
-    Walker w{abs, dest_prefix + rel + "/", rules, nullptr, "", nullptr, false, out, warnings};
-    std::size_t first = out->size();
+    Walker w{abs, dest_prefix + rel + "/", rules, nullptr, "", nullptr, false, out, warnings, root_ptr, rel + "/"};
     w.walk(dir.get(), "");
-    for (std::size_t i = first; i < out->size(); ++i) (*out)[i].rel = rel + "/" + (*out)[i].rel;
   }
   out->push_back(std::move(e));
 }
@@ -350,6 +357,31 @@ std::string dest_prefix_of(const std::string& dest) {
   while (!p.empty() && p.front() == '/') p.erase(0, 1);
   if (!p.empty() && p.back() != '/') p += '/';
   return p;
+}
+
+/// Sorts entries by `less` moving each entry at most once: an index is sorted, then the
+/// permutation applied in place, cycle by cycle (sorting the entries themselves moved each one
+/// log n times).
+template <class Less>
+void sort_entries(std::vector<FileEntry>& list, Less less) {
+  if (std::is_sorted(list.begin(), list.end(), less)) return;
+  std::vector<std::uint32_t> order(list.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = static_cast<std::uint32_t>(i);
+  std::sort(order.begin(), order.end(), [&](std::uint32_t a, std::uint32_t b) { return less(list[a], list[b]); });
+  // Position i receives list[order[i]]; each cycle is walked once, marked by order[i] = i.
+  for (std::size_t i = 0; i < order.size(); ++i) {
+    if (order[i] == i) continue;
+    FileEntry held = std::move(list[i]);
+    std::size_t at = i;
+    while (order[at] != i) {
+      std::size_t from = order[at];
+      list[at] = std::move(list[from]);
+      order[at] = static_cast<std::uint32_t>(at);
+      at = from;
+    }
+    list[at] = std::move(held);
+    order[at] = static_cast<std::uint32_t>(at);
+  }
 }
 
 /// Marks every later link of a multiply-linked file with the dest of the first one.
@@ -391,12 +423,15 @@ FileSet collect_files(const spec::ImageSpec& spec, const CollectOptions& opts) {
 
   if (spec.source_root && set.mode != spec::CopyMode::NoCopy) {
     set.has_source = true;
+    // The hint is bounded, so a stale index cannot make kiln reserve much more than it needs.
+    if (opts.expected_entries) set.source.reserve(std::min<std::size_t>(opts.expected_entries, std::size_t(4) << 20));
     std::string root = spec.source_root->string();
     struct stat st{};
     if (::stat(root.c_str(), &st) != 0)
       throw InputError("source_root '" + root + "' does not exist (resolved from " + spec.origin + ")");
     if (!S_ISDIR(st.st_mode)) throw InputError("source_root '" + root + "' is not a directory");
     root = real(root, "source_root");
+    auto root_ptr = std::make_shared<const std::string>(root);
     UniqueFd root_fd = open_root(root);
     if (set.mode == spec::CopyMode::All) {
       // flytekit's image builder: IgnoreGroup([GitIgnore, DockerIgnore, StandardIgnore]); the
@@ -415,7 +450,8 @@ FileSet collect_files(const spec::ImageSpec& spec, const CollectOptions& opts) {
         set.git_workdir = git->workdir();
         git->add_rules(git_rules);
       }
-      Walker w{root, prefix, &rules, &git_rules, git ? git->prefix() : "", git.get(), true, &set.source, &set.warnings};
+      Walker w{root,       prefix,      &rules,         &git_rules, git ? git->prefix() : "", git.get(), true,
+               &set.source, &set.warnings, root_ptr, ""};
       w.walk(root_fd.get(), "");
       // source_root inside a directory git ignores: flytekit's `git ls-files -io` selection keeps
       // only tracked files there (often none). Say so rather than bake an empty tree silently.
@@ -443,10 +479,10 @@ FileSet collect_files(const spec::ImageSpec& spec, const CollectOptions& opts) {
         while (!clean.empty() && clean.back() == '/') clean.pop_back();
         if (clean.empty() || clean == "." || clean.front() == '/' || clean.rfind("../", 0) == 0 || clean == "..")
           throw InputError("loaded module '" + m + "' must be a relative path inside source_root");
-        add_listed(root, root_fd.get(), clean, prefix, "loaded module", &set.source, &set.warnings);
+        add_listed(root_ptr, root_fd.get(), clean, prefix, "loaded module", &set.source, &set.warnings);
       }
     }
-    std::sort(set.source.begin(), set.source.end(), [](const FileEntry& a, const FileEntry& b) { return a.rel < b.rel; });
+    sort_entries(set.source, [](const FileEntry& a, const FileEntry& b) { return a.rel < b.rel; });
     set.source.erase(std::unique(set.source.begin(), set.source.end(),
                                  [](const FileEntry& a, const FileEntry& b) { return a.rel == b.rel; }),
                      set.source.end());
@@ -454,11 +490,11 @@ FileSet collect_files(const spec::ImageSpec& spec, const CollectOptions& opts) {
   }
 
   if (!spec.copy.empty()) {
-    std::string base = real(spec.base_dir.string(), "spec directory");
-    UniqueFd base_fd = open_root(base);
+    auto base = std::make_shared<const std::string>(real(spec.base_dir.string(), "spec directory"));
+    UniqueFd base_fd = open_root(*base);
     for (const std::string& c : spec.copy)
       add_listed(base, base_fd.get(), c, prefix, "copy entry", &set.copy, &set.warnings, /*whole_dir=*/true);
-    std::sort(set.copy.begin(), set.copy.end(), [](const FileEntry& a, const FileEntry& b) { return a.dest < b.dest; });
+    sort_entries(set.copy, [](const FileEntry& a, const FileEntry& b) { return a.dest < b.dest; });
     set.copy.erase(std::unique(set.copy.begin(), set.copy.end(),
                                [](const FileEntry& a, const FileEntry& b) { return a.dest == b.dest; }),
                    set.copy.end());
@@ -474,31 +510,78 @@ FileSet collect_files(const spec::ImageSpec& spec, const CollectOptions& opts) {
   return set;
 }
 
+std::string FileEntry::abs() const {
+  if (!root) return rel;
+  std::string p;
+  p.reserve(root->size() + 1 + rel.size());
+  p += *root;
+  p += '/';
+  p += rel;
+  return p;
+}
+
+void ContentDigest::hex_to(char* out) const {
+  static const char* k = "0123456789abcdef";
+  for (std::size_t i = 0; i < bytes.size(); ++i) {
+    out[2 * i] = k[bytes[i] >> 4];
+    out[2 * i + 1] = k[bytes[i] & 15];
+  }
+}
+
+std::string ContentDigest::hex() const {
+  if (!set) return {};
+  std::string s(64, '0');
+  hex_to(s.data());
+  return s;
+}
+
+namespace {
+ContentDigest from_hex(const std::string& hex) {
+  ContentDigest d;
+  auto nib = [](char c) { return c <= '9' ? c - '0' : c - 'a' + 10; };
+  for (std::size_t i = 0; i < d.bytes.size() && 2 * i + 1 < hex.size(); ++i)
+    d.bytes[i] = static_cast<unsigned char>(nib(hex[2 * i]) << 4 | nib(hex[2 * i + 1]));
+  d.set = true;
+  return d;
+}
+}  // namespace
+
 int open_walked_file(const FileEntry& e) {
-  UniqueFd fd(::open(e.abs.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY));
+  const std::string abs = e.abs();
+  UniqueFd fd(::open(abs.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY));
   if (!fd) {
-    if (errno == ELOOP) changed_during_walk(e.abs, "a file became a symlink");
-    if (errno == ENOENT) changed_during_walk(e.abs, "a file disappeared");
-    throw InputError("cannot open '" + printable(e.abs) + "': " + std::strerror(errno));
+    if (errno == ELOOP) changed_during_walk(abs, "a file became a symlink");
+    if (errno == ENOENT) changed_during_walk(abs, "a file disappeared");
+    throw InputError("cannot open '" + printable(abs) + "': " + std::strerror(errno));
   }
   struct stat st{};
   if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode) || st.st_dev != e.key.dev || st.st_ino != e.key.ino)
-    changed_during_walk(e.abs, "a file, or a directory above it, was replaced");
+    changed_during_walk(abs, "a file, or a directory above it, was replaced");
   int fl = ::fcntl(fd.get(), F_GETFL);
   if (fl >= 0) ::fcntl(fd.get(), F_SETFL, fl & ~O_NONBLOCK);
   return fd.release();
 }
 
+namespace {
+/// The stat index's key for an entry: source files by their path below source_root (the index's
+/// root), copy entries by their absolute path (they may live elsewhere), so the two never collide.
+std::string_view index_path(const FileEntry& e, bool source, std::string* buf) {
+  if (source) return e.rel;
+  *buf = e.abs();
+  return *buf;
+}
+}  // namespace
+
 void hash_files(FileSet& set, StatIndex* index, int jobs) {
   std::vector<FileEntry*> todo;
+  std::string buf;
   for (auto* list : {&set.source, &set.copy}) {
+    const bool source = list == &set.source;
     for (FileEntry& e : *list) {
       if (e.type != FileEntry::Type::File) continue;
-      if (index) {
-        if (auto h = index->lookup(e.abs, e.key)) {
-          e.sha256 = *h;
-          continue;
-        }
+      if (index && index->lookup(index_path(e, source, &buf), e.key, &e.sha256.bytes)) {
+        e.sha256.set = true;
+        continue;
       }
       todo.push_back(&e);
     }
@@ -518,14 +601,21 @@ void hash_files(FileSet& set, StatIndex* index, int jobs) {
     for (;;) {
       ssize_t n = ::read(fd.get(), buf.data(), buf.size());
       if (n < 0 && errno == EINTR) continue;
-      if (n < 0) throw InputError("cannot read '" + printable(e->abs) + "': " + std::strerror(errno));
+      if (n < 0) throw InputError("cannot read '" + printable(e->abs()) + "': " + std::strerror(errno));
       if (n == 0) break;
       h.update(buf.data(), static_cast<std::size_t>(n));
     }
-    e->sha256 = h.hex();
+    e->sha256 = from_hex(h.hex());
   });
-  if (index)
-    for (FileEntry* e : todo) index->update(e->abs, e->key, e->sha256);
+  if (!index) return;
+  // In address order, that is list order: the source list's updates arrive sorted by path.
+  std::sort(todo.begin(), todo.end(), std::less<>());
+  const FileEntry* src_begin = set.source.data();
+  const FileEntry* src_end = src_begin + set.source.size();
+  for (FileEntry* e : todo) {
+    const bool source = e >= src_begin && e < src_end;
+    index->update(index_path(*e, source, &buf), e->key, e->sha256.bytes);
+  }
 }
 
 }  // namespace kiln::layers

@@ -9,7 +9,9 @@
 // why: docs/files.md.
 #pragma once
 
+#include <array>
 #include <cstdint>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -21,20 +23,35 @@
 namespace kiln::layers {
 
 
+/// A file's SHA-256, 32 raw bytes (empty until hash_files() fills it).
+struct ContentDigest {
+  std::array<unsigned char, 32> bytes{};
+  bool set = false;
+  bool empty() const { return !set; }
+  /// Lowercase hex ("" when empty).
+  std::string hex() const;
+  /// Writes the 64 hex characters to `out` (no terminator).
+  void hex_to(char* out) const;
+  bool operator==(const ContentDigest&) const = default;
+};
+
 struct FileEntry {
-  enum class Type { File, Dir, Symlink };
+  enum class Type : std::uint8_t { File, Dir, Symlink };
   std::string rel;          // relative to its root (source_root, or the spec's directory for copy)
   std::string dest;         // inside the image, relative: "root/pkg/mod.py"
   Type type = Type::File;
   std::uint32_t mode = 0644;  // normalized: files 0644 or 0755 (any x bit), dirs 0755, links 0777
+  std::uint32_t nlink = 1;
   std::uint64_t size = 0;
   std::string link_target;  // Symlink
-  std::string abs;          // absolute path on disk
+  /// The real path `rel` is relative to, shared by the entries of one walk (no per-file copy).
+  std::shared_ptr<const std::string> root;
   StatIndex::Key key;       // identity when walked
-  std::uint64_t nlink = 1;
-  std::string sha256;       // File: hex content digest, filled by hash_files()
+  ContentDigest sha256;     // File: content digest, filled by hash_files()
   std::string link_to;      // File: dest of the first (bytewise) file of the same list sharing its
                             // inode — stored as a hardlink to it; "" for the first or a lone file
+  /// The absolute path on disk (built on demand: root + "/" + rel).
+  std::string abs() const;
 };
 
 struct FileSet {
@@ -56,6 +73,9 @@ struct CollectOptions {
   /// Also apply `<source_root>/.flyteignore` in mode all (Docker pattern semantics), as flytekit's
   /// fast-register bundle does. The image's file set does not: flytekit's image builder ignores it.
   bool flyteignore = false;
+  /// A size hint: room for this many entries is reserved up front (a rebuild passes the size of
+  /// the stat index, so the entry list does not grow by doubling). 0: none.
+  std::size_t expected_entries = 0;
 };
 
 /// Walks what `spec` copies. Reads no file content. Throws InputError.

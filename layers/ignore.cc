@@ -709,7 +709,8 @@ struct IgnoreRules::Impl {
   bool git_ignored(std::string_view path, const std::vector<std::string_view>& s,
                    bool is_dir) const {
     if ((git.empty() && git_excludes.empty()) || s.empty()) return false;
-    std::vector<const GitFile*> files;  // .gitignore files in "", s0, s0/s1, ... deepest first
+    thread_local std::vector<const GitFile*> files;  // .gitignore files in "", s0, s0/s1, ... deepest first
+    files.clear();
     for (size_t q = 0; q < s.size(); ++q) {
       size_t len = q == 0 ? 0 : static_cast<size_t>(s[q - 1].data() + s[q - 1].size() - path.data());
       auto it = git.find(path.substr(0, len));
@@ -813,8 +814,10 @@ void IgnoreRules::add_dockerignore(std::string_view content, std::string_view fi
 
 bool IgnoreRules::ignored(std::string_view rel_path, bool is_dir) const {
   if (!impl_) return false;
-  std::vector<std::string_view> s;
-  s.reserve(16);
+  const Impl& i = *impl_;
+  if (!i.builtin && !i.flytekit && i.git.empty() && i.git_excludes.empty() && i.docker.empty()) return false;
+  // One segment list per thread, reused: the walk asks for every path of the tree.
+  thread_local std::vector<std::string_view> s;
   split(rel_path, s);
   if (s.empty()) return false;
   return impl_->builtin_ignored(s, is_dir) || impl_->git_ignored(rel_path, s, is_dir) ||

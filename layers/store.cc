@@ -3,9 +3,11 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -412,38 +414,83 @@ Store::PruneResult Store::prune(std::int64_t older_than_seconds) const {
 }
 
 // ---------------------------------------------------------------------------------------------
-// StatIndex: "KILNSTAT2\n", written_ns, then records of
-//   u32 path length, path bytes, u64 size, i64 mtime_ns, i64 ctime_ns, u64 ino, u64 dev, 32-byte hash,
-//   u16 age (saves since a walk last saw the entry)
+// StatIndex, format 3: a 32-byte header — "KILNSTAT3\n", 6 zero bytes, i64 written_ns, u64 count —
+// then `count` records of 88 bytes sorted bytewise by path —
+//   u64 path offset (into the arena), u32 path length, u16 age (saves since a walk last saw the
+//   entry), u16 zero, u64 size, i64 mtime_ns, i64 ctime_ns, u64 ino, u64 dev, 32-byte sha256 —
+// then the arena of path bytes. Little-endian host order (the index is a cache of this machine).
 
 namespace {
-const char kStatMagic[] = "KILNSTAT2\n";
+const char kStatMagic[] = "KILNSTAT3\n";
+constexpr std::size_t kStatHeader = 32;
+constexpr std::size_t kStatRecord = 88;
 // Racy: modified within this window before the index was written (see lookup()).
 constexpr std::int64_t kRacyWindow = 1000000000;
 
 template <class T>
-void put(std::string& s, T v) {
-  s.append(reinterpret_cast<const char*>(&v), sizeof v);
+T load_at(const unsigned char* p) {
+  T v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
 }
 template <class T>
-bool get(const std::string& s, std::size_t& pos, T* v) {
-  if (pos + sizeof(T) > s.size()) return false;
-  std::memcpy(v, s.data() + pos, sizeof(T));
-  pos += sizeof(T);
+void store_at(unsigned char* p, T v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
+struct RecordView {
+  const unsigned char* p;
+  std::string_view path(const char* base) const {
+    return {base + load_at<std::uint64_t>(p), load_at<std::uint32_t>(p + 8)};
+  }
+  std::uint16_t age() const { return load_at<std::uint16_t>(p + 12); }
+  StatIndex::Key key() const {
+    StatIndex::Key k;
+    k.size = load_at<std::uint64_t>(p + 16);
+    k.mtime_ns = load_at<std::int64_t>(p + 24);
+    k.ctime_ns = load_at<std::int64_t>(p + 32);
+    k.ino = load_at<std::uint64_t>(p + 40);
+    k.dev = load_at<std::uint64_t>(p + 48);
+    return k;
+  }
+  const unsigned char* sha256() const { return p + 56; }
+};
+
+void put_record(unsigned char* r, std::uint64_t off, std::uint32_t len, std::uint16_t age, const StatIndex::Key& k,
+                const unsigned char* sha) {
+  std::memset(r, 0, kStatRecord);
+  store_at(r, off);
+  store_at(r + 8, len);
+  store_at(r + 12, age);
+  store_at(r + 16, k.size);
+  store_at(r + 24, k.mtime_ns);
+  store_at(r + 32, k.ctime_ns);
+  store_at(r + 40, k.ino);
+  store_at(r + 48, k.dev);
+  std::memcpy(r + 56, sha, 32);
+}
+
+bool hex_to_digest(const std::string& hex, StatIndex::Digest* out) {
+  auto nib = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  if (hex.size() != 64) return false;
+  for (std::size_t i = 0; i < 32; ++i) {
+    int hi = nib(hex[2 * i]), lo = nib(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) return false;
+    (*out)[i] = static_cast<unsigned char>(hi << 4 | lo);
+  }
   return true;
 }
-std::string hex_to_raw(const std::string& hex) {
-  std::string raw(hex.size() / 2, '\0');
-  for (std::size_t i = 0; i < raw.size(); ++i) raw[i] = static_cast<char>(std::stoi(hex.substr(2 * i, 2), nullptr, 16));
-  return raw;
-}
-std::string raw_to_hex(const char* p, std::size_t n) {
+std::string raw_to_hex(const unsigned char* p, std::size_t n) {
   static const char* k = "0123456789abcdef";
   std::string out(2 * n, '0');
   for (std::size_t i = 0; i < n; ++i) {
-    auto b = static_cast<unsigned char>(p[i]);
-    out[2 * i] = k[b >> 4];
-    out[2 * i + 1] = k[b & 15];
+    out[2 * i] = k[p[i] >> 4];
+    out[2 * i + 1] = k[p[i] & 15];
   }
   return out;
 }
@@ -451,29 +498,139 @@ std::int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
+bool racy(const StatIndex::Key& k, std::int64_t written_ns) {
+  return k.mtime_ns >= written_ns - kRacyWindow || k.ctime_ns >= written_ns - kRacyWindow;
+}
 }  // namespace
 
+StatIndex::~StatIndex() { unmap(); }
+
+void StatIndex::unmap() {
+  if (map_) ::munmap(const_cast<char*>(map_), map_len_);
+  map_ = nullptr;
+  map_len_ = 0;
+  records_ = nullptr;
+  count_ = 0;
+  seen_.clear();
+}
+
 void StatIndex::load(const fs::path& file) {
-  entries_.clear();
+  unmap();
+  updates_.clear();
+  arena_.clear();
+  updates_sorted_ = true;
   dirty_ = false;
-  std::string s;
-  if (!read_file_if_exists(file, &s) || s.compare(0, sizeof kStatMagic - 1, kStatMagic) != 0) return;
-  std::size_t pos = sizeof kStatMagic - 1;
-  if (!get(s, pos, &written_ns_)) return;
-  while (pos < s.size()) {
-    std::uint32_t len = 0;
-    Entry e;
-    if (!get(s, pos, &len) || pos + len > s.size()) break;
-    std::string path = s.substr(pos, len);
-    pos += len;
-    if (!get(s, pos, &e.key.size) || !get(s, pos, &e.key.mtime_ns) || !get(s, pos, &e.key.ctime_ns) ||
-        !get(s, pos, &e.key.ino) || !get(s, pos, &e.key.dev) || pos + 32 > s.size())
-      break;
-    e.sha256 = raw_to_hex(s.data() + pos, 32);
-    pos += 32;
-    if (!get(s, pos, &e.age)) break;
-    entries_.emplace(std::move(path), std::move(e));
+  written_ns_ = 0;
+  int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  struct stat st{};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || static_cast<std::size_t>(st.st_size) < kStatHeader) {
+    ::close(fd);
+    return;
   }
+  const std::size_t len = static_cast<std::size_t>(st.st_size);
+  void* m = ::mmap(nullptr, len, PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (m == MAP_FAILED) return;
+  const auto* p = static_cast<const unsigned char*>(m);
+  // Anything that does not check out (another version, a torn or foreign file) loads as empty.
+  const std::uint64_t count = load_at<std::uint64_t>(p + 24);
+  bool ok = std::memcmp(p, kStatMagic, sizeof kStatMagic - 1) == 0 && count <= (len - kStatHeader) / kStatRecord;
+  if (ok) {
+    const std::uint64_t arena = kStatHeader + count * kStatRecord;
+    std::string_view prev;
+    for (std::uint64_t i = 0; ok && i < count; ++i) {
+      const unsigned char* r = p + kStatHeader + i * kStatRecord;
+      std::uint64_t off = load_at<std::uint64_t>(r);
+      std::uint32_t n = load_at<std::uint32_t>(r + 8);
+      ok = off >= arena && off <= len && n <= len - off;
+      if (!ok) break;
+      std::string_view path(reinterpret_cast<const char*>(p) + off, n);
+      ok = i == 0 || prev < path;  // sorted, no duplicates: binary search relies on it
+      prev = path;
+    }
+  }
+  if (!ok) {
+    ::munmap(m, len);
+    return;
+  }
+  map_ = static_cast<const char*>(m);
+  map_len_ = len;
+  records_ = p + kStatHeader;
+  count_ = static_cast<std::size_t>(count);
+  written_ns_ = load_at<std::int64_t>(p + 16);
+  seen_.assign(count_, 0);
+}
+
+void StatIndex::sort_updates() const {
+  if (updates_sorted_) return;
+  // Last update of a path wins: stable sort, then keep the last of each run.
+  std::stable_sort(updates_.begin(), updates_.end(),
+                   [&](const Update& a, const Update& b) { return update_path(a) < update_path(b); });
+  std::size_t w = 0;
+  for (std::size_t i = 0; i < updates_.size(); ++i) {
+    if (i + 1 < updates_.size() && update_path(updates_[i]) == update_path(updates_[i + 1])) continue;
+    updates_[w++] = updates_[i];
+  }
+  updates_.resize(w);
+  updates_sorted_ = true;
+}
+
+const StatIndex::Update* StatIndex::find_update(std::string_view path) const {
+  if (updates_.empty()) return nullptr;
+  sort_updates();
+  auto it = std::lower_bound(updates_.begin(), updates_.end(), path,
+                             [&](const Update& u, std::string_view p) { return update_path(u) < p; });
+  return it != updates_.end() && update_path(*it) == path ? &*it : nullptr;
+}
+
+bool StatIndex::lookup(std::string_view path, const Key& key, Digest* out) const {
+  // Racy: modified within the same second the index was written; a later edit could keep the
+  // same mtime. Hash it again (the next save makes it safe).
+  if (racy(key, written_ns_)) return false;
+  if (const Update* u = find_update(path)) {
+    if (!(u->key == key)) return false;
+    *out = u->sha256;
+    return true;
+  }
+  std::size_t lo = 0, hi = count_;
+  while (lo < hi) {
+    std::size_t mid = lo + (hi - lo) / 2;
+    if (RecordView{records_ + mid * kStatRecord}.path(map_) < path)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  if (lo == count_) return false;
+  RecordView r{records_ + lo * kStatRecord};
+  if (r.path(map_) != path || !(r.key() == key)) return false;
+  std::memcpy(out->data(), r.sha256(), 32);
+  seen_[lo] = 1;
+  return true;
+}
+
+std::optional<std::string> StatIndex::lookup(std::string_view path, const Key& key) const {
+  Digest d;
+  if (!lookup(path, key, &d)) return std::nullopt;
+  return raw_to_hex(d.data(), d.size());
+}
+
+void StatIndex::update(std::string_view path, const Key& key, const Digest& sha256) {
+  Update u;
+  u.off = arena_.size();
+  u.len = static_cast<std::uint32_t>(path.size());
+  u.key = key;
+  u.sha256 = sha256;
+  arena_.append(path);
+  if (updates_sorted_ && !updates_.empty() && !(update_path(updates_.back()) < path)) updates_sorted_ = false;
+  updates_.push_back(u);
+  dirty_ = true;
+}
+
+void StatIndex::update(std::string_view path, const Key& key, const std::string& sha256_hex) {
+  Digest d{};
+  if (!hex_to_digest(sha256_hex, &d)) throw std::invalid_argument("StatIndex::update: not a sha256 hex digest");
+  update(path, key, d);
 }
 
 void StatIndex::save(const fs::path& file) {
@@ -482,44 +639,46 @@ void StatIndex::save(const fs::path& file) {
   // would look safe under the new write time — or have gone unseen for kMaxAge rewrites.
   if (!dirty_) return;
   constexpr std::uint16_t kMaxAge = 8;
-  std::string s(kStatMagic, sizeof kStatMagic - 1);
-  put(s, now_ns());
-  for (auto& [path, e] : entries_) {
-    if (!e.seen) {
-      const bool racy = e.key.mtime_ns >= written_ns_ - kRacyWindow || e.key.ctime_ns >= written_ns_ - kRacyWindow;
-      if (racy || e.age >= kMaxAge) continue;
+  sort_updates();
+  // Merge the loaded records and the updates (an update replaces the record of its path).
+  std::size_t n_out = 0, arena_bytes = 0;
+  auto each = [&](auto&& emit) {
+    std::size_t i = 0, j = 0;
+    while (i < count_ || j < updates_.size()) {
+      RecordView r{i < count_ ? records_ + i * kStatRecord : nullptr};
+      std::string_view rp = i < count_ ? r.path(map_) : std::string_view();
+      std::string_view up = j < updates_.size() ? update_path(updates_[j]) : std::string_view();
+      if (j < updates_.size() && (i == count_ || up <= rp)) {
+        if (i < count_ && up == rp) ++i;
+        const Update& u = updates_[j++];
+        emit(up, u.key, u.sha256.data(), std::uint16_t(0));
+        continue;
+      }
+      const bool seen = seen_[i];
+      ++i;
+      const Key k = r.key();
+      if (!seen && (racy(k, written_ns_) || r.age() >= kMaxAge)) continue;
+      emit(rp, k, r.sha256(), seen ? std::uint16_t(0) : static_cast<std::uint16_t>(r.age() + 1));
     }
-    const std::uint16_t age = e.seen ? 0 : static_cast<std::uint16_t>(e.age + 1);
-    put(s, static_cast<std::uint32_t>(path.size()));
-    s += path;
-    put(s, e.key.size);
-    put(s, e.key.mtime_ns);
-    put(s, e.key.ctime_ns);
-    put(s, e.key.ino);
-    put(s, e.key.dev);
-    s += hex_to_raw(e.sha256);
-    put(s, age);
-  }
+  };
+  each([&](std::string_view p, const Key&, const unsigned char*, std::uint16_t) {
+    ++n_out;
+    arena_bytes += p.size();
+  });
+  std::string s(kStatHeader + n_out * kStatRecord + arena_bytes, '\0');
+  auto* base = reinterpret_cast<unsigned char*>(s.data());
+  std::memcpy(base, kStatMagic, sizeof kStatMagic - 1);
+  store_at(base + 16, now_ns());
+  store_at(base + 24, static_cast<std::uint64_t>(n_out));
+  std::size_t rec = kStatHeader, off = kStatHeader + n_out * kStatRecord;
+  each([&](std::string_view p, const Key& k, const unsigned char* sha, std::uint16_t age) {
+    put_record(base + rec, off, static_cast<std::uint32_t>(p.size()), age, k, sha);
+    std::memcpy(base + off, p.data(), p.size());
+    rec += kStatRecord;
+    off += p.size();
+  });
   atomic_write(file, s, file.parent_path().parent_path() / "tmp", /*sync=*/false);
   dirty_ = false;
-}
-
-std::optional<std::string> StatIndex::lookup(const std::string& abs_path, const Key& key) const {
-  auto it = entries_.find(abs_path);
-  if (it == entries_.end() || !(it->second.key == key)) return std::nullopt;
-  // Racy: modified within the same second the index was written; a later edit could keep the
-  // same mtime. Hash it again (the next save makes it safe).
-  if (key.mtime_ns >= written_ns_ - kRacyWindow || key.ctime_ns >= written_ns_ - kRacyWindow) return std::nullopt;
-  const_cast<Entry&>(it->second).seen = true;
-  return it->second.sha256;
-}
-
-void StatIndex::update(const std::string& abs_path, const Key& key, const std::string& sha256_hex) {
-  Entry& e = entries_[abs_path];
-  e.key = key;
-  e.sha256 = sha256_hex;
-  e.seen = true;
-  dirty_ = true;
 }
 
 }  // namespace kiln::layers

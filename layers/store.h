@@ -22,10 +22,13 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <array>
 #include <functional>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <unordered_map>
+#include <vector>
 
 #include "layers/compress.h"
 
@@ -137,6 +140,10 @@ class Store {
 /// Maps a file's identity (size, mtime, ctime, inode, device) to its sha256, so unchanged files are
 /// not read again. Entries whose mtime is not safely older than the index's own write time are
 /// not trusted ("racy", as in git) and are hashed again.
+///
+/// The file (format KILNSTAT3, docs/store.md) is a sorted table of fixed-size records and a path
+/// arena; load() maps it and lookups binary-search it in place, so a rebuild builds no table and
+/// copies no path. Only updated entries are held in memory (one arena of paths).
 class StatIndex {
  public:
   struct Key {
@@ -144,21 +151,46 @@ class StatIndex {
     std::int64_t mtime_ns = 0, ctime_ns = 0;
     bool operator==(const Key&) const = default;
   };
+  using Digest = std::array<unsigned char, 32>;
+
+  StatIndex() = default;
+  ~StatIndex();
+  StatIndex(const StatIndex&) = delete;
+  StatIndex& operator=(const StatIndex&) = delete;
+
   void load(const std::filesystem::path& file);
   /// Writes atomically, only when an entry was added or updated since load(). Entries this walk did
   /// not look up are kept (several specs may share one index) until unseen for 8 rewrites.
   void save(const std::filesystem::path& file);
-  std::optional<std::string> lookup(const std::string& abs_path, const Key& key) const;
-  void update(const std::string& abs_path, const Key& key, const std::string& sha256_hex);
+  std::optional<std::string> lookup(std::string_view path, const Key& key) const;
+  /// The same without a string: true and `*out` filled on a trusted hit.
+  bool lookup(std::string_view path, const Key& key, Digest* out) const;
+  void update(std::string_view path, const Key& key, const std::string& sha256_hex);
+  void update(std::string_view path, const Key& key, const Digest& sha256);
+
+  /// Records in the loaded file (for tests and `kiln cache du`).
+  std::size_t loaded_size() const { return count_; }
 
  private:
-  struct Entry {
+  struct Update {
+    std::uint64_t off = 0;  // in arena_
+    std::uint32_t len = 0;
     Key key;
-    std::string sha256;  // hex
-    bool seen = false;
-    std::uint16_t age = 0;  // rewrites since a walk last saw it
+    Digest sha256{};
   };
-  std::unordered_map<std::string, Entry> entries_;
+  std::string_view update_path(const Update& u) const { return {arena_.data() + u.off, u.len}; }
+  const Update* find_update(std::string_view path) const;
+  void sort_updates() const;
+  void unmap();
+
+  const char* map_ = nullptr;  // the loaded file, mapped read-only
+  std::size_t map_len_ = 0;
+  const unsigned char* records_ = nullptr;
+  std::size_t count_ = 0;
+  mutable std::vector<std::uint8_t> seen_;  // per loaded record: looked up with a trusted hit
+  mutable std::vector<Update> updates_;
+  mutable bool updates_sorted_ = true;
+  std::string arena_;
   std::int64_t written_ns_ = 0;
   bool dirty_ = false;
 };

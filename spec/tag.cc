@@ -9,15 +9,17 @@
 namespace kiln::spec {
 
 namespace {
-void hash_files(layers::Sha256& h, std::vector<TagFile>& files) {
-  auto by_dest = [](const TagFile& a, const TagFile& b) { return a.dest < b.dest; };
-  if (!std::is_sorted(files.begin(), files.end(), by_dest)) std::sort(files.begin(), files.end(), by_dest);
-  // Lines are gathered into one buffer and hashed in large pieces: per-line digest updates cost
-  // more than the hashing itself for a tree of small files.
+bool by_dest(const TagFile& a, const TagFile& b) { return a.dest < b.dest; }
+
+/// Hashes the per-file lines of the files `next` yields (in dest order). Lines are gathered into
+/// one buffer and hashed in large pieces: per-line digest updates cost more than the hashing
+/// itself for a tree of small files.
+void hash_files(layers::Sha256& h, const FileSource& next) {
   std::string buf;
   buf.reserve(1 << 16);
   char mode[8];
-  for (const TagFile& f : files) {
+  TagFile f;
+  while (next(f)) {
     std::snprintf(mode, sizeof mode, "%04o", f.mode & 07777);
     buf += f.type;
     buf += ' ';
@@ -34,9 +36,17 @@ void hash_files(layers::Sha256& h, std::vector<TagFile>& files) {
   }
   h.update(buf);
 }
+
+FileSource from_sorted(const std::vector<TagFile>& files) {
+  return [&files, i = std::size_t(0)](TagFile& out) mutable {
+    if (i == files.size()) return false;
+    out = files[i++];
+    return true;
+  };
+}
 }  // namespace
 
-std::string spec_hash(const ImageSpec& spec, const std::string& base_id, std::vector<TagFile> files,
+std::string spec_hash_streamed(const ImageSpec& spec, const std::string& base_id, const FileSource& files,
                       std::int64_t env_epoch, const std::vector<std::pair<std::string, std::string>>& inputs) {
   layers::Sha256 h;
   h.update(kSpecHashPrefix);
@@ -48,11 +58,22 @@ std::string spec_hash(const ImageSpec& spec, const std::string& base_id, std::ve
   return h.hex();
 }
 
-std::string files_digest(std::vector<TagFile> files) {
+std::string spec_hash(const ImageSpec& spec, const std::string& base_id, std::vector<TagFile> files,
+                      std::int64_t env_epoch, const std::vector<std::pair<std::string, std::string>>& inputs) {
+  if (!std::is_sorted(files.begin(), files.end(), by_dest)) std::sort(files.begin(), files.end(), by_dest);
+  return spec_hash_streamed(spec, base_id, from_sorted(files), env_epoch, inputs);
+}
+
+std::string files_digest_streamed(const FileSource& files) {
   layers::Sha256 h;
   h.update("kiln-files-v1\n");
   hash_files(h, files);
   return h.hex();
+}
+
+std::string files_digest(std::vector<TagFile> files) {
+  if (!std::is_sorted(files.begin(), files.end(), by_dest)) std::sort(files.begin(), files.end(), by_dest);
+  return files_digest_streamed(from_sorted(files));
 }
 
 bool valid_tag(const std::string& tag) {

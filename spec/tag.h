@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -35,6 +36,15 @@ std::string spec_hash(const ImageSpec& spec, const std::string& base_id, std::ve
 /// sha256 hex of a file list alone ("kiln-files-v1\n" then the per-file lines above): the
 /// digest of a baked source tree, carried in the image's labels.
 std::string files_digest(std::vector<TagFile> files);
+
+/// The files of a tree one at a time, already sorted by dest (bytewise): fills its argument and
+/// returns true, or returns false when there are no more. The streaming forms below hash exactly
+/// what the list forms do, without a list as long as the tree.
+using FileSource = std::function<bool(TagFile&)>;
+std::string spec_hash_streamed(const ImageSpec& spec, const std::string& base_id, const FileSource& files,
+                               std::int64_t env_epoch = 0,
+                               const std::vector<std::pair<std::string, std::string>>& inputs = {});
+std::string files_digest_streamed(const FileSource& files);
 
 /// The tag: tag_format (default "{spec_hash}") with {spec_hash} replaced by the first 32 hex
 /// characters of `hash`. Throws SpecError when the result is not a valid OCI tag.

@@ -227,7 +227,7 @@ TEST_CASE("fileset: a directory swapped for a symlink after the walk is never re
   TarEntry t;
   t.path = "root/d/f.txt";
   t.size = f->size;
-  t.source = f->abs;
+  t.source = f->abs();
   t.dev = f->key.dev;
   t.ino = f->key.ino;
   std::string blob;

@@ -108,10 +108,10 @@ TEST_CASE("fileset: collect_files in 'all' mode applies builtin, .gitignore and 
   const std::string root = (tmp / "src").string();
   for (const FileEntry& e : set.source) {
     INFO(e.rel);
-    CHECK(e.abs == root + "/" + e.rel);
+    CHECK(e.abs() == root + "/" + e.rel);
     CHECK(e.sha256.empty());  // collect_files reads no content
     struct stat st{};
-    REQUIRE(::lstat(e.abs.c_str(), &st) == 0);
+    REQUIRE(::lstat(e.abs().c_str(), &st) == 0);
     CHECK(e.key.ino == st.st_ino);
     CHECK(e.key.dev == st.st_dev);
     CHECK(e.key.mtime_ns == std::int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec);
@@ -263,7 +263,7 @@ TEST_CASE("fileset: collect_files in 'loaded_modules' mode takes the listed file
                                     "util/sub root/util/sub d 0755 0",
                                     "util/sub/d.py root/util/sub/d.py f 0644 3",
                                 });
-  CHECK(find(set.source, "util/sub/d.py")->abs == (src / "util" / "sub" / "d.py").string());
+  CHECK(find(set.source, "util/sub/d.py")->abs() == (src / "util" / "sub" / "d.py").string());
   CHECK(set.warnings.empty());
 
   // A module reached through a symlinked directory that stays inside the root is fine.
@@ -361,7 +361,7 @@ TEST_CASE("fileset: copy entries land at root/<rel>") {
                                   "assets/sub/i.txt root/assets/sub/i.txt f 0755 4",
                                   "conf/app.toml root/conf/app.toml f 0644 6",
                               });
-  CHECK(find(set.copy, "conf/app.toml")->abs == (proj / "conf" / "app.toml").string());
+  CHECK(find(set.copy, "conf/app.toml")->abs() == (proj / "conf" / "app.toml").string());
   CHECK(set.total_bytes() == 3 + 3 + 4 + 6);
 
   // copy ["."]: the whole directory at root/ (flytekit: COPY . /root/./).
@@ -424,22 +424,22 @@ TEST_CASE("fileset: hash_files fills sha256 for files only") {
     for (const FileEntry& e : *list) {
       INFO(e.rel);
       if (e.type == FileEntry::Type::File) {
-        CHECK(e.sha256 == sha256_hex(kiln::testutil::read_file(e.abs)));
+        CHECK(e.sha256.hex() == sha256_hex(kiln::testutil::read_file(e.abs())));
       } else {
         CHECK(e.sha256.empty());
       }
     }
   }
-  CHECK(find(set.source, "pkg/__init__.py")->sha256 == sha256_hex(""));
-  CHECK(find(set.source, "main.py")->sha256 == sha256_hex("print('hi')\n"));
+  CHECK(find(set.source, "pkg/__init__.py")->sha256.hex() == sha256_hex(""));
+  CHECK(find(set.source, "main.py")->sha256.hex() == sha256_hex("print('hi')\n"));
   REQUIRE(set.copy.size() == 1);
-  CHECK(set.copy[0].sha256 == sha256_hex(kiln::testutil::random_bytes(3 << 20, 77)));
+  CHECK(set.copy[0].sha256.hex() == sha256_hex(kiln::testutil::random_bytes(3 << 20, 77)));
 
   // One thread gives the same result.
   FileSet one = collect_files(spec);
   hash_files(one, nullptr, 1);
-  CHECK(find(one.source, "main.py")->sha256 == find(set.source, "main.py")->sha256);
-  CHECK(one.copy[0].sha256 == set.copy[0].sha256);
+  CHECK(find(one.source, "main.py")->sha256.hex() == find(set.source, "main.py")->sha256.hex());
+  CHECK(one.copy[0].sha256.hex() == set.copy[0].sha256.hex());
 }
 
 TEST_CASE("fileset: hash_files on a file removed since the walk is an InputError naming it") {
@@ -485,8 +485,8 @@ TEST_CASE("fileset: hash_files uses the StatIndex and re-reads only what it must
     FileSet set = collect_files(spec);
     StatIndex seed, seed_a;
     for (const FileEntry& e : set.source) {
-      seed.update(e.abs, e.key, fake(e.rel));
-      if (e.rel == "a.py") seed_a.update(e.abs, e.key, fake(e.rel));
+      seed.update(e.rel, e.key, fake(e.rel));
+      if (e.rel == "a.py") seed_a.update(e.rel, e.key, fake(e.rel));
     }
     seed.save(idx_all);
     seed_a.save(idx_a);
@@ -498,9 +498,9 @@ TEST_CASE("fileset: hash_files uses the StatIndex and re-reads only what it must
     idx.load(idx_all);
     FileSet set = collect_files(spec);
     hash_files(set, &idx, 4);
-    CHECK(find(set.source, "a.py")->sha256 == fake("a.py"));
-    CHECK(find(set.source, "b.py")->sha256 == fake("b.py"));
-    CHECK(find(set.source, "r.py")->sha256 == sha256_hex("rrrr"));
+    CHECK(find(set.source, "a.py")->sha256.hex() == fake("a.py"));
+    CHECK(find(set.source, "b.py")->sha256.hex() == fake("b.py"));
+    CHECK(find(set.source, "r.py")->sha256.hex() == sha256_hex("rrrr"));
   }
 
   // Run 3: everything trusted, nothing read, and the index is not rewritten.
@@ -512,7 +512,7 @@ TEST_CASE("fileset: hash_files uses the StatIndex and re-reads only what it must
     idx.load(idx_a);
     FileSet set = collect_files(only_a);
     hash_files(set, &idx, 4);
-    CHECK(find(set.source, "a.py")->sha256 == fake("a.py"));
+    CHECK(find(set.source, "a.py")->sha256.hex() == fake("a.py"));
     idx.save(idx_a);
     struct stat st1{};
     REQUIRE(::stat(idx_a.c_str(), &st1) == 0);
@@ -533,9 +533,9 @@ TEST_CASE("fileset: hash_files uses the StatIndex and re-reads only what it must
     idx.load(idx_all);
     FileSet set = collect_files(spec);
     hash_files(set, &idx, 2);
-    CHECK(find(set.source, "a.py")->sha256 == fake("a.py"));
-    CHECK(find(set.source, "b.py")->sha256 == sha256_hex("bbbb, edited"));
-    CHECK(find(set.source, "r.py")->sha256 == sha256_hex("rrrr"));
+    CHECK(find(set.source, "a.py")->sha256.hex() == fake("a.py"));
+    CHECK(find(set.source, "b.py")->sha256.hex() == sha256_hex("bbbb, edited"));
+    CHECK(find(set.source, "r.py")->sha256.hex() == sha256_hex("rrrr"));
     struct stat st0{};
     REQUIRE(::stat(idx_all.c_str(), &st0) == 0);
     idx.save(idx_all);
@@ -549,7 +549,7 @@ TEST_CASE("fileset: hash_files uses the StatIndex and re-reads only what it must
     const FileEntry* b = find(set.source, "b.py");
     const FileEntry* a = find(set.source, "a.py");
     // b's ctime is fresh, so the entry is (correctly) racy right now; a's is not.
-    CHECK_FALSE(reloaded.lookup(b->abs, b->key));
-    CHECK(reloaded.lookup(a->abs, a->key) == fake("a.py"));
+    CHECK_FALSE(reloaded.lookup(b->rel, b->key));
+    CHECK(reloaded.lookup(a->rel, a->key) == fake("a.py"));
   }
 }

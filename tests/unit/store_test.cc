@@ -7,6 +7,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -466,6 +467,67 @@ TEST_CASE("store: StatIndex save/load round trip") {
   StatIndex bad;
   CHECK_NOTHROW(bad.load(file));
   CHECK_FALSE(bad.lookup("/src/a.py", old_key(10, 100)));
+}
+
+TEST_CASE("store: StatIndex format 3: sorted records, last update wins, merge on save, others ignored") {
+  TempDir tmp;
+  Store s(tmp / "cache");
+  const fs::path file = s.stat_index_path("v3");
+  auto key = [](int i) { return old_key(static_cast<std::uint64_t>(i), static_cast<std::uint64_t>(i) + 1); };
+  auto hash = [](int i) { return sha256_hex(std::to_string(i)); };
+  {
+    StatIndex idx;
+    for (int i = 999; i >= 0; --i) idx.update("p/" + std::to_string(i), key(i), hash(i));  // out of order
+    idx.update("p/7", old_key(77, 78), sha256_hex("seven"));  // a second update of one path: it wins
+    idx.save(file);
+  }
+  const std::string bytes = kiln::testutil::read_file(file);
+  REQUIRE(bytes.size() > 32);
+  CHECK(bytes.compare(0, 10, "KILNSTAT3\n") == 0);
+  {
+    StatIndex idx;
+    idx.load(file);
+    CHECK(idx.loaded_size() == 1000);
+    bool all = true;
+    for (int i = 0; i < 1000; ++i)
+      if (i != 7) all = all && idx.lookup("p/" + std::to_string(i), key(i)) == hash(i);
+    CHECK(all);
+    CHECK(idx.lookup("p/7", old_key(77, 78)) == sha256_hex("seven"));
+    CHECK_FALSE(idx.lookup("p/7", key(7)));
+    CHECK_FALSE(idx.lookup("p/1000", key(1000)));
+    CHECK_FALSE(idx.lookup("p", key(0)));
+  }
+  {  // unseen entries are kept, an update replaces its path's record, a new path is added
+    StatIndex idx;
+    idx.load(file);
+    idx.update("p/5", old_key(55, 56), sha256_hex("five"));
+    idx.update("q/new", old_key(1, 2), sha256_hex("new"));
+    idx.update("a/first", old_key(3, 4), sha256_hex("first"));
+    idx.save(file);
+  }
+  {
+    StatIndex idx;
+    idx.load(file);
+    CHECK(idx.loaded_size() == 1002);
+    CHECK(idx.lookup("p/5", old_key(55, 56)) == sha256_hex("five"));
+    CHECK_FALSE(idx.lookup("p/5", key(5)));
+    CHECK(idx.lookup("p/999", key(999)) == hash(999));
+    CHECK(idx.lookup("q/new", old_key(1, 2)) == sha256_hex("new"));
+    CHECK(idx.lookup("a/first", old_key(3, 4)) == sha256_hex("first"));
+  }
+  // Another format, a truncated file, records out of order: loaded as empty, never trusted.
+  auto loads_empty = [&](const std::string& content) {
+    kiln::testutil::write_file(file, content);
+    StatIndex idx;
+    idx.load(file);
+    return idx.loaded_size() == 0 && !idx.lookup("p/1", key(1));
+  };
+  CHECK(loads_empty("KILNSTAT2\n" + bytes.substr(10)));
+  CHECK(loads_empty(bytes.substr(0, bytes.size() / 2)));
+  CHECK(loads_empty(bytes.substr(0, 40)));
+  std::string swapped = bytes;  // the first two records exchanged: no longer sorted
+  std::swap_ranges(swapped.begin() + 32, swapped.begin() + 32 + 88, swapped.begin() + 32 + 88);
+  CHECK(loads_empty(swapped));
 }
 
 TEST_CASE("store: StatIndex does not trust racy entries") {
