@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -56,6 +57,8 @@ struct CollectOptions {
   /// Also apply `<source_root>/.flyteignore` in mode all (Docker pattern semantics), as flytekit's
   /// fast-register bundle does. The image's file set does not: flytekit's image builder ignores it.
   bool flyteignore = false;
+  /// Called with each file's size as mode all's walk finds it (for a progress view), or empty.
+  std::function<void(std::uint64_t bytes)> walked;
 };
 
 /// Walks what `spec` copies. Reads no file content. Throws InputError.
@@ -76,9 +79,15 @@ FileSet collect_files(const spec::ImageSpec& spec, const std::vector<std::string
 /// never read through a path swapped since. The caller owns the returned descriptor.
 int open_walked_file(const FileEntry& e);
 
+/// What hash_files reports: `start` once with the files and bytes it has to read (those the index
+/// does not know), then `read` from its threads per chunk (`files` 1 when the chunk ends a file).
+struct HashProgress {
+  std::function<void(std::uint64_t files, std::uint64_t bytes)> start, read;
+};
+
 /// Fills FileEntry::sha256 for every file, from `index` where the stat identity matches, reading
 /// the rest with up to `jobs` threads (and recording them in `index`). Throws InputError.
-void hash_files(FileSet& set, StatIndex* index, int jobs);
+void hash_files(FileSet& set, StatIndex* index, int jobs, const HashProgress& progress = {});
 
 /// Is `name` valid UTF-8?
 bool valid_utf8(std::string_view name);
