@@ -209,7 +209,7 @@ session::Options options_of(Context& ctx, const BuildArgs& a, std::vector<builde
 void print_layer_summaries(ProgressView& view, const std::vector<session::Outcome>& outs) {
   const std::size_t width = view.mode() == ProgressView::Mode::Tty ? terminal_width(2) - 1 : 0;
   for (const auto& r : outs)
-    if (r.status == "success" && !r.layers.empty()) view.print(layer_summary("layers of " + r.image, r.layers, width));
+    if (r.status == "success" && !r.layers.empty()) view.print(layer_summary(r.image, r.layers, width));
   view.finish();
 }
 

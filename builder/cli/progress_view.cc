@@ -178,20 +178,26 @@ std::string progress_row(std::string_view label, std::size_t label_width, std::u
     std::snprintf(buf, sizeof buf, "%3d%%", static_cast<int>(shown * 100 / total));
     pct = buf;
   }
+  // Fixed columns on the right (the tail padded too), so the rows of a frame line up.
   std::string right = " " + pad_left(human_pair(shown, total), 15) + " " + pct + " " +
-                      pad_left(rate > 0 ? human_rate(rate) : "", 11) + (tail.empty() ? "" : " " + std::string(tail));
+                      pad_left(rate > 0 ? human_rate(rate) : "", 11) +
+                      (tail.empty() ? "" : " " + pad_right(std::string(tail), 13));
   std::size_t rw = display_width(right);
   std::size_t avail = width > rw ? width - rw : 0;
   std::size_t lw = std::min(label_width, avail), bar = 0;
-  if (avail - lw < 11 && avail >= 16 + 11) lw = avail - 11;  // a bar of ten before a long label's tail
-  if (avail > lw + 1 + 7) {
-    bar = std::min<std::size_t>(avail - lw - 1, 40);
+  if (avail >= lw + 9) {
+    bar = std::min<std::size_t>(avail - lw - 1, 40);  // room for a bar beside the label
+  } else if (avail >= 30 + 11) {
+    lw = avail - 11;  // a long label keeps 30 columns, and a bar gets 10
+    bar = 10;
   } else {
-    lw = avail;  // no room for a bar: the label takes it
+    lw = avail;  // no room for a bar: the label takes it (the percentage is there)
   }
   std::string row = pad_right(elide(label, lw), lw);
   if (bar) row += " " + progress_bar(total ? static_cast<double>(shown) / static_cast<double>(total) : 0.0, bar);
-  return fit(row + right, width);
+  row += right;
+  while (!row.empty() && row.back() == ' ') row.pop_back();
+  return fit(row, width);
 }
 
 std::size_t terminal_width(int fd) {
@@ -206,7 +212,7 @@ std::size_t terminal_height(int fd) {
   return env_size("LINES", 24);
 }
 
-std::vector<std::string> layer_summary(const std::string& title, const std::vector<builder::LayerReport>& layers,
+std::vector<std::string> layer_summary(const std::string& image, const std::vector<builder::LayerReport>& layers,
                                        std::size_t width) {
   std::size_t built = 0, cached = 0, base = 0;
   std::uint64_t size = 0, tar = 0;
@@ -230,9 +236,10 @@ std::vector<std::string> layer_summary(const std::string& title, const std::vect
     while (!line.empty() && line.back() == ' ') line.pop_back();
     return width ? fit(line, width) : line;
   };
-  std::string head = title + ": " + std::to_string(layers.size()) + " layer(s): " + std::to_string(built) +
-                     " built, " + std::to_string(cached) + " cached, " + std::to_string(base) + " from the base";
-  std::vector<std::string> out{width ? elide(head, width) : head};
+  // The counts first: a narrow terminal cuts the end of the image reference.
+  std::string head = std::to_string(layers.size()) + " layer(s): " + std::to_string(built) + " built, " +
+                     std::to_string(cached) + " cached, " + std::to_string(base) + " from the base, in " + image;
+  std::vector<std::string> out{width ? fit(head, width) : head};
   out.push_back(row("LAYER", "STATUS", "COMPRESSED", "UNCOMPRESSED", "TIME", "RATE"));
   for (const auto& l : layers) {
     const char* status = l.from_base ? "base" : l.cache_hit ? "cached" : "built";
@@ -284,10 +291,23 @@ void ProgressView::write_locked(const std::string& text) {
   std::fflush(out_);
 }
 
+std::string ProgressView::repaint_locked(const std::vector<std::string>& lines, std::size_t live) {
+  // Line by line over the old rows (erase in line, never erase in display: a terminal such as tmux
+  // scrolls a whole cleared screen into its history), then blank the old rows left over.
+  std::string t;
+  if (shown_) t = "\r\033[" + std::to_string(shown_) + "A";
+  for (std::size_t i = 0; i < lines.size(); ++i) t += (i < shown_ ? "\033[2K" : "") + lines[i] + "\n";
+  if (shown_ > lines.size()) {
+    const std::size_t extra = shown_ - lines.size();
+    for (std::size_t i = 0; i < extra; ++i) t += "\033[2K\n";
+    t += "\033[" + std::to_string(extra) + "A";
+  }
+  shown_ = live;
+  return t;
+}
+
 void ProgressView::erase_locked() {
-  if (!shown_) return;
-  write_locked("\r\033[" + std::to_string(shown_) + "A\033[J");
-  shown_ = 0;
+  if (shown_) write_locked(repaint_locked({}, 0));
 }
 
 void ProgressView::line_locked(const std::string& line) {
@@ -313,9 +333,7 @@ void ProgressView::settle_locked() {
   if (live_locked()) return;
   // Nothing live: no row stays on screen and no line waits, so whatever is written next (the
   // result on stdout) lands below everything.
-  erase_locked();
-  std::string text;
-  for (const auto& l : pending_) text += l + "\n";
+  std::string text = repaint_locked(pending_, 0);
   pending_.clear();
   write_locked(text);
 }
@@ -345,19 +363,16 @@ void ProgressView::render_loop() {
 }
 
 void ProgressView::draw_locked() {
-  std::string text;
-  if (shown_) text = "\r\033[" + std::to_string(shown_) + "A\033[J";
   const int fd = ::fileno(out_);
   const std::size_t width = terminal_width(fd), height = terminal_height(fd);
   // One column spare: a row that fills the last column leaves some terminals' cursor there.
   const std::size_t cols = width > 1 ? width - 1 : 1;
-  for (const auto& l : pending_) text += l + "\n";
-  pending_.clear();
   std::vector<std::string> rs = rows_locked(cols, height, Clock::now());
-  for (const auto& r : rs) text += r + "\n";
-  shown_ = rs.size();
+  const std::size_t live = rs.size();
+  rs.insert(rs.begin(), pending_.begin(), pending_.end());
+  pending_.clear();
   last_draw_ = Clock::now();
-  write_locked(text);
+  write_locked(repaint_locked(rs, live));
 }
 
 std::vector<std::string> ProgressView::rows(std::size_t width, Clock::time_point now) const {

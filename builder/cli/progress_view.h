@@ -43,10 +43,10 @@ std::string progress_row(std::string_view label, std::size_t label_width, std::u
 std::size_t terminal_width(int fd);
 std::size_t terminal_height(int fd);
 
-/// The per-layer summary of a build: a title line, then per layer its label, whether it was built,
-/// cached or from the base, its size compressed and uncompressed, time and rate. Lines fit in
-/// `width` columns (0: no limit).
-std::vector<std::string> layer_summary(const std::string& title, const std::vector<builder::LayerReport>& layers,
+/// The per-layer summary of a build of `image`: a title line, then per layer its label, whether it
+/// was built, cached or from the base, its size compressed and uncompressed, time and rate, and a
+/// total. Lines fit in `width` columns (0: no limit).
+std::vector<std::string> layer_summary(const std::string& image, const std::vector<builder::LayerReport>& layers,
                                        std::size_t width);
 
 class ProgressView : public builder::Progress {
@@ -103,6 +103,7 @@ class ProgressView : public builder::Progress {
   void line_locked(const std::string& line);   // a permanent line, in order with the others
   void queue_locked(const std::string& line);  // the same, as it is
   void write_locked(const std::string& text);
+  std::string repaint_locked(const std::vector<std::string>& lines, std::size_t live);
   void erase_locked();
   void settle_locked();  // nothing live: erase the rows and print what waits
   void draw_locked();

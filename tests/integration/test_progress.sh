@@ -8,7 +8,7 @@ source "$(dirname "$0")/lib.sh"
 need_tools tmux
 
 SOCK="$T/tmux.sock"
-trap 'rc=$?; tmux -S "$SOCK" kill-server >/dev/null 2>&1; (exit $rc); _on_exit' EXIT
+trap 'rc=$?; trap - ERR; set +e; tmux -S "$SOCK" kill-server >/dev/null 2>&1; (exit $rc); _on_exit' EXIT
 
 # ~64 MiB of text that compresses like code, in ~1,000 files, and three 8 MiB files that get a
 # layer each: about a second of hashing and gzip on two cores, so the rows are drawn several times.
@@ -120,7 +120,7 @@ assert_eq 1 "$(rows "$T/cold80/raw" | grep -E '^layers [0-9]+/[0-9]+' | grep -oE
 SCREEN=$(cat "$T/cold80/screen")
 assert_match "$SCREEN" 'walked 1,003 files \(' "the walk is reported with its file count"
 assert_match "$SCREEN" 'hashed 1,003 files \([0-9.]+ MiB\) in [0-9.]+s, [0-9.]+ MiB/s' "hashing is reported with size and rate"
-assert_match "$SCREEN" 'layers of progress:[0-9a-f]+: [0-9]+ layer\(s\): [0-9]+ built, 0 cached' "the summary's title"
+assert_match "$SCREEN" '[0-9]+ layer\(s\): [0-9]+ built, 0 cached, 0 from the base, in progress:[0-9a-f]+' "the summary's title"
 assert_match "$SCREEN" 'LAYER +STATUS +COMPRESSED +UNCOMPRESSED +TIME +RATE' "the summary's header"
 assert_match "$SCREEN" 'a0\.jsonl +built +[0-9.]+ MiB +[0-9.]+ MiB +[0-9.]+s +[0-9.]+ MiB/s' \
   "a summary row: label (elided to fit), built, sizes, time, rate"
@@ -148,7 +148,7 @@ assert_match "$(cat "$T/wide120/screen")" 'source_root large file data0.jsonl +b
 # --- the same build again: every layer cached, and said so ----------------------------------------
 in_tmux cached80 80 -- build "$T/p/spec.json" -j 2
 assert_eq 0 "$(cat "$T/cached80/rc")" "rebuild succeeds"
-assert_match "$(cat "$T/cached80/screen")" 'layers of progress:[0-9a-f]+: [0-9]+ layer\(s\): 0 built, [0-9]+ cached' \
+assert_match "$(cat "$T/cached80/screen")" '[0-9]+ layer\(s\): 0 built, [0-9]+ cached, 0 from the base, in progress:' \
   "the rebuild's summary: all cached"
 
 # --- no escape codes: NO_COLOR, TERM=dumb, --progress plain -----------------------------------------
@@ -169,7 +169,7 @@ assert_match "$ERR" 'hashing 1,003 files \([0-9.]+ MiB\) \.\.\.' "plain: hashing
 assert_match "$ERR" 'layer source_root large file data0.jsonl \(8.0 MiB\) \.\.\.' "plain: a layer starts, in MiB"
 assert_match "$ERR" 'layer source_root large file data0.jsonl: sha256:[0-9a-f]{12} \(8.0 MiB in [0-9.]+s, [0-9.]+ [KMG]iB/s\)' \
   "plain: a layer ends with its time and rate"
-assert_match "$ERR" 'layers of progress:[0-9a-f]+: [0-9]+ layer\(s\): [0-9]+ built' "plain: the summary"
+assert_match "$ERR" '[0-9]+ layer\(s\): [0-9]+ built, 0 cached, 0 from the base, in progress:[0-9a-f]{32}' "plain: the summary"
 assert_match "$ERR" 'source_root large file data0.jsonl +built +[0-9.]+ MiB +[0-9.]+ MiB +[0-9.]+s +[0-9.]+ MiB/s' \
   "plain: a summary row, its label whole"
 assert_match "$ERR" $'\n  total +[0-9.]+ MiB +[0-9.]+ MiB' "plain: the summary's total"
