@@ -181,7 +181,7 @@ std::string progress_row(std::string_view label, std::size_t label_width, std::u
   // Fixed columns on the right (the tail padded too), so the rows of a frame line up.
   std::string right = " " + pad_left(human_pair(shown, total), 15) + " " + pct + " " +
                       pad_left(rate > 0 ? human_rate(rate) : "", 11) +
-                      (tail.empty() ? "" : " " + pad_right(std::string(tail), 13));
+                      (tail.empty() ? "" : " " + pad_right(std::string(tail), 14));
   std::size_t rw = display_width(right);
   std::size_t avail = width > rw ? width - rw : 0;
   std::size_t lw = std::min(label_width, avail), bar = 0;
@@ -397,7 +397,8 @@ std::vector<std::string> ProgressView::rows_locked(std::size_t width, std::size_
   }
   std::string overall_label = "layers " + std::to_string(overall_.finished) + "/" + std::to_string(overall_.count);
   std::size_t label_w = display_width(overall_label);
-  if (phase_.active && phase_.kind == builder::Phase::Hash) label_w = std::max(label_w, display_width(phase_label));
+  if (phase_.active && phase_.kind == builder::Phase::Hash)  // as wide as it will get: no jump
+    label_w = std::max(label_w, 2 * display_width(group_digits(phase_.files_total)) + 15);
   for (const Task* t : active) label_w = std::max(label_w, display_width(t->label));
   label_w = std::min(label_w, std::max<std::size_t>(12, width * 2 / 5));
 
