@@ -144,6 +144,15 @@ std::size_t suffix_start(std::string_view s, std::size_t cols) {
   return i;
 }
 
+/// A label in `width` columns: a quarter of the room for its start, the rest for its end, where
+/// labels differ ("...part 3/15 (604 files)", "...models/weights.safetensors").
+std::string elide_label(std::string_view s, std::size_t width) {
+  if (display_width(s) <= width) return std::string(s);
+  if (width <= 3) return std::string(width, '.');
+  std::size_t keep = width - 3, head = keep / 4, tail = keep - head;
+  return std::string(s.substr(0, prefix_bytes(s, head))) + "..." + std::string(s.substr(suffix_start(s, tail)));
+}
+
 }  // namespace
 
 std::string fit(std::string_view s, std::size_t width) { return std::string(s.substr(0, prefix_bytes(s, width))); }
@@ -193,7 +202,7 @@ std::string progress_row(std::string_view label, std::size_t label_width, std::u
   } else {
     lw = avail;  // no room for a bar: the label takes it (the percentage is there)
   }
-  std::string row = pad_right(elide(label, lw), lw);
+  std::string row = pad_right(elide_label(label, lw), lw);
   if (bar) row += " " + progress_bar(total ? static_cast<double>(shown) / static_cast<double>(total) : 0.0, bar);
   row += right;
   while (!row.empty() && row.back() == ' ') row.pop_back();
@@ -232,7 +241,7 @@ std::vector<std::string> layer_summary(const std::string& image, const std::vect
       std::size_t rw = display_width(rest) + 2;
       lw = std::min(lw, width > rw + 8 ? width - rw : 8);
     }
-    std::string line = "  " + pad_right(elide(label, lw), lw) + rest;
+    std::string line = "  " + pad_right(elide_label(label, lw), lw) + rest;
     while (!line.empty() && line.back() == ' ') line.pop_back();
     return width ? fit(line, width) : line;
   };

@@ -89,7 +89,12 @@ TEST_CASE("progress: a row never outgrows its width", "[progress]") {
       CHECK(r.find("300.0/785.0 MiB") != std::string::npos);
       CHECK(r.find("210.0 MiB/s") != std::string::npos);
       CHECK(r.find("ETA 2.2s") != std::string::npos);
-      CHECK(r.find("layer sou") == 0);
+      if (width == 79) {  // the label elided, its end kept: where labels differ
+        CHECK(r.find("layer s...") == 0);
+        CHECK(r.find("...ot 3/12 (1,234 files)") != std::string::npos);
+      } else {
+        CHECK(r.find("layer source_root 3/12 (1,234 files) ") == 0);
+      }
       CHECK((r.find('[') != std::string::npos) == (width >= 119));  // a bar where there is room
     }
   }
