@@ -388,6 +388,11 @@ Prepared prepare(const spec::ImageSpec& s, const BuildOptions& opts) {
       break;
     }
   }
+  NullProgress silent;
+  Progress& progress = opts.progress ? *opts.progress : silent;
+  layers::CollectOptions co;
+  co.extra_modules = opts.extra_modules;
+  co.walked = [&](std::uint64_t bytes) { progress.phase_advance(Phase::Walk, 1, bytes); };
   auto t0 = Clock::now();
   layers::StatIndex index;
   // Keyed on what the walk read: source_root when set, else the directory copy entries resolve in.
@@ -395,13 +400,16 @@ Prepared prepare(const spec::ImageSpec& s, const BuildOptions& opts) {
   // size is the walk's size hint (no doubling of the entry list on a rebuild).
   fs::path idx = opts.store->stat_index_path(index_key(s.source_root ? *s.source_root : s.base_dir));
   index.load(idx);
-  layers::CollectOptions copts;
-  copts.extra_modules = opts.extra_modules;
-  copts.expected_entries = index.loaded_size() + index.loaded_size() / 16;
-  p.files = layers::collect_files(s, copts);
+  co.expected_entries = index.loaded_size() + index.loaded_size() / 16;
+  progress.phase_begin(Phase::Walk, 0, 0);
+  p.files = layers::collect_files(s, co);
+  progress.phase_end(Phase::Walk);
   p.timings["walk"] = since(t0);
   t0 = Clock::now();
-  layers::hash_files(p.files, &index, opts.jobs);
+  layers::HashProgress hp{[&](std::uint64_t f, std::uint64_t b) { progress.phase_begin(Phase::Hash, f, b); },
+                          [&](std::uint64_t f, std::uint64_t b) { progress.phase_advance(Phase::Hash, f, b); }};
+  layers::hash_files(p.files, &index, opts.jobs, hp);
+  progress.phase_end(Phase::Hash);
   index.save(idx);
   p.timings["hash"] = since(t0);
 
@@ -548,10 +556,13 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
   std::vector<LayerPlan> plans;
   plan_layers(prep.files.source, "source_root", s, &plans);
   plan_layers(prep.files.copy, "copy", s, &plans);
+  std::uint64_t planned_bytes = 0;
   for (auto& p : plans) {
     p.level = s.compression_level.value_or(-1);
     p.key = layer_key(p, epoch, uid, gid);
+    planned_bytes += p.bytes;
   }
+  progress.layers_planned(plans.size(), planned_bytes);
 
   auto t_layers = Clock::now();
   std::vector<LayerReport> reports(plans.size());
@@ -585,6 +596,7 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
           records[i] = *rec;
           lr.cache_hit = true;
           progress.log("layer " + p.label + ": cached " + rec->digest.substr(0, 19));
+          progress.layer_cached("layer " + p.label, p.bytes);
         } else {
           spec::Compression c = p.sample ? sample_compression(*p.files.front(), s.compression) : p.compression;
           std::string id = "layer" + std::to_string(i);
@@ -601,7 +613,7 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
           blob->commit(w.digest);
           records[i] = {w.digest, w.diff_id, w.media_type, w.size, w.tar_size};
           opts.store->put_layer(p.key, records[i]);
-          progress.end(id, "layer " + p.label + ": " + w.digest.substr(0, 19) + ", " + std::to_string(w.size) + " bytes");
+          progress.end(id, "layer " + p.label + ": " + w.digest.substr(0, 19));
         }
       } catch (...) {
         std::rethrow_exception(StepError::wrap(std::current_exception(), "layer " + p.label));

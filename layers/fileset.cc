@@ -217,6 +217,7 @@ struct Walker {
   std::string rel_prefix;
 
   std::string abs_of(const std::string& child) const { return root + "/" + child; }
+  std::function<void(std::uint64_t)> walked;  // each file found, for a progress view
 
   /// `use_git` is false below a nested repository or submodule: `git ls-files` does not look
   /// inside one, so flytekit's GitIgnore ignores nothing there.
@@ -269,6 +270,7 @@ struct Walker {
       if (e.type == FileEntry::Type::Symlink && !link_stays_inside(child, e.link_target))
         warnings->push_back("symlink '" + child + "' points outside source_root ('" + e.link_target +
                             "'); stored as a symlink, not followed");
+      if (walked) walked(e.size);
       out->push_back(std::move(e));
     }
   }
@@ -451,7 +453,7 @@ FileSet collect_files(const spec::ImageSpec& spec, const CollectOptions& opts) {
         git->add_rules(git_rules);
       }
       Walker w{root,       prefix,      &rules,         &git_rules, git ? git->prefix() : "", git.get(), true,
-               &set.source, &set.warnings, root_ptr, ""};
+               &set.source, &set.warnings, root_ptr, "", opts.walked};
       w.walk(root_fd.get(), "");
       // source_root inside a directory git ignores: flytekit's `git ls-files -io` selection keeps
       // only tracked files there (often none). Say so rather than bake an empty tree silently.
@@ -572,7 +574,7 @@ std::string_view index_path(const FileEntry& e, bool source, std::string* buf) {
 }
 }  // namespace
 
-void hash_files(FileSet& set, StatIndex* index, int jobs) {
+void hash_files(FileSet& set, StatIndex* index, int jobs, const HashProgress& progress) {
   std::vector<FileEntry*> todo;
   std::string buf;
   for (auto* list : {&set.source, &set.copy}) {
@@ -585,6 +587,11 @@ void hash_files(FileSet& set, StatIndex* index, int jobs) {
       }
       todo.push_back(&e);
     }
+  }
+  if (progress.start) {
+    std::uint64_t bytes = 0;
+    for (const FileEntry* e : todo) bytes += e->size;
+    progress.start(todo.size(), bytes);
   }
   if (todo.empty()) return;
   // Largest first, so one big file does not end up last on one thread.
@@ -604,8 +611,10 @@ void hash_files(FileSet& set, StatIndex* index, int jobs) {
       if (n < 0) throw InputError("cannot read '" + printable(e->abs()) + "': " + std::strerror(errno));
       if (n == 0) break;
       h.update(buf.data(), static_cast<std::size_t>(n));
+      if (progress.read) progress.read(0, static_cast<std::uint64_t>(n));
     }
     e->sha256 = from_hex(h.hex());
+    if (progress.read) progress.read(1, 0);
   });
   if (!index) return;
   // In address order, that is list order: the source list's updates arrive sorted by path.

@@ -12,6 +12,7 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -76,6 +77,8 @@ struct CollectOptions {
   /// A size hint: room for this many entries is reserved up front (a rebuild passes the size of
   /// the stat index, so the entry list does not grow by doubling). 0: none.
   std::size_t expected_entries = 0;
+  /// Called with each file's size as mode all's walk finds it (for a progress view), or empty.
+  std::function<void(std::uint64_t bytes)> walked;
 };
 
 /// Walks what `spec` copies. Reads no file content. Throws InputError.
@@ -96,9 +99,15 @@ FileSet collect_files(const spec::ImageSpec& spec, const std::vector<std::string
 /// never read through a path swapped since. The caller owns the returned descriptor.
 int open_walked_file(const FileEntry& e);
 
+/// What hash_files reports: `start` once with the files and bytes it has to read (those the index
+/// does not know), then `read` from its threads per chunk (`files` 1 when the chunk ends a file).
+struct HashProgress {
+  std::function<void(std::uint64_t files, std::uint64_t bytes)> start, read;
+};
+
 /// Fills FileEntry::sha256 for every file, from `index` where the stat identity matches, reading
 /// the rest with up to `jobs` threads (and recording them in `index`). Throws InputError.
-void hash_files(FileSet& set, StatIndex* index, int jobs);
+void hash_files(FileSet& set, StatIndex* index, int jobs, const HashProgress& progress = {});
 
 /// Is `name` valid UTF-8?
 bool valid_utf8(std::string_view name);

@@ -22,6 +22,7 @@ test_pkgs=(
   openssl # tests/integration/registry: self-signed TLS certificates and token signing
   debootstrap  # tests/integration/test_run_apt.sh: a real Debian base for apt_packages
   git          # fidelity tests: real git beside kiln's libgit2 use
+  tmux         # tests/integration/test_progress.sh: the progress rows on a real terminal
   python3-docker python3-click python3-requests python3-packaging  # flytekit's own code in fidelity tests
   clang libclang-rt-14-dev  # tests/fuzz: libFuzzer targets (built when clang is present)
 )

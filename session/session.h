@@ -79,6 +79,11 @@ class BuildProgress : public builder::Progress {
   void begin(const std::string& id, const std::string& label, std::uint64_t total) override;
   void advance(const std::string& id, std::uint64_t delta) override;
   void end(const std::string& id, const std::string& summary) override;
+  void phase_begin(builder::Phase ph, std::uint64_t files, std::uint64_t bytes) override { inner_->phase_begin(ph, files, bytes); }
+  void phase_advance(builder::Phase ph, std::uint64_t files, std::uint64_t bytes) override { inner_->phase_advance(ph, files, bytes); }
+  void phase_end(builder::Phase ph) override { inner_->phase_end(ph); }
+  void layers_planned(std::size_t count, std::uint64_t bytes) override { inner_->layers_planned(count, bytes); }
+  void layer_cached(const std::string& label, std::uint64_t bytes) override { inner_->layer_cached(prefix_ + label, bytes); }
   bool stop_requested() const override { return cancel_ && cancel_->load(); }
   /// A line for the log only (not passed on).
   void note(const std::string& line);

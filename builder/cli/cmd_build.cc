@@ -204,6 +204,15 @@ session::Options options_of(Context& ctx, const BuildArgs& a, std::vector<builde
   return o;
 }
 
+/// Each built image's layers with their sizes and times (stderr, not when quiet); then the live
+/// rows are gone, before anything reaches stdout.
+void print_layer_summaries(ProgressView& view, const std::vector<session::Outcome>& outs) {
+  const std::size_t width = view.mode() == ProgressView::Mode::Tty ? terminal_width(2) - 1 : 0;
+  for (const auto& r : outs)
+    if (r.status == "success" && !r.layers.empty()) view.print(layer_summary(r.image, r.layers, width));
+  view.finish();
+}
+
 int run_builds(Context& ctx, const BuildArgs& a) {
   if (a.specs.empty()) throw std::invalid_argument("kiln build needs a spec file (or - for stdin), or --plan");
   if (std::count(a.specs.begin(), a.specs.end(), "-") > 1) throw std::invalid_argument("'-' (stdin) can be given once");
@@ -218,6 +227,7 @@ int run_builds(Context& ctx, const BuildArgs& a) {
   session::Options o = options_of(ctx, a, std::move(targets), std::max(1, total / parallel));
   session::Batch batch = sess.build_all(a.specs, o, parallel, a.fail_fast);
   const auto& outs = batch.outcomes;
+  print_layer_summaries(ctx.view, outs);
 
   if (n == 1) {
     const session::Outcome& r = outs[0];
@@ -262,6 +272,7 @@ int run_plan(Context& ctx, const BuildArgs& a, bool build_too) {
   opts.registries = &registries;
   opts.progress = &ctx.view;
   auto prepared = plan::prepare_images(in, opts);
+  ctx.view.finish();
   for (auto& [id, p] : prepared)
     for (const auto& w : p.files.warnings) ctx.view.warn(id + ": " + w);
   json result = plan::decide(in, prepared);
@@ -297,6 +308,7 @@ int run_tag(Context& ctx, const BuildArgs& a) {
   opts.progress = &ctx.view;
   opts.extra_modules = modules_of(a);
   builder::Prepared prep = builder::prepare(s, opts);
+  ctx.view.finish();
   for (const auto& w : prep.files.warnings) ctx.view.warn(w);
   if (ctx.common.json_out) {
     std::cout << json{{"image", prep.image_ref()}, {"repository", prep.repository}, {"tag", prep.tag},

@@ -124,6 +124,7 @@ int run(int argc, char** argv) {
     for (auto& cmd : commands)
       if (cmd.app->parsed()) return cmd.run(ctx);
   } catch (const std::exception& e) {
+    view.finish();  // no live row left above the error
     return report_failure(classify(e), common);
   }
   return kUsage;

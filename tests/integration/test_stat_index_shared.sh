@@ -27,8 +27,8 @@ opened_files() { grep -E "\"$T/(proj_a|proj_b|extra.py)" "$1" | grep -v O_DIRECT
 for s in a b c; do "$KILN" tag "$T/$s.json" >/dev/null 2>&1 || die "kiln tag $s failed"; done
 for round in 1 2; do
   for s in a b c; do
-    strace -f -qq -e trace=openat,open -o "$T/strace-$s-$round.log" "$KILN" tag "$T/$s.json" >"$T/tag-$s-$round" 2>&1 ||
-      die "traced kiln tag $s failed: $(cat "$T/tag-$s-$round")"
+    strace -f -qq -e trace=openat,open -o "$T/strace-$s-$round.log" "$KILN" tag "$T/$s.json" >"$T/tag-$s-$round" 2>"$T/tagerr-$s-$round" ||
+      die "traced kiln tag $s failed: $(cat "$T/tagerr-$s-$round")"
     assert_eq "" "$(opened_files "$T/strace-$s-$round.log")" "round $round, spec $s: no source file re-read"
     assert_ne 0 "$(grep -cF "\"$T/proj_" "$T/strace-$s-$round.log" || true)" "round $round, spec $s: strace saw the walk"
   done
