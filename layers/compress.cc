@@ -47,8 +47,7 @@ class GzipEncoder : public Encoder {
     // mtime 0, no name, XFL 0, OS 255 ("unknown"): nothing of the machine or the time.
     static const unsigned char kHeader[10] = {0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff};
     out_(kHeader, sizeof kHeader);
-    cur_ = std::make_shared<Piece>();
-    cur_->in.reserve(kGzipPiece);
+    cur_ = fresh_piece();
   }
   ~GzipEncoder() override {
     {
@@ -81,7 +80,8 @@ class GzipEncoder : public Encoder {
 
  private:
   struct Piece {
-    std::string in, out;
+    std::string in, out;  // out: a buffer of the compress bound, out_len of it used
+    std::size_t out_len = 0;
     std::uint32_t crc = 0;
     bool final = false, done = false;
     std::exception_ptr err;
@@ -96,31 +96,49 @@ class GzipEncoder : public Encoder {
 
   static void compress(Piece& p, libdeflate_compressor* c) {
     p.crc = static_cast<std::uint32_t>(libdeflate_crc32(0, p.in.data(), p.in.size()));
-    p.out.resize(libdeflate_deflate_compress_bound(c, p.in.size()));
-    std::size_t n = libdeflate_deflate_compress(c, p.in.data(), p.in.size(), p.out.data(), p.out.size());
+    std::size_t bound = libdeflate_deflate_compress_bound(c, kGzipPiece) + 8;
+    if (p.out.size() < bound) p.out.resize(bound);  // buffers are reused: no zero-filling per piece
+    auto* o = reinterpret_cast<unsigned char*>(p.out.data());
+    std::size_t n = libdeflate_deflate_compress(c, p.in.data(), p.in.size(), o, bound - 8);
     if (n == 0) throw std::runtime_error("gzip: libdeflate compression failed");
-    p.out.resize(n);
-    if (!p.final) make_nonfinal(&p.out, walk_deflate(reinterpret_cast<const std::uint8_t*>(p.out.data()), n));
+    if (!p.final) n = make_nonfinal(o, n, walk_deflate(o, n));
+    p.out_len = n;
+  }
+
+  std::shared_ptr<Piece> fresh_piece() {
+    std::shared_ptr<Piece> p;
+    {
+      std::lock_guard<std::mutex> lk(m_);
+      if (!pool_.empty()) {
+        p = std::move(pool_.back());
+        pool_.pop_back();
+      }
+    }
+    if (!p) {
+      p = std::make_shared<Piece>();
+      p->in.reserve(kGzipPiece);
+    }
+    p->in.clear();
+    p->final = p->done = false;
+    p->err = nullptr;
+    return p;
   }
 
   void submit(bool final) {
     std::shared_ptr<Piece> p = std::move(cur_);
     p->final = final;
-    if (!final) {
-      cur_ = std::make_shared<Piece>();
-      cur_->in.reserve(kGzipPiece);
-    }
+    if (!final) cur_ = fresh_piece();
     if (threads_ == 1) {  // inline: the same bytes, no threads
       if (!inline_) inline_ = std::make_unique<Compressor>(level_);
       compress(*p, inline_->c);
-      emit(*p);
+      emit(p);
       return;
     }
     if (workers_.empty()) {
       if (final) {  // the whole stream is one piece: no threads to start
         if (!inline_) inline_ = std::make_unique<Compressor>(level_);
         compress(*p, inline_->c);
-        emit(*p);
+        emit(p);
         return;
       }
       for (int i = 0; i < threads_; ++i) workers_.emplace_back([this] { work(); });
@@ -131,7 +149,7 @@ class GzipEncoder : public Encoder {
       todo_.push_back(p);
     }
     cv_work_.notify_one();
-    drain(2 * static_cast<std::size_t>(threads_));  // bounded memory: 2 pieces per thread in flight
+    drain(static_cast<std::size_t>(threads_) + 1);  // bounded memory: one piece per thread, and one more
   }
 
   /// Emits finished pieces in order until at most `keep` are in flight.
@@ -146,14 +164,16 @@ class GzipEncoder : public Encoder {
         inflight_.pop_front();
       }
       if (p->err) std::rethrow_exception(p->err);
-      emit(*p);
+      emit(p);
     }
   }
 
-  void emit(Piece& p) {
-    out_(p.out.data(), p.out.size());
-    crc_ = static_cast<std::uint32_t>(crc32_combine(crc_, p.crc, static_cast<z_off_t>(p.in.size())));
-    isize_ += static_cast<std::uint32_t>(p.in.size());  // ISIZE: the length modulo 2^32
+  void emit(std::shared_ptr<Piece>& p) {
+    out_(p->out.data(), p->out_len);
+    crc_ = static_cast<std::uint32_t>(crc32_combine(crc_, p->crc, static_cast<z_off_t>(p->in.size())));
+    isize_ += static_cast<std::uint32_t>(p->in.size());  // ISIZE: the length modulo 2^32
+    std::lock_guard<std::mutex> lk(m_);
+    pool_.push_back(std::move(p));  // at most threads + 2 pieces ever exist
   }
 
   void work() {
@@ -192,6 +212,7 @@ class GzipEncoder : public Encoder {
   std::condition_variable cv_work_, cv_done_;
   std::deque<std::shared_ptr<Piece>> inflight_;  // submitted, not yet emitted, in stream order
   std::deque<std::shared_ptr<Piece>> todo_;      // submitted, not yet taken by a worker
+  std::vector<std::shared_ptr<Piece>> pool_;     // emitted pieces, their buffers kept for reuse
   std::vector<std::thread> workers_;
   bool stop_ = false;
 };

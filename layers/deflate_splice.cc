@@ -212,16 +212,25 @@ DeflateBlocks walk_deflate(const std::uint8_t* data, std::size_t n) {
   return out;
 }
 
-void make_nonfinal(std::string* piece, const DeflateBlocks& b) {
-  auto* p = reinterpret_cast<unsigned char*>(piece->data());
+std::size_t make_nonfinal(unsigned char* p, std::size_t n, const DeflateBlocks& b) {
   p[b.final_header_bit / 8] &= static_cast<unsigned char>(~(1u << (b.final_header_bit % 8)));
   unsigned r = static_cast<unsigned>(b.end_bit % 8);
-  if (r) p[piece->size() - 1] &= static_cast<unsigned char>((1u << r) - 1);
+  if (r) p[n - 1] &= static_cast<unsigned char>((1u << r) - 1);
   // An empty stored block: BFINAL 0 and BTYPE 00 (three zero bits right after the end), padding to
   // the byte boundary, then LEN 0000 and NLEN ffff. The three bits fit in the last byte's padding
   // unless it has fewer than three bits free (or none: the piece ended on a byte boundary).
-  if (r == 0 || r > 5) piece->push_back('\0');
-  piece->append("\x00\x00\xff\xff", 4);
+  if (r == 0 || r > 5) p[n++] = 0;
+  p[n++] = 0;
+  p[n++] = 0;
+  p[n++] = 0xff;
+  p[n++] = 0xff;
+  return n;
+}
+
+void make_nonfinal(std::string* piece, const DeflateBlocks& b) {
+  std::size_t n = piece->size();
+  piece->resize(n + 5);
+  piece->resize(make_nonfinal(reinterpret_cast<unsigned char*>(piece->data()), n, b));
 }
 
 }  // namespace kiln::layers

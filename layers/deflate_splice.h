@@ -27,5 +27,7 @@ DeflateBlocks walk_deflate(const std::uint8_t* data, std::size_t n);
 /// piece: clears its final bit, zeroes the bits past its end and appends an empty stored block,
 /// so that another DEFLATE stream can follow it byte-aligned.
 void make_nonfinal(std::string* piece, const DeflateBlocks& blocks);
+/// The same in place on `n` bytes at `p`, which must have room for 5 more; returns the new size.
+std::size_t make_nonfinal(unsigned char* p, std::size_t n, const DeflateBlocks& blocks);
 
 }  // namespace kiln::layers
