@@ -126,7 +126,7 @@ std::vector<std::size_t> hardlink_groups(const std::vector<const layers::FileEnt
 /// the paths, so they need not be listed; hardlinks enter as positions within the layer.
 std::string layer_key(const LayerPlan& p, std::int64_t mtime, std::uint32_t uid, std::uint32_t gid) {
   layers::KeyHasher h;
-  h.field("kiln-layer-v1");
+  h.field("kiln-layer-v2");  // v2: gzip by libdeflate in 1 MiB pieces
   h.field(p.sample ? "auto" : spec::to_string(p.compression));
   h.field(static_cast<std::uint64_t>(p.level + 1));
   h.field(static_cast<std::uint64_t>(mtime));
@@ -608,6 +608,7 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
           if (c == spec::Compression::Gzip && wo.level > 9)
             throw spec::SpecError("compression_level", s.origin + ": gzip levels go from 1 to 9");
           wo.mtime = epoch;
+          wo.threads = opts.jobs;
           layers::WrittenLayer w =
               layers::write_layer(tar_entries(p, uid, gid), wo, blob->sink(), [&](std::uint64_t n) { progress.advance(id, n); });
           blob->commit(w.digest);

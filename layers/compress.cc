@@ -1,11 +1,21 @@
-// gzip/zstd streaming encoders and decoders over zlib and libzstd.
+// gzip/zstd streaming encoders over libdeflate and libzstd, and decoders over zlib and libzstd.
 #include "layers/compress.h"
 
+#include <libdeflate.h>
 #include <zlib.h>
 #include <zstd.h>
 
+#include <algorithm>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <mutex>
 #include <stdexcept>
+#include <thread>
 #include <vector>
+
+#include "layers/deflate_splice.h"
 
 namespace kiln::layers {
 
@@ -23,36 +33,188 @@ class PassThrough : public Encoder {
   ByteSink out_;
 };
 
+// gzip, written in parallel and deterministically (see docs/store.md, "Gzip layers"): the plain
+// stream is cut into pieces of kGzipPiece bytes (a constant of the layer format, never the thread
+// count), each piece is compressed on its own by libdeflate, and the pieces are joined into one
+// gzip member (all but the last made non-final and byte-aligned by an empty stored block). The
+// bytes depend on the input, the level and the libdeflate version only: libdeflate's match
+// finders are portable C; its only CPU dispatch is for checksums, whose values do not vary.
 class GzipEncoder : public Encoder {
  public:
-  GzipEncoder(ByteSink out, int level) : out_(std::move(out)), buf_(kOutChunk) {
-    // windowBits 15+16: gzip wrapper with mtime 0, no file name, OS byte fixed by zlib. Level 1
-    // by default, as go-containerregistry and ko use: layers are written far more often than
-    // their few extra bytes cost to move.
-    if (deflateInit2(&z_, level < 0 ? 1 : level, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
-      throw std::runtime_error("gzip: deflateInit2 failed");
+  GzipEncoder(ByteSink out, int level, int threads)
+      : out_(std::move(out)), level_(level < 0 ? 1 : level), threads_(threads < 1 ? 1 : threads) {
+    if (threads_ > 64) threads_ = 64;
+    // mtime 0, no name, XFL 0, OS 255 ("unknown"): nothing of the machine or the time.
+    static const unsigned char kHeader[10] = {0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff};
+    out_(kHeader, sizeof kHeader);
+    cur_ = fresh_piece();
   }
-  ~GzipEncoder() override { deflateEnd(&z_); }
-  void write(const void* d, std::size_t n) override { pump(d, n, Z_NO_FLUSH); }
-  void finish() override { pump(nullptr, 0, Z_FINISH); }
-
- private:
-  void pump(const void* d, std::size_t n, int flush) {
-    z_.next_in = static_cast<Bytef*>(const_cast<void*>(d));
-    z_.avail_in = static_cast<uInt>(n);
-    for (;;) {
-      z_.next_out = reinterpret_cast<Bytef*>(buf_.data());
-      z_.avail_out = static_cast<uInt>(buf_.size());
-      int rc = deflate(&z_, flush);
-      if (rc == Z_STREAM_ERROR) throw std::runtime_error("gzip: deflate failed");
-      std::size_t have = buf_.size() - z_.avail_out;
-      if (have) out_(buf_.data(), have);
-      if (flush == Z_FINISH ? rc == Z_STREAM_END : (z_.avail_in == 0 && z_.avail_out != 0)) break;
+  ~GzipEncoder() override {
+    {
+      std::lock_guard<std::mutex> lk(m_);
+      stop_ = true;
+      todo_.clear();
+    }
+    cv_work_.notify_all();
+    for (auto& t : workers_) t.join();
+  }
+  void write(const void* d, std::size_t n) override {
+    const char* p = static_cast<const char*>(d);
+    while (n) {
+      // A full piece is sent only once more bytes follow: the last piece is the final one.
+      if (cur_->in.size() == kGzipPiece) submit(false);
+      std::size_t take = std::min(n, kGzipPiece - cur_->in.size());
+      cur_->in.append(p, take);
+      p += take;
+      n -= take;
     }
   }
+  void finish() override {
+    submit(true);
+    drain(0);
+    unsigned char t[8];
+    for (int i = 0; i < 4; ++i) t[i] = static_cast<unsigned char>(crc_ >> (8 * i));
+    for (int i = 0; i < 4; ++i) t[4 + i] = static_cast<unsigned char>(isize_ >> (8 * i));
+    out_(t, sizeof t);
+  }
+
+ private:
+  struct Piece {
+    std::string in, out;  // out: a buffer of the compress bound, out_len of it used
+    std::size_t out_len = 0;
+    std::uint32_t crc = 0;
+    bool final = false, done = false;
+    std::exception_ptr err;
+  };
+  struct Compressor {
+    libdeflate_compressor* c;
+    explicit Compressor(int level) : c(libdeflate_alloc_compressor(level)) {
+      if (!c) throw std::runtime_error("gzip: cannot create a libdeflate compressor (level " + std::to_string(level) + ")");
+    }
+    ~Compressor() { libdeflate_free_compressor(c); }
+  };
+
+  static void compress(Piece& p, libdeflate_compressor* c) {
+    p.crc = static_cast<std::uint32_t>(libdeflate_crc32(0, p.in.data(), p.in.size()));
+    std::size_t bound = libdeflate_deflate_compress_bound(c, kGzipPiece) + 8;
+    if (p.out.size() < bound) p.out.resize(bound);  // buffers are reused: no zero-filling per piece
+    auto* o = reinterpret_cast<unsigned char*>(p.out.data());
+    std::size_t n = libdeflate_deflate_compress(c, p.in.data(), p.in.size(), o, bound - 8);
+    if (n == 0) throw std::runtime_error("gzip: libdeflate compression failed");
+    if (!p.final) n = make_nonfinal(o, n, walk_deflate(o, n));
+    p.out_len = n;
+  }
+
+  std::shared_ptr<Piece> fresh_piece() {
+    std::shared_ptr<Piece> p;
+    {
+      std::lock_guard<std::mutex> lk(m_);
+      if (!pool_.empty()) {
+        p = std::move(pool_.back());
+        pool_.pop_back();
+      }
+    }
+    if (!p) {
+      p = std::make_shared<Piece>();
+      p->in.reserve(kGzipPiece);
+    }
+    p->in.clear();
+    p->final = p->done = false;
+    p->err = nullptr;
+    return p;
+  }
+
+  void submit(bool final) {
+    std::shared_ptr<Piece> p = std::move(cur_);
+    p->final = final;
+    if (!final) cur_ = fresh_piece();
+    if (threads_ == 1) {  // inline: the same bytes, no threads
+      if (!inline_) inline_ = std::make_unique<Compressor>(level_);
+      compress(*p, inline_->c);
+      emit(p);
+      return;
+    }
+    if (workers_.empty()) {
+      if (final) {  // the whole stream is one piece: no threads to start
+        if (!inline_) inline_ = std::make_unique<Compressor>(level_);
+        compress(*p, inline_->c);
+        emit(p);
+        return;
+      }
+      for (int i = 0; i < threads_; ++i) workers_.emplace_back([this] { work(); });
+    }
+    {
+      std::lock_guard<std::mutex> lk(m_);
+      inflight_.push_back(p);
+      todo_.push_back(p);
+    }
+    cv_work_.notify_one();
+    drain(static_cast<std::size_t>(threads_) + 1);  // bounded memory: one piece per thread, and one more
+  }
+
+  /// Emits finished pieces in order until at most `keep` are in flight.
+  void drain(std::size_t keep) {
+    for (;;) {
+      std::shared_ptr<Piece> p;
+      {
+        std::unique_lock<std::mutex> lk(m_);
+        if (inflight_.size() <= keep) return;
+        cv_done_.wait(lk, [&] { return inflight_.front()->done; });
+        p = std::move(inflight_.front());
+        inflight_.pop_front();
+      }
+      if (p->err) std::rethrow_exception(p->err);
+      emit(p);
+    }
+  }
+
+  void emit(std::shared_ptr<Piece>& p) {
+    out_(p->out.data(), p->out_len);
+    crc_ = static_cast<std::uint32_t>(crc32_combine(crc_, p->crc, static_cast<z_off_t>(p->in.size())));
+    isize_ += static_cast<std::uint32_t>(p->in.size());  // ISIZE: the length modulo 2^32
+    std::lock_guard<std::mutex> lk(m_);
+    pool_.push_back(std::move(p));  // at most threads + 2 pieces ever exist
+  }
+
+  void work() {
+    std::unique_ptr<Compressor> c;
+    for (;;) {
+      std::shared_ptr<Piece> p;
+      {
+        std::unique_lock<std::mutex> lk(m_);
+        cv_work_.wait(lk, [&] { return stop_ || !todo_.empty(); });
+        if (stop_) return;
+        p = std::move(todo_.front());
+        todo_.pop_front();
+      }
+      try {
+        if (!c) c = std::make_unique<Compressor>(level_);
+        compress(*p, c->c);
+      } catch (...) {
+        p->err = std::current_exception();
+      }
+      {
+        std::lock_guard<std::mutex> lk(m_);
+        p->done = true;
+      }
+      cv_done_.notify_all();
+    }
+  }
+
   ByteSink out_;
-  z_stream z_{};
-  std::vector<char> buf_;
+  int level_;
+  int threads_;
+  std::shared_ptr<Piece> cur_;
+  std::unique_ptr<Compressor> inline_;
+  std::uint32_t crc_ = 0, isize_ = 0;
+
+  std::mutex m_;
+  std::condition_variable cv_work_, cv_done_;
+  std::deque<std::shared_ptr<Piece>> inflight_;  // submitted, not yet emitted, in stream order
+  std::deque<std::shared_ptr<Piece>> todo_;      // submitted, not yet taken by a worker
+  std::vector<std::shared_ptr<Piece>> pool_;     // emitted pieces, their buffers kept for reuse
+  std::vector<std::thread> workers_;
+  bool stop_ = false;
 };
 
 class ZstdEncoder : public Encoder {
@@ -163,9 +325,9 @@ class ZstdDecoder : public Encoder {
 
 }  // namespace
 
-std::unique_ptr<Encoder> make_encoder(Compression c, ByteSink out, int level) {
+std::unique_ptr<Encoder> make_encoder(Compression c, ByteSink out, int level, int threads) {
   switch (c) {
-    case Compression::Gzip: return std::make_unique<GzipEncoder>(std::move(out), level);
+    case Compression::Gzip: return std::make_unique<GzipEncoder>(std::move(out), level, threads);
     case Compression::Zstd: return std::make_unique<ZstdEncoder>(std::move(out), level);
     case Compression::None: break;
   }

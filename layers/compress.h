@@ -1,7 +1,9 @@
-// Streaming compressors (gzip via zlib, zstd via libzstd) and decompressors, as byte sinks.
+// Streaming compressors (gzip via libdeflate, zstd via libzstd) and decompressors, as byte sinks.
 //
-// Output is deterministic for a given library version: gzip headers carry no name and mtime 0, zstd
-// runs with a fixed worker count, so the result does not depend on the machine's core count.
+// Output is deterministic for a given library version: gzip is cut into fixed pieces of
+// kGzipPiece bytes compressed independently (in parallel when threads > 1) and joined into one
+// gzip member with mtime 0 and no name, so the bytes never depend on the thread count, the core
+// count or the CPU's features; zstd runs single-threaded.
 #pragma once
 
 #include <cstddef>
@@ -26,8 +28,12 @@ class Encoder {
   virtual void finish() = 0;
 };
 
+/// The gzip piece size: part of the layer format (changing it changes every gzip layer's bytes).
+inline constexpr std::size_t kGzipPiece = std::size_t{1} << 20;
+
 /// An encoder for `c` that forwards its output to `out`. Compression::None passes bytes through.
-std::unique_ptr<Encoder> make_encoder(Compression c, ByteSink out, int level = -1);
+/// `threads` (gzip only) compress pieces in parallel; the output is the same for every value.
+std::unique_ptr<Encoder> make_encoder(Compression c, ByteSink out, int level = -1, int threads = 1);
 
 /// A streaming decoder for gzip / zstd / none that forwards plain bytes to `out`.
 std::unique_ptr<Encoder> make_decoder(Compression c, ByteSink out);

@@ -101,7 +101,7 @@ WrittenLayer write_layer(const std::vector<TarEntry>& entries, const LayerWriteO
     if (!plain) p.blob_hash.update(d, n);
     p.blob_size += n;
     (*p.out)(d, n);
-  }, opts.level);
+  }, opts.level, opts.threads);
 
   Utf8Ctype utf8_ctype;  // outlives the archive objects below
   struct archive* a = archive_write_new();

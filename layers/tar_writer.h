@@ -45,6 +45,7 @@ struct LayerWriteOptions {
   Compression compression = Compression::Gzip;
   int level = -1;               // codec default
   std::int64_t mtime = 0;       // SOURCE_DATE_EPOCH or 0
+  int threads = 1;              // gzip compression threads (the bytes do not depend on it)
 };
 
 struct WrittenLayer {

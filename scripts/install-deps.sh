@@ -9,6 +9,7 @@ build_pkgs=(
   build-essential cmake pkg-config
   libarchive-dev libssl-dev libzstd-dev zlib1g-dev nlohmann-json3-dev libxxhash-dev libcli11-dev
   libcurl4-openssl-dev libsqlite3-dev catch2
+  libdeflate-dev  # gzip layers: portable match finders, the same bytes on every CPU (docs/store.md)
   libgit2-dev     # repository context for source_copy_mode all (.gitignore chain, info/exclude, tracked files)
   libseccomp-dev  # the RUN-step sandbox's syscall filter
   bubblewrap  # the sandbox RUN steps (apt_packages, packages, commands) run in
