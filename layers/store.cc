@@ -62,6 +62,13 @@ namespace {
 
 constexpr std::size_t kChunk = 4u << 20;  // bytes gathered per write to the file
 constexpr std::size_t kAlign = 4096;      // O_DIRECT: buffer address, offsets and lengths
+// O_DIRECT from this offset on. Below it, plain writes: O_DIRECT keeps one chunk in flight per
+// blob, which is slower than the page cache for the 16-32 MiB chunks of a source tree; above it
+// (a large file's layer) the page-cache copy costs more CPU than the disk's latency.
+constexpr std::uint64_t kDirectFrom = 64ull << 20;
+// Writeback of plain writes is started every kWritebackStep bytes, so the disk starts early and
+// the fsync has little left to wait for.
+constexpr std::uint64_t kWritebackStep = 8ull << 20;
 
 struct FreeDeleter {
   void operator()(char* p) const { std::free(p); }
@@ -124,7 +131,7 @@ struct BlobWriter::Disk {
   Chunk cur;                 // being filled
   std::size_t len = 0;       // bytes in cur
   std::uint64_t off = 0;     // file offset of cur
-  std::uint64_t plain_from = 0;  // first byte written without O_DIRECT (writeback starts there)
+  std::uint64_t kicked = 0;  // bytes before this are written direct or their writeback started
   bool tried_direct = false, direct = false;
   // The write in flight.
   std::thread thread;
@@ -156,16 +163,27 @@ struct BlobWriter::Disk {
     }
   }
 
+  /// Starts writeback of the plain-written bytes [kicked, end): only a hint (errors and file
+  /// systems without it are fine: commit's fsync is what makes the blob durable, and it reports
+  /// any write error).
+  void kick(std::uint64_t end) {
+    if (end > kicked)
+      ::sync_file_range(fd, static_cast<off_t>(kicked), static_cast<off_t>(end - kicked), SYNC_FILE_RANGE_WRITE);
+    kicked = end;
+  }
+
   /// cur is full: hand it to the writer thread (O_DIRECT), or write it through the page cache.
   void ship() {
-    if (!tried_direct) {
+    if (!tried_direct && off + len >= kDirectFrom) {
       tried_direct = true;
       direct = set_direct(fd, true);
+      kick(off);
     }
     if (!direct) {
       write_at(fd, cur.get(), len, off, path);
       off += len;
       len = 0;
+      if (off - kicked >= kWritebackStep) kick(off);
       return;
     }
     wait();
@@ -183,6 +201,7 @@ struct BlobWriter::Disk {
     cv.notify_all();
     cur = spare ? std::move(spare) : take_chunk();
     off += len;
+    kicked = off;
     len = 0;
   }
 
@@ -230,16 +249,13 @@ struct BlobWriter::Disk {
     if (aligned) write_at(fd, cur.get(), aligned, off, path);
     if (direct) {
       set_direct(fd, false);
-      plain_from = off + aligned;
+      kicked = off + aligned;
       direct = false;
     }
     if (len > aligned) write_at(fd, cur.get() + aligned, len - aligned, off + aligned, path);
     off += len;
     len = 0;
-    // Only a hint to start the disk early (errors and unsupported file systems are fine: commit's
-    // fsync is what makes the blob durable, and it reports any write error).
-    if (off > plain_from)
-      ::sync_file_range(fd, static_cast<off_t>(plain_from), static_cast<off_t>(off - plain_from), SYNC_FILE_RANGE_WRITE);
+    kick(off);
   }
 };
 

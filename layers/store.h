@@ -41,12 +41,12 @@ struct LayerRecord {
 /// A blob being written: bytes go to a temp file; commit() verifies the digest and renames it into
 /// place. Destroyed without commit(), the temp file is removed.
 ///
-/// A blob larger than one 4 MiB chunk is written with O_DIRECT by a thread of its own, a chunk at
-/// a time, while the caller produces the next one: the disk works during the build, and the bytes
-/// go from kiln's buffer to the disk without being copied into fresh page-cache pages (which costs
-/// more CPU than hashing them, on a VM above all). Where the file system refuses O_DIRECT, plain
-/// writes whose writeback is started as they go. Either way the guarantee is fsync's: a blob gets
-/// its name only once its bytes are on disk.
+/// Bytes go to the file 4 MiB at a time, their writeback started as they go, so the disk works
+/// during the build. Past its first 64 MiB, a blob is written with O_DIRECT by a thread of its own
+/// while the caller produces the next chunk: the bytes go from kiln's buffer to the disk without
+/// being copied into fresh page-cache pages (which costs more CPU than hashing them, on a VM above
+/// all); plain writes where the file system refuses O_DIRECT. Either way the guarantee is fsync's:
+/// a blob gets its name only once its bytes are on disk.
 class BlobWriter {
  public:
   BlobWriter(const std::filesystem::path& tmp_dir, const std::filesystem::path& blobs_dir);
