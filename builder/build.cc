@@ -509,36 +509,7 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
     return p.bytes * (plain ? 1 : 10);
   };
   std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return cost(a) > cost(b); });
-  // Layers written but not committed yet. Committing (fsync, rename, record) waits for the disk,
-  // so it comes after every layer is written: the threads keep reading, hashing and compressing
-  // while the disk drains the blobs (each writer started their writeback as it went), and the
-  // fsyncs then find little left to wait for. A blob still gets its name only after its fsync.
-  struct Written {
-    std::unique_ptr<layers::BlobWriter> blob;
-    std::optional<layers::FileLock> lock;  // held until the record is in place
-    layers::WrittenLayer w;
-    std::string id;
-  };
-  std::vector<std::optional<Written>> written(plans.size());
-  auto commit_written = [&] {
-    for (std::size_t i = 0; i < written.size(); ++i) {
-      if (!written[i]) continue;
-      Written& wr = *written[i];
-      const LayerPlan& p = plans[i];
-      try {
-        wr.blob->commit(wr.w.digest);
-        records[i] = {wr.w.digest, wr.w.diff_id, wr.w.media_type, wr.w.size, wr.w.tar_size};
-        opts.store->put_layer(p.key, records[i]);
-      } catch (...) {
-        std::rethrow_exception(StepError::wrap(std::current_exception(), "layer " + p.label));
-      }
-      const std::string id = wr.id;
-      written[i].reset();
-      progress.end(id, "layer " + p.label + ": " + records[i].digest.substr(0, 19) + ", " +
-                                 std::to_string(records[i].size) + " bytes");
-    }
-  };
-  auto layers_body = [&](std::size_t n) {
+  layers::parallel_for(order.size(), opts.jobs, [&](std::size_t n) {
       std::size_t i = order[n];
       LayerPlan& p = plans[i];
       LayerReport& lr = reports[i];
@@ -570,26 +541,16 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
           wo.mtime = epoch;
           layers::WrittenLayer w =
               layers::write_layer(tar_entries(p, uid, gid), wo, blob->sink(), [&](std::uint64_t n) { progress.advance(id, n); });
-          blob->finish();  // the disk starts on the tail now; committed below
-          written[i].emplace(Written{std::move(blob), std::move(writing), std::move(w), id});
+          blob->commit(w.digest);
+          records[i] = {w.digest, w.diff_id, w.media_type, w.size, w.tar_size};
+          opts.store->put_layer(p.key, records[i]);
+          progress.end(id, "layer " + p.label + ": " + w.digest.substr(0, 19) + ", " + std::to_string(w.size) + " bytes");
         }
       } catch (...) {
         std::rethrow_exception(StepError::wrap(std::current_exception(), "layer " + p.label));
       }
       lr.seconds = since(t0);
-  };
-  try {
-    layers::parallel_for(order.size(), opts.jobs, layers_body);
-  } catch (...) {
-    // The layers that were written are good: keep them in the cache for the next build, then
-    // report the failure itself.
-    try {
-      commit_written();
-    } catch (...) {
-    }
-    throw;
-  }
-  commit_written();
+  });
   r.timings["layers"] = since(t_layers);
 
   for (std::size_t i = 0; i < plans.size(); ++i) {

@@ -6,21 +6,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <chrono>
-#include <condition_variable>
-#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
-#include <mutex>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <set>
 #include <sstream>
 #include <stdexcept>
 #include <system_error>
-#include <thread>
 #include <vector>
 
 #include "layers/digest.h"
@@ -58,237 +53,44 @@ FileLock::~FileLock() {
 // ---------------------------------------------------------------------------------------------
 // BlobWriter
 
-namespace {
-
-constexpr std::size_t kChunk = 4u << 20;  // bytes gathered per write to the file
-constexpr std::size_t kAlign = 4096;      // O_DIRECT: buffer address, offsets and lengths
-// O_DIRECT from this offset on. Below it, plain writes: O_DIRECT keeps one chunk in flight per
-// blob, which is slower than the page cache for the 16-32 MiB chunks of a source tree; above it
-// (a large file's layer) the page-cache copy costs more CPU than the disk's latency.
-constexpr std::uint64_t kDirectFrom = 64ull << 20;
-// Writeback of plain writes is started every kWritebackStep bytes, so the disk starts early and
-// the fsync has little left to wait for.
-constexpr std::uint64_t kWritebackStep = 8ull << 20;
-
-struct FreeDeleter {
-  void operator()(char* p) const { std::free(p); }
-};
-using Chunk = std::unique_ptr<char, FreeDeleter>;
-
-/// Chunks are kept for the next blob: a fresh 4 MiB buffer costs page faults on every page.
-std::mutex g_chunks_mu;
-std::vector<Chunk> g_chunks;
-
-Chunk take_chunk() {
-  {
-    std::lock_guard<std::mutex> lock(g_chunks_mu);
-    if (!g_chunks.empty()) {
-      Chunk c = std::move(g_chunks.back());
-      g_chunks.pop_back();
-      return c;
-    }
-  }
-  void* p = std::aligned_alloc(kAlign, kChunk);
-  if (!p) throw std::bad_alloc();
-  return Chunk(static_cast<char*>(p));
-}
-
-void give_chunk(Chunk c) {
-  if (!c) return;
-  std::lock_guard<std::mutex> lock(g_chunks_mu);
-  if (g_chunks.size() < 8) g_chunks.push_back(std::move(c));
-}
-
-bool set_direct(int fd, bool on) {
-  int fl = ::fcntl(fd, F_GETFL);
-  if (fl < 0) return false;
-  return ::fcntl(fd, F_SETFL, on ? (fl | O_DIRECT) : (fl & ~O_DIRECT)) == 0;
-}
-
-/// Writes n bytes at off. An O_DIRECT write the file system refuses (EINVAL) is done again
-/// without O_DIRECT, which stays off for the file.
-void write_at(int fd, const char* p, std::size_t n, std::uint64_t off, const fs::path& path) {
-  while (n > 0) {
-    ssize_t w = ::pwrite(fd, p, n, static_cast<off_t>(off));
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0 && errno == EINVAL && (::fcntl(fd, F_GETFL) & O_DIRECT) && set_direct(fd, false)) continue;
-    if (w < 0) throw std::system_error(errno, std::generic_category(), "cannot write " + path.string());
-    if (w == 0) throw std::system_error(EIO, std::generic_category(), "cannot write " + path.string());
-    p += w;
-    n -= static_cast<std::size_t>(w);
-    off += static_cast<std::uint64_t>(w);
-  }
-}
-
-}  // namespace
-
-/// The bytes on their way to the file. Whole chunks of a blob larger than one chunk are written
-/// with O_DIRECT by `thread`, one in flight while the caller fills the next. The tail, and a blob
-/// that fits in one chunk, are plain writes (the page cache), whose writeback finish() starts.
-struct BlobWriter::Disk {
-  int fd = -1;
-  fs::path path;
-  Chunk cur;                 // being filled
-  std::size_t len = 0;       // bytes in cur
-  std::uint64_t off = 0;     // file offset of cur
-  std::uint64_t kicked = 0;  // bytes before this are written direct or their writeback started
-  bool tried_direct = false, direct = false;
-  // The write in flight.
-  std::thread thread;
-  std::mutex mu;
-  std::condition_variable cv;
-  Chunk job, spare;
-  std::size_t job_len = 0;
-  std::uint64_t job_off = 0;
-  bool busy = false, stop = false;
-  std::exception_ptr error;
-
-  ~Disk() {
-    join();
-    give_chunk(std::move(cur));
-    give_chunk(std::move(job));
-    give_chunk(std::move(spare));
-    if (fd >= 0) ::close(fd);
-  }
-
-  void put(const char* p, std::size_t n) {
-    while (n > 0) {
-      if (!cur) cur = take_chunk();
-      std::size_t k = std::min(n, kChunk - len);
-      std::memcpy(cur.get() + len, p, k);
-      len += k;
-      p += k;
-      n -= k;
-      if (len == kChunk) ship();
-    }
-  }
-
-  /// Starts writeback of the plain-written bytes [kicked, end): only a hint (errors and file
-  /// systems without it are fine: commit's fsync is what makes the blob durable, and it reports
-  /// any write error).
-  void kick(std::uint64_t end) {
-    if (end > kicked)
-      ::sync_file_range(fd, static_cast<off_t>(kicked), static_cast<off_t>(end - kicked), SYNC_FILE_RANGE_WRITE);
-    kicked = end;
-  }
-
-  /// cur is full: hand it to the writer thread (O_DIRECT), or write it through the page cache.
-  void ship() {
-    if (!tried_direct && off + len >= kDirectFrom) {
-      tried_direct = true;
-      direct = set_direct(fd, true);
-      kick(off);
-    }
-    if (!direct) {
-      write_at(fd, cur.get(), len, off, path);
-      off += len;
-      len = 0;
-      if (off - kicked >= kWritebackStep) kick(off);
-      return;
-    }
-    wait();
-    if (!thread.joinable()) {
-      stop = false;
-      thread = std::thread([this] { run(); });
-    }
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      job = std::move(cur);
-      job_len = len;
-      job_off = off;
-      busy = true;
-    }
-    cv.notify_all();
-    cur = spare ? std::move(spare) : take_chunk();
-    off += len;
-    kicked = off;
-    len = 0;
-  }
-
-  void run() {
-    std::unique_lock<std::mutex> lock(mu);
-    for (;;) {
-      cv.wait(lock, [&] { return busy || stop; });
-      if (!busy) return;
-      lock.unlock();
-      std::exception_ptr e;
-      try {
-        write_at(fd, job.get(), job_len, job_off, path);
-      } catch (...) {
-        e = std::current_exception();
-      }
-      lock.lock();
-      if (e && !error) error = e;
-      busy = false;
-      cv.notify_all();
-    }
-  }
-
-  /// Waits for the write in flight; rethrows its failure.
-  void wait() {
-    std::unique_lock<std::mutex> lock(mu);
-    cv.wait(lock, [&] { return !busy; });
-    if (job) spare = std::move(job);
-    if (error) std::rethrow_exception(error);
-  }
-
-  void join() {
-    if (!thread.joinable()) return;
-    {
-      std::lock_guard<std::mutex> lock(mu);
-      stop = true;
-    }
-    cv.notify_all();
-    thread.join();
-  }
-
-  void finish() {
-    wait();
-    join();
-    std::size_t aligned = direct ? len & ~(kAlign - 1) : 0;
-    if (aligned) write_at(fd, cur.get(), aligned, off, path);
-    if (direct) {
-      set_direct(fd, false);
-      kicked = off + aligned;
-      direct = false;
-    }
-    if (len > aligned) write_at(fd, cur.get() + aligned, len - aligned, off + aligned, path);
-    off += len;
-    len = 0;
-    kick(off);
-  }
-};
-
 BlobWriter::BlobWriter(const fs::path& tmp_dir, const fs::path& blobs_dir)
-    : tmp_path_(tmp_dir / unique_name("blob")), blobs_dir_(blobs_dir), disk_(std::make_unique<Disk>()) {
-  disk_->path = tmp_path_;
-  disk_->fd = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (disk_->fd < 0) throw std::system_error(errno, std::generic_category(), "cannot create " + tmp_path_.string());
+    : tmp_path_(tmp_dir / unique_name("blob")), blobs_dir_(blobs_dir) {
+  fd_ = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd_ < 0) throw std::system_error(errno, std::generic_category(), "cannot create " + tmp_path_.string());
+  buf_.reserve(1 << 20);
 }
 
 BlobWriter::~BlobWriter() {
-  if (disk_) {
-    disk_.reset();
+  if (fd_ >= 0) {
+    ::close(fd_);
     ::unlink(tmp_path_.c_str());
   }
 }
 
-void BlobWriter::write(const void* data, std::size_t n) { disk_->put(static_cast<const char*>(data), n); }
+void BlobWriter::write(const void* data, std::size_t n) {
+  if (buf_.size() + n > (1 << 20)) flush();
+  if (n >= (1 << 20)) {
+    write_all(fd_, data, n, tmp_path_);
+    return;
+  }
+  buf_.append(static_cast<const char*>(data), n);
+}
 
-void BlobWriter::finish() { disk_->finish(); }
-
-std::uint64_t BlobWriter::size() const { return disk_->off + disk_->len; }
+void BlobWriter::flush() {
+  if (!buf_.empty()) write_all(fd_, buf_.data(), buf_.size(), tmp_path_);
+  buf_.clear();
+}
 
 fs::path BlobWriter::commit(const std::string& digest) {
   // First, while the destructor still owns (and removes) the temp file: digest_hex throws on a
   // malformed digest.
   fs::path dest = blobs_dir_ / std::string(digest_hex(digest));
-  disk_->finish();
-  const int fd = disk_->fd;
-  if (::fsync(fd) != 0) throw std::system_error(errno, std::generic_category(), "fsync " + tmp_path_.string());
+  flush();
+  if (::fsync(fd_) != 0) throw std::system_error(errno, std::generic_category(), "fsync " + tmp_path_.string());
   struct stat st{};
-  const bool have_stat = ::fstat(fd, &st) == 0;
-  disk_.reset();  // closes the file
+  const bool have_stat = ::fstat(fd_, &st) == 0;
+  ::close(fd_);
+  fd_ = -1;
   if (::rename(tmp_path_.c_str(), dest.c_str()) != 0) {
     int e = errno;
     ::unlink(tmp_path_.c_str());

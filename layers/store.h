@@ -23,7 +23,6 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
-#include <memory>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -40,13 +39,6 @@ struct LayerRecord {
 
 /// A blob being written: bytes go to a temp file; commit() verifies the digest and renames it into
 /// place. Destroyed without commit(), the temp file is removed.
-///
-/// Bytes go to the file 4 MiB at a time, their writeback started as they go, so the disk works
-/// during the build. Past its first 64 MiB, a blob is written with O_DIRECT by a thread of its own
-/// while the caller produces the next chunk: the bytes go from kiln's buffer to the disk without
-/// being copied into fresh page-cache pages (which costs more CPU than hashing them, on a VM above
-/// all); plain writes where the file system refuses O_DIRECT. Either way the guarantee is fsync's:
-/// a blob gets its name only once its bytes are on disk.
 class BlobWriter {
  public:
   BlobWriter(const std::filesystem::path& tmp_dir, const std::filesystem::path& blobs_dir);
@@ -57,20 +49,15 @@ class BlobWriter {
   ByteSink sink() {
     return [this](const void* d, std::size_t n) { write(d, n); };
   }
-  /// Every byte is written: the last ones go to the file and the disk starts on them, without
-  /// waiting for it. Optional (commit() does it): a caller that finishes many blobs before
-  /// committing them lets the disk drain them meanwhile.
-  void finish();
   /// fsync, then rename to blobs/sha256/<hex of digest>. `digest` was computed by the caller on
   /// the same bytes. Returns the final path.
   std::filesystem::path commit(const std::string& digest);
-  /// Bytes written so far.
-  std::uint64_t size() const;
 
  private:
-  struct Disk;  // how the bytes reach the file (store.cc)
+  void flush();
   std::filesystem::path tmp_path_, blobs_dir_;
-  std::unique_ptr<Disk> disk_;
+  int fd_ = -1;
+  std::string buf_;
 };
 
 /// An exclusive flock, released on destruction (or by the kernel when the process dies).

@@ -35,8 +35,6 @@ void check_rel_path(const std::string& p) {
   }
 }
 
-constexpr std::size_t kReadBuffer = 1 << 20;
-
 struct Pipeline {
   Sha256 tar_hash;
   Sha256 blob_hash;
@@ -119,16 +117,11 @@ WrittenLayer write_layer(const std::vector<TarEntry>& entries, const LayerWriteO
   } eguard{ae};
 
   if (archive_write_set_format_pax_restricted(a) != ARCHIVE_OK) fail(a, "tar format");
-  // Unblocked: libarchive hands each header and each data buffer straight to on_write instead of
-  // copying the stream into 10 KiB blocks. The bytes are the same (the last block was not padded
-  // either: bytes_in_last_block 1).
-  archive_write_set_bytes_per_block(a, 0);
+  archive_write_set_bytes_per_block(a, 10240);
   archive_write_set_bytes_in_last_block(a, 1);
   if (archive_write_open(a, &p, nullptr, on_write, nullptr) != ARCHIVE_OK) fail(a, "tar open");
 
-  // One read buffer per thread, reused across layers (a zeroed 1 MiB per layer is waste).
-  thread_local std::vector<char> buf;
-  if (buf.size() < kReadBuffer) buf.resize(kReadBuffer);
+  std::vector<char> buf(1 << 20);
   for (const TarEntry& e : entries) {
     archive_entry_clear(ae);
     archive_entry_set_pathname_utf8(ae, e.path.c_str());
@@ -192,8 +185,6 @@ WrittenLayer write_layer(const std::vector<TarEntry>& entries, const LayerWriteO
                          "was replaced); re-run the build once the tree is stable");
     }
     if (int fl = ::fcntl(fd, F_GETFL); fl >= 0) ::fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
-    // Read once, front to back: a file not in the page cache gets the larger readahead.
-    if (e.size > kReadBuffer) ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
     std::uint64_t left = e.size;
     while (left > 0) {
       ssize_t n = ::read(fd, buf.data(), std::min<std::uint64_t>(buf.size(), left));

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Uncompressed layers (compression "none", and a large file kiln stores as-is): the blob is the tar,
 # so its digest is its diff_id and the sha256sum of the blob file; the bytes do not depend on the
-# thread count; and they are the very bytes kiln wrote before its writer stopped blocking the tar
-# stream into 10 KiB records (pinned below: a change here changes every uncompressed image).
+# thread count; and they are pinned (a change in the tar writer that changes them changes every
+# uncompressed image: it must be deliberate).
 source "$(dirname "$0")/lib.sh"
 
 # A small fixed project: code, an executable, a symlink, an empty file, and a 12 MiB file of
-# incompressible bytes (larger than the writer's 1 MiB read buffer and its 8 MiB writeback step),
+# incompressible bytes (larger than the writer's 1 MiB read and write buffers),
 # which large_file_threshold puts in a layer of its own.
 P=$T/proj
 make_tree "$P/src" 3 20 uncompressed
@@ -55,13 +55,13 @@ sed 's#proj/src#proj2/src#' "$T/spec.json" >"$T/spec2.json"
 KILN_CACHE=$T/cache2 build_ok "$T/spec2.json" -o "oci:$T/out2:a" --jobs 4
 assert_eq "$DIGEST1" "$(jget "j['digest']" <<<"$OUT")" "same image with -j4, another cache and directory"
 
-# The layer bytes kiln wrote before its writer stopped blocking the stream (with libarchive 3.6;
+# The layer bytes kiln writes for this tree (with libarchive 3.6;
 # another libarchive may write other PAX bytes, so the pin applies to 3.6 only).
 GOLDEN="sha256:2846723f80c1f4d91078e2f3061871e053364205f83c32e31232a5e0ec84bd84 sha256:431b1ab28503420788e23bbe6f0fb7ad7c42fec0054303811dbef14513670c46"
 LAYERS=$(jget "' '.join(sorted(l['digest'] for l in j['layers']))" <<<"$MANIFEST")
 kiln version --json
 if [[ "$(jget "j['libraries']['libarchive']" <<<"$OUT")" == 3.6.* ]]; then
-  assert_eq "$GOLDEN" "$LAYERS" "the layer bytes are those kiln wrote before (libarchive 3.6)"
+  assert_eq "$GOLDEN" "$LAYERS" "the layer bytes are the pinned ones (libarchive 3.6)"
 else
   echo "$TEST_NAME: libarchive is not 3.6: the pinned layer digests are not checked" >&2
 fi

@@ -163,35 +163,6 @@ TEST_CASE("store: an uncommitted BlobWriter leaves no file") {
   CHECK(names_in(tmp / "cache" / "blobs" / "sha256").empty());
 }
 
-TEST_CASE("store: a finished blob is all in tmp/, unnamed until commit; uncommitted it goes") {
-  TempDir tmp;
-  Store s(tmp / "cache");
-  // Over several 8 MiB writeback steps, in writes of odd sizes (buffered and direct).
-  const std::string data = kiln::testutil::random_bytes((20 << 20) + 12345, 11);
-  const std::string d = sha256_digest(data);
-  for (bool commit : {false, true}) {
-    INFO("commit " << commit);
-    auto w = s.new_blob();
-    for (std::size_t pos = 0, n = 1; pos < data.size(); pos += n, n = n * 7 % (3 << 20) + 1)
-      w->write(data.data() + pos, std::min(n, data.size() - pos));
-    w->finish();
-    CHECK(w->size() == data.size());
-    auto in_tmp = names_in(tmp / "cache" / "tmp");
-    REQUIRE(in_tmp.size() == 1);
-    // finish() wrote everything out (the temp file holds every byte), but named nothing.
-    CHECK(kiln::testutil::read_file(tmp / "cache" / "tmp" / *in_tmp.begin()) == data);
-    CHECK_FALSE(s.has_blob(d));
-    if (commit) {
-      CHECK(w->commit(d) == s.blob_path(d));
-      CHECK(kiln::testutil::read_file(s.blob_path(d)) == data);
-      CHECK(s.verify_blob(d));
-    }
-    w.reset();
-    CHECK(names_in(tmp / "cache" / "tmp").empty());
-    CHECK(s.has_blob(d) == commit);
-  }
-}
-
 TEST_CASE("store: a commit with a malformed digest throws and leaves no file") {
   TempDir tmp;
   Store s(tmp / "cache");
