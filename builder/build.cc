@@ -577,7 +577,15 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
     return p.bytes * (plain ? 1 : 10);
   };
   std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return cost(a) > cost(b); });
+  // Compression threads within a layer share the job budget with the layers written beside it:
+  // while at least `jobs` layers remain, each gets one thread; the last ones split the cores. (The
+  // bytes never depend on the thread count, so this only bounds threads and memory at jobs, not
+  // jobs squared.)
+  std::atomic<std::size_t> started{0};
+  const std::size_t jobs = static_cast<std::size_t>(std::max(1, opts.jobs));
   layers::parallel_for(order.size(), opts.jobs, [&](std::size_t n) {
+      const std::size_t left = order.size() - started.fetch_add(1);  // this layer and those after it
+      const int layer_threads = static_cast<int>(std::max<std::size_t>(1, jobs / std::min(jobs, left)));
       std::size_t i = order[n];
       LayerPlan& p = plans[i];
       LayerReport& lr = reports[i];
@@ -608,7 +616,7 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
           if (c == spec::Compression::Gzip && wo.level > 9)
             throw spec::SpecError("compression_level", s.origin + ": gzip levels go from 1 to 9");
           wo.mtime = epoch;
-          wo.threads = opts.jobs;
+          wo.threads = layer_threads;
           layers::WrittenLayer w =
               layers::write_layer(tar_entries(p, uid, gid), wo, blob->sink(), [&](std::uint64_t n) { progress.advance(id, n); });
           blob->commit(w.digest);
