@@ -577,15 +577,26 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
     return p.bytes * (plain ? 1 : 10);
   };
   std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return cost(a) > cost(b); });
-  // Compression threads within a layer share the job budget with the layers written beside it:
-  // while at least `jobs` layers remain, each gets one thread; the last ones split the cores. (The
-  // bytes never depend on the thread count, so this only bounds threads and memory at jobs, not
-  // jobs squared.)
-  std::atomic<std::size_t> started{0};
+  // Compression threads within a layer share the job budget with the layers written beside it (the
+  // bytes never depend on the thread count, so this only bounds threads and memory near `jobs`
+  // rather than jobs squared): a layer gets the cores the other layers being written leave free,
+  // and no more than its share of the big layers still to write. Which layers are cached is
+  // looked up once first (a hint; the loop looks again under the lock), so a changed big file among
+  // cached chunks still gets every core.
   const std::size_t jobs = static_cast<std::size_t>(std::max(1, opts.jobs));
+  std::vector<char> big_to_write(plans.size());
+  std::atomic<std::size_t> big_left{0}, writing_now{0};
+  for (std::size_t i = 0; i < plans.size(); ++i) {
+    big_to_write[i] = plans[i].bytes >= layers::kGzipPiece && !opts.store->find_layer(plans[i].key);
+    big_left += big_to_write[i];
+  }
   layers::parallel_for(order.size(), opts.jobs, [&](std::size_t n) {
-      const std::size_t left = order.size() - started.fetch_add(1);  // this layer and those after it
-      const int layer_threads = static_cast<int>(std::max<std::size_t>(1, jobs / std::min(jobs, left)));
+      auto layer_threads = [&](std::size_t i) {
+        const std::size_t left = big_to_write[i] ? big_left.fetch_sub(1) : big_left.load() + 1;  // this one included
+        const std::size_t others = writing_now.fetch_add(1);
+        const std::size_t free_cores = jobs > others ? jobs - others : 1;
+        return static_cast<int>(std::max<std::size_t>(1, std::min(free_cores, jobs / std::min(jobs, std::max<std::size_t>(1, left)))));
+      };
       std::size_t i = order[n];
       LayerPlan& p = plans[i];
       LayerReport& lr = reports[i];
@@ -616,7 +627,11 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
           if (c == spec::Compression::Gzip && wo.level > 9)
             throw spec::SpecError("compression_level", s.origin + ": gzip levels go from 1 to 9");
           wo.mtime = epoch;
-          wo.threads = layer_threads;
+          wo.threads = layer_threads(i);
+          struct Done {
+            std::atomic<std::size_t>& n;
+            ~Done() { --n; }
+          } done{writing_now};
           layers::WrittenLayer w =
               layers::write_layer(tar_entries(p, uid, gid), wo, blob->sink(), [&](std::uint64_t n) { progress.advance(id, n); });
           blob->commit(w.digest);

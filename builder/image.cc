@@ -56,6 +56,21 @@ Platform parse_platform(const std::string& p) {
   return out;
 }
 
+std::string platform_list(const nlohmann::json& manifests) {
+  std::string out;
+  if (manifests.is_array())
+    for (const nlohmann::json& m : manifests) {
+      if (!m.is_object() || !m.contains("platform") || !m["platform"].is_object()) continue;
+      const nlohmann::json& p = m["platform"];
+      auto str = [&](const char* k) { return p.contains(k) && p[k].is_string() ? p[k].get<std::string>() : std::string(); };
+      if (str("os").empty()) continue;
+      std::string one = str("os") + "/" + (str("architecture").empty() ? "?" : str("architecture"));
+      if (!str("variant").empty()) one += "/" + str("variant");
+      out += (out.empty() ? "" : ", ") + one;
+    }
+  return out.empty() ? "no platform named" : out;
+}
+
 Image scratch_image(const std::string& platform) {
   Platform p = parse_platform(platform);
   Image img;

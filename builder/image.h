@@ -73,4 +73,8 @@ struct Platform {
 };
 Platform parse_platform(const std::string& platform);
 
+/// "linux/amd64, linux/arm64/v8": the platforms an index's `manifests` name (for errors), or
+/// "no platform named".
+std::string platform_list(const nlohmann::json& manifests);
+
 }  // namespace kiln::builder

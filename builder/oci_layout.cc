@@ -56,8 +56,11 @@ Descriptor pick(const json& index, const std::string& tag, const Platform* plat,
   if (plat) {
     for (const auto& d : cands)
       if (platform_matches(d.platform, *plat)) return d;
-    throw NotFoundError(where + " has no image for platform " + plat->os + "/" + plat->architecture +
-                             (plat->variant.empty() ? "" : "/" + plat->variant));
+    // The base exists but not for this platform: a property of the input (exit 2, as a
+    // single-platform base of another platform is), not something to retry or look up elsewhere.
+    throw BaseError(where + " has no image for platform " + plat->os + "/" + plat->architecture +
+                    (plat->variant.empty() ? "" : "/" + plat->variant) + " (it has: " + platform_list(ms) +
+                    "); kiln does not cross-build: set platform (or --platform) to one of these");
   }
   if (!tag.empty()) {
     for (const auto& d : cands) {
@@ -90,7 +93,7 @@ Descriptor resolve(const fs::path& dir, const std::string& tag, const std::strin
   for (int depth = 0; is_index(d.media_type); ++depth) {
     if (depth > 4) throw std::runtime_error("layout " + dir.string() + ": image indexes nested too deep");
     json nested = parse_json(read_blob_verified(dir, d.digest), "index " + d.digest);
-    d = pick(nested, "", &plat, "index " + d.digest);
+    d = pick(nested, "", &plat, "layout " + dir.string() + (tag.empty() ? "" : ":" + tag) + " (index " + d.digest.substr(0, 19) + ")");
   }
   return d;
 }

@@ -1,6 +1,8 @@
 // Registry source and sink, exists-check and preflight.
 #include "builder/registry_io.h"
 
+#include "builder/errors.h"
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -100,7 +102,11 @@ std::string resolve_remote(RegistrySession& s, const registry::Reference& ref, c
       return d;
     }
   }
-  throw RegistryError(RegistryError::Kind::ManifestUnknown, ref.str() + " has no image for platform " + platform);
+  // The image exists but not for this platform: an input problem (exit 2), as a single-platform
+  // base of another platform is; retrying or logging in again cannot help.
+  throw BaseError(ref.str() + " has no image for platform " + platform + " (it has: " +
+                  platform_list(idx.value("manifests", json::array())) +
+                  "); kiln does not cross-build: set platform (or --platform) to one of these");
 }
 
 RemoteImage pull_remote(RegistrySession& s, const registry::Reference& ref, const std::string& platform,

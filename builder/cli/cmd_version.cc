@@ -1,8 +1,10 @@
 // kiln version (and --version): kiln's version, the git revision it was built from, and the
 // versions of the libraries that shape its output (archive, compression, TLS, HTTP, git).
+// (libdeflate has no run-time version call: the version kiln was built against.)
 #include <archive.h>
 #include <curl/curl.h>
 #include <git2.h>
+#include <libdeflate.h>
 #include <openssl/crypto.h>
 #include <sqlite3.h>
 #include <zstd.h>
@@ -27,6 +29,7 @@ json version_json() {
           {"libraries",
            {{"libarchive", std::to_string(av / 1000000) + "." + std::to_string(av / 1000 % 1000) + "." +
                                std::to_string(av % 1000)},
+            {"libdeflate", LIBDEFLATE_VERSION_STRING},  // writes the gzip layers: their bytes follow its version
             {"zstd", ZSTD_versionString()},
             {"openssl", OpenSSL_version(OPENSSL_VERSION_STRING)},
             {"libcurl", cv && cv->version ? cv->version : "unknown"},

@@ -110,14 +110,14 @@ assert_not_contains "$ERR" "did you mean" "a flag close to nothing: no suggestio
 kiln version
 assert_eq 0 "$RC" "kiln version: exit 0"
 assert_match "$(head -n1 <<<"$OUT")" '^kiln [0-9]+\.[0-9]+\.[0-9]+ \(git [^)]+\)$' "kiln version: version and git revision"
-for lib in libarchive zstd openssl libcurl libgit2; do
+for lib in libarchive libdeflate zstd openssl libcurl libgit2; do
   assert_match "$OUT" "  $lib: [^ ]*[0-9]+\.[0-9]+" "kiln version: the $lib version"
 done
 VERSION_TEXT=$OUT
 kiln --version
 assert_eq "$VERSION_TEXT" "$OUT" "--version prints what kiln version prints"
 kiln version --json
-assert_eq "libarchive libcurl libgit2 openssl sqlite zstd" "$(jget "' '.join(sorted(j['libraries']))" <<<"$OUT")" "kiln version --json: the libraries"
+assert_eq "libarchive libcurl libdeflate libgit2 openssl sqlite zstd" "$(jget "' '.join(sorted(j['libraries']))" <<<"$OUT")" "kiln version --json: the libraries"
 assert_eq "$(jget "j['git_revision']" <<<"$OUT")" "$(sed -nE '1s/.*\(git ([^)]+)\)$/\1/p' <<<"$VERSION_TEXT")" "kiln version --json: the same revision"
 
 # ---- --platform overrides the spec's platform ---------------------------------------------------

@@ -137,6 +137,29 @@ assert_contains "$ERR" "field 'platform' is linux/arm64, but the base image oci:
   "the error names both platforms"
 assert_not_contains "$(cat "$L/index.json")" '"arm"' "no arm tag written"
 
+# ---- an index without the spec's platform: exit 2 (not "not found"), naming the platforms it has --
+/usr/bin/python3 - "$L" <<'PY'
+import hashlib, json, os, sys
+lay = sys.argv[1]
+idx = json.load(open(os.path.join(lay, "index.json")))
+base = next(m for m in idx["manifests"] if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == "base")
+entry = {k: base[k] for k in ("mediaType", "digest", "size")}
+entry["platform"] = {"os": "linux", "architecture": "amd64"}
+blob = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [entry]}).encode()
+hexd = hashlib.sha256(blob).hexdigest()
+open(os.path.join(lay, "blobs", "sha256", hexd), "wb").write(blob)
+idx["manifests"].append({"mediaType": "application/vnd.oci.image.index.v1+json", "digest": "sha256:" + hexd,
+                         "size": len(blob), "annotations": {"org.opencontainers.image.ref.name": "multi"}})
+json.dump(idx, open(os.path.join(lay, "index.json"), "w"))
+PY
+echo '{"name": "armidx", "base_image": "oci:../layout:multi", "platform": "linux/arm64", "copy": ["extra"]}' >"$P/armidx.json"
+kiln build "$P/armidx.json" -o "oci:$L:armidx"
+assert_eq 2 "$RC" "an index without the spec's platform is exit 2"
+assert_contains "$ERR" "has no image for platform linux/arm64 (it has: linux/amd64)" "the error names the platforms the index has"
+assert_not_contains "$(cat "$L/index.json")" '"armidx"' "no armidx tag written"
+echo '{"name": "amdidx", "base_image": "oci:../layout:multi", "copy": ["extra"]}' >"$P/amdidx.json"
+build_ok "$P/amdidx.json" -o "oci:$L:amdidx"
+
 # ---- loaded_modules with no module: a warning in the result ----------------------------------------
 echo '{"name": "nomods", "base_image": "oci:../layout:base", "source_root": "src"}' >"$P/nomods.json"
 build_ok "$P/nomods.json"
