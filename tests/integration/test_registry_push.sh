@@ -237,11 +237,11 @@ assert_eq "$R/multibase:1" "$(manifest_json "$T/on-amd64" t | jget "j['annotatio
 assert_eq "linux/amd64" "$(config_json "$T/on-amd64" t | jget "j['os'] + '/' + j['architecture']")" "amd64 build: config says linux/amd64"
 oci_validate "$T/on-amd64" t "$T/bundle"
 assert_eq "multi" "$(cat "$T/bundle/rootfs/root/m.txt")" "amd64 build: the base's file is in the rootfs"
-# A platform the index lacks: a clear "not found" before anything is built.
+# A platform the index lacks: exit 2 naming the platforms it has, before anything is built.
 cat >"$W/on-s390x.json" <<EOF
 {"name": "onmulti", "base_image": "$R/multibase:1", "platform": "linux/s390x", "source_root": "mp",
  "source_copy_mode": "all"}
 EOF
 kiln build "$W/on-s390x.json" --json --progress quiet -o "oci:$T/on-s390x:t" --cache "$T/cache-mp"
-assert_eq 5 "$RC" "a platform missing from the base index: exit 5"
-assert_contains "$ERR" "linux/s390x" "a platform missing from the base index: the error names it"
+assert_eq 2 "$RC" "a platform missing from the base index: exit 2 (the input, not a lookup to retry)"
+assert_contains "$ERR" "no image for platform linux/s390x (it has: " "a platform missing from the base index: the error names it and what the index has"
