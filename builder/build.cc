@@ -356,7 +356,10 @@ registry::Reference parse_base_reference(const spec::ImageSpec& s) {
 
 }  // namespace
 
-Prepared prepare(const spec::ImageSpec& s, const BuildOptions& opts) {
+namespace {
+
+/// The base resolved, the files walked and their digests looked up in the stat index (p.index).
+Prepared prepare_walk(const spec::ImageSpec& s, const BuildOptions& opts) {
   Prepared p;
   p.spec = &s;
   switch (s.base_image.kind) {
@@ -394,25 +397,25 @@ Prepared prepare(const spec::ImageSpec& s, const BuildOptions& opts) {
   co.extra_modules = opts.extra_modules;
   co.walked = [&](std::uint64_t bytes) { progress.phase_advance(Phase::Walk, 1, bytes); };
   auto t0 = Clock::now();
-  layers::StatIndex index;
+  p.index = std::make_shared<layers::StatIndex>();
+  layers::StatIndex& index = *p.index;
   // Keyed on what the walk read: source_root when set, else the directory copy entries resolve in.
   // Specs sharing a root share the index (it keeps entries another walk saw). Loaded first: its
   // size is the walk's size hint (no doubling of the entry list on a rebuild).
-  fs::path idx = opts.store->stat_index_path(index_key(s.source_root ? *s.source_root : s.base_dir));
-  index.load(idx);
+  p.index_file = opts.store->stat_index_path(index_key(s.source_root ? *s.source_root : s.base_dir));
+  index.load(p.index_file);
   co.expected_entries = index.loaded_size() + index.loaded_size() / 16;
   progress.phase_begin(Phase::Walk, 0, 0);
   p.files = layers::collect_files(s, co);
   progress.phase_end(Phase::Walk);
   p.timings["walk"] = since(t0);
-  t0 = Clock::now();
-  layers::HashProgress hp{[&](std::uint64_t f, std::uint64_t b) { progress.phase_begin(Phase::Hash, f, b); },
-                          [&](std::uint64_t f, std::uint64_t b) { progress.phase_advance(Phase::Hash, f, b); }};
-  layers::hash_files(p.files, &index, opts.jobs, hp);
-  progress.phase_end(Phase::Hash);
-  index.save(idx);
-  p.timings["hash"] = since(t0);
+  p.repository = spec::repository(s);
+  return p;
+}
 
+/// The digests of the whole file set are known: the source digest, the spec hash and the tag.
+void compute_tag(Prepared& p, const BuildOptions& opts) {
+  const spec::ImageSpec& s = *p.spec;
   // The tag's file lines, streamed in dest order from the two sorted lists: no second list as long
   // as the tree.
   const auto& src = p.files.source;
@@ -444,11 +447,56 @@ Prepared prepare(const spec::ImageSpec& s, const BuildOptions& opts) {
     p.spec_hash = spec::spec_hash(s, p.base_id, std::move(all), opts.source_date_epoch, inputs);
   }
   p.tag = spec::make_tag(s, p.spec_hash);
-  p.repository = spec::repository(s);
+}
+
+}  // namespace
+
+Prepared prepare(const spec::ImageSpec& s, const BuildOptions& opts) {
+  Prepared p = prepare_walk(s, opts);
+  NullProgress silent;
+  Progress& progress = opts.progress ? *opts.progress : silent;
+  auto t0 = Clock::now();
+  layers::HashProgress hp{[&](std::uint64_t f, std::uint64_t b) { progress.phase_begin(Phase::Hash, f, b); },
+                          [&](std::uint64_t f, std::uint64_t b) { progress.phase_advance(Phase::Hash, f, b); }};
+  layers::hash_files(p.files, p.index.get(), opts.jobs, hp);
+  progress.phase_end(Phase::Hash);
+  p.index->save(p.index_file);
+  p.index.reset();
+  p.timings["hash"] = since(t0);
+  compute_tag(p, opts);
   return p;
 }
 
+Prepared prepare_deferred(const spec::ImageSpec& s, const BuildOptions& opts) {
+  Prepared p = prepare_walk(s, opts);
+  auto t0 = Clock::now();
+  const bool all_known = layers::lookup_hashes(p.files, p.index.get()).empty();
+  p.timings["hash"] = since(t0);
+  if (all_known) {  // a rebuild of an unchanged tree: the tag costs nothing, as in prepare()
+    p.index->save(p.index_file);
+    p.index.reset();
+    compute_tag(p, opts);
+  } else {
+    p.deferred = true;
+  }
+  return p;
+}
+
+namespace {
+BuildResult build_impl(const Prepared& prep, Prepared* deferred, const BuildOptions& opts);
+}  // namespace
+
 BuildResult build(const Prepared& prep, const BuildOptions& opts) {
+  if (prep.deferred) throw std::logic_error("build: a deferred Prepared must be passed as non-const");
+  return build_impl(prep, nullptr, opts);
+}
+
+BuildResult build(Prepared& prep, const BuildOptions& opts) {
+  return build_impl(prep, prep.deferred ? &prep : nullptr, opts);
+}
+
+namespace {
+BuildResult build_impl(const Prepared& prep, Prepared* deferred, const BuildOptions& opts) {
   const spec::ImageSpec& s = *prep.spec;
   NullProgress silent;
   Progress& progress = opts.progress ? *opts.progress : silent;
@@ -557,12 +605,31 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
   plan_layers(prep.files.source, "source_root", s, &plans);
   plan_layers(prep.files.copy, "copy", s, &plans);
   std::uint64_t planned_bytes = 0;
+  // Deferred hashing (prepare_deferred): a layer whose files are not all known hashes them when a
+  // worker takes it, then computes its key; the hash phase's totals are these files'.
+  std::uint64_t unhashed_files = 0, unhashed_bytes = 0;
+  auto unhashed = [](const LayerPlan& p) {
+    return std::any_of(p.files.begin(), p.files.end(), [](const layers::FileEntry* f) {
+      return f->type == layers::FileEntry::Type::File && !f->sha256.set;
+    });
+  };
   for (auto& p : plans) {
     p.level = s.compression_level.value_or(-1);
-    p.key = layer_key(p, epoch, uid, gid);
+    if (deferred && unhashed(p)) {
+      for (const layers::FileEntry* f : p.files)
+        if (f->type == layers::FileEntry::Type::File && !f->sha256.set) ++unhashed_files, unhashed_bytes += f->size;
+    } else {
+      p.key = layer_key(p, epoch, uid, gid);
+    }
     planned_bytes += p.bytes;
   }
+  if (!deferred && std::any_of(plans.begin(), plans.end(), unhashed))
+    throw std::logic_error("build: a file of the plan has no digest");
   progress.layers_planned(plans.size(), planned_bytes);
+  if (unhashed_files) progress.phase_begin(Phase::Hash, unhashed_files, unhashed_bytes);
+  layers::HashProgress hash_progress{nullptr, [&](std::uint64_t f, std::uint64_t b) { progress.phase_advance(Phase::Hash, f, b); }};
+  std::mutex hashed_mu;
+  std::vector<layers::FileEntry*> hashed;  // to record in the stat index
 
   auto t_layers = Clock::now();
   std::vector<LayerReport> reports(plans.size());
@@ -587,7 +654,7 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
   std::vector<char> big_to_write(plans.size());
   std::atomic<std::size_t> big_left{0}, writing_now{0};
   for (std::size_t i = 0; i < plans.size(); ++i) {
-    big_to_write[i] = plans[i].bytes >= layers::kGzipPiece && !opts.store->find_layer(plans[i].key);
+    big_to_write[i] = plans[i].bytes >= layers::kGzipPiece && (plans[i].key.empty() || !opts.store->find_layer(plans[i].key));
     big_left += big_to_write[i];
   }
   layers::parallel_for(order.size(), opts.jobs, [&](std::size_t n) {
@@ -604,6 +671,65 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
       lr.files = p.nfiles;
       auto t0 = Clock::now();
       try {
+        std::optional<spec::Compression> sampled;  // a large file's compression, once decided
+        auto compression = [&] {
+          if (!sampled) sampled = p.sample ? sample_compression(*p.files.front(), s.compression) : p.compression;
+          return *sampled;
+        };
+        const std::string id = "layer" + std::to_string(i);
+        // Writes the layer into a new blob (not yet committed); `hash` also fills in the digests
+        // of the files it reads (deferred), from the very bytes it writes.
+        auto write = [&](bool hash) {
+          const spec::Compression c = compression();
+          progress.begin(id, "layer " + p.label, p.bytes);
+          auto blob = opts.store->new_blob();
+          layers::LayerWriteOptions wo;
+          wo.compression = c;
+          wo.level = s.compression_level.value_or(-1);
+          if (c == spec::Compression::Gzip && wo.level > 9)
+            throw spec::SpecError("compression_level", s.origin + ": gzip levels go from 1 to 9");
+          wo.mtime = epoch;
+          wo.threads = layer_threads(i);
+          wo.hash_contents = hash;
+          struct Done {
+            std::atomic<std::size_t>& n;
+            ~Done() { --n; }
+          } done{writing_now};
+          layers::WrittenLayer w =
+              layers::write_layer(tar_entries(p, uid, gid), wo, blob->sink(), [&](std::uint64_t n) { progress.advance(id, n); });
+          return std::make_pair(std::move(w), std::move(blob));
+        };
+        // A layer whose files are not all hashed yet (deferred): its key needs their digests.
+        std::vector<layers::FileEntry*> mine;  // `deferred` owns the entries this plan points to
+        for (const layers::FileEntry* f : p.files)
+          if (f->type == layers::FileEntry::Type::File && !f->sha256.set) mine.push_back(const_cast<layers::FileEntry*>(f));
+        std::optional<std::pair<layers::WrittenLayer, std::unique_ptr<layers::BlobWriter>>> early;
+        if (!mine.empty()) {
+          if (compression() == spec::Compression::None) {
+            // Uncompressed: written while its files are hashed (one read; the two digests on two
+            // cores when there are). If the key then turns out to be cached (a warm cache, a
+            // tree moved or touched), the blob is dropped: only a copy was wasted.
+            early = write(true);
+            std::map<std::string_view, std::string_view> got;
+            for (const auto& [path, hex] : early->first.contents) got.emplace(path, hex);
+            std::vector<std::size_t> groups = hardlink_groups(p.files);
+            for (std::size_t k = 0; k < p.files.size(); ++k) {
+              const layers::FileEntry* f = p.files[k];
+              if (f->type != layers::FileEntry::Type::File || f->sha256.set) continue;
+              auto it = got.find(p.files[groups[k]]->dest);  // a later hardlink: its first link's bytes
+              if (it == got.end()) throw std::logic_error("layer " + p.label + ": no digest for " + f->dest);
+              const_cast<layers::FileEntry*>(f)->sha256 = layers::ContentDigest::from_hex(it->second);
+            }
+            std::uint64_t bytes = 0;
+            for (const layers::FileEntry* e : mine) bytes += e->size;
+            progress.phase_advance(Phase::Hash, mine.size(), bytes);
+          } else {
+            for (layers::FileEntry* e : mine) layers::hash_file(*e, hash_progress);
+          }
+          p.key = layer_key(p, epoch, uid, gid);
+          std::lock_guard<std::mutex> lk(hashed_mu);
+          hashed.insert(hashed.end(), mine.begin(), mine.end());
+        }
         // Another kiln may be writing this very layer: wait for it, then take it from the cache.
         std::optional<layers::LayerRecord> rec = opts.store->find_layer(p.key);
         std::optional<layers::FileLock> writing;
@@ -614,27 +740,13 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
         if (rec) {
           records[i] = *rec;
           lr.cache_hit = true;
+          if (early) progress.end(id, "layer " + p.label + ": cached " + rec->digest.substr(0, 19));
           progress.log("layer " + p.label + ": cached " + rec->digest.substr(0, 19));
           progress.layer_cached("layer " + p.label, p.bytes);
         } else {
-          spec::Compression c = p.sample ? sample_compression(*p.files.front(), s.compression) : p.compression;
-          std::string id = "layer" + std::to_string(i);
-          progress.begin(id, "layer " + p.label, p.bytes);
-          auto blob = opts.store->new_blob();
-          layers::LayerWriteOptions wo;
-          wo.compression = c;
-          wo.level = s.compression_level.value_or(-1);
-          if (c == spec::Compression::Gzip && wo.level > 9)
-            throw spec::SpecError("compression_level", s.origin + ": gzip levels go from 1 to 9");
-          wo.mtime = epoch;
-          wo.threads = layer_threads(i);
-          struct Done {
-            std::atomic<std::size_t>& n;
-            ~Done() { --n; }
-          } done{writing_now};
-          layers::WrittenLayer w =
-              layers::write_layer(tar_entries(p, uid, gid), wo, blob->sink(), [&](std::uint64_t n) { progress.advance(id, n); });
-          blob->commit(w.digest);
+          if (!early) early = write(false);
+          const layers::WrittenLayer& w = early->first;
+          early->second->commit(w.digest);
           records[i] = {w.digest, w.diff_id, w.media_type, w.size, w.tar_size};
           opts.store->put_layer(p.key, records[i]);
           progress.end(id, "layer " + p.label + ": " + w.digest.substr(0, 19));
@@ -645,6 +757,15 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
       lr.seconds = since(t0);
   });
   r.timings["layers"] = since(t_layers);
+  if (deferred) {
+    // Every file is hashed now: record the digests, then the tag (the config's labels name it).
+    if (unhashed_files) progress.phase_end(Phase::Hash);
+    layers::record_hashes(deferred->files, std::move(hashed), deferred->index.get());
+    deferred->index->save(deferred->index_file);
+    deferred->index.reset();
+    compute_tag(*deferred, opts);
+    deferred->deferred = false;
+  }
 
   for (std::size_t i = 0; i < plans.size(); ++i) {
     const layers::LayerRecord& rec = records[i];
@@ -748,5 +869,7 @@ BuildResult build(const Prepared& prep, const BuildOptions& opts) {
   r.timings["total"] = since(t_start) + prep.timings.at("walk") + prep.timings.at("hash");
   return r;
 }
+
+}  // namespace
 
 }  // namespace kiln::builder

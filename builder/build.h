@@ -2,6 +2,11 @@
 //
 //   prepare()  resolves the base, walks and hashes the files, computes the tag: no layer built.
 //   build()    builds (or finds in the cache) each layer and assembles config and manifest.
+//
+// When nothing needs the tag before the layers (no registry to ask whether the tag exists),
+// prepare_deferred() walks only: build() then hashes each layer's unhashed files as it comes to
+// that layer, so hashing overlaps layer writing instead of being a phase of its own, and fills in
+// the digests, the tag and the stat index at the end. The image is the same either way.
 // Writing the result somewhere is the sinks' job (builder/output.h).
 #pragma once
 
@@ -47,9 +52,17 @@ struct Prepared {
   std::string source_digest;    // digest of the baked source file set ("" without source)
   std::string image_ref() const { return repository + ":" + tag; }
   std::map<std::string, double> timings;  // seconds: "walk", "hash"
+
+  /// prepare_deferred(): file digests, spec_hash, tag and source_digest are not known yet; build()
+  /// fills them in (and records the digests in `index`, saved to `index_file`).
+  bool deferred = false;
+  std::shared_ptr<layers::StatIndex> index;
+  std::filesystem::path index_file;
 };
 
 Prepared prepare(const spec::ImageSpec& spec, const BuildOptions& opts);
+/// Resolves the base and walks, looking digests up in the stat index only (see above).
+Prepared prepare_deferred(const spec::ImageSpec& spec, const BuildOptions& opts);
 
 /// What happened to one layer.
 struct LayerReport {
@@ -71,6 +84,8 @@ struct BuildResult {
 /// Builds the prepared image. The store receives every new layer; nothing is written elsewhere.
 /// A layer that cannot be written throws StepError.
 BuildResult build(const Prepared& prep, const BuildOptions& opts);
+/// The same for a deferred Prepared, which it completes (hashes, tag, stat index) as it builds.
+BuildResult build(Prepared& prep, const BuildOptions& opts);
 
 /// A build step failed: a RUN step's command ("step pip", exit_code its status, what() the cause
 /// with its last output lines), or writing a layer ("layer source_root (12 files)": a source file

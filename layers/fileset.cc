@@ -537,8 +537,7 @@ std::string ContentDigest::hex() const {
   return s;
 }
 
-namespace {
-ContentDigest from_hex(const std::string& hex) {
+ContentDigest ContentDigest::from_hex(std::string_view hex) {
   ContentDigest d;
   auto nib = [](char c) { return c <= '9' ? c - '0' : c - 'a' + 10; };
   for (std::size_t i = 0; i < d.bytes.size() && 2 * i + 1 < hex.size(); ++i)
@@ -546,7 +545,6 @@ ContentDigest from_hex(const std::string& hex) {
   d.set = true;
   return d;
 }
-}  // namespace
 
 int open_walked_file(const FileEntry& e) {
   const std::string abs = e.abs();
@@ -574,13 +572,13 @@ std::string_view index_path(const FileEntry& e, bool source, std::string* buf) {
 }
 }  // namespace
 
-void hash_files(FileSet& set, StatIndex* index, int jobs, const HashProgress& progress) {
+std::vector<FileEntry*> lookup_hashes(FileSet& set, const StatIndex* index) {
   std::vector<FileEntry*> todo;
   std::string buf;
   for (auto* list : {&set.source, &set.copy}) {
     const bool source = list == &set.source;
     for (FileEntry& e : *list) {
-      if (e.type != FileEntry::Type::File) continue;
+      if (e.type != FileEntry::Type::File || e.sha256.set) continue;
       if (index && index->lookup(index_path(e, source, &buf), e.key, &e.sha256.bytes)) {
         e.sha256.set = true;
         continue;
@@ -588,6 +586,45 @@ void hash_files(FileSet& set, StatIndex* index, int jobs, const HashProgress& pr
       todo.push_back(&e);
     }
   }
+  return todo;
+}
+
+void hash_file(FileEntry& e, const HashProgress& progress) {
+  // Read from a descriptor checked to be the walked file: a path swapped for a symlink (or a
+  // parent directory swapped for one) since the walk is refused, never followed.
+  UniqueFd fd(open_walked_file(e));
+  Sha256 h;
+  // One buffer per thread, reused: a fresh zeroed 1 MiB per file dominated many-small-file trees.
+  thread_local std::vector<char> buf;
+  if (buf.size() < (1u << 20)) buf.resize(1u << 20);
+  for (;;) {
+    ssize_t n = ::read(fd.get(), buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw InputError("cannot read '" + printable(e.abs()) + "': " + std::strerror(errno));
+    if (n == 0) break;
+    h.update(buf.data(), static_cast<std::size_t>(n));
+    if (progress.read) progress.read(0, static_cast<std::uint64_t>(n));
+  }
+  e.sha256 = ContentDigest::from_hex(h.hex());
+  if (progress.read) progress.read(1, 0);
+}
+
+void record_hashes(const FileSet& set, std::vector<FileEntry*> hashed, StatIndex* index) {
+  if (!index || hashed.empty()) return;
+  // In address order, that is list order: the source list's updates arrive sorted by path.
+  std::sort(hashed.begin(), hashed.end(), std::less<>());
+  std::string buf;
+  const FileEntry* src_begin = set.source.data();
+  const FileEntry* src_end = src_begin + set.source.size();
+  for (FileEntry* e : hashed) {
+    if (!e->sha256.set) continue;
+    const bool source = e >= src_begin && e < src_end;
+    index->update(index_path(*e, source, &buf), e->key, e->sha256.bytes);
+  }
+}
+
+void hash_files(FileSet& set, StatIndex* index, int jobs, const HashProgress& progress) {
+  std::vector<FileEntry*> todo = lookup_hashes(set, index);
   if (progress.start) {
     std::uint64_t bytes = 0;
     for (const FileEntry* e : todo) bytes += e->size;
@@ -595,36 +632,10 @@ void hash_files(FileSet& set, StatIndex* index, int jobs, const HashProgress& pr
   }
   if (todo.empty()) return;
   // Largest first, so one big file does not end up last on one thread.
-  std::sort(todo.begin(), todo.end(), [](FileEntry* a, FileEntry* b) { return a->size > b->size; });
-  parallel_for(todo.size(), jobs, [&](std::size_t i) {
-    FileEntry* e = todo[i];
-    // Read from a descriptor checked to be the walked file: a path swapped for a symlink (or a
-    // parent directory swapped for one) since the walk is refused, never followed.
-    UniqueFd fd(open_walked_file(*e));
-    Sha256 h;
-    // One buffer per thread, reused: a fresh zeroed 1 MiB per file dominated many-small-file trees.
-    thread_local std::vector<char> buf;
-    if (buf.size() < (1u << 20)) buf.resize(1u << 20);
-    for (;;) {
-      ssize_t n = ::read(fd.get(), buf.data(), buf.size());
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) throw InputError("cannot read '" + printable(e->abs()) + "': " + std::strerror(errno));
-      if (n == 0) break;
-      h.update(buf.data(), static_cast<std::size_t>(n));
-      if (progress.read) progress.read(0, static_cast<std::uint64_t>(n));
-    }
-    e->sha256 = from_hex(h.hex());
-    if (progress.read) progress.read(1, 0);
-  });
-  if (!index) return;
-  // In address order, that is list order: the source list's updates arrive sorted by path.
-  std::sort(todo.begin(), todo.end(), std::less<>());
-  const FileEntry* src_begin = set.source.data();
-  const FileEntry* src_end = src_begin + set.source.size();
-  for (FileEntry* e : todo) {
-    const bool source = e >= src_begin && e < src_end;
-    index->update(index_path(*e, source, &buf), e->key, e->sha256.bytes);
-  }
+  std::vector<FileEntry*> order = todo;
+  std::sort(order.begin(), order.end(), [](FileEntry* a, FileEntry* b) { return a->size > b->size; });
+  parallel_for(order.size(), jobs, [&](std::size_t i) { hash_file(*order[i], progress); });
+  record_hashes(set, std::move(todo), index);
 }
 
 }  // namespace kiln::layers

@@ -33,6 +33,8 @@ struct ContentDigest {
   std::string hex() const;
   /// Writes the 64 hex characters to `out` (no terminator).
   void hex_to(char* out) const;
+  /// From 64 lowercase hex characters.
+  static ContentDigest from_hex(std::string_view hex);
   bool operator==(const ContentDigest&) const = default;
 };
 
@@ -108,6 +110,15 @@ struct HashProgress {
 /// Fills FileEntry::sha256 for every file, from `index` where the stat identity matches, reading
 /// the rest with up to `jobs` threads (and recording them in `index`). Throws InputError.
 void hash_files(FileSet& set, StatIndex* index, int jobs, const HashProgress& progress = {});
+
+// hash_files in parts, for a build that hashes each layer's files as it comes to the layer:
+/// Fills FileEntry::sha256 from `index` where the stat identity matches; returns the files (of
+/// both lists) still without a digest.
+std::vector<FileEntry*> lookup_hashes(FileSet& set, const StatIndex* index);
+/// Reads one walked file and fills its sha256 (thread-safe for distinct entries). InputError.
+void hash_file(FileEntry& e, const HashProgress& progress = {});
+/// Records the digests of `hashed` (entries of `set`, read by hash_file) in `index`.
+void record_hashes(const FileSet& set, std::vector<FileEntry*> hashed, StatIndex* index);
 
 /// Is `name` valid UTF-8?
 bool valid_utf8(std::string_view name);

@@ -58,9 +58,11 @@ class BlobWriter {
 
  private:
   void flush();
+  void written(std::size_t n);
   std::filesystem::path tmp_path_, blobs_dir_;
   int fd_ = -1;
   std::string buf_;
+  std::uint64_t size_ = 0, kicked_ = 0;  // bytes written; bytes whose writeback was started
 };
 
 /// An exclusive flock, released on destruction (or by the kernel when the process dies).

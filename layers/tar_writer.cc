@@ -10,9 +10,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <map>
+#include <memory>
+#include <optional>
+#include <mutex>
 #include <stdexcept>
 #include <system_error>
+#include <thread>
 
 #include "layers/digest.h"
 #include "layers/utf8_locale.h"
@@ -20,6 +25,9 @@
 namespace kiln::layers {
 
 namespace {
+
+// Files from this size get their content digest on a second thread (hash_contents, threads >= 2).
+constexpr std::uint64_t kSideHashMin = 4ull << 20;
 
 void check_rel_path(const std::string& p) {
   if (p.empty() || p.front() == '/' || p.back() == '/')
@@ -56,6 +64,52 @@ la_ssize_t on_write(struct archive*, void* ctx, const void* buf, size_t n) {
   }
   return static_cast<la_ssize_t>(n);
 }
+
+/// Hashes chunks on a thread of its own while the caller works on the same (read-only) bytes.
+class SideHasher {
+ public:
+  SideHasher() : t_([this] { run(); }) {}
+  ~SideHasher() {
+    {
+      std::lock_guard<std::mutex> lk(m_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    t_.join();
+  }
+  void start(Sha256* h, const void* d, std::size_t n) {
+    {
+      std::lock_guard<std::mutex> lk(m_);
+      h_ = h, d_ = d, n_ = n, busy_ = true;
+    }
+    cv_.notify_all();
+  }
+  void wait() {
+    std::unique_lock<std::mutex> lk(m_);
+    cv_.wait(lk, [&] { return !busy_; });
+  }
+
+ private:
+  void run() {
+    std::unique_lock<std::mutex> lk(m_);
+    for (;;) {
+      cv_.wait(lk, [&] { return stop_ || busy_; });
+      if (stop_) return;
+      lk.unlock();
+      h_->update(d_, n_);  // Sha256::update does not throw
+      lk.lock();
+      busy_ = false;
+      cv_.notify_all();
+    }
+  }
+  std::mutex m_;
+  std::condition_variable cv_;
+  Sha256* h_ = nullptr;
+  const void* d_ = nullptr;
+  std::size_t n_ = 0;
+  bool busy_ = false, stop_ = false;
+  std::thread t_;  // last: started once the members above exist
+};
 
 [[noreturn]] void fail(struct archive* a, const std::string& what) {
   throw std::runtime_error(what + ": " + (archive_error_string(a) ? archive_error_string(a) : "tar error"));
@@ -121,7 +175,9 @@ WrittenLayer write_layer(const std::vector<TarEntry>& entries, const LayerWriteO
   archive_write_set_bytes_in_last_block(a, 1);
   if (archive_write_open(a, &p, nullptr, on_write, nullptr) != ARCHIVE_OK) fail(a, "tar open");
 
+  WrittenLayer w;
   std::vector<char> buf(1 << 20);
+  std::unique_ptr<SideHasher> side;  // after buf: its thread ends before the buffer goes
   for (const TarEntry& e : entries) {
     archive_entry_clear(ae);
     archive_entry_set_pathname_utf8(ae, e.path.c_str());
@@ -166,6 +222,7 @@ WrittenLayer write_layer(const std::vector<TarEntry>& entries, const LayerWriteO
       if (!p.error.empty()) throw std::runtime_error(p.error);
       fail(a, "tar header for '" + e.path + "'");
     }
+    if (e.type == TarEntry::Type::File && e.size == 0 && opts.hash_contents) w.contents.emplace_back(e.path, Sha256().hex());
     if (e.type != TarEntry::Type::File || e.size == 0) continue;
 
     int fd = ::open(e.source.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
@@ -186,11 +243,26 @@ WrittenLayer write_layer(const std::vector<TarEntry>& entries, const LayerWriteO
     }
     if (int fl = ::fcntl(fd, F_GETFL); fl >= 0) ::fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
     std::uint64_t left = e.size;
+    std::optional<Sha256> content;
+    if (opts.hash_contents) {
+      content.emplace();
+      if (opts.threads >= 2 && e.size >= kSideHashMin && !side) side = std::make_unique<SideHasher>();
+    }
+    SideHasher* beside = content && e.size >= kSideHashMin ? side.get() : nullptr;
     while (left > 0) {
       ssize_t n = ::read(fd, buf.data(), std::min<std::uint64_t>(buf.size(), left));
       if (n < 0 && errno == EINTR) continue;
       if (n < 0) throw std::system_error(errno, std::generic_category(), "cannot read " + e.source.string());
       if (n == 0) break;
+      if (beside) {
+        beside->start(&*content, buf.data(), static_cast<std::size_t>(n));
+      } else if (content) {
+        content->update(buf.data(), static_cast<std::size_t>(n));
+      }
+      struct Join {  // the buffer is not read again, nor thrown away, while the side thread reads it
+        SideHasher* s;
+        ~Join() { if (s) s->wait(); }
+      } join{beside};
       if (archive_write_data(a, buf.data(), static_cast<std::size_t>(n)) != n) {
         if (!p.error.empty()) throw std::runtime_error(p.error);
         fail(a, "tar data for '" + e.path + "'");
@@ -210,6 +282,7 @@ WrittenLayer write_layer(const std::vector<TarEntry>& entries, const LayerWriteO
     if (changed)
       throw std::runtime_error("file changed while the build read it: " + e.source.string() +
                                " (re-run the build once the tree is stable)");
+    if (content) w.contents.emplace_back(e.path, content->hex());
   }
   if (archive_write_close(a) != ARCHIVE_OK) {
     if (!p.error.empty()) throw std::runtime_error(p.error);
@@ -217,7 +290,6 @@ WrittenLayer write_layer(const std::vector<TarEntry>& entries, const LayerWriteO
   }
   p.encoder->finish();
 
-  WrittenLayer w;
   w.diff_id = p.tar_hash.digest();
   w.digest = opts.compression == Compression::None ? w.diff_id : p.blob_hash.digest();
   w.media_type = layer_media_type(opts.compression);

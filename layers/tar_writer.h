@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "layers/compress.h"
@@ -46,6 +47,10 @@ struct LayerWriteOptions {
   int level = -1;               // codec default
   std::int64_t mtime = 0;       // SOURCE_DATE_EPOCH or 0
   int threads = 1;              // gzip compression threads (the bytes do not depend on it)
+  /// Also compute each regular file's SHA-256 from the very bytes written (WrittenLayer::contents),
+  /// for a build that hashes files as it writes them. With threads >= 2, a big file's digest is
+  /// computed on a second thread beside the tar's.
+  bool hash_contents = false;
 };
 
 struct WrittenLayer {
@@ -54,6 +59,8 @@ struct WrittenLayer {
   std::string media_type;
   std::uint64_t size = 0;       // blob size
   std::uint64_t tar_size = 0;   // uncompressed size
+  /// hash_contents: (entry path, content SHA-256 hex) for every File entry, in entry order.
+  std::vector<std::pair<std::string, std::string>> contents;
 };
 
 /// Writes the (normalized) entries as a tar to `out`, compressed. `on_progress` receives counts

@@ -260,9 +260,11 @@ class Job {
     if (push && o_.preflight)
       preflight(o_.push_to ? o_.push_to->name() : spec::repository(s), o_.push_to ? o_.push_to->tag : "");
     step_ = "prepare";
-    builder::Prepared prep = builder::prepare(s, build_options());
+    // Without a push nothing asks for the tag before the layers (no registry holds it to skip the
+    // build): hashing is deferred into the layer writing, where it overlaps the compression.
+    builder::Prepared prep = push ? builder::prepare(s, build_options()) : builder::prepare_deferred(s, build_options());
     for (const auto& w : prep.files.warnings) progress_.warn(w);
-    from_prepared(prep, push);
+    from_prepared(prep, &prep, push);
   }
 
   void from_plan(const builder::Prepared& prep) {
@@ -273,11 +275,11 @@ class Job {
     const bool push = wants_push(*prep.spec);
     if (push && o_.preflight)
       preflight(o_.push_to ? o_.push_to->name() : prep.repository, o_.push_to ? o_.push_to->tag : prep.tag);
-    from_prepared(prep, push);
+    from_prepared(prep, nullptr, push);
   }
 
-  void from_prepared(const builder::Prepared& prep, bool push) {
-    const spec::ImageSpec& s = *prep.spec;
+  /// The tag and what goes with it (for a deferred Prepared: known once built).
+  void identity(const builder::Prepared& prep) {
     rec_.tag = prep.tag;
     rec_.inputs_digest = "sha256:" + prep.spec_hash;
     rec_.base = prep.base_id;
@@ -285,6 +287,14 @@ class Job {
     out_.repository = prep.repository;
     out_.tag = prep.tag;
     out_.spec_hash = prep.spec_hash;
+  }
+
+  /// `own`: the same Prepared when this session may complete it (a deferred one must be).
+  void from_prepared(const builder::Prepared& prep, builder::Prepared* own, bool push) {
+    const spec::ImageSpec& s = *prep.spec;
+    rec_.base = prep.base_id;
+    out_.repository = prep.repository;
+    if (!prep.deferred) identity(prep);
     if (s.modelcar &&
         std::none_of(prep.files.source.begin(), prep.files.source.end(),
                      [](const layers::FileEntry& f) { return f.type != layers::FileEntry::Type::Dir; }))
@@ -308,7 +318,8 @@ class Job {
       }
     }
     step_ = "build";
-    builder::BuildResult r = builder::build(prep, build_options());
+    builder::BuildResult r = own ? builder::build(*own, build_options()) : builder::build(prep, build_options());
+    identity(prep);
     out_.digest = rec_.image_digest = r.manifest_digest;
     out_.config_digest = rec_.config_digest = r.config_digest;
     out_.timings = r.timings;
