@@ -3,9 +3,11 @@
 #include "builder/build.h"
 
 #include <fcntl.h>
+#include <malloc.h>
 #include <unistd.h>
 
 #include <algorithm>
+
 #include <atomic>
 #include <chrono>
 #include <map>
@@ -757,6 +759,9 @@ BuildResult build_impl(const Prepared& prep, Prepared* deferred, const BuildOpti
       lr.seconds = since(t0);
   });
   r.timings["layers"] = since(t_layers);
+  // The layer writers' buffers and tar entry lists are freed: hand the pages back before the
+  // stat index and the config (the build's peak RSS otherwise keeps them).
+  ::malloc_trim(0);
   if (deferred) {
     // Every file is hashed now: record the digests, then the tag (the config's labels name it).
     if (unhashed_files) progress.phase_end(Phase::Hash);

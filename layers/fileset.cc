@@ -616,10 +616,14 @@ void record_hashes(const FileSet& set, std::vector<FileEntry*> hashed, StatIndex
   std::string buf;
   const FileEntry* src_begin = set.source.data();
   const FileEntry* src_end = src_begin + set.source.size();
+  index->reserve_updates(hashed.size());
   for (FileEntry* e : hashed) {
     if (!e->sha256.set) continue;
-    const bool source = e >= src_begin && e < src_end;
-    index->update(index_path(*e, source, &buf), e->key, e->sha256.bytes);
+    if (e >= src_begin && e < src_end) {  // keyed on e->rel: borrowed, the entries outlive the save
+      index->update_borrowed(e->rel, e->key, e->sha256.bytes);
+    } else {
+      index->update(index_path(*e, false, &buf), e->key, e->sha256.bytes);
+    }
   }
 }
 

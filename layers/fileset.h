@@ -40,22 +40,24 @@ struct ContentDigest {
 
 struct FileEntry {
   enum class Type : std::uint8_t { File, Dir, Symlink };
+  // (Members ordered for size, no padding holes: 240 bytes.)
   std::string rel;          // relative to its root (source_root, or the spec's directory for copy)
   std::string dest;         // inside the image, relative: "root/pkg/mod.py"
-  Type type = Type::File;
-  std::uint32_t mode = 0644;  // normalized: files 0644 or 0755 (any x bit), dirs 0755, links 0777
-  std::uint32_t nlink = 1;
-  std::uint64_t size = 0;
   std::string link_target;  // Symlink
+  std::string link_to;      // File: dest of the first (bytewise) file of the same list sharing its
+                            // inode — stored as a hardlink to it; "" for the first or a lone file
   /// The real path `rel` is relative to, shared by the entries of one walk (no per-file copy).
   std::shared_ptr<const std::string> root;
   StatIndex::Key key;       // identity when walked
+  std::uint64_t size = 0;
+  std::uint32_t mode = 0644;  // normalized: files 0644 or 0755 (any x bit), dirs 0755, links 0777
+  std::uint32_t nlink = 1;
   ContentDigest sha256;     // File: content digest, filled by hash_files()
-  std::string link_to;      // File: dest of the first (bytewise) file of the same list sharing its
-                            // inode — stored as a hardlink to it; "" for the first or a lone file
+  Type type = Type::File;
   /// The absolute path on disk (built on demand: root + "/" + rel).
   std::string abs() const;
 };
+static_assert(sizeof(FileEntry) <= 240, "FileEntry grew: every walked file pays for it");
 
 struct FileSet {
   bool has_source = false;                 // source_root set and copied (mode != no_copy)
@@ -117,7 +119,8 @@ void hash_files(FileSet& set, StatIndex* index, int jobs, const HashProgress& pr
 std::vector<FileEntry*> lookup_hashes(FileSet& set, const StatIndex* index);
 /// Reads one walked file and fills its sha256 (thread-safe for distinct entries). InputError.
 void hash_file(FileEntry& e, const HashProgress& progress = {});
-/// Records the digests of `hashed` (entries of `set`, read by hash_file) in `index`.
+/// Records the digests of `hashed` (entries of `set`, read by hash_file) in `index`, borrowing the
+/// entries' paths and digests: save the index before `set` changes or goes.
 void record_hashes(const FileSet& set, std::vector<FileEntry*> hashed, StatIndex* index);
 
 /// Is `name` valid UTF-8?

@@ -24,6 +24,10 @@ void atomic_write(const std::filesystem::path& path, const std::string& content,
 
 /// Makes `dst` (which must not exist) have `src`'s bytes: a hardlink where possible, else a
 /// reflink (FICLONE), else a copy. Returns "hardlink", "reflink" or "copy".
+/// The same, with the content produced in pieces through `write` (nothing held whole in memory).
+void atomic_write_stream(const std::filesystem::path& path, const std::filesystem::path& tmp_dir, bool sync,
+                         const std::function<void(const std::function<void(const void*, std::size_t)>& write)>& produce);
+
 const char* link_or_copy(const std::filesystem::path& src, const std::filesystem::path& dst);
 
 /// Removes a tree (no error when it is absent), first making writable the directories a RUN step

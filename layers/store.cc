@@ -533,7 +533,7 @@ void StatIndex::unmap() {
 void StatIndex::load(const fs::path& file) {
   unmap();
   updates_.clear();
-  arena_.clear();
+  owned_.clear();
   updates_sorted_ = true;
   dirty_ = false;
   written_ns_ = 0;
@@ -605,8 +605,8 @@ bool StatIndex::lookup(std::string_view path, const Key& key, Digest* out) const
   // same mtime. Hash it again (the next save makes it safe).
   if (racy(key, written_ns_)) return false;
   if (const Update* u = find_update(path)) {
-    if (!(u->key == key)) return false;
-    *out = u->sha256;
+    if (!(*u->key == key)) return false;
+    *out = *u->sha256;
     return true;
   }
   std::size_t lo = 0, hi = count_;
@@ -632,12 +632,15 @@ std::optional<std::string> StatIndex::lookup(std::string_view path, const Key& k
 }
 
 void StatIndex::update(std::string_view path, const Key& key, const Digest& sha256) {
-  Update u;
-  u.off = arena_.size();
-  u.len = static_cast<std::uint32_t>(path.size());
-  u.key = key;
-  u.sha256 = sha256;
-  arena_.append(path);
+  Owned& o = owned_.emplace_back();
+  o.path.assign(path);
+  o.key = key;
+  o.sha256 = sha256;
+  update_borrowed(o.path, o.key, o.sha256);
+}
+
+void StatIndex::update_borrowed(std::string_view path, const Key& key, const Digest& sha256) {
+  Update u{path.data(), path.size(), &key, &sha256};
   if (updates_sorted_ && !updates_.empty() && !(update_path(updates_.back()) < path)) updates_sorted_ = false;
   updates_.push_back(u);
   dirty_ = true;
@@ -657,7 +660,7 @@ void StatIndex::save(const fs::path& file) {
   constexpr std::uint16_t kMaxAge = 8;
   sort_updates();
   // Merge the loaded records and the updates (an update replaces the record of its path).
-  std::size_t n_out = 0, arena_bytes = 0;
+  std::size_t n_out = 0;
   auto each = [&](auto&& emit) {
     std::size_t i = 0, j = 0;
     while (i < count_ || j < updates_.size()) {
@@ -667,7 +670,7 @@ void StatIndex::save(const fs::path& file) {
       if (j < updates_.size() && (i == count_ || up <= rp)) {
         if (i < count_ && up == rp) ++i;
         const Update& u = updates_[j++];
-        emit(up, u.key, u.sha256.data(), std::uint16_t(0));
+        emit(up, *u.key, u.sha256->data(), std::uint16_t(0));
         continue;
       }
       const bool seen = seen_[i];
@@ -679,21 +682,23 @@ void StatIndex::save(const fs::path& file) {
   };
   each([&](std::string_view p, const Key&, const unsigned char*, std::uint16_t) {
     ++n_out;
-    arena_bytes += p.size();
   });
-  std::string s(kStatHeader + n_out * kStatRecord + arena_bytes, '\0');
-  auto* base = reinterpret_cast<unsigned char*>(s.data());
-  std::memcpy(base, kStatMagic, sizeof kStatMagic - 1);
-  store_at(base + 16, now_ns());
-  store_at(base + 24, static_cast<std::uint64_t>(n_out));
-  std::size_t rec = kStatHeader, off = kStatHeader + n_out * kStatRecord;
-  each([&](std::string_view p, const Key& k, const unsigned char* sha, std::uint16_t age) {
-    put_record(base + rec, off, static_cast<std::uint32_t>(p.size()), age, k, sha);
-    std::memcpy(base + off, p.data(), p.size());
-    rec += kStatRecord;
-    off += p.size();
+  // Streamed to the file (the records, then the paths): no copy of the index in memory.
+  atomic_write_stream(file, file.parent_path().parent_path() / "tmp", /*sync=*/false, [&](const ByteSink& out) {
+    unsigned char head[kStatHeader] = {};
+    std::memcpy(head, kStatMagic, sizeof kStatMagic - 1);
+    store_at(head + 16, now_ns());
+    store_at(head + 24, static_cast<std::uint64_t>(n_out));
+    out(head, sizeof head);
+    std::size_t off = kStatHeader + n_out * kStatRecord;
+    each([&](std::string_view p, const Key& k, const unsigned char* sha, std::uint16_t age) {
+      unsigned char rec[kStatRecord] = {};
+      put_record(rec, off, static_cast<std::uint32_t>(p.size()), age, k, sha);
+      out(rec, sizeof rec);
+      off += p.size();
+    });
+    each([&](std::string_view p, const Key&, const unsigned char*, std::uint16_t) { out(p.data(), p.size()); });
   });
-  atomic_write(file, s, file.parent_path().parent_path() / "tmp", /*sync=*/false);
   dirty_ = false;
 }
 

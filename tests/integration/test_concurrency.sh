@@ -64,21 +64,27 @@ make_tree "$W/app" 2 3 same
 echo '{"name": "conc-same", "source_root": "app", "source_copy_mode": "all"}' >"$W/same.json"
 LOCK=$KILN_STATE_DIR/locks/conc-same.lock
 mkdir -p "$(dirname "$LOCK")"
-# Another process "builds" conc-same for 1.5 s (holding its lock, as a kiln build does).
-flock "$LOCK" sleep 1.5 &
+# Another process "builds" conc-same (holding its lock, as a kiln build does) until told to stop:
+# no timing assumption, so a loaded machine cannot let the lock go before the second build asks.
+flock "$LOCK" sh -c 'while [ ! -e "$1" ]; do sleep 0.05; done' sh "$T/release" &
 holder=$!
-sleep 0.2
+for _ in $(seq 600); do flock -n "$LOCK" true || break; sleep 0.05; done
 kiln build "$W/same.json" --json --progress quiet --no-wait
 assert_eq 6 "$RC" "--no-wait while another build of the name runs: exit 6"
 assert_eq "transient busy" "$(jget "j['error_class'] + ' ' + j['error_kind']" <<<"$OUT")" "--no-wait: transient, busy"
 assert_contains "$(jget "j['message']" <<<"$OUT")" "is building conc-same right now" "--no-wait: the message says why"
-START=$EPOCHREALTIME
-kiln build "$W/same.json" --json --progress quiet
-WAITED=$("$PYTHON" -c "print($EPOCHREALTIME - $START >= 0.8)")
-assert_eq 0 "$RC" "without --no-wait: the build waits, then succeeds"
-assert_contains "$ERR" "is building conc-same right now; waiting for it to finish" "the wait is reported"
-assert_eq True "$WAITED" "the build really waited for the other one"
+"$KILN" build "$W/same.json" --json --progress quiet >"$T/w.out" 2>"$T/w.err" &
+waiter=$!
+for _ in $(seq 600); do grep -q "waiting for it to finish" "$T/w.err" && break; sleep 0.1; done
+WAITING=no
+kill -0 "$waiter" 2>/dev/null && WAITING=yes  # still blocked on the lock when it is released
+touch "$T/release"
+RC=0
+wait "$waiter" || RC=$?
 wait "$holder"
+assert_eq 0 "$RC" "without --no-wait: the build waits, then succeeds"
+assert_contains "$(<"$T/w.err")" "is building conc-same right now; waiting for it to finish" "the wait is reported"
+assert_eq yes "$WAITING" "the build really waited for the other one"
 # Two real kiln builds of the name at once: both succeed, one after the other, both recorded.
 "$KILN" build "$W/same.json" --json --progress plain -o "oci:$T/same" >"$T/s1.out" 2>"$T/s1.err" &
 p1=$!
