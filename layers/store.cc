@@ -552,7 +552,13 @@ void StatIndex::load(const fs::path& file) {
   // Anything that does not check out (another version, a torn or foreign file) loads as empty.
   const std::uint64_t count = load_at<std::uint64_t>(p + 24);
   bool ok = std::memcmp(p, kStatMagic, sizeof kStatMagic - 1) == 0 && count <= (len - kStatHeader) / kStatRecord;
+  map_ = static_cast<const char*>(m);
+  map_len_ = len;
+  records_ = p + kStatHeader;
+  dropped_rec_ = dropped_arena_ = 0;
+  cursor_ = 0;
   if (ok) {
+    count_ = static_cast<std::size_t>(count);  // for drop_below
     const std::uint64_t arena = kStatHeader + count * kStatRecord;
     std::string_view prev;
     for (std::uint64_t i = 0; ok && i < count; ++i) {
@@ -564,15 +570,18 @@ void StatIndex::load(const fs::path& file) {
       std::string_view path(reinterpret_cast<const char*>(p) + off, n);
       ok = i == 0 || prev < path;  // sorted, no duplicates: binary search relies on it
       prev = path;
+      if ((i & 4095) == 4095) drop_below(static_cast<std::size_t>(i));
     }
+    dropped_rec_ = dropped_arena_ = 0;  // the lookups read it front to back again
   }
   if (!ok) {
     ::munmap(m, len);
+    map_ = nullptr;
+    map_len_ = 0;
+    records_ = nullptr;
+    count_ = 0;
     return;
   }
-  map_ = static_cast<const char*>(m);
-  map_len_ = len;
-  records_ = p + kStatHeader;
   count_ = static_cast<std::size_t>(count);
   written_ns_ = load_at<std::int64_t>(p + 16);
   seen_.assign(count_, 0);
@@ -600,6 +609,29 @@ const StatIndex::Update* StatIndex::find_update(std::string_view path) const {
   return it != updates_.end() && update_path(*it) == path ? &*it : nullptr;
 }
 
+void StatIndex::drop_below(std::size_t i) const {
+  // The mapped file's pages are only a cache of a file kiln never writes in place: drop those of
+  // the records before `i` and of their paths (stored in record order) from this process once
+  // passed, so a big index never adds its whole size to the build's peak memory. A page needed
+  // again is faulted back in from the page cache.
+  constexpr std::size_t kMinMap = 4u << 20, kStep = 1u << 20;
+  if (map_len_ < kMinMap || !map_) return;
+  static const std::size_t page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+  const std::size_t arena_begin = kStatHeader + count_ * kStatRecord;
+  std::size_t rec_end = std::min(kStatHeader + i * kStatRecord, arena_begin) / page * page;
+  if (rec_end >= dropped_rec_ + kStep) {
+    ::madvise(const_cast<char*>(map_) + dropped_rec_, rec_end - dropped_rec_, MADV_DONTNEED);
+    dropped_rec_ = rec_end;
+  }
+  std::size_t arena_end = i < count_ ? static_cast<std::size_t>(load_at<std::uint64_t>(records_ + i * kStatRecord)) : map_len_;
+  arena_end = std::min(arena_end, map_len_) / page * page;
+  const std::size_t from = std::max(dropped_arena_, arena_begin / page * page);
+  if (arena_end >= from + kStep) {
+    ::madvise(const_cast<char*>(map_) + from, arena_end - from, MADV_DONTNEED);
+    dropped_arena_ = arena_end;
+  }
+}
+
 bool StatIndex::lookup(std::string_view path, const Key& key, Digest* out) const {
   // Racy: modified within the same second the index was written; a later edit could keep the
   // same mtime. Hash it again (the next save makes it safe).
@@ -609,14 +641,32 @@ bool StatIndex::lookup(std::string_view path, const Key& key, Digest* out) const
     *out = *u->sha256;
     return true;
   }
+  auto path_at = [&](std::size_t k) { return RecordView{records_ + k * kStatRecord}.path(map_); };
+  // A walk looks its sorted list up in order: gallop forward from the last position, so the
+  // lookups read the file front to back once and the pages behind can be dropped (drop_below).
+  // A path before the last one (another list, another order) searches the whole table.
   std::size_t lo = 0, hi = count_;
+  if (cursor_ > 0 && cursor_ <= count_ && path_at(cursor_ - 1) < path) {
+    lo = cursor_;
+    for (std::size_t step = 1;; step *= 2) {
+      const std::size_t probe = lo + step - 1;
+      if (probe >= count_) break;
+      if (!(path_at(probe) < path)) {
+        hi = probe;
+        break;
+      }
+      lo = probe + 1;
+    }
+  }
   while (lo < hi) {
     std::size_t mid = lo + (hi - lo) / 2;
-    if (RecordView{records_ + mid * kStatRecord}.path(map_) < path)
+    if (path_at(mid) < path)
       lo = mid + 1;
     else
       hi = mid;
   }
+  cursor_ = lo;
+  drop_below(lo);
   if (lo == count_) return false;
   RecordView r{records_ + lo * kStatRecord};
   if (r.path(map_) != path || !(r.key() == key)) return false;
@@ -662,6 +712,10 @@ void StatIndex::save(const fs::path& file) {
   // Merge the loaded records and the updates (an update replaces the record of its path).
   std::size_t n_out = 0;
   auto each = [&](auto&& emit) {
+    // Each pass reads the mapped file front to back, dropping the pages it has passed.
+    dropped_rec_ = dropped_arena_ = 0;
+    drop_below(count_);
+    dropped_rec_ = dropped_arena_ = 0;
     std::size_t i = 0, j = 0;
     while (i < count_ || j < updates_.size()) {
       RecordView r{i < count_ ? records_ + i * kStatRecord : nullptr};
@@ -674,6 +728,7 @@ void StatIndex::save(const fs::path& file) {
         continue;
       }
       const bool seen = seen_[i];
+      if ((i & 4095) == 4095) drop_below(i);
       ++i;
       const Key k = r.key();
       if (!seen && (racy(k, written_ns_) || r.age() >= kMaxAge)) continue;

@@ -194,6 +194,7 @@ class StatIndex {
   const Update* find_update(std::string_view path) const;
   void sort_updates() const;
   void unmap();
+  void drop_below(std::size_t record) const;
 
   const char* map_ = nullptr;  // the loaded file, mapped read-only
   std::size_t map_len_ = 0;
@@ -204,6 +205,8 @@ class StatIndex {
   mutable bool updates_sorted_ = true;
   std::deque<Owned> owned_;  // a deque: its elements never move
   std::int64_t written_ns_ = 0;
+  mutable std::size_t cursor_ = 0;                        // where the last lookup landed
+  mutable std::size_t dropped_rec_ = 0, dropped_arena_ = 0;  // mapped bytes already released
   bool dirty_ = false;
 };
 
