@@ -100,7 +100,6 @@ layers::TarEntry to_tar(const layers::FileEntry& f, std::uint32_t uid, std::uint
       t.type = layers::TarEntry::Type::File;
       t.size = f.size;
       t.source = f.abs();
-      t.sha256 = f.sha256.hex();
       t.mtime_ns = f.key.mtime_ns;
       t.ctime_ns = f.key.ctime_ns;
       t.dev = f.key.dev;

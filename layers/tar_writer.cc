@@ -118,32 +118,45 @@ class SideHasher {
 }  // namespace
 
 std::vector<TarEntry> normalize_entries(std::vector<TarEntry> entries, std::uint32_t uid, std::uint32_t gid) {
-  std::map<std::string, TarEntry> by_path;
-  for (auto& e : entries) {
-    check_rel_path(e.path);
-    by_path[e.path] = std::move(e);
+  // In place (a layer of a big tree has thousands of entries; no map of them): sort bytewise
+  // (stable, so for a path given twice the last one given wins), then add the missing parents.
+  for (const auto& e : entries) check_rel_path(e.path);
+  auto by_path = [](const TarEntry& a, const TarEntry& b) { return a.path < b.path; };
+  if (!std::is_sorted(entries.begin(), entries.end(), by_path)) std::stable_sort(entries.begin(), entries.end(), by_path);
+  std::size_t w = 0;
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    if (i + 1 < entries.size() && entries[i].path == entries[i + 1].path) continue;
+    if (w != i) entries[w] = std::move(entries[i]);
+    ++w;
   }
+  entries.resize(w);
   std::vector<std::string> missing;
-  for (auto& [path, e] : by_path) {
-    for (std::size_t pos = path.find('/'); pos != std::string::npos; pos = path.find('/', pos + 1)) {
-      std::string parent = path.substr(0, pos);
-      if (!by_path.count(parent)) missing.push_back(parent);
+  auto present = [&](std::string_view p) {
+    auto it = std::lower_bound(entries.begin(), entries.end(), p, [](const TarEntry& e, std::string_view x) { return e.path < x; });
+    return it != entries.end() && it->path == p;
+  };
+  for (const auto& e : entries) {
+    for (std::size_t pos = e.path.find('/'); pos != std::string::npos; pos = e.path.find('/', pos + 1)) {
+      std::string_view parent(e.path.data(), pos);
+      if (!present(parent) && !std::binary_search(missing.begin(), missing.end(), parent, std::less<>())) {
+        missing.insert(std::upper_bound(missing.begin(), missing.end(), parent, std::less<>()), std::string(parent));
+      }
     }
   }
+  if (missing.empty()) return entries;
+  const std::size_t n = entries.size();
+  entries.reserve(n + missing.size());
   for (auto& parent : missing) {
-    if (by_path.count(parent)) continue;
     TarEntry d;
-    d.path = parent;
+    d.path = std::move(parent);
     d.type = TarEntry::Type::Dir;
     d.mode = 0755;
     d.uid = uid;
     d.gid = gid;
-    by_path.emplace(parent, std::move(d));
+    entries.push_back(std::move(d));
   }
-  std::vector<TarEntry> out;
-  out.reserve(by_path.size());
-  for (auto& [_, e] : by_path) out.push_back(std::move(e));  // std::map: bytewise order
-  return out;
+  std::inplace_merge(entries.begin(), entries.begin() + static_cast<std::ptrdiff_t>(n), entries.end(), by_path);
+  return entries;
 }
 
 WrittenLayer write_layer(const std::vector<TarEntry>& entries, const LayerWriteOptions& opts, const ByteSink& out,

@@ -26,7 +26,6 @@ struct TarEntry {
   std::string link_target;    // Symlink: target as stored; Hardlink: path of the first link
   std::filesystem::path source;  // File: where the bytes come from
   std::uint32_t uid = 0, gid = 0;
-  std::string sha256;         // File: content digest (hex) — part of the layer's cache key
   // Identity of the source file at the time it was hashed: the writer refuses a file that changed.
   std::int64_t mtime_ns = 0, ctime_ns = 0;
   // Identity of the source file when it was walked (0: not checked): the writer reads only from a

@@ -515,7 +515,8 @@ void check_dies_with_kiln(const SandboxSpec& spec, const fs::path& ready, const 
   }
   const bool started = wait_until([&] { return fs::exists(ready); });
   CHECK(started);
-  CHECK(process_exists(cmdline));
+  // The script touches `ready` and then execs the command: give the exec its moment.
+  CHECK(wait_until([&] { return process_exists(cmdline); }));
   ::kill(pid, SIGKILL);
   int status = 0;
   ::waitpid(pid, &status, 0);

@@ -256,21 +256,21 @@ TEST_CASE("tar: normalize_entries drops duplicates, the last one wins") {
   TarEntry a;
   a.path = "f";
   a.mode = 0644;
-  a.sha256 = "first";
+  a.link_target = "first";
   TarEntry b = a;
   b.mode = 0755;
-  b.sha256 = "second";
+  b.link_target = "second";
   TarEntry c = a;
-  c.sha256 = "third";
+  c.link_target = "third";
   c.mode = 0600;
   auto out = normalize_entries({a, tar_dir("g"), b});
   REQUIRE(paths_of(out) == std::vector<std::string>{"f", "g"});
   CHECK(out[0].mode == 0755);
-  CHECK(out[0].sha256 == "second");
+  CHECK(out[0].link_target == "second");
 
   auto out2 = normalize_entries({b, a, c});
   REQUIRE(out2.size() == 1);
-  CHECK(out2[0].sha256 == "third");
+  CHECK(out2[0].link_target == "third");
   CHECK(out2[0].mode == 0600);
 }
 
