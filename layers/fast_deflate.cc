@@ -26,7 +26,7 @@ using u64 = std::uint64_t;
 constexpr unsigned kMinMatch = 4;       // shortest match searched for (DEFLATE allows 3)
 constexpr unsigned kMaxMatch = 258;
 constexpr u32 kMaxDist = 32768;
-constexpr unsigned kHashBits = 14;      // single-entry table of 2^15 positions
+constexpr unsigned kHashBits = 13;      // single-entry table of 2^15 positions
 constexpr unsigned kSkipShift = 5;      // after 2^5 misses in a row, step 2 bytes, and so on
 constexpr std::size_t kBlockBytes = 1 << 17;  // a block ends after this many input bytes ...
 constexpr std::size_t kBlockSeqs = 1 << 14;   // ... or this many matches
@@ -51,7 +51,15 @@ inline void store64(u8* p, u64 v) {
   if constexpr (std::endian::native == std::endian::big) v = __builtin_bswap64(v);
   std::memcpy(p, &v, 8);
 }
-inline u32 hash4(u32 x) { return (x * 2654435761u) >> (32 - kHashBits); }
+// The hash table: entry = position mod 2^20 | 12 more bits of the hash ("tag") << 20. A
+// candidate whose tag differs is a miss without touching the input; one whose tag agrees is
+// checked against the input bytes, so stale or colliding entries cost time, never correctness.
+constexpr u32 kPosMask = 0xfffff;
+inline u64 hash5(const u8* p) { return (load64(p) << 24) * 0x9E3779B97F4A7C15ull; }
+inline u32 slot(u64 h) { return static_cast<u32>(h >> (64 - kHashBits)); }
+inline u32 entry(u64 h, std::size_t pos) {
+  return (static_cast<u32>(h >> (64 - kHashBits - 12)) << 20) | (static_cast<u32>(pos) & kPosMask);
+}
 
 // ---- static tables of RFC 1951 ----
 struct Tables {
@@ -302,15 +310,15 @@ std::size_t FastDeflate::Work::lz_block(const u8* in, std::size_t n, std::size_t
   std::size_t ip = start, lit_start = start;
   u32 misses = 1u << kSkipShift;
   while (ip < block_limit && nseq < kBlockSeqs) {
-    const u32 cur = load32(in + ip);
-    const u32 h = hash4(cur);
-    const u32 cand = tab[h];
-    tab[h] = static_cast<u32>(ip);
-    const u32 dist = static_cast<u32>(ip) - cand;
-    if (dist - 1 >= kMaxDist || load32(in + cand) != cur) {
+    const u64 h = hash5(in + ip);
+    const u32 e = entry(h, ip), old = tab[slot(h)];
+    tab[slot(h)] = e;
+    const u32 dist = (static_cast<u32>(ip) - old) & kPosMask;
+    if (((e ^ old) >> 20) != 0 || dist - 1 >= kMaxDist || load32(in + ip - dist) != load32(in + ip)) {
       ip += misses++ >> kSkipShift;
       continue;
     }
+    const std::size_t cand = ip - dist;
     // A match of at least 4: extend backwards over the pending literals, then forwards.
     std::size_t m = ip, c = cand;
     while (m > lit_start && c > 0 && in[m - 1] == in[c - 1] && ip + kMinMatch - m < kMaxMatch) {
@@ -351,8 +359,9 @@ std::size_t FastDeflate::Work::lz_block(const u8* in, std::size_t n, std::size_t
     lit_start = ip;
     misses = 1u << kSkipShift;
     if (ip < ip_limit) {  // two positions inside the match, for the next search
-      tab[hash4(load32(in + ip - 2))] = static_cast<u32>(ip - 2);
-      tab[hash4(load32(in + ip - 1))] = static_cast<u32>(ip - 1);
+      const u64 h2 = hash5(in + ip - 2), h1 = hash5(in + ip - 1);
+      tab[slot(h2)] = entry(h2, ip - 2);
+      tab[slot(h1)] = entry(h1, ip - 1);
     }
   }
   std::size_t end = ip >= ip_limit ? n : std::max(ip, lit_start);
