@@ -314,33 +314,37 @@ std::size_t FastDeflate::Work::lz_block(const u8* in, std::size_t n, std::size_t
     const u32 e = entry(h, ip), old = tab[slot(h)];
     tab[slot(h)] = e;
     const u32 dist = (static_cast<u32>(ip) - old) & kPosMask;
-    if (((e ^ old) >> 20) != 0 || dist - 1 >= kMaxDist || load32(in + ip - dist) != load32(in + ip)) {
+    u64 x;  // the first 8 bytes at ip against the candidate's: at least 4 must agree
+    if (((e ^ old) >> 20) != 0 || dist - 1 >= kMaxDist ||
+        ((x = load64(in + ip) ^ load64(in + ip - dist)) & 0xffffffffu) != 0) {
       ip += misses++ >> kSkipShift;
       continue;
     }
-    const std::size_t cand = ip - dist;
-    // A match of at least 4: extend backwards over the pending literals, then forwards.
-    std::size_t m = ip, c = cand;
-    while (m > lit_start && c > 0 && in[m - 1] == in[c - 1] && ip + kMinMatch - m < kMaxMatch) {
-      --m;
-      --c;
-    }
-    std::size_t len = ip + kMinMatch - m;
-    const std::size_t max_len = std::min<std::size_t>(kMaxMatch, n - m);
-    while (len < max_len) {
-      if (m + len + 8 <= n) {
-        u64 x = load64(in + m + len) ^ load64(in + c + len);
-        if (x) {
-          len += static_cast<unsigned>(std::countr_zero(x)) >> 3;
-          break;
+    // A match: forwards from ip (up to 258 bytes and the end), then backwards over the literals.
+    std::size_t fwd;
+    if (x) {
+      fwd = static_cast<unsigned>(std::countr_zero(x)) >> 3;
+    } else {
+      fwd = 8;
+      const std::size_t max_fwd = std::min<std::size_t>(kMaxMatch, n - ip);
+      while (fwd < max_fwd) {
+        if (ip + fwd + 8 <= n) {
+          const u64 y = load64(in + ip + fwd) ^ load64(in + ip - dist + fwd);
+          if (y) {
+            fwd += static_cast<unsigned>(std::countr_zero(y)) >> 3;
+            break;
+          }
+          fwd += 8;
+        } else {
+          if (in[ip + fwd] != in[ip - dist + fwd]) break;
+          ++fwd;
         }
-        len += 8;
-      } else {
-        if (in[m + len] != in[c + len]) break;
-        ++len;
       }
+      if (fwd > max_fwd) fwd = max_fwd;
     }
-    if (len > max_len) len = max_len;
+    std::size_t m = ip;
+    while (m > lit_start && m > dist && in[m - 1] == in[m - 1 - dist] && ip - m + fwd < kMaxMatch) --m;
+    const std::size_t len = ip - m + fwd;
     // count the pending literals: up to three without branches (ip + 16 <= n: readable)
     const std::size_t k = m - lit_start;
     const u8* q = in + lit_start;
