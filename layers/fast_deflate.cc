@@ -26,7 +26,8 @@ using u64 = std::uint64_t;
 constexpr unsigned kMinMatch = 4;       // shortest match searched for (DEFLATE allows 3)
 constexpr unsigned kMaxMatch = 258;
 constexpr u32 kMaxDist = 32768;
-constexpr unsigned kHashBits = 13;      // single-entry table of 2^15 positions
+constexpr unsigned kHashBits = 13;      // a table of 2^13 entries (32 KiB: stays in L1)
+constexpr unsigned kHashLen = 7;        // bytes hashed: matches shorter than this are rarely found      // single-entry table of 2^15 positions
 constexpr unsigned kSkipShift = 5;      // after 2^5 misses in a row, step 2 bytes, and so on
 constexpr std::size_t kBlockBytes = 1 << 17;  // a block ends after this many input bytes ...
 constexpr std::size_t kBlockSeqs = 1 << 14;   // ... or this many matches
@@ -55,7 +56,7 @@ inline void store64(u8* p, u64 v) {
 // candidate whose tag differs is a miss without touching the input; one whose tag agrees is
 // checked against the input bytes, so stale or colliding entries cost time, never correctness.
 constexpr u32 kPosMask = 0xfffff;
-inline u64 hash5(const u8* p) { return (load64(p) << 24) * 0x9E3779B97F4A7C15ull; }
+inline u64 hash_at(const u8* p) { return (load64(p) << (64 - 8 * kHashLen)) * 0x9E3779B97F4A7C15ull; }
 inline u32 slot(u64 h) { return static_cast<u32>(h >> (64 - kHashBits)); }
 inline u32 entry(u64 h, std::size_t pos) {
   return (static_cast<u32>(h >> (64 - kHashBits - 12)) << 20) | (static_cast<u32>(pos) & kPosMask);
@@ -303,14 +304,17 @@ std::size_t FastDeflate::Work::lz_block(const u8* in, std::size_t n, std::size_t
   std::memset(litlen_freq, 0, sizeof litlen_freq);
   std::memset(dist_freq, 0, sizeof dist_freq);
   std::memset(hist, 0, sizeof hist);
-  nseq = 0;
+  std::size_t ns = 0;  // locals, not members: stores through the pointers below cannot alias them
+  Seq* const sq = seqs.data();
+  u32* const lf = litlen_freq;
+  u32* const df = dist_freq;
   u32* tab = table.data();
   const std::size_t ip_limit = n > kTail ? n - kTail : 0;
   const std::size_t block_limit = std::min(ip_limit, start + kBlockBytes);
   std::size_t ip = start, lit_start = start;
   u32 misses = 1u << kSkipShift;
-  while (ip < block_limit && nseq < kBlockSeqs) {
-    const u64 h = hash5(in + ip);
+  while (ip < block_limit && ns < kBlockSeqs) {
+    const u64 h = hash_at(in + ip);
     const u32 e = entry(h, ip), old = tab[slot(h)];
     tab[slot(h)] = e;
     const u32 dist = (static_cast<u32>(ip) - old) & kPosMask;
@@ -348,22 +352,22 @@ std::size_t FastDeflate::Work::lz_block(const u8* in, std::size_t n, std::size_t
     // count the pending literals: up to three without branches (ip + 16 <= n: readable)
     const std::size_t k = m - lit_start;
     const u8* q = in + lit_start;
-    litlen_freq[q[0]] += k > 0;
-    litlen_freq[q[1]] += k > 1;
-    litlen_freq[q[2]] += k > 2;
+    lf[q[0]] += k > 0;
+    lf[q[1]] += k > 1;
+    lf[q[2]] += k > 2;
     if (k > 3) count_run(q + 3, k - 3);
     const unsigned ds = dist_sym(dist - 1);
-    Seq& s = seqs[nseq++];
+    Seq& s = sq[ns++];
     s.lits_dsym = static_cast<u32>(k) | (ds << 24);
     s.len = static_cast<u16>(len);
     s.dist = static_cast<u16>(dist - 1);
-    litlen_freq[kT.len_sym[len]]++;
-    dist_freq[ds]++;
+    lf[kT.len_sym[len]]++;
+    df[ds]++;
     ip = m + len;
     lit_start = ip;
     misses = 1u << kSkipShift;
     if (ip < ip_limit) {  // two positions inside the match, for the next search
-      const u64 h2 = hash5(in + ip - 2), h1 = hash5(in + ip - 1);
+      const u64 h2 = hash_at(in + ip - 2), h1 = hash_at(in + ip - 1);
       tab[slot(h2)] = entry(h2, ip - 2);
       tab[slot(h1)] = entry(h1, ip - 1);
     }
@@ -371,7 +375,8 @@ std::size_t FastDeflate::Work::lz_block(const u8* in, std::size_t n, std::size_t
   std::size_t end = ip >= ip_limit ? n : std::max(ip, lit_start);
   if (end > n) end = n;
   count_run(in + lit_start, end - lit_start);
-  Seq& s = seqs[nseq++];
+  Seq& s = sq[ns++];
+  nseq = ns;
   s.lits_dsym = static_cast<u32>(end - lit_start);
   s.len = 0;
   s.dist = 0;
@@ -481,7 +486,8 @@ void FastDeflate::Work::prepare_tables(const u8* lens, const u16* codes, const u
   for (unsigned s = 0; s < kDistSyms; ++s) dist_e[s] = dcodes[s] | static_cast<u32>(dlens[s]) << 16;
 }
 
-void FastDeflate::Work::write_symbols(BitOut& o, const u8* in, std::size_t start, std::size_t end) const {
+void FastDeflate::Work::write_symbols(BitOut& out, const u8* in, std::size_t start, std::size_t end) const {
+  BitOut o = out;  // a local copy: its fields stay in registers (stores to o.p cannot alias them)
   const u8* p = in + start;
   const u8* const stop = in + end;
   auto lit = [&](u32 e) { o.put(e & 0xffff, e >> 16); };
@@ -516,6 +522,7 @@ void FastDeflate::Work::write_symbols(BitOut& o, const u8* in, std::size_t start
   }
   lit(lit_e[256]);
   o.flush();
+  out = o;
 }
 
 std::size_t fast_deflate_bound(std::size_t n) {
