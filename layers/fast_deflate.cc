@@ -349,13 +349,17 @@ std::size_t FastDeflate::Work::lz_block(const u8* in, std::size_t n, std::size_t
     std::size_t m = ip;
     while (m > lit_start && m > dist && in[m - 1] == in[m - 1 - dist] && ip - m + fwd < kMaxMatch) --m;
     const std::size_t len = ip - m + fwd;
-    // count the pending literals: up to three without branches (ip + 16 <= n: readable)
+    // Count the pending literals in groups of four, the last group masked: reading up to three
+    // bytes past them is safe, the match follows.
     const std::size_t k = m - lit_start;
     const u8* q = in + lit_start;
-    lf[q[0]] += k > 0;
-    lf[q[1]] += k > 1;
-    lf[q[2]] += k > 2;
-    if (k > 3) count_run(q + 3, k - 3);
+    for (std::size_t j = 0;; j += 4) {
+      lf[q[j]] += j < k;
+      lf[q[j + 1]] += j + 1 < k;
+      lf[q[j + 2]] += j + 2 < k;
+      lf[q[j + 3]] += j + 3 < k;
+      if (j + 4 >= k) break;
+    }
     const unsigned ds = dist_sym(dist - 1);
     Seq& s = sq[ns++];
     s.lits_dsym = static_cast<u32>(k) | (ds << 24);
@@ -489,27 +493,22 @@ void FastDeflate::Work::prepare_tables(const u8* lens, const u16* codes, const u
 void FastDeflate::Work::write_symbols(BitOut& out, const u8* in, std::size_t start, std::size_t end) const {
   BitOut o = out;  // a local copy: its fields stay in registers (stores to o.p cannot alias them)
   const u8* p = in + start;
-  const u8* const stop = in + end;
+  (void)end;
   auto lit = [&](u32 e) { o.put(e & 0xffff, e >> 16); };
   for (std::size_t i = 0; i < nseq; ++i) {
     const Seq& s = seqs[i];
     std::size_t k = s.lits();
-    if (k <= 3 && stop - p >= 3) {  // short runs without branches: masked entries write nothing
-      lit(lit_e[p[0]] & (0u - (k > 0)));
-      lit(lit_e[p[1]] & (0u - (k > 1)));
-      lit(lit_e[p[2]] & (0u - (k > 2)));
-      p += k;
-    } else {
-      for (; k >= 3; k -= 3, p += 3) {
-        lit(lit_e[p[0]]);
-        lit(lit_e[p[1]]);
-        lit(lit_e[p[2]]);
-        o.flush();
-      }
-      for (; k; --k, ++p) lit(lit_e[*p]);
-    }
-    o.flush();
     if (s.len) {
+      // Literals in groups of three, the last group masked (a masked entry writes nothing):
+      // reading up to two bytes past the run is safe, a match of at least 4 follows it.
+      for (std::size_t j = 0;; j += 3) {
+        lit(lit_e[p[j]] & (0u - (j < k)));
+        lit(lit_e[p[j + 1]] & (0u - (j + 1 < k)));
+        lit(lit_e[p[j + 2]] & (0u - (j + 2 < k)));
+        o.flush();
+        if (j + 3 >= k) break;
+      }
+      p += k;
       const u32 e = len_e[s.len];
       o.put(e & 0xffffff, e >> 24);
       const unsigned ds = s.dsym();
@@ -518,6 +517,15 @@ void FastDeflate::Work::write_symbols(BitOut& out, const u8* in, std::size_t sta
       o.put(static_cast<u32>(s.dist) + 1 - kT.dist_base[ds], kT.dist_extra[ds]);
       o.flush();
       p += s.len;
+    } else {  // the block's trailing literals
+      for (; k >= 3; k -= 3, p += 3) {
+        lit(lit_e[p[0]]);
+        lit(lit_e[p[1]]);
+        lit(lit_e[p[2]]);
+        o.flush();
+      }
+      for (; k; --k, ++p) lit(lit_e[*p]);
+      o.flush();
     }
   }
   lit(lit_e[256]);
