@@ -27,7 +27,7 @@ constexpr unsigned kMinMatch = 4;       // shortest match searched for (DEFLATE 
 constexpr unsigned kMaxMatch = 258;
 constexpr u32 kMaxDist = 32768;
 constexpr unsigned kHashBits = 13;      // a table of 2^13 entries (32 KiB: stays in L1)
-constexpr unsigned kHashLen = 7;        // bytes hashed: matches shorter than this are rarely found
+constexpr unsigned kHashLen = 8;        // bytes hashed: matches shorter than this are rarely found
 constexpr unsigned kSkipShift = 5;      // after 2^5 misses in a row, step 2 bytes, and so on
 constexpr std::size_t kBlockBytes = 1 << 17;  // a block ends after this many input bytes ...
 constexpr std::size_t kBlockSeqs = 1 << 14;   // ... or this many matches
@@ -370,9 +370,8 @@ std::size_t FastDeflate::Work::lz_block(const u8* in, std::size_t n, std::size_t
     ip = m + len;
     lit_start = ip;
     misses = 1u << kSkipShift;
-    if (ip < ip_limit) {  // two positions inside the match, for the next search
-      const u64 h2 = hash_at(in + ip - 2), h1 = hash_at(in + ip - 1);
-      tab[slot(h2)] = entry(h2, ip - 2);
+    if (ip < ip_limit) {  // the match's last position, for the next search
+      const u64 h1 = hash_at(in + ip - 1);
       tab[slot(h1)] = entry(h1, ip - 1);
     }
   }
