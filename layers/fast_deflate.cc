@@ -7,7 +7,6 @@
 #include "layers/fast_deflate.h"
 
 #include <algorithm>
-#include <array>
 #include <bit>
 #include <cstring>
 #include <stdexcept>
@@ -23,7 +22,6 @@ using u32 = std::uint32_t;
 using u64 = std::uint64_t;
 
 // ---- format constants and parameters (changing any parameter changes the output bytes) ----
-constexpr unsigned kMinMatch = 4;       // shortest match searched for (DEFLATE allows 3)
 constexpr unsigned kMaxMatch = 258;
 constexpr u32 kMaxDist = 32768;
 constexpr unsigned kHashBits = 13;      // a table of 2^13 entries (32 KiB: stays in L1)
@@ -67,14 +65,12 @@ struct Tables {
   u16 len_sym[kMaxMatch + 1];   // match length -> litlen symbol
   u8 len_extra[kMaxMatch + 1];  // match length -> extra bit count
   u16 len_xval[kMaxMatch + 1];  // match length -> extra bits value
-  u8 dist_lo[256];              // d-1 (d <= 256) -> distance symbol
-  u8 dist_hi[256];              // (d-1) >> 7 (d > 256) -> distance symbol
   u16 dist_base[kDistSyms];
   u8 dist_extra[kDistSyms];
   u8 sym_extra[kLitLenSyms];    // litlen symbol -> extra bits
   u8 fixed_len[kLitLenSyms + 2];
 
-  constexpr Tables() : len_sym(), len_extra(), len_xval(), dist_lo(), dist_hi(), dist_base(), dist_extra(), sym_extra(), fixed_len() {
+  constexpr Tables() : len_sym(), len_extra(), len_xval(), dist_base(), dist_extra(), sym_extra(), fixed_len() {
     constexpr u16 lbase[29] = {3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31,
                                35, 43, 51, 59, 67, 83, 99, 115, 131, 163, 195, 227, 258};
     constexpr u8 lext[29] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0};
@@ -91,16 +87,8 @@ struct Tables {
       dist_extra[s] = static_cast<u8>(s < 4 ? 0 : (s - 2) / 2);
       dist_base[s] = static_cast<u16>(s < 4 ? s + 1 : ((2u + (s & 1)) << dist_extra[s]) + 1);
     }
-    for (unsigned s = 0; s < kDistSyms; ++s) {
-      unsigned lo = dist_base[s] - 1u, hi = lo + (1u << dist_extra[s]);  // d-1 in [lo, hi)
-      for (unsigned v = lo; v < hi; ++v) {
-        if (v < 256) dist_lo[v] = static_cast<u8>(s);
-        else dist_hi[v >> 7] = static_cast<u8>(s);
-      }
-    }
     for (unsigned s = 0; s < kLitLenSyms + 2; ++s) fixed_len[s] = s < 144 ? 8 : s < 256 ? 9 : s < 280 ? 7 : 8;
   }
-  unsigned dist_sym(u32 d) const { return d <= 256 ? dist_lo[d - 1] : dist_hi[(d - 1) >> 7]; }
 };
 constexpr Tables kT;
 static_assert(kT.len_sym[3] == 257 && kT.len_sym[10] == 264 && kT.len_sym[257] == 284 && kT.len_sym[258] == 285);
@@ -118,10 +106,18 @@ static_assert(kBlockBytes < (1u << 24));
 
 // The distance symbol of d-1 = v (RFC 1951 3.2.5): v < 4 -> v, else 2*floor(log2 v) + the bit
 // below the top one. Branch-free.
-inline unsigned dist_sym(u32 v) {
+constexpr unsigned dist_sym(u32 v) {
   const unsigned b = static_cast<unsigned>(std::bit_width(v | 1u)) - 1;
   return 2 * b + ((v >> (b - (b != 0))) & 1u);
 }
+// ... which agrees with RFC 1951's table for every distance (checked at compile time).
+constexpr bool dist_sym_matches_table() {
+  for (unsigned s = 0; s < kDistSyms; ++s)
+    for (u32 v = kT.dist_base[s] - 1u; v < kT.dist_base[s] - 1u + (1u << kT.dist_extra[s]); ++v)
+      if (dist_sym(v) != s) return false;
+  return true;
+}
+static_assert(dist_sym_matches_table());
 
 // ---- Huffman code lengths ----
 
