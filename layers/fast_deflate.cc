@@ -309,7 +309,7 @@ std::size_t FastDeflate::Work::lz_block(const u8* in, std::size_t n, std::size_t
   const std::size_t block_limit = std::min(ip_limit, start + kBlockBytes);
   std::size_t ip = start, lit_start = start;
   u32 misses = 1u << kSkipShift;
-  while (ip < block_limit && ns < kBlockSeqs) {
+  while (ip < block_limit) {
     const u64 h = hash_at(in + ip);
     const u32 e = entry(h, ip), old = tab[slot(h)];
     tab[slot(h)] = e;
@@ -370,6 +370,7 @@ std::size_t FastDeflate::Work::lz_block(const u8* in, std::size_t n, std::size_t
       const u64 h1 = hash_at(in + ip - 1);
       tab[slot(h1)] = entry(h1, ip - 1);
     }
+    if (ns == kBlockSeqs) break;
   }
   std::size_t end = ip >= ip_limit ? n : std::max(ip, lit_start);
   if (end > n) end = n;
