@@ -1,7 +1,8 @@
 // A fast, deterministic DEFLATE encoder (see fast_deflate.h). Structure:
 //   lz_block      greedy LZ77 over a part of the piece -> sequences (literal run, match)
 //   build_lengths length-limited Huffman code lengths (Moffat-Katajainen, integer, total order)
-//   Block         dynamic / fixed / stored costs in exact bits, then the chosen encoding
+//   compress      per block: dynamic / fixed / stored costs in exact bits, then the cheapest
+//   write_*       the dynamic header and the symbols, through a 64-bit little-endian bit writer
 // Every multi-byte load and store is explicitly little-endian, so big-endian hosts write the
 // same bytes.
 #include "layers/fast_deflate.h"

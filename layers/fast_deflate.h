@@ -3,10 +3,11 @@
 // It compresses one piece (kiln uses 1 MiB pieces, kGzipPiece) to raw DEFLATE with no dictionary,
 // so pieces compress independently and in parallel; a non-final piece ends byte-aligned with no
 // BFINAL bit set (an empty stored block, zlib's sync flush), so pieces concatenate into one
-// stream. The algorithm: greedy LZ77 over a single-entry hash table of 4-byte prefixes (loaded
-// little-endian on every host), skip acceleration over incompressible runs, and per block the
-// cheapest of a dynamic Huffman, the fixed Huffman or stored encoding by exact bit count, with
-// length-limited codes built by integer code with total orders (no ties left to a sort).
+// stream. The algorithm: greedy LZ77 over a single-entry hash table indexed by the next 8 bytes
+// (loaded little-endian on every host; a match needs 4 equal bytes), skip acceleration over
+// incompressible runs, and per block the cheapest of a dynamic Huffman, the fixed Huffman or
+// stored encoding by exact bit count, with length-limited codes built by integer code with total
+// orders (no ties left to a sort). docs/store.md, "Gzip layers", has the details and measurements.
 //
 // Deterministic by construction: the output depends only on the input bytes and `final` — never
 // on the CPU, its features, the compiler's floating point, the thread count or memory contents.
