@@ -127,7 +127,7 @@ std::vector<std::size_t> hardlink_groups(const std::vector<const layers::FileEnt
 /// the paths, so they need not be listed; hardlinks enter as positions within the layer.
 std::string layer_key(const LayerPlan& p, std::int64_t mtime, std::uint32_t uid, std::uint32_t gid) {
   layers::KeyHasher h;
-  h.field("kiln-layer-v2");  // v2: gzip by libdeflate in 1 MiB pieces
+  h.field("kiln-layer-v3");  // v3: gzip level 1 by kiln's fast_deflate (v2: libdeflate), 1 MiB pieces
   h.field(p.sample ? "auto" : spec::to_string(p.compression));
   h.field(static_cast<std::uint64_t>(p.level + 1));
   h.field(static_cast<std::uint64_t>(mtime));

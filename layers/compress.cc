@@ -1,4 +1,5 @@
-// gzip/zstd streaming encoders over libdeflate and libzstd, and decoders over zlib and libzstd.
+// gzip/zstd streaming encoders (gzip level 1: kiln's fast_deflate; other levels: libdeflate; zstd:
+// libzstd), and decoders over zlib and libzstd.
 #include "layers/compress.h"
 
 #include <libdeflate.h>
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "layers/deflate_splice.h"
+#include "layers/fast_deflate.h"
 
 namespace kiln::layers {
 
@@ -35,10 +37,13 @@ class PassThrough : public Encoder {
 
 // gzip, written in parallel and deterministically (see docs/store.md, "Gzip layers"): the plain
 // stream is cut into pieces of kGzipPiece bytes (a constant of the layer format, never the thread
-// count), each piece is compressed on its own by libdeflate, and the pieces are joined into one
-// gzip member (all but the last made non-final and byte-aligned by an empty stored block). The
-// bytes depend on the input, the level and the libdeflate version only: libdeflate's match
-// finders are portable C; its only CPU dispatch is for checksums, whose values do not vary.
+// count), each piece is compressed on its own, and the pieces are joined into one gzip member
+// (all but the last non-final and byte-aligned by an empty stored block). Level 1 (the default)
+// uses kiln's own encoder (layers/fast_deflate), which writes non-final pieces directly; levels
+// 0 and 2-9 use libdeflate, whose pieces kiln walks to clear the final bit (deflate_splice). The
+// bytes depend on the input and the level only (and for levels other than 1 on the libdeflate
+// version): neither encoder dispatches on CPU features; libdeflate's only CPU dispatch is for
+// checksums, whose values do not vary.
 class GzipEncoder : public Encoder {
  public:
   GzipEncoder(ByteSink out, int level, int threads)
@@ -87,19 +92,36 @@ class GzipEncoder : public Encoder {
     std::exception_ptr err;
   };
   struct Compressor {
-    libdeflate_compressor* c;
-    explicit Compressor(int level) : c(libdeflate_alloc_compressor(level)) {
+    std::unique_ptr<FastDeflate> fast;  // level 1
+    libdeflate_compressor* c = nullptr;  // other levels
+    explicit Compressor(int level) {
+      if (level == 1) {
+        fast = std::make_unique<FastDeflate>();
+        return;
+      }
+      c = libdeflate_alloc_compressor(level);
       if (!c) throw std::runtime_error("gzip: cannot create a libdeflate compressor (level " + std::to_string(level) + ")");
     }
-    ~Compressor() { libdeflate_free_compressor(c); }
+    ~Compressor() {
+      if (c) libdeflate_free_compressor(c);
+    }
+    Compressor(const Compressor&) = delete;
+    Compressor& operator=(const Compressor&) = delete;
   };
 
-  static void compress(Piece& p, libdeflate_compressor* c) {
+  static void compress(Piece& p, Compressor& c) {
     p.crc = static_cast<std::uint32_t>(libdeflate_crc32(0, p.in.data(), p.in.size()));
-    std::size_t bound = libdeflate_deflate_compress_bound(c, kGzipPiece) + 8;
-    if (p.out.size() < bound) p.out.resize(bound);  // buffers are reused: no zero-filling per piece
+    const auto* in = reinterpret_cast<const std::uint8_t*>(p.in.data());
+    if (c.fast) {  // level 1: non-final pieces come out joinable, nothing to walk
+      const std::size_t bound = fast_deflate_bound(kGzipPiece);
+      if (p.out.size() < bound) p.out.resize(bound);  // buffers are reused: no zero-filling per piece
+      p.out_len = c.fast->compress(in, p.in.size(), reinterpret_cast<std::uint8_t*>(p.out.data()), bound, p.final);
+      return;
+    }
+    std::size_t bound = libdeflate_deflate_compress_bound(c.c, kGzipPiece) + 8;
+    if (p.out.size() < bound) p.out.resize(bound);
     auto* o = reinterpret_cast<unsigned char*>(p.out.data());
-    std::size_t n = libdeflate_deflate_compress(c, p.in.data(), p.in.size(), o, bound - 8);
+    std::size_t n = libdeflate_deflate_compress(c.c, in, p.in.size(), o, bound - 8);
     if (n == 0) throw std::runtime_error("gzip: libdeflate compression failed");
     if (!p.final) n = make_nonfinal(o, n, walk_deflate(o, n));
     p.out_len = n;
@@ -130,14 +152,14 @@ class GzipEncoder : public Encoder {
     if (!final) cur_ = fresh_piece();
     if (threads_ == 1) {  // inline: the same bytes, no threads
       if (!inline_) inline_ = std::make_unique<Compressor>(level_);
-      compress(*p, inline_->c);
+      compress(*p, *inline_);
       emit(p);
       return;
     }
     if (workers_.empty()) {
       if (final) {  // the whole stream is one piece: no threads to start
         if (!inline_) inline_ = std::make_unique<Compressor>(level_);
-        compress(*p, inline_->c);
+        compress(*p, *inline_);
         emit(p);
         return;
       }
@@ -189,7 +211,7 @@ class GzipEncoder : public Encoder {
       }
       try {
         if (!c) c = std::make_unique<Compressor>(level_);
-        compress(*p, c->c);
+        compress(*p, *c);
       } catch (...) {
         p->err = std::current_exception();
       }

@@ -1,4 +1,5 @@
-// Streaming compressors (gzip via libdeflate, zstd via libzstd) and decompressors, as byte sinks.
+// Streaming compressors (gzip: level 1 by kiln's fast_deflate, other levels by libdeflate; zstd via
+// libzstd) and decompressors, as byte sinks.
 //
 // Output is deterministic for a given library version: gzip is cut into fixed pieces of
 // kGzipPiece bytes compressed independently (in parallel when threads > 1) and joined into one

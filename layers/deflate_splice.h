@@ -1,7 +1,8 @@
 // Joining independently compressed raw DEFLATE streams into one stream, for parallel gzip.
 //
-// Each fixed-size piece of a layer is compressed on its own (libdeflate, whole-buffer), which
-// ends it with a final block. To concatenate pieces into ONE deflate stream (one gzip member),
+// At gzip levels other than 1, each fixed-size piece of a layer is compressed on its own by
+// libdeflate (whole-buffer), which ends it with a final block. (Level 1 uses layers/fast_deflate,
+// which writes non-final pieces directly and needs none of this.) To concatenate pieces into ONE deflate stream (one gzip member),
 // every piece but the last has its final block's BFINAL bit cleared and is followed by an empty
 // stored block, which byte-aligns the stream for the next piece (what zlib's Z_SYNC_FLUSH writes).
 // Finding the final block's header means walking the piece's blocks: this walks the Huffman

@@ -20,7 +20,7 @@ struct TagFile {
 };
 
 /// The first line of the spec hash; changes whenever the algorithm does (docs/tag.md).
-inline constexpr const char* kSpecHashPrefix = "kiln-spec-hash-v3\n";
+inline constexpr const char* kSpecHashPrefix = "kiln-spec-hash-v4\n";
 
 /// sha256 hex over: kSpecHashPrefix, the canonical spec JSON, "\n", "base " + base_id + "\n",
 /// then per file (sorted by dest, bytewise): type, ' ', mode (4 octal digits), ' ', content, ' ',

@@ -1,6 +1,6 @@
-// Unit tests for parallel gzip (layers/compress + layers/deflate_splice): the bytes do not depend
-// on the thread count or on how the input is cut into write() calls, they form ONE gzip member
-// that zlib inflates back exactly, and the pieces are joined where the format says.
+// Unit tests for parallel gzip (layers/compress, fast_deflate, deflate_splice): the bytes do not
+// depend on the thread count or on how the input is cut into write() calls, they form ONE gzip
+// member that zlib inflates back exactly, and the pieces are joined where the format says.
 #include <libdeflate.h>
 #include <zlib.h>
 
@@ -11,6 +11,7 @@
 
 #include "layers/compress.h"
 #include "layers/deflate_splice.h"
+#include "layers/fast_deflate.h"
 #include "testutil.h"
 
 using namespace kiln::layers;
@@ -105,11 +106,24 @@ TEST_CASE("gzip parallel: every level joins correctly and is thread-independent"
 }
 
 TEST_CASE("gzip parallel: the stream is the independent pieces, joined by empty stored blocks") {
-  // The format, spelt out: piece i (all but the last) is libdeflate's raw deflate of bytes
-  // [i*P, (i+1)*P) with its final bit cleared, then an empty stored block.
+  // The format, spelt out. Level 1 (the default): piece i (all but the last) is fast_deflate's
+  // non-final raw deflate of bytes [i*P, (i+1)*P), which ends in an empty stored block.
   const std::string data = kiln::testutil::text_bytes(kGzipPiece + 1000);
-  const std::string gz = gzip(data, 2);
-  libdeflate_compressor* c = libdeflate_alloc_compressor(1);
+  {
+    const std::string gz = gzip(data, 2);
+    std::string p0(fast_deflate_bound(kGzipPiece), '\0'), p1(fast_deflate_bound(1000), '\0');
+    const auto* in = reinterpret_cast<const std::uint8_t*>(data.data());
+    p0.resize(fast_deflate(in, kGzipPiece, reinterpret_cast<std::uint8_t*>(p0.data()), p0.size(), false));
+    p1.resize(fast_deflate(in + kGzipPiece, 1000, reinterpret_cast<std::uint8_t*>(p1.data()), p1.size(), true));
+    CHECK(p0.substr(p0.size() - 4) == std::string("\x00\x00\xff\xff", 4));
+    REQUIRE(gz.size() == 10 + p0.size() + p1.size() + 8);
+    CHECK(gz.substr(10, p0.size()) == p0);
+    CHECK(gz.substr(10 + p0.size(), p1.size()) == p1);
+  }
+  // Other levels: libdeflate's raw deflate of each piece with its final bit cleared, then an
+  // empty stored block.
+  const std::string gz = gzip(data, 2, 100003, 6);
+  libdeflate_compressor* c = libdeflate_alloc_compressor(6);
   std::string p0(libdeflate_deflate_compress_bound(c, kGzipPiece), '\0');
   p0.resize(libdeflate_deflate_compress(c, data.data(), kGzipPiece, p0.data(), p0.size()));
   std::string p1(libdeflate_deflate_compress_bound(c, 1000), '\0');

@@ -57,13 +57,13 @@ TEST_CASE("tag: spec_hash follows the documented algorithm exactly") {
   REQUIRE(spec.canonical().dump() == canonical);
 
   // No files.
-  CHECK(spec_hash(spec, "scratch", {}) == sha256_hex("kiln-spec-hash-v3\n" + canonical + "\nbase scratch\n"));
+  CHECK(spec_hash(spec, "scratch", {}) == sha256_hex("kiln-spec-hash-v4\n" + canonical + "\nbase scratch\n"));
 
   // With files: sorted bytewise by dest ("root/link" < "root/pkg" < "root/pkg/mod.py" < "root/run.sh").
   auto files = sample_files();
   const std::string entries = entry_bytes(sorted(files));
   CHECK(entries.substr(0, 28) == std::string("l 0777 pkg/mod.py root/link\0", 28));
-  const std::string expect = sha256_hex("kiln-spec-hash-v3\n" + canonical + "\nbase sha256:abc\n" + entries);
+  const std::string expect = sha256_hex("kiln-spec-hash-v4\n" + canonical + "\nbase sha256:abc\n" + entries);
   const std::string h = spec_hash(spec, "sha256:abc", files);
   CHECK(h == expect);
   CHECK(h.size() == 64);
