@@ -284,6 +284,7 @@ struct Walker {
   std::function<void(std::uint64_t)> walked;  // each file found, for a progress view
   NameStack names_;                            // the listings of the directories being walked
   std::vector<char> dents_;                    // getdents64's buffer
+  std::string git_path_;                       // git_prefix + a path, for git_rules
   /// A parallel walk (dirs_need_content only): the shared queue and locks; directories go to
   /// `dirs` as candidates (kept after the walk when an entry lies below them), warnings to
   /// `keyed_warnings` with the path they are about (ordered after the walk as a serial walk
@@ -298,9 +299,10 @@ struct Walker {
   void walk(int dfd, const std::string& rel, bool use_git = true) {
     auto git_ignored = [&](const std::string& child, bool is_dir) {
       if (!use_git || !git_rules) return false;
-      if (!shared) return git_rules->ignored(git_prefix + child, is_dir);
+      git_path_.assign(git_prefix).append(child);  // reused: no string per entry
+      if (!shared) return git_rules->ignored(git_path_, is_dir);
       std::shared_lock<std::shared_mutex> lock(shared->rules_mu);
-      return git_rules->ignored(git_prefix + child, is_dir);
+      return git_rules->ignored(git_path_, is_dir);
     };
     auto git_keeps = [&](const std::string& child, bool is_dir) {  // tracked (below), so kept though ignored
       if (!git) return false;
