@@ -425,14 +425,14 @@ bool walk_parallel(const Walker& proto, int root_fd, std::size_t threads, std::s
   std::vector<Part> parts(threads);
   const std::size_t before = out->size();
   WalkShared sh;
-  // Files go straight into `out`'s reserved room (no list per thread to grow, then copy): room
-  // for the `expected` entries is made slots, claimed one at a time; a thread keeps what does not fit.
-  sh.next_slot.store(before);
-  out->resize(before + std::min(out->capacity() - before, expected));
   // Its own open file: the offset the walk reads the root's entries at is not root_fd's.
   UniqueFd top(::openat(root_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!top) return false;
   sh.push({std::move(top), "", true});
+  // Files go straight into `out`'s reserved room (no list per thread to grow, then copy): room
+  // for the `expected` entries is made slots, claimed one at a time; a thread keeps what does not fit.
+  sh.next_slot.store(before);
+  out->resize(before + std::min(out->capacity() - before, expected));
   auto work = [&](std::size_t t) {
     Walker w = proto;
     Part& part = parts[t];
