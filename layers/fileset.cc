@@ -512,12 +512,27 @@ bool walk_parallel(const Walker& proto, int root_fd, std::size_t threads, std::s
   return true;
 }
 
-/// Threads for a walk: `jobs`, or (0) the machine's cores, at most 4 (the walk waits on the
-/// kernel's lstat and directory reads; beyond a few threads they contend more than they gain).
+/// Threads for a walk: `jobs`, or (0) one per core nobody else is running on right now, at most 4.
+/// A second thread only pays when it gets a core of its own: on a busy machine it slows the walk
+/// (handing directories over, a second malloc arena). "Right now" is /proc/loadavg's count of
+/// runnable tasks (this thread among them). Beyond a few threads, lstat and directory reads
+/// contend in the kernel more than they gain.
 std::size_t walk_threads(int jobs) {
   if (jobs > 0) return static_cast<std::size_t>(jobs);
-  const unsigned n = std::thread::hardware_concurrency();
-  return std::clamp<std::size_t>(n == 0 ? 1 : n, 1, 4);
+  const std::size_t cores = std::thread::hardware_concurrency();
+  if (cores <= 1) return 1;
+  std::size_t others = 0;
+  char buf[128];
+  UniqueFd fd(::open("/proc/loadavg", O_RDONLY | O_CLOEXEC));
+  const ssize_t n = fd ? ::read(fd.get(), buf, sizeof buf - 1) : -1;
+  if (n > 0) {  // "0.52 0.58 0.59 3/412 12345": the 4th field is running/total
+    buf[n] = 0;
+    const char* p = buf;
+    for (int field = 0; field < 3 && p; ++field) p = std::strchr(p, ' ') ? std::strchr(p, ' ') + 1 : nullptr;
+    const unsigned long running = p ? std::strtoul(p, nullptr, 10) : 0;
+    others = running > 1 ? running - 1 : 0;
+  }
+  return std::clamp<std::size_t>(cores > others ? cores - others : 1, 1, 4);
 }
 
 /// realpath that throws InputError.

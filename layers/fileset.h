@@ -80,8 +80,9 @@ struct CollectOptions {
   /// Called with each file's size as mode all's walk finds it (for a progress view), or empty;
   /// from the walk's threads (it must be thread-safe).
   std::function<void(std::uint64_t bytes)> walked;
-  /// Threads for mode all's walk of source_root: 0 = the machine's cores, at most 4. The file set
-  /// (entries, warnings, the error reported) does not depend on it.
+  /// Threads for mode all's walk of source_root: 0 = one per core no other task is running on
+  /// when the walk starts, at most 4. The file set (entries, warnings, the error reported) does
+  /// not depend on it.
   int jobs = 0;
 };
 
