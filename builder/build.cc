@@ -654,8 +654,13 @@ BuildResult build_impl(const Prepared& prep, Prepared* deferred, const BuildOpti
   const std::size_t jobs = static_cast<std::size_t>(std::max(1, opts.jobs));
   std::vector<char> big_to_write(plans.size());
   std::atomic<std::size_t> big_left{0}, writing_now{0};
+  // What the pre-pass found (verified by find_layer, as the loop's own lookup would): the loop
+  // takes it as is rather than looking it up and verifying it a second time.
+  std::vector<std::optional<layers::LayerRecord>> found(plans.size());
   for (std::size_t i = 0; i < plans.size(); ++i) {
-    big_to_write[i] = plans[i].bytes >= layers::kGzipPiece && (plans[i].key.empty() || !opts.store->find_layer(plans[i].key));
+    // (A deferred layer has no key yet: its files are hashed when a worker takes it.)
+    if (plans[i].bytes >= layers::kGzipPiece && !plans[i].key.empty()) found[i] = opts.store->find_layer(plans[i].key);
+    big_to_write[i] = plans[i].bytes >= layers::kGzipPiece && !found[i];
     big_left += big_to_write[i];
   }
   layers::parallel_for(order.size(), opts.jobs, [&](std::size_t n) {
@@ -732,7 +737,7 @@ BuildResult build_impl(const Prepared& prep, Prepared* deferred, const BuildOpti
           hashed.insert(hashed.end(), mine.begin(), mine.end());
         }
         // Another kiln may be writing this very layer: wait for it, then take it from the cache.
-        std::optional<layers::LayerRecord> rec = opts.store->find_layer(p.key);
+        std::optional<layers::LayerRecord> rec = found[i] ? std::move(found[i]) : opts.store->find_layer(p.key);
         std::optional<layers::FileLock> writing;
         if (!rec) {
           writing.emplace(opts.store->lock_layer(p.key, [&] { progress.log("layer " + p.label + ": another build is writing it; waiting"); }));

@@ -368,8 +368,12 @@ HistoryDb::HistoryDb(const fs::path& dir) : dir_(dir) {
   }
   try {
     sqlite3_busy_timeout(db_, 15000);
-    // Closing does not checkpoint (and fsync) every time: SQLite checkpoints the WAL as it grows.
+    // Closing does not checkpoint (and fsync) every time: SQLite checkpoints the WAL as it grows,
+    // here every 64 pages (a few builds) rather than SQLite's 1000. The first connection of a
+    // process reads every frame of the WAL back to rebuild its index, so a long WAL costs every
+    // kiln run milliseconds (a 4 MB WAL: ~6 ms) before it does anything.
     sqlite3_db_config(db_, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
+    sqlite3_wal_autocheckpoint(db_, 64);
     exec(db_, "PRAGMA synchronous=NORMAL");
     int version = 0;
     {

@@ -81,8 +81,13 @@ struct CollectOptions {
   /// A size hint: room for this many entries is reserved up front (a rebuild passes the size of
   /// the stat index, so the entry list does not grow by doubling). 0: none.
   std::size_t expected_entries = 0;
-  /// Called with each file's size as mode all's walk finds it (for a progress view), or empty.
+  /// Called with each file's size as mode all's walk finds it (for a progress view), or empty;
+  /// from the walk's threads (it must be thread-safe).
   std::function<void(std::uint64_t bytes)> walked;
+  /// Threads for mode all's walk of source_root: 0 = one per core no other task is running on
+  /// when the walk starts, at most 4. The file set (entries, warnings, the error reported) does
+  /// not depend on it.
+  int jobs = 0;
 };
 
 /// Walks what `spec` copies. Reads no file content. Throws InputError.

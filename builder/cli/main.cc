@@ -90,7 +90,7 @@ std::string did_you_mean(CLI::App& app, int argc, char** argv) {
 int run(int argc, char** argv) {
   CLI::App app{"kiln: build OCI images from ImageSpec JSON, without a Docker daemon"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", version_text());
+  app.set_version_flag("--version", std::function<std::string()>(version_text));  // only when asked: it opens libcurl and libarchive
   Common common;
   // -v before or after the command: CLI11 passes the parent's flags through to subcommands.
   app.fallthrough();

@@ -553,3 +553,67 @@ TEST_CASE("fileset: hash_files uses the StatIndex and re-reads only what it must
     CHECK(reloaded.lookup(a->rel, a->key) == fake("a.py"));
   }
 }
+
+TEST_CASE("fileset: the walk's thread count changes nothing: entries, warnings and their order, the error") {
+  TempDir tmp;
+  const fs::path src = tmp / "src";
+  write_file(tmp / "outside.txt", "o");
+  write_file(src / ".gitignore", "*.log\n");
+  // A tree wide and deep enough that several threads share it: directories handed over, each
+  // with files, ignored files, a .gitignore of its own, symlinks pointing out (a warning each).
+  for (int a = 0; a < 6; ++a)
+    for (int b = 0; b < 5; ++b) {
+      const fs::path d = src / ("d" + std::to_string(a)) / ("s" + std::to_string(b));
+      for (int f = 0; f < 4; ++f) write_file(d / ("f" + std::to_string(f) + ".py"), std::string(f, 'x'));
+      write_file(d / "x.log", "ignored");
+      write_file(d / "deeper" / "z.py", "z");
+      if (b == 2) write_file(d / ".gitignore", "f1.py\n");
+      if (b % 2 == 0) fs::create_symlink("../../../../outside.txt", d / "out");
+      fs::create_directories(d / "empty");  // not baked: nothing below it
+    }
+  write_file(src / "d1-b" / "a.py", "sorted between d1 and d1/...");
+  fs::create_symlink("/etc/hostname", src / "d1-b" / "abs");
+  CollectOptions one;
+  one.jobs = 1;
+  const FileSet serial = collect_files(spec_for(tmp, CopyMode::All), one);
+  REQUIRE(serial.warnings.size() == 19);  // 3 per d<n>, and d1-b/abs
+  CHECK(contains(serial.warnings.front(), "'d0/s0/out'"));
+  CHECK(contains(serial.warnings[5], "'d1/s4/out'"));
+  CHECK(contains(serial.warnings[6], "'d1-b/abs'"));  // a serial walk meets d1/... before d1-b
+  CHECK(find(serial.source, "d0/s2/f1.py") == nullptr);
+  CHECK(find(serial.source, "d0/s1/f1.py") != nullptr);
+  CHECK(find(serial.source, "d0/s1/empty") == nullptr);
+  CHECK(find(serial.source, "d0/s1/deeper") != nullptr);
+  for (int jobs : {2, 3, 4, 8}) {
+    INFO("jobs " << jobs);
+    CollectOptions o;
+    o.jobs = jobs;
+    o.expected_entries = jobs == 3 ? 50 : jobs == 4 ? serial.source.size() + 10 : 0;  // slots: too few, enough, none
+    for (int round = 0; round < 3; ++round) {
+      const FileSet par = collect_files(spec_for(tmp, CopyMode::All), o);
+      CHECK(describe(par.source) == describe(serial.source));
+      CHECK(par.warnings == serial.warnings);
+    }
+  }
+  // Two errors in the tree: every thread count reports the one a serial walk meets first.
+  REQUIRE(::mkfifo((src / "d4" / "s3" / "pipe").c_str(), 0644) == 0);
+  write_file(src / "d2" / "s1" / "bad\xff.py", "b");
+  std::string want;
+  try {
+    collect_files(spec_for(tmp, CopyMode::All), one);
+  } catch (const InputError& e) {
+    want = e.what();
+  }
+  CHECK(contains(want, "bad\\xff.py"));
+  for (int jobs : {2, 4, 8}) {
+    CollectOptions o;
+    o.jobs = jobs;
+    std::string got;
+    try {
+      collect_files(spec_for(tmp, CopyMode::All), o);
+    } catch (const InputError& e) {
+      got = e.what();
+    }
+    CHECK(got == want);
+  }
+}
