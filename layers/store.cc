@@ -737,9 +737,7 @@ void StatIndex::save(const fs::path& file) {
       emit(rp, k, r.sha256(), seen ? std::uint16_t(0) : static_cast<std::uint16_t>(r.age() + 1));
     }
   };
-  each([&](std::string_view p, const Key&, const unsigned char*, std::uint16_t) {
-    ++n_out;
-  });
+  each([&](std::string_view, const Key&, const unsigned char*, std::uint16_t) { ++n_out; });
   // Streamed to the file (the records, then the paths): no copy of the index in memory.
   atomic_write_stream(file, file.parent_path().parent_path() / "tmp", /*sync=*/false, [&](const ByteSink& out) {
     unsigned char head[kStatHeader] = {};
