@@ -29,7 +29,7 @@ json version_json() {
           {"libraries",
            {{"libarchive", std::to_string(av / 1000000) + "." + std::to_string(av / 1000 % 1000) + "." +
                                std::to_string(av % 1000)},
-            {"libdeflate", LIBDEFLATE_VERSION_STRING},  // writes the gzip layers: their bytes follow its version
+            {"libdeflate", LIBDEFLATE_VERSION_STRING},  // writes gzip layers of levels 0, 2-9: their bytes follow its version
             {"zstd", ZSTD_versionString()},
             {"openssl", OpenSSL_version(OPENSSL_VERSION_STRING)},
             {"libcurl", cv && cv->version ? cv->version : "unknown"},
