@@ -64,8 +64,7 @@ void atomic_write_stream(const fs::path& path, const fs::path& tmp_dir, bool syn
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0) throw std::system_error(errno, std::generic_category(), "cannot create " + tmp.string());
   try {
-    std::string buf;
-    buf.reserve(1 << 20);
+    std::string buf;  // grows to at most 1 MiB: small contents cost no big allocation
     produce([&](const void* d, std::size_t n) {
       if (buf.size() + n > (1 << 20)) {
         write_all(fd, buf.data(), buf.size(), tmp);
@@ -94,24 +93,9 @@ void atomic_write_stream(const fs::path& path, const fs::path& tmp_dir, bool syn
 }
 
 void atomic_write(const fs::path& path, const std::string& content, const fs::path& tmp_dir, bool sync) {
-  fs::path tmp = tmp_dir / unique_name(path.filename().string());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) throw std::system_error(errno, std::generic_category(), "cannot create " + tmp.string());
-  try {
-    write_all(fd, content.data(), content.size(), tmp);
-    if (sync && ::fsync(fd) != 0) throw std::system_error(errno, std::generic_category(), "fsync " + tmp.string());
-  } catch (...) {
-    ::close(fd);
-    ::unlink(tmp.c_str());
-    throw;
-  }
-  ::close(fd);
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    int e = errno;
-    ::unlink(tmp.c_str());
-    throw std::system_error(e, std::generic_category(), "cannot replace " + path.string());
-  }
-  if (sync) sync_dir(path.parent_path());
+  atomic_write_stream(path, tmp_dir, sync, [&](const std::function<void(const void*, std::size_t)>& write) {
+    write(content.data(), content.size());
+  });
 }
 
 const char* link_or_copy(const fs::path& src, const fs::path& dst) {
