@@ -11,6 +11,7 @@
 #include <string>
 
 #include "testutil.h"
+#include "zlib_util.h"
 
 using namespace kiln::layers;
 using kiln::spec::Compression;
@@ -33,22 +34,9 @@ const std::string& mixed_data() {
 
 /// Independent gunzip with zlib's own API (not kiln's decoder).
 std::string zlib_gunzip(const std::string& gz) {
-  z_stream z{};
-  REQUIRE(inflateInit2(&z, 15 + 16) == Z_OK);
-  std::string out;
-  std::string buf(1 << 16, '\0');
-  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(gz.data()));
-  z.avail_in = static_cast<uInt>(gz.size());
-  int rc;
-  do {
-    z.next_out = reinterpret_cast<Bytef*>(buf.data());
-    z.avail_out = static_cast<uInt>(buf.size());
-    rc = inflate(&z, Z_NO_FLUSH);
-    REQUIRE((rc == Z_OK || rc == Z_STREAM_END));
-    out.append(buf.data(), buf.size() - z.avail_out);
-  } while (rc != Z_STREAM_END);
-  CHECK(z.avail_in == 0);  // nothing after the single member
-  inflateEnd(&z);
+  std::size_t left = 0;
+  std::string out = kiln::testutil::zlib_inflate_stream(gz, 15 + 16, &left);
+  CHECK(left == 0);  // nothing after the single member
   return out;
 }
 

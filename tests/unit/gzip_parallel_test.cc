@@ -13,6 +13,7 @@
 #include "layers/deflate_splice.h"
 #include "layers/fast_deflate.h"
 #include "testutil.h"
+#include "zlib_util.h"
 
 using namespace kiln::layers;
 using kiln::spec::Compression;
@@ -30,22 +31,7 @@ std::string gzip(const std::string& data, int threads, std::size_t write_size = 
 
 /// zlib's inflate, one member only: stops at the first end of stream and reports what is left.
 std::string zlib_one_member(const std::string& gz, std::size_t* left) {
-  z_stream z{};
-  REQUIRE(inflateInit2(&z, 15 + 16) == Z_OK);
-  std::string out, buf(1 << 16, '\0');
-  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(gz.data()));
-  z.avail_in = static_cast<uInt>(gz.size());
-  int rc;
-  do {
-    z.next_out = reinterpret_cast<Bytef*>(buf.data());
-    z.avail_out = static_cast<uInt>(buf.size());
-    rc = inflate(&z, Z_NO_FLUSH);
-    REQUIRE((rc == Z_OK || rc == Z_STREAM_END));
-    out.append(buf.data(), buf.size() - z.avail_out);
-  } while (rc != Z_STREAM_END);
-  *left = z.avail_in;
-  inflateEnd(&z);
-  return out;
+  return kiln::testutil::zlib_inflate_stream(gz, 15 + 16, left);
 }
 
 /// ~9.5 MiB: compressible text, random bytes, zeros; neither a multiple of the piece size nor
@@ -160,17 +146,9 @@ TEST_CASE("deflate walk: finds the final block of zlib streams of every block ty
       std::string joined = out;
       make_nonfinal(&joined, b);
       joined += out;
-      z_stream d{};
-      REQUIRE(inflateInit2(&d, -15) == Z_OK);
-      std::string plain(2 * data.size() + 16, '\0');
-      d.next_in = reinterpret_cast<Bytef*>(joined.data());
-      d.avail_in = static_cast<uInt>(joined.size());
-      d.next_out = reinterpret_cast<Bytef*>(plain.data());
-      d.avail_out = static_cast<uInt>(plain.size());
-      CHECK(inflate(&d, Z_FINISH) == Z_STREAM_END);
-      CHECK(d.avail_in == 0);
-      plain.resize(d.total_out);
-      inflateEnd(&d);
+      std::size_t left = 0;
+      std::string plain = kiln::testutil::zlib_inflate_stream(joined, -15, &left);
+      CHECK(left == 0);
       CHECK(plain == data + data);
     }
   }
