@@ -84,9 +84,12 @@ std::vector<LayerReport> run_steps(Image& img, const std::vector<run::Step>& ste
   layers::Store& store = *opts.store;
   const bool root = ::geteuid() == 0;
   base_layers = std::min(base_layers, img.layers.size());
-  std::vector<std::string> diff_ids;
-  for (std::size_t i = 0; i < base_layers; ++i) diff_ids.push_back(img.layers[i].diff_id);
-  std::string chain = run::chain_id(diff_ids);
+  std::vector<run::LayerBlob> base;
+  for (std::size_t i = 0; i < base_layers; ++i)
+    base.push_back({img.layers[i].diff_id, img.layers[i].desc.media_type, img.layers[i].blob, img.layers[i].desc.digest});
+  // Keyed by the base's blob digests as well as its claimed diff_ids (run::base_chain_id): a base
+  // lying about its diff_ids gets neither another image's cached tree nor its cached steps.
+  std::string chain = run::base_chain_id(base);
 
   std::optional<run::RootfsCache> cache;
   Workspace ws;
@@ -95,7 +98,7 @@ std::vector<LayerReport> run_steps(Image& img, const std::vector<run::Step>& ste
   for (std::size_t i = base_layers; i < img.layers.size(); ++i) {
     const Layer& l = img.layers[i];
     chain = run::next_chain_id(chain, l.diff_id);
-    ws.pending.push_back({chain, {l.diff_id, l.desc.media_type, l.blob}});
+    ws.pending.push_back({chain, {l.diff_id, l.desc.media_type, l.blob, l.desc.digest}});
   }
   std::string mode;  // decided on the first step that runs
   // What shapes a step layer's bytes besides the step itself. The capture mode does not: both
@@ -109,9 +112,7 @@ std::vector<LayerReport> run_steps(Image& img, const std::vector<run::Step>& ste
       mode = capture_mode(ro, store);
       ws.overlay = mode == "overlay";
       fetch_base();
-      std::vector<run::LayerBlob> base;
-      for (std::size_t i = 0; i < base_layers; ++i)
-        base.push_back({img.layers[i].diff_id, img.layers[i].desc.media_type, img.layers[i].blob});
+      for (std::size_t i = 0; i < base_layers; ++i) base[i].blob = img.layers[i].blob;  // fetched now
       fs::path flat = cache->flat(base, [&](const std::string& m) { progress.log(m); });
       if (ws.overlay) {
         ws.lowers = {flat};
@@ -227,7 +228,7 @@ std::vector<LayerReport> run_steps(Image& img, const std::vector<run::Step>& ste
     }
     // A cached layer joins the tree only if a later step has to run.
     if (lr.cache_hit)
-      ws.pending.push_back({run::next_chain_id(chain, rec.diff_id), {rec.diff_id, rec.media_type, store.blob_path(rec.digest)}});
+      ws.pending.push_back({run::next_chain_id(chain, rec.diff_id), {rec.diff_id, rec.media_type, store.blob_path(rec.digest), rec.digest}});
     chain = run::next_chain_id(chain, rec.diff_id);
 
     Layer l;

@@ -26,6 +26,16 @@ std::string chain_id(const std::vector<std::string>& diff_ids) {
   return c;
 }
 
+std::string base_chain_id(const std::vector<LayerBlob>& layers) {
+  if (layers.empty()) return {};
+  std::string text = "kiln-base-chain-v1";  // digests and diff_ids are fixed-form: no separator is ambiguous
+  for (const auto& l : layers) {
+    if (l.digest.empty()) throw std::logic_error("base_chain_id: a base layer without its blob digest");
+    text += " " + l.digest + " " + l.diff_id;
+  }
+  return layers::sha256_digest(text);
+}
+
 void copy_tree(const fs::path& from, const fs::path& to) {
   // coreutils' cp keeps hardlinks, owners, modes, times and special files, and reflinks on
   // file systems that can; nothing in Debian's libraries does all of that.
@@ -95,9 +105,7 @@ fs::path RootfsCache::build(const std::string& name, const std::function<void(co
 }
 
 fs::path RootfsCache::flat(const std::vector<LayerBlob>& layers, const std::function<void(const std::string&)>& log) {
-  std::vector<std::string> ids;
-  for (const auto& l : layers) ids.push_back(l.diff_id);
-  std::string chain = chain_id(ids);
+  std::string chain = base_chain_id(layers);
   std::string name = "flat-" + (chain.empty() ? std::string("scratch") : std::string(layers::digest_hex(chain)));
   return build(name, [&](const fs::path& tmp) {
     if (log && !layers.empty()) log("unpacking the base (" + std::to_string(layers.size()) + " layers) for RUN steps");
@@ -106,8 +114,8 @@ fs::path RootfsCache::flat(const std::vector<LayerBlob>& layers, const std::func
     o.format = UnpackFormat::Flat;
     o.preserve_owner = ::geteuid() == 0;
     // Each layer's content is checked against its diff_id as it is applied, so the tree only
-    // ever gets the name of a chain of verified diff_ids: a base that claims another image's
-    // diff_ids cannot plant its files in that image's tree.
+    // ever gets the name of verified (blob, diff_id) pairs: a base that claims another image's
+    // diff_ids can neither plant its files in that image's tree nor use that tree.
     for (std::size_t i = 0; i < layers.size(); ++i) {
       o.expect_diff_id = layers[i].diff_id;
       try {

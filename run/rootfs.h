@@ -30,6 +30,7 @@ class BaseLayerError : public UnpackError {
 struct LayerBlob {
   std::string diff_id, media_type;
   std::filesystem::path blob;
+  std::string digest;  // the blob's digest (a base layer's, as its manifest names it)
 };
 
 /// The OCI chain id of a list of diff_ids ("" for none): ChainID(L0) = DiffID(L0),
@@ -37,11 +38,20 @@ struct LayerBlob {
 std::string chain_id(const std::vector<std::string>& diff_ids);
 std::string next_chain_id(const std::string& parent, const std::string& diff_id);
 
+/// The chain kiln names a base's flat tree and the step keys above it by: a hash over every base
+/// layer's blob digest *and* diff_id ("" for no base). A diff_id is only the image config's
+/// claim, checked when the layer is unpacked; the blob digest is checked whenever the blob is
+/// read, and the image names its layers by it. Keyed on both, a base that claims another
+/// image's diff_ids never reaches that image's cached tree or step layers: it gets its own name,
+/// so it is unpacked, and refused. Layers above the base (kiln's own) extend it with
+/// next_chain_id.
+std::string base_chain_id(const std::vector<LayerBlob>& layers);
+
 class RootfsCache {
  public:
   explicit RootfsCache(const layers::Store& store);
 
-  /// The flat tree of `layers` (a base image's), built when missing. `log` hears about the
+  /// The flat tree of `layers` (a base image's), named by base_chain_id, built when missing. `log` hears about the
   /// unpacking ("unpacking base (3 layers)").
   std::filesystem::path flat(const std::vector<LayerBlob>& layers,
                              const std::function<void(const std::string&)>& log = {});

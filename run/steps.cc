@@ -223,7 +223,7 @@ std::vector<Step> plan_steps(const spec::ImageSpec& s, const std::vector<std::st
 
 std::string step_key(const std::string& parent_chain_id, const Step& step, const std::string& layer_format) {
   layers::KeyHasher h;
-  h.field("kiln-step-v3");  // v3: gzip level 1 by kiln's fast_deflate (v2: libdeflate), 1 MiB pieces
+  h.field("kiln-step-v4");  // v4: the parent is keyed by the base's blob digests too; v3: kiln's fast_deflate
   h.field(parent_chain_id);
   h.field(layer_format);
   h.field(static_cast<std::uint64_t>(step.argv.size()));

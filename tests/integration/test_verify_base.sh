@@ -4,7 +4,8 @@
 #     written to the output; a warm build does not hash again, but a blob changed after it does;
 #   - a layer whose content does not match its diff_id ("EVIL content" claiming an honest image's
 #     diff_ids): exit 2 before any tree is stored, and an honest build with the same KILN_CACHE then
-#     sees only its own files (the poisoning scenario of issue 12);
+#     sees only its own files (the poisoning scenario of issue 12); the other way round, with the
+#     honest tree and step layer cached, the evil base gets neither and is refused too;
 #   - entries with "..", absolute names, a write through a symlink leading outside, a block device,
 #     /dev/mem: each exit 2 (error_kind "base") naming the base, the layer digest and the entry,
 #     nothing written outside the store, and the output layout untouched;
@@ -174,6 +175,13 @@ build_ok "$T/honest.json" -o "oci:$T/honest-out:t"
 last=$(manifest_json "$T/honest-out" t | jget "j['layers'][-1]['digest']")
 seen=$(blob_cat "$(blob_path "$T/honest-out" "$last")" | tar -xO seen)
 assert_eq "honest motd" "$seen" "a later honest build with the same cache sees its own content, not the evil one"
+# The other order: the honest base's tree and its step layer are in the cache now, under the
+# diff_ids the evil base claims. Were they keyed by diff_ids alone, the evil build would be handed
+# the honest step layer without unpacking anything, and succeed. Keyed on blob digests too, its
+# step has to run on its own tree, and unpacking its base refuses it.
+expect_base_refused "a base claiming a cached image's diff_ids" "$T/evil.json" "oci:$E:t" "${EVIL_LAYERS##* }" \
+  "does not match its diff_id" "base layer 2 of 2"
+assert_not_contains "$ERR" "cached sha256:" "the evil build used no cached step layer"
 
 # ==== 3. Hostile entries ==============================================================================
 OUTSIDE=$T/outside

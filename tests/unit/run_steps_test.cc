@@ -182,6 +182,29 @@ TEST_CASE("chain ids follow the OCI definition", "[run]") {
   CHECK(kiln::run::chain_id({"sha256:a", "sha256:b"}) == kiln::layers::sha256_digest("sha256:a sha256:b"));
 }
 
+TEST_CASE("base chains are keyed by blob digests as well as the claimed diff_ids", "[run]") {
+  using kiln::run::LayerBlob;
+  const std::string d1 = "sha256:" + std::string(64, '1'), d2 = "sha256:" + std::string(64, '2');
+  const std::string b1 = "sha256:" + std::string(64, 'b'), b2 = "sha256:" + std::string(64, 'c');
+  const std::string mt = "application/vnd.oci.image.layer.v1.tar+gzip";
+  CHECK(kiln::run::base_chain_id({}).empty());
+  std::vector<LayerBlob> honest = {{d1, mt, "/x", b1}, {d2, mt, "/y", b2}};
+  std::string c = kiln::run::base_chain_id(honest);
+  CHECK(kiln::layers::is_sha256_digest(c));  // a tree's name and a step key's parent take it as it is
+  CHECK(c != kiln::run::chain_id({d1, d2}));
+  // Where the blob is does not matter, what it is does.
+  std::vector<LayerBlob> moved = {{d1, mt, "/elsewhere/x", b1}, {d2, "other", "/elsewhere/y", b2}};
+  CHECK(kiln::run::base_chain_id(moved) == c);
+  // Another blob claiming the same diff_id: another chain.
+  std::vector<LayerBlob> liar = {{d1, mt, "/x", b1}, {d2, mt, "/y", "sha256:" + std::string(64, 'e')}};
+  CHECK(kiln::run::base_chain_id(liar) != c);
+  // The same blobs claiming other diff_ids: another chain.
+  std::vector<LayerBlob> swapped = {{d2, mt, "/x", b1}, {d1, mt, "/y", b2}};
+  CHECK(kiln::run::base_chain_id(swapped) != c);
+  std::vector<LayerBlob> unnamed = {{d1, mt, "/x", ""}};
+  CHECK_THROWS(kiln::run::base_chain_id(unnamed));
+}
+
 TEST_CASE("capture: a snapshot diff finds added, changed and removed paths", "[run]") {
   TempDir d;
   fs::path root = d / "root";
