@@ -26,6 +26,7 @@ const char* RegistryError::kind_name(Kind k) {
     case Kind::UnknownHost: return "unknown_host";
     case Kind::Transient: return "transient";
     case Kind::Protocol: return "protocol";
+    case Kind::Integrity: return "integrity";
   }
   return "protocol";
 }
@@ -512,10 +513,13 @@ Manifest Client::get_manifest(const std::string& repo, const std::string& ref) {
   m.media_type = r.header("content-type");
   m.digest = layers::sha256_digest(m.bytes);
   if (ref.rfind("sha256:", 0) == 0 && m.digest != ref)
-    throw RegistryError(RegistryError::Kind::Protocol, "manifest " + ref + " from " + registry_ + " does not match its digest");
+    throw RegistryError(RegistryError::Kind::Integrity, "manifest " + ref + " from " + registry_ +
+                                                            " does not match its digest: its content is " + m.digest);
   std::string said = r.header("docker-content-digest");
   if (!said.empty() && said != m.digest)
-    throw RegistryError(RegistryError::Kind::Protocol, "manifest " + registry_ + "/" + repo + ":" + ref + " does not match the digest the registry reports");
+    throw RegistryError(RegistryError::Kind::Integrity, "manifest " + registry_ + "/" + repo + ":" + ref +
+                                                            " does not match the digest the registry reports (" + said +
+                                                            "): its content is " + m.digest);
   try {
     json j = json::parse(m.bytes);
     if (j.contains("mediaType") && j["mediaType"].is_string()) m.media_type = j["mediaType"].get<std::string>();
@@ -555,8 +559,10 @@ void Client::get_blob(const std::string& repo, const std::string& digest,
     };
     HttpResponse r = send(req, {pull_scope(repo)}, /*retry=*/false);
     if (r.status == 200) {
-      if (h.digest() != digest)
-        throw RegistryError(RegistryError::Kind::Protocol, "blob " + digest + " from " + registry_ + " does not match its digest");
+      const std::string got = h.digest();
+      if (got != digest)
+        throw RegistryError(RegistryError::Kind::Integrity, "blob " + digest + " from " + registry_ + "/" + repo +
+                                                                " does not match its digest: its content is " + got);
       return;
     }
     bool transient = r.status == 0 ? is_transient_curl(r.curl_code) : (r.status == 429 || r.status >= 500);
@@ -691,7 +697,7 @@ std::string Client::put_manifest(const std::string& repo, const std::string& ref
   std::string d = r.header("docker-content-digest");
   std::string mine = layers::sha256_digest(bytes);
   if (!d.empty() && d != mine)
-    throw RegistryError(RegistryError::Kind::Protocol, registry_ + " stored the manifest under " + d + ", not " + mine);
+    throw RegistryError(RegistryError::Kind::Integrity, registry_ + " stored the manifest under " + d + ", not " + mine);
   return mine;
 }
 

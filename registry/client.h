@@ -35,7 +35,8 @@ class RegistryError : public std::runtime_error {
     Unreachable,      // cannot connect (closed port, TLS handshake)
     UnknownHost,      // the host name does not resolve: a typo more often than an outage, not retried
     Transient,        // 408, 429, 5xx, connection reset: retry later
-    Protocol,         // an answer that breaks the protocol, or a digest mismatch
+    Protocol,         // an answer that breaks the protocol
+    Integrity,        // content that does not match its digest (a broken registry, or a proxy altering it)
   };
   RegistryError(Kind kind, const std::string& message, long status = 0, std::string code = "")
       : std::runtime_error(message), kind_(kind), status_(status), code_(std::move(code)) {}

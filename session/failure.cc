@@ -44,7 +44,8 @@ Failure classify(const std::exception& e) {
       case K::UnknownHost: code = kNotFound; break;
       case K::Unreachable:
       case K::Transient: code = kTransient; break;
-      case K::Protocol: code = kInternal; break;
+      case K::Protocol:
+      case K::Integrity: code = kRegistry; break;
     }
     return {code, r->transient() ? "transient" : "permanent", registry::RegistryError::kind_name(r->kind()), r->what(), ""};
   }

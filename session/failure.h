@@ -23,6 +23,7 @@ enum ExitCode : int {
   kNotFound = 5,        // reference, repository, tag or file not found
   kTransient = 6,       // registry or network trouble (unreachable, 5xx, 429): safe to retry
   kDenied = 7,          // authenticated, but not permitted (e.g. push with a pull-only token)
+  kRegistry = 8,        // the registry broke the protocol, or sent content that does not match its digest
 };
 
 /// A failure with its exit code and class. For a build, it also says which step failed and where

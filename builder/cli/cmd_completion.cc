@@ -166,7 +166,8 @@ std::string man_page(const CLI::App& root) {
        ".TP\nSOURCE_DATE_EPOCH\nThe time written into the image (default 0).\n"
        ".TP\nDOCKER_CONFIG\nWhere docker's config.json (credentials) is.\n"
        ".SH EXIT STATUS\n0 success, 1 internal error, 2 usage or spec error, 3 a build step failed, "
-       "4 authentication failed, 5 not found, 6 transient registry or network error, 7 permission denied.\n"
+       "4 authentication failed, 5 not found, 6 transient registry or network error, 7 permission denied, "
+       "8 the registry sent content that does not match its digest, or broke the protocol.\n"
        ".SH SEE ALSO\nThe README and docs/ installed in the kiln documentation directory.\n";
   return o.str();
 }

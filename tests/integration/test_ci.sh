@@ -2,7 +2,8 @@
 # kiln in CI. Every exit code provoked for real: 0 success, 1 internal (a cache path under a regular
 # file), 2 spec error, 3 a build step failed (a file that changes while its layer is written), 4 bad
 # credentials, 5 a base that is not in the registry, 6 a registry nobody listens on, 7 a pull-only
-# token pushing (in the preflight, and at the push itself with --skip-preflight). Each --json failure
+# token pushing (in the preflight, and at the push itself with --skip-preflight), 8 a registry whose
+# stored layer blob, then manifest, was altered on disk (content that does not match its digest). Each --json failure
 # object names the real cause: status, exit_code, error_class, failed_step, step_exit_code, message,
 # log_path, log_tail (the log ends with the cause), and each is in the build history. Under
 # GITHUB_ACTIONS, `::error file=…,line=…::` annotations point at the spec. Several specs in one call:
@@ -126,6 +127,45 @@ M=$(reg_mark)
 kiln build "$W/reader.json" --json --progress quiet --skip-preflight
 check_failure "7 (pull-only token, at the push)" 7 permanent push "cannot start an upload"
 assert_eq 0 "$(reg_count "PUT" "/v2/ci-push/manifests/" "$M")" "7: no manifest was pushed"
+
+# ---- 8: the registry serves content that does not match its digest (its storage altered on disk) -
+push_spec "$W/base8.json" ci-base8 pusher/config.json
+kiln build "$W/base8.json" --json --progress quiet --push
+assert_eq 0 "$RC" "8: the base is pushed"$'\n'"$ERR"
+REF8=$(jget "j['pushed']['reference']" <<<"$OUT")
+REF8=${REF8%@*}
+LAYER8=$(jget "j['layers'][0]['digest']" <<<"$OUT")
+MAN8=$(jget "j['pushed']['digest']" <<<"$OUT")
+STORAGE=$REG_DIR/storage/docker/registry/v2/blobs/sha256
+# alter FILE: the same size, other bytes (every byte of the middle run inverted).
+alter() {
+  "$PYTHON" - "$1" <<'EOF2'
+import sys
+p = sys.argv[1]
+d = bytearray(open(p, "rb").read())
+mid = len(d) // 2
+for i in range(mid, min(len(d), mid + 16)):
+    d[i] ^= 0xFF
+open(p, "wb").write(bytes(d))
+EOF2
+}
+blob_data() { local h=${1#sha256:}; echo "$STORAGE/${h:0:2}/$h/data"; }
+assert_cmd "8: the registry stores the layer blob" test -f "$(blob_data "$LAYER8")"
+alter "$(blob_data "$LAYER8")"
+echo "{\"name\": \"ci-child8\", \"base_image\": \"$REF8\", \"registry_config\": \"pusher/config.json\", \"env\": {\"C\": \"8\"}}" >"$W/child8.json"
+# A fresh store: the pusher's store holds the honest blob, and a build takes a blob it has.
+KILN_CACHE=$W/cache8 kiln build "$W/child8.json" --json --progress quiet -o "oci:$W/out8:t"
+check_failure "8 (a base layer blob altered in the registry)" 8 permanent "" "does not match its digest"
+assert_eq integrity "$(jget "j['error_kind']" <<<"$OUT")" "8: error_kind integrity"
+assert_contains "$(jget "j['message']" <<<"$OUT")" "$LAYER8" "8: the message names the blob"
+assert_cmd "8: no output layout" test ! -e "$W/out8/index.json"
+assert_eq 0 "$(find "$W/cache8" -name "${LAYER8#sha256:}*" | wc -l)" "8: the altered blob is not in the store under its digest"
+# The manifest itself: the registry still reports its digest, the bytes it sends differ (still JSON:
+# the registry parses a manifest before it serves it).
+printf '\n' >>"$(blob_data "$MAN8")"
+KILN_CACHE=$W/cache8 kiln build "$W/child8.json" --json --progress quiet -o "oci:$W/out8:t"
+check_failure "8 (the base manifest altered in the registry)" 8 permanent "" "does not match the digest the registry reports"
+assert_eq integrity "$(jget "j['error_kind']" <<<"$OUT")" "8: error_kind integrity (manifest)"
 stop_registry
 
 # ---- 6: transient: a registry nobody listens on ---------------------------------------------------

@@ -86,6 +86,7 @@ class ErrorMappingTest(unittest.TestCase):
             5: (plugin.KilnNotFoundError, FlyteEntityNotExistException),
             6: (plugin.KilnTransientError, FlyteRecoverableException),
             7: (plugin.KilnPermissionError, FlyteAuthenticationException),
+            8: (plugin.KilnRegistryError, FlyteUserException),
             42: (plugin.KilnInternalError, FlyteNonRecoverableSystemException),
         }
         for code, (cls, flyte_cls) in cases.items():

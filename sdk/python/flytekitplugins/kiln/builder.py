@@ -84,6 +84,12 @@ class KilnPermissionError(KilnAuthenticationError):
     _ERROR_CODE = "USER:KilnPermissionDenied"
 
 
+class KilnRegistryError(KilnError):
+    """Exit 8: the registry sent content that does not match its digest, or broke the protocol."""
+
+    _ERROR_CODE = "USER:KilnRegistryError"
+
+
 class KilnInternalError(KilnError, FlyteNonRecoverableSystemException):
     """Exit 1 (or any code kiln does not document): a kiln bug or an unexpected system failure."""
 
@@ -97,6 +103,7 @@ _BY_CODE = {
     cli.EXIT_NOT_FOUND: KilnNotFoundError,
     cli.EXIT_TRANSIENT: KilnTransientError,
     cli.EXIT_PERMISSION: KilnPermissionError,
+    cli.EXIT_REGISTRY: KilnRegistryError,
 }
 
 
