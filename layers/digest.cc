@@ -2,7 +2,10 @@
 #include "layers/digest.h"
 
 #include <fcntl.h>
-#include <openssl/evp.h>
+// SHA256_Init/Update/Final are deprecated in OpenSSL 3 in favour of EVP, which adds a provider
+// fetch on first use and nothing kiln needs; they remain in 3.x.
+#define OPENSSL_SUPPRESS_DEPRECATED
+#include <openssl/sha.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -27,19 +30,18 @@ std::string to_hex(const unsigned char* p, std::size_t n) {
 }
 }  // namespace
 
-Sha256::Sha256() : ctx_(EVP_MD_CTX_new()) {
-  if (!ctx_ || EVP_DigestInit_ex(ctx_, EVP_sha256(), nullptr) != 1)
-    throw std::runtime_error("sha256: cannot initialise libcrypto digest");
+Sha256::Sha256() {
+  static_assert(sizeof(SHA256_CTX) <= 112 && alignof(SHA256_CTX) <= 8, "Sha256::ctx_ holds a SHA256_CTX");
+  if (SHA256_Init(reinterpret_cast<SHA256_CTX*>(ctx_)) != 1) throw std::runtime_error("sha256: cannot initialise libcrypto's SHA-256");
 }
-Sha256::~Sha256() { EVP_MD_CTX_free(ctx_); }
+Sha256::~Sha256() = default;
 void Sha256::update(const void* data, std::size_t n) {
-  if (n) EVP_DigestUpdate(ctx_, data, n);
+  if (n) SHA256_Update(reinterpret_cast<SHA256_CTX*>(ctx_), data, n);
 }
 std::string Sha256::hex() {
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  EVP_DigestFinal_ex(ctx_, md, &len);
-  return to_hex(md, len);
+  unsigned char md[SHA256_DIGEST_LENGTH];
+  SHA256_Final(md, reinterpret_cast<SHA256_CTX*>(ctx_));
+  return to_hex(md, sizeof md);
 }
 
 std::string sha256_hex(std::string_view data) {

@@ -18,13 +18,15 @@
 #include "layers/ignore.h"
 #include "layers/input_error.h"
 
+typedef struct git_index git_index;  // libgit2's
+
 namespace kiln::layers {
 
 class GitRepo {
  public:
   /// The repository whose work tree holds `dir` (an absolute, real path), or null when `dir` is
-  /// in no work tree (no repository, a bare one, or inside a .git directory). Loads the index
-  /// once. Throws InputError when the repository cannot be read (a corrupt index).
+  /// in no work tree (no repository, a bare one, or inside a .git directory). Throws InputError
+  /// when the repository cannot be read.
   static std::unique_ptr<GitRepo> open(const std::string& dir);
   ~GitRepo();
   GitRepo(const GitRepo&) = delete;
@@ -40,13 +42,16 @@ class GitRepo {
   /// those at and below `dir` as it meets them.
   void add_rules(IgnoreRules& rules) const;
 
-  /// Is this path (relative to `dir`) in the index?
+  /// Is this path (relative to `dir`) in the index? The index is read on the first question (an
+  /// InputError when it is corrupt); a walk that meets no excluded path never reads it. Not
+  /// thread-safe: the parallel walk asks under a lock.
   bool tracked(std::string_view rel) const;
   /// Does the index hold a path below this directory (relative to `dir`)?
   bool tracks_below(std::string_view rel_dir) const;
 
  private:
   GitRepo() = default;
+  ::git_index* index() const;
   struct Handles;
   std::unique_ptr<Handles> h_;
   std::string workdir_, prefix_;
