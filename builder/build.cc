@@ -406,6 +406,7 @@ Prepared prepare_walk(const spec::ImageSpec& s, const BuildOptions& opts) {
   p.index_file = opts.store->stat_index_path(index_key(s.source_root ? *s.source_root : s.base_dir));
   index.load(p.index_file);
   co.expected_entries = index.loaded_size() + index.loaded_size() / 16;
+  co.git_memo = fs::path(p.index_file).replace_extension(".git");  // beside the stat index
   if (opts.jobs == 1) co.jobs = 1;  // --jobs 1: one thread for everything; else as the load allows
   progress.phase_begin(Phase::Walk, 0, 0);
   p.files = layers::collect_files(s, co);

@@ -727,7 +727,7 @@ FileSet collect_files(const spec::ImageSpec& spec, const CollectOptions& opts) {
       // Inside a git work tree, git's exclude sources from the work tree's root down and the index;
       // outside one, the tree's own .gitignore files.
       IgnoreRules git_rules;
-      std::unique_ptr<GitRepo> git = GitRepo::open(root);
+      std::unique_ptr<GitRepo> git = GitRepo::open_remembered(root, opts.git_memo);
       if (git) {
         set.git_workdir = git->workdir();
         git->add_rules(git_rules);
@@ -742,6 +742,7 @@ FileSet collect_files(const spec::ImageSpec& spec, const CollectOptions& opts) {
         }
         w.walk(root_fd.get(), "");
       }
+      if (git) git->remember_index_use();
       // source_root inside a directory git ignores: flytekit's `git ls-files -io` selection keeps
       // only tracked files there (often none). Say so rather than bake an empty tree silently.
       if (git && !git->prefix().empty()) {

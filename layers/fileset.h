@@ -11,6 +11,7 @@
 
 #include <array>
 #include <cstdint>
+#include <filesystem>
 #include <memory>
 #include <functional>
 #include <stdexcept>
@@ -78,6 +79,9 @@ struct CollectOptions {
   /// Also apply `<source_root>/.flyteignore` in mode all (Docker pattern semantics), as flytekit's
   /// fast-register bundle does. The image's file set does not: flytekit's image builder ignores it.
   bool flyteignore = false;
+  /// Where the git context of source_root is remembered between walks (GitRepo::open_remembered),
+  /// or empty: asked of libgit2 every time.
+  std::filesystem::path git_memo;
   /// A size hint: room for this many entries is reserved up front (a rebuild passes the size of
   /// the stat index, so the entry list does not grow by doubling). 0: none.
   std::size_t expected_entries = 0;

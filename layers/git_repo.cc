@@ -1,12 +1,23 @@
-// libgit2 behind GitRepo: one repository and at most one index load per walk, no git process.
+// libgit2 behind GitRepo: one repository and at most one index load per walk, no git process;
+// with a memo, no libgit2 at all until the index is needed.
 #include "layers/git_repo.h"
 
 #include <git2.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <iterator>
+#include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
+
+#include "layers/fsutil.h"
 
 namespace kiln::layers {
 
@@ -37,18 +48,29 @@ std::string real(const std::string& p) {
 
 }  // namespace
 
-GitRepo::~GitRepo() = default;
+GitRepo::~GitRepo() {
+  if (prefetch_.joinable()) prefetch_.join();
+}
+
+namespace {
+std::string excludes_file(git_repository* repo);
+}
+
+/// libgit2 finds no repository (open() answers null).
+struct GitRepo::NotARepo {};
 
 std::unique_ptr<GitRepo> GitRepo::open(const std::string& dir) {
+  try {
+    return open_libgit2(dir);
+  } catch (const NotARepo&) {
+    return nullptr;
+  }
+}
+
+std::unique_ptr<GitRepo> GitRepo::open_libgit2(const std::string& dir) {
   std::unique_ptr<GitRepo> g(new GitRepo());
-  g->h_ = std::make_unique<Handles>();
-  git_libgit2_init();
-  // kiln only reads the index, the exclude files and the config; it runs nothing the repository
-  // configures, so a checkout owned by another user (CI as root) is read like any other.
-  git_libgit2_opts(GIT_OPT_SET_OWNER_VALIDATION, 0);
-  int rc = git_repository_open_ext(&g->h_->repo, dir.c_str(), 0, nullptr);
-  if (rc == GIT_ENOTFOUND) return nullptr;
-  if (rc < 0) throw InputError("cannot open the git repository holding '" + dir + "': " + last_error());
+  g->dir_ = dir;
+  g->open_handles();
   const char* wd = git_repository_workdir(g->h_->repo);
   if (!wd) return nullptr;  // bare
   std::string workdir = real(wd);
@@ -63,15 +85,228 @@ std::unique_ptr<GitRepo> GitRepo::open(const std::string& dir) {
   }
   if (g->prefix_ == ".git/" || g->prefix_.rfind(".git/", 0) == 0) return nullptr;
   g->workdir_ = workdir;
+  g->commondir_ = git_repository_commondir(g->h_->repo);
+  if (!g->commondir_.empty() && g->commondir_.back() != '/') g->commondir_ += '/';
+  g->excludes_file_ = excludes_file(g->h_->repo);
   return g;
+}
+
+void GitRepo::open_handles() const {
+  auto h = std::make_unique<Handles>();
+  git_libgit2_init();
+  // kiln only reads the index, the exclude files and the config; it runs nothing the repository
+  // configures, so a checkout owned by another user (CI as root) is read like any other.
+  git_libgit2_opts(GIT_OPT_SET_OWNER_VALIDATION, 0);
+  int rc = git_repository_open_ext(&h->repo, dir_.c_str(), 0, nullptr);
+  if (rc == GIT_ENOTFOUND) throw NotARepo{};
+  if (rc < 0) throw InputError("cannot open the git repository holding '" + dir_ + "': " + last_error());
+  h_ = std::move(h);
 }
 
 git_index* GitRepo::index() const {
   // Loaded on first use: only a path that an exclude rule matches asks whether git tracks it, and
   // parsing a large index (10,000 entries: ~1.3 MB) is most of what libgit2 costs a walk.
+  if (prefetch_.joinable()) prefetch_.join();
+  if (prefetch_error_) std::rethrow_exception(std::exchange(prefetch_error_, nullptr));
+  index_used_ = true;
+  if (!h_) {
+    try {
+      open_handles();
+    } catch (const NotARepo&) {
+      throw InputError("the git repository holding '" + dir_ + "' is gone");
+    }
+  }
   if (!h_->index && git_repository_index(&h_->index, h_->repo) < 0)
     throw InputError("cannot read the git index of '" + workdir_ + "': " + last_error());
   return h_->index;
+}
+
+// ---- The memo ---------------------------------------------------------------------------------
+
+namespace {
+
+constexpr int kMemoVersion = 1;
+
+/// What lstat says of a path, as a string ("-" when absent): any change to the entry (content,
+/// replacement, entries added to or removed from a directory) changes it.
+std::string stat_key(const std::string& path) {
+  struct stat st{};
+  if (::lstat(path.c_str(), &st) != 0) return "-";
+  return std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino) + ":" + std::to_string(st.st_mode) + ":" +
+         std::to_string(st.st_size) + ":" + std::to_string(st.st_mtim.tv_sec) + "." +
+         std::to_string(st.st_mtim.tv_nsec) + ":" + std::to_string(st.st_ctim.tv_sec) + "." +
+         std::to_string(st.st_ctim.tv_nsec);
+}
+
+std::string env_or_empty(const char* name) {
+  const char* v = std::getenv(name);
+  return v ? v : "";
+}
+
+/// The environment git's answer may depend on: $HOME, $XDG_CONFIG_HOME and every GIT_* variable
+/// (GIT_CONFIG_GLOBAL, GIT_CEILING_DIRECTORIES… as well as ones that change nothing here, such as
+/// GIT_SSL_CAINFO: the memo holds while they stay as they were).
+std::string git_environment() {
+  std::vector<std::string> vars;
+  for (char** e = environ; e && *e; ++e)
+    if (std::strncmp(*e, "GIT_", 4) == 0 || std::strncmp(*e, "HOME=", 5) == 0 || std::strncmp(*e, "XDG_CONFIG_HOME=", 16) == 0)
+      vars.emplace_back(*e);
+  std::sort(vars.begin(), vars.end());
+  std::string out;
+  for (const auto& v : vars) out.append(v).push_back('\n');
+  return out;
+}
+
+/// The config files libgit2 reads besides the repository's own: global, XDG, system.
+std::vector<std::string> global_configs() {
+  std::vector<std::string> v;
+  const std::string home = env_or_empty("HOME"), xdg = env_or_empty("XDG_CONFIG_HOME");
+  if (!home.empty()) v.push_back(home + "/.gitconfig");
+  if (!xdg.empty()) v.push_back(xdg + "/git/config");
+  else if (!home.empty()) v.push_back(home + "/.config/git/config");
+  v.push_back("/etc/gitconfig");
+  return v;
+}
+
+/// What the answer for `dir` rests on. Directories: from `dir` up to `top` (a .git or a bare
+/// repository appearing in one changes the directory). Empty when no memo can be trusted.
+std::vector<std::pair<std::string, std::string>> watch_list(const std::string& dir, const std::string& top,
+                                                            const std::vector<std::string>& files) {
+  std::vector<std::pair<std::string, std::string>> w;
+  for (std::string d = dir;;) {
+    w.emplace_back(d, stat_key(d));
+    if (d == top || d == "/" || d.empty()) break;
+    std::size_t slash = d.rfind('/');
+    d = slash == 0 ? std::string("/") : d.substr(0, slash);
+  }
+  for (const auto& f : files) w.emplace_back(f, stat_key(f));
+  return w;
+}
+
+/// Can the state of these files be trusted to show a later change? Not when one changed within
+/// the last second (a change in the same clock tick keeps its stat), nor when a config file
+/// includes another (the included file is not watched).
+bool trustworthy(const std::vector<std::pair<std::string, std::string>>& watch, const std::vector<std::string>& configs) {
+  struct timespec now{};
+  ::clock_gettime(CLOCK_REALTIME, &now);
+  for (const auto& [path, key] : watch) {
+    struct stat st{};
+    if (::lstat(path.c_str(), &st) != 0) continue;
+    auto ns = [](const struct timespec& t) { return std::int64_t(t.tv_sec) * 1000000000 + t.tv_nsec; };
+    if (ns(st.st_ctim) > ns(now) - 1000000000 || ns(st.st_mtim) > ns(now) - 1000000000) return false;
+  }
+  for (const auto& c : configs) {
+    std::string text;
+    try {
+      if (!read_file_if_exists(c, &text)) continue;
+    } catch (const std::exception&) {
+      return false;
+    }
+    for (char& ch : text) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    if (text.find("include") != std::string::npos) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+std::unique_ptr<GitRepo> GitRepo::open_remembered(const std::string& dir, const std::filesystem::path& memo) {
+  if (memo.empty()) return open(dir);
+  const std::string env = git_environment();
+  // The memo, when it still holds.
+  try {
+    std::string text;
+    if (read_file_if_exists(memo, &text)) {
+      auto j = nlohmann::json::parse(text);
+      bool holds = j.value("v", 0) == kMemoVersion && j.value("dir", "") == dir && j.value("env", "") == env;
+      for (const auto& w : j.value("watch", nlohmann::json::array())) {
+        if (!holds) break;
+        holds = stat_key(w.at(0).get<std::string>()) == w.at(1).get<std::string>();
+      }
+      if (holds) {
+        if (!j.value("repo", false)) return nullptr;
+        std::unique_ptr<GitRepo> g(new GitRepo());
+        g->from_memo_ = true;
+        g->memo_ = memo;
+        g->dir_ = dir;
+        g->workdir_ = j.at("workdir").get<std::string>();
+        g->prefix_ = j.at("prefix").get<std::string>();
+        g->commondir_ = j.at("commondir").get<std::string>();
+        g->excludes_file_ = j.at("excludes_file").get<std::string>();
+        g->memo_index_used_ = j.value("index_used", false);
+        if (g->memo_index_used_) {  // the last walk needed the index: read it while the walk starts
+          GitRepo* raw = g.get();
+          g->prefetch_ = std::thread([raw] {
+            try {
+              raw->open_handles();
+              if (git_repository_index(&raw->h_->index, raw->h_->repo) < 0)
+                throw InputError("cannot read the git index of '" + raw->workdir_ + "': " + last_error());
+            } catch (const NotARepo&) {
+              raw->prefetch_error_ = std::make_exception_ptr(InputError("the git repository holding '" + raw->dir_ + "' is gone"));
+            } catch (...) {
+              raw->prefetch_error_ = std::current_exception();
+            }
+          });
+        }
+        return g;
+      }
+    }
+  } catch (const std::exception&) {  // unreadable or from another version: answered again below
+  }
+  // libgit2's answer, remembered when what it rests on can be watched.
+  std::unique_ptr<GitRepo> g;
+  bool found = true;
+  try {
+    g = open_libgit2(dir);
+  } catch (const NotARepo&) {
+    found = false;
+  }
+  std::error_code ec;
+  std::vector<std::string> configs = global_configs();
+  nlohmann::json j = {{"v", kMemoVersion}, {"dir", dir}, {"env", env}, {"repo", g != nullptr}};
+  std::vector<std::pair<std::string, std::string>> watch;
+  if (g) {
+    const std::string gitdir = git_repository_path(g->h_->repo);  // ends in '/'
+    configs.push_back(g->commondir_ + "config");
+    configs.push_back(gitdir + "config.worktree");
+    std::vector<std::string> files = configs;
+    files.push_back(g->workdir_ + "/.git");
+    files.push_back(gitdir + "commondir");
+    watch = watch_list(dir, g->workdir_, files);
+    j["workdir"] = g->workdir_;
+    j["prefix"] = g->prefix_;
+    j["commondir"] = g->commondir_;
+    j["excludes_file"] = g->excludes_file_;
+    j["index_used"] = false;
+    g->memo_ = memo;
+  } else if (!found) {
+    watch = watch_list(dir, "/", configs);  // no repository: every directory up to the root
+  } else {
+    return g;  // a bare repository, or dir inside .git: rare, not remembered
+  }
+  if (trustworthy(watch, configs)) {
+    j["watch"] = nlohmann::json::array();
+    for (const auto& [path, key] : watch) j["watch"].push_back({path, key});
+    try {
+      atomic_write(memo, j.dump(), memo.parent_path().parent_path() / "tmp", /*sync=*/false);
+    } catch (const std::exception&) {
+    }
+  } else {
+    std::filesystem::remove(memo, ec);
+  }
+  return g;
+}
+
+void GitRepo::remember_index_use() const {
+  if (memo_.empty() || index_used_ == memo_index_used_) return;
+  try {
+    std::string text;
+    if (!read_file_if_exists(memo_, &text)) return;
+    auto j = nlohmann::json::parse(text);
+    j["index_used"] = index_used_;
+    atomic_write(memo_, j.dump(), memo_.parent_path().parent_path() / "tmp", /*sync=*/false);
+  } catch (const std::exception&) {
+  }
 }
 
 namespace {
@@ -103,10 +338,8 @@ std::string excludes_file(git_repository* repo) {
 
 void GitRepo::add_rules(IgnoreRules& rules) const {
   std::string text;
-  std::string common = git_repository_commondir(h_->repo);
-  if (!common.empty() && common.back() != '/') common += '/';
-  if (read_text(common + "info/exclude", &text)) rules.add_git_excludes(text);
-  if (std::string f = excludes_file(h_->repo); !f.empty() && read_text(f, &text)) rules.add_git_excludes(text);
+  if (read_text(commondir_ + "info/exclude", &text)) rules.add_git_excludes(text);
+  if (!excludes_file_.empty() && read_text(excludes_file_, &text)) rules.add_git_excludes(text);
   // The .gitignore files above `dir`: "", "sub", ... (the prefix without its last component).
   std::string dir;
   for (std::size_t start = 0; !prefix_.empty();) {

@@ -11,9 +11,12 @@
 // excluded directory, where git does neither.
 #pragma once
 
+#include <exception>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <string_view>
+#include <thread>
 
 #include "layers/ignore.h"
 #include "layers/input_error.h"
@@ -28,6 +31,24 @@ class GitRepo {
   /// in no work tree (no repository, a bare one, or inside a .git directory). Throws InputError
   /// when the repository cannot be read.
   static std::unique_ptr<GitRepo> open(const std::string& dir);
+
+  /// As open(), with the answer remembered in `memo` (a file in kiln's store): when nothing it
+  /// rests on has changed since (the directories from `dir` up to the work tree, the .git entry,
+  /// every config file git reads, $HOME, $XDG_CONFIG_HOME and the GIT_* variables), the answer
+  /// comes from the memo and
+  /// libgit2 is not even loaded — it costs a process ~20 ms (its shared objects, and its TLS
+  /// backend reading the system's CA certificates at init), most of a no-change rebuild's wait.
+  /// libgit2 is then opened only when the index is needed (tracked()), in the background from
+  /// the start when the last walk needed it. No memo is written when a config file has an
+  /// include, or when a watched file changed within the last second (it could change again
+  /// within the same timestamp). `memo` empty: open().
+  static std::unique_ptr<GitRepo> open_remembered(const std::string& dir, const std::filesystem::path& memo);
+  /// Records in the memo whether this walk read the index (so the next one starts reading it
+  /// early, or not at all). Best effort: errors are ignored.
+  void remember_index_use() const;
+  /// Did the answer come from the memo (libgit2 not loaded for discovery)? For tests.
+  bool from_memo() const { return from_memo_; }
+
   ~GitRepo();
   GitRepo(const GitRepo&) = delete;
   GitRepo& operator=(const GitRepo&) = delete;
@@ -51,10 +72,18 @@ class GitRepo {
 
  private:
   GitRepo() = default;
+  struct NotARepo;
+  static std::unique_ptr<GitRepo> open_libgit2(const std::string& dir);  // throws NotARepo
   ::git_index* index() const;
+  void open_handles() const;
   struct Handles;
-  std::unique_ptr<Handles> h_;
-  std::string workdir_, prefix_;
+  mutable std::unique_ptr<Handles> h_;  // libgit2's repository and index (null until needed)
+  mutable std::thread prefetch_;        // opens h_ and reads the index in the background
+  mutable std::exception_ptr prefetch_error_;
+  mutable bool index_used_ = false;
+  bool from_memo_ = false, memo_index_used_ = false;
+  std::filesystem::path memo_;
+  std::string dir_, workdir_, prefix_, commondir_, excludes_file_;
 };
 
 }  // namespace kiln::layers

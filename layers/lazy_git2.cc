@@ -25,6 +25,7 @@ FWD(int, git_repository_open_ext, (git_repository * *out, const char* path, unsi
 FWD(void, git_repository_free, (git_repository * repo), (repo))
 FWD(const char*, git_repository_workdir, (const git_repository* repo), (repo))
 FWD(const char*, git_repository_commondir, (const git_repository* repo), (repo))
+FWD(const char*, git_repository_path, (const git_repository* repo), (repo))
 FWD(int, git_repository_index, (git_index * *out, git_repository* repo), (out, repo))
 FWD(int, git_repository_config_snapshot, (git_config * *out, git_repository* repo), (out, repo))
 FWD(void, git_config_free, (git_config * cfg), (cfg))

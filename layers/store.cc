@@ -336,8 +336,8 @@ Store::Usage Store::usage() const {
     u.blob_bytes += e.file_size(ec);
   }
   for (auto& e : fs::directory_iterator(root_ / "layers", ec)) { (void)e; ++u.layer_records; }
-  for (auto& e : fs::directory_iterator(root_ / "stat", ec)) {
-    ++u.stat_indexes;
+  for (auto& e : fs::directory_iterator(root_ / "stat", ec)) {  // stat indexes and their git memos
+    if (e.path().extension() == ".idx") ++u.stat_indexes;
     u.stat_bytes += e.file_size(ec);
   }
   for (auto& e : fs::directory_iterator(root_ / "tmp", ec)) {

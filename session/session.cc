@@ -1,7 +1,6 @@
 // One build session, end to end (see session.h for the order of things).
 #include "session/session.h"
 
-#include <git2.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -253,12 +252,6 @@ class Job {
   }
 
   void from_spec(const spec::ImageSpec& s) {
-    // Mode all reads the git repository holding source_root (layers/git_repo.h). libgit2's global
-    // init loads the system's CA certificates (its TLS backend's, unused here): milliseconds, done
-    // on another core while the build records itself and loads its stat index. The walk's own
-    // git_libgit2_init waits for it (libgit2 serializes and counts its inits).
-    if (s.source_root && s.source_copy_mode == spec::CopyMode::All && !git_init_.joinable())
-      git_init_ = std::thread([] { git_libgit2_init(); });
     rec_.spec = spec_record(s);
     rec_.spec_digest = layers::sha256_digest(rec_.spec.dump());
     named(s.name, spec::repository(s));
@@ -505,10 +498,6 @@ class Job {
 
   history::Record& record() { return rec_; }
 
-  ~Job() {
-    if (git_init_.joinable()) git_init_.join();
-  }
-
  private:
   void lock_name(const std::string& name) {
     try {
@@ -595,7 +584,6 @@ class Job {
   bool appended_ = false;
   std::string step_ = "spec";
   Outcome out_;
-  std::thread git_init_;  // libgit2's init, started early (from_spec); libgit2 stays initialized
 };
 
 }  // namespace
