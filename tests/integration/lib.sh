@@ -163,12 +163,19 @@ assert_files_equal() {
 # ------------------------------------------------------------------------------------------------
 # Running kiln
 
-# kiln ARGS...: runs $KILN. Sets OUT (stdout), ERR (stderr), RC (exit code); never fails itself.
+# kiln ARGS...: runs $KILN. Sets OUT (stdout), ERR (stderr), RC (exit code); never fails itself,
+# except that a kiln still running after $KILN_TEST_TIMEOUT seconds (default 400) is killed and
+# recorded as a failure with what it printed: a hang shows where it hung, instead of the test
+# being killed silently by ctest's timeout.
 kiln() {
   RC=0
-  "$KILN" "$@" >"$T/.kiln.out" 2>"$T/.kiln.err" || RC=$?
+  local limit=${KILN_TEST_TIMEOUT:-400} start=$SECONDS
+  timeout --foreground -k 10 "$limit" "$KILN" "$@" >"$T/.kiln.out" 2>"$T/.kiln.err" || RC=$?
   OUT=$(<"$T/.kiln.out")
   ERR=$(<"$T/.kiln.err")
+  if ((RC == 124 || RC == 137)) && ((SECONDS - start >= limit)); then
+    fail "kiln $* was still running after $limit s (killed); its stderr ends:"$'\n'"$(tail -n 20 "$T/.kiln.err")"
+  fi
 }
 
 # build_ok SPEC ARGS...: `kiln build SPEC --json --progress quiet ARGS...` that must succeed
