@@ -218,8 +218,11 @@ std::unique_ptr<GitRepo> GitRepo::open_remembered(const std::string& dir, const 
     std::string text;
     if (read_file_if_exists(memo, &text)) {
       auto j = nlohmann::json::parse(text);
-      bool holds = j.value("v", 0) == kMemoVersion && j.value("dir", "") == dir && j.value("env", "") == env;
-      for (const auto& w : j.value("watch", nlohmann::json::array())) {
+      const auto watch = j.value("watch", nlohmann::json::array());
+      // The first watched path is `dir` itself: a memo without it (damaged, or not kiln's) never holds.
+      bool holds = j.value("v", 0) == kMemoVersion && j.value("dir", "") == dir && j.value("env", "") == env &&
+                   !watch.empty() && watch.at(0).at(0).get<std::string>() == dir;
+      for (const auto& w : watch) {
         if (!holds) break;
         holds = stat_key(w.at(0).get<std::string>()) == w.at(1).get<std::string>();
       }

@@ -8,7 +8,8 @@
 #   - a new core.excludesFile in ~/.gitconfig, a repository created between source_root and the
 #     work tree (and removed again), a GIT_* variable, no repository becoming one: each is seen on
 #     the next build;
-#   - a config file with an include is never remembered.
+#   - a config file with an include is never remembered;
+#   - a damaged memo (an empty watch list, not JSON) is not trusted.
 source "$(dirname "$0")/lib.sh"
 need_tools git
 
@@ -72,6 +73,19 @@ assert_eq "true true" "$(jget "str(j['repo']).lower() + ' ' + str(j['index_used'
 before=$(memo_stat)
 expect "a rebuild from the memo" "root/a.py root/b.txt root/c.txt root/keep.log"
 assert_eq "$before" "$(memo_stat)" "the rebuild read the memo and left it as it was"
+
+# A damaged memo (an empty watch list would hold for anything) is not trusted: answered again.
+"$PYTHON" - "$(memo)" <<'EOF'
+import json, sys
+j = json.load(open(sys.argv[1]))
+j["watch"] = []
+j["excludes_file"] = "/nonexistent"
+j["prefix"] = "elsewhere/"
+open(sys.argv[1], "w").write(json.dumps(j))
+EOF
+expect "a memo with an empty watch list" "root/a.py root/b.txt root/c.txt root/keep.log"
+echo 'not json' >"$(memo)"
+expect "a memo that is not JSON" "root/a.py root/b.txt root/c.txt root/keep.log"
 
 # A global excludes file, set in ~/.gitconfig.
 printf 'c.txt\n' >"$T/global-ignore"
