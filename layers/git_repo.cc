@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "layers/digest.h"
 #include "layers/fsutil.h"
 
 namespace kiln::layers {
@@ -143,7 +144,7 @@ std::string env_or_empty(const char* name) {
   return v ? v : "";
 }
 
-/// The environment git's answer may depend on: $HOME, $XDG_CONFIG_HOME and every GIT_* variable
+/// The hash of the environment git's answer may depend on: $HOME, $XDG_CONFIG_HOME and every GIT_* variable
 /// (GIT_CONFIG_GLOBAL, GIT_CEILING_DIRECTORIES… as well as ones that change nothing here, such as
 /// GIT_SSL_CAINFO: the memo holds while they stay as they were).
 std::string git_environment() {
@@ -154,7 +155,7 @@ std::string git_environment() {
   std::sort(vars.begin(), vars.end());
   std::string out;
   for (const auto& v : vars) out.append(v).push_back('\n');
-  return out;
+  return sha256_hex(out);  // a GIT_* value may be a credential (GIT_CONFIG_VALUE_0): only its hash is kept
 }
 
 /// The config files libgit2 reads besides the repository's own: global, XDG, system.
