@@ -110,6 +110,11 @@ git_index* GitRepo::index() const {
   if (prefetch_.joinable()) prefetch_.join();
   if (prefetch_error_) std::rethrow_exception(std::exchange(prefetch_error_, nullptr));
   index_used_ = true;
+  load_index();
+  return h_->index;
+}
+
+void GitRepo::load_index() const {
   if (!h_) {
     try {
       open_handles();
@@ -119,7 +124,6 @@ git_index* GitRepo::index() const {
   }
   if (!h_->index && git_repository_index(&h_->index, h_->repo) < 0)
     throw InputError("cannot read the git index of '" + workdir_ + "': " + last_error());
-  return h_->index;
 }
 
 // ---- The memo ---------------------------------------------------------------------------------
@@ -242,13 +246,9 @@ std::unique_ptr<GitRepo> GitRepo::open_remembered(const std::string& dir, const 
           GitRepo* raw = g.get();
           g->prefetch_ = std::thread([raw] {
             try {
-              raw->open_handles();
-              if (git_repository_index(&raw->h_->index, raw->h_->repo) < 0)
-                throw InputError("cannot read the git index of '" + raw->workdir_ + "': " + last_error());
-            } catch (const NotARepo&) {
-              raw->prefetch_error_ = std::make_exception_ptr(InputError("the git repository holding '" + raw->dir_ + "' is gone"));
+              raw->load_index();
             } catch (...) {
-              raw->prefetch_error_ = std::current_exception();
+              raw->prefetch_error_ = std::current_exception();  // rethrown by the walk's first index()
             }
           });
         }

@@ -75,6 +75,7 @@ class GitRepo {
   struct NotARepo;
   static std::unique_ptr<GitRepo> open_libgit2(const std::string& dir);  // throws NotARepo
   ::git_index* index() const;
+  void load_index() const;  // opens h_ when needed, then reads the index (index() and the prefetch)
   void open_handles() const;
   struct Handles;
   mutable std::unique_ptr<Handles> h_;  // libgit2's repository and index (null until needed)
