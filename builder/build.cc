@@ -665,6 +665,9 @@ BuildResult build_impl(const Prepared& prep, Prepared* deferred, const BuildOpti
     big_to_write[i] = plans[i].bytes >= layers::kGzipPiece && !found[i];
     big_left += big_to_write[i];
   }
+  // Finished blobs are made durable and recorded on a thread of their own (fsync, rename, record,
+  // unlock), so the layer writers never wait for the disk; drained before the image names them.
+  layers::BlobCommitter committer;
   layers::parallel_for(order.size(), opts.jobs, [&](std::size_t n) {
       auto layer_threads = [&](std::size_t i) {
         const std::size_t left = big_to_write[i] ? big_left.fetch_sub(1) : big_left.load() + 1;  // this one included
@@ -754,9 +757,10 @@ BuildResult build_impl(const Prepared& prep, Prepared* deferred, const BuildOpti
         } else {
           if (!early) early = write(false);
           const layers::WrittenLayer& w = early->first;
-          early->second->commit(w.digest);
           records[i] = {w.digest, w.diff_id, w.media_type, w.size, w.tar_size};
-          opts.store->put_layer(p.key, records[i]);
+          committer.submit(std::move(early->second), w.digest,
+                           [store = opts.store, key = p.key, rec = records[i]] { store->put_layer(key, rec); },
+                           std::move(writing));
           progress.end(id, "layer " + p.label + ": " + w.digest.substr(0, 19));
         }
       } catch (...) {
@@ -764,6 +768,7 @@ BuildResult build_impl(const Prepared& prep, Prepared* deferred, const BuildOpti
       }
       lr.seconds = since(t0);
   });
+  committer.drain();
   r.timings["layers"] = since(t_layers);
   // The layer writers' buffers and tar entry lists are freed: hand the pages back before the
   // stat index and the config (the build's peak RSS otherwise keeps them).

@@ -120,6 +120,68 @@ fs::path BlobWriter::commit(const std::string& digest) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// BlobCommitter
+
+BlobCommitter::BlobCommitter() : thread_([this] { run(); }) {}
+
+BlobCommitter::~BlobCommitter() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stop_ = true;
+    queue_.clear();  // not committed: the writers' destructors remove the temp files
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+void BlobCommitter::submit(std::unique_ptr<BlobWriter> blob, std::string digest, std::function<void()> then,
+                           std::optional<FileLock> lock) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    queue_.push_back(Job{std::move(blob), std::move(digest), std::move(then), std::move(lock)});
+  }
+  cv_.notify_all();
+}
+
+void BlobCommitter::drain() {
+  std::unique_lock<std::mutex> lk(mu_);
+  cv_.wait(lk, [&] { return queue_.empty() && !busy_; });
+  if (failure_) {
+    std::exception_ptr f = failure_;
+    failure_ = nullptr;
+    std::rethrow_exception(f);
+  }
+}
+
+void BlobCommitter::run() {
+  std::unique_lock<std::mutex> lk(mu_);
+  for (;;) {
+    cv_.wait(lk, [&] { return stop_ || !queue_.empty(); });
+    if (stop_) return;
+    std::exception_ptr err;
+    {
+      Job job = std::move(queue_.front());
+      queue_.pop_front();
+      busy_ = true;
+      const bool skip = failure_ != nullptr;  // after a failure: nothing more is published
+      lk.unlock();
+      if (!skip) {
+        try {
+          job.blob->commit(job.digest);
+          if (job.then) job.then();
+        } catch (...) {
+          err = std::current_exception();
+        }
+      }
+    }  // the temp file (when not committed) and the lock go here, outside the mutex
+    lk.lock();
+    if (err && !failure_) failure_ = err;
+    busy_ = false;
+    cv_.notify_all();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Store
 
 namespace {
@@ -306,7 +368,9 @@ std::optional<LayerRecord> Store::find_layer(const std::string& key) const {
 void Store::put_layer(const std::string& key, const LayerRecord& r) const {
   nlohmann::json j = {{"digest", r.digest}, {"diff_id", r.diff_id}, {"media_type", r.media_type},
                       {"size", r.size}, {"tar_size", r.tar_size}};
-  atomic_write(root_ / "layers" / (key + ".json"), j.dump() + "\n", root_ / "tmp");
+  // Not fsynced: the blob it names is durable already (committed first), and a record a crash
+  // leaves empty or torn does not parse, which find_layer takes as a miss.
+  atomic_write(root_ / "layers" / (key + ".json"), j.dump() + "\n", root_ / "tmp", /*sync=*/false);
 }
 
 fs::path Store::stat_index_path(const std::string& key) const { return root_ / "stat" / (key + ".idx"); }

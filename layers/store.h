@@ -20,11 +20,16 @@
 
 #include <sys/types.h>
 
+#include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <exception>
+#include <mutex>
+#include <thread>
 #include <filesystem>
 #include <array>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -77,6 +82,40 @@ class FileLock {
 
  private:
   int fd_;
+};
+
+/// Commits finished blobs on a thread of its own: fsync, rename into place, then the caller's
+/// follow-up (the layer record), then the layer's lock is released. The threads writing layers hand
+/// a blob over and go on to the next one instead of waiting for the disk; the disk works through
+/// the commits while they compute. A blob is still durable before any record names it, and the
+/// layer stays locked (other processes wait) until its record is written. drain() waits for every
+/// commit handed over and rethrows the first failure; a commit that fails leaves no record, and
+/// the blobs not yet committed when the committer is destroyed are removed (their temp files).
+class BlobCommitter {
+ public:
+  BlobCommitter();
+  ~BlobCommitter();
+  BlobCommitter(const BlobCommitter&) = delete;
+  BlobCommitter& operator=(const BlobCommitter&) = delete;
+  /// `then` runs on the committer's thread once the blob is in place; `lock` is released after it.
+  void submit(std::unique_ptr<BlobWriter> blob, std::string digest, std::function<void()> then,
+              std::optional<FileLock> lock);
+  void drain();
+
+ private:
+  struct Job {
+    std::unique_ptr<BlobWriter> blob;
+    std::string digest;
+    std::function<void()> then;
+    std::optional<FileLock> lock;
+  };
+  void run();
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Job> queue_;
+  bool busy_ = false, stop_ = false;
+  std::exception_ptr failure_;
+  std::thread thread_;  // last: started once the members above exist
 };
 
 class Store {

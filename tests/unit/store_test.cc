@@ -3,7 +3,9 @@
 #include "layers/store.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <catch2/catch.hpp>
 
@@ -12,6 +14,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <future>
 #include <optional>
 #include <random>
 #include <set>
@@ -275,10 +278,87 @@ TEST_CASE("store: find_layer returns nullopt when the blob is missing or wrong")
     kiln::testutil::write_file(tmp / "cache" / "layers" / "k.json", "{not json");
     CHECK_FALSE(s.find_layer("k"));
   }
+  SECTION("record empty or zero-filled (what a crash can leave: records are not fsynced)") {
+    kiln::testutil::write_file(tmp / "cache" / "layers" / "k.json", "");
+    CHECK_FALSE(s.find_layer("k"));
+    kiln::testutil::write_file(tmp / "cache" / "layers" / "k.json", std::string(40, '\0'));
+    CHECK_FALSE(s.find_layer("k"));
+  }
   SECTION("record missing a field") {
     kiln::testutil::write_file(tmp / "cache" / "layers" / "k.json", R"({"digest":")" + r.digest + R"("})");
     CHECK_FALSE(s.find_layer("k"));
   }
+}
+
+TEST_CASE("store: BlobCommitter commits, then records, then unlocks, off the caller's thread") {
+  TempDir tmp;
+  Store s(tmp / "cache");
+  BlobCommitter c;
+  std::vector<LayerRecord> recs;
+  for (int k = 0; k < 4; ++k) {
+    std::string data = kiln::testutil::random_bytes((1u << 20) + k, 40 + k);
+    auto w = s.new_blob();
+    w->write(data.data(), data.size());
+    LayerRecord r{sha256_digest(data), sha256_digest(data), "application/vnd.oci.image.layer.v1.tar", data.size(), data.size()};
+    recs.push_back(r);
+    const std::string key = "key" + std::to_string(k);
+    // The record is written only once the blob it names is in place.
+    c.submit(std::move(w), r.digest, [&s, key, r] {
+      if (!s.has_blob(r.digest)) throw std::runtime_error("record before its blob");
+      s.put_layer(key, r);
+    }, s.lock_layer(key));
+  }
+  c.drain();
+  for (int k = 0; k < 4; ++k) {
+    auto got = s.find_layer("key" + std::to_string(k));
+    REQUIRE(got);
+    CHECK(got->digest == recs[k].digest);
+  }
+  CHECK(names_in(tmp / "cache" / "tmp").empty());
+}
+
+TEST_CASE("store: BlobCommitter holds the layer lock until the record is written") {
+  TempDir tmp;
+  Store s(tmp / "cache");
+  BlobCommitter c;
+  auto w = s.new_blob();
+  w->write("abc", 3);
+  const std::string d = sha256_digest(std::string("abc"));
+  std::promise<void> go;
+  std::shared_future<void> gate = go.get_future().share();
+  c.submit(std::move(w), d, [gate] { gate.wait(); }, s.lock_layer("held"));
+  auto try_lock = [&] {
+    int fd = ::open((tmp / "cache" / "locks" / "held.lock").c_str(), O_RDWR | O_CLOEXEC);
+    REQUIRE(fd >= 0);
+    const bool got = ::flock(fd, LOCK_EX | LOCK_NB) == 0;
+    ::close(fd);
+    return got;
+  };
+  CHECK_FALSE(try_lock());  // the record is not written yet: another process would wait
+  go.set_value();
+  c.drain();
+  CHECK(s.has_blob(d));
+  CHECK(try_lock());
+}
+
+TEST_CASE("store: BlobCommitter reports a failed commit, publishes nothing after it, leaves no temp file") {
+  TempDir tmp;
+  Store s(tmp / "cache");
+  {
+    BlobCommitter c;
+    auto bad = s.new_blob();
+    bad->write("abc", 3);
+    bool then_ran = false;
+    c.submit(std::move(bad), "sha256:not-a-digest", [&then_ran] { then_ran = true; }, std::nullopt);
+    CHECK_THROWS_AS(c.drain(), std::invalid_argument);
+    CHECK_FALSE(then_ran);
+    c.drain();  // the failure is reported once
+    // Destroyed with a job still queued: the job's temp file goes with it.
+    auto w = s.new_blob();
+    w->write("def", 3);
+    c.submit(std::move(w), sha256_digest(std::string("def")), {}, std::nullopt);
+  }
+  CHECK(names_in(tmp / "cache" / "tmp").empty());
 }
 
 TEST_CASE("store: find_layer marks the record as used") {
