@@ -425,23 +425,33 @@ void compute_tag(Prepared& p, const BuildOptions& opts) {
   const auto& cp = p.files.copy;
   const auto inputs = run::step_inputs(s);
   if (sorted_by_dest(src) && sorted_by_dest(cp)) {
+    // One pass: each line formatted once, for the spec hash and (source files) the source digest.
+    spec::TagHasher h(s, p.base_id, opts.source_date_epoch, inputs);
+    char hex[64];
+    auto add = [&](const layers::FileEntry& f, bool in_source) {
+      switch (f.type) {
+        case layers::FileEntry::Type::File:
+          if (!f.link_to.empty()) return h.add('h', f.mode, f.link_to, f.dest, in_source);
+          if (f.sha256.empty()) return h.add('f', f.mode, {}, f.dest, in_source);
+          f.sha256.hex_to(hex);
+          return h.add('f', f.mode, std::string_view(hex, sizeof hex), f.dest, in_source);
+        case layers::FileEntry::Type::Dir:
+          return h.add('d', f.mode, {}, f.dest, in_source);
+        case layers::FileEntry::Type::Symlink:
+          return h.add('l', f.mode, f.link_target, f.dest, in_source);
+      }
+    };
     std::size_t i = 0, j = 0;
-    if (p.files.has_source)
-      p.source_digest = "sha256:" + spec::files_digest_streamed([&](spec::TagFile& t) {
-                          if (i == src.size()) return false;
-                          to_tag_file(src[i++], t);
-                          return true;
-                        });
-    i = 0;
-    p.spec_hash = spec::spec_hash_streamed(
-        s, p.base_id,
-        [&](spec::TagFile& t) {
-          if (i == src.size() && j == cp.size()) return false;
-          const bool from_src = j == cp.size() || (i < src.size() && !(cp[j].dest < src[i].dest));
-          to_tag_file(from_src ? src[i++] : cp[j++], t);
-          return true;
-        },
-        opts.source_date_epoch, inputs);
+    while (i < src.size() || j < cp.size()) {
+      const bool from_src = j == cp.size() || (i < src.size() && !(cp[j].dest < src[i].dest));
+      if (from_src) {
+        add(src[i++], p.files.has_source);
+      } else {
+        add(cp[j++], false);
+      }
+    }
+    if (p.files.has_source) p.source_digest = "sha256:" + h.files_digest();
+    p.spec_hash = h.spec_hash();
   } else {
     std::vector<spec::TagFile> all = tag_files(src);
     if (p.files.has_source) p.source_digest = "sha256:" + spec::files_digest(all);

@@ -11,32 +11,28 @@ namespace kiln::spec {
 namespace {
 bool by_dest(const TagFile& a, const TagFile& b) { return a.dest < b.dest; }
 
-/// Hashes the per-file lines of the files `next` yields (in dest order). Lines are gathered into
-/// one buffer and hashed in large pieces: per-line digest updates cost more than the hashing
-/// itself for a tree of small files.
-void hash_files(layers::Sha256& h, const FileSource& next) {
-  std::string buf;
-  buf.reserve(1 << 16);
-  char mode[8];
-  TagFile f;
-  while (next(f)) {
-    std::snprintf(mode, sizeof mode, "%04o", f.mode & 07777);
-    buf += f.type;
-    buf += ' ';
-    buf += mode;
-    buf += ' ';
-    buf += f.content;
-    buf += ' ';
-    buf += f.dest;
-    buf += '\0';
-    if (buf.size() >= (1 << 16) - 512) {
-      h.update(buf);
-      buf.clear();
-    }
-  }
-  h.update(buf);
-}
+/// Lines are gathered into a buffer and hashed in large pieces: per-line digest updates cost more
+/// than the hashing itself for a tree of small files.
+constexpr std::size_t kLineBuffer = 1 << 16;
 
+void append_line(std::string& buf, char type, unsigned mode, std::string_view content, std::string_view dest) {
+  const std::size_t at = buf.size();
+  buf.resize(at + 8);
+  char* p = buf.data() + at;
+  p[0] = type;
+  p[1] = ' ';
+  mode &= 07777;  // four octal digits, as printf's "%04o" of a value below 010000
+  p[2] = static_cast<char>('0' + ((mode >> 9) & 7));
+  p[3] = static_cast<char>('0' + ((mode >> 6) & 7));
+  p[4] = static_cast<char>('0' + ((mode >> 3) & 7));
+  p[5] = static_cast<char>('0' + (mode & 7));
+  p[6] = ' ';
+  buf.resize(at + 7);
+  buf.append(content);
+  buf += ' ';
+  buf.append(dest);
+  buf += '\0';
+}
 FileSource from_sorted(const std::vector<TagFile>& files) {
   return [&files, i = std::size_t(0)](TagFile& out) mutable {
     if (i == files.size()) return false;
@@ -46,16 +42,60 @@ FileSource from_sorted(const std::vector<TagFile>& files) {
 }
 }  // namespace
 
-std::string spec_hash_streamed(const ImageSpec& spec, const std::string& base_id, const FileSource& files,
-                      std::int64_t env_epoch, const std::vector<std::pair<std::string, std::string>>& inputs) {
-  layers::Sha256 h;
+struct TagHasher::Impl {
+  layers::Sha256 spec, files;
+  std::string spec_buf, files_buf;
+  void flush_spec() {
+    spec.update(spec_buf);
+    spec_buf.clear();
+  }
+  void flush_files() {
+    files.update(files_buf);
+    files_buf.clear();
+  }
+};
+
+TagHasher::TagHasher(const ImageSpec& spec, const std::string& base_id, std::int64_t env_epoch,
+                     const std::vector<std::pair<std::string, std::string>>& inputs)
+    : impl_(std::make_unique<Impl>()) {
+  layers::Sha256& h = impl_->spec;
   h.update(kSpecHashPrefix);
   h.update(spec.canonical().dump());
   h.update("\nbase " + base_id + "\n");
   if (env_epoch != 0 && !spec.source_date_epoch) h.update("epoch " + std::to_string(env_epoch) + "\n");
   for (const auto& [name, sha] : inputs) h.update("input " + name + " " + sha + "\n");
-  hash_files(h, files);
-  return h.hex();
+  impl_->files.update("kiln-files-v1\n");
+  impl_->spec_buf.reserve(kLineBuffer);
+  impl_->files_buf.reserve(kLineBuffer);
+}
+
+TagHasher::~TagHasher() = default;
+
+void TagHasher::add(char type, unsigned mode, std::string_view content, std::string_view dest, bool in_source) {
+  append_line(impl_->spec_buf, type, mode, content, dest);
+  if (impl_->spec_buf.size() >= kLineBuffer - 512) impl_->flush_spec();
+  if (in_source) {
+    append_line(impl_->files_buf, type, mode, content, dest);
+    if (impl_->files_buf.size() >= kLineBuffer - 512) impl_->flush_files();
+  }
+}
+
+std::string TagHasher::spec_hash() {
+  impl_->flush_spec();
+  return impl_->spec.hex();
+}
+
+std::string TagHasher::files_digest() {
+  impl_->flush_files();
+  return impl_->files.hex();
+}
+
+std::string spec_hash_streamed(const ImageSpec& spec, const std::string& base_id, const FileSource& files,
+                      std::int64_t env_epoch, const std::vector<std::pair<std::string, std::string>>& inputs) {
+  TagHasher h(spec, base_id, env_epoch, inputs);
+  TagFile f;
+  while (files(f)) h.add(f, false);
+  return h.spec_hash();
 }
 
 std::string spec_hash(const ImageSpec& spec, const std::string& base_id, std::vector<TagFile> files,
@@ -67,7 +107,17 @@ std::string spec_hash(const ImageSpec& spec, const std::string& base_id, std::ve
 std::string files_digest_streamed(const FileSource& files) {
   layers::Sha256 h;
   h.update("kiln-files-v1\n");
-  hash_files(h, files);
+  std::string buf;
+  buf.reserve(kLineBuffer);
+  TagFile f;
+  while (files(f)) {
+    append_line(buf, f.type, f.mode, f.content, f.dest);
+    if (buf.size() >= kLineBuffer - 512) {
+      h.update(buf);
+      buf.clear();
+    }
+  }
+  h.update(buf);
   return h.hex();
 }
 

@@ -4,7 +4,9 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "spec/image_spec.h"
@@ -45,6 +47,28 @@ std::string spec_hash_streamed(const ImageSpec& spec, const std::string& base_id
                                std::int64_t env_epoch = 0,
                                const std::vector<std::pair<std::string, std::string>>& inputs = {});
 std::string files_digest_streamed(const FileSource& files);
+
+/// The spec hash and the files digest of one file list, in one pass: each file's line is formatted
+/// once and fed to both (a rebuild of a big tree computes them on its critical path). Files are
+/// added in dest order; those with `in_source` set also go into the files digest. The results are
+/// exactly spec_hash() and files_digest() of the same lists.
+class TagHasher {
+ public:
+  TagHasher(const ImageSpec& spec, const std::string& base_id, std::int64_t env_epoch = 0,
+            const std::vector<std::pair<std::string, std::string>>& inputs = {});
+  ~TagHasher();
+  TagHasher(const TagHasher&) = delete;
+  TagHasher& operator=(const TagHasher&) = delete;
+  void add(char type, unsigned mode, std::string_view content, std::string_view dest, bool in_source);
+  void add(const TagFile& f, bool in_source) { add(f.type, f.mode, f.content, f.dest, in_source); }
+  /// Both finish the hashing; call each once, after the last add().
+  std::string spec_hash();
+  std::string files_digest();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
 
 /// The tag: tag_format (default "{spec_hash}") with {spec_hash} replaced by the first 32 hex
 /// characters of `hash`. Throws SpecError when the result is not a valid OCI tag.

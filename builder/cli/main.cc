@@ -134,7 +134,8 @@ int run(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   // Names are UTF-8 whatever the user's locale, so libarchive converts nothing differently.
-  std::setlocale(LC_ALL, "C.UTF-8");
+  // Only the character type: the other categories stay "C" (and are not read from disk).
+  std::setlocale(LC_CTYPE, "C.UTF-8");
   // A peer that goes away (a credential helper, a closed pipe on stdout) is an error to report,
   // not a reason to die silently.
   std::signal(SIGPIPE, SIG_IGN);
