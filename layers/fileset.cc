@@ -335,6 +335,10 @@ struct Walker {
     std::string child = rel;  // reused: rel + "/" + name
     if (!child.empty()) child += '/';
     const std::size_t base_len = child.size();
+    // Is rel + "/" + name valid UTF-8? '/' is ASCII (no sequence spans it): exactly when rel is and
+    // the name is, so rel is checked once per directory rather than once per entry.
+    const bool rel_utf8 = valid_utf8(rel);
+    auto child_utf8 = [&](const char* name) { return rel_utf8 && valid_utf8(name); };
     for (std::size_t k = first; k < last; ++k) {
       if (shared && shared->failed.load(std::memory_order_relaxed)) throw WalkAborted{};
       const char* n = names_.at(k);
@@ -354,7 +358,7 @@ struct Walker {
         UniqueFd sub = open_child_dir(dfd, n, st, abs_of(child));
         bool nested = use_git && git && nested_work_tree(sub.get());
         bool emit = !dirs_need_content && !rules->ignored(child, true);
-        if (emit && !valid_utf8(child))
+        if (emit && !child_utf8(names_.at(k)))
           throw InputError("file name is not valid UTF-8: '" + printable(abs_of(child)) +
                            "' (rename it, or exclude it with .dockerignore)");
         if (shared) {  // emit is false (dirs_need_content): kept after the walk if something lies below
@@ -375,7 +379,7 @@ struct Walker {
       if (git_ignored(child, false) && !git_keeps(child, false)) continue;
       // Checked after the ignore rules, so an excluded name does not matter; the whole path, as a
       // re-included file may sit below an excluded directory whose name is not UTF-8.
-      if (!valid_utf8(child))
+      if (!child_utf8(n))
         throw InputError("file name is not valid UTF-8: '" + printable(abs_of(child)) +
                          "' (rename it, or exclude it with .dockerignore)");
       FileEntry e = make_entry(rel_prefix + child, dest_prefix + child, entry_root, st, dfd, n);

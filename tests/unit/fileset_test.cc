@@ -214,6 +214,21 @@ TEST_CASE("fileset: a non-UTF-8 name inside an excluded directory re-included by
   CHECK_THROWS_AS(collect_files(spec_for(tmp, CopyMode::All)), InputError);
 }
 
+TEST_CASE("fileset: a valid name below a non-UTF-8 directory is refused, naming the whole path") {
+  // The walk checks a directory's path once and each name on its own: the two together must
+  // refuse what checking the whole path refuses.
+  TempDir tmp;
+  write_file(tmp / "src" / "ok" / "d\xfe" / "sub" / "fine.py", "k");
+  CHECK_THROWS_MATCHES(collect_files(spec_for(tmp, CopyMode::All)), InputError,
+                       Catch::Matchers::Predicate<InputError>([](const InputError& e) {
+                         return contains(e.what(), "UTF-8") && contains(e.what(), "ok/d\\xfe/sub/fine.py");
+                       }));
+  // A multibyte name split by no '/' stays valid below valid directories.
+  fs::remove_all(tmp / "src" / "ok");
+  write_file(tmp / "src" / "caf\xc3\xa9" / "\xe6\x97\xa5.py", "k");
+  CHECK(collect_files(spec_for(tmp, CopyMode::All)).source.size() == 2);
+}
+
 TEST_CASE("fileset: valid_utf8") {
   CHECK(valid_utf8(""));
   CHECK(valid_utf8("plain.py"));
