@@ -633,7 +633,24 @@ void sort_entries(std::vector<FileEntry>& list, Less less) {
   if (std::is_sorted(list.begin(), list.end(), less)) return;
   std::vector<std::uint32_t> order(list.size());
   for (std::size_t i = 0; i < order.size(); ++i) order[i] = static_cast<std::uint32_t>(i);
-  std::sort(order.begin(), order.end(), [&](std::uint32_t a, std::uint32_t b) { return less(list[a], list[b]); });
+  auto by = [&](std::uint32_t a, std::uint32_t b) { return less(list[a], list[b]); };
+  // A big list (a rebuild waits for this sort): its halves on two threads, then merged. The order
+  // is the same (`less` is a strict total order on the entries here: no two compare equal but
+  // duplicates, which are adjacent either way and dropped by the caller).
+  constexpr std::size_t kSplitSort = 8192;
+  const auto mid = order.begin() + static_cast<std::ptrdiff_t>(order.size() / 2);
+  bool split = order.size() >= kSplitSort && std::thread::hardware_concurrency() >= 2;
+  if (split) {
+    try {
+      std::thread half([&] { std::sort(order.begin(), mid, by); });
+      std::sort(mid, order.end(), by);
+      half.join();
+      std::inplace_merge(order.begin(), mid, order.end(), by);
+    } catch (const std::system_error&) {
+      split = false;  // no thread: sort it whole, below
+    }
+  }
+  if (!split) std::sort(order.begin(), order.end(), by);
   // Position i receives list[order[i]]; each cycle is walked once, marked by order[i] = i.
   for (std::size_t i = 0; i < order.size(); ++i) {
     if (order[i] == i) continue;
