@@ -240,10 +240,10 @@ WrittenLayer write_layer(const std::vector<TarEntry>& entries, const LayerWriteO
 
     int fd = ::open(e.source.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
     if (fd < 0 && (errno == ELOOP || errno == ENOENT || errno == ENOTDIR))
-      throw InputError("'" + e.source.string() + "' changed while kiln read the tree (" +
+      throw InputError("'" + e.source + "' changed while kiln read the tree (" +
                        (errno == ELOOP ? "a file became a symlink" : "a file disappeared") +
                        "); re-run the build once the tree is stable");
-    if (fd < 0) throw std::system_error(errno, std::generic_category(), "cannot open " + e.source.string());
+    if (fd < 0) throw std::system_error(errno, std::generic_category(), "cannot open " + e.source);
     struct FdGuard {
       int fd;
       ~FdGuard() { ::close(fd); }
@@ -251,7 +251,7 @@ WrittenLayer write_layer(const std::vector<TarEntry>& entries, const LayerWriteO
     if (e.ino != 0) {
       struct stat id{};
       if (::fstat(fd, &id) != 0 || !S_ISREG(id.st_mode) || id.st_dev != e.dev || id.st_ino != e.ino)
-        throw InputError("'" + e.source.string() + "' changed while kiln read the tree (a file, or a directory above it, "
+        throw InputError("'" + e.source + "' changed while kiln read the tree (a file, or a directory above it, "
                          "was replaced); re-run the build once the tree is stable");
     }
     if (int fl = ::fcntl(fd, F_GETFL); fl >= 0) ::fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
@@ -265,7 +265,7 @@ WrittenLayer write_layer(const std::vector<TarEntry>& entries, const LayerWriteO
     while (left > 0) {
       ssize_t n = ::read(fd, buf.data(), std::min<std::uint64_t>(buf.size(), left));
       if (n < 0 && errno == EINTR) continue;
-      if (n < 0) throw std::system_error(errno, std::generic_category(), "cannot read " + e.source.string());
+      if (n < 0) throw std::system_error(errno, std::generic_category(), "cannot read " + e.source);
       if (n == 0) break;
       if (beside) {
         beside->start(&*content, buf.data(), static_cast<std::size_t>(n));
@@ -293,7 +293,7 @@ WrittenLayer write_layer(const std::vector<TarEntry>& entries, const LayerWriteO
     // Content that changed under the read (a file still being written) fails the layer step (exit
     // 3: retry once the tree is stable); a path swapped under the walk (above) is refused as input.
     if (changed)
-      throw std::runtime_error("file changed while the build read it: " + e.source.string() +
+      throw std::runtime_error("file changed while the build read it: " + e.source +
                                " (re-run the build once the tree is stable)");
     if (content) w.contents.emplace_back(e.path, content->hex());
   }

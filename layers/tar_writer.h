@@ -24,7 +24,8 @@ struct TarEntry {
   std::uint32_t mode = 0644;  // permission bits only
   std::uint64_t size = 0;     // File: byte count
   std::string link_target;    // Symlink: target as stored; Hardlink: path of the first link
-  std::filesystem::path source;  // File: where the bytes come from
+  std::string source;         // File: where the bytes come from (a plain string: a layer of a big
+                              // tree holds thousands, and a path object allocates per component)
   std::uint32_t uid = 0, gid = 0;
   // Identity of the source file at the time it was hashed: the writer refuses a file that changed.
   std::int64_t mtime_ns = 0, ctime_ns = 0;

@@ -278,7 +278,7 @@ Capture to_entries(std::map<std::string, Item>& items, const fs::path& root, boo
                                  "use useradd --no-log-init)");
       e.type = layers::TarEntry::Type::File;
       e.size = n.size;
-      e.source = root / rel;
+      e.source = (root / rel).string();
       e.mtime_ns = n.mtime_ns;
       e.ctime_ns = n.ctime_ns;
       e.capability = n.capability;

@@ -97,7 +97,7 @@ kiln::layers::TarEntry tar_file(const std::string& path, const fs::path& source,
   t.path = path;
   t.type = kiln::layers::TarEntry::Type::File;
   t.mode = mode;
-  t.source = source;
+  t.source = source.string();
   t.size = fs::file_size(source);
   struct stat st {};
   ::stat(source.c_str(), &st);

@@ -34,7 +34,7 @@ TarEntry tar_file(const std::string& path, const std::filesystem::path& src, std
   e.path = path;
   e.type = Type::File;
   e.mode = mode;
-  e.source = src;
+  e.source = src.string();
   e.size = std::filesystem::file_size(src);
   return e;
 }

@@ -167,7 +167,7 @@ TEST_CASE("flat: whiteouts remove a file and a directory of the layer below", "[
   auto src_file = [&](const std::string& path, const std::string& src) {
     TarEntry e;
     e.path = path;
-    e.source = t / "src" / src;
+    e.source = (t / "src" / src).string();
     e.size = fs::file_size(e.source);
     return e;
   };
