@@ -38,14 +38,14 @@ double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::
 
 /// Files of these formats are compressed already (or are model weights that do not compress):
 /// above kPackedMin they go to an uncompressed layer of their own kind.
-bool precompressed_name(const std::string& path) {
+bool precompressed_name(std::string_view path) {
   static const char* exts[] = {".safetensors", ".bin", ".gguf", ".ggml", ".pt", ".pth", ".ckpt", ".onnx",
                                ".h5", ".keras", ".pb", ".tflite", ".npz", ".zip", ".gz", ".tgz", ".bz2",
                                ".xz", ".zst", ".zstd", ".lz4", ".7z", ".rar", ".whl", ".jar", ".parquet",
                                ".jpg", ".jpeg", ".png", ".gif", ".webp", ".mp3", ".mp4", ".webm", ".avif"};
   std::size_t dot = path.rfind('.');
   if (dot == std::string::npos || path.find('/', dot) != std::string::npos) return false;
-  std::string ext = path.substr(dot);
+  std::string ext(path.substr(dot));
   std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
   for (const char* e : exts)
     if (ext == e) return true;
@@ -204,14 +204,14 @@ void plan_layers(const std::vector<layers::FileEntry>& files, const std::string&
     if (file && f.size >= s.large_file_threshold) {
       remember(f, 'L', large.size());
       LayerPlan p;
-      p.label = what + " large file " + f.rel;
-      p.created_by = "kiln: COPY " + f.rel + " /" + f.dest;
+      p.label = what + " large file " + std::string(f.rel());
+      p.created_by = "kiln: COPY " + std::string(f.rel()) + " /" + f.dest;
       p.sample = true;
       p.bytes = f.size;
       p.nfiles = 1;
       p.files.push_back(&f);
       large.push_back(std::move(p));
-    } else if (file && f.size >= kPackedMin && precompressed_name(f.rel)) {
+    } else if (file && f.size >= kPackedMin && precompressed_name(f.rel())) {
       remember(f, 'P', 0);
       packed.bytes += f.size;
       ++packed.nfiles;
@@ -253,7 +253,7 @@ void plan_layers(const std::vector<layers::FileEntry>& files, const std::string&
 
 /// Reads the first MiB of a file to decide whether compressing it pays.
 spec::Compression sample_compression(const layers::FileEntry& f, spec::Compression preferred) {
-  if (precompressed_name(f.rel)) return spec::Compression::None;
+  if (precompressed_name(f.rel())) return spec::Compression::None;
   int fd = -1;
   try {
     fd = layers::open_walked_file(f);  // the walked file itself, never a path swapped since

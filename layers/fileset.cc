@@ -95,8 +95,7 @@ FileEntry make_entry(std::string rel, std::string dest, const std::shared_ptr<co
   if (const char* kind = special_kind(st.st_mode))
     throw InputError("'" + printable(abs()) + "' is " + kind + "; only files, directories and symlinks can go into an image");
   FileEntry e;
-  e.rel = std::move(rel);
-  e.dest = std::move(dest);
+  e.set_paths(std::move(rel), std::move(dest));
   e.root = root;
   e.key = key_of(st);
   e.nlink = static_cast<std::uint32_t>(st.st_nlink);
@@ -491,7 +490,7 @@ bool walk_parallel(const Walker& proto, int root_fd, std::size_t threads, std::s
   // something): every ancestor of every file and symlink.
   std::unordered_set<std::string_view> below;
   auto mark = [&](const FileEntry& e) {
-    const std::string& rel = e.rel;
+    const std::string_view rel = e.rel();
     for (std::size_t p = rel.rfind('/'); p != std::string::npos && p > 0; p = rel.rfind('/', p - 1))
       if (!below.emplace(rel.data(), p).second) break;
   };
@@ -501,7 +500,7 @@ bool walk_parallel(const Walker& proto, int root_fd, std::size_t threads, std::s
   std::vector<FileEntry> kept_dirs;
   for (Part& part : parts)
     for (FileEntry& d : part.dirs)
-      if (below.count(d.rel)) kept_dirs.push_back(std::move(d));
+      if (below.count(d.rel())) kept_dirs.push_back(std::move(d));
   below.clear();  // its views point into the entries moved below
   std::size_t total = out->size() + kept_dirs.size();
   for (const Part& part : parts) total += part.out.size();
@@ -709,8 +708,8 @@ std::uint64_t FileSet::total_bytes() const {
 
 bool FileSet::contains_source_file(const std::string& rel) const {
   auto it = std::lower_bound(source.begin(), source.end(), rel,
-                             [](const FileEntry& e, const std::string& r) { return e.rel < r; });
-  return it != source.end() && it->rel == rel && it->type != FileEntry::Type::Dir;
+                             [](const FileEntry& e, const std::string& r) { return e.rel() < r; });
+  return it != source.end() && it->rel() == rel && it->type != FileEntry::Type::Dir;
 }
 
 FileSet collect_files(const spec::ImageSpec& spec, const std::vector<std::string>& extra_modules) {
@@ -794,9 +793,9 @@ FileSet collect_files(const spec::ImageSpec& spec, const CollectOptions& opts) {
         add_listed(root_ptr, root_fd.get(), clean, prefix, "loaded module", &set.source, &set.warnings);
       }
     }
-    sort_entries(set.source, [](const FileEntry& a, const FileEntry& b) { return a.rel < b.rel; });
+    sort_entries(set.source, [](const FileEntry& a, const FileEntry& b) { return a.rel() < b.rel(); });
     set.source.erase(std::unique(set.source.begin(), set.source.end(),
-                                 [](const FileEntry& a, const FileEntry& b) { return a.rel == b.rel; }),
+                                 [](const FileEntry& a, const FileEntry& b) { return a.rel() == b.rel(); }),
                      set.source.end());
     mark_hardlinks(set.source);
   }
@@ -823,13 +822,26 @@ FileSet collect_files(const spec::ImageSpec& spec, const CollectOptions& opts) {
 }
 
 std::string FileEntry::abs() const {
-  if (!root) return rel;
+  const std::string_view r = rel();
+  if (!root) return std::string(r);
   std::string p;
-  p.reserve(root->size() + 1 + rel.size());
+  p.reserve(root->size() + 1 + r.size());
   p += *root;
   p += '/';
-  p += rel;
+  p += r;
   return p;
+}
+
+void FileEntry::set_paths(std::string rel, std::string dest_path) {
+  dest = std::move(dest_path);
+  const bool tail = rel.size() <= dest.size() && dest.compare(dest.size() - rel.size(), rel.size(), rel) == 0;
+  if (tail && rel.size() <= UINT32_MAX) {
+    rel_tail_ = static_cast<std::uint32_t>(rel.size());
+    rel_own_.clear();
+  } else {
+    rel_own_ = std::move(rel);
+    rel_tail_ = 0;
+  }
 }
 
 void ContentDigest::hex_to(char* out) const {
@@ -879,7 +891,7 @@ namespace {
 /// The stat index's key for an entry: source files by their path below source_root (the index's
 /// root), copy entries by their absolute path (they may live elsewhere), so the two never collide.
 std::string_view index_path(const FileEntry& e, bool source, std::string* buf) {
-  if (source) return e.rel;
+  if (source) return e.rel();
   *buf = e.abs();
   return *buf;
 }
@@ -933,7 +945,7 @@ void record_hashes(const FileSet& set, std::vector<FileEntry*> hashed, StatIndex
   for (FileEntry* e : hashed) {
     if (!e->sha256.set) continue;
     if (e >= src_begin && e < src_end) {  // keyed on e->rel: borrowed, the entries outlive the save
-      index->update_borrowed(e->rel, e->key, e->sha256.bytes);
+      index->update_borrowed(e->rel(), e->key, e->sha256.bytes);
     } else {
       index->update(index_path(*e, false, &buf), e->key, e->sha256.bytes);
     }

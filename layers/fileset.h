@@ -42,8 +42,8 @@ struct ContentDigest {
 struct FileEntry {
   enum class Type : std::uint8_t { File, Dir, Symlink };
   // (Members ordered for size, no padding holes: 240 bytes.)
-  std::string rel;          // relative to its root (source_root, or the spec's directory for copy)
   std::string dest;         // inside the image, relative: "root/pkg/mod.py"
+  std::string rel_own_;     // (use rel()) rel when it is not the tail of dest, else ""
   std::string link_target;  // Symlink
   std::string link_to;      // File: dest of the first (bytewise) file of the same list sharing its
                             // inode — stored as a hardlink to it; "" for the first or a lone file
@@ -53,10 +53,21 @@ struct FileEntry {
   std::uint64_t size = 0;
   std::uint32_t mode = 0644;  // normalized: files 0644 or 0755 (any x bit), dirs 0755, links 0777
   std::uint32_t nlink = 1;
+  std::uint32_t rel_tail_ = 0;  // (use rel()) rel's length, when it is dest's tail
   ContentDigest sha256;     // File: content digest, filled by hash_files()
   Type type = Type::File;
   /// The absolute path on disk (built on demand: root + "/" + rel).
   std::string abs() const;
+  /// The path relative to its root (source_root, or the spec's directory for copy). A walked
+  /// entry's rel is the tail of its dest ("pkg/mod.py" of "root/pkg/mod.py"): it is kept as that
+  /// tail, so an entry costs one path string, not two (a 100k-file tree: 100k fewer allocations
+  /// on the walk's path, ~7 MB less held).
+  std::string_view rel() const {
+    return rel_own_.empty() ? std::string_view(dest).substr(dest.size() - rel_tail_) : std::string_view(rel_own_);
+  }
+  /// Sets rel and dest together (dest is not changed on its own afterwards).
+  void set_paths(std::string rel, std::string dest_path);
+
 };
 static_assert(sizeof(FileEntry) <= 240, "FileEntry grew: every walked file pays for it");
 

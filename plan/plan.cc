@@ -239,7 +239,7 @@ json bundle_files(const PlanInput& in) {
     opts.flyteignore = true;
     layers::FileSet set = layers::collect_files(s, opts);
     for (const auto& f : set.source)
-      if (f.type != layers::FileEntry::Type::Dir) files.push_back(f.rel);
+      if (f.type != layers::FileEntry::Type::Dir) files.push_back(std::string(f.rel()));
   } else {
     std::set<std::string> mods(in.loaded_modules.begin(), in.loaded_modules.end());
     if (mods.empty())

@@ -43,7 +43,7 @@ std::vector<std::string> describe(const std::vector<FileEntry>& v) {
     char mode[8];
     std::snprintf(mode, sizeof mode, "%04o", e.mode);
     std::string t = e.type == FileEntry::Type::File ? "f" : e.type == FileEntry::Type::Dir ? "d" : "l";
-    std::string s = e.rel + " " + e.dest + " " + t + " " + mode + " " + std::to_string(e.size);
+    std::string s = std::string(e.rel()) + " " + e.dest + " " + t + " " + mode + " " + std::to_string(e.size);
     if (e.type == FileEntry::Type::Symlink) s += " -> " + e.link_target;
     out.push_back(s);
   }
@@ -52,7 +52,7 @@ std::vector<std::string> describe(const std::vector<FileEntry>& v) {
 
 const FileEntry* find(const std::vector<FileEntry>& v, const std::string& rel) {
   for (const FileEntry& e : v)
-    if (e.rel == rel) return &e;
+    if (e.rel() == rel) return &e;
   return nullptr;
 }
 
@@ -107,8 +107,8 @@ TEST_CASE("fileset: collect_files in 'all' mode applies builtin, .gitignore and 
                                 });
   const std::string root = (tmp / "src").string();
   for (const FileEntry& e : set.source) {
-    INFO(e.rel);
-    CHECK(e.abs() == root + "/" + e.rel);
+    INFO(e.rel());
+    CHECK(e.abs() == root + "/" + std::string(e.rel()));
     CHECK(e.sha256.empty());  // collect_files reads no content
     struct stat st{};
     REQUIRE(::lstat(e.abs().c_str(), &st) == 0);
@@ -227,6 +227,32 @@ TEST_CASE("fileset: a valid name below a non-UTF-8 directory is refused, naming 
   fs::remove_all(tmp / "src" / "ok");
   write_file(tmp / "src" / "caf\xc3\xa9" / "\xe6\x97\xa5.py", "k");
   CHECK(collect_files(spec_for(tmp, CopyMode::All)).source.size() == 2);
+}
+
+TEST_CASE("fileset: FileEntry keeps rel as the tail of dest when it is one, else on its own") {
+  FileEntry tail;
+  tail.set_paths("pkg/mod.py", "root/pkg/mod.py");
+  CHECK(tail.rel() == "pkg/mod.py");
+  CHECK(tail.dest == "root/pkg/mod.py");
+  CHECK(tail.rel_own_.empty());  // no second string
+  FileEntry own;
+  own.set_paths("data/x.csv", "root/renamed.csv");
+  CHECK(own.rel() == "data/x.csv");
+  CHECK(own.dest == "root/renamed.csv");
+  FileEntry same;  // source_dest "/": dest is rel
+  same.set_paths("a.py", "a.py");
+  CHECK(same.rel() == "a.py");
+  // Copied and moved, short (in-place) strings included, the views follow the entry.
+  std::vector<FileEntry> v;
+  for (int i = 0; i < 100; ++i) {
+    FileEntry e;
+    e.set_paths("f" + std::to_string(i), "r/f" + std::to_string(i));
+    v.push_back(e);
+  }
+  std::vector<FileEntry> moved = std::move(v);
+  for (int i = 0; i < 100; ++i) CHECK(moved[static_cast<std::size_t>(i)].rel() == "f" + std::to_string(i));
+  FileEntry copy = own;
+  CHECK(copy.rel() == "data/x.csv");
 }
 
 TEST_CASE("fileset: valid_utf8") {
@@ -437,7 +463,7 @@ TEST_CASE("fileset: hash_files fills sha256 for files only") {
   hash_files(set, nullptr, 4);
   for (auto* list : {&set.source, &set.copy}) {
     for (const FileEntry& e : *list) {
-      INFO(e.rel);
+      INFO(e.rel());
       if (e.type == FileEntry::Type::File) {
         CHECK(e.sha256.hex() == sha256_hex(kiln::testutil::read_file(e.abs())));
       } else {
@@ -500,8 +526,8 @@ TEST_CASE("fileset: hash_files uses the StatIndex and re-reads only what it must
     FileSet set = collect_files(spec);
     StatIndex seed, seed_a;
     for (const FileEntry& e : set.source) {
-      seed.update(e.rel, e.key, fake(e.rel));
-      if (e.rel == "a.py") seed_a.update(e.rel, e.key, fake(e.rel));
+      seed.update(e.rel(), e.key, fake(std::string(e.rel())));
+      if (e.rel() == "a.py") seed_a.update(e.rel(), e.key, fake(std::string(e.rel())));
     }
     seed.save(idx_all);
     seed_a.save(idx_a);
@@ -564,8 +590,8 @@ TEST_CASE("fileset: hash_files uses the StatIndex and re-reads only what it must
     const FileEntry* b = find(set.source, "b.py");
     const FileEntry* a = find(set.source, "a.py");
     // b's ctime is fresh, so the entry is (correctly) racy right now; a's is not.
-    CHECK_FALSE(reloaded.lookup(b->rel, b->key));
-    CHECK(reloaded.lookup(a->rel, a->key) == fake("a.py"));
+    CHECK_FALSE(reloaded.lookup(b->rel(), b->key));
+    CHECK(reloaded.lookup(a->rel(), a->key) == fake("a.py"));
   }
 }
 

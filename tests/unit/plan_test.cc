@@ -772,7 +772,7 @@ TEST_CASE("plan: decide needs only the narrow per-image facts") {
   files.has_source = true;
   files.mode = kiln::spec::CopyMode::All;
   kiln::layers::FileEntry e;
-  e.rel = "wf/baked.py";
+  e.set_paths("wf/baked.py", "");
   files.source.push_back(e);
   plan::PreparedImage im;
   im.image_ref = "img:v1";
