@@ -19,6 +19,7 @@
 #include <map>
 #include <cstring>
 #include <mutex>
+#include <new>
 #include <thread>
 
 #include "layers/digest.h"
@@ -227,6 +228,61 @@ bool nested_work_tree(int dfd) {
   return S_ISREG(st.st_mode) && read_small_file_at(dfd, ".git", &text) && text.rfind("gitdir:", 0) == 0;
 }
 
+/// A walk thread's files, in 1 MiB chunks, each a mapping of its own: the list grows without
+/// copying and without a doubling's slack, and each chunk goes back to the system as soon as its
+/// entries are moved out, so merging the threads' lists never holds the tree's entries twice.
+class EntryChunks {
+ public:
+  EntryChunks() = default;
+  EntryChunks(const EntryChunks&) = delete;
+  EntryChunks& operator=(const EntryChunks&) = delete;
+  ~EntryChunks() {
+    for (std::size_t c = 0; c < chunks_.size(); ++c) release(chunks_[c], c + 1 == chunks_.size() ? used_ : kPer);
+  }
+  void push_back(FileEntry&& e) {
+    if (chunks_.empty() || used_ == kPer) grow();
+    new (chunks_.back() + used_) FileEntry(std::move(e));
+    ++used_;
+    ++size_;
+  }
+  std::size_t size() const { return size_; }
+  template <class F>
+  void for_each(F f) const {
+    for (std::size_t c = 0; c < chunks_.size(); ++c)
+      for (std::size_t i = 0, n = c + 1 == chunks_.size() ? used_ : kPer; i < n; ++i) f(chunks_[c][i]);
+  }
+  /// Moves every entry to the end of `out` (room reserved by the caller), releasing each chunk
+  /// once emptied; leaves this empty.
+  void move_into(std::vector<FileEntry>& out) {
+    for (std::size_t c = 0; c < chunks_.size(); ++c) {
+      const std::size_t n = c + 1 == chunks_.size() ? used_ : kPer;
+      for (std::size_t i = 0; i < n; ++i) out.push_back(std::move(chunks_[c][i]));
+      release(chunks_[c], n);
+      chunks_[c] = nullptr;
+    }
+    chunks_.clear();
+    used_ = size_ = 0;
+  }
+
+ private:
+  static constexpr std::size_t kBytes = std::size_t(1) << 20;
+  static constexpr std::size_t kPer = kBytes / sizeof(FileEntry);
+  void grow() {
+    chunks_.reserve(chunks_.size() + 1);  // before the mapping: a throw here leaks nothing
+    void* p = ::mmap(nullptr, kBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    chunks_.push_back(static_cast<FileEntry*>(p));
+    used_ = 0;
+  }
+  static void release(FileEntry* chunk, std::size_t n) {
+    if (!chunk) return;
+    for (std::size_t i = 0; i < n; ++i) chunk[i].~FileEntry();
+    ::munmap(chunk, kBytes);
+  }
+  std::vector<FileEntry*> chunks_;
+  std::size_t used_ = 0, size_ = 0;  // entries in the last chunk; in all
+};
+
 /// What the threads of a parallel walk share (Walker::shared). Each thread walks whole directories
 /// (a task: a directory already opened and checked by its parent's walker) with its own Walker;
 /// a walker hands a subdirectory to the queue instead of descending into it while another thread
@@ -291,6 +347,8 @@ struct Walker {
   /// would have met them).
   WalkShared* shared = nullptr;
   std::vector<FileEntry>* slots = nullptr;  // the caller's list, presized: files go to its free slots
+  EntryChunks* files = nullptr;              // where files go (not `out`) when set
+  std::size_t emitted = 0;                   // entries this walker has emitted so far
   std::vector<FileEntry>* dirs = nullptr;
   std::vector<std::pair<std::string, std::string>>* keyed_warnings = nullptr;
 
@@ -368,10 +426,12 @@ struct Walker {
             walk(sub.get(), child, use_git && !nested);
           continue;
         }
-        std::size_t before = out->size();
+        const std::size_t before = emitted;
         walk(sub.get(), child, use_git && !nested);
-        if (emit || (dirs_need_content && out->size() > before))
+        if (emit || (dirs_need_content && emitted > before)) {
           out->push_back(make_entry(rel_prefix + child, dest_prefix + child, entry_root, st, dfd, names_.at(k)));
+          ++emitted;
+        }
         continue;
       }
       if (rules->ignored(child, false)) continue;
@@ -391,12 +451,17 @@ struct Walker {
           warnings->push_back(std::move(w));
       }
       if (walked) walked(e.size);
+      ++emitted;
       if (slots) {  // a parallel walk: the next free slot of the shared, presized list, while there is one
         const std::size_t i = shared->next_slot.fetch_add(1, std::memory_order_relaxed);
         if (i < slots->size()) {
           (*slots)[i] = std::move(e);
           continue;
         }
+      }
+      if (files) {
+        files->push_back(std::move(e));
+        continue;
       }
       out->push_back(std::move(e));
     }
@@ -423,7 +488,8 @@ bool walk_order_less(std::string_view a, std::string_view b) {
 bool walk_parallel(const Walker& proto, int root_fd, std::size_t threads, std::size_t expected,
                    std::vector<FileEntry>* out, std::vector<std::string>* warnings) {
   struct Part {
-    std::vector<FileEntry> out, dirs;
+    std::vector<FileEntry> out, dirs;  // (out: unused, the walker's files go to `files`)
+    EntryChunks files;
     std::vector<std::pair<std::string, std::string>> warnings;
   };
   std::vector<Part> parts(threads);
@@ -441,6 +507,7 @@ bool walk_parallel(const Walker& proto, int root_fd, std::size_t threads, std::s
     Walker w = proto;
     Part& part = parts[t];
     w.out = &part.out;
+    w.files = &part.files;
     w.slots = out;
     w.dirs = &part.dirs;
     w.keyed_warnings = &part.warnings;
@@ -495,18 +562,16 @@ bool walk_parallel(const Walker& proto, int root_fd, std::size_t threads, std::s
       if (!below.emplace(rel.data(), p).second) break;
   };
   for (std::size_t i = before; i < out->size(); ++i) mark((*out)[i]);
-  for (const Part& part : parts)
-    for (const FileEntry& e : part.out) mark(e);
+  for (const Part& part : parts) part.files.for_each(mark);
   std::vector<FileEntry> kept_dirs;
   for (Part& part : parts)
     for (FileEntry& d : part.dirs)
       if (below.count(d.rel())) kept_dirs.push_back(std::move(d));
   below.clear();  // its views point into the entries moved below
   std::size_t total = out->size() + kept_dirs.size();
-  for (const Part& part : parts) total += part.out.size();
+  for (const Part& part : parts) total += part.files.size();
   out->reserve(total);
-  for (Part& part : parts)
-    out->insert(out->end(), std::make_move_iterator(part.out.begin()), std::make_move_iterator(part.out.end()));
+  for (Part& part : parts) part.files.move_into(*out);
   out->insert(out->end(), std::make_move_iterator(kept_dirs.begin()), std::make_move_iterator(kept_dirs.end()));
   std::vector<std::pair<std::string, std::string>> ws;
   for (Part& part : parts)
@@ -761,7 +826,14 @@ FileSet collect_files(const spec::ImageSpec& spec, const CollectOptions& opts) {
           git_rules = IgnoreRules();  // the .gitignore files met so far are added again as the walk meets them
           if (git) git->add_rules(git_rules);
         }
+        // Without a size hint (a first build), files go to chunks first and then to an exact
+        // list: a list grown by doubling would keep up to half its room unused all build long.
+        EntryChunks chunks;
+        if (set.source.capacity() == 0) w.files = &chunks;
         w.walk(root_fd.get(), "");
+        w.files = nullptr;
+        set.source.reserve(set.source.size() + chunks.size());
+        chunks.move_into(set.source);
       }
       if (git) git->remember_index_use();
       // source_root inside a directory git ignores: flytekit's `git ls-files -io` selection keeps
@@ -919,9 +991,10 @@ void hash_file(FileEntry& e, const HashProgress& progress) {
   // parent directory swapped for one) since the walk is refused, never followed.
   UniqueFd fd(open_walked_file(e));
   Sha256 h;
-  // One buffer per thread, reused: a fresh zeroed 1 MiB per file dominated many-small-file trees.
+  // One buffer per thread, reused: a fresh zeroed buffer per file dominated many-small-file trees.
+  // 256 KiB reads hash as fast as bigger ones, and each layer thread keeps less.
   thread_local std::vector<char> buf;
-  if (buf.size() < (1u << 20)) buf.resize(1u << 20);
+  if (buf.size() < (256u << 10)) buf.resize(256u << 10);
   for (;;) {
     ssize_t n = ::read(fd.get(), buf.data(), buf.size());
     if (n < 0 && errno == EINTR) continue;

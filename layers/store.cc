@@ -59,7 +59,7 @@ BlobWriter::BlobWriter(const fs::path& tmp_dir, const fs::path& blobs_dir)
     : tmp_path_(tmp_dir / unique_name("blob")), blobs_dir_(blobs_dir) {
   fd_ = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd_ < 0) throw std::system_error(errno, std::generic_category(), "cannot create " + tmp_path_.string());
-  buf_.reserve(1 << 20);
+  buf_.reserve(kBuffer);
 }
 
 BlobWriter::~BlobWriter() {
@@ -70,8 +70,8 @@ BlobWriter::~BlobWriter() {
 }
 
 void BlobWriter::write(const void* data, std::size_t n) {
-  if (buf_.size() + n > (1 << 20)) flush();
-  if (n >= (1 << 20)) {
+  if (buf_.size() + n > kBuffer) flush();
+  if (n >= kBuffer) {
     write_all(fd_, data, n, tmp_path_);
     written(n);
     return;

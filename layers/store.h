@@ -67,6 +67,7 @@ class BlobWriter {
   void written(std::size_t n);
   std::filesystem::path tmp_path_, blobs_dir_;
   int fd_ = -1;
+  static constexpr std::size_t kBuffer = 256u << 10;  // small writes are gathered up to this
   std::string buf_;
   std::uint64_t size_ = 0, kicked_ = 0;  // bytes written; bytes whose writeback was started
 };

@@ -189,7 +189,13 @@ WrittenLayer write_layer(const std::vector<TarEntry>& entries, const LayerWriteO
   if (archive_write_open(a, &p, nullptr, on_write, nullptr) != ARCHIVE_OK) fail(a, "tar open");
 
   WrittenLayer w;
-  std::vector<char> buf(1 << 20);
+  // The read buffer: as big as the largest file (1 MiB at most, the side hasher's piece), so a
+  // layer of small files (two are written at once) holds little. The bytes written do not depend
+  // on it.
+  std::size_t want = 64u << 10;
+  for (const TarEntry& e : entries)
+    if (e.type == TarEntry::Type::File) want = std::max<std::size_t>(want, std::min<std::uint64_t>(e.size, 1u << 20));
+  std::vector<char> buf(want);
   std::unique_ptr<SideHasher> side;  // after buf: its thread ends before the buffer goes
   for (const TarEntry& e : entries) {
     archive_entry_clear(ae);
