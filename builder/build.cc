@@ -94,7 +94,7 @@ layers::TarEntry to_tar(const layers::FileEntry& f, std::uint32_t uid, std::uint
     case layers::FileEntry::Type::Dir: t.type = layers::TarEntry::Type::Dir; break;
     case layers::FileEntry::Type::Symlink:
       t.type = layers::TarEntry::Type::Symlink;
-      t.link_target = f.link_target;
+      t.link_target = f.link_target();
       break;
     case layers::FileEntry::Type::File:
       t.type = layers::TarEntry::Type::File;
@@ -141,7 +141,7 @@ std::string layer_key(const LayerPlan& p, std::int64_t mtime, std::uint32_t uid,
     h.field(static_cast<std::uint64_t>(f.type) << 32 | f.mode);
     h.field(f.size);
     if (f.type == layers::FileEntry::Type::Symlink) {
-      h.field(f.link_target);
+      h.field(f.link_target());
     } else {  // the hex digest ("" for a directory), without a string per file
       if (!f.sha256.empty()) f.sha256.hex_to(hex);
       h.field(std::string_view(hex, f.sha256.empty() ? 0 : sizeof hex));
@@ -193,8 +193,8 @@ void plan_layers(const std::vector<layers::FileEntry>& files, const std::string&
   };
   for (const auto& f : files) {
     const bool file = f.type == layers::FileEntry::Type::File;
-    if (file && !f.link_to.empty() && home.count(f.link_to)) {
-      auto [kind, i] = home.at(f.link_to);
+    if (file && !f.link_to().empty() && home.count(f.link_to())) {
+      auto [kind, i] = home.at(f.link_to());
       LayerPlan& p = kind == 'L' ? large[i] : kind == 'P' ? packed : chunks[i];
       p.files.push_back(&f);
       ++p.nfiles;
@@ -273,9 +273,9 @@ void to_tag_file(const layers::FileEntry& f, spec::TagFile& t) {
   t.mode = f.mode;
   switch (f.type) {
     case layers::FileEntry::Type::File:
-      t.type = f.link_to.empty() ? 'f' : 'h';
-      if (!f.link_to.empty()) {
-        t.content = f.link_to;
+      t.type = f.link_to().empty() ? 'f' : 'h';
+      if (!f.link_to().empty()) {
+        t.content = f.link_to();
       } else if (f.sha256.empty()) {
         t.content.clear();
       } else {
@@ -289,7 +289,7 @@ void to_tag_file(const layers::FileEntry& f, spec::TagFile& t) {
       break;
     case layers::FileEntry::Type::Symlink:
       t.type = 'l';
-      t.content = f.link_target;
+      t.content = f.link_target();
       break;
   }
 }
@@ -431,14 +431,14 @@ void compute_tag(Prepared& p, const BuildOptions& opts) {
     auto add = [&](const layers::FileEntry& f, bool in_source) {
       switch (f.type) {
         case layers::FileEntry::Type::File:
-          if (!f.link_to.empty()) return h.add('h', f.mode, f.link_to, f.dest, in_source);
+          if (!f.link_to().empty()) return h.add('h', f.mode, f.link_to(), f.dest, in_source);
           if (f.sha256.empty()) return h.add('f', f.mode, {}, f.dest, in_source);
           f.sha256.hex_to(hex);
           return h.add('f', f.mode, std::string_view(hex, sizeof hex), f.dest, in_source);
         case layers::FileEntry::Type::Dir:
           return h.add('d', f.mode, {}, f.dest, in_source);
         case layers::FileEntry::Type::Symlink:
-          return h.add('l', f.mode, f.link_target, f.dest, in_source);
+          return h.add('l', f.mode, f.link_target(), f.dest, in_source);
       }
     };
     std::size_t i = 0, j = 0;

@@ -99,7 +99,7 @@ FileEntry make_entry(std::string rel, std::string dest, const std::shared_ptr<co
   e.set_paths(std::move(rel), std::move(dest));
   e.root = root;
   e.key = key_of(st);
-  e.nlink = static_cast<std::uint32_t>(st.st_nlink);
+  e.nlink = static_cast<std::uint16_t>(std::min<std::uint64_t>(st.st_nlink, UINT16_MAX));
   if (S_ISDIR(st.st_mode)) {
     e.type = FileEntry::Type::Dir;
     e.mode = 0755;
@@ -112,7 +112,7 @@ FileEntry make_entry(std::string rel, std::string dest, const std::shared_ptr<co
     if (n < 0) throw InputError("cannot read symlink '" + printable(e.abs()) + "': " + std::strerror(errno));
     target.resize(static_cast<std::size_t>(n));
     if (!valid_utf8(target)) throw InputError("symlink '" + printable(e.abs()) + "' has a target that is not valid UTF-8");
-    e.link_target = std::move(target);
+    e.link = std::move(target);
     e.size = 0;
     e.key.size = 0;
   } else {
@@ -442,8 +442,8 @@ struct Walker {
         throw InputError("file name is not valid UTF-8: '" + printable(abs_of(child)) +
                          "' (rename it, or exclude it with .dockerignore)");
       FileEntry e = make_entry(rel_prefix + child, dest_prefix + child, entry_root, st, dfd, n);
-      if (e.type == FileEntry::Type::Symlink && !link_stays_inside(child, e.link_target)) {
-        std::string w = "symlink '" + child + "' points outside source_root ('" + e.link_target +
+      if (e.type == FileEntry::Type::Symlink && !link_stays_inside(child, e.link_target())) {
+        std::string w = "symlink '" + child + "' points outside source_root ('" + e.link_target() +
                         "'); stored as a symlink, not followed";
         if (keyed_warnings)
           keyed_warnings->emplace_back(child, std::move(w));
@@ -758,7 +758,7 @@ void mark_hardlinks(std::vector<FileEntry>& list) {
   for (FileEntry& e : list) {
     if (e.type != FileEntry::Type::File || e.nlink < 2) continue;
     auto [it, inserted] = first.emplace(std::make_pair(e.key.dev, e.key.ino), e.dest);
-    if (!inserted) e.link_to = it->second;
+    if (!inserted) e.link = it->second;
   }
 }
 
@@ -907,8 +907,8 @@ std::string FileEntry::abs() const {
 void FileEntry::set_paths(std::string rel, std::string dest_path) {
   dest = std::move(dest_path);
   const bool tail = rel.size() <= dest.size() && dest.compare(dest.size() - rel.size(), rel.size(), rel) == 0;
-  if (tail && rel.size() <= UINT32_MAX) {
-    rel_tail_ = static_cast<std::uint32_t>(rel.size());
+  if (tail && rel.size() <= UINT16_MAX) {
+    rel_tail_ = static_cast<std::uint16_t>(rel.size());
     rel_own_.clear();
   } else {
     rel_own_ = std::move(rel);

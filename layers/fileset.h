@@ -41,21 +41,25 @@ struct ContentDigest {
 
 struct FileEntry {
   enum class Type : std::uint8_t { File, Dir, Symlink };
-  // (Members ordered for size, no padding holes: 240 bytes.)
+  // (Members ordered for size, no padding holes: 200 bytes. A 100k-file tree holds 100k of them.)
   std::string dest;         // inside the image, relative: "root/pkg/mod.py"
   std::string rel_own_;     // (use rel()) rel when it is not the tail of dest, else ""
-  std::string link_target;  // Symlink
-  std::string link_to;      // File: dest of the first (bytewise) file of the same list sharing its
-                            // inode — stored as a hardlink to it; "" for the first or a lone file
+  /// Symlink: its target (link_target()). File: the dest of the first (bytewise) file of the
+  /// same list sharing its inode, stored as a hardlink to it, "" for the first or a lone file
+  /// (link_to()). One string for the two: an entry is one or the other.
+  std::string link;
   /// The real path `rel` is relative to, shared by the entries of one walk (no per-file copy).
   std::shared_ptr<const std::string> root;
   StatIndex::Key key;       // identity when walked
   std::uint64_t size = 0;
-  std::uint32_t mode = 0644;  // normalized: files 0644 or 0755 (any x bit), dirs 0755, links 0777
-  std::uint32_t nlink = 1;
-  std::uint32_t rel_tail_ = 0;  // (use rel()) rel's length, when it is dest's tail
+  std::uint16_t mode = 0644;  // normalized: files 0644 or 0755 (any x bit), dirs 0755, links 0777
+  std::uint16_t nlink = 1;    // st_nlink, saturated at 65535: only "more than one" matters
+  std::uint16_t rel_tail_ = 0;  // (use rel()) rel's length, when it is dest's tail
   ContentDigest sha256;     // File: content digest, filled by hash_files()
   Type type = Type::File;
+  const std::string& link_target() const { return type == Type::Symlink ? link : kNoLink; }
+  const std::string& link_to() const { return type == Type::File ? link : kNoLink; }
+  inline static const std::string kNoLink;
   /// The absolute path on disk (built on demand: root + "/" + rel).
   std::string abs() const;
   /// The path relative to its root (source_root, or the spec's directory for copy). A walked
@@ -69,7 +73,7 @@ struct FileEntry {
   void set_paths(std::string rel, std::string dest_path);
 
 };
-static_assert(sizeof(FileEntry) <= 240, "FileEntry grew: every walked file pays for it");
+static_assert(sizeof(FileEntry) <= 200, "FileEntry grew: every walked file pays for it");
 
 struct FileSet {
   bool has_source = false;                 // source_root set and copied (mode != no_copy)

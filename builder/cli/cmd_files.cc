@@ -24,7 +24,7 @@ json entries_json(const std::vector<layers::FileEntry>& list) {
   for (const layers::FileEntry& e : list) {
     json j = {{"path", std::string(e.rel())}, {"dest", "/" + e.dest}, {"type", type_name(e.type)}, {"mode", e.mode}};
     if (e.type == layers::FileEntry::Type::File) j["size"] = e.size;
-    if (e.type == layers::FileEntry::Type::Symlink) j["target"] = e.link_target;
+    if (e.type == layers::FileEntry::Type::Symlink) j["target"] = e.link_target();
     out.push_back(std::move(j));
   }
   return out;

@@ -44,7 +44,7 @@ std::vector<std::string> describe(const std::vector<FileEntry>& v) {
     std::snprintf(mode, sizeof mode, "%04o", e.mode);
     std::string t = e.type == FileEntry::Type::File ? "f" : e.type == FileEntry::Type::Dir ? "d" : "l";
     std::string s = std::string(e.rel()) + " " + e.dest + " " + t + " " + mode + " " + std::to_string(e.size);
-    if (e.type == FileEntry::Type::Symlink) s += " -> " + e.link_target;
+    if (e.type == FileEntry::Type::Symlink) s += " -> " + e.link_target();
     out.push_back(s);
   }
   return out;
