@@ -778,7 +778,9 @@ BuildResult build_impl(const Prepared& prep, Prepared* deferred, const BuildOpti
       }
       lr.seconds = since(t0);
   });
+  auto t_sync = Clock::now();
   committer.drain();
+  r.timings["sync"] = since(t_sync);  // the wait for the disk after the last layer was written
   r.timings["layers"] = since(t_layers);
   // The layer writers' buffers and tar entry lists are freed: hand the pages back before the
   // stat index and the config (the build's peak RSS otherwise keeps them).
