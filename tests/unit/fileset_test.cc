@@ -255,6 +255,47 @@ TEST_CASE("fileset: FileEntry keeps rel as the tail of dest when it is one, else
   CHECK(copy.rel() == "data/x.csv");
 }
 
+TEST_CASE("fileset: a symlink's target and a file's first hardlink share one string, each read as its own") {
+  TempDir tmp;
+  write_file(tmp / "src" / "a.py", "a");
+  fs::create_hard_link(tmp / "src" / "a.py", tmp / "src" / "b.py");
+  fs::create_symlink("a.py", tmp / "src" / "l");
+  FileSet set = collect_files(spec_for(tmp, CopyMode::All));
+  const FileEntry* a = find(set.source, "a.py");
+  const FileEntry* b = find(set.source, "b.py");
+  const FileEntry* l = find(set.source, "l");
+  REQUIRE((a && b && l));
+  CHECK(a->link_to().empty());
+  CHECK(b->link_to() == "root/a.py");
+  CHECK(b->link_target().empty());  // a file has no symlink target
+  CHECK(l->link_target() == "a.py");
+  CHECK(l->link_to().empty());      // a symlink is no hardlink
+}
+
+TEST_CASE("fileset: a walk of more files than one chunk holds, serial and parallel, with and without a size hint") {
+  TempDir tmp;
+  const fs::path src = tmp / "src";
+  // ~12,000 files over 12 directories: more than two 1 MiB chunks of entries per thread.
+  for (int d = 0; d < 12; ++d)
+    for (int f = 0; f < 1000; ++f) write_file(src / ("d" + std::to_string(d)) / ("f" + std::to_string(f)), "");
+  CollectOptions one;
+  one.jobs = 1;
+  const FileSet serial = collect_files(spec_for(tmp, CopyMode::All), one);
+  REQUIRE(serial.source.size() == 12 * 1000 + 12);
+  CHECK(serial.source.capacity() == serial.source.size());  // no doubling's slack kept
+  CHECK(std::is_sorted(serial.source.begin(), serial.source.end(),
+                       [](const FileEntry& x, const FileEntry& y) { return x.rel() < y.rel(); }));
+  for (int jobs : {1, 2, 4}) {
+    for (std::size_t hint : {std::size_t(0), std::size_t(100), serial.source.size()}) {
+      INFO("jobs " << jobs << " hint " << hint);
+      CollectOptions o;
+      o.jobs = jobs;
+      o.expected_entries = hint;
+      CHECK(describe(collect_files(spec_for(tmp, CopyMode::All), o).source) == describe(serial.source));
+    }
+  }
+}
+
 TEST_CASE("fileset: valid_utf8") {
   CHECK(valid_utf8(""));
   CHECK(valid_utf8("plain.py"));
