@@ -488,7 +488,7 @@ bool walk_order_less(std::string_view a, std::string_view b) {
 bool walk_parallel(const Walker& proto, int root_fd, std::size_t threads, std::size_t expected,
                    std::vector<FileEntry>* out, std::vector<std::string>* warnings) {
   struct Part {
-    std::vector<FileEntry> out, dirs;  // (out: unused, the walker's files go to `files`)
+    std::vector<FileEntry> dirs;
     EntryChunks files;
     std::vector<std::pair<std::string, std::string>> warnings;
   };
@@ -506,7 +506,7 @@ bool walk_parallel(const Walker& proto, int root_fd, std::size_t threads, std::s
   auto work = [&](std::size_t t) {
     Walker w = proto;
     Part& part = parts[t];
-    w.out = &part.out;
+    w.out = nullptr;  // files go to a slot or to `files`, directories to `dirs`
     w.files = &part.files;
     w.slots = out;
     w.dirs = &part.dirs;
