@@ -427,19 +427,10 @@ void compute_tag(Prepared& p, const BuildOptions& opts) {
   if (sorted_by_dest(src) && sorted_by_dest(cp)) {
     // One pass: each line formatted once, for the spec hash and (source files) the source digest.
     spec::TagHasher h(s, p.base_id, opts.source_date_epoch, inputs);
-    char hex[64];
+    spec::TagFile t;  // reused: assigning into it allocates nothing after the first lines
     auto add = [&](const layers::FileEntry& f, bool in_source) {
-      switch (f.type) {
-        case layers::FileEntry::Type::File:
-          if (!f.link_to().empty()) return h.add('h', f.mode, f.link_to(), f.dest, in_source);
-          if (f.sha256.empty()) return h.add('f', f.mode, {}, f.dest, in_source);
-          f.sha256.hex_to(hex);
-          return h.add('f', f.mode, std::string_view(hex, sizeof hex), f.dest, in_source);
-        case layers::FileEntry::Type::Dir:
-          return h.add('d', f.mode, {}, f.dest, in_source);
-        case layers::FileEntry::Type::Symlink:
-          return h.add('l', f.mode, f.link_target(), f.dest, in_source);
-      }
+      to_tag_file(f, t);
+      h.add(t, in_source);
     };
     std::size_t i = 0, j = 0;
     while (i < src.size() || j < cp.size()) {
