@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <exception>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -416,6 +417,9 @@ Prepared prepare_walk(const spec::ImageSpec& s, const BuildOptions& opts) {
   return p;
 }
 
+/// Source files from which the source digest is computed on a thread of its own.
+constexpr std::size_t kTagThreadFiles = 4096;
+
 /// The digests of the whole file set are known: the source digest, the spec hash and the tag.
 void compute_tag(Prepared& p, const BuildOptions& opts) {
   const spec::ImageSpec& s = *p.spec;
@@ -425,7 +429,34 @@ void compute_tag(Prepared& p, const BuildOptions& opts) {
   const auto& cp = p.files.copy;
   const auto inputs = run::step_inputs(s);
   if (sorted_by_dest(src) && sorted_by_dest(cp)) {
-    // One pass: each line formatted once, for the spec hash and (source files) the source digest.
+    // A big source tree: its digest on a thread of its own, beside the spec hash (two SHA-256
+    // streams over the same lines, each ~1 ms per 10k files).
+    std::string source_hex;
+    std::exception_ptr source_error;
+    std::thread source_digest;
+    if (p.files.has_source && src.size() >= kTagThreadFiles && opts.jobs != 1) {
+      source_digest = std::thread([&] {
+        try {
+          std::size_t k = 0;
+          source_hex = spec::files_digest_streamed([&](spec::TagFile& t) {
+            if (k == src.size()) return false;
+            to_tag_file(src[k++], t);
+            return true;
+          });
+        } catch (...) {
+          source_error = std::current_exception();
+        }
+      });
+    }
+    struct Join {
+      std::thread& t;
+      ~Join() {
+        if (t.joinable()) t.join();
+      }
+    } join{source_digest};
+    const bool source_here = p.files.has_source && !source_digest.joinable();
+    // One pass: each line formatted once, for the spec hash and (source files, unless the thread
+    // has them) the source digest.
     spec::TagHasher h(s, p.base_id, opts.source_date_epoch, inputs);
     spec::TagFile t;  // reused: assigning into it allocates nothing after the first lines
     auto add = [&](const layers::FileEntry& f, bool in_source) {
@@ -436,13 +467,19 @@ void compute_tag(Prepared& p, const BuildOptions& opts) {
     while (i < src.size() || j < cp.size()) {
       const bool from_src = j == cp.size() || (i < src.size() && !(cp[j].dest < src[i].dest));
       if (from_src) {
-        add(src[i++], p.files.has_source);
+        add(src[i++], source_here);
       } else {
         add(cp[j++], false);
       }
     }
-    if (p.files.has_source) p.source_digest = "sha256:" + h.files_digest();
     p.spec_hash = h.spec_hash();
+    if (source_digest.joinable()) {
+      source_digest.join();
+      if (source_error) std::rethrow_exception(source_error);
+      p.source_digest = "sha256:" + source_hex;
+    } else if (p.files.has_source) {
+      p.source_digest = "sha256:" + h.files_digest();
+    }
   } else {
     std::vector<spec::TagFile> all = tag_files(src);
     if (p.files.has_source) p.source_digest = "sha256:" + spec::files_digest(all);
@@ -617,16 +654,23 @@ BuildResult build_impl(const Prepared& prep, Prepared* deferred, const BuildOpti
       return f->type == layers::FileEntry::Type::File && !f->sha256.set;
     });
   };
-  for (auto& p : plans) {
+  std::vector<char> keyed(plans.size());
+  for (std::size_t i = 0; i < plans.size(); ++i) {
+    LayerPlan& p = plans[i];
     p.level = s.compression_level.value_or(-1);
     if (deferred && unhashed(p)) {
       for (const layers::FileEntry* f : p.files)
         if (f->type == layers::FileEntry::Type::File && !f->sha256.set) ++unhashed_files, unhashed_bytes += f->size;
     } else {
-      p.key = layer_key(p, epoch, uid, gid);
+      keyed[i] = 1;
     }
     planned_bytes += p.bytes;
   }
+  // The keys of the layers whose files are all known (a rebuild: every layer, ~0.1 µs per file).
+  layers::parallel_for(plans.size(), plans.size() > 1 && prep.files.source.size() + prep.files.copy.size() >= 4096 ? opts.jobs : 1,
+                       [&](std::size_t i) {
+                         if (keyed[i]) plans[i].key = layer_key(plans[i], epoch, uid, gid);
+                       });
   if (!deferred && std::any_of(plans.begin(), plans.end(), unhashed))
     throw std::logic_error("build: a file of the plan has no digest");
   progress.layers_planned(plans.size(), planned_bytes);
