@@ -471,6 +471,7 @@ struct Walker {
           (*slots)[slot_next++] = std::move(e);
           continue;
         }
+        slots = nullptr;  // all claimed (the tree outgrew its hint): the rest go to `files`
       }
       if (files) {
         files->push_back(std::move(e));

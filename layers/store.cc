@@ -9,6 +9,11 @@
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <thread>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -22,6 +27,7 @@
 
 #include "layers/digest.h"
 #include "layers/fsutil.h"
+#include "layers/unique_fd.h"
 
 namespace fs = std::filesystem;
 
@@ -87,14 +93,92 @@ void BlobWriter::flush() {
   buf_.clear();
 }
 
+namespace {
+
+/// Starts the writeback of blob ranges on a thread of its own. sync_file_range(WRITE) submits the
+/// pages to the disk and sleeps once the device's request queue is full: a layer writer that called
+/// it ran at the disk's speed (a 512 MiB uncompressed layer: 1.2 s instead of 0.9 s, while the
+/// compressing layers waited for a core it was not using). One thread for the process, started on
+/// first use; ranges of one blob queued back to back are merged. Each range holds a duplicate of
+/// the blob's descriptor, so a blob committed or dropped meanwhile is never confused with another
+/// file given the same number.
+class Writeback {
+ public:
+  static Writeback& instance() {
+    static Writeback w;
+    return w;
+  }
+  /// False when no thread can be started: the caller starts the writeback itself.
+  bool start(const std::shared_ptr<UniqueFd>& fd, std::uint64_t off, std::uint64_t len) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!thread_.joinable()) {
+      if (failed_) return false;
+      try {
+        thread_ = std::thread([this] { run(); });
+      } catch (const std::system_error&) {
+        failed_ = true;
+        return false;
+      }
+    }
+    if (!queue_.empty() && queue_.back().fd == fd && queue_.back().off + queue_.back().len == off) {
+      queue_.back().len += len;
+    } else {
+      queue_.push_back({fd, off, len});
+    }
+    cv_.notify_one();
+    return true;
+  }
+  ~Writeback() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+      queue_.clear();  // only hints: fsync decides what is durable
+    }
+    cv_.notify_one();
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  struct Range {
+    std::shared_ptr<UniqueFd> fd;
+    std::uint64_t off, len;
+  };
+  void run() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+      if (stop_) return;
+      Range r = std::move(queue_.front());
+      queue_.pop_front();
+      lock.unlock();
+      ::sync_file_range(r.fd->get(), static_cast<off_t>(r.off), static_cast<off_t>(r.len), SYNC_FILE_RANGE_WRITE);
+      r.fd.reset();  // before the lock: closing may be the last reference
+      lock.lock();
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Range> queue_;
+  std::thread thread_;
+  bool stop_ = false, failed_ = false;
+};
+
+}  // namespace
+
 // Writeback is started every 8 MiB as the blob grows, so the disk works while the layer is still
 // being written and commit()'s fsync waits for the tail only (on this machine, a 792 MB blob's
-// write + fsync: 0.50 s instead of 0.60-1.1 s). A hint: failure changes nothing, fsync still decides.
+// write + fsync: 0.50 s instead of 0.60-1.1 s), by the Writeback thread, so the writer does not
+// wait for the disk's queue. A hint: failure changes nothing, fsync still decides.
 void BlobWriter::written(std::size_t n) {
   constexpr std::uint64_t kKick = 8u << 20;
   size_ += n;
   if (size_ - kicked_ >= kKick) {
-    ::sync_file_range(fd_, static_cast<off_t>(kicked_), static_cast<off_t>(size_ - kicked_), SYNC_FILE_RANGE_WRITE);
+    if (!kick_fd_) {
+      const int dup = ::fcntl(fd_, F_DUPFD_CLOEXEC, 0);
+      if (dup >= 0) kick_fd_ = std::make_shared<UniqueFd>(dup);
+    }
+    if (!kick_fd_ || !Writeback::instance().start(kick_fd_, kicked_, size_ - kicked_))
+      ::sync_file_range(fd_, static_cast<off_t>(kicked_), static_cast<off_t>(size_ - kicked_), SYNC_FILE_RANGE_WRITE);
     kicked_ = size_;
   }
 }

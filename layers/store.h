@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "layers/compress.h"
+#include "layers/unique_fd.h"
 
 namespace kiln::layers {
 
@@ -70,6 +71,7 @@ class BlobWriter {
   static constexpr std::size_t kBuffer = 256u << 10;  // small writes are gathered up to this
   std::string buf_;
   std::uint64_t size_ = 0, kicked_ = 0;  // bytes written; bytes whose writeback was started
+  std::shared_ptr<UniqueFd> kick_fd_;     // a duplicate of fd_ for the writeback thread (store.cc)
 };
 
 /// An exclusive flock, released on destruction (or by the kernel when the process dies).

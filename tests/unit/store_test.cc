@@ -169,6 +169,38 @@ TEST_CASE("store: an uncommitted BlobWriter leaves no file") {
   CHECK(names_in(tmp / "cache" / "blobs" / "sha256").empty());
 }
 
+TEST_CASE("store: blobs past the writeback threshold, written side by side, committed or dropped") {
+  // Every 8 MiB a blob's writeback is handed to the writeback thread, with a duplicate of its
+  // descriptor: three writers at once (two committed, one dropped mid-way) keep their own bytes,
+  // and the dropped one leaves nothing even while its ranges may still be queued.
+  TempDir tmp;
+  Store s(tmp / "cache");
+  auto one = [&](int seed, bool commit) {
+    const std::string data = kiln::testutil::random_bytes((std::size_t{27} << 20) + 123, seed);
+    auto w = s.new_blob();
+    for (std::size_t pos = 0; pos < data.size();) {
+      const std::size_t n = std::min<std::size_t>(data.size() - pos, 300000 + std::size_t(seed) * 7);
+      w->write(data.data() + pos, n);
+      pos += n;
+    }
+    if (!commit) return std::string();
+    const std::string d = sha256_digest(data);
+    w->commit(d);
+    return d;
+  };
+  auto a = std::async(std::launch::async, one, 21, true);
+  auto b = std::async(std::launch::async, one, 22, false);
+  const std::string c = one(23, true);
+  const std::string da = a.get();
+  b.get();
+  CHECK(s.has_blob(da));
+  CHECK(s.has_blob(c));
+  CHECK(sha256_digest(s.read_bytes(da)) == da);
+  CHECK(sha256_digest(s.read_bytes(c)) == c);
+  CHECK(names_in(tmp / "cache" / "blobs" / "sha256").size() == 2);
+  CHECK(names_in(tmp / "cache" / "tmp").empty());
+}
+
 TEST_CASE("store: a commit with a malformed digest throws and leaves no file") {
   TempDir tmp;
   Store s(tmp / "cache");
