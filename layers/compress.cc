@@ -149,20 +149,18 @@ class GzipEncoder : public Encoder {
   void submit(bool final) {
     std::shared_ptr<Piece> p = std::move(cur_);
     p->final = final;
-    if (!final) cur_ = fresh_piece();
-    if (threads_ == 1) {  // inline: the same bytes, no threads
+    // Inline (one thread, or the whole stream is one piece: no threads to start): the same bytes.
+    // The piece is compressed and emitted before the next one is taken, so that next one is this
+    // one again: one piece's buffers per stream (2 MiB), not two.
+    if (threads_ == 1 || (final && workers_.empty())) {
       if (!inline_) inline_ = std::make_unique<Compressor>(level_);
       compress(*p, *inline_);
       emit(p);
+      if (!final) cur_ = fresh_piece();
       return;
     }
+    if (!final) cur_ = fresh_piece();
     if (workers_.empty()) {
-      if (final) {  // the whole stream is one piece: no threads to start
-        if (!inline_) inline_ = std::make_unique<Compressor>(level_);
-        compress(*p, *inline_);
-        emit(p);
-        return;
-      }
       for (int i = 0; i < threads_; ++i) workers_.emplace_back([this] { work(); });
     }
     {
