@@ -575,9 +575,14 @@ bool walk_parallel(const Walker& proto, int root_fd, std::size_t threads, std::s
   // A directory is kept when an entry lies below it (a serial walk emits it once its walk emitted
   // something): every ancestor of every file and symlink.
   std::unordered_set<std::string_view> below;
+  std::string_view last_parent;  // a directory's files lie side by side: its parent is marked once
   auto mark = [&](const FileEntry& e) {
     const std::string_view rel = e.rel();
-    for (std::size_t p = rel.rfind('/'); p != std::string::npos && p > 0; p = rel.rfind('/', p - 1))
+    const std::size_t slash = rel.rfind('/');
+    if (slash == std::string::npos || slash == 0) return;
+    if (rel.substr(0, slash) == last_parent) return;
+    last_parent = rel.substr(0, slash);
+    for (std::size_t p = slash; p != std::string::npos && p > 0; p = rel.rfind('/', p - 1))
       if (!below.emplace(rel.data(), p).second) break;
   };
   for (std::size_t i = before; i < out->size(); ++i) mark((*out)[i]);
