@@ -101,20 +101,22 @@ namespace {
 /// compressing layers waited for a core it was not using). One thread for the process, started on
 /// first use; ranges of one blob queued back to back are merged. Each range holds a duplicate of
 /// the blob's descriptor, so a blob committed or dropped meanwhile is never confused with another
-/// file given the same number.
+/// file given the same number. Never destroyed, its thread detached: nothing at exit waits for
+/// hints or races a writer still running.
 class Writeback {
  public:
   static Writeback& instance() {
-    static Writeback w;
-    return w;
+    static Writeback* w = new Writeback;
+    return *w;
   }
   /// False when no thread can be started: the caller starts the writeback itself.
   bool start(const std::shared_ptr<UniqueFd>& fd, std::uint64_t off, std::uint64_t len) {
     std::lock_guard<std::mutex> lock(mu_);
-    if (!thread_.joinable()) {
+    if (!started_) {
       if (failed_) return false;
       try {
-        thread_ = std::thread([this] { run(); });
+        std::thread([this] { run(); }).detach();
+        started_ = true;
       } catch (const std::system_error&) {
         failed_ = true;
         return false;
@@ -128,15 +130,6 @@ class Writeback {
     cv_.notify_one();
     return true;
   }
-  ~Writeback() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stop_ = true;
-      queue_.clear();  // only hints: fsync decides what is durable
-    }
-    cv_.notify_one();
-    if (thread_.joinable()) thread_.join();
-  }
 
  private:
   struct Range {
@@ -146,8 +139,7 @@ class Writeback {
   void run() {
     std::unique_lock<std::mutex> lock(mu_);
     for (;;) {
-      cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
-      if (stop_) return;
+      cv_.wait(lock, [&] { return !queue_.empty(); });
       Range r = std::move(queue_.front());
       queue_.pop_front();
       lock.unlock();
@@ -159,8 +151,7 @@ class Writeback {
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Range> queue_;
-  std::thread thread_;
-  bool stop_ = false, failed_ = false;
+  bool started_ = false, failed_ = false;
 };
 
 }  // namespace
