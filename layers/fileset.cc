@@ -521,6 +521,9 @@ bool walk_parallel(const Walker& proto, int root_fd, std::size_t threads, std::s
   auto work = [&](std::size_t t) {
     Walker w = proto;
     Part& part = parts[t];
+    // Each thread's entries share a copy of the root of their own: every entry holds a reference,
+    // and one count updated from every core would move between them at every file.
+    if (w.entry_root && t > 0) w.entry_root = std::make_shared<const std::string>(*w.entry_root);
     w.out = nullptr;  // files go to a slot or to `files`, directories to `dirs`
     w.files = &part.files;
     w.slots = out;
