@@ -397,7 +397,7 @@ Prepared prepare_walk(const spec::ImageSpec& s, const BuildOptions& opts) {
   Progress& progress = opts.progress ? *opts.progress : silent;
   layers::CollectOptions co;
   co.extra_modules = opts.extra_modules;
-  co.walked = [&](std::uint64_t bytes) { progress.phase_advance(Phase::Walk, 1, bytes); };
+  co.walked = [&](std::uint64_t files, std::uint64_t bytes) { progress.phase_advance(Phase::Walk, files, bytes); };
   auto t0 = Clock::now();
   p.index = std::make_shared<layers::StatIndex>();
   layers::StatIndex& index = *p.index;

@@ -345,7 +345,12 @@ struct Walker {
   std::string rel_prefix;
 
   std::string abs_of(const std::string& child) const { return root + "/" + child; }
-  std::function<void(std::uint64_t)> walked;  // each file found, for a progress view
+  std::function<void(std::uint64_t, std::uint64_t)> walked;  // files found and their bytes, for a progress view
+  std::uint64_t walked_files_ = 0, walked_bytes_ = 0;           // found, not yet reported to `walked`
+  void report_walked() {
+    if (walked && walked_files_) walked(walked_files_, walked_bytes_);
+    walked_files_ = walked_bytes_ = 0;
+  }
   NameStack names_;                            // the listings of the directories being walked
   std::vector<char> dents_;                    // getdents64's buffer
   std::string git_path_;                       // git_prefix + a path, for git_rules
@@ -460,7 +465,9 @@ struct Walker {
         else
           warnings->push_back(std::move(w));
       }
-      if (walked) walked(e.size);
+      ++walked_files_;
+      walked_bytes_ += e.size;
+      if (walked_files_ == 256) report_walked();  // a big directory: not only once it is done
       ++emitted;
       if (slots) {  // a parallel walk: the next slot of this walker's block of the shared, presized list
         if (slot_next == slot_end) {
@@ -479,6 +486,7 @@ struct Walker {
       }
       out->push_back(std::move(e));
     }
+    report_walked();
   }
 };
 

@@ -100,12 +100,12 @@ struct CollectOptions {
   /// A size hint: room for this many entries is reserved up front (a rebuild passes the size of
   /// the stat index, so the entry list does not grow by doubling). 0: none.
   std::size_t expected_entries = 0;
-  /// Called with each file's size as mode all's walk finds it (for a progress view), or empty;
-  /// from the walk's threads (it must be thread-safe).
-  std::function<void(std::uint64_t bytes)> walked;
-  /// Threads for mode all's walk of source_root: 0 = one per core no other task is running on
-  /// when the walk starts, at most 4. The file set (entries, warnings, the error reported) does
-  /// not depend on it.
+  /// Called with the files mode all's walk found since the last call and their bytes (for a
+  /// progress view): once per directory, or per 256 files in a big one; or empty. From the walk's
+  /// threads (it must be thread-safe).
+  std::function<void(std::uint64_t files, std::uint64_t bytes)> walked;
+  /// Threads for mode all's walk of source_root: 0 = one per core the process may run on, at most
+  /// 4. The file set (entries, warnings, the error reported) does not depend on it.
   int jobs = 0;
 };
 

@@ -8,6 +8,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <string>
@@ -293,6 +294,39 @@ TEST_CASE("fileset: a walk of more files than one chunk holds, serial and parall
       o.expected_entries = hint;
       CHECK(describe(collect_files(spec_for(tmp, CopyMode::All), o).source) == describe(serial.source));
     }
+  }
+}
+
+TEST_CASE("fileset: the walk reports every file it bakes and their bytes, in batches, at any thread count") {
+  TempDir tmp;
+  const fs::path src = tmp / "src";
+  // One directory past the 256-file batch, a few small ones, a symlink, and ignored files (not
+  // reported: they are not baked).
+  for (int f = 0; f < 700; ++f) write_file(src / "big" / ("f" + std::to_string(f) + ".py"), std::string(f % 13, 'x'));
+  for (int d = 0; d < 5; ++d) write_file(src / ("d" + std::to_string(d)) / "a.py", "abc");
+  fs::create_symlink("d0/a.py", src / "link.py");
+  write_file(src / "big" / "__pycache__" / "m.pyc", "ignored");
+  write_file(src / ".dockerignore", "d4\n");
+  for (int jobs : {1, 2, 4}) {
+    INFO("jobs " << jobs);
+    std::atomic<std::uint64_t> files{0}, bytes{0}, calls{0};
+    CollectOptions o;
+    o.jobs = jobs;
+    o.walked = [&](std::uint64_t n, std::uint64_t b) {
+      CHECK(n >= 1);
+      CHECK(n <= 256);
+      files += n;
+      bytes += b;
+      ++calls;
+    };
+    const FileSet set = collect_files(spec_for(tmp, CopyMode::All), o);
+    std::uint64_t want_files = 0, want_bytes = 0;
+    for (const auto& e : set.source)
+      if (e.type != FileEntry::Type::Dir) ++want_files, want_bytes += e.size;
+    CHECK(want_files == 700 + 4 + 1 + 1);  // big/, d0..d3, the symlink, .dockerignore
+    CHECK(files == want_files);
+    CHECK(bytes == want_bytes);
+    CHECK(calls < want_files / 4);  // batched, not one call per file
   }
 }
 
