@@ -756,6 +756,12 @@ IgnoreRules::~IgnoreRules() = default;
 IgnoreRules::IgnoreRules(IgnoreRules&&) noexcept = default;
 IgnoreRules& IgnoreRules::operator=(IgnoreRules&&) noexcept = default;
 
+IgnoreRules IgnoreRules::clone() const {
+  IgnoreRules r;
+  *r.impl_ = *impl_;
+  return r;
+}
+
 void IgnoreRules::add_builtin() { impl_->builtin = true; }
 
 namespace {
@@ -769,7 +775,10 @@ void IgnoreRules::add_gitignore(std::string_view dir_rel, std::string_view conte
   split(dir_rel, dir);
   std::erase(dir, std::string_view("."));
   std::string key;
-  for (std::string_view d : dir) key += (key.empty() ? "" : "/") + std::string(d);
+  for (std::string_view d : dir) {
+    if (!key.empty()) key += '/';
+    key += d;
+  }
   GitFile& file = impl_->git[key];
   file.depth = dir.size();
   parse_gitignore(file, content);

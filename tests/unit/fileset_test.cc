@@ -330,6 +330,50 @@ TEST_CASE("fileset: the walk reports every file it bakes and their bytes, in bat
   }
 }
 
+TEST_CASE("fileset: a .gitignore applies to its own subtree only, whichever thread walks it") {
+  // Each directory holding a .gitignore gets a copy of the rules with it added, for its subtree:
+  // a sibling never sees it, a deeper one overrides it, at every thread count.
+  TempDir tmp;
+  const fs::path src = tmp / "src";
+  write_file(src / ".gitignore", "*.tmp\n");
+  write_file(src / "a" / ".gitignore", "x.py\n!keep.tmp\n");
+  write_file(src / "a" / "x.py", "1");
+  write_file(src / "a" / "keep.tmp", "1");
+  write_file(src / "a" / "b" / "x.py", "1");
+  write_file(src / "a" / "b" / "y.tmp", "1");
+  write_file(src / "a" / "b" / "c" / ".gitignore", "!x.py\n");
+  write_file(src / "a" / "b" / "c" / "x.py", "1");
+  write_file(src / "c" / "x.py", "1");
+  write_file(src / "c" / "z.tmp", "1");
+  for (int d = 0; d < 40; ++d) {  // enough directories for the walkers to hand some over
+    const fs::path dir = src / ("s" + std::to_string(d));
+    write_file(dir / "x.py", "1");
+    write_file(dir / "w.tmp", "1");
+    if (d % 7 == 0) write_file(dir / ".gitignore", "x.py\n");
+    if (d % 7 == 0) write_file(dir / "sub" / "x.py", "1");
+  }
+  CollectOptions one;
+  one.jobs = 1;
+  const FileSet serial = collect_files(spec_for(tmp, CopyMode::All), one);
+  CHECK(find(serial.source, "a/x.py") == nullptr);
+  CHECK(find(serial.source, "a/keep.tmp") != nullptr);
+  CHECK(find(serial.source, "a/b/x.py") == nullptr);
+  CHECK(find(serial.source, "a/b/y.tmp") == nullptr);
+  CHECK(find(serial.source, "a/b/c/x.py") != nullptr);
+  CHECK(find(serial.source, "c/x.py") != nullptr);
+  CHECK(find(serial.source, "c/z.tmp") == nullptr);
+  CHECK(find(serial.source, "s0/x.py") == nullptr);
+  CHECK(find(serial.source, "s0/sub/x.py") == nullptr);
+  CHECK(find(serial.source, "s1/x.py") != nullptr);
+  CHECK(find(serial.source, "s1/w.tmp") == nullptr);
+  for (int jobs : {2, 4}) {
+    INFO("jobs " << jobs);
+    CollectOptions o;
+    o.jobs = jobs;
+    for (int round = 0; round < 3; ++round) CHECK(describe(collect_files(spec_for(tmp, CopyMode::All), o).source) == describe(serial.source));
+  }
+}
+
 TEST_CASE("fileset: valid_utf8") {
   CHECK(valid_utf8(""));
   CHECK(valid_utf8("plain.py"));
