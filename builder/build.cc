@@ -11,6 +11,7 @@
 #include <atomic>
 #include <chrono>
 #include <exception>
+#include <system_error>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -435,18 +436,22 @@ void compute_tag(Prepared& p, const BuildOptions& opts) {
     std::exception_ptr source_error;
     std::thread source_digest;
     if (p.files.has_source && src.size() >= kTagThreadFiles && opts.jobs != 1) {
-      source_digest = std::thread([&] {
-        try {
-          std::size_t k = 0;
-          source_hex = spec::files_digest_streamed([&](spec::TagFile& t) {
-            if (k == src.size()) return false;
-            to_tag_file(src[k++], t);
-            return true;
-          });
-        } catch (...) {
-          source_error = std::current_exception();
-        }
-      });
+      try {
+        source_digest = std::thread([&] {
+          try {
+            std::size_t k = 0;
+            source_hex = spec::files_digest_streamed([&](spec::TagFile& t) {
+              if (k == src.size()) return false;
+              to_tag_file(src[k++], t);
+              return true;
+            });
+          } catch (...) {
+            source_error = std::current_exception();
+          }
+        });
+      } catch (const std::system_error&) {
+        // no thread: the one pass below computes it
+      }
     }
     struct Join {
       std::thread& t;

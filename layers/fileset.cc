@@ -530,7 +530,8 @@ bool walk_parallel(const Walker& proto, int root_fd, std::size_t threads, std::s
   if (!top) return false;
   sh.push({std::move(top), "", true, proto.git_rules});
   // Files go straight into `out`'s reserved room (no list per thread to grow, then copy): room
-  // for the `expected` entries is made slots, claimed one at a time; a thread keeps what does not fit.
+  // for the `expected` entries is made slots, claimed a block at a time; a thread keeps what does
+  // not fit.
   sh.next_slot.store(before);
   out->resize(before + std::min(out->capacity() - before, expected));
   auto work = [&](std::size_t t) {
