@@ -15,6 +15,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <shared_mutex>
 #include <unordered_set>
 #include <map>
 #include <cstring>
@@ -293,7 +294,6 @@ struct WalkShared {
     UniqueFd dir;
     std::string rel;
     bool use_git;
-    std::shared_ptr<const IgnoreRules> git_rules;  // the git rules in force in `dir`
   };
   std::mutex mu;
   std::condition_variable cv;
@@ -306,6 +306,7 @@ struct WalkShared {
   alignas(64) std::atomic<bool> wants{false};   // the queue has room: a subdirectory is handed over
   alignas(64) std::atomic<bool> failed{false};  // a walker threw: the others stop (the walk is redone serially)
   alignas(64) std::atomic<std::size_t> next_slot{0};  // Walker::slots: the next block free
+  alignas(64) std::shared_mutex rules_mu;       // git_rules grows as .gitignore files are met
   std::mutex git_mu;                // the GitRepo (libgit2's index) is asked by one thread at a time
 
   // While the queue has room, a walker queues the subdirectories it meets rather than descending:
@@ -332,10 +333,7 @@ struct Walker {
   const std::string root;         // absolute, real path of the walk's top (for messages)
   const std::string dest_prefix;
   const IgnoreRules* rules;       // builtin/flytekit and Docker-style files (paths relative to root)
-  /// The git rules in force in the directory being walked (the work tree's, then each .gitignore
-  /// met on the way down: a directory holding one gets a copy with it added, for its subtree only,
-  /// so no walker ever changes rules another reads); null: none.
-  std::shared_ptr<const IgnoreRules> git_rules;
+  IgnoreRules* git_rules = nullptr;  // .gitignore files met on the way are added here; null: none
   std::string git_prefix;         // root relative to git_rules' base (the work tree): "" or "sub/app/"
   const GitRepo* git = nullptr;   // the repository holding the root: its tracked files are kept
   bool dirs_need_content = false; // emit a directory only when something below it is emitted
@@ -375,6 +373,8 @@ struct Walker {
     auto git_ignored = [&](const std::string& child, bool is_dir) {
       if (!use_git || !git_rules) return false;
       git_path_.assign(git_prefix).append(child);  // reused: no string per entry
+      if (!shared) return git_rules->ignored(git_path_, is_dir);
+      std::shared_lock<std::shared_mutex> lock(shared->rules_mu);
       return git_rules->ignored(git_path_, is_dir);
     };
     auto git_keeps = [&](const std::string& child, bool is_dir) {  // tracked (below), so kept though ignored
@@ -396,19 +396,12 @@ struct Walker {
     const std::size_t first = names_.starts.size();
     list_dir(dfd, rel.empty() ? root : abs_of(rel), names_, dents_);
     const std::size_t last = names_.starts.size();
-    // This directory's .gitignore: in force below it, so for this walk's rest and the
-    // subdirectories it hands over; the parent's rules come back on return.
-    struct Restore {
-      std::shared_ptr<const IgnoreRules>& now;
-      std::shared_ptr<const IgnoreRules> saved;
-      ~Restore() { now = std::move(saved); }
-    } restore{git_rules, git_rules};
     if (use_git && git_rules && names_.contains(first, last, ".gitignore")) {
       std::string text;
       if (read_small_file_at(dfd, ".gitignore", &text)) {
-        auto with = std::make_shared<IgnoreRules>(git_rules->clone());
-        with->add_gitignore(git_prefix + rel, text);
-        git_rules = std::move(with);
+        std::unique_lock<std::shared_mutex> lock;
+        if (shared) lock = std::unique_lock<std::shared_mutex>(shared->rules_mu);
+        git_rules->add_gitignore(git_prefix + rel, text);
       }
     }
     std::string child = rel;  // reused: rel + "/" + name
@@ -443,7 +436,7 @@ struct Walker {
         if (shared) {  // emit is false (dirs_need_content): kept after the walk if something lies below
           dirs->push_back(make_entry(rel_prefix + child, dest_prefix + child, entry_root, st, dfd, n));
           if (shared->wants.load(std::memory_order_relaxed))
-            shared->push({std::move(sub), child, use_git && !nested, git_rules});
+            shared->push({std::move(sub), child, use_git && !nested});
           else
             walk(sub.get(), child, use_git && !nested);
           continue;
@@ -528,7 +521,7 @@ bool walk_parallel(const Walker& proto, int root_fd, std::size_t threads, std::s
   // Its own open file: the offset the walk reads the root's entries at is not root_fd's.
   UniqueFd top(::openat(root_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!top) return false;
-  sh.push({std::move(top), "", true, proto.git_rules});
+  sh.push({std::move(top), "", true});
   // Files go straight into `out`'s reserved room (no list per thread to grow, then copy): room
   // for the `expected` entries is made slots, claimed a block at a time; a thread keeps what does
   // not fit.
@@ -562,7 +555,6 @@ bool walk_parallel(const Walker& proto, int root_fd, std::size_t threads, std::s
       lock.unlock();
       if (!sh.failed.load()) {
         try {
-          w.git_rules = std::move(task.git_rules);
           w.walk(task.dir.get(), task.rel, task.use_git);
         } catch (...) {
           sh.failed.store(true);
@@ -836,17 +828,20 @@ FileSet collect_files(const spec::ImageSpec& spec, const CollectOptions& opts) {
         rules.add_dockerignore(text, ".flyteignore");
       // Inside a git work tree, git's exclude sources from the work tree's root down and the index;
       // outside one, the tree's own .gitignore files.
-      auto git_base = std::make_shared<IgnoreRules>();
+      IgnoreRules git_rules;
       std::unique_ptr<GitRepo> git = GitRepo::open_remembered(root, opts.git_memo);
       if (git) {
         set.git_workdir = git->workdir();
-        git->add_rules(*git_base);
+        git->add_rules(git_rules);
       }
-      const IgnoreRules& git_rules = *git_base;  // the walk adds its .gitignore files to copies
-      Walker w{root,       prefix,      &rules,         git_base, git ? git->prefix() : "", git.get(), true,
+      Walker w{root,       prefix,      &rules,         &git_rules, git ? git->prefix() : "", git.get(), true,
                &set.source, &set.warnings, root_ptr, "", opts.walked};
       const std::size_t threads = walk_threads(opts.jobs);
       if (threads < 2 || !walk_parallel(w, root_fd.get(), threads, opts.expected_entries, &set.source, &set.warnings)) {
+        if (threads >= 2) {  // a walker failed: again, serially, for the error a serial walk meets first
+          git_rules = IgnoreRules();  // the .gitignore files met so far are added again as the walk meets them
+          if (git) git->add_rules(git_rules);
+        }
         // Without a size hint (a first build), files go to chunks first and then to an exact
         // list: a list grown by doubling would keep up to half its room unused all build long.
         EntryChunks chunks;

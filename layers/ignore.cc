@@ -756,12 +756,6 @@ IgnoreRules::~IgnoreRules() = default;
 IgnoreRules::IgnoreRules(IgnoreRules&&) noexcept = default;
 IgnoreRules& IgnoreRules::operator=(IgnoreRules&&) noexcept = default;
 
-IgnoreRules IgnoreRules::clone() const {
-  IgnoreRules r;
-  *r.impl_ = *impl_;
-  return r;
-}
-
 void IgnoreRules::add_builtin() { impl_->builtin = true; }
 
 namespace {

@@ -22,8 +22,6 @@ class IgnoreRules {
   ~IgnoreRules();
   IgnoreRules(IgnoreRules&&) noexcept;
   IgnoreRules& operator=(IgnoreRules&&) noexcept;
-  /// A copy of every rule (the walk copies the rules in force before adding a .gitignore below).
-  IgnoreRules clone() const;
 
   /// kiln's built-in rules for listed directories (loaded modules, copy entries): the directory
   /// ".git" anywhere, "__pycache__" anywhere, "*.pyc".
