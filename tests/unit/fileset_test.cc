@@ -331,8 +331,9 @@ TEST_CASE("fileset: the walk reports every file it bakes and their bytes, in bat
 }
 
 TEST_CASE("fileset: a .gitignore applies to its own subtree only, whichever thread walks it") {
-  // Each directory holding a .gitignore gets a copy of the rules with it added, for its subtree:
-  // a sibling never sees it, a deeper one overrides it, at every thread count.
+  // The walkers add each .gitignore they meet to the shared rules (under their lock); it applies
+  // to its own subtree only: a sibling never sees it, a deeper one overrides it, at every thread
+  // count.
   TempDir tmp;
   const fs::path src = tmp / "src";
   write_file(src / ".gitignore", "*.tmp\n");
