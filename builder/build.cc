@@ -418,8 +418,9 @@ Prepared prepare_walk(const spec::ImageSpec& s, const BuildOptions& opts) {
   return p;
 }
 
-/// Source files from which the source digest is computed on a thread of its own.
-constexpr std::size_t kTagThreadFiles = 4096;
+/// Files from which a second thread pays for the work after the walk (the source digest beside the
+/// spec hash, the layer keys): ~1 ms per 10k files each, against ~0.1 ms to start a thread.
+constexpr std::size_t kThreadedFiles = 4096;
 
 /// The digests of the whole file set are known: the source digest, the spec hash and the tag.
 void compute_tag(Prepared& p, const BuildOptions& opts) {
@@ -435,7 +436,7 @@ void compute_tag(Prepared& p, const BuildOptions& opts) {
     std::string source_hex;
     std::exception_ptr source_error;
     std::thread source_digest;
-    if (p.files.has_source && src.size() >= kTagThreadFiles && opts.jobs != 1) {
+    if (p.files.has_source && src.size() >= kThreadedFiles && opts.jobs != 1) {
       try {
         source_digest = std::thread([&] {
           try {
@@ -672,7 +673,7 @@ BuildResult build_impl(const Prepared& prep, Prepared* deferred, const BuildOpti
     planned_bytes += p.bytes;
   }
   // The keys of the layers whose files are all known (a rebuild: every layer, ~0.1 µs per file).
-  layers::parallel_for(plans.size(), plans.size() > 1 && prep.files.source.size() + prep.files.copy.size() >= 4096 ? opts.jobs : 1,
+  layers::parallel_for(plans.size(), plans.size() > 1 && prep.files.source.size() + prep.files.copy.size() >= kThreadedFiles ? opts.jobs : 1,
                        [&](std::size_t i) {
                          if (keyed[i]) plans[i].key = layer_key(plans[i], epoch, uid, gid);
                        });
