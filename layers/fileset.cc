@@ -700,6 +700,10 @@ void add_listed(const std::shared_ptr<const std::string>& root_ptr, int root_fd,
   if (::fstatat(parent.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0)
     throw InputError(std::string(what) + " '" + rel + "' not found under " + root);
   FileEntry e = make_entry(rel, dest_prefix + rel, root_ptr, st, parent.get(), name.c_str());
+  if (e.type == FileEntry::Type::Symlink && !link_stays_inside(rel, e.link_target()))
+    warnings->push_back(std::string(what) + " '" + rel + "' is a symlink pointing outside " +
+                        (whole_dir ? std::string("its directory") : std::string("source_root")) + " ('" +
+                        e.link_target() + "'); stored as a symlink, not followed: the image holds a dangling link");
   if (e.type == FileEntry::Type::Dir) {
     UniqueFd dir = open_child_dir(parent.get(), name.c_str(), st, abs);
     Walker w{abs, dest_prefix + rel + "/", rules, nullptr, "", nullptr, false, out, warnings, root_ptr, rel + "/"};
@@ -791,6 +795,87 @@ bool FileSet::contains_source_file(const std::string& rel) const {
   auto it = std::lower_bound(source.begin(), source.end(), rel,
                              [](const FileEntry& e, const std::string& r) { return e.rel() < r; });
   return it != source.end() && it->rel() == rel && it->type != FileEntry::Type::Dir;
+}
+
+bool FileSet::source_file_resolves(const std::string& rel, std::string* why) const {
+  auto find = [&](std::string_view p) -> const FileEntry* {
+    auto it = std::lower_bound(source.begin(), source.end(), p, [](const FileEntry& e, std::string_view r) { return e.rel() < r; });
+    return it != source.end() && it->rel() == p ? &*it : nullptr;
+  };
+  // A directory of the image: an entry, or (loaded_modules lists files only) a prefix of one.
+  auto implicit_dir = [&](const std::string& p) {
+    const std::string prefix = p + "/";
+    auto it = std::lower_bound(source.begin(), source.end(), std::string_view(prefix),
+                               [](const FileEntry& e, std::string_view r) { return e.rel() < r; });
+    return it != source.end() && it->rel().substr(0, prefix.size()) == prefix;
+  };
+  auto split = [](std::string_view p) {
+    std::vector<std::string> parts;
+    std::size_t i = 0;
+    while (i <= p.size()) {
+      std::size_t j = p.find('/', i);
+      if (j == std::string_view::npos) j = p.size();
+      if (j > i) parts.emplace_back(p.substr(i, j - i));
+      i = j + 1;
+    }
+    return parts;
+  };
+  const std::string dest_dir = dest_prefix_of(dest);  // "root/" (no leading '/')
+  std::vector<std::string> done;                      // the directories resolved so far
+  std::vector<std::string> todo = split(rel);         // what is left, last component first
+  std::reverse(todo.begin(), todo.end());
+  std::string first_link, first_target;  // the link `rel` itself is (or passes through), for `why`
+  auto fail = [&](const std::string& where) {
+    if (why && !first_link.empty())
+      *why = "'" + first_link + "' is a symlink to '" + first_target + "', " + where;
+    return false;
+  };
+  int hops = 0;
+  while (!todo.empty()) {
+    std::string c = std::move(todo.back());
+    todo.pop_back();
+    if (c == ".") continue;
+    if (c == "..") {
+      if (done.empty()) return fail("which leads outside source_root: the image holds a dangling link");
+      done.pop_back();
+      continue;
+    }
+    std::string cand;
+    for (const auto& d : done) cand += d + "/";
+    cand += c;
+    const FileEntry* e = find(cand);
+    if (!e) {
+      if (!todo.empty() && implicit_dir(cand)) {
+        done.push_back(std::move(c));
+        continue;
+      }
+      return fail("whose target the image does not hold (not baked)");
+    }
+    if (e->type == FileEntry::Type::Symlink) {
+      if (first_link.empty()) first_link = cand, first_target = e->link_target();
+      if (++hops > 40) return fail("in a loop of symlinks");
+      const std::string& t = e->link_target();
+      std::string_view target = t;
+      if (!target.empty() && target.front() == '/') {  // absolute: in the image's tree
+        std::string_view inner = target.substr(1);
+        while (!inner.empty() && inner.front() == '/') inner.remove_prefix(1);
+        if (inner.substr(0, dest_dir.size()) != dest_dir)
+          return fail("which leads outside source_root: the image does not hold it from source_root");
+        target = inner.substr(dest_dir.size());
+        done.clear();
+      }
+      std::vector<std::string> parts = split(target);
+      for (auto it = parts.rbegin(); it != parts.rend(); ++it) todo.push_back(std::move(*it));
+      continue;
+    }
+    if (e->type == FileEntry::Type::Dir) {
+      done.push_back(std::move(c));
+      continue;
+    }
+    if (todo.empty()) return true;  // a regular file, at the end of the path
+    return fail("whose target the image does not hold (not baked)");
+  }
+  return fail("which leads to a directory, not a file");  // a path that ends at a directory
 }
 
 FileSet collect_files(const spec::ImageSpec& spec, const std::vector<std::string>& extra_modules) {

@@ -86,6 +86,12 @@ struct FileSet {
   std::uint64_t total_bytes() const;
   /// Is this path (relative to source_root) a file the image bakes in?
   bool contains_source_file(const std::string& rel) const;
+  /// Does the image hold the bytes of `rel` (relative to source_root) when read as a file: a baked
+  /// regular file, or a baked symlink leading, through the baked set, to one, resolved as the
+  /// container resolves it (a relative target from the link's directory, an absolute one in the image,
+  /// where source_root sits at `dest`; at most 40 links). A symlink whose target the image does not
+  /// hold (outside source_root, or not baked) is not: `why` (when given) then says where it leads.
+  bool source_file_resolves(const std::string& rel, std::string* why = nullptr) const;
 };
 
 struct CollectOptions {

@@ -256,7 +256,8 @@ json bundle_files(const PlanInput& in) {
 
 /// Where a Python task's modules are, in an image that bakes source.
 struct ModuleCheck {
-  std::vector<std::string> missing;  // not in the baked set
+  std::vector<std::string> missing;  // not in the baked set (or a symlink whose target is not)
+  std::vector<std::string> notes;    // why, for the symlinks among them
   json locations = json::array();    // baked, but not where the task imports them from
   std::vector<std::string> misplaced;
 };
@@ -265,8 +266,10 @@ ModuleCheck check_modules(const TaskInput& t, const Facts& f, const fs::path& pr
   ModuleCheck c;
   for (const auto& m : t.modules) {
     auto rel = under(project, m, f.source_root);
-    if (!rel || !f.prepared->files->contains_source_file(*rel)) {
+    std::string why;
+    if (!rel || !f.prepared->files->source_file_resolves(*rel, &why)) {
       c.missing.push_back(m);
+      if (!why.empty()) c.notes.push_back(m + ": " + why);
       continue;
     }
     std::string baked_at = join(f.prepared->source_dest, *rel);
@@ -277,6 +280,15 @@ ModuleCheck check_modules(const TaskInput& t, const Facts& f, const fs::path& pr
     }
   }
   return c;
+}
+
+/// " (shared.py: 'shared.py' is a symlink to '../common/shared.py', which leads outside
+/// source_root: the image holds a dangling link)", or "" when no missing module is a symlink.
+std::string link_notes(const ModuleCheck& c) {
+  if (c.notes.empty()) return "";
+  std::string out;
+  for (const auto& n : c.notes) out += (out.empty() ? "" : "; ") + n;
+  return " (" + out + ")";
 }
 
 /// "src/wf/a.py is baked at /root/wf/a.py but must be at /root/src/wf/a.py (the task imports
@@ -373,7 +385,7 @@ json decide(const PlanInput& in, const std::map<std::string, PreparedImage>& pre
       } else if (in.copy == CopyMode::None) {
         reason = "copy_none";
         std::string why = "which does not bake its code";
-        if (!c.missing.empty()) why = "which does not bake " + join_list(c.missing);
+        if (!c.missing.empty()) why = "which does not bake " + join_list(c.missing) + link_notes(c);
         else if (!c.misplaced.empty()) why = "where " + describe_locations(c.locations);
         json e = {{"code", "code_unavailable"},
                   {"task", t.name},
@@ -393,7 +405,8 @@ json decide(const PlanInput& in, const std::map<std::string, PreparedImage>& pre
         fast = true;
         warn("module_not_baked",
              "task '" + t.name + "': image '" + t.image + "' bakes source_root but not " + join_list(c.missing) +
-                 " (outside source_root, ignored, or not a loaded module); the task falls back to fast register",
+                 (c.notes.empty() ? std::string(" (outside source_root, ignored, or not a loaded module)") : link_notes(c)) +
+                 "; the task falls back to fast register",
              {{"modules", c.missing}});
       } else {
         reason = "module_path_mismatch";

@@ -573,6 +573,72 @@ TEST_CASE("fileset: contains_source_file") {
   CHECK_FALSE(empty.contains_source_file("main.py"));
 }
 
+TEST_CASE("fileset: source_file_resolves follows symlinks through the baked set only") {
+  TempDir tmp;
+  fs::create_directories(tmp / "src/pkg");
+  fs::create_directories(tmp / "outside");
+  write_file(tmp / "outside/o.py", "o\n");
+  write_file(tmp / "src/pkg/mod.py", "m\n");
+  write_file(tmp / "src/ignored.log", "l\n");
+  write_file(tmp / "src/.dockerignore", "*.log\n");
+  fs::create_symlink("mod.py", tmp / "src/pkg/alias.py");              // inside: resolves
+  fs::create_symlink("pkg", tmp / "src/pkgdir");                       // a directory link inside
+  fs::create_symlink("../../outside/o.py", tmp / "src/pkg/out.py");    // leads out of the root
+  fs::create_symlink("ignored.log", tmp / "src/to_ignored.py");        // to a file not baked
+  fs::create_symlink("loop_b", tmp / "src/loop_a");
+  fs::create_symlink("loop_a", tmp / "src/loop_b");
+  fs::create_symlink("/root/pkg/mod.py", tmp / "src/abs_in.py");       // absolute, in the image at source_dest
+  fs::create_symlink("/usr/lib/x.py", tmp / "src/abs_out.py");         // absolute, elsewhere
+  fs::create_symlink("pkg", tmp / "src/dirlink_only");                 // ends at a directory
+  ImageSpec s;
+  s.source_root = (tmp / "src").string();
+  s.source_copy_mode = CopyMode::All;
+  s.source_dest = "/root";
+  FileSet set = collect_files(s);
+  std::string why;
+  CHECK(set.source_file_resolves("pkg/mod.py", &why));
+  CHECK(set.source_file_resolves("pkg/alias.py"));
+  CHECK(set.source_file_resolves("pkgdir/mod.py"));
+  CHECK(set.source_file_resolves("pkgdir/alias.py"));
+  CHECK(set.source_file_resolves("abs_in.py"));
+  CHECK_FALSE(set.source_file_resolves("pkg/out.py", &why));
+  CHECK(contains(why, "'pkg/out.py' is a symlink to '../../outside/o.py'"));
+  CHECK(contains(why, "outside source_root"));
+  why.clear();
+  CHECK_FALSE(set.source_file_resolves("to_ignored.py", &why));
+  CHECK(contains(why, "not baked"));
+  why.clear();
+  CHECK_FALSE(set.source_file_resolves("loop_a", &why));
+  CHECK(contains(why, "loop"));
+  CHECK_FALSE(set.source_file_resolves("abs_out.py"));
+  CHECK_FALSE(set.source_file_resolves("dirlink_only"));
+  why.clear();
+  CHECK_FALSE(set.source_file_resolves("pkg", &why));  // a directory is not a file, and no link
+  CHECK(why.empty());
+  CHECK_FALSE(set.source_file_resolves("nope.py"));
+  CHECK_FALSE(set.source_file_resolves("pkg/mod.py/x"));
+  // What the old check said: every one of these links is in the set.
+  CHECK(set.contains_source_file("pkg/out.py"));
+}
+
+TEST_CASE("fileset: a listed module that is a symlink out of source_root is kept as a link, with a warning") {
+  TempDir tmp;
+  fs::create_directories(tmp / "src");
+  fs::create_directories(tmp / "common");
+  write_file(tmp / "common/shared.py", "s\n");
+  write_file(tmp / "src/a.py", "a\n");
+  fs::create_symlink("../common/shared.py", tmp / "src/shared.py");
+  ImageSpec s;
+  s.source_root = (tmp / "src").string();
+  s.source_copy_mode = CopyMode::LoadedModules;
+  s.loaded_modules = {"a.py", "shared.py"};
+  FileSet set = collect_files(s);
+  REQUIRE(set.warnings.size() == 1);
+  CHECK(contains(set.warnings[0], "loaded module 'shared.py' is a symlink pointing outside source_root"));
+  CHECK_FALSE(set.source_file_resolves("shared.py"));
+  CHECK(set.source_file_resolves("a.py"));
+}
+
 TEST_CASE("fileset: hash_files fills sha256 for files only") {
   TempDir tmp;
   make_project(tmp);

@@ -450,6 +450,40 @@ TEST_CASE("plan: loaded_modules image - listed modules are baked, others are not
   CHECK(both.at("images").at("lm").at("image") != out.at("images").at("lm").at("image"));
 }
 
+TEST_CASE("plan: a module symlinked from outside source_root is not baked (the image holds a dangling link)") {
+  Project p;
+  // A monorepo's shared module, linked into the project: flytekit's builder copies the target's
+  // bytes; kiln never follows a link out of source_root, so the image holds a dangling link.
+  put(p.tmp.path() / "common/shared.py", "VALUE = 1\n");
+  fs::create_symlink("../../../common/shared.py", p.root / "src/wf/shared.py");
+  // A link that stays inside and reaches a baked file (through a linked directory) is baked.
+  fs::create_symlink("baked.py", p.root / "src/wf/alias.py");
+  fs::create_symlink("wf", p.root / "src/wf2");
+  for (const std::string mode : {"all", "loaded_modules"}) {
+    INFO("copy mode " << mode);
+    json images = {{"img", {{"inline", baked_spec("img", mode)}}}};
+    json plan_json = plan_of("auto",
+                             {task("linked", "python", "img", {"src/wf/baked.py", "src/wf/shared.py"}),
+                              task("alias", "python", "img", {"src/wf/alias.py"}),
+                              task("via_dir", "python", "img", {"src/wf2/baked.py"})},
+                             images);
+    plan_json["loaded_modules"] = {"src/wf/baked.py", "src/wf/shared.py", "src/wf/alias.py", "src/wf2"};
+    json out = p.run(plan_json);
+    const json& t = task_out(out, "linked");
+    CHECK(t.at("reason") == "module_not_baked");
+    CHECK(t.at("fast_register") == true);
+    REQUIRE(out.at("warnings").size() >= 1);
+    const json& w = out.at("warnings")[0];
+    CHECK(w.at("code") == "module_not_baked");
+    CHECK(w.at("modules") == json{"src/wf/shared.py"});
+    const std::string msg = w.at("message").get<std::string>();
+    CHECK(has(msg, "is a symlink to '../../../common/shared.py'"));
+    CHECK(has(msg, "outside source_root"));
+    CHECK(task_out(out, "alias").at("reason") == "source_baked");
+    CHECK(task_out(out, "via_dir").at("reason") == "source_baked");
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Kinds, determinism, parsing.
 

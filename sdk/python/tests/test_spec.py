@@ -134,6 +134,14 @@ class ToKilnSpecTest(kiln_env.TempDirTest):
         self.assertEqual(loaded_module_files(os.path.dirname(os.__file__)), [])
         fake = types.SimpleNamespace(__file__=os.path.join(root, "pkg", "unused.py"))
         self.assertEqual(loaded_module_files(root, [fake]), ["pkg/unused.py"])
+        # Paths compare as flytekit compares them, symlinks unresolved: a module linked into the
+        # project from outside counts; one imported through a symlinked path to the project does not.
+        self.put("common/shared.py", "V = 1\n")
+        os.symlink(os.path.join("..", "common", "shared.py"), os.path.join(root, "shared.py"))
+        os.symlink(root, os.path.join(self.tmp, "proj_link"))
+        linked = types.SimpleNamespace(__file__=os.path.join(root, "shared.py"))
+        via_link = types.SimpleNamespace(__file__=os.path.join(self.tmp, "proj_link", "pkg", "used.py"))
+        self.assertEqual(loaded_module_files(root, [linked, via_link]), ["shared.py"])
 
     def test_kiln_accepts_the_converted_spec(self):
         kiln_env.require_kiln(self)

@@ -73,11 +73,15 @@ def loaded_module_files(root: str, modules: Optional[Iterable[Any]] = None) -> L
 
     Modules installed in the interpreter (sys.prefix, sys.base_prefix, site-packages) and flytekit
     itself never count, as in flytekit's loaded-modules detection. `modules` defaults to
-    sys.modules' values.
+    sys.modules' values. Paths are compared as flytekit compares them (its
+    list_imported_modules_as_files), without resolving symlinks: a module file linked into the
+    project from elsewhere counts (kiln bakes the link, and `kiln plan` says the module is not
+    baked when its target is outside source_root), a module imported through a symlinked path to
+    the project does not.
     """
     import site
 
-    root = os.path.realpath(root)
+    root = os.path.abspath(root)
     excluded = [sys.prefix, sys.base_prefix]
     try:
         excluded += site.getsitepackages() + [site.getusersitepackages()]
@@ -86,13 +90,13 @@ def loaded_module_files(root: str, modules: Optional[Iterable[Any]] = None) -> L
     flytekit = sys.modules.get("flytekit")
     if flytekit is not None and getattr(flytekit, "__file__", None):
         excluded.append(os.path.dirname(flytekit.__file__))
-    excluded = [os.path.realpath(d) for d in excluded if d]
+    excluded = [os.path.abspath(d) for d in excluded if d]
     out = set()
     for mod in list(sys.modules.values()) if modules is None else modules:
         f = getattr(mod, "__file__", None)
         if not f:
             continue
-        f = os.path.realpath(f)
+        f = os.path.abspath(f)
         if any(_in_dir(f, d) for d in excluded) or not _in_dir(f, root):
             continue
         out.add(os.path.relpath(f, root).replace(os.sep, "/"))
