@@ -118,9 +118,22 @@ bool put_blob(const fs::path& dir, const std::string& digest, std::uint64_t size
               const std::string* bytes) {
   fs::path dest = dir / "blobs" / "sha256" / std::string(layers::digest_hex(digest));
   struct stat st{};
-  // Content-addressed: present means right, unless its size says otherwise (a torn copy made by
-  // another tool); then it is replaced, atomically as always.
-  if (::stat(dest.c_str(), &st) == 0 && static_cast<std::uint64_t>(st.st_size) == size) return false;
+  // A blob already there is kept only when it is right: the store's own (verified) file, hardlinked,
+  // or bytes that hash to its name. Anything else (a torn copy, a blob another tool or a person
+  // changed) is replaced, atomically as always. A layout on another file system (a copy, not a
+  // link) has its blobs hashed again on each write.
+  if (::stat(dest.c_str(), &st) == 0 && static_cast<std::uint64_t>(st.st_size) == size) {
+    struct stat ss{};
+    if (src && ::stat(src->c_str(), &ss) == 0 && ss.st_dev == st.st_dev && ss.st_ino == st.st_ino) return false;
+    try {
+      std::string have;
+      if (bytes ? layers::read_file_if_exists(dest, &have) && have == *bytes
+                : "sha256:" + layers::sha256_file_hex(dest) == digest)
+        return false;
+    } catch (const std::exception&) {
+      // unreadable: replaced below
+    }
+  }
   fs::path tmp = dir / layers::unique_name(".kiln-tmp");
   if (src) {
     layers::link_or_copy(*src, tmp);  // removes its partial copy when it fails

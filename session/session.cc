@@ -1,10 +1,12 @@
 // One build session, end to end (see session.h for the order of things).
 #include "session/session.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstring>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -15,6 +17,7 @@
 #include "builder/oci_layout.h"
 #include "layers/digest.h"
 #include "layers/fileset.h"
+#include "layers/unique_fd.h"
 #include "spec/tag.h"
 
 namespace fs = std::filesystem;
@@ -252,6 +255,7 @@ class Job {
   }
 
   void from_spec(const spec::ImageSpec& s) {
+    open_image_refs();
     rec_.spec = spec_record(s);
     rec_.spec_digest = layers::sha256_digest(rec_.spec.dump());
     named(s.name, spec::repository(s));
@@ -268,6 +272,7 @@ class Job {
   }
 
   void from_plan(const builder::Prepared& prep) {
+    open_image_refs();
     rec_.spec = spec_record(*prep.spec);
     rec_.spec_digest = layers::sha256_digest(rec_.spec.dump());
     named(prep.spec->name, prep.repository);
@@ -453,13 +458,30 @@ class Job {
     out_.pushed = pr;
   }
 
+  /// --image-refs is opened before anything is built: a path that cannot be appended to fails the
+  /// build up front (exit 2), not after the outputs have moved their tags.
+  void open_image_refs() {
+    if (o_.image_refs.empty() || refs_fd_) return;
+    step_ = "image refs";
+    refs_fd_ = layers::UniqueFd(::open(o_.image_refs.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0644));
+    if (!refs_fd_)
+      throw layers::InputError("--image-refs " + o_.image_refs + ": cannot open it for appending: " +
+                               std::strerror(errno));
+  }
+
+  /// Appends the line in one write (O_APPEND: builds of one run, or of several kilns, never
+  /// interleave within a line).
   void image_refs(const std::string& full) {
     if (o_.image_refs.empty()) return;
     step_ = "image refs";
+    open_image_refs();
     std::lock_guard<std::mutex> lock(g_image_refs_mu);
-    std::ofstream f(o_.image_refs, std::ios::app);
-    f << full << "\n";
-    if (!f) throw std::system_error(errno, std::generic_category(), "cannot write " + o_.image_refs);
+    const std::string line = full + "\n";
+    ssize_t n;
+    do n = ::write(refs_fd_.get(), line.data(), line.size());
+    while (n < 0 && errno == EINTR);
+    if (n != static_cast<ssize_t>(line.size()))
+      throw std::system_error(n < 0 ? errno : EIO, std::generic_category(), "cannot write " + o_.image_refs);
   }
 
   /// kiln push: a layout's image to a registry tag.
@@ -581,6 +603,7 @@ class Job {
   BuildProgress progress_;
   std::unique_ptr<builder::RegistrySession> rs_;
   std::unique_ptr<history::NameLock> name_lock_;
+  layers::UniqueFd refs_fd_;  // --image-refs, opened before the build
   bool appended_ = false;
   std::string step_ = "spec";
   Outcome out_;

@@ -216,6 +216,8 @@ void print_layer_summaries(ProgressView& view, const std::vector<session::Outcom
 int run_builds(Context& ctx, const BuildArgs& a) {
   if (a.specs.empty()) throw std::invalid_argument("kiln build needs a spec file (or - for stdin), or --plan");
   if (std::count(a.specs.begin(), a.specs.end(), "-") > 1) throw std::invalid_argument("'-' (stdin) can be given once");
+  if (a.modules_from == "-" && std::count(a.specs.begin(), a.specs.end(), "-"))
+    throw std::invalid_argument("--modules-from - and the spec '-' would both read stdin: give one of them as a file");
   const std::size_t n = a.specs.size();
   auto targets = targets_of(a, n);
   Resources res;
@@ -298,7 +300,10 @@ int run_plan(Context& ctx, const BuildArgs& a, bool build_too) {
 }
 
 int run_tag(Context& ctx, const BuildArgs& a) {
+  if (a.modules_from == "-" && a.spec_path == "-")
+    throw std::invalid_argument("--modules-from - and the spec '-' would both read stdin: give one of them as a file");
   spec::ImageSpec s = spec::load_spec(a.spec_path);
+  if (!a.platform.empty()) set_platform(s, a.platform);  // as kiln build --platform: the tag follows it
   layers::Store store = ctx.open_store();
   builder::RegistrySession registries(ctx.registry_settings(s.registry_config ? s.registry_config->string() : ""),
                                       &ctx.view);
@@ -376,6 +381,10 @@ void add_build_commands(CLI::App& app, Common& c, std::vector<Command>& out) {
   tag->add_option("--module", a->modules, "A loaded module file, relative to source_root (repeatable)")
       ->allow_extra_args(false);
   tag->add_option("--modules-from", a->modules_from, "File listing loaded modules, one per line ('-': stdin)");
+  tag->add_option("--platform", a->platform, "The tag of a build for this os/arch[/variant] (as kiln build --platform)")
+      ->check([](const std::string& v) {
+        return valid_platform(v) ? std::string() : "--platform takes os/arch[/variant], e.g. linux/arm64";
+      });
   add_common_options(tag, c);
   add_registry_options(tag, c);
   out.push_back({tag, [a](Context& ctx) { return run_tag(ctx, *a); }});

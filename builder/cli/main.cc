@@ -5,6 +5,8 @@
 #include <clocale>
 #include <csignal>
 #include <cstdio>
+#include <iostream>
+#include <string_view>
 
 #include "builder/cli/common.h"
 
@@ -109,14 +111,25 @@ int run(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() != 0) {
-      if (std::string hint = did_you_mean(app, argc, argv); !hint.empty()) {
-        std::fprintf(stderr, "kiln: error: %s\nRun with --help for more information.\n", hint.c_str());
-        return kUsage;
-      }
+    if (e.get_exit_code() == 0) return app.exit(e) == 0 ? kOk : kUsage;  // --help, --version
+    std::string message = did_you_mean(app, argc, argv);
+    if (!message.empty()) {
+      std::fprintf(stderr, "kiln: error: %s\nRun with --help for more information.\n", message.c_str());
+    } else {
+      app.exit(e);
+      message = e.what();
     }
-    int rc = app.exit(e);
-    return rc == 0 ? kOk : kUsage;
+    // With --json a caller reads stdout: a flag error is a usage failure like any other (exit 2).
+    bool json_out = false;
+    for (int i = 1; i < argc && std::string_view(argv[i]) != "--"; ++i) json_out |= std::string_view(argv[i]) == "--json";
+    if (json_out) {
+      Failure f;
+      f.code = kUsage;
+      f.kind = "usage";
+      f.message = message;
+      std::cout << failure_json(f).dump(2) << std::endl;
+    }
+    return kUsage;
   }
   ProgressView view(ProgressView::resolve(common.progress));
   Context ctx{common, view};

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The subprocess contract an SDK relies on, where a QA probe found it broken: a failing build moves
+# no tag; a layout blob is kept only when it is right; --json prints the failure object for flag
+# errors too; stdin is read once; `kiln tag --platform` gives `kiln build --platform`'s tag.
+source "$(dirname "$0")/lib.sh"
+
+W=$T/ws
+mkdir -p "$W/proj/pkg"
+printf 'A = 1\n' >"$W/proj/pkg/a.py"
+echo '{"name": "contract-app", "source_root": "proj", "source_copy_mode": "all"}' >"$W/spec.json"
+echo '{"name": "contract-app", "source_root": "proj", "source_copy_mode": "all", "env": {"V": "2"}}' >"$W/v2.json"
+
+# ---- --image-refs that cannot be written: refused before the build, no tag moves ---------------
+build_ok "$W/spec.json" -o "oci:$T/lay:latest"
+FIRST=$(jget "j['digest']" <<<"$OUT")
+mkdir -p "$W/refs-is-a-dir"
+kiln build "$W/v2.json" -o "oci:$T/lay:latest" --image-refs "$W/refs-is-a-dir" --json --progress quiet
+assert_eq 2 "$RC" "--image-refs on a directory: exit 2 (input), not 1"
+assert_eq "input" "$(jget "j['error_kind']" <<<"$OUT")" "--image-refs on a directory: an input error"
+assert_contains "$(jget "j['message']" <<<"$OUT")" "--image-refs $W/refs-is-a-dir" "the message names the flag and the path"
+assert_eq "$FIRST" "$(jget "[m['digest'] for m in j['manifests'] if m.get('annotations',{}).get('org.opencontainers.image.ref.name')=='latest'][0]" "$T/lay/index.json")" \
+  "the failed build left 'latest' where it was"
+# A writable one gets name:tag@digest, appended.
+build_ok "$W/v2.json" -o "oci:$T/lay:latest" --image-refs "$W/refs.txt"
+V2=$(jget "j['digest']" <<<"$OUT")
+build_ok "$W/spec.json" --image-refs "$W/refs.txt"
+assert_eq "2" "$(wc -l <"$W/refs.txt" | tr -d ' ')" "--image-refs appends a line per build"
+assert_contains "$(head -1 "$W/refs.txt")" "@$V2" "--image-refs: name:tag@digest"
+
+# ---- a blob already in the layout is kept only when it is right --------------------------------
+build_ok "$W/spec.json" -o "oci:$T/blobs:t"
+LAYER=$(jget "j['layers'][0]['digest']" <<<"$OUT")
+P=$(blob_path "$T/blobs" "$LAYER")
+cp "$P" "$W/good.blob"
+rm -f "$P"
+"$PYTHON" -c 'import sys; b = bytearray(open(sys.argv[1], "rb").read()); b[50] ^= 1; open(sys.argv[2], "wb").write(b)' "$W/good.blob" "$P"
+[[ $(stat -c %s "$P") == $(stat -c %s "$W/good.blob") ]] || die "the corrupt blob has the good one's size"
+build_ok "$W/spec.json" -o "oci:$T/blobs:t"
+assert_eq "${LAYER#sha256:}" "$(sha256sum "$P" | cut -d' ' -f1)" "a same-size corrupt layer blob in the layout is replaced"
+# A corrupt config blob (bytes kiln writes itself) is replaced too.
+CFG=$(blob_path "$T/blobs" "$(jget "j['config_digest']" <<<"$OUT")")
+cp "$CFG" "$W/cfg"
+rm -f "$CFG"
+tr 'a' 'b' <"$W/cfg" >"$CFG"
+cmp -s "$CFG" "$W/cfg" && die "the corrupt config differs from the good one"
+build_ok "$W/spec.json" -o "oci:$T/blobs:t"
+assert_files_equal "$W/cfg" "$CFG" "a corrupt config blob in the layout is replaced"
+# The store's own file, hardlinked, is kept as it is (no copy, no rewrite).
+INODE=$(stat -c %i "$P")
+build_ok "$W/spec.json" -o "oci:$T/blobs:t"
+assert_eq "$INODE" "$(stat -c %i "$P")" "a right blob stays (same inode)"
+
+# ---- --json: a flag error prints the failure object on stdout too --------------------------------
+for args in "--bogus" "-j abc" "--progress loud" "--jsn"; do
+  # shellcheck disable=SC2086
+  kiln build --json $args "$W/spec.json"
+  assert_eq 2 "$RC" "build --json $args: exit 2"
+  assert_eq "failed usage 2" "$(jget "j['status'] + ' ' + j['error_kind'] + ' ' + str(j['exit_code'])" <<<"$OUT")" \
+    "build --json $args: one failure object on stdout"
+done
+kiln build --jsn "$W/spec.json"
+assert_eq "2 " "$RC $OUT" "no --json given: exit 2, stdout stays empty"
+assert_contains "$ERR" "did you mean '--json'" "a misspelt flag: did you mean"
+kiln tag --json --bogus "$W/spec.json"
+assert_eq "usage" "$(jget "j['error_kind']" <<<"$OUT")" "tag --json --bogus: the failure object"
+
+# ---- stdin is read once --------------------------------------------------------------------------
+kiln build - --modules-from - --json --progress quiet <"$W/spec.json"
+assert_eq 2 "$RC" "build - --modules-from -: a usage error"
+assert_contains "$(jget "j['message']" <<<"$OUT")" "both read stdin" "build - --modules-from -: says why"
+kiln tag - --modules-from - <"$W/spec.json"
+assert_eq 2 "$RC" "tag - --modules-from -: a usage error"
+
+# ---- kiln tag --platform gives kiln build --platform's tag ---------------------------------------
+build_ok "$W/spec.json" --platform linux/arm64
+ARM=$(jget "j['image']" <<<"$OUT")
+kiln tag "$W/spec.json" --platform linux/arm64
+assert_eq "0 $ARM" "$RC $OUT" "kiln tag --platform = kiln build --platform"
+kiln tag "$W/spec.json"
+assert_ne "$ARM" "$OUT" "the platform changes the tag"
+kiln tag "$W/spec.json" --platform linux
+assert_eq 2 "$RC" "kiln tag --platform linux: a usage error"
