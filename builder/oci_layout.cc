@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <stdexcept>
 #include <system_error>
 
@@ -25,17 +26,21 @@ const char* kRefName = "org.opencontainers.image.ref.name";
 std::string read_blob_verified(const fs::path& dir, const std::string& digest) {
   std::string s;
   fs::path p = dir / "blobs" / "sha256" / std::string(layers::digest_hex(digest));
-  if (!layers::read_file_if_exists(p, &s)) throw std::runtime_error("layout " + dir.string() + " lacks blob " + digest);
+  if (!layers::read_file_if_exists(p, &s))
+    throw layers::InputError("layout " + dir.string() + " lacks blob " + digest + " (the layout is incomplete)");
   if (layers::sha256_digest(s) != digest)
     throw BaseError("layout " + dir.string() + ": blob " + digest + " does not match its digest (the layout is corrupt)");
   return s;
 }
 
+/// A layout's JSON file: malformed is bad input (exit 2), named, without nlohmann's "[json.exception…]".
 json parse_json(const std::string& text, const std::string& what) {
   try {
     return json::parse(text);
   } catch (const json::exception& e) {
-    throw std::runtime_error(what + " is not valid JSON: " + e.what());
+    std::string why = e.what();
+    if (why.rfind("[json.exception.", 0) == 0 && why.find("] ") != std::string::npos) why = why.substr(why.find("] ") + 2);
+    throw layers::InputError(what + " is not valid JSON (" + why + ")");
   }
 }
 
@@ -75,11 +80,14 @@ Descriptor pick(const json& index, const std::string& tag, const Platform* plat,
     throw NotFoundError(where + " has no tag '" + tag + "'" + (known.empty() ? "" : " (tags: " + known + ")"));
   }
   if (cands.size() != 1)
-    throw std::runtime_error(where + " holds " + std::to_string(cands.size()) + " images; name one with oci:DIR:TAG");
+    throw layers::InputError(where + " holds " + std::to_string(cands.size()) + " images; name one with oci:DIR:TAG");
   return cands[0];
 }
 
 json read_index(const fs::path& dir) {
+  std::error_code ec;
+  if (fs::exists(dir, ec) && !fs::is_directory(dir, ec))
+    throw layers::InputError("'" + dir.string() + "' is not an OCI image layout (a layout is a directory)");
   std::string text;
   if (!layers::read_file_if_exists(dir / "index.json", &text))
     throw NotFoundError("'" + dir.string() + "' is not an OCI image layout (no index.json)");
@@ -91,7 +99,7 @@ Descriptor resolve(const fs::path& dir, const std::string& tag, const std::strin
   Platform plat = parse_platform(platform);
   Descriptor d = pick(read_index(dir), tag, nullptr, "layout " + dir.string());
   for (int depth = 0; is_index(d.media_type); ++depth) {
-    if (depth > 4) throw std::runtime_error("layout " + dir.string() + ": image indexes nested too deep");
+    if (depth > 4) throw layers::InputError("layout " + dir.string() + ": image indexes nested too deep");
     json nested = parse_json(read_blob_verified(dir, d.digest), "index " + d.digest);
     d = pick(nested, "", &plat, "layout " + dir.string() + (tag.empty() ? "" : ":" + tag) + " (index " + d.digest.substr(0, 19) + ")");
   }
@@ -170,7 +178,7 @@ void split_oci_ref(const std::string& ref, fs::path* dir, std::string* tag) {
     *dir = rest;
     tag->clear();
   }
-  if (dir->empty()) throw std::runtime_error("'" + ref + "' names no directory; use oci:DIR[:TAG]");
+  if (dir->empty()) throw layers::InputError("'" + ref + "' names no directory; use oci:DIR[:TAG]");
 }
 
 std::string resolve_oci_layout(const fs::path& dir, const std::string& tag, const std::string& platform) {
@@ -191,7 +199,7 @@ LayoutImage read_oci_layout(const fs::path& dir, const std::string& tag, const s
   const json& diff_ids = out.image.config.at("rootfs").at("diff_ids");
   const json& ls = manifest.value("layers", json::array());
   if (diff_ids.size() != ls.size())
-    throw std::runtime_error(where + ": " + std::to_string(ls.size()) + " layers but " +
+    throw layers::InputError(where + ": " + std::to_string(ls.size()) + " layers but " +
                              std::to_string(diff_ids.size()) + " diff_ids");
   for (std::size_t i = 0; i < ls.size(); ++i) {
     Layer l;
@@ -199,13 +207,29 @@ LayoutImage read_oci_layout(const fs::path& dir, const std::string& tag, const s
     l.diff_id = diff_ids[i].get<std::string>();
     l.blob = dir / "blobs" / "sha256" / std::string(layers::digest_hex(l.desc.digest));
     struct stat st{};
-    if (::stat(l.blob.c_str(), &st) != 0) throw std::runtime_error(where + " lacks layer blob " + l.desc.digest);
+    if (::stat(l.blob.c_str(), &st) != 0)
+      throw layers::InputError(where + " lacks layer blob " + l.desc.digest + " (the layout is incomplete)");
     if (static_cast<std::uint64_t>(st.st_size) != l.desc.size)
       throw BaseError(where + ": layer blob " + l.desc.digest + " has the wrong size (" + std::to_string(st.st_size) +
                       " bytes, the manifest says " + std::to_string(l.desc.size) + ")");
     out.image.layers.push_back(std::move(l));
   }
   return out;
+}
+
+void check_oci_output(const fs::path& dir) {
+  std::error_code ec;
+  if (!fs::exists(dir, ec)) return;
+  if (!fs::is_directory(dir, ec))
+    throw layers::InputError("'" + dir.string() + "' exists and is not a directory (an OCI image layout is one)");
+  std::string text;
+  if (layers::read_file_if_exists(dir / "index.json", &text)) {
+    json index = parse_json(text, (dir / "index.json").string());
+    if (!index.is_object() || (index.contains("manifests") && !index["manifests"].is_array()))
+      throw layers::InputError((dir / "index.json").string() + " is not an OCI image index");
+  }
+  if (::access(dir.c_str(), W_OK) != 0)
+    throw layers::InputError("cannot write the OCI layout '" + dir.string() + "': " + std::strerror(errno));
 }
 
 void stage_oci_layout(const Image& img, const fs::path& dir) {

@@ -33,6 +33,10 @@ std::string write_oci_layout(const Image& img, const std::filesystem::path& dir,
 /// size is replaced.
 void stage_oci_layout(const Image& img, const std::filesystem::path& dir);
 
+/// Checks, before a build, that `dir` can take an image: absent (it is created), or a writable
+/// directory whose index.json, if any, is an index. Throws layers::InputError naming what is wrong.
+void check_oci_output(const std::filesystem::path& dir);
+
 /// Parses "oci:DIR[:TAG]" (the tag after the last ':' when it holds no '/').
 void split_oci_ref(const std::string& ref, std::filesystem::path* dir, std::string* tag);
 

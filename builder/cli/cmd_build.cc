@@ -13,6 +13,7 @@
 
 #include "builder/build.h"
 #include "builder/cli/common.h"
+#include "builder/oci_layout.h"
 #include "builder/output.h"
 #include "plan/plan.h"
 #include "plan/prepare.h"
@@ -105,6 +106,7 @@ std::vector<builder::OutputTarget> targets_of(const BuildArgs& a, std::size_t ns
         throw std::invalid_argument("-o " + o + ": '" + t.path.string() + "' exists and is not a directory");
       if (nspecs > 1 && !t.tag.empty())
         throw std::invalid_argument("-o " + o + ": with several specs, an OCI layout output takes no :TAG (each image keeps its own)");
+      builder::check_oci_output(t.path);
     } else {
       if (fs::is_directory(st)) throw std::invalid_argument("-o " + o + ": '" + t.path.string() + "' is a directory");
       fs::path parent = t.path.parent_path();

@@ -80,3 +80,25 @@ kiln tag "$W/spec.json"
 assert_ne "$ARM" "$OUT" "the platform changes the tag"
 kiln tag "$W/spec.json" --platform linux
 assert_eq 2 "$RC" "kiln tag --platform linux: a usage error"
+
+# ---- a layout kiln cannot use is bad input (exit 2), found before the build ----------------------
+build_ok "$W/spec.json" -o "oci:$T/multi:a"
+build_ok "$W/v2.json" -o "oci:$T/multi:b"
+echo "{\"name\": \"onbase\", \"base_image\": \"oci:$T/multi\"}" >"$W/onbase.json"
+kiln build "$W/onbase.json" --json --progress quiet
+assert_eq "2 input" "$RC $(jget "j['error_kind']" <<<"$OUT")" "a base layout holding two images, no :TAG: exit 2"
+assert_contains "$(jget "j['message']" <<<"$OUT")" "holds 2 images; name one" "says to name one"
+kiln inspect "oci:$T/multi" --json
+assert_eq 2 "$RC" "inspect of an ambiguous layout: exit 2"
+mkdir -p "$T/corrupt"
+echo '{broken' >"$T/corrupt/index.json"
+kiln build "$W/spec.json" -o "oci:$T/corrupt" --json --progress quiet
+assert_eq "2 input null" "$RC $(jget "j['error_kind']" <<<"$OUT") $(jget "j['failed_step']" <<<"$OUT")" \
+  "-o on a layout with a corrupt index.json: exit 2, before the build"
+assert_not_contains "$(jget "j['message']" <<<"$OUT")" "[json.exception" "no library exception text"
+echo "{\"name\": \"onbase\", \"base_image\": \"oci:$T/corrupt\"}" >"$W/oncorrupt.json"
+kiln build "$W/oncorrupt.json" --json --progress quiet
+assert_eq 2 "$RC" "a base layout with a corrupt index.json: exit 2"
+echo x >"$W/afile"
+kiln inspect "oci:$W/afile" --json
+assert_eq "2 input" "$RC $(jget "j['error_kind']" <<<"$OUT")" "inspect oci:FILE: exit 2"
