@@ -278,6 +278,17 @@ Store::Store(fs::path root) : root_(std::move(root)) {
   // tmp/ holds scratch trees of RUN steps (a base's files as the image has them): owner only.
   ::chmod((root_ / "tmp").c_str(), 0700);
   if (v.empty()) atomic_write(vfile, kVersionLine, root_ / "tmp");
+  // In use while this Store lives: a prune (which takes the lock exclusively) waits for it. A
+  // store kiln cannot lock (a read-only file system) is used unlocked.
+  // (flock works on a read-only descriptor: a store shared with another user still locks.)
+  fs::path in_use = root_ / "locks" / "in-use";
+  UniqueFd fd(::open(in_use.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+  if (!fd) fd = UniqueFd(::open(in_use.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd) {
+    while (::flock(fd.get(), LOCK_SH) != 0 && errno == EINTR) {
+    }
+    in_use_ = std::make_shared<UniqueFd>(std::move(fd));
+  }
 }
 
 fs::path Store::default_root() {
@@ -490,7 +501,21 @@ Store::Usage Store::usage() const {
   return u;
 }
 
-Store::PruneResult Store::prune(std::int64_t older_than_seconds) const {
+Store::PruneResult Store::prune(std::int64_t older_than_seconds, const std::function<void()>& on_wait) const {
+  // Exclusive for the prune (converting this Store's own shared lock), shared again after.
+  struct Exclusive {
+    int fd;
+    explicit Exclusive(int f, const std::function<void()>& on_wait) : fd(f) {
+      if (fd < 0) return;
+      if (::flock(fd, LOCK_EX | LOCK_NB) == 0) return;
+      if (on_wait) on_wait();
+      while (::flock(fd, LOCK_EX) != 0 && errno == EINTR) {
+      }
+    }
+    ~Exclusive() {
+      if (fd >= 0) ::flock(fd, LOCK_SH);
+    }
+  } exclusive(in_use_ ? in_use_->get() : -1, on_wait);
   PruneResult r;
   std::error_code ec;
   auto now = fs::file_time_type::clock::now();
@@ -535,7 +560,7 @@ Store::PruneResult Store::prune(std::int64_t older_than_seconds) const {
   }
   for (auto& e : fs::directory_iterator(root_ / "locks", ec)) {
     auto age = std::chrono::duration_cast<std::chrono::seconds>(now - e.last_write_time(ec)).count();
-    if (age < 86400) continue;
+    if (age < 86400 || e.path().filename() == "in-use") continue;
     int fd = ::open(e.path().c_str(), O_RDWR | O_CLOEXEC);
     if (fd < 0) continue;
     if (::flock(fd, LOCK_EX | LOCK_NB) == 0) fs::remove(e.path(), ec);

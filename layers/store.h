@@ -175,11 +175,15 @@ class Store {
   };
   /// Removes layer records unused for `older_than_seconds` (0 = all), stat indexes of that age,
   /// blobs no remaining record or pinned digest refers to, unpacked trees unused that long, and
-  /// stale tmp files.
-  PruneResult prune(std::int64_t older_than_seconds) const;
+  /// stale tmp files. Every Store holds a shared lock on the store (locks/in-use) while it lives;
+  /// prune takes it exclusively, so it waits for the other kilns using the store (a build that
+  /// has just committed a blob, or found a cached layer, still needs it for its outputs).
+  /// `on_wait` is called once, before waiting, when another process uses the store.
+  PruneResult prune(std::int64_t older_than_seconds, const std::function<void()>& on_wait = {}) const;
 
  private:
   std::filesystem::path root_;
+  std::shared_ptr<UniqueFd> in_use_;  // the shared lock on locks/in-use (shared by copies)
 };
 
 /// Maps a file's identity (size, mtime, ctime, inode, device) to its sha256, so unchanged files are

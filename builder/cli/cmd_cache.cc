@@ -40,11 +40,13 @@ void add_cache_commands(CLI::App& app, Common& c, std::vector<Command>& out) {
   auto a = std::make_shared<PruneArgs>();
   auto* prune = cache->add_subcommand("prune", "Remove cache entries unused for a while");
   prune->add_option("--older-than", a->older_days, "Days unused (default 7)");
-  prune->add_flag("--all", a->all, "Remove everything not in use right now");
+  prune->add_flag("--all", a->all, "Remove everything (waits for running builds that use the store)");
   add_common_options(prune, c, /*cache_used=*/true, /*jobs_used=*/false);
   out.push_back({prune, [a](Context& ctx) {
                    layers::Store store = ctx.open_store();
-                   auto r = store.prune(a->all ? 0 : static_cast<std::int64_t>(a->older_days * 86400));
+                   auto r = store.prune(a->all ? 0 : static_cast<std::int64_t>(a->older_days * 86400), [&] {
+                     ctx.view.log("another kiln is using " + store.root().string() + "; waiting for it to finish");
+                   });
                    if (ctx.common.json_out) {
                      std::cout << json{{"removed_blobs", r.removed_blobs}, {"removed_bytes", r.removed_bytes},
                                        {"removed_layer_records", r.removed_records},

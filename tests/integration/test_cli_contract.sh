@@ -102,3 +102,25 @@ assert_eq 2 "$RC" "a base layout with a corrupt index.json: exit 2"
 echo x >"$W/afile"
 kiln inspect "oci:$W/afile" --json
 assert_eq "2 input" "$RC $(jget "j['error_kind']" <<<"$OUT")" "inspect oci:FILE: exit 2"
+
+# ---- cache prune waits for a kiln that uses the store, then removes what it may -----------------
+# A process holding the store's in-use lock shared (as every running kiln does) makes prune wait.
+"$PYTHON" - "$KILN_CACHE/locks/in-use" "$T/holder.ready" <<'PY' &
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.flock(fd, fcntl.LOCK_SH)
+open(sys.argv[2], "w").close()
+time.sleep(3)
+PY
+HOLDER=$!
+for _ in $(seq 100); do [[ -e $T/holder.ready ]] && break; sleep 0.05; done
+START=$(date +%s%N)
+kiln cache prune --all --json
+END=$(date +%s%N)
+wait "$HOLDER"
+assert_eq 0 "$RC" "cache prune --all after the other kiln ends: exit 0"
+assert_contains "$ERR" "another kiln is using" "prune says what it waits for"
+(((END - START) / 1000000 >= 1500)) || die "prune did not wait for the process using the store ($(((END - START) / 1000000)) ms)"
+assert_ne "0" "$(jget "j['removed_blobs']" <<<"$OUT")" "then it pruned"
+kiln cache prune --all --json
+assert_not_contains "$ERR" "another kiln is using" "nobody else: no wait"

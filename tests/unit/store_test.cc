@@ -10,11 +10,13 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <future>
+#include <memory>
 #include <optional>
 #include <random>
 #include <set>
@@ -466,6 +468,38 @@ TEST_CASE("store: prune(0) removes records, stat indexes and unreferenced blobs"
   CHECK_FALSE(s.find_layer("k1"));
   // The store still works after a prune.
   CHECK(s.read_bytes(s.put_bytes("again")) == "again");
+}
+
+TEST_CASE("store: prune waits for every other Store on the root to close, and keeps the lock file") {
+  TempDir tmp;
+  auto other = std::make_unique<Store>(tmp / "cache");  // a build in another process, in effect
+  Store pruner(tmp / "cache");
+  std::atomic<bool> waited{false}, done{false};
+  auto f = std::async(std::launch::async, [&] {
+    pruner.prune(0, [&] { waited = true; });
+    done = true;
+  });
+  for (int i = 0; i < 200 && !waited; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  CHECK(waited);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  CHECK_FALSE(done);  // still waiting while `other` lives
+  other.reset();
+  CHECK(f.wait_for(std::chrono::seconds(10)) == std::future_status::ready);
+  CHECK(done);
+  // The lock file survives even an old-enough sweep of locks/, and a new Store can share again.
+  auto lock = tmp / "cache" / "locks" / "in-use";
+  REQUIRE(std::filesystem::exists(lock));
+  std::filesystem::last_write_time(lock, std::filesystem::file_time_type::clock::now() - std::chrono::hours(48));
+  bool waited2 = false;
+  pruner.prune(0, [&] { waited2 = true; });
+  CHECK_FALSE(waited2);  // nobody else: no wait
+  CHECK(std::filesystem::exists(lock));
+  Store again(tmp / "cache");
+  int fd = ::open(lock.c_str(), O_RDONLY | O_CLOEXEC);
+  REQUIRE(fd >= 0);
+  CHECK(::flock(fd, LOCK_EX | LOCK_NB) != 0);  // both Stores hold it shared
+  CHECK(::flock(fd, LOCK_SH | LOCK_NB) == 0);
+  ::close(fd);
 }
 
 TEST_CASE("store: prune(age) keeps recent records and the blobs they reference") {
