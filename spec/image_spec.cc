@@ -405,8 +405,9 @@ const std::map<std::string, Handler>& handlers() {
            f.fail("must be os/arch[/variant] like 'linux/amd64', not '" + f.str() + "'");
        }},
       {"pip_index", [](const Field& f, ImageSpec& s) { s.pip_index = f.opt_str(); }},
+      // A list, as in flytekit ("pip_extra_index_url must be a list of strings or None").
       {"pip_extra_index_url",
-       [](const Field& f, ImageSpec& s) { s.pip_extra_index_url = f.str_or_list(); }},
+       [](const Field& f, ImageSpec& s) { s.pip_extra_index_url = f.str_list(); }},
       {"pip_secret_mounts",
        [](const Field& f, ImageSpec& s) { s.pip_secret_mounts = parse_secret_mounts(f); }},
       {"pip_extra_args",
@@ -422,10 +423,9 @@ const std::map<std::string, Handler>& handlers() {
       {"registry_config", [](const Field& f, ImageSpec& s) { s.registry_config = f.host_path(); }},
       {"entrypoint",
        [](const Field& f, ImageSpec& s) {
-         // "" is absent (keep the base's); [] clears the base's entrypoint, as in flytekit.
-         std::vector<std::string> v = f.str_or_list();
-         if (f.v.is_string() && v.empty()) return;
-         s.entrypoint = std::move(v);
+         // A list, as in flytekit ("entrypoint must be a list of strings or None"); [] clears the
+         // base's entrypoint, null keeps it.
+         s.entrypoint = f.str_list();
        }},
       {"commands", [](const Field& f, ImageSpec& s) { s.commands = f.str_list(); }},
       {"tag_format", [](const Field& f, ImageSpec& s) { s.tag_format = f.opt_str(); }},

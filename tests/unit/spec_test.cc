@@ -142,15 +142,33 @@ TEST_CASE("spec: list fields reject other types and non-string items") {
 TEST_CASE("spec: string-or-list fields reject other types") {
   CHECK(error_of(R"({"copy": 3})") ==
         "spec.json: field 'copy' must be a string or a list of strings, not a number");
-  CHECK(error_of(R"({"entrypoint": {"a": 1}})") ==
-        "spec.json: field 'entrypoint' must be a string or a list of strings, not an object");
-  CHECK(error_of(R"({"pip_extra_index_url": false})") ==
-        "spec.json: field 'pip_extra_index_url' must be a string or a list of strings, not a "
-        "boolean");
   CHECK(error_of(R"({"pip_extra_args": 1})") ==
         "spec.json: field 'pip_extra_args' must be a string or a list of strings, not a number");
+}
+
+TEST_CASE("spec: entrypoint and pip_extra_index_url are lists, as in flytekit") {
+  // flytekit: "entrypoint must be a list of strings or None" (a string, "" included).
+  CHECK(error_of(R"({"entrypoint": "python"})") ==
+        "spec.json: field 'entrypoint' must be a list of strings, not a string");
+  CHECK(error_of(R"({"entrypoint": ""})") ==
+        "spec.json: field 'entrypoint' must be a list of strings, not a string");
+  CHECK(field_of(R"({"entrypoint": "python"})") == "entrypoint");
+  CHECK(error_of(R"({"entrypoint": {"a": 1}})") ==
+        "spec.json: field 'entrypoint' must be a list of strings, not an object");
   CHECK(error_of(R"({"entrypoint": ["a", null]})") ==
         "spec.json: field 'entrypoint' must be a list of strings (item 1 is null)");
+  CHECK(error_of(R"({"pip_extra_index_url": "https://example.org/simple"})") ==
+        "spec.json: field 'pip_extra_index_url' must be a list of strings, not a string");
+  CHECK(field_of(R"({"pip_extra_index_url": ""})") == "pip_extra_index_url");
+  CHECK(error_of(R"({"pip_extra_index_url": false})") ==
+        "spec.json: field 'pip_extra_index_url' must be a list of strings, not a boolean");
+  CHECK(error_of(R"({"base_image": {"entrypoint": "sh"}})") ==
+        "spec.json: field 'base_image.entrypoint' must be a list of strings, not a string");
+  // [] and null are accepted, as flytekit accepts them.
+  CHECK(parse(R"({"pip_extra_index_url": []})").pip_extra_index_url.empty());
+  CHECK(parse(R"({"pip_extra_index_url": null})").pip_extra_index_url.empty());
+  CHECK(parse(R"({"pip_extra_index_url": ["https://a", "https://b"]})").pip_extra_index_url ==
+        std::vector<std::string>{"https://a", "https://b"});
 }
 
 TEST_CASE("spec: map fields must map strings to strings") {
@@ -233,7 +251,7 @@ TEST_CASE("spec: RUN-step fields are accepted and checked") {
   ImageSpec s = parse(R"({"apt_packages": ["git", "libc6:amd64", "curl=7.88.1-10", "gcc/bookworm-backports"],
     "packages": ["numpy>=1.26", "pandas ; python_version >= '3.9'"], "python_version": "3.11",
     "requirements": "requirements.txt", "commands": ["echo hi"], "pip_index": "https://pypi.example/simple",
-    "pip_extra_index_url": "https://x.example/simple", "pip_secret_mounts": [["netrc", "/root/.netrc"]],
+    "pip_extra_index_url": ["https://x.example/simple"], "pip_secret_mounts": [["netrc", "/root/.netrc"]],
     "pip_extra_args": "--pre --no-cache-dir", "python_exec": "/usr/bin/python3"})");
   CHECK(s.apt_packages.size() == 4);
   CHECK(s.pip_extra_args == std::vector<std::string>{"--pre", "--no-cache-dir"});
@@ -253,7 +271,7 @@ TEST_CASE("spec: empty values of RUN-step and unsupported fields are accepted") 
   ImageSpec s = parse(R"({
     "python_version": "", "packages": [], "conda_packages": null, "conda_channels": [],
     "requirements": "", "apt_packages": [], "cuda": null, "cudnn": "", "commands": [],
-    "pip_index": "", "pip_extra_index_url": "", "pip_secret_mounts": [], "pip_extra_args": "  ",
+    "pip_index": "", "pip_extra_index_url": [], "pip_secret_mounts": [], "pip_extra_args": "  ",
     "python_exec": "", "runtime_packages": []})");
   CHECK_FALSE(s.python_version.has_value());
   CHECK(s.packages.empty());
@@ -441,11 +459,10 @@ TEST_CASE("spec: source_root and registry_config resolve against base_dir") {
   CHECK(parse(R"({"source_root": "src"})", "/base/./x/../").source_root == fs::path("/base/src"));
 }
 
-TEST_CASE("spec: entrypoint takes a string or a list") {
-  CHECK(parse(R"({"entrypoint": "/bin/sh"})").entrypoint == std::vector<std::string>{"/bin/sh"});
+TEST_CASE("spec: entrypoint takes a list") {
+  CHECK(parse(R"({"entrypoint": ["/bin/sh"]})").entrypoint == std::vector<std::string>{"/bin/sh"});
   CHECK(parse(R"({"entrypoint": ["sh", "-c", "x"]})").entrypoint ==
         std::vector<std::string>{"sh", "-c", "x"});
-  CHECK_FALSE(parse(R"({"entrypoint": ""})").entrypoint.has_value());
 }
 
 TEST_CASE("spec: entrypoint [] clears the base's, absent keeps it") {
@@ -571,7 +588,7 @@ TEST_CASE("spec: canonical applies defaults and drops empty and non-content fiel
     "name": "app", "registry": "localhost:5000", "builder": "kiln", "tag_format": "{spec_hash}",
     "registry_config": "auth.json", "builder_options": {"a": 1},
     "source_root": "src", "source_copy_mode": "ALL", "env": {"B": "2", "A": "1"},
-    "entrypoint": "run", "copy": ["z", "a"], "user": "1000", "labels": {"l": "v"},
+    "entrypoint": ["run"], "copy": ["z", "a"], "user": "1000", "labels": {"l": "v"},
     "annotations": {}, "compression": "zstd", "large_file_threshold": 100,
     "source_date_epoch": 5, "base_image": "oci:/x/y:v2", "platform": "linux/arm64"})");
   CHECK(s.canonical().dump() ==
