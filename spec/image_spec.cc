@@ -434,7 +434,12 @@ const std::map<std::string, Handler>& handlers() {
       {"copy",
        [](const Field& f, ImageSpec& s) { s.copy = f.relative_paths("the spec's directory", /*allow_root=*/true); }},
       {"python_exec", [](const Field& f, ImageSpec& s) { s.python_exec = f.opt_str(); }},
-      {"builder_options", [](const Field& f, ImageSpec& s) { s.builder_options = f.v; }},
+      {"builder_options",
+       [](const Field& f, ImageSpec& s) {
+         // flytekit: "builder_options must be a dictionary or None".
+         if (!f.v.is_object()) f.wrong_type("an object");
+         s.builder_options = f.v;
+       }},
       {"builder_config", [](const Field& f, ImageSpec& s) { s.builder_options = f.v; }},
       {"runtime_packages", [](const Field& f, ImageSpec& s) { s.runtime_packages = f.str_list(); }},
       // kiln's own fields

@@ -64,6 +64,7 @@ done <<'EOF'
 {"name": "a", "pip_secret_mounts": [["only-one"]]}
 {"name": "a", "modelcar": "yes"}
 {"name": "a", "entrypoint": "python"}
+{"name": "a", "builder_options": "x"}
 {"name": "a", "pip_extra_index_url": "https://example.org/simple"}
 EOF
 

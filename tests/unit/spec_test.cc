@@ -219,6 +219,17 @@ TEST_CASE("spec: integer fields reject non-integers and out-of-range values") {
         "spec.json: field 'source_date_epoch' is too large");
 }
 
+TEST_CASE("spec: builder_options must be an object, as in flytekit") {
+  // flytekit: "builder_options must be a dictionary or None".
+  CHECK(error_of(R"({"builder_options": "x"})") ==
+        "spec.json: field 'builder_options' must be an object, not a string");
+  CHECK(error_of(R"({"builder_options": [1]})") ==
+        "spec.json: field 'builder_options' must be an object, not a list");
+  CHECK(field_of(R"({"base_image": {"builder_options": 1}})") == "base_image.builder_options");
+  CHECK(parse(R"({"builder_options": {}})").builder_options == json::object());
+  CHECK(parse(R"({"builder_options": null})").builder_options.is_null());
+}
+
 TEST_CASE("spec: builder_options and builder_config take any JSON, but not both") {
   ImageSpec a = parse(R"({"builder_options": {"x": [1, 2]}})");
   CHECK(a.builder_options == json{{"x", {1, 2}}});
