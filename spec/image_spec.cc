@@ -440,7 +440,8 @@ const std::map<std::string, Handler>& handlers() {
          if (!f.v.is_object()) f.wrong_type("an object");
          s.builder_options = f.v;
        }},
-      {"builder_config", [](const Field& f, ImageSpec& s) { s.builder_options = f.v; }},
+      // flytekit's builder images; its own field (not builder_options), of any type, unchecked.
+      {"builder_config", [](const Field& f, ImageSpec& s) { s.builder_config = f.v; }},
       {"runtime_packages", [](const Field& f, ImageSpec& s) { s.runtime_packages = f.str_list(); }},
       // kiln's own fields
       {"workdir", [](const Field& f, ImageSpec& s) { s.workdir = f.image_path(); }},
@@ -545,11 +546,6 @@ ImageSpec parse_fields(const json& obj, const fs::path& base_dir, const std::str
   spec.base_image.ref = "scratch";
   for (const auto& [key, value] : obj.items())
     if (!handlers().count(key)) unknown_field(origin, prefix + key, key);
-  if (obj.contains("builder_options") && obj.contains("builder_config") &&
-      !obj["builder_options"].is_null() && !obj["builder_config"].is_null())
-    throw SpecError(prefix + "builder_config", origin + ": fields '" + prefix +
-                                                   "builder_options' and '" + prefix +
-                                                   "builder_config' mean the same; give only one");
   for (const auto& [key, value] : obj.items())
     if (!value.is_null())
       handlers().at(key)(Field{origin, spec.base_dir, prefix + key, value, depth}, spec);

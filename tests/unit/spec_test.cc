@@ -230,14 +230,22 @@ TEST_CASE("spec: builder_options must be an object, as in flytekit") {
   CHECK(parse(R"({"builder_options": null})").builder_options.is_null());
 }
 
-TEST_CASE("spec: builder_options and builder_config take any JSON, but not both") {
+TEST_CASE("spec: builder_options and builder_config are two fields, both accepted") {
   ImageSpec a = parse(R"({"builder_options": {"x": [1, 2]}})");
   CHECK(a.builder_options == json{{"x", {1, 2}}});
-  ImageSpec b = parse(R"({"builder_config": "anything"})");
-  CHECK(b.builder_options == json("anything"));
-  CHECK(error_of(R"({"builder_options": {}, "builder_config": {}})") ==
-        "spec.json: fields 'builder_options' and 'builder_config' mean the same; give only one");
-  CHECK(parse(R"({"builder_options": null, "builder_config": 1})").builder_options == json(1));
+  CHECK(a.builder_config.is_null());
+  ImageSpec b = parse(R"({"builder_config": "anything"})");  // flytekit does not check its type
+  CHECK(b.builder_config == json("anything"));
+  CHECK(b.builder_options.is_null());
+  // flytekit: builder_config holds the builder images, builder_options a builder's options.
+  ImageSpec both = parse(R"({"builder_options": {"cache": true}, "builder_config": {"uv_image": "u"}})");
+  CHECK(both.builder_options == json{{"cache", true}});
+  CHECK(both.builder_config == json{{"uv_image", "u"}});
+  CHECK(parse(R"({"builder_options": null, "builder_config": 1})").builder_config == json(1));
+  // Neither shapes the image: the canonical spec (and so the tag) is the same with or without.
+  CHECK(both.canonical() == parse("{}").canonical());
+  CHECK(parse(R"({"base_image": {"builder_options": {}, "builder_config": {"a": 1}}})").canonical() ==
+        parse(R"({"base_image": {}})").canonical());
 }
 
 // ---- Not supported yet --------------------------------------------------------------------------
