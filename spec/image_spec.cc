@@ -567,6 +567,15 @@ ImageSpec parse_fields(const json& obj, const fs::path& base_dir, const std::str
     spec.source_copy_mode = CopyMode::All;
     spec.source_dest = kModelcarDest;
   }
+  // flytekit's ImageSpec.tag (and its default builder): "Field source_root for image spec NAME
+  // must be set when copy is set", for any mode but no_copy.
+  if (obj.contains("source_copy_mode") && !obj["source_copy_mode"].is_null() && !spec.source_root &&
+      spec.source_copy_mode != CopyMode::NoCopy)
+    throw SpecError(prefix + "source_copy_mode",
+                    origin + ": field '" + prefix + "source_copy_mode' is \"" +
+                        to_string(spec.source_copy_mode) +
+                        "\" but source_root is not set (flytekit: source_root must be set when copy "
+                        "is set); set source_root, or use \"no_copy\"");
   check_step_fields(spec, origin, prefix);
   if (!spec.loaded_modules.empty() &&
       (!spec.source_root || spec.source_copy_mode != CopyMode::LoadedModules))

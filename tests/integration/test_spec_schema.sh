@@ -65,6 +65,7 @@ done <<'EOF'
 {"name": "a", "modelcar": "yes"}
 {"name": "a", "entrypoint": "python"}
 {"name": "a", "builder_options": "x"}
+{"name": "a", "source_copy_mode": "all"}
 {"name": "a", "pip_extra_index_url": "https://example.org/simple"}
 EOF
 

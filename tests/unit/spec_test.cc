@@ -374,15 +374,32 @@ TEST_CASE("spec: compression is gzip, zstd or none") {
 }
 
 TEST_CASE("spec: source_copy_mode is case-insensitive") {
-  CHECK(parse(R"({"source_copy_mode": "all"})").source_copy_mode == CopyMode::All);
-  CHECK(parse(R"({"source_copy_mode": "NO_COPY"})").source_copy_mode == CopyMode::NoCopy);
-  CHECK(parse(R"({"source_copy_mode": "Loaded_Modules"})").source_copy_mode ==
+  CHECK(parse(R"({"source_root": ".", "source_copy_mode": "all"})").source_copy_mode == CopyMode::All);
+  CHECK(parse(R"({"source_root": ".", "source_copy_mode": "NO_COPY"})").source_copy_mode == CopyMode::NoCopy);
+  CHECK(parse(R"({"source_root": ".", "source_copy_mode": "Loaded_Modules"})").source_copy_mode ==
         CopyMode::LoadedModules);
-  CHECK(parse(R"({"source_copy_mode": "CopyFileDetection.ALL"})").source_copy_mode ==
+  CHECK(parse(R"({"source_root": ".", "source_copy_mode": "CopyFileDetection.ALL"})").source_copy_mode ==
         CopyMode::All);
   CHECK(error_of(R"({"source_copy_mode": "auto"})") ==
         "spec.json: field 'source_copy_mode' must be one of \"loaded_modules\", \"all\", "
         "\"no_copy\", not \"auto\"");
+}
+
+TEST_CASE("spec: source_copy_mode other than no_copy needs source_root, as in flytekit") {
+  // flytekit's ImageSpec.tag: "Field source_root for image spec NAME must be set when copy is set".
+  const std::string msg =
+      " but source_root is not set (flytekit: source_root must be set when copy is set); set "
+      "source_root, or use \"no_copy\"";
+  CHECK(error_of(R"({"source_copy_mode": "all"})") ==
+        "spec.json: field 'source_copy_mode' is \"all\"" + msg);
+  CHECK(error_of(R"({"source_copy_mode": "loaded_modules", "source_root": ""})") ==
+        "spec.json: field 'source_copy_mode' is \"loaded_modules\"" + msg);
+  CHECK(field_of(R"({"base_image": {"source_copy_mode": "ALL"}})") == "base_image.source_copy_mode");
+  CHECK(field_of(R"({"source_copy_mode": "all", "copy": ["a"]})") == "source_copy_mode");
+  // no_copy without source_root, and null, are accepted (flytekit accepts them too).
+  CHECK(parse(R"({"source_copy_mode": "no_copy"})").source_copy_mode == CopyMode::NoCopy);
+  CHECK_FALSE(parse(R"({"source_copy_mode": null})").source_root.has_value());
+  CHECK(parse(R"({"source_copy_mode": "all", "source_root": "."})").source_copy_mode == CopyMode::All);
 }
 
 TEST_CASE("spec: copy entries are relative, normalized, and stay below the spec directory") {
@@ -697,8 +714,8 @@ TEST_CASE("spec: canonical changes with content fields only") {
   CHECK(parse(R"({"env": {"A": "1"}, "source_dest": "/app"})").canonical() != base);
   CHECK(parse(R"({"env": {"A": "1"}, "copy": "f"})").canonical() != base);
   CHECK(parse(R"({"env": {"A": "1"}, "base_image": "oci:l"})").canonical() != base);
-  // source_copy_mode counts only with a source_root.
-  CHECK(parse(R"({"env": {"A": "1"}, "source_copy_mode": "all"})").canonical() == base);
+  // source_copy_mode counts only with a source_root (no_copy alone is accepted, and shapes nothing).
+  CHECK(parse(R"({"env": {"A": "1"}, "source_copy_mode": "no_copy"})").canonical() == base);
   CHECK(parse(R"({"source_root": ".", "source_copy_mode": "all"})").canonical() !=
         parse(R"({"source_root": ".", "source_copy_mode": "no_copy"})").canonical());
 }
