@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <iostream>
@@ -88,6 +89,23 @@ std::size_t edit_distance(std::string_view a, std::string_view b) {
 std::string shorten(const std::string& s) {
   constexpr std::size_t kMax = 80;
   return s.size() <= kMax ? s : s.substr(0, kMax) + "…(" + std::to_string(s.size()) + " characters)";
+}
+
+/// `s` with control characters (NUL first of all) written as \uXXXX, for error messages: a raw
+/// NUL would cut the message, and other control characters would garble the terminal.
+std::string escaped(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u == 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", u);
+      out += buf;
+    } else {
+      out += c;
+    }
+  }
+  return out;
 }
 
 /// An apt package entry's length limit: far above any Debian name, far below a stack problem.
@@ -491,7 +509,7 @@ const std::map<std::string, Handler>& handlers() {
     std::size_t d = edit_distance(lower(key), known);
     if (d < best_distance) best = known, best_distance = d;  // ties: the first in sorted order
   }
-  std::string msg = origin + ": unknown field '" + name + "'";
+  std::string msg = origin + ": unknown field '" + escaped(name) + "'";
   if (!best.empty()) msg += "; did you mean '" + best + "'?";
   throw SpecError(name, msg);
 }
@@ -707,6 +725,38 @@ json parse_json(std::string_view text, const std::string& origin) {
   syntax_error(text, origin, sax.position, sax.message);
 }
 
+/// Refuses a NUL character in any string of the spec, keys included, at any depth: a path would be
+/// cut at it by the OS (".\0x" is "."), a value cut by every C API it reaches. `obj` is a spec
+/// object; `prefix` is "" or "base_image." (a nested spec's fields are named with it).
+void check_no_nul(const json& obj, const std::string& origin, const std::string& prefix) {
+  auto has_nul = [](const std::string& s) { return s.find('\0') != std::string::npos; };
+  auto fail = [&](const std::string& field, const std::string& s) {
+    throw SpecError(field, origin + ": field '" + field + "' has a NUL character (\\u0000) in '" +
+                               escaped(shorten(s)) + "'");
+  };
+  // Any JSON value below a field: every string and every key.
+  auto scan = [&](const json& v, const std::string& field, auto& self) -> void {
+    if (v.is_string()) {
+      if (has_nul(v.get_ref<const std::string&>())) fail(field, v.get_ref<const std::string&>());
+    } else if (v.is_object()) {
+      for (const auto& [key, item] : v.items()) {
+        if (has_nul(key)) fail(field, key);
+        self(item, field, self);
+      }
+    } else if (v.is_array()) {
+      for (const json& item : v) self(item, field, self);
+    }
+  };
+  for (const auto& [key, value] : obj.items()) {
+    const std::string field = prefix + escaped(key);
+    if (has_nul(key)) fail(field, key);
+    if (key == "base_image" && value.is_object())
+      check_no_nul(value, origin, field + ".");
+    else
+      scan(value, field, scan);
+  }
+}
+
 }  // namespace
 
 // -----------------------------------------------------------------------------------------------
@@ -725,6 +775,7 @@ ImageSpec parse_spec(std::string_view text, const std::filesystem::path& base_di
   json doc = parse_json(text, origin);
   if (!doc.is_object())
     throw SpecError("", origin + ": the spec must be a JSON object, not " + describe(doc));
+  check_no_nul(doc, origin, "");
   fs::path base = normal(base_dir.empty() ? fs::current_path() : fs::absolute(base_dir));
   ImageSpec spec = parse_fields(doc, base, origin, "", 0);
   check_supported(spec, "");

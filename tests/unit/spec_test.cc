@@ -219,6 +219,37 @@ TEST_CASE("spec: integer fields reject non-integers and out-of-range values") {
         "spec.json: field 'source_date_epoch' is too large");
 }
 
+TEST_CASE("spec: a NUL character in any string is refused, and shown escaped", "[hostile]") {
+  // The OS would cut ".\0x" at the NUL: source_root would silently be the spec's own directory.
+  CHECK(error_of(R"({"source_root": ".\u0000x"})") ==
+        "spec.json: field 'source_root' has a NUL character (\\u0000) in '.\\u0000x'");
+  CHECK(field_of(R"({"source_root": ".\u0000x"})") == "source_root");
+  CHECK(field_of(R"({"copy": ["a", "b\u0000"]})") == "copy");
+  CHECK(field_of(R"({"env": {"A\u0000B": "1"}})") == "env");
+  CHECK(field_of(R"({"env": {"A": "1\u0000"}})") == "env");
+  CHECK(field_of(R"({"entrypoint": ["python", "-c\u0000"]})") == "entrypoint");
+  CHECK(field_of(R"({"name": "\u0000"})") == "name");
+  CHECK(field_of(R"({"builder_options": {"a": [{"b": "\u0000"}]}})") == "builder_options");
+  CHECK(field_of(R"({"builder_config": {"k\u0000": 1}})") == "builder_config");
+  CHECK(field_of(R"({"base_image": {"base_image": {"source_root": "x\u0000"}}})") ==
+        "base_image.base_image.source_root");
+  CHECK(field_of(R"({"base_image": "python\u0000:3"})") == "base_image");
+  CHECK(field_of(R"({"context_dir": "\u0000"})") == "context_dir");
+  // A key with a NUL (known or not) is named escaped.
+  CHECK(error_of(R"({"source_root\u0000": "."})") ==
+        "spec.json: field 'source_root\\u0000' has a NUL character (\\u0000) in "
+        "'source_root\\u0000'");
+  // No message carries a raw NUL.
+  for (const char* text : {R"({"labels": {"\u0000": "v"}})", R"({"user": "\u0000"})",
+                           R"({"x\u0000y": 1})", R"({"pip_extra_args": "--a \u0000"})"}) {
+    std::string e = error_of(text);
+    CHECK(e != "no error");
+    CHECK(e.find('\0') == std::string::npos);
+  }
+  // Other control characters in an unknown key are shown escaped too.
+  CHECK(error_of(R"({"zz\u0007": 1})") == "spec.json: unknown field 'zz\\u0007'");
+}
+
 TEST_CASE("spec: builder_options must be an object, as in flytekit") {
   // flytekit: "builder_options must be a dictionary or None".
   CHECK(error_of(R"({"builder_options": "x"})") ==
