@@ -472,9 +472,9 @@ const std::map<std::string, Handler>& handlers() {
       {"compression", [](const Field& f, ImageSpec& s) { s.compression = parse_compression(f); }},
       {"compression_level",
        [](const Field& f, ImageSpec& s) {
+         // The codec's own range (gzip 1-9) is checked once `compression` is known (parse_fields).
          std::int64_t v = f.integer(1);
-         if (v > 19)
-           throw SpecError("compression_level", s.origin + ": field 'compression_level' must be 1-9 for gzip, 1-19 for zstd");
+         if (v > 19) f.fail("must be 1-9 for gzip, 1-19 for zstd, not " + std::to_string(v));
          s.compression_level = static_cast<int>(v);
        }},
       {"large_file_threshold",
@@ -594,6 +594,15 @@ ImageSpec parse_fields(const json& obj, const fs::path& base_dir, const std::str
                         to_string(spec.source_copy_mode) +
                         "\" but source_root is not set (flytekit: source_root must be set when copy "
                         "is set); set source_root, or use \"no_copy\"");
+  // The level's range is the codec's: refused here, so `kiln tag` and `kiln validate` refuse it
+  // too, not late in the build.
+  if (spec.compression_level && spec.compression == Compression::Gzip && *spec.compression_level > 9)
+    throw SpecError(prefix + "compression_level",
+                    origin + ": field '" + prefix + "compression_level' must be 1-9 for gzip" +
+                        (obj.contains("compression") && !obj["compression"].is_null()
+                             ? ""
+                             : " (the default compression)") +
+                        ", not " + std::to_string(*spec.compression_level));
   check_step_fields(spec, origin, prefix);
   if (!spec.loaded_modules.empty() &&
       (!spec.source_root || spec.source_copy_mode != CopyMode::LoadedModules))

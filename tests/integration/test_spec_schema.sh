@@ -52,6 +52,7 @@ done <<'EOF'
 {"name": "a", "packages": "numpy"}
 {"name": "a", "compression": "lz4"}
 {"name": "a", "compression_level": 20}
+{"name": "a", "compression_level": 10}
 {"name": "a", "source_copy_mode": "some"}
 {"name": "a", "tag_format": "latest"}
 {"name": "a", "platform": "arm64"}

@@ -395,6 +395,23 @@ TEST_CASE("spec: platform must be os/arch[/variant]") {
         "multi-platform builds are not supported yet; give one os/arch[/variant]");
 }
 
+TEST_CASE("spec: compression_level is within its codec's range") {
+  CHECK(error_of(R"({"compression_level": 10})") ==
+        "spec.json: field 'compression_level' must be 1-9 for gzip (the default compression), not 10");
+  CHECK(error_of(R"({"compression": "gzip", "compression_level": 19})") ==
+        "spec.json: field 'compression_level' must be 1-9 for gzip, not 19");
+  CHECK(error_of(R"({"compression": "zstd", "compression_level": 20})") ==
+        "spec.json: field 'compression_level' must be 1-9 for gzip, 1-19 for zstd, not 20");
+  CHECK(error_of(R"({"compression_level": 0})") ==
+        "spec.json: field 'compression_level' must be at least 1, not 0");
+  CHECK(field_of(R"({"base_image": {"compression_level": 12}})") == "base_image.compression_level");
+  CHECK(field_of(R"({"base_image": {"compression_level": 99}})") == "base_image.compression_level");
+  CHECK(parse(R"({"compression_level": 9})").compression_level == 9);
+  CHECK(parse(R"({"compression_level": 1, "compression": "GZIP"})").compression_level == 1);
+  CHECK(parse(R"({"compression": "zstd", "compression_level": 19})").compression_level == 19);
+  CHECK(parse(R"({"compression": "none", "compression_level": 12})").compression_level == 12);
+}
+
 TEST_CASE("spec: compression is gzip, zstd or none") {
   CHECK(parse(R"({"compression": "zstd"})").compression == Compression::Zstd);
   CHECK(parse(R"({"compression": "NONE"})").compression == Compression::None);
