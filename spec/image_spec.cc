@@ -108,6 +108,9 @@ std::string escaped(const std::string& s) {
   return out;
 }
 
+/// The largest uid or gid `user` may give: 2^32-2 ((uid_t)-1 means "no id").
+constexpr std::uint64_t kMaxUserId = 4294967294;
+
 /// An apt package entry's length limit: far above any Debian name, far below a stack problem.
 constexpr std::size_t kMaxAptPackage = 256;
 
@@ -374,6 +377,42 @@ std::vector<std::pair<std::string, std::string>> parse_secret_mounts(const Field
   return out;
 }
 
+/// The config's User: "" (absent), NAME|ID[:NAME|ID]. An ID is decimal digits up to 4294967294
+/// (2^32-2; 2^32-1 is (uid_t)-1, "no id"); a NAME is not empty, has no whitespace, control
+/// character or ':', and does not start with '-' or '+' (so "-1" is not taken for a name).
+std::optional<std::string> parse_user(const Field& f) {
+  std::optional<std::string> user = f.opt_str();
+  if (!user) return user;
+  const std::string shown = "'" + escaped(shorten(*user)) + "'";
+  auto bad = [&](const std::string& why) {
+    f.fail("must be user[:group], each a name or a numeric id from 0 to " +
+           std::to_string(kMaxUserId) + ", not " + shown + ": " + why);
+  };
+  std::size_t colon = user->find(':');
+  if (colon != std::string::npos && user->find(':', colon + 1) != std::string::npos)
+    bad("more than one ':'");
+  const std::string parts[2] = {user->substr(0, colon),
+                                colon == std::string::npos ? "" : user->substr(colon + 1)};
+  for (int i = 0; i < (colon == std::string::npos ? 1 : 2); ++i) {
+    const std::string& p = parts[i];
+    const char* what = i == 0 ? "user" : "group";
+    if (p.empty()) bad(std::string("the ") + what + " is empty");
+    if (all_chars(p, is_digit)) {
+      std::uint64_t n = 0;
+      for (char c : p) {
+        n = n * 10 + static_cast<std::uint64_t>(c - '0');
+        if (n > kMaxUserId) bad(std::string("the ") + what + " id is out of range");
+      }
+      continue;
+    }
+    if (p[0] == '-' || p[0] == '+') bad(std::string("the ") + what + " starts with '" + p[0] + "'");
+    for (char c : p)
+      if (std::isspace(static_cast<unsigned char>(c)) || std::iscntrl(static_cast<unsigned char>(c)))
+        bad(std::string("the ") + what + " has a space or a control character");
+  }
+  return user;
+}
+
 // ---------------------------------------------------------------------------------------------
 // The field table: every accepted key and how its value lands in the ImageSpec. A null value
 // never reaches a handler (null = absent).
@@ -463,7 +502,7 @@ const std::map<std::string, Handler>& handlers() {
       {"runtime_packages", [](const Field& f, ImageSpec& s) { s.runtime_packages = f.str_list(); }},
       // kiln's own fields
       {"workdir", [](const Field& f, ImageSpec& s) { s.workdir = f.image_path(); }},
-      {"user", [](const Field& f, ImageSpec& s) { s.user = f.opt_str(); }},
+      {"user", [](const Field& f, ImageSpec& s) { s.user = parse_user(f); }},
       {"labels", [](const Field& f, ImageSpec& s) { s.labels = f.str_map(false); }},
       {"annotations", [](const Field& f, ImageSpec& s) { s.annotations = f.str_map(false); }},
       {"source_dest", [](const Field& f, ImageSpec& s) { s.source_dest = f.image_path(); }},

@@ -53,6 +53,8 @@ done <<'EOF'
 {"name": "a", "compression": "lz4"}
 {"name": "a", "compression_level": 20}
 {"name": "a", "compression_level": 10}
+{"name": "a", "user": "1000:"}
+{"name": "a", "user": "-1"}
 {"name": "a", "source_copy_mode": "some"}
 {"name": "a", "tag_format": "latest"}
 {"name": "a", "platform": "arm64"}

@@ -395,6 +395,29 @@ TEST_CASE("spec: platform must be os/arch[/variant]") {
         "multi-platform builds are not supported yet; give one os/arch[/variant]");
 }
 
+TEST_CASE("spec: user is user[:group], names or ids up to 2^32-2") {
+  for (const char* ok : {"1000", "1000:1000", "0", "0:0", "4294967294", "4294967294:4294967294",
+                         "flyte", "flyte:flyte", "flyte:1000", "1000:flyte", "user.name-1_x",
+                         "00001000"})
+    CHECK(parse(std::string(R"({"user": ")") + ok + "\"}").user == std::string(ok));
+  CHECK_FALSE(parse(R"({"user": ""})").user.has_value());
+  const std::string msg =
+      "spec.json: field 'user' must be user[:group], each a name or a numeric id from 0 to "
+      "4294967294, not ";
+  CHECK(error_of(R"({"user": "1000:"})") == msg + "'1000:': the group is empty");
+  CHECK(error_of(R"({"user": ":5"})") == msg + "':5': the user is empty");
+  CHECK(error_of(R"({"user": " 1000"})") == msg + "' 1000': the user has a space or a control character");
+  CHECK(error_of(R"({"user": "-1"})") == msg + "'-1': the user starts with '-'");
+  CHECK(error_of(R"({"user": "1000:99999999999"})") ==
+        msg + "'1000:99999999999': the group id is out of range");
+  CHECK(error_of(R"({"user": "4294967295"})") == msg + "'4294967295': the user id is out of range");
+  CHECK(error_of(R"({"user": "a:b:c"})") == msg + "'a:b:c': more than one ':'");
+  CHECK(field_of(R"({"user": "1000\t"})") == "user");
+  CHECK(field_of(R"({"user": "+5"})") == "user");
+  CHECK(field_of(R"({"user": "99999999999999999999999999"})") == "user");
+  CHECK(field_of(R"({"base_image": {"user": "1000:"}})") == "base_image.user");
+}
+
 TEST_CASE("spec: compression_level is within its codec's range") {
   CHECK(error_of(R"({"compression_level": 10})") ==
         "spec.json: field 'compression_level' must be 1-9 for gzip (the default compression), not 10");
