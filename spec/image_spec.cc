@@ -108,6 +108,9 @@ std::string escaped(const std::string& s) {
   return out;
 }
 
+/// Docker's (distribution/reference) NameTotalLengthMax: [registry/]name, without the tag.
+constexpr std::size_t kMaxRepositoryName = 255;
+
 /// The largest uid or gid `user` may give: 2^32-2 ((uid_t)-1 means "no id").
 constexpr std::uint64_t kMaxUserId = 4294967294;
 
@@ -633,6 +636,14 @@ ImageSpec parse_fields(const json& obj, const fs::path& base_dir, const std::str
                         to_string(spec.source_copy_mode) +
                         "\" but source_root is not set (flytekit: source_root must be set when copy "
                         "is set); set source_root, or use \"no_copy\"");
+  // Docker's reference grammar: a repository name ([registry/]name, the part before ':tag') has at
+  // most 255 characters; a longer one cannot be pushed, pulled or even parsed by docker.
+  if (std::size_t n = (spec.registry ? spec.registry->size() + 1 : 0) + spec.name.size(); n > kMaxRepositoryName)
+    throw SpecError(prefix + "name",
+                    origin + ": field '" + prefix + "name' makes a repository name" +
+                        (spec.registry ? " (registry/name)" : "") + " of " + std::to_string(n) +
+                        " characters: an image reference allows at most " +
+                        std::to_string(kMaxRepositoryName));
   // The level's range is the codec's: refused here, so `kiln tag` and `kiln validate` refuse it
   // too, not late in the build.
   if (spec.compression_level && spec.compression == Compression::Gzip && *spec.compression_level > 9)

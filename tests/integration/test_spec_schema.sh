@@ -55,6 +55,7 @@ done <<'EOF'
 {"name": "a", "compression_level": 10}
 {"name": "a", "user": "1000:"}
 {"name": "a", "user": "-1"}
+{"name": "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}
 {"name": "a", "source_copy_mode": "some"}
 {"name": "a", "tag_format": "latest"}
 {"name": "a", "platform": "arm64"}

@@ -368,6 +368,20 @@ TEST_CASE("spec: name is lowercased and must be a repository name") {
   CHECK(error_of(R"({"name": ""})") == "spec.json: field 'name' " + rule + "''");
 }
 
+TEST_CASE("spec: [registry/]name is at most 255 characters, as a Docker reference allows") {
+  const std::string n255(255, 'a'), n256(256, 'a');
+  CHECK(parse(R"({"name": ")" + n255 + "\"}").name == n255);
+  CHECK(error_of(R"({"name": ")" + n256 + "\"}") ==
+        "spec.json: field 'name' makes a repository name of 256 characters: an image reference "
+        "allows at most 255");
+  const std::string n244(244, 'b');  // "localhost:5000/" is 15 characters: 259
+  CHECK(error_of(R"({"registry": "localhost:5000", "name": ")" + n244 + "\"}") ==
+        "spec.json: field 'name' makes a repository name (registry/name) of 259 characters: an "
+        "image reference allows at most 255");
+  CHECK(parse(R"({"registry": "localhost:5000", "name": ")" + std::string(240, 'c') + "\"}").name.size() == 240);
+  CHECK(field_of(R"({"base_image": {"name": ")" + n256 + "\"}}") == "base_image.name");
+}
+
 TEST_CASE("spec: registry is lowercased and checked with flytekit's pattern") {
   CHECK(parse(R"({"registry": "localhost:30000"})").registry == "localhost:30000");
   CHECK(parse(R"({"registry": "GHCR.io/Org/Team"})").registry == "ghcr.io/org/team");
