@@ -944,7 +944,14 @@ nlohmann::json ImageSpec::canonical() const {
     for (const auto& [src, target] : pip_secret_mounts) mounts.push_back(target);  // the source is a host path
     c["pip_secret_mounts"] = mounts;
   }
-  put_list("pip_extra_args", pip_extra_args);
+  if (!pip_extra_args.empty()) {
+    // An index URL given here ("--index-url https://user:token@host/simple", or "--x=URL") may carry
+    // a token too: the canonical spec keeps it without, as for pip_index. Tokens without userinfo
+    // are kept as they are. The pip step itself gets the real arguments (run/steps.cc).
+    json args = json::array();
+    for (const auto& a : pip_extra_args) args.push_back(without_userinfo(a));
+    c["pip_extra_args"] = args;
+  }
   if (entrypoint) c["entrypoint"] = *entrypoint;  // [] (clear the base's) is kept: it shapes the config
   put_list("commands", commands);
   {  // `copy` is a set of paths: its order shapes nothing

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "spec/image_spec.h"
+#include "spec/tag.h"
 
 namespace fs = std::filesystem;
 using kiln::spec::BaseImage;
@@ -748,6 +749,32 @@ TEST_CASE("spec: canonical covers the fields that need RUN steps") {
         R"("pip_index":"https://i","pip_secret_mounts":["/t"],"platform":"linux/amd64",)"
         R"("python_exec":"/py","python_version":"3.12","requirements":true,)"
         R"("runtime_packages":["r"],"source_dest":"/root"})");
+}
+
+TEST_CASE("spec: canonical pip_extra_args hold URLs without credentials; the spec keeps them") {
+  auto with_token = [](const std::string& token) {
+    return parse(R"({"pip_extra_args": "--index-url https://u:)" + token +
+                 R"(@pypi.example/x --extra-index-url=https://)" + token +
+                 R"(@h2.example/simple --pre"})");
+  };
+  ImageSpec a = with_token("SECRET1"), b = with_token("SECRET2");
+  // The RUN step gets the real value.
+  CHECK(a.pip_extra_args == std::vector<std::string>{"--index-url", "https://u:SECRET1@pypi.example/x",
+                                                     "--extra-index-url=https://SECRET1@h2.example/simple",
+                                                     "--pre"});
+  // The canonical spec (the tag, `kiln history --json`, `kiln show --json`) has no secret.
+  const std::string dump = a.canonical().dump();
+  CHECK(dump.find("SECRET") == std::string::npos);
+  CHECK(a.canonical()["pip_extra_args"] ==
+        json{"--index-url", "https://pypi.example/x", "--extra-index-url=https://h2.example/simple", "--pre"});
+  // Rotating the token keeps the tag.
+  CHECK(a.canonical() == b.canonical());
+  CHECK(kiln::spec::spec_hash(a, "scratch", {}) == kiln::spec::spec_hash(b, "scratch", {}));
+  // Without credentials nothing changes (so such specs keep their tags).
+  ImageSpec plain = parse(R"({"pip_extra_args": ["--index-url", "https://pypi.example/x",
+                                                  "--extra-index-url=https://h2.example/simple", "--pre"]})");
+  CHECK(plain.canonical()["pip_extra_args"] == json(plain.pip_extra_args));
+  CHECK(kiln::spec::spec_hash(plain, "scratch", {}) == kiln::spec::spec_hash(a, "scratch", {}));
 }
 
 TEST_CASE("spec: canonical keys are sorted") {
