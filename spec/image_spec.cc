@@ -13,6 +13,7 @@
 #include <fstream>
 #include <iostream>
 #include <iterator>
+#include <set>
 #include <sstream>
 #include <string_view>
 
@@ -754,6 +755,38 @@ void check_depth(std::string_view text, const std::string& origin) {
 class PositionedParser : public nlohmann::detail::json_sax_dom_parser<json> {
  public:
   explicit PositionedParser(json& doc) : json_sax_dom_parser(doc, false) {}
+
+  // Duplicate keys: nlohmann keeps the last silently; a spec refuses them. Each open object or
+  // array has a frame: a spec object's (top level or a base_image spec) names its keys as fields
+  // ("base_image.name"); any other value belongs to the field it is under ("env").
+  bool start_object(std::size_t len) {
+    open(true);
+    return json_sax_dom_parser::start_object(len);
+  }
+  bool start_array(std::size_t len) {
+    open(false);
+    return json_sax_dom_parser::start_array(len);
+  }
+  bool end_object() {
+    frames.pop_back();
+    return json_sax_dom_parser::end_object();
+  }
+  bool end_array() {
+    frames.pop_back();
+    return json_sax_dom_parser::end_array();
+  }
+  bool key(std::string& k) {
+    Frame& f = frames.back();
+    if (!f.keys.insert(k).second) {
+      duplicate = true;
+      duplicate_field = f.spec ? f.field + escaped(k) : f.field;
+      duplicate_key = escaped(k);
+      duplicate_in_spec = f.spec;
+      return false;
+    }
+    last_key = k;
+    return json_sax_dom_parser::key(k);
+  }
   template <class Exception>
   bool parse_error(std::size_t position, const std::string& token, const Exception& ex) {
     failed = true;
@@ -766,6 +799,30 @@ class PositionedParser : public nlohmann::detail::json_sax_dom_parser<json> {
   bool failed = false, out_of_range = false;
   std::size_t position = 0;
   std::string token, message;
+  bool duplicate = false, duplicate_in_spec = false;
+  std::string duplicate_field, duplicate_key;
+
+ private:
+  struct Frame {
+    bool spec;          // a spec object: its keys are fields
+    std::string field;  // spec: the prefix of its fields ("", "base_image."); else: the field
+    std::set<std::string> keys;
+  };
+  void open(bool object) {
+    if (frames.empty()) {
+      frames.push_back({object, "", {}});
+      return;
+    }
+    const Frame& parent = frames.back();
+    if (!parent.spec)
+      frames.push_back({false, parent.field, {}});
+    else if (object && last_key == "base_image")
+      frames.push_back({true, parent.field + "base_image.", {}});
+    else
+      frames.push_back({false, parent.field + escaped(last_key), {}});
+  }
+  std::vector<Frame> frames;
+  std::string last_key;
 };
 
 json parse_json(std::string_view text, const std::string& origin) {
@@ -773,6 +830,11 @@ json parse_json(std::string_view text, const std::string& origin) {
   json doc;
   PositionedParser sax(doc);
   json::sax_parse(text.begin(), text.end(), &sax);
+  if (sax.duplicate)
+    throw SpecError(sax.duplicate_field,
+                    origin + ": field '" + sax.duplicate_field + "' " +
+                        (sax.duplicate_in_spec ? "is given twice"
+                                               : "has the key '" + sax.duplicate_key + "' twice"));
   if (!sax.failed) return doc;
   if (sax.out_of_range) {
     // The position is just past the number: point at its first character.

@@ -251,6 +251,21 @@ TEST_CASE("spec: a NUL character in any string is refused, and shown escaped", "
   CHECK(error_of(R"({"zz\u0007": 1})") == "spec.json: unknown field 'zz\\u0007'");
 }
 
+TEST_CASE("spec: duplicate keys are refused, naming the field") {
+  CHECK(error_of(R"({"name": "x", "name": "y"})") == "spec.json: field 'name' is given twice");
+  CHECK(field_of(R"({"name": "x", "name": "y"})") == "name");
+  CHECK(error_of(R"({"env": {"A": "1", "B": "2", "A": "3"}})") ==
+        "spec.json: field 'env' has the key 'A' twice");
+  CHECK(error_of(R"({"base_image": {"base_image": {"user": "a", "user": "b"}}})") ==
+        "spec.json: field 'base_image.base_image.user' is given twice");
+  CHECK(error_of(R"({"base_image": {"labels": {"l": "1", "l": "1"}}})") ==
+        "spec.json: field 'base_image.labels' has the key 'l' twice");
+  CHECK(field_of(R"({"builder_options": {"a": [{"k": 1, "k": 2}]}})") == "builder_options");
+  // The same key in different objects is fine.
+  CHECK(parse(R"({"env": {"A": "1"}, "labels": {"A": "1"}, "base_image": {"env": {"A": "2"}}})").env.size() == 1);
+  CHECK(parse(R"({"builder_options": {"a": {"x": 1}, "b": [{"x": 1}, {"x": 2}]}})").builder_options.size() == 2);
+}
+
 TEST_CASE("spec: builder_options must be an object, as in flytekit") {
   // flytekit: "builder_options must be a dictionary or None".
   CHECK(error_of(R"({"builder_options": "x"})") ==
