@@ -8,10 +8,12 @@
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <iostream>
 #include <iterator>
+#include <set>
 #include <sstream>
 #include <string_view>
 
@@ -89,6 +91,29 @@ std::string shorten(const std::string& s) {
   constexpr std::size_t kMax = 80;
   return s.size() <= kMax ? s : s.substr(0, kMax) + "…(" + std::to_string(s.size()) + " characters)";
 }
+
+/// `s` with control characters (NUL first of all) written as \uXXXX, for error messages: a raw
+/// NUL would cut the message, and other control characters would garble the terminal.
+std::string escaped(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u == 0x7f) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", u);
+      out += buf;
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+/// Docker's (distribution/reference) NameTotalLengthMax: [registry/]name, without the tag.
+constexpr std::size_t kMaxRepositoryName = 255;
+
+/// The largest uid or gid `user` may give: 2^32-2 ((uid_t)-1 means "no id").
+constexpr std::uint64_t kMaxUserId = 4294967294;
 
 /// An apt package entry's length limit: far above any Debian name, far below a stack problem.
 constexpr std::size_t kMaxAptPackage = 256;
@@ -356,6 +381,42 @@ std::vector<std::pair<std::string, std::string>> parse_secret_mounts(const Field
   return out;
 }
 
+/// The config's User: "" (absent), NAME|ID[:NAME|ID]. An ID is decimal digits up to 4294967294
+/// (2^32-2; 2^32-1 is (uid_t)-1, "no id"); a NAME is not empty, has no whitespace, control
+/// character or ':', and does not start with '-' or '+' (so "-1" is not taken for a name).
+std::optional<std::string> parse_user(const Field& f) {
+  std::optional<std::string> user = f.opt_str();
+  if (!user) return user;
+  const std::string shown = "'" + escaped(shorten(*user)) + "'";
+  auto bad = [&](const std::string& why) {
+    f.fail("must be user[:group], each a name or a numeric id from 0 to " +
+           std::to_string(kMaxUserId) + ", not " + shown + ": " + why);
+  };
+  std::size_t colon = user->find(':');
+  if (colon != std::string::npos && user->find(':', colon + 1) != std::string::npos)
+    bad("more than one ':'");
+  const std::string parts[2] = {user->substr(0, colon),
+                                colon == std::string::npos ? "" : user->substr(colon + 1)};
+  for (int i = 0; i < (colon == std::string::npos ? 1 : 2); ++i) {
+    const std::string& p = parts[i];
+    const char* what = i == 0 ? "user" : "group";
+    if (p.empty()) bad(std::string("the ") + what + " is empty");
+    if (all_chars(p, is_digit)) {
+      std::uint64_t n = 0;
+      for (char c : p) {
+        n = n * 10 + static_cast<std::uint64_t>(c - '0');
+        if (n > kMaxUserId) bad(std::string("the ") + what + " id is out of range");
+      }
+      continue;
+    }
+    if (p[0] == '-' || p[0] == '+') bad(std::string("the ") + what + " starts with '" + p[0] + "'");
+    for (char c : p)
+      if (std::isspace(static_cast<unsigned char>(c)) || std::iscntrl(static_cast<unsigned char>(c)))
+        bad(std::string("the ") + what + " has a space or a control character");
+  }
+  return user;
+}
+
 // ---------------------------------------------------------------------------------------------
 // The field table: every accepted key and how its value lands in the ImageSpec. A null value
 // never reaches a handler (null = absent).
@@ -405,8 +466,9 @@ const std::map<std::string, Handler>& handlers() {
            f.fail("must be os/arch[/variant] like 'linux/amd64', not '" + f.str() + "'");
        }},
       {"pip_index", [](const Field& f, ImageSpec& s) { s.pip_index = f.opt_str(); }},
+      // A list, as in flytekit ("pip_extra_index_url must be a list of strings or None").
       {"pip_extra_index_url",
-       [](const Field& f, ImageSpec& s) { s.pip_extra_index_url = f.str_or_list(); }},
+       [](const Field& f, ImageSpec& s) { s.pip_extra_index_url = f.str_list(); }},
       {"pip_secret_mounts",
        [](const Field& f, ImageSpec& s) { s.pip_secret_mounts = parse_secret_mounts(f); }},
       {"pip_extra_args",
@@ -422,10 +484,9 @@ const std::map<std::string, Handler>& handlers() {
       {"registry_config", [](const Field& f, ImageSpec& s) { s.registry_config = f.host_path(); }},
       {"entrypoint",
        [](const Field& f, ImageSpec& s) {
-         // "" is absent (keep the base's); [] clears the base's entrypoint, as in flytekit.
-         std::vector<std::string> v = f.str_or_list();
-         if (f.v.is_string() && v.empty()) return;
-         s.entrypoint = std::move(v);
+         // A list, as in flytekit ("entrypoint must be a list of strings or None"); [] clears the
+         // base's entrypoint, null keeps it.
+         s.entrypoint = f.str_list();
        }},
       {"commands", [](const Field& f, ImageSpec& s) { s.commands = f.str_list(); }},
       {"tag_format", [](const Field& f, ImageSpec& s) { s.tag_format = f.opt_str(); }},
@@ -434,12 +495,18 @@ const std::map<std::string, Handler>& handlers() {
       {"copy",
        [](const Field& f, ImageSpec& s) { s.copy = f.relative_paths("the spec's directory", /*allow_root=*/true); }},
       {"python_exec", [](const Field& f, ImageSpec& s) { s.python_exec = f.opt_str(); }},
-      {"builder_options", [](const Field& f, ImageSpec& s) { s.builder_options = f.v; }},
-      {"builder_config", [](const Field& f, ImageSpec& s) { s.builder_options = f.v; }},
+      {"builder_options",
+       [](const Field& f, ImageSpec& s) {
+         // flytekit: "builder_options must be a dictionary or None".
+         if (!f.v.is_object()) f.wrong_type("an object");
+         s.builder_options = f.v;
+       }},
+      // flytekit's builder images; its own field (not builder_options), of any type, unchecked.
+      {"builder_config", [](const Field& f, ImageSpec& s) { s.builder_config = f.v; }},
       {"runtime_packages", [](const Field& f, ImageSpec& s) { s.runtime_packages = f.str_list(); }},
       // kiln's own fields
       {"workdir", [](const Field& f, ImageSpec& s) { s.workdir = f.image_path(); }},
-      {"user", [](const Field& f, ImageSpec& s) { s.user = f.opt_str(); }},
+      {"user", [](const Field& f, ImageSpec& s) { s.user = parse_user(f); }},
       {"labels", [](const Field& f, ImageSpec& s) { s.labels = f.str_map(false); }},
       {"annotations", [](const Field& f, ImageSpec& s) { s.annotations = f.str_map(false); }},
       {"source_dest", [](const Field& f, ImageSpec& s) { s.source_dest = f.image_path(); }},
@@ -448,9 +515,9 @@ const std::map<std::string, Handler>& handlers() {
       {"compression", [](const Field& f, ImageSpec& s) { s.compression = parse_compression(f); }},
       {"compression_level",
        [](const Field& f, ImageSpec& s) {
+         // The codec's own range (gzip 1-9) is checked once `compression` is known (parse_fields).
          std::int64_t v = f.integer(1);
-         if (v > 19)
-           throw SpecError("compression_level", s.origin + ": field 'compression_level' must be 1-9 for gzip, 1-19 for zstd");
+         if (v > 19) f.fail("must be 1-9 for gzip, 1-19 for zstd, not " + std::to_string(v));
          s.compression_level = static_cast<int>(v);
        }},
       {"large_file_threshold",
@@ -485,7 +552,7 @@ const std::map<std::string, Handler>& handlers() {
     std::size_t d = edit_distance(lower(key), known);
     if (d < best_distance) best = known, best_distance = d;  // ties: the first in sorted order
   }
-  std::string msg = origin + ": unknown field '" + name + "'";
+  std::string msg = origin + ": unknown field '" + escaped(name) + "'";
   if (!best.empty()) msg += "; did you mean '" + best + "'?";
   throw SpecError(name, msg);
 }
@@ -540,11 +607,6 @@ ImageSpec parse_fields(const json& obj, const fs::path& base_dir, const std::str
   spec.base_image.ref = "scratch";
   for (const auto& [key, value] : obj.items())
     if (!handlers().count(key)) unknown_field(origin, prefix + key, key);
-  if (obj.contains("builder_options") && obj.contains("builder_config") &&
-      !obj["builder_options"].is_null() && !obj["builder_config"].is_null())
-    throw SpecError(prefix + "builder_config", origin + ": fields '" + prefix +
-                                                   "builder_options' and '" + prefix +
-                                                   "builder_config' mean the same; give only one");
   for (const auto& [key, value] : obj.items())
     if (!value.is_null())
       handlers().at(key)(Field{origin, spec.base_dir, prefix + key, value, depth}, spec);
@@ -566,6 +628,32 @@ ImageSpec parse_fields(const json& obj, const fs::path& base_dir, const std::str
     spec.source_copy_mode = CopyMode::All;
     spec.source_dest = kModelcarDest;
   }
+  // flytekit's ImageSpec.tag (and its default builder): "Field source_root for image spec NAME
+  // must be set when copy is set", for any mode but no_copy.
+  if (obj.contains("source_copy_mode") && !obj["source_copy_mode"].is_null() && !spec.source_root &&
+      spec.source_copy_mode != CopyMode::NoCopy)
+    throw SpecError(prefix + "source_copy_mode",
+                    origin + ": field '" + prefix + "source_copy_mode' is \"" +
+                        to_string(spec.source_copy_mode) +
+                        "\" but source_root is not set (flytekit: source_root must be set when copy "
+                        "is set); set source_root, or use \"no_copy\"");
+  // Docker's reference grammar: a repository name ([registry/]name, the part before ':tag') has at
+  // most 255 characters; a longer one cannot be pushed, pulled or even parsed by docker.
+  if (std::size_t n = (spec.registry ? spec.registry->size() + 1 : 0) + spec.name.size(); n > kMaxRepositoryName)
+    throw SpecError(prefix + "name",
+                    origin + ": field '" + prefix + "name' makes a repository name" +
+                        (spec.registry ? " (registry/name)" : "") + " of " + std::to_string(n) +
+                        " characters: an image reference allows at most " +
+                        std::to_string(kMaxRepositoryName));
+  // The level's range is the codec's: refused here, so `kiln tag` and `kiln validate` refuse it
+  // too, not late in the build.
+  if (spec.compression_level && spec.compression == Compression::Gzip && *spec.compression_level > 9)
+    throw SpecError(prefix + "compression_level",
+                    origin + ": field '" + prefix + "compression_level' must be 1-9 for gzip" +
+                        (obj.contains("compression") && !obj["compression"].is_null()
+                             ? ""
+                             : " (the default compression)") +
+                        ", not " + std::to_string(*spec.compression_level));
   check_step_fields(spec, origin, prefix);
   if (!spec.loaded_modules.empty() &&
       (!spec.source_root || spec.source_copy_mode != CopyMode::LoadedModules))
@@ -667,6 +755,38 @@ void check_depth(std::string_view text, const std::string& origin) {
 class PositionedParser : public nlohmann::detail::json_sax_dom_parser<json> {
  public:
   explicit PositionedParser(json& doc) : json_sax_dom_parser(doc, false) {}
+
+  // Duplicate keys: nlohmann keeps the last silently; a spec refuses them. Each open object or
+  // array has a frame: a spec object's (top level or a base_image spec) names its keys as fields
+  // ("base_image.name"); any other value belongs to the field it is under ("env").
+  bool start_object(std::size_t len) {
+    open(true);
+    return json_sax_dom_parser::start_object(len);
+  }
+  bool start_array(std::size_t len) {
+    open(false);
+    return json_sax_dom_parser::start_array(len);
+  }
+  bool end_object() {
+    frames.pop_back();
+    return json_sax_dom_parser::end_object();
+  }
+  bool end_array() {
+    frames.pop_back();
+    return json_sax_dom_parser::end_array();
+  }
+  bool key(std::string& k) {
+    Frame& f = frames.back();
+    if (!f.keys.insert(k).second) {
+      duplicate = true;
+      duplicate_field = f.spec ? f.field + escaped(k) : f.field;
+      duplicate_key = escaped(k);
+      duplicate_in_spec = f.spec;
+      return false;
+    }
+    last_key = k;
+    return json_sax_dom_parser::key(k);
+  }
   template <class Exception>
   bool parse_error(std::size_t position, const std::string& token, const Exception& ex) {
     failed = true;
@@ -679,6 +799,30 @@ class PositionedParser : public nlohmann::detail::json_sax_dom_parser<json> {
   bool failed = false, out_of_range = false;
   std::size_t position = 0;
   std::string token, message;
+  bool duplicate = false, duplicate_in_spec = false;
+  std::string duplicate_field, duplicate_key;
+
+ private:
+  struct Frame {
+    bool spec;          // a spec object: its keys are fields
+    std::string field;  // spec: the prefix of its fields ("", "base_image."); else: the field
+    std::set<std::string> keys;
+  };
+  void open(bool object) {
+    if (frames.empty()) {
+      frames.push_back({object, "", {}});
+      return;
+    }
+    const Frame& parent = frames.back();
+    if (!parent.spec)
+      frames.push_back({false, parent.field, {}});
+    else if (object && last_key == "base_image")
+      frames.push_back({true, parent.field + "base_image.", {}});
+    else
+      frames.push_back({false, parent.field + escaped(last_key), {}});
+  }
+  std::vector<Frame> frames;
+  std::string last_key;
 };
 
 json parse_json(std::string_view text, const std::string& origin) {
@@ -686,6 +830,11 @@ json parse_json(std::string_view text, const std::string& origin) {
   json doc;
   PositionedParser sax(doc);
   json::sax_parse(text.begin(), text.end(), &sax);
+  if (sax.duplicate)
+    throw SpecError(sax.duplicate_field,
+                    origin + ": field '" + sax.duplicate_field + "' " +
+                        (sax.duplicate_in_spec ? "is given twice"
+                                               : "has the key '" + sax.duplicate_key + "' twice"));
   if (!sax.failed) return doc;
   if (sax.out_of_range) {
     // The position is just past the number: point at its first character.
@@ -695,6 +844,38 @@ json parse_json(std::string_view text, const std::string& origin) {
                             " is out of range (it does not fit a 64-bit float)");
   }
   syntax_error(text, origin, sax.position, sax.message);
+}
+
+/// Refuses a NUL character in any string of the spec, keys included, at any depth: a path would be
+/// cut at it by the OS (".\0x" is "."), a value cut by every C API it reaches. `obj` is a spec
+/// object; `prefix` is "" or "base_image." (a nested spec's fields are named with it).
+void check_no_nul(const json& obj, const std::string& origin, const std::string& prefix) {
+  auto has_nul = [](const std::string& s) { return s.find('\0') != std::string::npos; };
+  auto fail = [&](const std::string& field, const std::string& s) {
+    throw SpecError(field, origin + ": field '" + field + "' has a NUL character (\\u0000) in '" +
+                               escaped(shorten(s)) + "'");
+  };
+  // Any JSON value below a field: every string and every key.
+  auto scan = [&](const json& v, const std::string& field, auto& self) -> void {
+    if (v.is_string()) {
+      if (has_nul(v.get_ref<const std::string&>())) fail(field, v.get_ref<const std::string&>());
+    } else if (v.is_object()) {
+      for (const auto& [key, item] : v.items()) {
+        if (has_nul(key)) fail(field, key);
+        self(item, field, self);
+      }
+    } else if (v.is_array()) {
+      for (const json& item : v) self(item, field, self);
+    }
+  };
+  for (const auto& [key, value] : obj.items()) {
+    const std::string field = prefix + escaped(key);
+    if (has_nul(key)) fail(field, key);
+    if (key == "base_image" && value.is_object())
+      check_no_nul(value, origin, field + ".");
+    else
+      scan(value, field, scan);
+  }
 }
 
 }  // namespace
@@ -715,6 +896,7 @@ ImageSpec parse_spec(std::string_view text, const std::filesystem::path& base_di
   json doc = parse_json(text, origin);
   if (!doc.is_object())
     throw SpecError("", origin + ": the spec must be a JSON object, not " + describe(doc));
+  check_no_nul(doc, origin, "");
   fs::path base = normal(base_dir.empty() ? fs::current_path() : fs::absolute(base_dir));
   ImageSpec spec = parse_fields(doc, base, origin, "", 0);
   check_supported(spec, "");
@@ -824,7 +1006,14 @@ nlohmann::json ImageSpec::canonical() const {
     for (const auto& [src, target] : pip_secret_mounts) mounts.push_back(target);  // the source is a host path
     c["pip_secret_mounts"] = mounts;
   }
-  put_list("pip_extra_args", pip_extra_args);
+  if (!pip_extra_args.empty()) {
+    // An index URL given here ("--index-url https://user:token@host/simple", or "--x=URL") may carry
+    // a token too: the canonical spec keeps it without, as for pip_index. Tokens without userinfo
+    // are kept as they are. The pip step itself gets the real arguments (run/steps.cc).
+    json args = json::array();
+    for (const auto& a : pip_extra_args) args.push_back(without_userinfo(a));
+    c["pip_extra_args"] = args;
+  }
   if (entrypoint) c["entrypoint"] = *entrypoint;  // [] (clear the base's) is kept: it shapes the config
   put_list("commands", commands);
   {  // `copy` is a set of paths: its order shapes nothing

@@ -88,7 +88,10 @@ struct ImageSpec {
   CopyMode source_copy_mode = CopyMode::LoadedModules;  // meaningful only with source_root
   std::vector<std::string> copy;                  // relative paths, checked: no "..", not absolute
   std::optional<std::string> python_exec;
-  nlohmann::json builder_options;                 // null when absent; accepted, ignored by kiln
+  nlohmann::json builder_options;                 // an object, null when absent; kept, ignored by kiln
+  /// flytekit's builder images (uv, micromamba ...), a field of its own beside builder_options;
+  /// any JSON (flytekit does not check it), null when absent; kept, ignored by kiln.
+  nlohmann::json builder_config;
   std::vector<std::string> runtime_packages;
 
   // ---- kiln's own fields ----
@@ -119,7 +122,7 @@ struct ImageSpec {
   /// path enters it (source_root, requirements, pip_secret_mounts sources, oci: base directories,
   /// context_dir, the spec's own location): what they point to enters the tag as file entries and
   /// input digests. Fields that do not shape the image's content (registry, registry_config,
-  /// builder, builder_options, tag_format, name, _F_IMG_ID) are left out too.
+  /// builder, builder_options, builder_config, tag_format, name, _F_IMG_ID) are left out too.
   /// This is the spec part of the tag hash (see docs/tag.md).
   nlohmann::json canonical() const;
 

@@ -33,7 +33,7 @@ done <<'EOF'
 {"name": "a", "base_image": {"name": "b", "base_image": "scratch", "platform": "linux/arm64"}, "platform": "linux/arm64"}
 {"name": "a", "registry": "ghcr.io/org", "tag_format": "{spec_hash}-dev", "compression": "ZSTD", "compression_level": 19}
 {"name": "a", "copy": ["proj/a.py"], "workdir": "/app", "user": "1000:1000", "entrypoint": [], "source_date_epoch": 0}
-{"name": "a", "pip_extra_args": "--pre --no-deps", "pip_extra_index_url": "https://example.org/simple", "pip_secret_mounts": [["a", "/run/b"]]}
+{"name": "a", "pip_extra_args": "--pre --no-deps", "pip_extra_index_url": ["https://example.org/simple"], "pip_secret_mounts": [["a", "/run/b"]]}
 {"name": "a", "python_version": null, "cuda": "", "conda_packages": [], "builder": "kiln", "builder_options": {"x": 1}}
 {"modelcar": true, "source_root": "proj", "large_file_threshold": 1048576}
 EOF
@@ -52,6 +52,10 @@ done <<'EOF'
 {"name": "a", "packages": "numpy"}
 {"name": "a", "compression": "lz4"}
 {"name": "a", "compression_level": 20}
+{"name": "a", "compression_level": 10}
+{"name": "a", "user": "1000:"}
+{"name": "a", "user": "-1"}
+{"name": "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}
 {"name": "a", "source_copy_mode": "some"}
 {"name": "a", "tag_format": "latest"}
 {"name": "a", "platform": "arm64"}
@@ -63,6 +67,10 @@ done <<'EOF'
 {"name": "a", "base_image": {"name": "b", "cuda_x": "1"}}
 {"name": "a", "pip_secret_mounts": [["only-one"]]}
 {"name": "a", "modelcar": "yes"}
+{"name": "a", "entrypoint": "python"}
+{"name": "a", "builder_options": "x"}
+{"name": "a", "source_copy_mode": "all"}
+{"name": "a", "pip_extra_index_url": "https://example.org/simple"}
 EOF
 
 "$PYTHON" - "$SCHEMA" "$KILN_SOURCE_DIR/spec/image_spec.cc" "${#good[@]}" "${good[@]}" "${bad[@]}" >"$T/schema.out" 2>&1 <<'PY' || fail "schema checks:"$'\n'"$(cat "$T/schema.out")"

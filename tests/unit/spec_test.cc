@@ -6,6 +6,7 @@
 #include <string>
 
 #include "spec/image_spec.h"
+#include "spec/tag.h"
 
 namespace fs = std::filesystem;
 using kiln::spec::BaseImage;
@@ -142,15 +143,33 @@ TEST_CASE("spec: list fields reject other types and non-string items") {
 TEST_CASE("spec: string-or-list fields reject other types") {
   CHECK(error_of(R"({"copy": 3})") ==
         "spec.json: field 'copy' must be a string or a list of strings, not a number");
-  CHECK(error_of(R"({"entrypoint": {"a": 1}})") ==
-        "spec.json: field 'entrypoint' must be a string or a list of strings, not an object");
-  CHECK(error_of(R"({"pip_extra_index_url": false})") ==
-        "spec.json: field 'pip_extra_index_url' must be a string or a list of strings, not a "
-        "boolean");
   CHECK(error_of(R"({"pip_extra_args": 1})") ==
         "spec.json: field 'pip_extra_args' must be a string or a list of strings, not a number");
+}
+
+TEST_CASE("spec: entrypoint and pip_extra_index_url are lists, as in flytekit") {
+  // flytekit: "entrypoint must be a list of strings or None" (a string, "" included).
+  CHECK(error_of(R"({"entrypoint": "python"})") ==
+        "spec.json: field 'entrypoint' must be a list of strings, not a string");
+  CHECK(error_of(R"({"entrypoint": ""})") ==
+        "spec.json: field 'entrypoint' must be a list of strings, not a string");
+  CHECK(field_of(R"({"entrypoint": "python"})") == "entrypoint");
+  CHECK(error_of(R"({"entrypoint": {"a": 1}})") ==
+        "spec.json: field 'entrypoint' must be a list of strings, not an object");
   CHECK(error_of(R"({"entrypoint": ["a", null]})") ==
         "spec.json: field 'entrypoint' must be a list of strings (item 1 is null)");
+  CHECK(error_of(R"({"pip_extra_index_url": "https://example.org/simple"})") ==
+        "spec.json: field 'pip_extra_index_url' must be a list of strings, not a string");
+  CHECK(field_of(R"({"pip_extra_index_url": ""})") == "pip_extra_index_url");
+  CHECK(error_of(R"({"pip_extra_index_url": false})") ==
+        "spec.json: field 'pip_extra_index_url' must be a list of strings, not a boolean");
+  CHECK(error_of(R"({"base_image": {"entrypoint": "sh"}})") ==
+        "spec.json: field 'base_image.entrypoint' must be a list of strings, not a string");
+  // [] and null are accepted, as flytekit accepts them.
+  CHECK(parse(R"({"pip_extra_index_url": []})").pip_extra_index_url.empty());
+  CHECK(parse(R"({"pip_extra_index_url": null})").pip_extra_index_url.empty());
+  CHECK(parse(R"({"pip_extra_index_url": ["https://a", "https://b"]})").pip_extra_index_url ==
+        std::vector<std::string>{"https://a", "https://b"});
 }
 
 TEST_CASE("spec: map fields must map strings to strings") {
@@ -201,14 +220,79 @@ TEST_CASE("spec: integer fields reject non-integers and out-of-range values") {
         "spec.json: field 'source_date_epoch' is too large");
 }
 
-TEST_CASE("spec: builder_options and builder_config take any JSON, but not both") {
+TEST_CASE("spec: a NUL character in any string is refused, and shown escaped", "[hostile]") {
+  // The OS would cut ".\0x" at the NUL: source_root would silently be the spec's own directory.
+  CHECK(error_of(R"({"source_root": ".\u0000x"})") ==
+        "spec.json: field 'source_root' has a NUL character (\\u0000) in '.\\u0000x'");
+  CHECK(field_of(R"({"source_root": ".\u0000x"})") == "source_root");
+  CHECK(field_of(R"({"copy": ["a", "b\u0000"]})") == "copy");
+  CHECK(field_of(R"({"env": {"A\u0000B": "1"}})") == "env");
+  CHECK(field_of(R"({"env": {"A": "1\u0000"}})") == "env");
+  CHECK(field_of(R"({"entrypoint": ["python", "-c\u0000"]})") == "entrypoint");
+  CHECK(field_of(R"({"name": "\u0000"})") == "name");
+  CHECK(field_of(R"({"builder_options": {"a": [{"b": "\u0000"}]}})") == "builder_options");
+  CHECK(field_of(R"({"builder_config": {"k\u0000": 1}})") == "builder_config");
+  CHECK(field_of(R"({"base_image": {"base_image": {"source_root": "x\u0000"}}})") ==
+        "base_image.base_image.source_root");
+  CHECK(field_of(R"({"base_image": "python\u0000:3"})") == "base_image");
+  CHECK(field_of(R"({"context_dir": "\u0000"})") == "context_dir");
+  // A key with a NUL (known or not) is named escaped.
+  CHECK(error_of(R"({"source_root\u0000": "."})") ==
+        "spec.json: field 'source_root\\u0000' has a NUL character (\\u0000) in "
+        "'source_root\\u0000'");
+  // No message carries a raw NUL.
+  for (const char* text : {R"({"labels": {"\u0000": "v"}})", R"({"user": "\u0000"})",
+                           R"({"x\u0000y": 1})", R"({"pip_extra_args": "--a \u0000"})"}) {
+    std::string e = error_of(text);
+    CHECK(e != "no error");
+    CHECK(e.find('\0') == std::string::npos);
+  }
+  // Other control characters in an unknown key are shown escaped too.
+  CHECK(error_of(R"({"zz\u0007": 1})") == "spec.json: unknown field 'zz\\u0007'");
+}
+
+TEST_CASE("spec: duplicate keys are refused, naming the field") {
+  CHECK(error_of(R"({"name": "x", "name": "y"})") == "spec.json: field 'name' is given twice");
+  CHECK(field_of(R"({"name": "x", "name": "y"})") == "name");
+  CHECK(error_of(R"({"env": {"A": "1", "B": "2", "A": "3"}})") ==
+        "spec.json: field 'env' has the key 'A' twice");
+  CHECK(error_of(R"({"base_image": {"base_image": {"user": "a", "user": "b"}}})") ==
+        "spec.json: field 'base_image.base_image.user' is given twice");
+  CHECK(error_of(R"({"base_image": {"labels": {"l": "1", "l": "1"}}})") ==
+        "spec.json: field 'base_image.labels' has the key 'l' twice");
+  CHECK(field_of(R"({"builder_options": {"a": [{"k": 1, "k": 2}]}})") == "builder_options");
+  // The same key in different objects is fine.
+  CHECK(parse(R"({"env": {"A": "1"}, "labels": {"A": "1"}, "base_image": {"env": {"A": "2"}}})").env.size() == 1);
+  CHECK(parse(R"({"builder_options": {"a": {"x": 1}, "b": [{"x": 1}, {"x": 2}]}})").builder_options.size() == 2);
+}
+
+TEST_CASE("spec: builder_options must be an object, as in flytekit") {
+  // flytekit: "builder_options must be a dictionary or None".
+  CHECK(error_of(R"({"builder_options": "x"})") ==
+        "spec.json: field 'builder_options' must be an object, not a string");
+  CHECK(error_of(R"({"builder_options": [1]})") ==
+        "spec.json: field 'builder_options' must be an object, not a list");
+  CHECK(field_of(R"({"base_image": {"builder_options": 1}})") == "base_image.builder_options");
+  CHECK(parse(R"({"builder_options": {}})").builder_options == json::object());
+  CHECK(parse(R"({"builder_options": null})").builder_options.is_null());
+}
+
+TEST_CASE("spec: builder_options and builder_config are two fields, both accepted") {
   ImageSpec a = parse(R"({"builder_options": {"x": [1, 2]}})");
   CHECK(a.builder_options == json{{"x", {1, 2}}});
-  ImageSpec b = parse(R"({"builder_config": "anything"})");
-  CHECK(b.builder_options == json("anything"));
-  CHECK(error_of(R"({"builder_options": {}, "builder_config": {}})") ==
-        "spec.json: fields 'builder_options' and 'builder_config' mean the same; give only one");
-  CHECK(parse(R"({"builder_options": null, "builder_config": 1})").builder_options == json(1));
+  CHECK(a.builder_config.is_null());
+  ImageSpec b = parse(R"({"builder_config": "anything"})");  // flytekit does not check its type
+  CHECK(b.builder_config == json("anything"));
+  CHECK(b.builder_options.is_null());
+  // flytekit: builder_config holds the builder images, builder_options a builder's options.
+  ImageSpec both = parse(R"({"builder_options": {"cache": true}, "builder_config": {"uv_image": "u"}})");
+  CHECK(both.builder_options == json{{"cache", true}});
+  CHECK(both.builder_config == json{{"uv_image", "u"}});
+  CHECK(parse(R"({"builder_options": null, "builder_config": 1})").builder_config == json(1));
+  // Neither shapes the image: the canonical spec (and so the tag) is the same with or without.
+  CHECK(both.canonical() == parse("{}").canonical());
+  CHECK(parse(R"({"base_image": {"builder_options": {}, "builder_config": {"a": 1}}})").canonical() ==
+        parse(R"({"base_image": {}})").canonical());
 }
 
 // ---- Not supported yet --------------------------------------------------------------------------
@@ -233,7 +317,7 @@ TEST_CASE("spec: RUN-step fields are accepted and checked") {
   ImageSpec s = parse(R"({"apt_packages": ["git", "libc6:amd64", "curl=7.88.1-10", "gcc/bookworm-backports"],
     "packages": ["numpy>=1.26", "pandas ; python_version >= '3.9'"], "python_version": "3.11",
     "requirements": "requirements.txt", "commands": ["echo hi"], "pip_index": "https://pypi.example/simple",
-    "pip_extra_index_url": "https://x.example/simple", "pip_secret_mounts": [["netrc", "/root/.netrc"]],
+    "pip_extra_index_url": ["https://x.example/simple"], "pip_secret_mounts": [["netrc", "/root/.netrc"]],
     "pip_extra_args": "--pre --no-cache-dir", "python_exec": "/usr/bin/python3"})");
   CHECK(s.apt_packages.size() == 4);
   CHECK(s.pip_extra_args == std::vector<std::string>{"--pre", "--no-cache-dir"});
@@ -253,7 +337,7 @@ TEST_CASE("spec: empty values of RUN-step and unsupported fields are accepted") 
   ImageSpec s = parse(R"({
     "python_version": "", "packages": [], "conda_packages": null, "conda_channels": [],
     "requirements": "", "apt_packages": [], "cuda": null, "cudnn": "", "commands": [],
-    "pip_index": "", "pip_extra_index_url": "", "pip_secret_mounts": [], "pip_extra_args": "  ",
+    "pip_index": "", "pip_extra_index_url": [], "pip_secret_mounts": [], "pip_extra_args": "  ",
     "python_exec": "", "runtime_packages": []})");
   CHECK_FALSE(s.python_version.has_value());
   CHECK(s.packages.empty());
@@ -300,6 +384,20 @@ TEST_CASE("spec: name is lowercased and must be a repository name") {
   CHECK(error_of(R"({"name": ""})") == "spec.json: field 'name' " + rule + "''");
 }
 
+TEST_CASE("spec: [registry/]name is at most 255 characters, as a Docker reference allows") {
+  const std::string n255(255, 'a'), n256(256, 'a');
+  CHECK(parse(R"({"name": ")" + n255 + "\"}").name == n255);
+  CHECK(error_of(R"({"name": ")" + n256 + "\"}") ==
+        "spec.json: field 'name' makes a repository name of 256 characters: an image reference "
+        "allows at most 255");
+  const std::string n244(244, 'b');  // "localhost:5000/" is 15 characters: 259
+  CHECK(error_of(R"({"registry": "localhost:5000", "name": ")" + n244 + "\"}") ==
+        "spec.json: field 'name' makes a repository name (registry/name) of 259 characters: an "
+        "image reference allows at most 255");
+  CHECK(parse(R"({"registry": "localhost:5000", "name": ")" + std::string(240, 'c') + "\"}").name.size() == 240);
+  CHECK(field_of(R"({"base_image": {"name": ")" + n256 + "\"}}") == "base_image.name");
+}
+
 TEST_CASE("spec: registry is lowercased and checked with flytekit's pattern") {
   CHECK(parse(R"({"registry": "localhost:30000"})").registry == "localhost:30000");
   CHECK(parse(R"({"registry": "GHCR.io/Org/Team"})").registry == "ghcr.io/org/team");
@@ -327,6 +425,46 @@ TEST_CASE("spec: platform must be os/arch[/variant]") {
         "multi-platform builds are not supported yet; give one os/arch[/variant]");
 }
 
+TEST_CASE("spec: user is user[:group], names or ids up to 2^32-2") {
+  for (const char* ok : {"1000", "1000:1000", "0", "0:0", "4294967294", "4294967294:4294967294",
+                         "flyte", "flyte:flyte", "flyte:1000", "1000:flyte", "user.name-1_x",
+                         "00001000"})
+    CHECK(parse(std::string(R"({"user": ")") + ok + "\"}").user == std::string(ok));
+  CHECK_FALSE(parse(R"({"user": ""})").user.has_value());
+  const std::string msg =
+      "spec.json: field 'user' must be user[:group], each a name or a numeric id from 0 to "
+      "4294967294, not ";
+  CHECK(error_of(R"({"user": "1000:"})") == msg + "'1000:': the group is empty");
+  CHECK(error_of(R"({"user": ":5"})") == msg + "':5': the user is empty");
+  CHECK(error_of(R"({"user": " 1000"})") == msg + "' 1000': the user has a space or a control character");
+  CHECK(error_of(R"({"user": "-1"})") == msg + "'-1': the user starts with '-'");
+  CHECK(error_of(R"({"user": "1000:99999999999"})") ==
+        msg + "'1000:99999999999': the group id is out of range");
+  CHECK(error_of(R"({"user": "4294967295"})") == msg + "'4294967295': the user id is out of range");
+  CHECK(error_of(R"({"user": "a:b:c"})") == msg + "'a:b:c': more than one ':'");
+  CHECK(field_of(R"({"user": "1000\t"})") == "user");
+  CHECK(field_of(R"({"user": "+5"})") == "user");
+  CHECK(field_of(R"({"user": "99999999999999999999999999"})") == "user");
+  CHECK(field_of(R"({"base_image": {"user": "1000:"}})") == "base_image.user");
+}
+
+TEST_CASE("spec: compression_level is within its codec's range") {
+  CHECK(error_of(R"({"compression_level": 10})") ==
+        "spec.json: field 'compression_level' must be 1-9 for gzip (the default compression), not 10");
+  CHECK(error_of(R"({"compression": "gzip", "compression_level": 19})") ==
+        "spec.json: field 'compression_level' must be 1-9 for gzip, not 19");
+  CHECK(error_of(R"({"compression": "zstd", "compression_level": 20})") ==
+        "spec.json: field 'compression_level' must be 1-9 for gzip, 1-19 for zstd, not 20");
+  CHECK(error_of(R"({"compression_level": 0})") ==
+        "spec.json: field 'compression_level' must be at least 1, not 0");
+  CHECK(field_of(R"({"base_image": {"compression_level": 12}})") == "base_image.compression_level");
+  CHECK(field_of(R"({"base_image": {"compression_level": 99}})") == "base_image.compression_level");
+  CHECK(parse(R"({"compression_level": 9})").compression_level == 9);
+  CHECK(parse(R"({"compression_level": 1, "compression": "GZIP"})").compression_level == 1);
+  CHECK(parse(R"({"compression": "zstd", "compression_level": 19})").compression_level == 19);
+  CHECK(parse(R"({"compression": "none", "compression_level": 12})").compression_level == 12);
+}
+
 TEST_CASE("spec: compression is gzip, zstd or none") {
   CHECK(parse(R"({"compression": "zstd"})").compression == Compression::Zstd);
   CHECK(parse(R"({"compression": "NONE"})").compression == Compression::None);
@@ -337,15 +475,32 @@ TEST_CASE("spec: compression is gzip, zstd or none") {
 }
 
 TEST_CASE("spec: source_copy_mode is case-insensitive") {
-  CHECK(parse(R"({"source_copy_mode": "all"})").source_copy_mode == CopyMode::All);
-  CHECK(parse(R"({"source_copy_mode": "NO_COPY"})").source_copy_mode == CopyMode::NoCopy);
-  CHECK(parse(R"({"source_copy_mode": "Loaded_Modules"})").source_copy_mode ==
+  CHECK(parse(R"({"source_root": ".", "source_copy_mode": "all"})").source_copy_mode == CopyMode::All);
+  CHECK(parse(R"({"source_root": ".", "source_copy_mode": "NO_COPY"})").source_copy_mode == CopyMode::NoCopy);
+  CHECK(parse(R"({"source_root": ".", "source_copy_mode": "Loaded_Modules"})").source_copy_mode ==
         CopyMode::LoadedModules);
-  CHECK(parse(R"({"source_copy_mode": "CopyFileDetection.ALL"})").source_copy_mode ==
+  CHECK(parse(R"({"source_root": ".", "source_copy_mode": "CopyFileDetection.ALL"})").source_copy_mode ==
         CopyMode::All);
   CHECK(error_of(R"({"source_copy_mode": "auto"})") ==
         "spec.json: field 'source_copy_mode' must be one of \"loaded_modules\", \"all\", "
         "\"no_copy\", not \"auto\"");
+}
+
+TEST_CASE("spec: source_copy_mode other than no_copy needs source_root, as in flytekit") {
+  // flytekit's ImageSpec.tag: "Field source_root for image spec NAME must be set when copy is set".
+  const std::string msg =
+      " but source_root is not set (flytekit: source_root must be set when copy is set); set "
+      "source_root, or use \"no_copy\"";
+  CHECK(error_of(R"({"source_copy_mode": "all"})") ==
+        "spec.json: field 'source_copy_mode' is \"all\"" + msg);
+  CHECK(error_of(R"({"source_copy_mode": "loaded_modules", "source_root": ""})") ==
+        "spec.json: field 'source_copy_mode' is \"loaded_modules\"" + msg);
+  CHECK(field_of(R"({"base_image": {"source_copy_mode": "ALL"}})") == "base_image.source_copy_mode");
+  CHECK(field_of(R"({"source_copy_mode": "all", "copy": ["a"]})") == "source_copy_mode");
+  // no_copy without source_root, and null, are accepted (flytekit accepts them too).
+  CHECK(parse(R"({"source_copy_mode": "no_copy"})").source_copy_mode == CopyMode::NoCopy);
+  CHECK_FALSE(parse(R"({"source_copy_mode": null})").source_root.has_value());
+  CHECK(parse(R"({"source_copy_mode": "all", "source_root": "."})").source_copy_mode == CopyMode::All);
 }
 
 TEST_CASE("spec: copy entries are relative, normalized, and stay below the spec directory") {
@@ -441,11 +596,10 @@ TEST_CASE("spec: source_root and registry_config resolve against base_dir") {
   CHECK(parse(R"({"source_root": "src"})", "/base/./x/../").source_root == fs::path("/base/src"));
 }
 
-TEST_CASE("spec: entrypoint takes a string or a list") {
-  CHECK(parse(R"({"entrypoint": "/bin/sh"})").entrypoint == std::vector<std::string>{"/bin/sh"});
+TEST_CASE("spec: entrypoint takes a list") {
+  CHECK(parse(R"({"entrypoint": ["/bin/sh"]})").entrypoint == std::vector<std::string>{"/bin/sh"});
   CHECK(parse(R"({"entrypoint": ["sh", "-c", "x"]})").entrypoint ==
         std::vector<std::string>{"sh", "-c", "x"});
-  CHECK_FALSE(parse(R"({"entrypoint": ""})").entrypoint.has_value());
 }
 
 TEST_CASE("spec: entrypoint [] clears the base's, absent keeps it") {
@@ -571,7 +725,7 @@ TEST_CASE("spec: canonical applies defaults and drops empty and non-content fiel
     "name": "app", "registry": "localhost:5000", "builder": "kiln", "tag_format": "{spec_hash}",
     "registry_config": "auth.json", "builder_options": {"a": 1},
     "source_root": "src", "source_copy_mode": "ALL", "env": {"B": "2", "A": "1"},
-    "entrypoint": "run", "copy": ["z", "a"], "user": "1000", "labels": {"l": "v"},
+    "entrypoint": ["run"], "copy": ["z", "a"], "user": "1000", "labels": {"l": "v"},
     "annotations": {}, "compression": "zstd", "large_file_threshold": 100,
     "source_date_epoch": 5, "base_image": "oci:/x/y:v2", "platform": "linux/arm64"})");
   CHECK(s.canonical().dump() ==
@@ -610,6 +764,32 @@ TEST_CASE("spec: canonical covers the fields that need RUN steps") {
         R"("pip_index":"https://i","pip_secret_mounts":["/t"],"platform":"linux/amd64",)"
         R"("python_exec":"/py","python_version":"3.12","requirements":true,)"
         R"("runtime_packages":["r"],"source_dest":"/root"})");
+}
+
+TEST_CASE("spec: canonical pip_extra_args hold URLs without credentials; the spec keeps them") {
+  auto with_token = [](const std::string& token) {
+    return parse(R"({"pip_extra_args": "--index-url https://u:)" + token +
+                 R"(@pypi.example/x --extra-index-url=https://)" + token +
+                 R"(@h2.example/simple --pre"})");
+  };
+  ImageSpec a = with_token("SECRET1"), b = with_token("SECRET2");
+  // The RUN step gets the real value.
+  CHECK(a.pip_extra_args == std::vector<std::string>{"--index-url", "https://u:SECRET1@pypi.example/x",
+                                                     "--extra-index-url=https://SECRET1@h2.example/simple",
+                                                     "--pre"});
+  // The canonical spec (the tag, `kiln history --json`, `kiln show --json`) has no secret.
+  const std::string dump = a.canonical().dump();
+  CHECK(dump.find("SECRET") == std::string::npos);
+  CHECK(a.canonical()["pip_extra_args"] ==
+        json{"--index-url", "https://pypi.example/x", "--extra-index-url=https://h2.example/simple", "--pre"});
+  // Rotating the token keeps the tag.
+  CHECK(a.canonical() == b.canonical());
+  CHECK(kiln::spec::spec_hash(a, "scratch", {}) == kiln::spec::spec_hash(b, "scratch", {}));
+  // Without credentials nothing changes (so such specs keep their tags).
+  ImageSpec plain = parse(R"({"pip_extra_args": ["--index-url", "https://pypi.example/x",
+                                                  "--extra-index-url=https://h2.example/simple", "--pre"]})");
+  CHECK(plain.canonical()["pip_extra_args"] == json(plain.pip_extra_args));
+  CHECK(kiln::spec::spec_hash(plain, "scratch", {}) == kiln::spec::spec_hash(a, "scratch", {}));
 }
 
 TEST_CASE("spec: canonical keys are sorted") {
@@ -661,8 +841,8 @@ TEST_CASE("spec: canonical changes with content fields only") {
   CHECK(parse(R"({"env": {"A": "1"}, "source_dest": "/app"})").canonical() != base);
   CHECK(parse(R"({"env": {"A": "1"}, "copy": "f"})").canonical() != base);
   CHECK(parse(R"({"env": {"A": "1"}, "base_image": "oci:l"})").canonical() != base);
-  // source_copy_mode counts only with a source_root.
-  CHECK(parse(R"({"env": {"A": "1"}, "source_copy_mode": "all"})").canonical() == base);
+  // source_copy_mode counts only with a source_root (no_copy alone is accepted, and shapes nothing).
+  CHECK(parse(R"({"env": {"A": "1"}, "source_copy_mode": "no_copy"})").canonical() == base);
   CHECK(parse(R"({"source_root": ".", "source_copy_mode": "all"})").canonical() !=
         parse(R"({"source_root": ".", "source_copy_mode": "no_copy"})").canonical());
 }

@@ -46,6 +46,7 @@ class ToKilnSpecTest(kiln_env.TempDirTest):
             python_exec="/usr/bin/python3",
             runtime_packages=["pandas"],
             builder_options={"cache": True},
+            builder_config={"uv_image": "ghcr.io/astral-sh/uv:0.5"},
         )
 
     def test_every_field(self):
@@ -79,11 +80,12 @@ class ToKilnSpecTest(kiln_env.TempDirTest):
             "copy": ["proj/requirements.txt"],  # relative: kiln resolves it against its working directory
             "python_exec": "/usr/bin/python3",
             "builder_options": {"cache": True},
+            "builder_config": {"uv_image": "ghcr.io/astral-sh/uv:0.5"},
             IMAGE_ID_FIELD: spec.id,
         }
         self.assertEqual(out, expected)
         # Every ImageSpec field is accounted for: mapped, or deliberately left out.
-        left_out = {"runtime_packages", "builder_config"}  # installed at task start; same as builder_options
+        left_out = {"runtime_packages"}  # flytekit installs them at task start
         fields = {f for f in ImageSpec.__dataclass_fields__}
         self.assertEqual(fields - set(out) - left_out, set())
         json.dumps(out)  # JSON-ready
@@ -163,8 +165,10 @@ class ToKilnSpecTest(kiln_env.TempDirTest):
             tag_format="{spec_hash}-dev",
             copy=["proj/data"],
             builder_options={"x": 1},
+            builder_config={"uv_image": "u"},  # a field of its own: kiln takes both
         )
         out = to_kiln_spec(spec, cwd=self.tmp, image_id=False)
+        self.assertEqual((out["builder_options"], out["builder_config"]), ({"x": 1}, {"uv_image": "u"}))
         r = self.kiln("tag", "-", "--json", stdin=json.dumps(out), cwd=self.tmp)
         self.assertEqual(r.returncode, 0, r.stderr)
         tag = json.loads(r.stdout)

@@ -149,12 +149,13 @@ def to_kiln_spec(
         else:  # a nested ImageSpec
             out["base_image"] = to_kiln_spec(base, cwd=cwd, image_id=image_id)
 
-    # builder_options and builder_config configure other builders; kiln accepts either (ignored)
-    # but not both at once, so builder_options wins.
-    if getattr(image_spec, "builder_options", None) is not None:
-        out["builder_options"] = dict(image_spec.builder_options)
-    elif getattr(image_spec, "builder_config", None) is not None:
-        out["builder_config"] = dict(image_spec.builder_config)
+    # builder_options (a builder's options) and builder_config (the builder images) are two
+    # fields, as in flytekit: both pass through. kiln keeps them, uses neither, and leaves both out
+    # of the tag.
+    for f in ("builder_options", "builder_config"):
+        v = getattr(image_spec, f, None)
+        if v is not None:
+            out[f] = dict(v) if isinstance(v, dict) else v
 
     if image_id:
         out[IMAGE_ID_FIELD] = image_spec.id
