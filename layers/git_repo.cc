@@ -54,7 +54,7 @@ GitRepo::~GitRepo() {
 }
 
 namespace {
-std::string excludes_file(git_repository* repo);
+void read_config(git_repository* repo, std::string* excludes_file, bool* ignore_case);
 }
 
 /// libgit2 finds no repository (open() answers null).
@@ -88,7 +88,7 @@ std::unique_ptr<GitRepo> GitRepo::open_libgit2(const std::string& dir) {
   g->workdir_ = workdir;
   g->commondir_ = git_repository_commondir(g->h_->repo);
   if (!g->commondir_.empty() && g->commondir_.back() != '/') g->commondir_ += '/';
-  g->excludes_file_ = excludes_file(g->h_->repo);
+  read_config(g->h_->repo, &g->excludes_file_, &g->ignore_case_);
   return g;
 }
 
@@ -130,7 +130,7 @@ void GitRepo::load_index() const {
 
 namespace {
 
-constexpr int kMemoVersion = 1;
+constexpr int kMemoVersion = 2;  // 2: core.ignorecase
 
 /// What lstat says of a path, as a string ("-" when absent): any change to the entry (content,
 /// replacement, entries added to or removed from a directory) changes it.
@@ -241,6 +241,7 @@ std::unique_ptr<GitRepo> GitRepo::open_remembered(const std::string& dir, const 
         g->prefix_ = j.at("prefix").get<std::string>();
         g->commondir_ = j.at("commondir").get<std::string>();
         g->excludes_file_ = j.at("excludes_file").get<std::string>();
+        g->ignore_case_ = j.at("ignore_case").get<bool>();
         g->memo_index_used_ = j.value("index_used", false);
         if (g->memo_index_used_) {  // the last walk needed the index: read it while the walk starts
           GitRepo* raw = g.get();
@@ -281,6 +282,7 @@ std::unique_ptr<GitRepo> GitRepo::open_remembered(const std::string& dir, const 
     j["prefix"] = g->prefix_;
     j["commondir"] = g->commondir_;
     j["excludes_file"] = g->excludes_file_;
+    j["ignore_case"] = g->ignore_case_;
     j["index_used"] = false;
     g->memo_ = memo;
   } else if (!found) {
@@ -322,25 +324,35 @@ bool read_text(const std::string& path, std::string* out) {
   return true;
 }
 
-std::string excludes_file(git_repository* repo) {
+/// What git's config says for the exclude rules: core.excludesFile (default
+/// $XDG_CONFIG_HOME/git/ignore) and core.ignorecase (default false on Linux: git sets it in the
+/// repository's config when `git init` or `git clone` ran on a case-insensitive filesystem, and
+/// the setting travels with the checkout).
+void read_config(git_repository* repo, std::string* excludes_file, bool* ignore_case) {
   git_config* cfg = nullptr;
   std::string path;
+  *ignore_case = false;
   if (git_repository_config_snapshot(&cfg, repo) == 0) {
     git_buf buf = GIT_BUF_INIT;
     if (git_config_get_path(&buf, cfg, "core.excludesFile") == 0 && buf.ptr) path = buf.ptr;
     git_buf_dispose(&buf);
+    int v = 0;
+    if (git_config_get_bool(&v, cfg, "core.ignorecase") == 0) *ignore_case = v != 0;
     git_config_free(cfg);
   }
-  if (!path.empty()) return path;
-  const char* xdg = std::getenv("XDG_CONFIG_HOME");
-  if (xdg && *xdg) return std::string(xdg) + "/git/ignore";
-  const char* home = std::getenv("HOME");
-  return home && *home ? std::string(home) + "/.config/git/ignore" : std::string();
+  if (path.empty()) {
+    const char* xdg = std::getenv("XDG_CONFIG_HOME");
+    const char* home = std::getenv("HOME");
+    if (xdg && *xdg) path = std::string(xdg) + "/git/ignore";
+    else if (home && *home) path = std::string(home) + "/.config/git/ignore";
+  }
+  *excludes_file = path;
 }
 
 }  // namespace
 
 void GitRepo::add_rules(IgnoreRules& rules) const {
+  rules.set_git_ignore_case(ignore_case_);
   std::string text;
   if (read_text(commondir_ + "info/exclude", &text)) rules.add_git_excludes(text);
   if (!excludes_file_.empty() && read_text(excludes_file_, &text)) rules.add_git_excludes(text);
@@ -356,13 +368,54 @@ void GitRepo::add_rules(IgnoreRules& rules) const {
   }
 }
 
+namespace {
+
+std::string ascii_folded(std::string_view s) {
+  std::string out(s);
+  for (char& c : out)
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  return out;
+}
+
+}  // namespace
+
+const std::vector<std::string>& GitRepo::folded_index() const {
+  // As `git ls-files` run in `dir` sees the index under core.ignorecase: first cut to the entries
+  // below the prefix, compared byte for byte (ls-files' prune_index), then looked up without
+  // regard to ASCII case (index_file_exists, index_dir_exists). So "Out/t.py" in the index tracks
+  // "out/t.py" on disk seen from the work tree's root, not from inside "out".
+  if (!folded_ready_) {
+    git_index* idx = index();
+    const std::size_t n = git_index_entrycount(idx);
+    for (std::size_t i = 0; i < n; ++i) {
+      const git_index_entry* e = git_index_get_byindex(idx, i);
+      if (!e || !e->path) continue;
+      std::string_view p = e->path;
+      if (p.starts_with(prefix_)) folded_.push_back(ascii_folded(p.substr(prefix_.size())));
+    }
+    std::sort(folded_.begin(), folded_.end());
+    folded_ready_ = true;
+  }
+  return folded_;
+}
+
 bool GitRepo::tracked(std::string_view rel) const {
+  if (ignore_case_) {
+    const auto& f = folded_index();
+    return std::binary_search(f.begin(), f.end(), ascii_folded(rel));
+  }
   std::string p = prefix_ + std::string(rel);
   std::size_t pos = 0;
   return git_index_find(&pos, index(), p.c_str()) == 0;
 }
 
 bool GitRepo::tracks_below(std::string_view rel_dir) const {
+  if (ignore_case_) {
+    const auto& f = folded_index();
+    const std::string d = ascii_folded(rel_dir) + "/";
+    auto it = std::lower_bound(f.begin(), f.end(), d);
+    return it != f.end() && it->starts_with(d);
+  }
   std::string p = prefix_ + std::string(rel_dir) + "/";
   std::size_t pos = 0;
   return git_index_find_prefix(&pos, index(), p.c_str()) == 0;

@@ -17,6 +17,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <vector>
 
 #include "layers/ignore.h"
 #include "layers/input_error.h"
@@ -57,7 +58,13 @@ class GitRepo {
   const std::string& workdir() const { return workdir_; }
   const std::string& prefix() const { return prefix_; }
 
-  /// Adds git's exclude sources to `rules`, whose paths are relative to the work tree's root:
+  /// core.ignorecase, as git reads it: the exclude patterns then fold ASCII case (add_rules), and
+  /// the index entries below prefix() (compared exactly, as `git ls-files` cuts the index to its
+  /// prefix) are looked up without regard to ASCII case (tracked(), tracks_below()), as git does.
+  bool ignore_case() const { return ignore_case_; }
+
+  /// Sets git's core.ignorecase on `rules` and adds git's exclude sources to them, whose paths are
+  /// relative to the work tree's root:
   /// .git/info/exclude, core.excludesFile (default $XDG_CONFIG_HOME/git/ignore), and the
   /// .gitignore files of the directories from the root down to `dir`'s parent. The walk adds
   /// those at and below `dir` as it meets them.
@@ -75,6 +82,7 @@ class GitRepo {
   struct NotARepo;
   static std::unique_ptr<GitRepo> open_libgit2(const std::string& dir);  // throws NotARepo
   ::git_index* index() const;
+  const std::vector<std::string>& folded_index() const;  // core.ignorecase: the lookups' table
   void load_index() const;  // opens h_ when needed, then reads the index (index() and the prefetch)
   void open_handles() const;
   struct Handles;
@@ -82,7 +90,9 @@ class GitRepo {
   mutable std::thread prefetch_;        // opens h_ and reads the index in the background
   mutable std::exception_ptr prefetch_error_;
   mutable bool index_used_ = false;
-  bool from_memo_ = false, memo_index_used_ = false;
+  mutable bool folded_ready_ = false;
+  mutable std::vector<std::string> folded_;  // the paths below prefix_, ASCII-lowercased, sorted
+  bool from_memo_ = false, memo_index_used_ = false, ignore_case_ = false;
   std::filesystem::path memo_;
   std::string dir_, workdir_, prefix_, commondir_, excludes_file_;
 };
