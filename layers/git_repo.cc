@@ -2,12 +2,15 @@
 // with a memo, no libgit2 at all until the index is needed.
 #include "layers/git_repo.h"
 
+#include <fcntl.h>
 #include <git2.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cerrno>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -379,46 +382,159 @@ std::string ascii_folded(std::string_view s) {
 
 }  // namespace
 
-const std::vector<std::string>& GitRepo::folded_index() const {
-  // As `git ls-files` run in `dir` sees the index under core.ignorecase: first cut to the entries
-  // below the prefix, compared byte for byte (ls-files' prune_index), then looked up without
+void GitRepo::load_tables() const {
+  // As `git ls-files` run in `dir` sees the index: first cut to the entries below the prefix,
+  // compared byte for byte (ls-files' prune_index), then, under core.ignorecase, looked up without
   // regard to ASCII case (index_file_exists, index_dir_exists). So "Out/t.py" in the index tracks
   // "out/t.py" on disk seen from the work tree's root, not from inside "out".
-  if (!folded_ready_) {
-    git_index* idx = index();
-    const std::size_t n = git_index_entrycount(idx);
-    for (std::size_t i = 0; i < n; ++i) {
-      const git_index_entry* e = git_index_get_byindex(idx, i);
-      if (!e || !e->path) continue;
-      std::string_view p = e->path;
-      if (p.starts_with(prefix_)) folded_.push_back(ascii_folded(p.substr(prefix_.size())));
-    }
-    std::sort(folded_.begin(), folded_.end());
-    folded_ready_ = true;
+  if (tables_ready_) return;
+  git_index* idx = index();
+  const std::size_t n = git_index_entrycount(idx);
+  for (std::size_t i = 0; i < n; ++i) {
+    const git_index_entry* e = git_index_get_byindex(idx, i);
+    if (!e || !e->path) continue;
+    std::string_view p = e->path;
+    if (!p.starts_with(prefix_)) continue;
+    std::string rel = ignore_case_ ? ascii_folded(p.substr(prefix_.size())) : std::string(p.substr(prefix_.size()));
+    if ((e->mode & 0170000) == 0160000) gitlinks_.push_back(rel);
+    if (ignore_case_) folded_.push_back(std::move(rel));
   }
-  return folded_;
+  std::sort(folded_.begin(), folded_.end());
+  std::sort(gitlinks_.begin(), gitlinks_.end());
+  tables_ready_ = true;
+}
+
+bool GitRepo::in_gitlink(std::string_view rel) const {
+  // git's treat_directory: a directory the index records as a submodule (a gitlink) is not looked
+  // into, whatever its .git holds (a stale one, or none): nothing below it is listed as ignored.
+  if (gitlinks_.empty()) return false;
+  const std::string key = ignore_case_ ? ascii_folded(rel) : std::string(rel);
+  for (std::size_t end = 0;; ++end) {
+    end = key.find('/', end);
+    if (std::binary_search(gitlinks_.begin(), gitlinks_.end(), key.substr(0, end))) return true;
+    if (end == std::string::npos) return false;
+  }
 }
 
 bool GitRepo::tracked(std::string_view rel) const {
-  if (ignore_case_) {
-    const auto& f = folded_index();
-    return std::binary_search(f.begin(), f.end(), ascii_folded(rel));
-  }
+  load_tables();
+  if (in_gitlink(rel)) return true;
+  if (ignore_case_) return std::binary_search(folded_.begin(), folded_.end(), ascii_folded(rel));
   std::string p = prefix_ + std::string(rel);
   std::size_t pos = 0;
   return git_index_find(&pos, index(), p.c_str()) == 0;
 }
 
 bool GitRepo::tracks_below(std::string_view rel_dir) const {
+  load_tables();
+  if (in_gitlink(rel_dir)) return true;
   if (ignore_case_) {
-    const auto& f = folded_index();
     const std::string d = ascii_folded(rel_dir) + "/";
-    auto it = std::lower_bound(f.begin(), f.end(), d);
-    return it != f.end() && it->starts_with(d);
+    auto it = std::lower_bound(folded_.begin(), folded_.end(), d);
+    return it != folded_.end() && it->starts_with(d);
   }
   std::string p = prefix_ + std::string(rel_dir) + "/";
   std::size_t pos = 0;
   return git_index_find_prefix(&pos, index(), p.c_str()) == 0;
+}
+
+// ---- Nested repositories ----------------------------------------------------------------------
+
+namespace {
+
+constexpr std::size_t kNoLen = static_cast<std::size_t>(-1);
+
+/// Reads at most `max` bytes of the file at `path` (relative to `dfd`, symlinks followed); the
+/// length read, or kNoLen when it cannot be opened or read. Never blocks on a fifo.
+std::size_t read_at(int dfd, const std::string& path, char* buf, std::size_t max) {
+  int fd = ::openat(dfd, path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+  if (fd < 0) return kNoLen;
+  std::size_t len = 0;
+  while (len < max) {
+    ssize_t n = ::read(fd, buf + len, max - len);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      len = kNoLen;
+      break;
+    }
+    if (n == 0) break;
+    len += static_cast<std::size_t>(n);
+  }
+  ::close(fd);
+  return len;
+}
+
+bool git_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }  // git's sane_ctype
+
+/// git's validate_headref: HEAD is a symlink into "refs/", a file "ref: refs/...", or a file
+/// starting with an object name (40 hex digits).
+bool valid_head(int dfd, const std::string& path) {
+  struct stat st{};
+  if (::fstatat(dfd, path.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) return false;
+  char buf[256];
+  if (S_ISLNK(st.st_mode)) {
+    ssize_t n = ::readlinkat(dfd, path.c_str(), buf, sizeof buf - 1);
+    return n >= 5 && std::memcmp(buf, "refs/", 5) == 0;
+  }
+  std::size_t len = read_at(dfd, path, buf, sizeof buf - 1);
+  if (len == kNoLen) return false;
+  std::string_view head(buf, len);
+  head = head.substr(0, head.find('\0'));  // read as a C string
+  if (head.starts_with("ref:")) {
+    std::size_t i = 4;
+    while (i < head.size() && git_space(head[i])) ++i;
+    if (head.substr(i).starts_with("refs/")) return true;
+  }
+  if (head.size() < 40) return false;
+  return std::all_of(head.begin(), head.begin() + 40, [](char c) { return std::isxdigit(static_cast<unsigned char>(c)); });
+}
+
+/// git's is_git_directory: a valid HEAD, and objects/ and refs/ in the common directory (the
+/// "commondir" file's, for a linked work tree's git directory). `dir` is relative to `dfd`.
+bool is_git_directory_at(int dfd, const std::string& dir) {
+  if (!valid_head(dfd, dir + "/HEAD")) return false;
+  std::string common = dir;
+  if (const char* env = std::getenv("GIT_COMMON_DIR")) {
+    common = env;
+  } else {
+    struct stat st{};
+    if (::fstatat(dfd, (dir + "/commondir").c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
+      char buf[4096];
+      std::size_t len = read_at(dfd, dir + "/commondir", buf, sizeof buf);
+      if (len == kNoLen || len == 0) return false;  // git dies here ("failed to read")
+      while (len && (buf[len - 1] == '\n' || buf[len - 1] == '\r')) --len;
+      std::string data(buf, len);
+      data = data.substr(0, data.find('\0'));
+      common = !data.empty() && data[0] == '/' ? data : dir + "/" + data;
+    }
+  }
+  if (const char* env = std::getenv("GIT_OBJECT_DIRECTORY")) {
+    if (::access(env, X_OK) != 0) return false;
+  } else if (::faccessat(dfd, (common + "/objects").c_str(), X_OK, 0) != 0) {
+    return false;
+  }
+  return ::faccessat(dfd, (common + "/refs").c_str(), X_OK, 0) == 0;
+}
+
+}  // namespace
+
+bool nonbare_repository_at(int dfd) {
+  // read_gitfile_gently(".git"): a regular file (symlinks followed) "gitdir: PATH" naming a git
+  // directory; a .git git cannot open or read counts as a repository too.
+  struct stat st{};
+  if (::fstatat(dfd, ".git", &st, 0) != 0) return false;
+  if (!S_ISREG(st.st_mode)) return is_git_directory_at(dfd, ".git");
+  if (st.st_size > (1 << 20)) return false;  // too large to be a .git file
+  std::string text(static_cast<std::size_t>(st.st_size), '\0');
+  std::size_t len = read_at(dfd, ".git", text.data(), text.size());
+  if (len != text.size()) return true;  // READ_GITFILE_ERR_OPEN_FAILED / READ_FAILED
+  if (!text.starts_with("gitdir: ")) return false;
+  while (len && (text[len - 1] == '\n' || text[len - 1] == '\r')) --len;
+  if (len < 9) return false;  // no path
+  std::string gitdir = text.substr(8, len - 8);
+  gitdir = gitdir.substr(0, gitdir.find('\0'));
+  if (gitdir.empty()) return false;
+  return is_git_directory_at(dfd, gitdir);  // a relative path is relative to the .git file's directory
 }
 
 }  // namespace kiln::layers

@@ -70,11 +70,13 @@ class GitRepo {
   /// those at and below `dir` as it meets them.
   void add_rules(IgnoreRules& rules) const;
 
-  /// Is this path (relative to `dir`) in the index? The index is read on the first question (an
-  /// InputError when it is corrupt); a walk that meets no excluded path never reads it. Not
+  /// Is this path (relative to `dir`) in the index, or below a submodule the index records (git
+  /// does not look inside one, whatever its .git holds)? The index is read on the first question
+  /// (an InputError when it is corrupt); a walk that meets no excluded path never reads it. Not
   /// thread-safe: the parallel walk asks under a lock.
   bool tracked(std::string_view rel) const;
-  /// Does the index hold a path below this directory (relative to `dir`)?
+  /// Does the index hold a path below this directory (relative to `dir`), or is the directory in
+  /// a submodule the index records?
   bool tracks_below(std::string_view rel_dir) const;
 
  private:
@@ -82,7 +84,8 @@ class GitRepo {
   struct NotARepo;
   static std::unique_ptr<GitRepo> open_libgit2(const std::string& dir);  // throws NotARepo
   ::git_index* index() const;
-  const std::vector<std::string>& folded_index() const;  // core.ignorecase: the lookups' table
+  void load_tables() const;                     // folded_ and gitlinks_, from the index
+  bool in_gitlink(std::string_view rel) const;  // rel, or a directory above it, is a submodule
   void load_index() const;  // opens h_ when needed, then reads the index (index() and the prefetch)
   void open_handles() const;
   struct Handles;
@@ -90,11 +93,19 @@ class GitRepo {
   mutable std::thread prefetch_;        // opens h_ and reads the index in the background
   mutable std::exception_ptr prefetch_error_;
   mutable bool index_used_ = false;
-  mutable bool folded_ready_ = false;
-  mutable std::vector<std::string> folded_;  // the paths below prefix_, ASCII-lowercased, sorted
+  mutable bool tables_ready_ = false;
+  mutable std::vector<std::string> folded_;    // core.ignorecase: the paths below prefix_, lowercased, sorted
+  mutable std::vector<std::string> gitlinks_;  // the submodules below prefix_ (lowercased likewise), sorted
   bool from_memo_ = false, memo_index_used_ = false, ignore_case_ = false;
   std::filesystem::path memo_;
   std::string dir_, workdir_, prefix_, commondir_, excludes_file_;
 };
+
+/// Is the directory open at `dfd` the top of another repository's work tree, as git's
+/// is_nonbare_repository_dir() decides it: a ".git" directory that is a git directory (a valid
+/// HEAD, objects/ and refs/ in its common directory), or a ".git" file "gitdir: PATH" naming one
+/// (relative to the directory). A stale .git file, a .git directory of junk or an empty one is
+/// not: git applies the outer repository's rules inside. `git ls-files` does not look inside one.
+bool nonbare_repository_at(int dfd);
 
 }  // namespace kiln::layers

@@ -370,3 +370,112 @@ TEST_CASE("fileset/git: the git memo holds core.ignorecase and a change to it is
   CHECK_FALSE(changed->from_memo());
   CHECK_FALSE(changed->ignore_case());
 }
+
+namespace {
+
+std::set<std::string> without_dotgit(std::set<std::string> files) {
+  std::erase_if(files, [](const std::string& f) { return f == ".git" || f.ends_with("/.git") || contains(f, ".git/"); });
+  return files;
+}
+
+}  // namespace
+
+TEST_CASE("fileset/git: a directory is a nested repository only when git says so (a valid .git)", "[git]") {
+  if (!have_git()) {
+    WARN("SKIPPED: git is not installed");
+    return;
+  }
+  TempDir tmp;
+  HomeEnv home(tmp);
+  const fs::path repo = tmp / "repo";
+  write_file(repo / ".gitignore", "*.log\n.env\n");
+  write_file(repo / "main.py", "x");
+  git(tmp, repo, "init -q");
+  // Each directory holds an ignored x.log and .env and a kept x.py: git lists the first two when
+  // it applies the outer rules inside, and neither when it takes the directory for a repository.
+  auto dir = [&](const std::string& name) {
+    write_file(repo / name / "x.log", "log");
+    write_file(repo / name / ".env", "SECRET=1");
+    write_file(repo / name / "x.py", "py");
+    return repo / name;
+  };
+  auto git_dir = [&](const fs::path& d, const std::string& head, bool objects = true, bool refs = true) {
+    fs::create_directories(d);
+    if (!head.empty()) write_file(d / "HEAD", head);
+    if (objects) fs::create_directories(d / "objects");
+    if (refs) fs::create_directories(d / "refs");
+  };
+  // Not repositories for git: the outer rules apply inside.
+  write_file(dir("stale") / ".git", "gitdir: ../.git/modules/stale\n");  // a submodule whose git dir is gone
+  git_dir(dir("junk") / ".git", "junk\n", false, false);
+  fs::create_directories(dir("empty") / ".git");
+  git_dir(dir("head-only") / ".git", "ref: refs/heads/main\n", false, false);
+  git_dir(dir("no-refs") / ".git", "ref: refs/heads/main\n", true, false);
+  git_dir(dir("no-head") / ".git", "");
+  git_dir(dir("short-hex") / ".git", "0123456789abcdef\n");
+  git_dir(dir("ref-not-refs") / ".git", "ref: heads/main\n");
+  write_file(dir("no-space") / ".git", "gitdir:../full/.git\n");
+  write_file(dir("no-path") / ".git", "gitdir: \n");
+  write_file(dir("not-gitfile") / ".git", "hello\n");
+  git_dir(tmp / "wt-bad", "ref: refs/heads/x\n", false, false);
+  write_file(tmp / "wt-bad" / "commondir", "../nowhere\n");
+  write_file(dir("worktree-bad") / ".git", "gitdir: " + (tmp / "wt-bad").string() + "\n");
+  // Repositories for git: no git rule inside.
+  git_dir(dir("full") / ".git", "ref: refs/heads/main\n");
+  git_dir(dir("spaces") / ".git", "ref: \t refs/x");
+  git_dir(dir("detached") / ".git", "0123456789abcdef0123456789abcdef01234567 and more\n");
+  git_dir(dir("sym-head") / ".git", "", true, true);
+  fs::create_symlink("refs/heads/main", repo / "sym-head" / ".git" / "HEAD");
+  write_file(dir("gitfile") / ".git", "gitdir: ../full/.git\n");
+  write_file(dir("gitfile-crlf") / ".git", "gitdir: ../full/.git\r\n\n");
+  write_file(dir("gitfile-abs") / ".git", "gitdir: " + (repo / "full" / ".git").string() + "\n");
+  git_dir(tmp / "wt-ok", "ref: refs/heads/x\n", false, false);
+  write_file(tmp / "wt-ok" / "commondir", "../repo/full/.git\n");
+  write_file(dir("worktree") / ".git", "gitdir: " + (tmp / "wt-ok").string() + "\n");
+  git(tmp, dir("real"), "init -q");
+
+  const std::set<std::string> want = git_kept_files(tmp, repo);
+  for (const char* d : {"stale", "junk", "empty", "head-only", "no-refs", "no-head", "short-hex", "ref-not-refs",
+                        "no-space", "no-path", "not-gitfile", "worktree-bad"}) {
+    INFO(d);
+    CHECK_FALSE(want.count(std::string(d) + "/x.log"));
+  }
+  for (const char* d : {"full", "spaces", "detached", "sym-head", "gitfile", "gitfile-crlf", "gitfile-abs", "worktree", "real"}) {
+    INFO(d);
+    CHECK(want.count(std::string(d) + "/.env"));
+  }
+  CHECK(without_dotgit(files_of(collect_files(spec_all(repo)))) == without_dotgit(want));
+}
+
+TEST_CASE("fileset/git: git does not look inside a submodule the index records, whatever its .git holds", "[git]") {
+  if (!have_git()) {
+    WARN("SKIPPED: git is not installed");
+    return;
+  }
+  TempDir tmp;
+  HomeEnv home(tmp);
+  const fs::path repo = tmp / "repo";
+  write_file(repo / ".gitignore", "*.log\n");
+  write_file(repo / "main.py", "x");
+  for (const char* d : {"live", "stale", "none", "ignored/sub"}) {
+    write_file(repo / "vendored" / d / "debug.log", "kept: git does not look inside a submodule");
+    write_file(repo / "vendored" / d / "lib.py", "x");
+  }
+  write_file(repo / "vendored" / "plain" / "debug.log", "dropped: not a submodule");
+  git(tmp, repo, "init -q");
+  git(tmp, repo / "vendored" / "live", "init -q");
+  write_file(repo / "vendored" / "stale" / ".git", "gitdir: ../../.git/modules/vendored/stale\n");
+  write_file(repo / ".gitignore", "*.log\nvendored/ignored/\n");
+  const std::string sha = "c6568ce82f5a4eb9046520363871fd936e7f2235";
+  for (const char* d : {"live", "stale", "none", "ignored/sub"})
+    git(tmp, repo, std::string("update-index --add --cacheinfo 160000,") + sha + ",vendored/" + d);
+  const std::set<std::string> want = git_kept_files(tmp, repo);
+  CHECK(want.count("vendored/stale/debug.log"));
+  CHECK(want.count("vendored/none/debug.log"));
+  CHECK(want.count("vendored/ignored/sub/debug.log"));
+  CHECK_FALSE(want.count("vendored/plain/debug.log"));
+  CHECK(without_dotgit(files_of(collect_files(spec_all(repo)))) == without_dotgit(want));
+  // From inside the repository's subdirectory as well.
+  CHECK(without_dotgit(files_of(collect_files(spec_all(repo / "vendored")))) ==
+        without_dotgit(git_kept_files(tmp, repo / "vendored")));
+}
