@@ -221,14 +221,11 @@ bool link_stays_inside(const std::string& rel, const std::string& target) {
 }
 
 /// Is this directory the top of another git work tree (a nested repository, or a submodule's
-/// checkout)? As git decides it: a ".git" directory holding HEAD, or a ".git" file naming one.
-bool nested_work_tree(int dfd) {
-  struct stat st{};
-  if (::fstatat(dfd, ".git", &st, AT_SYMLINK_NOFOLLOW) != 0) return false;
-  if (S_ISDIR(st.st_mode)) return ::fstatat(dfd, ".git/HEAD", &st, AT_SYMLINK_NOFOLLOW) == 0;
-  std::string text;
-  return S_ISREG(st.st_mode) && read_small_file_at(dfd, ".git", &text) && text.rfind("gitdir:", 0) == 0;
-}
+/// checkout)? As git decides it (setup.c's is_nonbare_repository_dir): a ".git" that is a valid
+/// git directory, or a ".git" file naming one. A stale submodule .git file or a .git directory of
+/// junk is not: git applies the outer rules there. (A submodule the index records is handled by
+/// GitRepo::tracked: git does not look inside it whatever its .git holds.)
+bool nested_work_tree(int dfd) { return nonbare_repository_at(dfd); }
 
 /// A walk thread's files, in 1 MiB chunks, each a mapping of its own: the list grows without
 /// copying and without a doubling's slack, and each chunk goes back to the system as soon as its

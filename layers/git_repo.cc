@@ -2,12 +2,15 @@
 // with a memo, no libgit2 at all until the index is needed.
 #include "layers/git_repo.h"
 
+#include <fcntl.h>
 #include <git2.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cerrno>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -54,7 +57,7 @@ GitRepo::~GitRepo() {
 }
 
 namespace {
-std::string excludes_file(git_repository* repo);
+void read_config(git_repository* repo, std::string* excludes_file, bool* ignore_case);
 }
 
 /// libgit2 finds no repository (open() answers null).
@@ -88,7 +91,7 @@ std::unique_ptr<GitRepo> GitRepo::open_libgit2(const std::string& dir) {
   g->workdir_ = workdir;
   g->commondir_ = git_repository_commondir(g->h_->repo);
   if (!g->commondir_.empty() && g->commondir_.back() != '/') g->commondir_ += '/';
-  g->excludes_file_ = excludes_file(g->h_->repo);
+  read_config(g->h_->repo, &g->excludes_file_, &g->ignore_case_);
   return g;
 }
 
@@ -130,7 +133,7 @@ void GitRepo::load_index() const {
 
 namespace {
 
-constexpr int kMemoVersion = 1;
+constexpr int kMemoVersion = 2;  // 2: core.ignorecase
 
 /// What lstat says of a path, as a string ("-" when absent): any change to the entry (content,
 /// replacement, entries added to or removed from a directory) changes it.
@@ -241,6 +244,7 @@ std::unique_ptr<GitRepo> GitRepo::open_remembered(const std::string& dir, const 
         g->prefix_ = j.at("prefix").get<std::string>();
         g->commondir_ = j.at("commondir").get<std::string>();
         g->excludes_file_ = j.at("excludes_file").get<std::string>();
+        g->ignore_case_ = j.at("ignore_case").get<bool>();
         g->memo_index_used_ = j.value("index_used", false);
         if (g->memo_index_used_) {  // the last walk needed the index: read it while the walk starts
           GitRepo* raw = g.get();
@@ -281,6 +285,7 @@ std::unique_ptr<GitRepo> GitRepo::open_remembered(const std::string& dir, const 
     j["prefix"] = g->prefix_;
     j["commondir"] = g->commondir_;
     j["excludes_file"] = g->excludes_file_;
+    j["ignore_case"] = g->ignore_case_;
     j["index_used"] = false;
     g->memo_ = memo;
   } else if (!found) {
@@ -322,25 +327,35 @@ bool read_text(const std::string& path, std::string* out) {
   return true;
 }
 
-std::string excludes_file(git_repository* repo) {
+/// What git's config says for the exclude rules: core.excludesFile (default
+/// $XDG_CONFIG_HOME/git/ignore) and core.ignorecase (default false on Linux: git sets it in the
+/// repository's config when `git init` or `git clone` ran on a case-insensitive filesystem, and
+/// the setting travels with the checkout).
+void read_config(git_repository* repo, std::string* excludes_file, bool* ignore_case) {
   git_config* cfg = nullptr;
   std::string path;
+  *ignore_case = false;
   if (git_repository_config_snapshot(&cfg, repo) == 0) {
     git_buf buf = GIT_BUF_INIT;
     if (git_config_get_path(&buf, cfg, "core.excludesFile") == 0 && buf.ptr) path = buf.ptr;
     git_buf_dispose(&buf);
+    int v = 0;
+    if (git_config_get_bool(&v, cfg, "core.ignorecase") == 0) *ignore_case = v != 0;
     git_config_free(cfg);
   }
-  if (!path.empty()) return path;
-  const char* xdg = std::getenv("XDG_CONFIG_HOME");
-  if (xdg && *xdg) return std::string(xdg) + "/git/ignore";
-  const char* home = std::getenv("HOME");
-  return home && *home ? std::string(home) + "/.config/git/ignore" : std::string();
+  if (path.empty()) {
+    const char* xdg = std::getenv("XDG_CONFIG_HOME");
+    const char* home = std::getenv("HOME");
+    if (xdg && *xdg) path = std::string(xdg) + "/git/ignore";
+    else if (home && *home) path = std::string(home) + "/.config/git/ignore";
+  }
+  *excludes_file = path;
 }
 
 }  // namespace
 
 void GitRepo::add_rules(IgnoreRules& rules) const {
+  rules.set_git_ignore_case(ignore_case_);
   std::string text;
   if (read_text(commondir_ + "info/exclude", &text)) rules.add_git_excludes(text);
   if (!excludes_file_.empty() && read_text(excludes_file_, &text)) rules.add_git_excludes(text);
@@ -356,16 +371,170 @@ void GitRepo::add_rules(IgnoreRules& rules) const {
   }
 }
 
+namespace {
+
+std::string ascii_folded(std::string_view s) {
+  std::string out(s);
+  for (char& c : out)
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  return out;
+}
+
+}  // namespace
+
+void GitRepo::load_tables() const {
+  // As `git ls-files` run in `dir` sees the index: first cut to the entries below the prefix,
+  // compared byte for byte (ls-files' prune_index), then, under core.ignorecase, looked up without
+  // regard to ASCII case (index_file_exists, index_dir_exists). So "Out/t.py" in the index tracks
+  // "out/t.py" on disk seen from the work tree's root, not from inside "out".
+  if (tables_ready_) return;
+  git_index* idx = index();
+  const std::size_t n = git_index_entrycount(idx);
+  for (std::size_t i = 0; i < n; ++i) {
+    const git_index_entry* e = git_index_get_byindex(idx, i);
+    if (!e || !e->path) continue;
+    std::string_view p = e->path;
+    if (!p.starts_with(prefix_)) continue;
+    std::string rel = ignore_case_ ? ascii_folded(p.substr(prefix_.size())) : std::string(p.substr(prefix_.size()));
+    if ((e->mode & 0170000) == 0160000) gitlinks_.push_back(rel);
+    if (ignore_case_) folded_.push_back(std::move(rel));
+  }
+  std::sort(folded_.begin(), folded_.end());
+  std::sort(gitlinks_.begin(), gitlinks_.end());
+  tables_ready_ = true;
+}
+
+bool GitRepo::in_gitlink(std::string_view rel) const {
+  // git's treat_directory: a directory the index records as a submodule (a gitlink) is not looked
+  // into, whatever its .git holds (a stale one, or none): nothing below it is listed as ignored.
+  if (gitlinks_.empty()) return false;
+  const std::string key = ignore_case_ ? ascii_folded(rel) : std::string(rel);
+  for (std::size_t end = 0;; ++end) {
+    end = key.find('/', end);
+    if (std::binary_search(gitlinks_.begin(), gitlinks_.end(), key.substr(0, end))) return true;
+    if (end == std::string::npos) return false;
+  }
+}
+
 bool GitRepo::tracked(std::string_view rel) const {
+  load_tables();
+  if (in_gitlink(rel)) return true;
+  if (ignore_case_) return std::binary_search(folded_.begin(), folded_.end(), ascii_folded(rel));
   std::string p = prefix_ + std::string(rel);
   std::size_t pos = 0;
   return git_index_find(&pos, index(), p.c_str()) == 0;
 }
 
 bool GitRepo::tracks_below(std::string_view rel_dir) const {
+  load_tables();
+  if (in_gitlink(rel_dir)) return true;
+  if (ignore_case_) {
+    const std::string d = ascii_folded(rel_dir) + "/";
+    auto it = std::lower_bound(folded_.begin(), folded_.end(), d);
+    return it != folded_.end() && it->starts_with(d);
+  }
   std::string p = prefix_ + std::string(rel_dir) + "/";
   std::size_t pos = 0;
   return git_index_find_prefix(&pos, index(), p.c_str()) == 0;
+}
+
+// ---- Nested repositories ----------------------------------------------------------------------
+
+namespace {
+
+constexpr std::size_t kNoLen = static_cast<std::size_t>(-1);
+
+/// Reads at most `max` bytes of the file at `path` (relative to `dfd`, symlinks followed); the
+/// length read, or kNoLen when it cannot be opened or read. Never blocks on a fifo.
+std::size_t read_at(int dfd, const std::string& path, char* buf, std::size_t max) {
+  int fd = ::openat(dfd, path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+  if (fd < 0) return kNoLen;
+  std::size_t len = 0;
+  while (len < max) {
+    ssize_t n = ::read(fd, buf + len, max - len);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      len = kNoLen;
+      break;
+    }
+    if (n == 0) break;
+    len += static_cast<std::size_t>(n);
+  }
+  ::close(fd);
+  return len;
+}
+
+bool git_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }  // git's sane_ctype
+
+/// git's validate_headref: HEAD is a symlink into "refs/", a file "ref: refs/...", or a file
+/// starting with an object name (40 hex digits).
+bool valid_head(int dfd, const std::string& path) {
+  struct stat st{};
+  if (::fstatat(dfd, path.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0) return false;
+  char buf[256];
+  if (S_ISLNK(st.st_mode)) {
+    ssize_t n = ::readlinkat(dfd, path.c_str(), buf, sizeof buf - 1);
+    return n >= 5 && std::memcmp(buf, "refs/", 5) == 0;
+  }
+  std::size_t len = read_at(dfd, path, buf, sizeof buf - 1);
+  if (len == kNoLen) return false;
+  std::string_view head(buf, len);
+  head = head.substr(0, head.find('\0'));  // read as a C string
+  if (head.starts_with("ref:")) {
+    std::size_t i = 4;
+    while (i < head.size() && git_space(head[i])) ++i;
+    if (head.substr(i).starts_with("refs/")) return true;
+  }
+  if (head.size() < 40) return false;
+  return std::all_of(head.begin(), head.begin() + 40, [](char c) { return std::isxdigit(static_cast<unsigned char>(c)); });
+}
+
+/// git's is_git_directory: a valid HEAD, and objects/ and refs/ in the common directory (the
+/// "commondir" file's, for a linked work tree's git directory). `dir` is relative to `dfd`.
+bool is_git_directory_at(int dfd, const std::string& dir) {
+  if (!valid_head(dfd, dir + "/HEAD")) return false;
+  std::string common = dir;
+  if (const char* env = std::getenv("GIT_COMMON_DIR")) {
+    common = env;
+  } else {
+    struct stat st{};
+    if (::fstatat(dfd, (dir + "/commondir").c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0) {
+      char buf[4096];
+      std::size_t len = read_at(dfd, dir + "/commondir", buf, sizeof buf);
+      if (len == kNoLen || len == 0) return false;  // git dies here ("failed to read")
+      while (len && (buf[len - 1] == '\n' || buf[len - 1] == '\r')) --len;
+      std::string data(buf, len);
+      data = data.substr(0, data.find('\0'));
+      common = !data.empty() && data[0] == '/' ? data : dir + "/" + data;
+    }
+  }
+  if (const char* env = std::getenv("GIT_OBJECT_DIRECTORY")) {
+    if (::access(env, X_OK) != 0) return false;
+  } else if (::faccessat(dfd, (common + "/objects").c_str(), X_OK, 0) != 0) {
+    return false;
+  }
+  return ::faccessat(dfd, (common + "/refs").c_str(), X_OK, 0) == 0;
+}
+
+}  // namespace
+
+bool nonbare_repository_at(int dfd) {
+  // read_gitfile_gently(".git"): a regular file (symlinks followed) "gitdir: PATH" naming a git
+  // directory; a .git git cannot open or read counts as a repository too.
+  struct stat st{};
+  if (::fstatat(dfd, ".git", &st, 0) != 0) return false;
+  if (!S_ISREG(st.st_mode)) return is_git_directory_at(dfd, ".git");
+  if (st.st_size > (1 << 20)) return false;  // too large to be a .git file
+  std::string text(static_cast<std::size_t>(st.st_size), '\0');
+  std::size_t len = read_at(dfd, ".git", text.data(), text.size());
+  if (len != text.size()) return true;  // READ_GITFILE_ERR_OPEN_FAILED / READ_FAILED
+  if (!text.starts_with("gitdir: ")) return false;
+  while (len && (text[len - 1] == '\n' || text[len - 1] == '\r')) --len;
+  if (len < 9) return false;  // no path
+  std::string gitdir = text.substr(8, len - 8);
+  gitdir = gitdir.substr(0, gitdir.find('\0'));
+  if (gitdir.empty()) return false;
+  return is_git_directory_at(dfd, gitdir);  // a relative path is relative to the .git file's directory
 }
 
 }  // namespace kiln::layers

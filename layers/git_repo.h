@@ -17,6 +17,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <vector>
 
 #include "layers/ignore.h"
 #include "layers/input_error.h"
@@ -57,17 +58,25 @@ class GitRepo {
   const std::string& workdir() const { return workdir_; }
   const std::string& prefix() const { return prefix_; }
 
-  /// Adds git's exclude sources to `rules`, whose paths are relative to the work tree's root:
+  /// core.ignorecase, as git reads it: the exclude patterns then fold ASCII case (add_rules), and
+  /// the index entries below prefix() (compared exactly, as `git ls-files` cuts the index to its
+  /// prefix) are looked up without regard to ASCII case (tracked(), tracks_below()), as git does.
+  bool ignore_case() const { return ignore_case_; }
+
+  /// Sets git's core.ignorecase on `rules` and adds git's exclude sources to them, whose paths are
+  /// relative to the work tree's root:
   /// .git/info/exclude, core.excludesFile (default $XDG_CONFIG_HOME/git/ignore), and the
   /// .gitignore files of the directories from the root down to `dir`'s parent. The walk adds
   /// those at and below `dir` as it meets them.
   void add_rules(IgnoreRules& rules) const;
 
-  /// Is this path (relative to `dir`) in the index? The index is read on the first question (an
-  /// InputError when it is corrupt); a walk that meets no excluded path never reads it. Not
+  /// Is this path (relative to `dir`) in the index, or below a submodule the index records (git
+  /// does not look inside one, whatever its .git holds)? The index is read on the first question
+  /// (an InputError when it is corrupt); a walk that meets no excluded path never reads it. Not
   /// thread-safe: the parallel walk asks under a lock.
   bool tracked(std::string_view rel) const;
-  /// Does the index hold a path below this directory (relative to `dir`)?
+  /// Does the index hold a path below this directory (relative to `dir`), or is the directory in
+  /// a submodule the index records?
   bool tracks_below(std::string_view rel_dir) const;
 
  private:
@@ -75,6 +84,8 @@ class GitRepo {
   struct NotARepo;
   static std::unique_ptr<GitRepo> open_libgit2(const std::string& dir);  // throws NotARepo
   ::git_index* index() const;
+  void load_tables() const;                     // folded_ and gitlinks_, from the index
+  bool in_gitlink(std::string_view rel) const;  // rel, or a directory above it, is a submodule
   void load_index() const;  // opens h_ when needed, then reads the index (index() and the prefetch)
   void open_handles() const;
   struct Handles;
@@ -82,9 +93,19 @@ class GitRepo {
   mutable std::thread prefetch_;        // opens h_ and reads the index in the background
   mutable std::exception_ptr prefetch_error_;
   mutable bool index_used_ = false;
-  bool from_memo_ = false, memo_index_used_ = false;
+  mutable bool tables_ready_ = false;
+  mutable std::vector<std::string> folded_;    // core.ignorecase: the paths below prefix_, lowercased, sorted
+  mutable std::vector<std::string> gitlinks_;  // the submodules below prefix_ (lowercased likewise), sorted
+  bool from_memo_ = false, memo_index_used_ = false, ignore_case_ = false;
   std::filesystem::path memo_;
   std::string dir_, workdir_, prefix_, commondir_, excludes_file_;
 };
+
+/// Is the directory open at `dfd` the top of another repository's work tree, as git's
+/// is_nonbare_repository_dir() decides it: a ".git" directory that is a git directory (a valid
+/// HEAD, objects/ and refs/ in its common directory), or a ".git" file "gitdir: PATH" naming one
+/// (relative to the directory). A stale .git file, a .git directory of junk or an empty one is
+/// not: git applies the outer repository's rules inside. `git ls-files` does not look inside one.
+bool nonbare_repository_at(int dfd);
 
 }  // namespace kiln::layers

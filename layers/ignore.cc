@@ -22,12 +22,18 @@ constexpr size_t kNone = static_cast<size_t>(-1);
 // ---------------------------------------------------------------------------------------------
 // Single-segment globs ("*", "?", "[...]", "\x"); the text never contains '/'.
 
-// POSIX class name ("alpha" from "[:alpha:]") applied to c.
-bool posix_class(std::string_view name, unsigned char c) {
+// ASCII case folding, as git's wildmatch folds with WM_CASEFOLD (core.ignorecase): other bytes
+// (UTF-8 included) are compared as they are.
+char ascii_lower(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; }
+char ascii_upper(char c) { return c >= 'a' && c <= 'z' ? static_cast<char>(c - 'a' + 'A') : c; }
+
+// POSIX class name ("alpha" from "[:alpha:]") applied to c. `icase`: git's WM_CASEFOLD reading,
+// where c is already lowercased and "[:upper:]" also takes lowercase letters.
+bool posix_class(std::string_view name, unsigned char c, bool icase) {
   if (name == "alpha") return std::isalpha(c);
   if (name == "digit") return std::isdigit(c);
   if (name == "alnum") return std::isalnum(c);
-  if (name == "upper") return std::isupper(c);
+  if (name == "upper") return std::isupper(c) || (icase && std::islower(c));
   if (name == "lower") return std::islower(c);
   if (name == "space") return std::isspace(c);
   if (name == "punct") return std::ispunct(c);
@@ -41,7 +47,10 @@ bool posix_class(std::string_view name, unsigned char c) {
 
 // Matches the bracket expression starting at p[i] == '[' against c. Sets `next` past the ']'.
 // Returns false with next == kNone when the bracket is unterminated (then '[' is a literal).
-bool match_class(std::string_view p, size_t i, char c, size_t& next) {
+// `icase` folds as git's wildmatch does with WM_CASEFOLD: c is lowercased, a single member is
+// compared as written (so "[A]" takes neither "a" nor "A"), a range takes c or its uppercase.
+bool match_class(std::string_view p, size_t i, char c, size_t& next, bool icase) {
+  if (icase) c = ascii_lower(c);
   size_t j = i + 1;
   bool negate = j < p.size() && (p[j] == '!' || p[j] == '^');
   if (negate) ++j;
@@ -50,7 +59,7 @@ bool match_class(std::string_view p, size_t i, char c, size_t& next) {
     if (p[j] == '[' && j + 1 < p.size() && p[j + 1] == ':') {  // [:name:]
       size_t end = p.find(":]", j + 2);
       if (end != std::string_view::npos) {
-        hit |= posix_class(p.substr(j + 2, end - j - 2), static_cast<unsigned char>(c));
+        hit |= posix_class(p.substr(j + 2, end - j - 2), static_cast<unsigned char>(c), icase);
         j = end + 2;
         continue;
       }
@@ -59,14 +68,19 @@ bool match_class(std::string_view p, size_t i, char c, size_t& next) {
     if (lo == '\\' && j + 1 < p.size()) lo = p[++j];
     ++j;
     char hi = lo;
+    bool range = false;
     if (j + 1 < p.size() && p[j] == '-' && p[j + 1] != ']') {  // range lo-hi
+      range = true;
       j += 1;
       hi = p[j];
       if (hi == '\\' && j + 1 < p.size()) hi = p[++j];
       ++j;
     }
-    auto uc = static_cast<unsigned char>(c);
-    if (static_cast<unsigned char>(lo) <= uc && uc <= static_cast<unsigned char>(hi)) hit = true;
+    auto in_range = [&](char x) {
+      auto ux = static_cast<unsigned char>(x);
+      return static_cast<unsigned char>(lo) <= ux && ux <= static_cast<unsigned char>(hi);
+    };
+    if (in_range(c) || (icase && range && in_range(ascii_upper(c)))) hit = true;
   }
   if (j >= p.size()) {
     next = kNone;
@@ -77,7 +91,9 @@ bool match_class(std::string_view p, size_t i, char c, size_t& next) {
 }
 
 // Matches one non-star element of glob p at p[i] against c; sets `next` to the element's end.
-bool match_elem(std::string_view p, size_t i, char c, size_t& next) {
+// `icase`: as git's wildmatch with WM_CASEFOLD, which lowercases the text's character and the
+// pattern's, but not an escaped one ("\A" then matches nothing).
+bool match_elem(std::string_view p, size_t i, char c, size_t& next, bool icase) {
   switch (p[i]) {
     case '?':
       next = i + 1;
@@ -85,11 +101,11 @@ bool match_elem(std::string_view p, size_t i, char c, size_t& next) {
     case '\\':
       if (i + 1 < p.size()) {
         next = i + 2;
-        return p[i + 1] == c;
+        return p[i + 1] == (icase ? ascii_lower(c) : c);
       }
       break;  // trailing backslash: literal
     case '[': {
-      bool hit = match_class(p, i, c, next);
+      bool hit = match_class(p, i, c, next, icase);
       if (next != kNone) return hit;
       break;  // unterminated: literal '['
     }
@@ -97,11 +113,11 @@ bool match_elem(std::string_view p, size_t i, char c, size_t& next) {
       break;
   }
   next = i + 1;
-  return p[i] == c;
+  return icase ? ascii_lower(p[i]) == ascii_lower(c) : p[i] == c;
 }
 
 // Classic wildcard match with one backtrack point: O(|p| x |s|).
-bool segment_glob(std::string_view p, std::string_view s) {
+bool segment_glob(std::string_view p, std::string_view s, bool icase) {
   size_t pi = 0, si = 0, star_p = kNone, star_s = 0;
   while (si < s.size()) {
     if (pi < p.size() && p[pi] == '*') {
@@ -111,7 +127,7 @@ bool segment_glob(std::string_view p, std::string_view s) {
       continue;
     }
     size_t next = 0;
-    if (pi < p.size() && match_elem(p, pi, s[si], next)) {
+    if (pi < p.size() && match_elem(p, pi, s[si], next, icase)) {
       pi = next;
       ++si;
       continue;
@@ -129,12 +145,16 @@ bool segment_glob(std::string_view p, std::string_view s) {
 
 struct Seg {
   enum Kind : uint8_t { kLiteral, kGlob, kAny, kDoubleStar } kind;
-  std::string text;  // kLiteral: unescaped text; kGlob: glob text
+  std::string text;  // kLiteral: plain text (no escape); kGlob: glob text
 
-  bool matches(std::string_view s) const {
+  bool matches(std::string_view s, bool icase) const {
     switch (kind) {
-      case kLiteral: return s == text;
-      case kGlob: return segment_glob(text, s);
+      case kLiteral:
+        return icase ? s.size() == text.size() &&
+                           std::equal(s.begin(), s.end(), text.begin(),
+                                      [](char a, char b) { return ascii_lower(a) == ascii_lower(b); })
+                     : s == text;
+      case kGlob: return segment_glob(text, s, icase);
       default: return true;  // kAny; kDoubleStar is handled by match_segs
     }
   }
@@ -149,13 +169,9 @@ struct Pattern {
 Seg compile_segment(std::string_view s) {
   if (s == "**") return {Seg::kDoubleStar, {}};
   if (s == "*") return {Seg::kAny, {}};
-  if (s.find_first_of("*?[") != std::string_view::npos) return {Seg::kGlob, std::string(s)};
-  std::string lit;  // only backslash escapes left: unescape
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '\\' && i + 1 < s.size()) ++i;
-    lit += s[i];
-  }
-  return {Seg::kLiteral, std::move(lit)};
+  // An escape makes a glob: under core.ignorecase git folds an escaped character differently.
+  if (s.find_first_of("*?[\\") != std::string_view::npos) return {Seg::kGlob, std::string(s)};
+  return {Seg::kLiteral, std::string(s)};
 }
 
 // Splits on '/'. Consecutive "**" collapse; a trailing "**" becomes "one segment, then zero or
@@ -180,7 +196,7 @@ Pattern compile(std::string_view pat) {
 }
 
 // Greedy segment match; "**" plays the role of "*" with path segments as characters.
-bool match_segs(const Seg* p, size_t m, const std::string_view* s, size_t n) {
+bool match_segs(const Seg* p, size_t m, const std::string_view* s, size_t n, bool icase) {
   size_t pi = 0, si = 0, star_p = kNone, star_s = 0;
   while (si < n) {
     if (pi < m && p[pi].kind == Seg::kDoubleStar) {
@@ -188,7 +204,7 @@ bool match_segs(const Seg* p, size_t m, const std::string_view* s, size_t n) {
       star_s = si;
       continue;
     }
-    if (pi < m && p[pi].matches(s[si])) {
+    if (pi < m && p[pi].matches(s[si], icase)) {
       ++pi;
       ++si;
       continue;
@@ -201,9 +217,9 @@ bool match_segs(const Seg* p, size_t m, const std::string_view* s, size_t n) {
   return pi == m;
 }
 
-bool match(const Pattern& p, const std::string_view* s, size_t n) {
+bool match(const Pattern& p, const std::string_view* s, size_t n, bool icase) {
   if (p.has_dstar ? n < p.min_segs : n != p.min_segs) return false;
-  return match_segs(p.segs.data(), p.segs.size(), s, n);
+  return match_segs(p.segs.data(), p.segs.size(), s, n, icase);
 }
 
 // Splits a relative path into its non-empty segments (views into `path`).
@@ -688,17 +704,18 @@ struct IgnoreRules::Impl {
   std::map<std::string, GitFile, std::less<>> git;  // keyed by directory ("" = root)
   std::vector<GitFile> git_excludes;                // below every .gitignore, in precedence order
   std::vector<DockerFile> docker;                   // .dockerignore, .flyteignore
+  bool git_icase = false;                           // core.ignorecase: git patterns fold ASCII case
 
   // Git verdict for the first k segments of s, ignoring ancestors: +1 ignore, -1 keep, 0 none.
   // `files` holds the .gitignore files on the path, deepest first.
   static int git_verdict(const std::vector<const GitFile*>& files, const std::string_view* s,
-                         size_t k, bool is_dir) {
+                         size_t k, bool is_dir, bool icase) {
     for (const GitFile* f : files) {
       if (f->depth >= k) continue;  // applies only strictly below its directory
       for (auto r = f->rules.rbegin(); r != f->rules.rend(); ++r) {
         if (r->dir_only && !is_dir) continue;
-        bool hit = r->basename ? match(r->pat, s + k - 1, 1)
-                               : match(r->pat, s + f->depth, k - f->depth);
+        bool hit = r->basename ? match(r->pat, s + k - 1, 1, icase)
+                               : match(r->pat, s + f->depth, k - f->depth, icase);
         if (hit) return r->negate ? -1 : 1;
       }
     }
@@ -719,7 +736,7 @@ struct IgnoreRules::Impl {
     for (const GitFile& f : git_excludes) files.push_back(&f);  // info/exclude, core.excludesFile
     if (files.empty()) return false;
     for (size_t k = 1; k <= s.size(); ++k)
-      if (git_verdict(files, s.data(), k, k < s.size() || is_dir) > 0) return true;
+      if (git_verdict(files, s.data(), k, k < s.size() || is_dir, git_icase) > 0) return true;
     return false;
   }
 
@@ -777,6 +794,8 @@ void IgnoreRules::add_gitignore(std::string_view dir_rel, std::string_view conte
   file.depth = dir.size();
   parse_gitignore(file, content);
 }
+
+void IgnoreRules::set_git_ignore_case(bool ignore_case) { impl_->git_icase = ignore_case; }
 
 void IgnoreRules::add_git_excludes(std::string_view content) {
   impl_->git_excludes.emplace_back();
@@ -840,11 +859,11 @@ bool IgnoreRules::can_prune(std::string_view dir_rel) const {
   return false;
 }
 
-bool glob_match(std::string_view pattern, std::string_view path) {
+bool glob_match(std::string_view pattern, std::string_view path, bool ignore_case) {
   Pattern p = compile(pattern);
   std::vector<std::string_view> s;
   split(path, s);
-  return match(p, s.data(), s.size());
+  return match(p, s.data(), s.size(), ignore_case);
 }
 
 }  // namespace kiln::layers

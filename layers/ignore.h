@@ -41,6 +41,11 @@ class IgnoreRules {
   /// directory cannot be re-included. Later rules and deeper .gitignore files win.
   void add_gitignore(std::string_view dir_rel, std::string_view content);
 
+  /// git's core.ignorecase: the .gitignore and exclude patterns fold ASCII case as git's wildmatch
+  /// does with WM_CASEFOLD ("*.log" ignores "A.LOG"; an escaped letter and a single letter in
+  /// "[...]" are compared as written, as git compares them). Default: case-sensitive.
+  void set_git_ignore_case(bool ignore_case);
+
   /// Exclude patterns of lower precedence than every .gitignore, relative to the root (git's
   /// .git/info/exclude, then core.excludesFile: call in that order).
   void add_git_excludes(std::string_view content);
@@ -71,7 +76,8 @@ class IgnoreRules {
 
 /// Glob match of one git pattern against a path, both '/'-separated. "*", "?" and "[...]" (with "!"
 /// or "^" negation and ranges) never match "/"; "**" as a whole segment matches zero or more segments.
-bool glob_match(std::string_view pattern, std::string_view path);
+/// `ignore_case`: as under git's core.ignorecase (IgnoreRules::set_git_ignore_case).
+bool glob_match(std::string_view pattern, std::string_view path, bool ignore_case = false);
 
 /// Docker's verdict for one path: the rules of a .dockerignore `content` applied to `path` (a
 /// relative, '/'-separated path), as IgnoreRules::add_dockerignore reads them. Throws InputError.

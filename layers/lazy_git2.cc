@@ -30,10 +30,13 @@ FWD(int, git_repository_index, (git_index * *out, git_repository* repo), (out, r
 FWD(int, git_repository_config_snapshot, (git_config * *out, git_repository* repo), (out, repo))
 FWD(void, git_config_free, (git_config * cfg), (cfg))
 FWD(int, git_config_get_path, (git_buf * out, const git_config* cfg, const char* name), (out, cfg, name))
+FWD(int, git_config_get_bool, (int* out, const git_config* cfg, const char* name), (out, cfg, name))
 FWD(void, git_buf_dispose, (git_buf * buf), (buf))
 FWD(int, git_index_find, (size_t * at, git_index* index, const char* path), (at, index, path))
 FWD(int, git_index_find_prefix, (size_t * at, git_index* index, const char* prefix), (at, index, prefix))
 FWD(void, git_index_free, (git_index * index), (index))
+FWD(size_t, git_index_entrycount, (const git_index* index), (index))
+FWD(const git_index_entry*, git_index_get_byindex, (git_index * index, size_t n), (index, n))
 
 #undef FWD
 

@@ -8,13 +8,17 @@
 
 #include <catch2/catch.hpp>
 
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "layers/fileset.h"
+#include "layers/git_repo.h"
 #include "layers/tar_writer.h"
 #include "testutil.h"
 
@@ -55,6 +59,41 @@ struct HomeEnv {
     if (old_xdg.empty()) ::unsetenv("XDG_CONFIG_HOME"); else ::setenv("XDG_CONFIG_HOME", old_xdg.c_str(), 1);
   }
 };
+
+/// What flytekit's GitIgnore drops: `git ls-files -io --exclude-standard` run in `dir` (paths
+/// relative to it; `core.quotePath=false`, so that names need no unquoting).
+std::set<std::string> git_ls_ignored(const TempDir& tmp, const fs::path& dir) {
+  std::string cmd = "cd '" + dir.string() + "' && HOME='" + (tmp / "home").string() + "' XDG_CONFIG_HOME='" +
+                    (tmp / "home/.config").string() +
+                    "' GIT_CONFIG_NOSYSTEM=1 git -c core.quotePath=false ls-files -io --exclude-standard";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  REQUIRE(p);
+  std::string out;
+  char buf[4096];
+  for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
+  REQUIRE(::pclose(p) == 0);
+  std::set<std::string> files;
+  for (std::size_t start = 0, nl; (nl = out.find('\n', start)) != std::string::npos; start = nl + 1)
+    files.insert(out.substr(start, nl - start));
+  return files;
+}
+
+/// flytekit's selection in `dir`, from real git: every file below it (minus .git) that
+/// `git ls-files -io --exclude-standard` does not list.
+std::set<std::string> git_kept_files(const TempDir& tmp, const fs::path& dir) {
+  const std::set<std::string> ignored = git_ls_ignored(tmp, dir);
+  std::set<std::string> kept;
+  for (auto it = fs::recursive_directory_iterator(dir); it != fs::recursive_directory_iterator(); ++it) {
+    if (it->path().filename() == ".git") {
+      if (it->is_directory()) it.disable_recursion_pending();
+      continue;
+    }
+    if (it->is_directory()) continue;
+    std::string rel = fs::relative(it->path(), dir).string();
+    if (!ignored.count(rel)) kept.insert(rel);
+  }
+  return kept;
+}
 
 ImageSpec spec_all(const fs::path& root) {
   ImageSpec s;
@@ -248,4 +287,195 @@ TEST_CASE("fileset: a directory swapped for a symlink after the walk is never re
   for (const FileEntry& e : again.source)
     if (e.rel() == "g.txt") CHECK(e.type == FileEntry::Type::Symlink);
   hash_files(again, nullptr, 1);
+}
+
+TEST_CASE("fileset/git: core.ignorecase makes the exclude patterns and the index lookups case-insensitive", "[git]") {
+  if (!have_git()) {
+    WARN("SKIPPED: git is not installed");
+    return;
+  }
+  TempDir tmp;
+  HomeEnv home(tmp);
+  const fs::path repo = tmp / "repo";
+  write_file(repo / ".gitignore", "*.log\nBuild/\n.ENV\nout/\n");
+  write_file(repo / "ok.py", "x");
+  write_file(repo / "Out" / "t.py", "tracked as Out/t.py");
+  write_file(repo / "Out" / "T.LOG", "tracked as Out/T.LOG");
+  write_file(repo / "Keep.log", "tracked as Keep.log");
+  write_file(repo / "info.txt", "excluded by info/exclude's INFO.TXT");
+  git(tmp, repo, "init -q");
+  write_file(repo / ".git" / "info" / "exclude", "INFO.TXT\n");
+  git(tmp, repo, "add -f ok.py Out/t.py Out/T.LOG Keep.log");
+  git(tmp, repo, "commit -q -m init");
+  // As a checkout made on macOS and used on Linux: the setting, and names whose case changed.
+  git(tmp, repo, "config core.ignorecase true");
+  fs::rename(repo / "Keep.log", repo / "KEEP.LOG");
+  fs::rename(repo / "Out", repo / "out");
+  fs::rename(repo / "out" / "T.LOG", repo / "out" / "t.log");
+  write_file(repo / "out" / "u.py", "untracked below an ignored directory");
+  write_file(repo / "A.LOG", "x");
+  write_file(repo / "build" / "x.py", "x");
+  write_file(repo / ".env", "SECRET=1");
+
+  const std::set<std::string> want = git_kept_files(tmp, repo);
+  // The tracked files whose case changed are still tracked for git; the rest is dropped.
+  CHECK(want == std::set<std::string>{".gitignore", "KEEP.LOG", "ok.py", "out/t.log", "out/t.py"});
+  CHECK(files_of(collect_files(spec_all(repo))) == want);
+  // From a subdirectory too (the rules above it, the prefix into the index).
+  CHECK(files_of(collect_files(spec_all(repo / "out"))) == git_kept_files(tmp, repo / "out"));
+
+  SECTION("without core.ignorecase the patterns are case-sensitive, as in git") {
+    git(tmp, repo, "config core.ignorecase false");
+    const std::set<std::string> sensitive = git_kept_files(tmp, repo);
+    CHECK(sensitive.count("A.LOG"));
+    CHECK(files_of(collect_files(spec_all(repo))) == sensitive);
+  }
+}
+
+TEST_CASE("fileset/git: the git memo holds core.ignorecase and a change to it is seen", "[git]") {
+  if (!have_git()) {
+    WARN("SKIPPED: git is not installed");
+    return;
+  }
+  TempDir tmp;
+  HomeEnv home(tmp);
+  const fs::path repo = tmp / "repo";
+  fs::create_directories(repo / "app");
+  fs::create_directories(tmp / "store" / "stat");
+  fs::create_directories(tmp / "store" / "tmp");
+  const fs::path memo = tmp / "store" / "stat" / "git.json";
+  git(tmp, repo, "init -q");
+  git(tmp, repo, "config core.ignorecase true");
+  // A memo is written only when nothing it watches changed within the last second.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  const std::string dir = (repo / "app").string();
+  auto first = GitRepo::open_remembered(dir, memo);
+  REQUIRE(first);
+  CHECK_FALSE(first->from_memo());
+  CHECK(first->ignore_case());
+  REQUIRE(fs::exists(memo));
+  first.reset();
+  auto again = GitRepo::open_remembered(dir, memo);
+  REQUIRE(again);
+  CHECK(again->from_memo());
+  CHECK(again->ignore_case());
+  IgnoreRules rules;
+  again->add_rules(rules);
+  rules.add_gitignore("", "*.log\n");
+  CHECK(rules.ignored("A.LOG", false));
+  again.reset();
+  git(tmp, repo, "config core.ignorecase false");
+  auto changed = GitRepo::open_remembered(dir, memo);
+  REQUIRE(changed);
+  CHECK_FALSE(changed->from_memo());
+  CHECK_FALSE(changed->ignore_case());
+}
+
+namespace {
+
+std::set<std::string> without_dotgit(std::set<std::string> files) {
+  std::erase_if(files, [](const std::string& f) { return f == ".git" || f.ends_with("/.git") || contains(f, ".git/"); });
+  return files;
+}
+
+}  // namespace
+
+TEST_CASE("fileset/git: a directory is a nested repository only when git says so (a valid .git)", "[git]") {
+  if (!have_git()) {
+    WARN("SKIPPED: git is not installed");
+    return;
+  }
+  TempDir tmp;
+  HomeEnv home(tmp);
+  const fs::path repo = tmp / "repo";
+  write_file(repo / ".gitignore", "*.log\n.env\n");
+  write_file(repo / "main.py", "x");
+  git(tmp, repo, "init -q");
+  // Each directory holds an ignored x.log and .env and a kept x.py: git lists the first two when
+  // it applies the outer rules inside, and neither when it takes the directory for a repository.
+  auto dir = [&](const std::string& name) {
+    write_file(repo / name / "x.log", "log");
+    write_file(repo / name / ".env", "SECRET=1");
+    write_file(repo / name / "x.py", "py");
+    return repo / name;
+  };
+  auto git_dir = [&](const fs::path& d, const std::string& head, bool objects = true, bool refs = true) {
+    fs::create_directories(d);
+    if (!head.empty()) write_file(d / "HEAD", head);
+    if (objects) fs::create_directories(d / "objects");
+    if (refs) fs::create_directories(d / "refs");
+  };
+  // Not repositories for git: the outer rules apply inside.
+  write_file(dir("stale") / ".git", "gitdir: ../.git/modules/stale\n");  // a submodule whose git dir is gone
+  git_dir(dir("junk") / ".git", "junk\n", false, false);
+  fs::create_directories(dir("empty") / ".git");
+  git_dir(dir("head-only") / ".git", "ref: refs/heads/main\n", false, false);
+  git_dir(dir("no-refs") / ".git", "ref: refs/heads/main\n", true, false);
+  git_dir(dir("no-head") / ".git", "");
+  git_dir(dir("short-hex") / ".git", "0123456789abcdef\n");
+  git_dir(dir("ref-not-refs") / ".git", "ref: heads/main\n");
+  write_file(dir("no-space") / ".git", "gitdir:../full/.git\n");
+  write_file(dir("no-path") / ".git", "gitdir: \n");
+  write_file(dir("not-gitfile") / ".git", "hello\n");
+  git_dir(tmp / "wt-bad", "ref: refs/heads/x\n", false, false);
+  write_file(tmp / "wt-bad" / "commondir", "../nowhere\n");
+  write_file(dir("worktree-bad") / ".git", "gitdir: " + (tmp / "wt-bad").string() + "\n");
+  // Repositories for git: no git rule inside.
+  git_dir(dir("full") / ".git", "ref: refs/heads/main\n");
+  git_dir(dir("spaces") / ".git", "ref: \t refs/x");
+  git_dir(dir("detached") / ".git", "0123456789abcdef0123456789abcdef01234567 and more\n");
+  git_dir(dir("sym-head") / ".git", "", true, true);
+  fs::create_symlink("refs/heads/main", repo / "sym-head" / ".git" / "HEAD");
+  write_file(dir("gitfile") / ".git", "gitdir: ../full/.git\n");
+  write_file(dir("gitfile-crlf") / ".git", "gitdir: ../full/.git\r\n\n");
+  write_file(dir("gitfile-abs") / ".git", "gitdir: " + (repo / "full" / ".git").string() + "\n");
+  git_dir(tmp / "wt-ok", "ref: refs/heads/x\n", false, false);
+  write_file(tmp / "wt-ok" / "commondir", "../repo/full/.git\n");
+  write_file(dir("worktree") / ".git", "gitdir: " + (tmp / "wt-ok").string() + "\n");
+  git(tmp, dir("real"), "init -q");
+
+  const std::set<std::string> want = git_kept_files(tmp, repo);
+  for (const char* d : {"stale", "junk", "empty", "head-only", "no-refs", "no-head", "short-hex", "ref-not-refs",
+                        "no-space", "no-path", "not-gitfile", "worktree-bad"}) {
+    INFO(d);
+    CHECK_FALSE(want.count(std::string(d) + "/x.log"));
+  }
+  for (const char* d : {"full", "spaces", "detached", "sym-head", "gitfile", "gitfile-crlf", "gitfile-abs", "worktree", "real"}) {
+    INFO(d);
+    CHECK(want.count(std::string(d) + "/.env"));
+  }
+  CHECK(without_dotgit(files_of(collect_files(spec_all(repo)))) == without_dotgit(want));
+}
+
+TEST_CASE("fileset/git: git does not look inside a submodule the index records, whatever its .git holds", "[git]") {
+  if (!have_git()) {
+    WARN("SKIPPED: git is not installed");
+    return;
+  }
+  TempDir tmp;
+  HomeEnv home(tmp);
+  const fs::path repo = tmp / "repo";
+  write_file(repo / ".gitignore", "*.log\n");
+  write_file(repo / "main.py", "x");
+  for (const char* d : {"live", "stale", "none", "ignored/sub"}) {
+    write_file(repo / "vendored" / d / "debug.log", "kept: git does not look inside a submodule");
+    write_file(repo / "vendored" / d / "lib.py", "x");
+  }
+  write_file(repo / "vendored" / "plain" / "debug.log", "dropped: not a submodule");
+  git(tmp, repo, "init -q");
+  git(tmp, repo / "vendored" / "live", "init -q");
+  write_file(repo / "vendored" / "stale" / ".git", "gitdir: ../../.git/modules/vendored/stale\n");
+  write_file(repo / ".gitignore", "*.log\nvendored/ignored/\n");
+  const std::string sha = "c6568ce82f5a4eb9046520363871fd936e7f2235";
+  for (const char* d : {"live", "stale", "none", "ignored/sub"})
+    git(tmp, repo, std::string("update-index --add --cacheinfo 160000,") + sha + ",vendored/" + d);
+  const std::set<std::string> want = git_kept_files(tmp, repo);
+  CHECK(want.count("vendored/stale/debug.log"));
+  CHECK(want.count("vendored/none/debug.log"));
+  CHECK(want.count("vendored/ignored/sub/debug.log"));
+  CHECK_FALSE(want.count("vendored/plain/debug.log"));
+  CHECK(without_dotgit(files_of(collect_files(spec_all(repo)))) == without_dotgit(want));
+  // From inside the repository's subdirectory as well.
+  CHECK(without_dotgit(files_of(collect_files(spec_all(repo / "vendored")))) ==
+        without_dotgit(git_kept_files(tmp, repo / "vendored")));
 }

@@ -5,10 +5,17 @@
 #include <catch2/catch.hpp>
 
 #include <chrono>
+#include <cstdlib>
 #include <string>
+#include <tuple>
+#include <vector>
+
+#include "testutil.h"
 
 using kiln::layers::glob_match;
 using kiln::layers::IgnoreRules;
+using kiln::testutil::TempDir;
+using kiln::testutil::write_file;
 
 namespace {
 
@@ -354,4 +361,64 @@ TEST_CASE("ignore: rules survive a move") {
   c = std::move(b);
   CHECK(c.ignored("x/y.o", false));
   CHECK_FALSE(c.ignored("x.c", false));
+}
+
+TEST_CASE("ignore: core.ignorecase folds ASCII case as git's wildmatch does (git check-ignore as reference)") {
+  // {pattern, path, ignored under core.ignorecase=true}. Without it, only "[A].txt" and "\A.txt"
+  // match "A.txt".
+  const std::vector<std::tuple<std::string, std::string, bool>> cases = {
+      {"*.log", "A.LOG", true},
+      {"*.LOG", "a.log", true},
+      {".env", ".ENV", true},
+      {"Secrets", "secrets", true},
+      {"*Foo*", "xxFOOyy", true},
+      {"?.TXT", "a.txt", true},
+      {"a/*/C", "A/b/c", true},
+      {"**/SECRET", "x/y/secret", true},
+      {"[a-c].txt", "B.txt", true},   // the text is lowercased, then tried in the range
+      {"[A-C].txt", "b.txt", true},   // ...and its uppercase too
+      {"[Z-a]x", "zx", true},
+      {"[a].txt", "A.txt", true},
+      {"[A].txt", "A.txt", false},    // a single member is compared as written: "A" never equals "a"
+      {"[!A]x", "Ax", true},          // ...so the negation takes it
+      {"\\a.txt", "A.txt", true},
+      {"\\A.txt", "A.txt", false},    // an escaped character is not lowercased either
+      {"\\A.txt", "a.txt", false},
+      {"[[:upper:]]x", "ax", true},
+      {"[[:lower:]]x", "Ax", true},
+      {"\xc3\xa9.txt", "\xc3\x89.txt", false},  // é / É: only ASCII folds
+  };
+  for (const auto& [pattern, path, want] : cases) {
+    INFO("pattern '" << pattern << "', path '" << path << "'");
+    IgnoreRules fold;
+    fold.set_git_ignore_case(true);
+    fold.add_gitignore("", pattern + "\n");
+    CHECK(fold.ignored(path, false) == want);
+    CHECK(glob_match(pattern, path, true) == want);
+    const bool exact = path == "A.txt" && (pattern == "[A].txt" || pattern == "\\A.txt");
+    CHECK(glob_match(pattern, path) == exact);
+    CHECK(git(pattern + "\n").ignored(path, false) == exact);  // case-sensitive by default
+  }
+  if (std::system("git --version >/dev/null 2>&1") != 0) {
+    WARN("SKIPPED the comparison with git: git is not installed");
+    return;
+  }
+  TempDir tmp;
+  const std::string env = "HOME='" + (tmp / "home").string() + "' XDG_CONFIG_HOME='" + (tmp / "home").string() +
+                          "' GIT_CONFIG_NOSYSTEM=1 ";
+  REQUIRE(std::system(("cd '" + tmp.str() + "' && " + env + "git init -q repo").c_str()) == 0);
+  for (const auto& [pattern, path, want] : cases) {
+    INFO("pattern '" << pattern << "', path '" << path << "'");
+    const bool exact = path == "A.txt" && (pattern == "[A].txt" || pattern == "\\A.txt");
+    write_file(tmp / "repo/.gitignore", pattern + "\n");
+    write_file(tmp / "paths", path);
+    for (bool fold : {true, false}) {
+      std::string cmd = "cd '" + (tmp / "repo").string() + "' && " + env + "git -c core.ignorecase=" +
+                        (fold ? "true" : "false") + " check-ignore -q --no-index --stdin <'" + (tmp / "paths").string() + "'";
+      int rc = std::system(cmd.c_str());
+      REQUIRE(WIFEXITED(rc));
+      REQUIRE(WEXITSTATUS(rc) <= 1);
+      CHECK((WEXITSTATUS(rc) == 0) == (fold ? want : exact));  // git agrees with the table
+    }
+  }
 }

@@ -3,7 +3,8 @@
 
 For each seed, builds a random project inside a real git repository (nested and parent
 .gitignore files, .git/info/exclude, core.excludesFile, tracked files that match ignore patterns,
-a .dockerignore, __pycache__, .cache, symlinks, a nested repository), then compares:
+a .dockerignore, __pycache__, .cache, symlinks, a nested repository, core.ignorecase, a stale
+.git file or a .git directory of junk), then compares:
 
   - flytekit: tools/script_mode.ls_files(root, ALL, ignore_group=IgnoreGroup(root, [GitIgnore,
     DockerIgnore, StandardIgnore])), exactly as image_spec/default_builder.py calls it, loaded from
@@ -290,6 +291,32 @@ def make_tree(rng, base, env):
         prefix = os.path.relpath(root, repo)
         git(env, repo, "add", "-f", "--", *[os.path.normpath(os.path.join(prefix, f)) for f in tracked])
         git(env, repo, "commit", "-q", "-m", "x")
+    # What git decides from the repository itself, drawn from a generator of its own so that the
+    # trees above stay what they were for each seed.
+    xr = random.Random(rng.random())
+    # core.ignorecase (git init sets it on macOS and Windows; it travels with the checkout): the
+    # patterns fold case, and a tracked file whose name changed case is still tracked.
+    if xr.random() < 0.35:
+        git(env, repo, "config", "core.ignorecase", "true")
+        for f in xr.sample(tracked, min(len(tracked), 3)):
+            d, name = os.path.split(f)
+            up = os.path.join(root, d, name.upper())
+            if not os.path.exists(up):
+                os.rename(os.path.join(root, f), up)
+        for f in xr.sample(["APP.LOG", "Key.PEM", "BUILD/x.py", "Secret/s.txt", "NOTES.TXT", "Data/d.CSV",
+                            "x.TMP", "Config.YAML"], 3):
+            if not os.path.exists(os.path.join(root, f)):
+                w(os.path.join(root, f), "case\n")
+    # A directory whose .git is not a repository for git (a stale submodule .git file, a .git
+    # directory of junk): git applies the outer rules inside it.
+    if xr.random() < 0.35:
+        lib = os.path.join(root, "vendored", "lib")
+        for f in ("lib.py", "debug.log", "key.pem", "notes.txt"):
+            w(os.path.join(lib, f), f + "\n")
+        if xr.random() < 0.5:
+            w(os.path.join(lib, ".git"), "gitdir: ../../.git/modules/lib\n")
+        else:
+            w(os.path.join(lib, ".git", "HEAD"), "junk\n")
     return root
 
 
