@@ -907,7 +907,7 @@ FileSet collect_files(const spec::ImageSpec& spec, const CollectOptions& opts) {
       std::string text;
       if (read_small_file_at(root_fd.get(), ".dockerignore", &text, true)) rules.add_dockerignore(text, ".dockerignore");
       if (opts.flyteignore && read_small_file_at(root_fd.get(), ".flyteignore", &text, true))
-        rules.add_dockerignore(text, ".flyteignore");
+        rules.add_dockerpy_ignore(text, ".flyteignore");  // as pyflyte reads it: docker-py's matcher
       // Inside a git work tree, git's exclude sources from the work tree's root down and the index;
       // outside one, the tree's own .gitignore files.
       IgnoreRules git_rules;

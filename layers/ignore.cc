@@ -8,6 +8,8 @@
 // expressions): matching simulates the state set, O(pattern x path), with no recursion.
 #include "layers/ignore.h"
 
+#include "layers/dockerpy_ignore.h"
+
 #include <algorithm>
 #include <cctype>
 #include <cstddef>
@@ -703,7 +705,8 @@ struct IgnoreRules::Impl {
   bool flytekit = false;
   std::map<std::string, GitFile, std::less<>> git;  // keyed by directory ("" = root)
   std::vector<GitFile> git_excludes;                // below every .gitignore, in precedence order
-  std::vector<DockerFile> docker;                   // .dockerignore, .flyteignore
+  std::vector<DockerFile> docker;                   // .dockerignore
+  std::vector<DockerPyIgnore> dockerpy;             // .flyteignore (files only)
   bool git_icase = false;                           // core.ignorecase: git patterns fold ASCII case
 
   // Git verdict for the first k segments of s, ignoring ancestors: +1 ignore, -1 keep, 0 none.
@@ -834,16 +837,27 @@ void IgnoreRules::add_dockerignore(std::string_view content, std::string_view fi
   impl_->docker.push_back(parse_docker_file(content, file_name));
 }
 
+void IgnoreRules::add_dockerpy_ignore(std::string_view content, std::string_view file_name) {
+  impl_->dockerpy.push_back(DockerPyIgnore::parse(content, file_name));
+}
+
 bool IgnoreRules::ignored(std::string_view rel_path, bool is_dir) const {
   if (!impl_) return false;
   const Impl& i = *impl_;
-  if (!i.builtin && !i.flytekit && i.git.empty() && i.git_excludes.empty() && i.docker.empty()) return false;
+  if (!i.builtin && !i.flytekit && i.git.empty() && i.git_excludes.empty() && i.docker.empty() &&
+      i.dockerpy.empty())
+    return false;
   // One segment list per thread, reused: the walk asks for every path of the tree.
   thread_local std::vector<std::string_view> s;
   split(rel_path, s);
   if (s.empty()) return false;
-  return impl_->builtin_ignored(s, is_dir) || impl_->git_ignored(rel_path, s, is_dir) ||
-         impl_->docker_ignored(rel_path, s);
+  if (impl_->builtin_ignored(s, is_dir) || impl_->git_ignored(rel_path, s, is_dir) ||
+      impl_->docker_ignored(rel_path, s))
+    return true;
+  if (!is_dir)  // FlyteIgnore is asked about files only
+    for (const DockerPyIgnore& d : i.dockerpy)
+      if (d.matches(rel_path)) return true;
+  return false;
 }
 
 // Builtin and git exclusions are final for the whole subtree. A Docker exclusion may be undone
@@ -856,6 +870,8 @@ bool IgnoreRules::can_prune(std::string_view dir_rel) const {
   if (impl_->builtin_ignored(s, true) || impl_->git_ignored(dir_rel, s, true)) return true;
   for (const DockerFile& f : impl_->docker)
     if (f.can_prune(dir_rel, s)) return true;
+  for (const DockerPyIgnore& d : impl_->dockerpy)
+    if (d.matches_everything_below(dir_rel)) return true;
   return false;
 }
 

@@ -1,7 +1,7 @@
 // Ignore rules for source_copy_mode "all": flytekit's standard ignores, .gitignore files (git
 // semantics, nested; used outside a git repository — inside one, layers/git_repo asks libgit2),
-// and Docker-style ignore files (.dockerignore, and .flyteignore for the fast-register bundle) with
-// the semantics of Docker's own matcher (moby/patternmatcher).
+// .dockerignore with the semantics of Docker's own matcher (moby/patternmatcher), and .flyteignore
+// (the fast-register bundle) with docker-py's, as pyflyte reads it (layers/dockerpy_ignore.h).
 //
 // Paths given to the matcher are relative to the source root, '/'-separated, with no leading or
 // trailing slash ("pkg/mod.py").
@@ -50,8 +50,7 @@ class IgnoreRules {
   /// .git/info/exclude, then core.excludesFile: call in that order).
   void add_git_excludes(std::string_view content);
 
-  /// A Docker-style ignore file at the root (`file_name` is ".dockerignore" or ".flyteignore",
-  /// used in error messages). Read as Docker reads .dockerignore (moby's ignorefile + patternmatcher):
+  /// A Docker-style ignore file at the root (`file_name`, ".dockerignore", names it in errors). Read as Docker reads .dockerignore (moby's ignorefile + patternmatcher):
   /// a UTF-8 BOM is dropped, lines starting with "#" are comments, whitespace is trimmed, "!"
   /// makes an exception, paths are cleaned (Go's filepath.Clean) and a leading "/" dropped. A
   /// pattern matches a path or any of its parent directories; the last matching pattern decides.
@@ -61,6 +60,13 @@ class IgnoreRules {
   /// "[a-b-c]", a lone "!", a line over 64 KiB) or one kiln cannot read as Docker does (see
   /// docs/files.md). Each call adds an independent rule set: a path is ignored when any set ignores it.
   void add_dockerignore(std::string_view content, std::string_view file_name = ".dockerignore");
+
+  /// An ignore file read and matched as flytekit's FlyteIgnore does, with docker-py's
+  /// PatternMatcher (layers/dockerpy_ignore.h): pyflyte's fast-register bundle applies .flyteignore
+  /// this way, and no Docker ever reads it. flytekit asks only about files, so it never excludes a
+  /// directory itself (a directory is pruned only when every path below it is excluded). Throws
+  /// InputError naming `file_name:LINE` for what pyflyte fails on. Independent of the other sets.
+  void add_dockerpy_ignore(std::string_view content, std::string_view file_name = ".flyteignore");
 
   /// Is this path excluded? `is_dir` tells whether it is a directory.
   bool ignored(std::string_view rel_path, bool is_dir) const;

@@ -141,7 +141,7 @@ TEST_CASE("dockerignore: bad patterns are errors naming the file and the line", 
   CHECK_FALSE(error_of("[*]").empty());
   CHECK_FALSE(error_of("[[:alpha:]]").empty());
   CHECK_FALSE(error_of("[z-a]").empty());
-  CHECK(error_of("a\n[", ".flyteignore").find(".flyteignore:2:") == 0);
+  CHECK(error_of("a\n[", "other.ignore").find("other.ignore:2:") == 0);
   // Lines Docker's scanner cannot read.
   CHECK(error_of("a\n" + std::string(65536, 'x') + "\n").find(".dockerignore:2:") == 0);
   CHECK(error_of(std::string(65535, 'x')).empty());
@@ -184,7 +184,7 @@ TEST_CASE("dockerignore: can_prune only when no exception can reach below", "[do
 TEST_CASE("dockerignore: independent files combine (.dockerignore and .flyteignore)", "[dockerignore]") {
   IgnoreRules r;
   r.add_dockerignore("*.log\n", ".dockerignore");
-  r.add_dockerignore("data\n!*.log\n", ".flyteignore");
+  r.add_dockerpy_ignore("data\n!*.log\n", ".flyteignore");  // docker-py's semantics (pyflyte's)
   CHECK(r.ignored("a.log", false));  // an exception in one file does not undo the other
   CHECK(r.ignored("data/x", false));
   CHECK_FALSE(r.ignored("main.py", false));

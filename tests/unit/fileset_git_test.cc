@@ -228,7 +228,15 @@ TEST_CASE("fileset: .flyteignore applies only when asked (the fast-register bund
   CollectOptions opts;
   opts.flyteignore = true;
   CHECK(files_of(collect_files(spec_all(tmp / "src"), opts)) == std::set<std::string>{".flyteignore", "a.py"});
-  write_file(tmp / "src" / ".flyteignore", "ok\n[\n");
+  // docker-py's semantics (pyflyte's): case-insensitive, a lone "[" is a literal, "[^a]" a class
+  // of "^" and "a"; .dockerignore keeps Docker's, where "[" is an error.
+  write_file(tmp / "src" / ".flyteignore", "*.CSV\n[\n[^a].py\n");
+  write_file(tmp / "src" / "[", "x");
+  write_file(tmp / "src" / "b.py", "x");
+  CHECK(files_of(collect_files(spec_all(tmp / "src"), opts)) ==
+        std::set<std::string>{".flyteignore", "b.py", "data/big.bin"});
+  // What pyflyte fails on (Python's re refuses a reversed range) is an error naming the line.
+  write_file(tmp / "src" / ".flyteignore", "ok\n[z-a]\n");
   CHECK_THROWS_MATCHES(collect_files(spec_all(tmp / "src"), opts), InputError,
                        Catch::Matchers::Predicate<InputError>(
                            [](const InputError& e) { return contains(e.what(), ".flyteignore:2:"); }));
