@@ -905,9 +905,16 @@ FileSet collect_files(const spec::ImageSpec& spec, const CollectOptions& opts) {
       IgnoreRules rules;
       rules.add_flytekit_standard();
       std::string text;
-      if (read_small_file_at(root_fd.get(), ".dockerignore", &text, true)) rules.add_dockerignore(text, ".dockerignore");
-      if (opts.flyteignore && read_small_file_at(root_fd.get(), ".flyteignore", &text, true))
-        rules.add_dockerpy_ignore(text, ".flyteignore");  // as pyflyte reads it: docker-py's matcher
+      // The image follows Docker's reading of .dockerignore; pyflyte's bundle reads both files
+      // with docker-py's matcher (docs/files.md).
+      if (read_small_file_at(root_fd.get(), ".dockerignore", &text, true)) {
+        if (opts.pyflyte_bundle)
+          rules.add_dockerpy_ignore(text, ".dockerignore");
+        else
+          rules.add_dockerignore(text, ".dockerignore");
+      }
+      if (opts.pyflyte_bundle && read_small_file_at(root_fd.get(), ".flyteignore", &text, true))
+        rules.add_dockerpy_ignore(text, ".flyteignore");
       // Inside a git work tree, git's exclude sources from the work tree's root down and the index;
       // outside one, the tree's own .gitignore files.
       IgnoreRules git_rules;

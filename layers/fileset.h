@@ -97,10 +97,11 @@ struct FileSet {
 struct CollectOptions {
   /// Added to the spec's loaded_modules (as an SDK passes them on the command line).
   std::vector<std::string> extra_modules;
-  /// Also apply `<source_root>/.flyteignore` in mode all, as flytekit's fast-register bundle does:
-  /// read and matched as its FlyteIgnore does, with docker-py's PatternMatcher (case-insensitive,
-  /// layers/dockerpy_ignore.h). The image's file set does not: flytekit's image builder ignores it.
-  bool flyteignore = false;
+  /// Select as pyflyte's fast-register bundle does (mode all), not as the image's build: also apply
+  /// `<source_root>/.flyteignore` (flytekit's image builder ignores it), and read it and
+  /// `.dockerignore` alike as pyflyte's FlyteIgnore and DockerIgnore do, with docker-py's
+  /// PatternMatcher (case-insensitive, layers/dockerpy_ignore.h), not Docker's matcher.
+  bool pyflyte_bundle = false;
   /// Where the git context of source_root is remembered between walks (GitRepo::open_remembered),
   /// or empty: asked of libgit2 every time.
   std::filesystem::path git_memo;

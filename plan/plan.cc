@@ -233,10 +233,11 @@ json bundle_files(const PlanInput& in) {
     s.source_copy_mode = spec::CopyMode::All;
     s.base_dir = in.project_root;
     s.origin = in.origin;
-    // The bundle honours .flyteignore as pyflyte's does (the image's file set does not, as
-    // flytekit's image builder does not). This is the only place the bundle's file list is computed.
+    // The bundle is selected as pyflyte selects it: .flyteignore applies (the image's file set
+    // ignores it, as flytekit's image builder does), and both it and .dockerignore are read with
+    // docker-py's matcher. This is the only place the bundle's file list is computed.
     layers::CollectOptions opts;
-    opts.flyteignore = true;
+    opts.pyflyte_bundle = true;
     layers::FileSet set = layers::collect_files(s, opts);
     for (const auto& f : set.source)
       if (f.type != layers::FileEntry::Type::Dir) files.push_back(std::string(f.rel()));

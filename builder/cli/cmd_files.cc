@@ -46,7 +46,7 @@ void add_files_command(CLI::App& app, Common& c, std::vector<Command>& out) {
       ->allow_extra_args(false);
   files->add_option("--modules-from", a->modules_from, "File listing loaded modules, one per line ('-': stdin)");
   files->add_flag("--flyteignore", a->flyteignore,
-                  "Also apply .flyteignore, as pyflyte's fast-register bundle does (mode all)");
+                  "Select as pyflyte's fast-register bundle does (mode all): also apply .flyteignore, and read it and .dockerignore with docker-py's matcher");
   add_common_options(files, c, /*cache_used=*/false, /*jobs_used=*/false);
   out.push_back({files, [a](Context& ctx) {
                    spec::ImageSpec s = spec::load_spec(a->spec_path);
@@ -54,7 +54,7 @@ void add_files_command(CLI::App& app, Common& c, std::vector<Command>& out) {
                    opts.extra_modules = a->modules;
                    if (!a->modules_from.empty())
                      for (auto& m : read_module_list(a->modules_from)) opts.extra_modules.push_back(m);
-                   opts.flyteignore = a->flyteignore;
+                   opts.pyflyte_bundle = a->flyteignore;
                    layers::FileSet set = layers::collect_files(s, opts);
                    if (ctx.common.json_out) {
                      json j = {{"source_root", s.source_root ? json(s.source_root->string()) : json(nullptr)},

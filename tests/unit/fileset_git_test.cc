@@ -226,7 +226,7 @@ TEST_CASE("fileset: .flyteignore applies only when asked (the fast-register bund
   CHECK(files_of(collect_files(spec_all(tmp / "src"))) ==
         std::set<std::string>{".flyteignore", "a.csv", "a.py", "data/big.bin"});
   CollectOptions opts;
-  opts.flyteignore = true;
+  opts.pyflyte_bundle = true;
   CHECK(files_of(collect_files(spec_all(tmp / "src"), opts)) == std::set<std::string>{".flyteignore", "a.py"});
   // docker-py's semantics (pyflyte's): case-insensitive, a lone "[" is a literal, "[^a]" a class
   // of "^" and "a"; .dockerignore keeps Docker's, where "[" is an error.
@@ -240,6 +240,28 @@ TEST_CASE("fileset: .flyteignore applies only when asked (the fast-register bund
   CHECK_THROWS_MATCHES(collect_files(spec_all(tmp / "src"), opts), InputError,
                        Catch::Matchers::Predicate<InputError>(
                            [](const InputError& e) { return contains(e.what(), ".flyteignore:2:"); }));
+}
+
+TEST_CASE("fileset: the bundle reads .dockerignore as pyflyte does (docker-py), the image as Docker does", "[git]") {
+  TempDir tmp;
+  HomeEnv home(tmp);
+  // "**.py": Docker, any .py file; docker-py, only files named ".py". "NOTES": docker-py folds case.
+  // "\\#x": Docker, the file "#x"; docker-py, the file "\\#x".
+  write_file(tmp / "src" / ".dockerignore", "**.py\nNOTES\n\\#x\n");
+  write_file(tmp / "src" / "pkg" / "a.py", "x");
+  write_file(tmp / "src" / ".py", "x");
+  write_file(tmp / "src" / "notes", "x");
+  write_file(tmp / "src" / "#x", "x");
+  write_file(tmp / "src" / "keep.txt", "x");
+  CHECK(files_of(collect_files(spec_all(tmp / "src"))) == std::set<std::string>{".dockerignore", "keep.txt", "notes"});
+  CollectOptions opts;
+  opts.pyflyte_bundle = true;
+  CHECK(files_of(collect_files(spec_all(tmp / "src"), opts)) ==
+        std::set<std::string>{".dockerignore", "#x", "keep.txt", "pkg/a.py"});
+  // A pattern Docker refuses and docker-py accepts: the image's build fails, the bundle does not.
+  write_file(tmp / "src" / ".dockerignore", "[\n");
+  CHECK_THROWS_AS(collect_files(spec_all(tmp / "src")), InputError);
+  CHECK(files_of(collect_files(spec_all(tmp / "src"), opts)).count("keep.txt") == 1);
 }
 
 TEST_CASE("fileset: a bad .dockerignore pattern is an InputError naming the line", "[git]") {

@@ -2,7 +2,8 @@
 """kiln's .flyteignore (the fast-register bundle) against pyflyte's, on random trees and patterns.
 
 For each seed, builds a random tree (outside any git repository: no git rule applies on either
-side) holding a random .flyteignore, then compares
+side) holding a random .flyteignore and, for half the seeds, a random .dockerignore (pyflyte reads
+both with docker-py's matcher, and so does kiln for the bundle), then compares
 
   - pyflyte: flytekit's tools/script_mode.ls_files(root, ALL, ignore_group=IgnoreGroup(root,
     [GitIgnore, DockerIgnore, StandardIgnore, FlyteIgnore])), the default ignores of
@@ -190,6 +191,12 @@ def main():
             text = random_flyteignore(rng, paths)
             with open(os.path.join(root, ".flyteignore"), "w", encoding="utf-8", newline="") as f:
                 f.write(text)
+            shown = f".flyteignore: {text!r}"
+            if rng.random() < 0.5:
+                dtext = random_flyteignore(rng, paths)
+                with open(os.path.join(root, ".dockerignore"), "w", encoding="utf-8", newline="") as f:
+                    f.write(dtext)
+                shown += f"; .dockerignore: {dtext!r}"
             trees += 1
             try:
                 group = ignore.IgnoreGroup(root, [ignore.GitIgnore, ignore.DockerIgnore, ignore.StandardIgnore,
@@ -206,14 +213,14 @@ def main():
                 if py_error is None or kiln is not None or rc != 2:
                     diffs += 1
                     print(f"seed {seed}: pyflyte {py_error or 'succeeds'}; kiln exit {rc} {err}")
-                    print(f"  .flyteignore: {text!r}")
+                    print(f"  {shown}")
                 continue
             on_disk = {os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs}
             files += len(on_disk)
             ignored += len(on_disk - pyflyte)
             if pyflyte != kiln:
                 diffs += 1
-                print(f"seed {seed}: differs; .flyteignore: {text!r}")
+                print(f"seed {seed}: differs; {shown}")
                 for p in sorted(pyflyte - kiln):
                     print(f"  only pyflyte: {p!r}")
                 for p in sorted(kiln - pyflyte):
