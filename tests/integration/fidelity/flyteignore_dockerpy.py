@@ -30,24 +30,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import types
 import warnings
 
-
-def load_flytekit(src):
-    pkg = os.path.join(src, "flytekit")
-    if not os.path.isdir(pkg):
-        raise SystemExit(f"no flytekit package under {src}")
-    fk = types.ModuleType("flytekit")
-    fk.__path__ = [pkg]
-    sys.modules["flytekit"] = fk  # skip flytekit/__init__.py (it needs flyteidl and more)
-    loggers = types.ModuleType("flytekit.loggers")
-    loggers.logger = logging.getLogger("flytekit")
-    sys.modules["flytekit.loggers"] = loggers
-    import flytekit.constants as constants  # noqa: E402  (an Enum only)
-    import flytekit.tools.ignore as ignore  # noqa: E402
-    import flytekit.tools.script_mode as script_mode  # noqa: E402
-    return ignore, script_mode, constants.CopyFileDetection
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from conformance import load_flytekit  # noqa: E402  (flytekit's modules without flyteidl)
 
 
 # Path segments: case variants, glob characters in names, Unicode with special lowercasing.
