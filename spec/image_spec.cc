@@ -950,13 +950,22 @@ bool valid_apt_package(std::string_view s) {
 }
 
 std::string without_userinfo(const std::string& url) {
-  std::size_t scheme = url.find("://");
-  if (scheme == std::string::npos) return url;
-  std::size_t host = scheme + 3;
-  std::size_t end = url.find_first_of("/?#", host);
-  std::size_t at = url.rfind('@', end == std::string::npos ? std::string::npos : end);
-  if (at == std::string::npos || at < host) return url;
-  return url.substr(0, host) + url.substr(at + 1);
+  // Every "scheme://" in the text, not only the first: one pip argument may hold more than one URL
+  // ("--find-links=https://a/x,https://user:token@b/y").
+  std::string out;
+  std::size_t copied = 0, from = 0, scheme;
+  while ((scheme = url.find("://", from)) != std::string::npos) {
+    const std::size_t host = scheme + 3;
+    const std::size_t end = url.find_first_of("/?#", host);
+    const std::size_t at = url.rfind('@', end);  // the authority's last '@' (npos: to the end)
+    if (at == std::string::npos || at < host) {
+      from = host;
+      continue;
+    }
+    out.append(url, copied, host - copied);
+    copied = from = at + 1;
+  }
+  return out.append(url, copied, std::string::npos);
 }
 
 nlohmann::json ImageSpec::canonical() const {

@@ -133,9 +133,10 @@ struct ImageSpec {
   }
 };
 
-/// `url` without credentials: "https://user:token@host/simple" → "https://host/simple". Index URLs
-/// may carry a token; it shapes nothing in the image, so the tag, the history and the step cache
-/// keys see the URL without it (and nothing prints it).
+/// `url` without credentials: "https://user:token@host/simple" → "https://host/simple", for every
+/// URL in the text ("--find-links=https://a/x,https://u:t@b/y" → "--find-links=https://a/x,https://b/y").
+/// Index URLs may carry a token; it shapes nothing in the image, so the tag, the history and the
+/// step cache keys see the URL without it (and nothing prints it). Unchanged: nothing to hide.
 std::string without_userinfo(const std::string& url);
 
 /// Limits that keep a hostile spec from exhausting the stack.
