@@ -74,16 +74,11 @@ struct LayerPlan {
 constexpr std::uint64_t kChunkMin = 16ull << 20;
 constexpr std::uint64_t kChunkMax = 32ull << 20;
 
+/// Who owns the source and copy files: a numeric `user` (uid[:gid], as the spec validates it,
+/// spec::numeric_owner), else root (a name: kiln does not read the base's /etc/passwd).
 std::pair<std::uint32_t, std::uint32_t> owner_of(const spec::ImageSpec& s) {
   if (!s.user) return {0, 0};
-  const std::string& u = *s.user;
-  auto numeric = [](const std::string& x) {
-    return !x.empty() && x.size() < 10 && std::all_of(x.begin(), x.end(), [](char c) { return c >= '0' && c <= '9'; });
-  };
-  std::size_t c = u.find(':');
-  std::string uid = u.substr(0, c), gid = c == std::string::npos ? uid : u.substr(c + 1);
-  if (numeric(uid) && numeric(gid)) return {std::stoul(uid), std::stoul(gid)};
-  return {0, 0};  // a user name: files stay root-owned (kiln does not read the base's /etc/passwd)
+  return spec::numeric_owner(*s.user).value_or(std::pair<std::uint32_t, std::uint32_t>{0, 0});
 }
 
 layers::TarEntry to_tar(const layers::FileEntry& f, std::uint32_t uid, std::uint32_t gid) {

@@ -165,7 +165,7 @@ std::vector<LayerReport> run_steps(Image& img, const std::vector<run::Step>& ste
         run::SandboxSpec sb;
         sb.argv = st.argv;
         sb.env = st.env;
-        sb.env.insert(sb.env.end(), st.secret_env.begin(), st.secret_env.end());
+        sb.secret_env = st.secret_env;  // never on bwrap's command line
         sb.workdir = "/";  // the step's script creates and enters its workdir
         sb.network = ro.network;
         sb.mounts = st.mounts;

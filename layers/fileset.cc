@@ -220,12 +220,27 @@ bool link_stays_inside(const std::string& rel, const std::string& target) {
   return true;
 }
 
-/// Is this directory the top of another git work tree (a nested repository, or a submodule's
-/// checkout)? As git decides it (setup.c's is_nonbare_repository_dir): a ".git" that is a valid
-/// git directory, or a ".git" file naming one. A stale submodule .git file or a .git directory of
-/// junk is not: git applies the outer rules there. (A submodule the index records is handled by
-/// GitRepo::tracked: git does not look inside it whatever its .git holds.)
-bool nested_work_tree(int dfd) { return nonbare_repository_at(dfd); }
+/// Is the directory open at `dfd` the top of another git work tree than `git`'s (a nested
+/// repository, or a submodule's checkout), for `git ls-files` run in `git`'s? As git's
+/// treat_directory decides it (dir.c, current git: 2.39 here), in its order:
+///   - not when the index holds a path below it (directory_exists_in_index: index_directory):
+///     git walks it as its own directory, with the outer rules and the .gitignore files met
+///     there, whatever .git it holds (a repository `git init`ed or cloned over tracked files) —
+///     `indexes_below`, asked only when the rest says yes (it reads the index);
+///   - a ".git" that is a valid git directory, or a ".git" file naming one
+///     (is_nonbare_repository_dir: a stale submodule .git file or a .git directory of junk is not;
+///     nonbare_repository_at), but not the repository's own git directory (a symlink to it: git
+///     compares real paths; a .git *file* naming it is another repository for git, since the file
+///     is not the directory).
+/// A submodule the index records is handled by GitRepo::tracked: git does not look inside it
+/// whatever its .git holds. The .git entry is never walked into (symlinks are not followed), and
+/// only its HEAD, objects/, refs/ and commondir are looked at, as git looks at them.
+bool nested_work_tree(int dfd, const GitRepo& git, const std::function<bool()>& indexes_below) {
+  struct stat st{};
+  if (::fstatat(dfd, ".git", &st, 0) != 0) return false;  // most directories: one failed stat
+  if (S_ISDIR(st.st_mode) && git.is_own_gitdir(st)) return false;  // not even read through
+  return nonbare_repository_at(dfd) && !indexes_below();
+}
 
 /// A walk thread's files, in 1 MiB chunks, each a mapping of its own: the list grows without
 /// copying and without a doubling's slack, and each chunk goes back to the system as soon as its
@@ -425,7 +440,11 @@ struct Walker {
         // bakes that one: docs/files.md).
         if (git_ignored(child, true) && !git_keeps(child, true)) continue;
         UniqueFd sub = open_child_dir(dfd, n, st, abs_of(child));
-        bool nested = use_git && git && nested_work_tree(sub.get());
+        bool nested = use_git && git && nested_work_tree(sub.get(), *git, [&] {
+                        std::unique_lock<std::mutex> lock;
+                        if (shared) lock = std::unique_lock<std::mutex>(shared->git_mu);
+                        return git->indexes_below(child);
+                      });
         bool emit = !dirs_need_content && !rules->ignored(child, true);
         if (emit && !child_utf8(names_.at(k)))
           throw InputError("file name is not valid UTF-8: '" + printable(abs_of(child)) +

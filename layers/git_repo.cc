@@ -91,8 +91,17 @@ std::unique_ptr<GitRepo> GitRepo::open_libgit2(const std::string& dir) {
   g->workdir_ = workdir;
   g->commondir_ = git_repository_commondir(g->h_->repo);
   if (!g->commondir_.empty() && g->commondir_.back() != '/') g->commondir_ += '/';
+  g->gitdir_ = git_repository_path(g->h_->repo);
+  g->stat_gitdir();
   read_config(g->h_->repo, &g->excludes_file_, &g->ignore_case_);
   return g;
+}
+
+void GitRepo::stat_gitdir() {
+  struct stat st{};
+  gitdir_known_ = !gitdir_.empty() && ::stat(gitdir_.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+  gitdir_dev_ = gitdir_known_ ? st.st_dev : 0;
+  gitdir_ino_ = gitdir_known_ ? st.st_ino : 0;
 }
 
 void GitRepo::open_handles() const {
@@ -133,7 +142,7 @@ void GitRepo::load_index() const {
 
 namespace {
 
-constexpr int kMemoVersion = 2;  // 2: core.ignorecase
+constexpr int kMemoVersion = 3;  // 2: core.ignorecase; 3: gitdir
 
 /// What lstat says of a path, as a string ("-" when absent): any change to the entry (content,
 /// replacement, entries added to or removed from a directory) changes it.
@@ -243,6 +252,8 @@ std::unique_ptr<GitRepo> GitRepo::open_remembered(const std::string& dir, const 
         g->workdir_ = j.at("workdir").get<std::string>();
         g->prefix_ = j.at("prefix").get<std::string>();
         g->commondir_ = j.at("commondir").get<std::string>();
+        g->gitdir_ = j.at("gitdir").get<std::string>();
+        g->stat_gitdir();
         g->excludes_file_ = j.at("excludes_file").get<std::string>();
         g->ignore_case_ = j.at("ignore_case").get<bool>();
         g->memo_index_used_ = j.value("index_used", false);
@@ -284,6 +295,7 @@ std::unique_ptr<GitRepo> GitRepo::open_remembered(const std::string& dir, const 
     j["workdir"] = g->workdir_;
     j["prefix"] = g->prefix_;
     j["commondir"] = g->commondir_;
+    j["gitdir"] = g->gitdir_;
     j["excludes_file"] = g->excludes_file_;
     j["ignore_case"] = g->ignore_case_;
     j["index_used"] = false;
@@ -427,8 +439,12 @@ bool GitRepo::tracked(std::string_view rel) const {
 
 bool GitRepo::tracks_below(std::string_view rel_dir) const {
   load_tables();
-  if (in_gitlink(rel_dir)) return true;
-  if (ignore_case_) {
+  return in_gitlink(rel_dir) || indexes_below(rel_dir);
+}
+
+bool GitRepo::indexes_below(std::string_view rel_dir) const {
+  load_tables();
+  if (ignore_case_) {  // directory_exists_in_index_icase: index_dir_exists
     const std::string d = ascii_folded(rel_dir) + "/";
     auto it = std::lower_bound(folded_.begin(), folded_.end(), d);
     return it != folded_.end() && it->starts_with(d);

@@ -11,6 +11,8 @@
 // excluded directory, where git does neither.
 #pragma once
 
+#include <sys/stat.h>
+
 #include <exception>
 #include <filesystem>
 #include <memory>
@@ -78,6 +80,18 @@ class GitRepo {
   /// Does the index hold a path below this directory (relative to `dir`), or is the directory in
   /// a submodule the index records?
   bool tracks_below(std::string_view rel_dir) const;
+  /// Does the index hold a path below this directory (relative to `dir`)? git's
+  /// directory_exists_in_index answering index_directory: `git ls-files` then walks it as the
+  /// repository's own directory, whatever .git it holds. Not thread-safe, as tracked().
+  bool indexes_below(std::string_view rel_dir) const;
+
+  /// Is `st` (a stat that followed symlinks) this repository's own git directory (for a linked
+  /// work tree, its own, not the common one)? git (dir.c's treat_directory, since 2022) compares
+  /// real paths: a directory whose .git leads back to the repository's git directory is not
+  /// another repository. Compared by device and inode.
+  bool is_own_gitdir(const struct stat& st) const {
+    return gitdir_known_ && st.st_dev == gitdir_dev_ && st.st_ino == gitdir_ino_;
+  }
 
  private:
   GitRepo() = default;
@@ -98,7 +112,11 @@ class GitRepo {
   mutable std::vector<std::string> gitlinks_;  // the submodules below prefix_ (lowercased likewise), sorted
   bool from_memo_ = false, memo_index_used_ = false, ignore_case_ = false;
   std::filesystem::path memo_;
-  std::string dir_, workdir_, prefix_, commondir_, excludes_file_;
+  std::string dir_, workdir_, prefix_, commondir_, gitdir_, excludes_file_;
+  void stat_gitdir();  // gitdir_dev_ and gitdir_ino_, from gitdir_
+  bool gitdir_known_ = false;
+  dev_t gitdir_dev_ = 0;
+  ino_t gitdir_ino_ = 0;
 };
 
 /// Is the directory open at `dfd` the top of another repository's work tree, as git's

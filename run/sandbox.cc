@@ -35,8 +35,6 @@
 #include "layers/unique_fd.h"
 #include "run/seccomp.h"
 
-extern char** environ;
-
 namespace fs = std::filesystem;
 
 namespace kiln::run {
@@ -708,9 +706,10 @@ SandboxResult run_sandboxed(const SandboxSpec& spec, const SandboxIo& io) {
     throw std::runtime_error(msg);
   }
   if (spec.argv.empty()) throw std::runtime_error("nothing to run in the sandbox (empty command)");
-  for (const auto& [k, v] : spec.env)
-    if (k.empty() || k.find('=') != std::string::npos)
-      throw std::runtime_error("invalid environment variable name '" + k + "' for the sandbox");
+  for (const auto* env : {&spec.env, &spec.secret_env})
+    for (const auto& [k, v] : *env)
+      if (k.empty() || k.find('=') != std::string::npos)
+        throw std::runtime_error("invalid environment variable name '" + k + "' for the sandbox");
   for (const auto& m : spec.mounts) {
     struct stat st{};
     if (::stat(m.source.c_str(), &st) != 0)
@@ -802,8 +801,22 @@ SandboxResult run_sandboxed(const SandboxSpec& spec, const SandboxIo& io) {
   const bool bind_resolv = spec.network && ::access("/etc/resolv.conf", R_OK) == 0;
   for (const auto& m : spec.mounts)
     args.insert(args.end(), {m.read_only ? "--ro-bind" : "--bind", m.source.string(), m.target});
-  args.push_back("--clearenv");
-  for (const auto& [k, v] : spec.env) args.insert(args.end(), {"--setenv", k, v});
+  // The environment is exactly env + secret_env. bwrap passes its own environment on to the
+  // command, so that is where the secrets go (only their owner can read /proc/PID/environ); the
+  // rest goes on the command line (--setenv), except names a secret sets. No --clearenv: it would
+  // drop the secrets, and bwrap's environment holds nothing else.
+  std::vector<std::string> secret_envp;
+  for (std::size_t i = 0; i < spec.secret_env.size(); ++i) {
+    const auto& [k, v] = spec.secret_env[i];
+    bool later = false;  // a name given twice: the last one wins, as with --setenv
+    for (std::size_t j = i + 1; j < spec.secret_env.size() && !later; ++j) later = spec.secret_env[j].first == k;
+    if (!later) secret_envp.push_back(k + "=" + v);
+  }
+  for (const auto& [k, v] : spec.env) {
+    bool secret = false;
+    for (const auto& s : spec.secret_env) secret = secret || s.first == k;
+    if (!secret) args.insert(args.end(), {"--setenv", k, v});
+  }
   args.insert(args.end(), {"--chdir", spec.workdir.empty() ? std::string("/") : spec.workdir, "--"});
   args.insert(args.end(), spec.argv.begin(), spec.argv.end());
   // Two variants, with and without the host's resolv.conf: which one fits the root is known only
@@ -812,7 +825,7 @@ SandboxResult run_sandboxed(const SandboxSpec& spec, const SandboxIo& io) {
   if (bind_resolv)
     args_resolv.insert(args_resolv.begin() + static_cast<std::ptrdiff_t>(resolv_at),
                        {"--ro-bind", "/etc/resolv.conf", "/etc/resolv.conf"});
-  const CArgv argv(std::move(args_resolv)), argv_no_resolv(std::move(args));
+  const CArgv argv(std::move(args_resolv)), argv_no_resolv(std::move(args)), envp(std::move(secret_envp));
   const std::string resolv_in_root = (root / "etc" / "resolv.conf").string();
   const CArgv idmap_c(std::move(idmap)), idmap_try_c(std::move(idmap_try));
 
@@ -834,7 +847,7 @@ SandboxResult run_sandboxed(const SandboxSpec& spec, const SandboxIo& io) {
     plan.resolv_in_root = resolv_in_root.c_str();
     plan.argv_no_resolv = argv_no_resolv.get();
   }
-  plan.envp = environ;
+  plan.envp = envp.get();
   plan.parent = ::getpid();
   plan.null_fd = null.get();
   plan.out_fd = out.write.get();

@@ -35,7 +35,11 @@ struct SandboxSpec {
   std::vector<std::filesystem::path> lowers;     // overlay: lower dirs, topmost first
   std::filesystem::path upper, work;             // overlay: upper and work dirs (same file system)
   std::vector<std::string> argv;                 // e.g. {"/bin/sh", "-c", "…"}
-  std::vector<std::pair<std::string, std::string>> env;  // the whole environment
+  std::vector<std::pair<std::string, std::string>> env;  // the environment (on bwrap's command line)
+  /// More environment, for credentials (index URLs with a token): handed to bwrap in its own
+  /// environment, which only its owner can read, never on its command line, which any user on the
+  /// host can (/proc/PID/cmdline, `ps`). A name in both wins over `env`'s.
+  std::vector<std::pair<std::string, std::string>> secret_env;
   std::string workdir = "/";                     // must exist in the root
   bool network = true;
   std::vector<Mount> mounts;

@@ -59,6 +59,9 @@ std::string apt_script(const spec::ImageSpec& s) {
          "/var/log/alternatives.log /var/cache/ldconfig/aux-cache\n";
 }
 
+/// The variable that carries pip_extra_args[i] when it holds a credential.
+std::string pip_arg_var(std::size_t i) { return "KILN_PIP_ARG_" + std::to_string(i); }
+
 /// Chooses the interpreter (python_exec; else pythonX.Y for python_version, then python3, then
 /// python, checking the version), then installs with its pip.
 std::string pip_script(const spec::ImageSpec& s, bool with_requirements) {
@@ -71,7 +74,13 @@ std::string pip_script(const spec::ImageSpec& s, bool with_requirements) {
     candidates += "python3 python";
   }
   std::string args;  // pip_index and pip_extra_index_url come as PIP_INDEX_URL / PIP_EXTRA_INDEX_URL
-  for (const auto& a : s.pip_extra_args) args += " " + shell_quote(a);
+  // An argument with a URL's userinfo ("https://user:token@host/simple") comes as a secret
+  // variable too (plan_steps): the script, part of the cache key and of bwrap's command line,
+  // only names it.
+  for (std::size_t i = 0; i < s.pip_extra_args.size(); ++i) {
+    const std::string& a = s.pip_extra_args[i];
+    args += " " + (spec::without_userinfo(a) == a ? shell_quote(a) : "\"$" + pip_arg_var(i) + "\"");
+  }
   if (with_requirements) args += std::string(" -r ") + kRequirementsTarget;
   for (const auto& p : s.packages) args += " " + shell_quote(p);
 
@@ -195,6 +204,16 @@ std::vector<Step> plan_steps(const spec::ImageSpec& s, const std::vector<std::st
       }
       st.secret_env.emplace_back("PIP_EXTRA_INDEX_URL", all);
       st.inputs.emplace_back("pip_extra_index_url", shown);
+    }
+    // So may pip_extra_args ("--index-url", "https://user:token@host/simple", or
+    // "--extra-index-url=https://…"): such an argument reaches pip as "$KILN_PIP_ARG_<i>" in the
+    // script, its value in the environment, and the key sees it without the credentials.
+    for (std::size_t i = 0; i < s.pip_extra_args.size(); ++i) {
+      const std::string& a = s.pip_extra_args[i];
+      std::string shown = spec::without_userinfo(a);
+      if (shown == a) continue;
+      st.secret_env.emplace_back(pip_arg_var(i), a);
+      st.inputs.emplace_back("pip_extra_args[" + std::to_string(i) + "]", std::move(shown));
     }
     if (s.requirements) st.mounts.push_back({resolve(s, *s.requirements), kRequirementsTarget, true});
     for (const auto& [src, target] : s.pip_secret_mounts) {

@@ -27,12 +27,14 @@ struct Step {
   std::string created_by;      // the history entry ("kiln: RUN apt-get install …")
   std::vector<std::string> argv;               // run in the sandbox
   std::vector<std::pair<std::string, std::string>> env;  // the whole environment, in order
-  /// More environment, not part of the cache key and never logged: index URLs with credentials.
-  /// Their credential-free form is among `inputs`.
+  /// More environment, not part of the cache key and never logged: index URLs with credentials,
+  /// and pip_extra_args items with credentials (KILN_PIP_ARG_<i>, which the script names). Their
+  /// credential-free form is among `inputs`. The sandbox gets it outside bwrap's command line.
   std::vector<std::pair<std::string, std::string>> secret_env;
   std::string workdir;         // created when missing
   std::vector<Mount> mounts;   // read-only binds, not captured
-  std::vector<std::pair<std::string, std::string>> inputs;  // (name, sha256 hex) of files it reads
+  std::vector<std::pair<std::string, std::string>> inputs;  // (name, sha256 hex) of files it reads,
+                                                            // (name, URL without credentials) of secrets
   bool after_files = false;    // runs after the source and copy layers (commands), not before
 };
 

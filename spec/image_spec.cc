@@ -112,9 +112,6 @@ std::string escaped(const std::string& s) {
 /// Docker's (distribution/reference) NameTotalLengthMax: [registry/]name, without the tag.
 constexpr std::size_t kMaxRepositoryName = 255;
 
-/// The largest uid or gid `user` may give: 2^32-2 ((uid_t)-1 means "no id").
-constexpr std::uint64_t kMaxUserId = 4294967294;
-
 /// An apt package entry's length limit: far above any Debian name, far below a stack problem.
 constexpr std::size_t kMaxAptPackage = 256;
 
@@ -381,39 +378,48 @@ std::vector<std::pair<std::string, std::string>> parse_secret_mounts(const Field
   return out;
 }
 
-/// The config's User: "" (absent), NAME|ID[:NAME|ID]. An ID is decimal digits up to 4294967294
-/// (2^32-2; 2^32-1 is (uid_t)-1, "no id"); a NAME is not empty, has no whitespace, control
-/// character or ':', and does not start with '-' or '+' (so "-1" is not taken for a name).
-std::optional<std::string> parse_user(const Field& f) {
-  std::optional<std::string> user = f.opt_str();
-  if (!user) return user;
-  const std::string shown = "'" + escaped(shorten(*user)) + "'";
-  auto bad = [&](const std::string& why) {
-    f.fail("must be user[:group], each a name or a numeric id from 0 to " +
-           std::to_string(kMaxUserId) + ", not " + shown + ": " + why);
-  };
-  std::size_t colon = user->find(':');
-  if (colon != std::string::npos && user->find(':', colon + 1) != std::string::npos)
-    bad("more than one ':'");
-  const std::string parts[2] = {user->substr(0, colon),
-                                colon == std::string::npos ? "" : user->substr(colon + 1)};
+/// What is wrong with a config User `user` ("" when nothing): NAME|ID[:NAME|ID]. An ID is decimal
+/// digits up to kMaxUserId (2^32-2; 2^32-1 is (uid_t)-1, "no id"); a NAME is not empty, has no
+/// whitespace, control character or ':', and does not start with '-' or '+' (so "-1" is not taken
+/// for a name). `ids` gets each part's id (nullopt for a name); a user alone gives the group its id.
+std::string user_problem(const std::string& user, std::optional<std::uint32_t> ids[2]) {
+  std::size_t colon = user.find(':');
+  if (colon != std::string::npos && user.find(':', colon + 1) != std::string::npos) return "more than one ':'";
+  const std::string parts[2] = {user.substr(0, colon), colon == std::string::npos ? "" : user.substr(colon + 1)};
   for (int i = 0; i < (colon == std::string::npos ? 1 : 2); ++i) {
     const std::string& p = parts[i];
     const char* what = i == 0 ? "user" : "group";
-    if (p.empty()) bad(std::string("the ") + what + " is empty");
-    if (all_chars(p, is_digit)) {
+    ids[i].reset();
+    if (p.empty()) return std::string("the ") + what + " is empty";
+    if (all_chars(p, is_digit)) {  // any number of digits ("00001000" is 1000), so no overflow
       std::uint64_t n = 0;
       for (char c : p) {
         n = n * 10 + static_cast<std::uint64_t>(c - '0');
-        if (n > kMaxUserId) bad(std::string("the ") + what + " id is out of range");
+        if (n > kMaxUserId) return std::string("the ") + what + " id is out of range";
       }
+      ids[i] = static_cast<std::uint32_t>(n);
       continue;
     }
-    if (p[0] == '-' || p[0] == '+') bad(std::string("the ") + what + " starts with '" + p[0] + "'");
+    if (p[0] == '-' || p[0] == '+') return std::string("the ") + what + " starts with '" + p[0] + "'";
     for (char c : p)
       if (std::isspace(static_cast<unsigned char>(c)) || std::iscntrl(static_cast<unsigned char>(c)))
-        bad(std::string("the ") + what + " has a space or a control character");
+        return std::string("the ") + what + " has a space or a control character";
   }
+  if (colon == std::string::npos) ids[1] = ids[0];
+  return "";
+}
+
+std::string user_message(const std::string& user, const std::string& why) {
+  return "must be user[:group], each a name or a numeric id from 0 to " + std::to_string(kMaxUserId) + ", not '" +
+         escaped(shorten(user)) + "': " + why;
+}
+
+/// The config's User: "" (absent), NAME|ID[:NAME|ID] (user_problem).
+std::optional<std::string> parse_user(const Field& f) {
+  std::optional<std::string> user = f.opt_str();
+  if (!user) return user;
+  std::optional<std::uint32_t> ids[2];
+  if (std::string why = user_problem(*user, ids); !why.empty()) f.fail(user_message(*user, why));
   return user;
 }
 
@@ -949,14 +955,31 @@ bool valid_apt_package(std::string_view s) {
   return i == s.size();
 }
 
+std::optional<std::pair<std::uint32_t, std::uint32_t>> numeric_owner(const std::string& user) {
+  std::optional<std::uint32_t> ids[2];
+  if (std::string why = user_problem(user, ids); !why.empty())
+    throw SpecError("user", "field 'user' " + user_message(user, why));
+  if (!ids[0] || !ids[1]) return std::nullopt;
+  return std::pair{*ids[0], *ids[1]};
+}
+
 std::string without_userinfo(const std::string& url) {
-  std::size_t scheme = url.find("://");
-  if (scheme == std::string::npos) return url;
-  std::size_t host = scheme + 3;
-  std::size_t end = url.find_first_of("/?#", host);
-  std::size_t at = url.rfind('@', end == std::string::npos ? std::string::npos : end);
-  if (at == std::string::npos || at < host) return url;
-  return url.substr(0, host) + url.substr(at + 1);
+  // Every "scheme://" in the text, not only the first: one pip argument may hold more than one URL
+  // ("--find-links=https://a/x,https://user:token@b/y").
+  std::string out;
+  std::size_t copied = 0, from = 0, scheme;
+  while ((scheme = url.find("://", from)) != std::string::npos) {
+    const std::size_t host = scheme + 3;
+    const std::size_t end = url.find_first_of("/?#", host);
+    const std::size_t at = url.rfind('@', end);  // the authority's last '@' (npos: to the end)
+    if (at == std::string::npos || at < host) {
+      from = host;
+      continue;
+    }
+    out.append(url, copied, host - copied);
+    copied = from = at + 1;
+  }
+  return out.append(url, copied, std::string::npos);
 }
 
 nlohmann::json ImageSpec::canonical() const {

@@ -13,6 +13,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace kiln::spec {
@@ -133,9 +134,20 @@ struct ImageSpec {
   }
 };
 
-/// `url` without credentials: "https://user:token@host/simple" → "https://host/simple". Index URLs
-/// may carry a token; it shapes nothing in the image, so the tag, the history and the step cache
-/// keys see the URL without it (and nothing prints it).
+/// The largest uid or gid `user` may give: 2^32-2 ((uid_t)-1 means "no id").
+inline constexpr std::uint64_t kMaxUserId = 4294967294;
+
+/// The owner of the files kiln copies for a spec's `user`: (uid, gid) when it is numeric, "UID"
+/// (the group is the same id) or "UID:GID" — decimal digits, however many ("00001000" is 1000),
+/// up to kMaxUserId; nullopt when a part is a name (kiln does not read the base's /etc/passwd: the
+/// files stay root's). Throws SpecError (field "user") for what the spec's validation refuses,
+/// "4294967295" ((uid_t)-1) and "1000:" among them.
+std::optional<std::pair<std::uint32_t, std::uint32_t>> numeric_owner(const std::string& user);
+
+/// `url` without credentials: "https://user:token@host/simple" → "https://host/simple", for every
+/// URL in the text ("--find-links=https://a/x,https://u:t@b/y" → "--find-links=https://a/x,https://b/y").
+/// Index URLs may carry a token; it shapes nothing in the image, so the tag, the history and the
+/// step cache keys see the URL without it (and nothing prints it). Unchanged: nothing to hide.
 std::string without_userinfo(const std::string& url);
 
 /// Limits that keep a hostile spec from exhausting the stack.

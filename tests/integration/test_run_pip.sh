@@ -5,7 +5,10 @@
 # "--no-index --find-links". The installed packages import in the final image under bwrap; the pip
 # layer is byte-identical across fresh caches (SOURCE_DATE_EPOCH makes pip's .pyc files
 # reproducible); editing requirements.txt gives a new tag and re-runs pip; a python_version the
-# base does not have fails with the real cause; the secret mount is not in the image.
+# base does not have fails with the real cause; the secret mount is not in the image; index tokens
+# (pip_index, and URL items of pip_extra_args against a local index that wants basic auth,
+# auth_index.py) reach pip but not bwrap's command line, the output, the logs, the records or the
+# store, and rotating one re-runs nothing.
 source "$(dirname "$0")/lib.sh"
 need_tools umoci bwrap skopeo oci-image-tool ldd
 [[ -x /bin/busybox ]] || die "missing /bin/busybox (Debian's busybox-static; run scripts/install-deps.sh --test)"
@@ -126,6 +129,84 @@ kiln tag "$T/app/rotated.json"
 assert_eq "$TOKEN_REF" "$OUT" "rotating the token keeps the tag"
 kiln build "$T/app/rotated.json" --json --progress plain
 assert_not_contains "$ERR" "[pip] " "rotating the token does not re-run pip"
+
+# ---- a token in pip_extra_args: pip gets it through the environment, nothing shows or keys it --------
+# A local index that wants basic auth: kilnhello only on the extra index, so the install proves the
+# "--extra-index-url=URL" item reached pip, and the server's log that the "--index-url" "URL" pair did.
+mkdir -p "$T/index/simple" "$T/index/extra/kilnhello"
+cp "$W"/kilnhello-1.0-*.whl "$T/index/extra/kilnhello/"
+TOKEN="kiln-arg-t0ken-$$-one"
+echo "$TOKEN" >"$T/index.token"
+"$PYTHON" "$(dirname "$0")/auth_index.py" "$T/index" "$T/index.token" "$T/index.port" "$T/index.log" &
+INDEX_PID=$!
+for _ in $(seq 100); do [[ -s "$T/index.port" ]] && break; sleep 0.1; done
+[[ -s "$T/index.port" ]] || die "the local index did not start"
+PORT=$(cat "$T/index.port")
+write_auth_spec() {  # write_auth_spec FILE TOKEN
+  cat >"$1" <<EOF
+{
+  "name": "pyauth",
+  "base_image": "oci:../layout:python",
+  "python_version": "3.11",
+  "packages": ["kilnhello==1.0"],
+  "pip_extra_args": ["--index-url", "http://kiln:$2@127.0.0.1:$PORT/simple/",
+                     "--extra-index-url=http://kiln:$2@127.0.0.1:$PORT/extra/"],
+  "entrypoint": ["python3", "-c", "import kilnhello; print(kilnhello.GREETING)"]
+}
+EOF
+}
+write_auth_spec "$T/app/args-token.json" "$TOKEN"
+# bwrap's command line is readable by every user on the host (/proc/PID/cmdline): record it.
+cat >"$T/bwrap-record" <<EOF
+#!/bin/sh
+printf '%s\n' "\$@" >>"$T/bwrap-args"
+exec $(command -v bwrap) "\$@"
+EOF
+chmod +x "$T/bwrap-record"
+export KILN_BWRAP="$T/bwrap-record"
+kiln build "$T/app/args-token.json" --json --progress plain -o "oci:$L:args-token"
+unset KILN_BWRAP
+assert_eq 0 "$RC" "a spec with a token in pip_extra_args builds from the index that wants it"$'\n'"$ERR"
+ARGS_DIGEST=$(jget "j.get('digest')" <<<"$OUT")
+ID=$(jget "j['build_id']" <<<"$OUT")
+LOG_PATH=$(jget "j['log_path']" <<<"$OUT")
+assert_contains "$(cat "$T/index.log")" "/simple/kilnhello/ ok" "pip asked the --index-url item's index, with its credentials"
+assert_contains "$(cat "$T/index.log")" "/extra/kilnhello/ ok" "and the --extra-index-url= item's"
+assert_not_contains "$(cat "$T/index.log")" "denied" "with the right credentials every time"
+oci_validate "$L" args-token "$T/args-token-bundle"
+assert_eq "hello from a wheel" "$(run_entrypoint "$L" args-token "$T/args-token-bundle/rootfs")" \
+  "the package from the index with a token is installed"
+assert_contains "$(cat "$T/bwrap-args")" '"$KILN_PIP_ARG_1"' "the step's script names the argument by its variable"
+assert_not_contains "$(cat "$T/bwrap-args")" "$TOKEN" "the token is not on bwrap's command line"
+assert_not_contains "$OUT$ERR" "$TOKEN" "nor in kiln's output"
+assert_not_contains "$(cat "$LOG_PATH")" "$TOKEN" "nor in the build's log"
+kiln show "$ID" --json
+assert_not_contains "$OUT" "$TOKEN" "nor in the build record"
+kiln history pyauth --json
+assert_eq 0 "$RC" "kiln history --json"
+assert_not_contains "$OUT" "$TOKEN" "nor in kiln history --json"
+assert_eq "" "$(grep -rlF -- "$TOKEN" "$KILN_CACHE" "$KILN_STATE_DIR" "$L" || true)" \
+  "nor anywhere in the store, the build records or the layout"
+# Rotating the token: the same tag, the cached pip layer, the same image.
+kiln tag "$T/app/args-token.json"
+ARGS_REF=$OUT
+ROTATED="kiln-arg-t0ken-$$-two"
+echo "$ROTATED" >"$T/index.token"
+write_auth_spec "$T/app/args-rotated.json" "$ROTATED"
+kiln tag "$T/app/args-rotated.json"
+assert_eq "$ARGS_REF" "$OUT" "rotating the token in pip_extra_args keeps the tag"
+kiln build "$T/app/args-rotated.json" --json --progress plain
+assert_eq "0 $ARGS_DIGEST" "$RC $(jget "j.get('digest')" <<<"$OUT")" "rotating it gives the same image"
+assert_not_contains "$ERR" "[pip] " "rotating the token in pip_extra_args does not re-run pip"
+assert_contains "$ERR" "step pip: cached" "the pip step comes from the cache"
+# Another index is another step.
+sed "s#/extra/#/extra//#" "$T/app/args-rotated.json" >"$T/app/args-other.json"
+kiln build "$T/app/args-other.json" --json --progress plain
+assert_eq 0 "$RC" "another index URL builds"$'\n'"$ERR"
+assert_contains "$ERR" "[pip] " "another index URL in pip_extra_args re-runs pip"
+assert_not_contains "$OUT$ERR" "$ROTATED" "the rotated token is not printed either"
+kill "$INDEX_PID" 2>/dev/null || true
+wait "$INDEX_PID" 2>/dev/null || true
 
 # ---- file capabilities a step sets (as setcap does) are in the layer and survive unpacking --------
 # vfs_cap_data v2, effective, permitted = CAP_NET_RAW (13): what `setcap cap_net_raw+ep` writes.

@@ -85,7 +85,8 @@ std::set<std::string> git_kept_files(const TempDir& tmp, const fs::path& dir) {
   std::set<std::string> kept;
   for (auto it = fs::recursive_directory_iterator(dir); it != fs::recursive_directory_iterator(); ++it) {
     if (it->path().filename() == ".git") {
-      if (it->is_directory()) it.disable_recursion_pending();
+      std::error_code ec;  // a .git symlink may loop
+      if (it->is_directory(ec)) it.disable_recursion_pending();
       continue;
     }
     if (it->is_directory()) continue;
@@ -508,4 +509,162 @@ TEST_CASE("fileset/git: git does not look inside a submodule the index records, 
   // From inside the repository's subdirectory as well.
   CHECK(without_dotgit(files_of(collect_files(spec_all(repo / "vendored")))) ==
         without_dotgit(git_kept_files(tmp, repo / "vendored")));
+}
+
+namespace {
+
+/// collect_files for mode "all" at `root` with `jobs` walk threads (1: the serial walk) and, when
+/// `memo` is not empty, the git memo at that path.
+std::set<std::string> kiln_files(const fs::path& root, int jobs, const fs::path& memo = {}) {
+  CollectOptions o;
+  o.jobs = jobs;
+  o.git_memo = memo;
+  return without_dotgit(files_of(collect_files(spec_all(root), o)));
+}
+
+}  // namespace
+
+TEST_CASE("fileset/git: a repository inside a directory the index tracks files in is walked as the outer one's", "[git]") {
+  if (!have_git()) {
+    WARN("SKIPPED: git is not installed");
+    return;
+  }
+  TempDir tmp;
+  HomeEnv home(tmp);
+  const fs::path repo = tmp / "repo";
+  write_file(repo / ".gitignore", "*.log\n.env\n");
+  write_file(repo / "main.py", "x");
+  // vendor/lib: the outer repository tracks files in it, and someone ran `git init` (or cloned)
+  // there. git's treat_directory finds it in the index (index_directory) and walks it as its own:
+  // the outer rules apply inside, and so does the .gitignore found there.
+  write_file(repo / "vendor" / "lib" / "a.py", "tracked");
+  write_file(repo / "vendor" / "lib" / "tracked.log", "tracked though ignored: kept");
+  // vendor/other tracks x.py, but its subdirectory inner/ holds nothing tracked: a repository there
+  // is one for git, and gets no outer rule.
+  write_file(repo / "vendor" / "other" / "x.py", "tracked");
+  git(tmp, repo, "init -q");
+  git(tmp, repo, "add .gitignore main.py vendor/lib/a.py vendor/other/x.py");
+  git(tmp, repo, "add -f vendor/lib/tracked.log");
+  git(tmp, repo, "commit -q -m init");
+  git(tmp, repo / "vendor" / "lib", "init -q");
+  git(tmp, repo / "vendor" / "other", "init -q");
+  fs::create_directories(repo / "vendor" / "other" / "inner");
+  git(tmp, repo / "vendor" / "other" / "inner", "init -q");
+  write_file(repo / "vendor" / "lib" / "debug.log", "ignored by the outer .gitignore");
+  write_file(repo / "vendor" / "lib" / ".env", "SECRET=1");
+  write_file(repo / "vendor" / "lib" / ".gitignore", "new.py\n");
+  write_file(repo / "vendor" / "lib" / "new.py", "ignored by the nested .gitignore, read as the outer's");
+  write_file(repo / "vendor" / "lib" / "sub" / "s.log", "ignored");
+  write_file(repo / "vendor" / "lib" / "sub" / "s.py", "kept");
+  write_file(repo / "vendor" / "other" / "debug.log", "ignored");
+  write_file(repo / "vendor" / "other" / "inner" / "i.log", "kept: inside a repository for git");
+  write_file(repo / "vendor" / "other" / "inner" / ".env", "kept too");
+
+  const std::set<std::string> want = git_kept_files(tmp, repo);
+  for (const char* f : {"vendor/lib/debug.log", "vendor/lib/.env", "vendor/lib/new.py", "vendor/lib/sub/s.log",
+                        "vendor/other/debug.log"}) {
+    INFO(f);
+    CHECK_FALSE(want.count(f));
+  }
+  for (const char* f : {"vendor/lib/a.py", "vendor/lib/tracked.log", "vendor/lib/sub/s.py", "vendor/other/x.py",
+                        "vendor/other/inner/i.log", "vendor/other/inner/.env"}) {
+    INFO(f);
+    CHECK(want.count(f));
+  }
+  CHECK(kiln_files(repo, 1) == without_dotgit(want));
+  CHECK(kiln_files(repo, 4) == without_dotgit(want));
+  // From a subdirectory too (the index is cut to it, as ls-files cuts it).
+  CHECK(kiln_files(repo / "vendor", 1) == without_dotgit(git_kept_files(tmp, repo / "vendor")));
+  CHECK(kiln_files(repo / "vendor", 4) == without_dotgit(git_kept_files(tmp, repo / "vendor")));
+
+  SECTION("under core.ignorecase the index is asked without regard to case") {
+    git(tmp, repo, "config core.ignorecase true");
+    git(tmp, repo, "mv vendor/lib/a.py vendor/lib/A.py");
+    git(tmp, repo, "commit -q -m case");
+    // The index says "vendor/lib/A.py"; on disk the directory is renamed "Vendor/Lib" behind git's back.
+    fs::rename(repo / "vendor", repo / "Vendor");
+    fs::rename(repo / "Vendor" / "lib", repo / "Vendor" / "Lib");
+    const std::set<std::string> want_icase = git_kept_files(tmp, repo);
+    CHECK_FALSE(want_icase.count("Vendor/Lib/debug.log"));
+    CHECK(want_icase.count("Vendor/other/inner/i.log"));
+    CHECK(kiln_files(repo, 1) == without_dotgit(want_icase));
+    CHECK(kiln_files(repo, 4) == without_dotgit(want_icase));
+  }
+}
+
+TEST_CASE("fileset/git: a .git that leads back to the repository's own git directory", "[git]") {
+  if (!have_git()) {
+    WARN("SKIPPED: git is not installed");
+    return;
+  }
+  TempDir tmp;
+  HomeEnv home(tmp);
+  const fs::path repo = tmp / "repo";
+  write_file(repo / ".gitignore", "*.log\n");
+  write_file(repo / "main.py", "x");
+  git(tmp, repo, "init -q");
+  git(tmp, repo, "add .gitignore main.py");
+  git(tmp, repo, "commit -q -m init");
+  auto dir = [&](const std::string& name) {
+    write_file(repo / name / "a.py", "kept");
+    write_file(repo / name / "x.log", "ignored when git applies the outer rules here");
+    return repo / name;
+  };
+  // A symlink to the repository's own .git: git compares real paths, and walks the directory as
+  // its own (outer rules apply), reading nothing through the link.
+  fs::create_symlink("../.git", dir("sym-rel") / ".git");
+  fs::create_symlink((repo / ".git").string(), dir("sym-abs") / ".git");
+  write_file(dir("deep") / "pkg" / "x.log", "ignored");
+  fs::create_symlink("../../.git", repo / "deep" / "pkg" / ".git");
+  // A .git file naming it: the file is not the git directory, so git takes the directory for
+  // another repository (no outer rule inside); flytekit bakes the .git file itself.
+  write_file(dir("gitfile") / ".git", "gitdir: ../.git\n");
+  write_file(dir("gitfile-abs") / ".git", "gitdir: " + (repo / ".git").string() + "\n");
+  // Links that lead nowhere a walk could loop: to itself, to its own directory, to a file.
+  fs::create_symlink(".git", dir("self") / ".git");
+  fs::create_symlink("../loop", dir("loop") / ".git");
+  fs::create_symlink("../main.py", dir("to-file") / ".git");
+  // A .git symlink into the outer .git inside a directory the index tracks files in.
+  write_file(dir("tracked") / "t.py", "tracked");
+  git(tmp, repo, "add tracked/t.py");
+  git(tmp, repo, "commit -q -m t");
+  fs::create_symlink("../.git", repo / "tracked" / ".git");
+
+  const std::set<std::string> want = git_kept_files(tmp, repo);
+  for (const char* d : {"sym-rel", "sym-abs", "self", "loop", "to-file", "tracked"}) {
+    INFO(d);
+    CHECK(want.count(std::string(d) + "/a.py"));
+    CHECK_FALSE(want.count(std::string(d) + "/x.log"));
+  }
+  CHECK_FALSE(want.count("deep/pkg/x.log"));
+  for (const char* d : {"gitfile", "gitfile-abs"}) {
+    INFO(d);
+    CHECK(want.count(std::string(d) + "/x.log"));
+  }
+  const fs::path memo = tmp / "store" / "stat" / "git.json";
+  fs::create_directories(tmp / "store" / "stat");
+  fs::create_directories(tmp / "store" / "tmp");
+  CHECK(kiln_files(repo, 1) == without_dotgit(want));
+  CHECK(kiln_files(repo, 4) == without_dotgit(want));
+  // A memo is written only when nothing it watches changed within the last second.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  CHECK(kiln_files(repo, 1, memo) == without_dotgit(want));  // writes the memo
+  CHECK(GitRepo::open_remembered(repo.string(), memo)->from_memo());
+  CHECK(kiln_files(repo, 4, memo) == without_dotgit(want));  // the git directory from the memo
+  // From a source root below the link's target: the .git leads outside source_root, to the
+  // repository's git directory, which is not read through it.
+  CHECK(kiln_files(repo / "deep", 1) == without_dotgit(git_kept_files(tmp, repo / "deep")));
+  CHECK_FALSE(kiln_files(repo / "deep", 1).count("pkg/x.log"));
+  // The .git entries themselves: symlinks are stored as symlinks (never followed, nothing read
+  // through them); a .git file is a file, as flytekit bakes it.
+  const FileSet set = collect_files(spec_all(repo));
+  std::set<std::string> dotgit;
+  for (const FileEntry& e : set.source)
+    if (std::string(e.rel()).ends_with(".git"))
+      dotgit.insert(std::string(e.rel()) + (e.type == FileEntry::Type::Symlink ? " -> " + e.link_target() : ""));
+  CHECK(dotgit == std::set<std::string>{"deep/pkg/.git -> ../../.git", "gitfile-abs/.git", "gitfile/.git",
+                                        "loop/.git -> ../loop", "self/.git -> .git", "sym-abs/.git -> " + (repo / ".git").string(),
+                                        "sym-rel/.git -> ../.git", "to-file/.git -> ../main.py",
+                                        "tracked/.git -> ../.git"});
+  for (const FileEntry& e : set.source) CHECK(std::string(e.rel()).find(".git/") == std::string::npos);
 }

@@ -167,6 +167,49 @@ TEST_CASE("steps: index credentials reach pip, never the key, the script or the 
   CHECK(kiln::spec::without_userinfo("file:///wheels") == "file:///wheels");
 }
 
+TEST_CASE("steps: credentials in pip_extra_args reach pip through the environment only", "[run]") {
+  TempDir d;
+  auto with = [&](const std::string& token) {
+    return spec_in(d, R"({"packages": ["a"], "pip_extra_args": ["--pre", "--index-url", "https://user:)" + token +
+                          R"(@pypi.example/simple", "--extra-index-url=https://)" + token +
+                          R"(@extra.example/s", "--find-links=https://h.example/x,https://u:)" + token +
+                          R"(@links.example/y", "--trusted-host", "pypi.example"]})");
+  };
+  auto s1 = with("t0k3n-one"), s2 = with("t0k3n-two");
+  auto a = kiln::run::plan_steps(s1, {}, "", 0), b = kiln::run::plan_steps(s2, {}, "", 0);
+  REQUIRE(a.size() == 1);
+  // The script names the arguments with a credential by their variable, in order, and quotes the others.
+  const std::string& script = a[0].argv[2];
+  CHECK(script.find(R"(install '--pre' '--index-url' "$KILN_PIP_ARG_2" "$KILN_PIP_ARG_3" "$KILN_PIP_ARG_4" )"
+                    R"('--trusted-host' 'pypi.example' 'a')") != std::string::npos);
+  CHECK(env_value(a[0].secret_env, "KILN_PIP_ARG_2") == "https://user:t0k3n-one@pypi.example/simple");
+  CHECK(env_value(a[0].secret_env, "KILN_PIP_ARG_3") == "--extra-index-url=https://t0k3n-one@extra.example/s");
+  CHECK(env_value(a[0].secret_env, "KILN_PIP_ARG_4") ==
+        "--find-links=https://h.example/x,https://u:t0k3n-one@links.example/y");
+  CHECK(env_value(a[0].secret_env, "KILN_PIP_ARG_0") == "<unset>");  // nothing to hide: on the command line
+  for (const auto& arg : a[0].argv) CHECK(arg.find("t0k3n") == std::string::npos);
+  for (const auto& kv : a[0].env) CHECK(kv.second.find("t0k3n") == std::string::npos);
+  for (const auto& kv : a[0].inputs) CHECK(kv.second.find("t0k3n") == std::string::npos);
+  CHECK(a[0].created_by.find("t0k3n") == std::string::npos);
+  // The key sees them without the credentials: rotating a token reuses the step, another index does not.
+  CHECK(env_value(a[0].inputs, "pip_extra_args[2]") == "https://pypi.example/simple");
+  CHECK(env_value(a[0].inputs, "pip_extra_args[3]") == "--extra-index-url=https://extra.example/s");
+  CHECK(env_value(a[0].inputs, "pip_extra_args[4]") == "--find-links=https://h.example/x,https://links.example/y");
+  CHECK(kiln::run::step_key("p", a[0], "gzip") == kiln::run::step_key("p", b[0], "gzip"));
+  CHECK(s1.canonical().dump() == s2.canonical().dump());
+  CHECK(s1.canonical().dump().find("t0k3n") == std::string::npos);
+  auto other = kiln::run::plan_steps(
+      spec_in(d, R"({"packages": ["a"], "pip_extra_args": ["--pre", "--index-url", "https://user:t0k3n-one@other.example/simple",
+                     "--extra-index-url=https://t0k3n-one@extra.example/s",
+                     "--find-links=https://h.example/x,https://u:t0k3n-one@links.example/y", "--trusted-host", "pypi.example"]})"),
+      {}, "", 0);
+  CHECK(kiln::run::step_key("p", other[0], "gzip") != kiln::run::step_key("p", a[0], "gzip"));
+  // Every URL of an argument loses its userinfo, not only the first.
+  CHECK(kiln::spec::without_userinfo("https://a/x,https://u:t@b/y") == "https://a/x,https://b/y");
+  CHECK(kiln::spec::without_userinfo("https://u:t@a,https://v:s@b") == "https://a,https://b");
+  CHECK(kiln::spec::without_userinfo("--x=https://u:t@h") == "--x=https://h");
+}
+
 TEST_CASE("steps: a missing requirements file or secret source is an input error", "[run]") {
   TempDir d;
   CHECK_THROWS_AS(kiln::run::plan_steps(spec_in(d, R"({"requirements": "nope.txt"})"), {}, "", 0),

@@ -275,6 +275,54 @@ TEST_CASE("the environment is exactly the given one", "[sandbox]") {
   CHECK(contains(error_of(bad), "A=B"));
 }
 
+TEST_CASE("secret environment reaches the command, never a command line on the host", "[sandbox]") {
+  if (!have_tools()) return;
+  TempDir tmp("kiln-sandbox");
+  make_rootfs(tmp / "root");
+  // Built at run time, so this test's own command line never holds it.
+  const std::string secret = "kiln-secret-" + std::to_string(::getpid()) + "-t0k3n";
+  SandboxSpec s = sh_spec(tmp / "root", "touch /ready; while [ ! -e /go ]; do sleep 0.05; done; env");
+  s.env = {{"PATH", "/bin"}, {"SHOWN", "plain"}, {"PIP_INDEX_URL", "https://overridden.example/simple"}};
+  s.secret_env = {{"PIP_INDEX_URL", "https://user:" + secret + "@pypi.example/simple"}, {"KILN_PIP_ARG_2", secret}};
+  Run r;
+  std::thread t([&] { r = run(s); });
+  // While the step runs, no process on the host (bwrap, its child) shows the secret in
+  // /proc/PID/cmdline, which every user can read (`ps`).
+  const bool started = wait_until([&] { return fs::exists(tmp / "root" / "ready"); });
+  std::vector<std::string> exposed;
+  std::error_code ec;
+  for (auto& e : fs::directory_iterator("/proc", ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    try {
+      if (contains(read_file(e.path() / "cmdline"), secret)) exposed.push_back(name);
+    } catch (const std::exception&) {
+      // gone meanwhile
+    }
+  }
+  write_file(tmp / "root" / "go", "");
+  t.join();
+  CHECK(started);
+  CHECK(exposed.empty());
+  CHECK(r.result.exit_code == 0);
+  std::set<std::string> got(r.lines.begin(), r.lines.end());
+  CHECK(got.count("SHOWN=plain"));
+  CHECK(got.count("KILN_PIP_ARG_2=" + secret));
+  // A secret wins over a plain variable of the same name.
+  CHECK(got.count("PIP_INDEX_URL=https://user:" + secret + "@pypi.example/simple"));
+  CHECK(!got.count("PIP_INDEX_URL=https://overridden.example/simple"));
+  for (const auto& l : r.lines) {
+    const std::string key = l.substr(0, l.find('='));
+    INFO(l);
+    CHECK((key == "PATH" || key == "SHOWN" || key == "PIP_INDEX_URL" || key == "KILN_PIP_ARG_2" || key == "PWD" ||
+           key == "SHLVL" || key == "_"));
+  }
+
+  SandboxSpec bad = sh_spec(tmp / "root", "true");
+  bad.secret_env = {{"A=B", "c"}};
+  CHECK(contains(error_of(bad), "A=B"));
+}
+
 TEST_CASE("workdir, uid, hostname, stdin and fds inside the sandbox", "[sandbox]") {
   if (!have_tools()) return;
   TempDir tmp("kiln-sandbox");

@@ -448,6 +448,45 @@ TEST_CASE("spec: user is user[:group], names or ids up to 2^32-2") {
   CHECK(field_of(R"({"base_image": {"user": "1000:"}})") == "base_image.user");
 }
 
+TEST_CASE("spec: numeric_owner reads user as the validation does") {
+  using kiln::spec::numeric_owner;
+  using Owner = std::pair<std::uint32_t, std::uint32_t>;
+  CHECK(numeric_owner("1000") == Owner{1000, 1000});
+  CHECK(numeric_owner("1000:2000") == Owner{1000, 2000});
+  CHECK(numeric_owner("0") == Owner{0, 0});
+  // Ten digits are an id, not a name: every id up to 2^32-2.
+  CHECK(numeric_owner("1234567890") == Owner{1234567890, 1234567890});
+  CHECK(numeric_owner("4294967294") == Owner{4294967294u, 4294967294u});
+  CHECK(numeric_owner("4294967294:1234567890") == Owner{4294967294u, 1234567890});
+  CHECK(numeric_owner("00001000") == Owner{1000, 1000});
+  CHECK(numeric_owner("000000000001000:0000000000002") == Owner{1000, 2});
+  // A name anywhere: root keeps the files (kiln does not read /etc/passwd).
+  CHECK(numeric_owner("flyte") == std::nullopt);
+  CHECK(numeric_owner("flyte:1000") == std::nullopt);
+  CHECK(numeric_owner("1000:flyte") == std::nullopt);
+  // What the validation refuses, numeric_owner refuses: (uid_t)-1 is not a uid.
+  for (const char* bad : {"4294967295", "4294967296", "1000:4294967295", "99999999999999999999999999", "1000:",
+                          ":5", "-1", "a:b:c"}) {
+    INFO(bad);
+    CHECK(error_of(std::string(R"({"user": ")") + bad + "\"}") != "no error");
+    CHECK_THROWS_AS(numeric_owner(bad), SpecError);
+  }
+  try {
+    numeric_owner("4294967295");
+  } catch (const SpecError& e) {
+    CHECK(e.field() == "user");
+    CHECK(std::string(e.what()) ==
+          "field 'user' must be user[:group], each a name or a numeric id from 0 to 4294967294, not "
+          "'4294967295': the user id is out of range");
+  }
+  // And what it accepts, numeric_owner takes.
+  for (const char* ok : {"1000", "1000:1000", "4294967294", "flyte", "flyte:1000", "user.name-1_x", "00001000"}) {
+    INFO(ok);
+    CHECK(parse(std::string(R"({"user": ")") + ok + "\"}").user == std::string(ok));
+    CHECK_NOTHROW(numeric_owner(ok));
+  }
+}
+
 TEST_CASE("spec: compression_level is within its codec's range") {
   CHECK(error_of(R"({"compression_level": 10})") ==
         "spec.json: field 'compression_level' must be 1-9 for gzip (the default compression), not 10");

@@ -4,7 +4,8 @@
 For each seed, builds a random project inside a real git repository (nested and parent
 .gitignore files, .git/info/exclude, core.excludesFile, tracked files that match ignore patterns,
 a .dockerignore, __pycache__, .cache, symlinks, a nested repository, core.ignorecase, a stale
-.git file or a .git directory of junk), then compares:
+.git file or a .git directory of junk, a repository made in a directory the outer one tracks files
+in, .git symlinks and a .git file leading back to the outer .git), then compares:
 
   - flytekit: tools/script_mode.ls_files(root, ALL, ignore_group=IgnoreGroup(root, [GitIgnore,
     DockerIgnore, StandardIgnore])), exactly as image_spec/default_builder.py calls it, loaded from
@@ -317,6 +318,42 @@ def make_tree(rng, base, env):
             w(os.path.join(lib, ".git"), "gitdir: ../../.git/modules/lib\n")
         else:
             w(os.path.join(lib, ".git", "HEAD"), "junk\n")
+    # A repository made over files the outer one tracks (`git init` or a clone in a tracked
+    # directory): the index says the directory is git's own (treat_directory: index_directory), so
+    # git walks it with the outer rules and the .gitignore found there. Beside it, a repository in
+    # a directory that tracks nothing below: git does not look inside that one.
+    if xr.random() < 0.35:
+        ext = os.path.join(root, "plugins", "ext")
+        w(os.path.join(ext, "ext.py"), "tracked\n")
+        w(os.path.join(ext, "tracked.log"), "tracked\n")
+        prefix = os.path.relpath(root, repo)
+        git(env, repo, "add", "-f", "--", *[os.path.normpath(os.path.join(prefix, "plugins", "ext", f))
+                                            for f in ("ext.py", "tracked.log")])
+        git(env, repo, "commit", "-q", "-m", "ext")
+        git(env, ext, "init", "-q")
+        for f in ("debug.log", "new.py", "key.pem", "notes.txt", "sub/s.log", "sub/s.py"):
+            w(os.path.join(ext, f), f + "\n")
+        w(os.path.join(ext, ".gitignore"), "*.log\nnew.py\n")
+        inner = os.path.join(root, "plugins", "inner")
+        w(os.path.join(inner, "i.log"), "log\n")
+        w(os.path.join(inner, ".gitignore"), "*.log\n")
+        git(env, inner, "init", "-q")
+    # .git entries that lead back to the repository's own git directory: symlinks to it (git
+    # compares real paths: not another repository, so the outer rules apply inside), and a .git
+    # file naming it (another repository for git: no outer rule inside; flytekit bakes the file).
+    if xr.random() < 0.35:
+        gitdir = os.path.join(repo, ".git")
+        w(os.path.join(root, "linked", ".gitignore"), "*.log\nnotes.txt\n")
+        for name in ("sym", "abs", "gitfile"):
+            d = os.path.join(root, "linked", name)
+            for f in ("m.py", "debug.log", "key.pem", "notes.txt"):
+                w(os.path.join(d, f), f + "\n")
+            if name == "sym":
+                os.symlink(os.path.relpath(gitdir, d), os.path.join(d, ".git"))
+            elif name == "abs":
+                os.symlink(gitdir, os.path.join(d, ".git"))
+            else:
+                w(os.path.join(d, ".git"), f"gitdir: {os.path.relpath(gitdir, d)}\n")
     return root
 
 
