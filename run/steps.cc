@@ -61,6 +61,8 @@ std::string apt_script(const spec::ImageSpec& s) {
 
 /// The variable that carries pip_extra_args[i] when it holds a credential.
 std::string pip_arg_var(std::size_t i) { return "KILN_PIP_ARG_" + std::to_string(i); }
+/// The variable that carries packages[i] when it holds a credential (a direct URL with userinfo).
+std::string pip_pkg_var(std::size_t i) { return "KILN_PIP_PKG_" + std::to_string(i); }
 
 /// Chooses the interpreter (python_exec; else pythonX.Y for python_version, then python3, then
 /// python, checking the version), then installs with its pip.
@@ -82,7 +84,10 @@ std::string pip_script(const spec::ImageSpec& s, bool with_requirements) {
     args += " " + (spec::without_userinfo(a) == a ? shell_quote(a) : "\"$" + pip_arg_var(i) + "\"");
   }
   if (with_requirements) args += std::string(" -r ") + kRequirementsTarget;
-  for (const auto& p : s.packages) args += " " + shell_quote(p);
+  for (std::size_t i = 0; i < s.packages.size(); ++i) {
+    const std::string& p = s.packages[i];
+    args += " " + (spec::without_userinfo(p) == p ? shell_quote(p) : "\"$" + pip_pkg_var(i) + "\"");
+  }
 
   std::string sh = "PY=\n"
                    "for c in " + candidates + "; do\n"
@@ -180,7 +185,7 @@ std::vector<Step> plan_steps(const spec::ImageSpec& s, const std::vector<std::st
     std::string what;
     // The file's bytes are an input of the step; its host path is not (it differs per checkout).
     if (s.requirements) what += std::string(" -r ") + kRequirementsTarget;
-    for (const auto& p : s.packages) what += " " + p;
+    for (const auto& p : s.packages) what += " " + spec::without_userinfo(p);  // the history is pushed
     Step st = make("pip", "kiln: RUN pip install" + what, pip_script(s, s.requirements.has_value()));
     // Debian and Ubuntu mark their Python "externally managed" (PEP 668); an image is the
     // environment, so kiln installs into it as flytekit's builder does. Older pips ignore these.
@@ -214,6 +219,14 @@ std::vector<Step> plan_steps(const spec::ImageSpec& s, const std::vector<std::st
       if (shown == a) continue;
       st.secret_env.emplace_back(pip_arg_var(i), a);
       st.inputs.emplace_back("pip_extra_args[" + std::to_string(i) + "]", std::move(shown));
+    }
+    // The same for a package given as a direct URL with credentials.
+    for (std::size_t i = 0; i < s.packages.size(); ++i) {
+      const std::string& p = s.packages[i];
+      std::string shown = spec::without_userinfo(p);
+      if (shown == p) continue;
+      st.secret_env.emplace_back(pip_pkg_var(i), p);
+      st.inputs.emplace_back("packages[" + std::to_string(i) + "]", std::move(shown));
     }
     if (s.requirements) st.mounts.push_back({resolve(s, *s.requirements), kRequirementsTarget, true});
     for (const auto& [src, target] : s.pip_secret_mounts) {

@@ -1000,7 +1000,11 @@ nlohmann::json ImageSpec::canonical() const {
   if (modelcar) c["modelcar"] = true;
   if (source_root && !modelcar) c["source_copy_mode"] = to_string(source_copy_mode);
   put_map("env", env);
-  put_list("packages", packages);
+  {  // a direct URL ("pkg @ https://user:token@host/pkg.whl", "git+https://token@…") without its credentials
+    std::vector<std::string> clean;
+    for (const auto& p : packages) clean.push_back(without_userinfo(p));
+    put_list("packages", clean);
+  }
   put_list("conda_packages", conda_packages);
   put_list("conda_channels", conda_channels);
   // The requirements file's path is left out; its content enters as an input (docs/tag.md).

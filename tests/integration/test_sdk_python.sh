@@ -2,7 +2,7 @@
 # flytekitplugins-kiln (sdk/python): runs the plugin's Python tests (sdk/python/tests, unittest)
 # with /usr/bin/python3 against the real kiln binary ($KILN) and flytekit's real ImageSpec,
 # ImageSpecBuilder and ImageBuildEngine: the installed flytekit, else its source in
-# $KILN_SOURCE_DIR/../shared/flytekit-e96c720 (or $KILN_FLYTEKIT_SRC) with the few stubs importing
+# $KILN_SOURCE_DIR/../shared/flytekit-e96c720 (or $KILN_FLYTEKIT_SRC, or $KILN_FLYTEKIT_DIR as the other fidelity tests) with the few stubs importing
 # it needs without flyteidl. The end-to-end tests build real images through ImageBuildEngine into an
 # OCI layout and, when Debian's docker-registry is installed, push to a loopback registry. Then pip
 # (offline) installs the package into a directory, and flytekit's entry point group
@@ -13,7 +13,7 @@ set -euo pipefail
 : "${KILN:?set KILN to the kiln binary (ctest does)}"
 KILN_SOURCE_DIR=${KILN_SOURCE_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 PY=/usr/bin/python3
-FLYTEKIT_SRC=${KILN_FLYTEKIT_SRC:-$KILN_SOURCE_DIR/../shared/flytekit-e96c720}
+FLYTEKIT_SRC=${KILN_FLYTEKIT_SRC:-${KILN_FLYTEKIT_DIR:-$KILN_SOURCE_DIR/../shared/flytekit-e96c720}}
 if [[ ! -x $PY ]]; then
   echo "test_sdk_python: SKIP: /usr/bin/python3 is missing" >&2
   exit 77

@@ -210,6 +210,34 @@ TEST_CASE("steps: credentials in pip_extra_args reach pip through the environmen
   CHECK(kiln::spec::without_userinfo("--x=https://u:t@h") == "--x=https://h");
 }
 
+TEST_CASE("steps: a package given as a URL with credentials reaches pip through the environment only", "[run]") {
+  TempDir d;
+  auto with = [&](const std::string& token) {
+    return spec_in(d, R"({"packages": ["numpy", "pkg @ https://user:)" + token +
+                          R"(@wheels.example/pkg-1.0-py3-none-any.whl", "git+https://)" + token +
+                          R"(@git.example/org/repo.git@v1"]})");
+  };
+  auto s1 = with("t0k3n-one"), s2 = with("t0k3n-two");
+  auto a = kiln::run::plan_steps(s1, {}, "", 0), b = kiln::run::plan_steps(s2, {}, "", 0);
+  REQUIRE(a.size() == 1);
+  CHECK(a[0].argv[2].find(R"('numpy' "$KILN_PIP_PKG_1" "$KILN_PIP_PKG_2")") != std::string::npos);
+  CHECK(env_value(a[0].secret_env, "KILN_PIP_PKG_1") == "pkg @ https://user:t0k3n-one@wheels.example/pkg-1.0-py3-none-any.whl");
+  CHECK(env_value(a[0].secret_env, "KILN_PIP_PKG_2") == "git+https://t0k3n-one@git.example/org/repo.git@v1");
+  CHECK(env_value(a[0].secret_env, "KILN_PIP_PKG_0") == "<unset>");
+  for (const auto& arg : a[0].argv) CHECK(arg.find("t0k3n") == std::string::npos);
+  for (const auto& kv : a[0].inputs) CHECK(kv.second.find("t0k3n") == std::string::npos);
+  // The image's history (pushed with it) names the package without the credentials.
+  CHECK(a[0].created_by == "kiln: RUN pip install numpy pkg @ https://wheels.example/pkg-1.0-py3-none-any.whl "
+                           "git+https://git.example/org/repo.git@v1");
+  CHECK(env_value(a[0].inputs, "packages[2]") == "git+https://git.example/org/repo.git@v1");
+  CHECK(kiln::run::step_key("p", a[0], "gzip") == kiln::run::step_key("p", b[0], "gzip"));
+  CHECK(s1.canonical().dump() == s2.canonical().dump());
+  CHECK(s1.canonical().dump().find("t0k3n") == std::string::npos);
+  // Another URL is another step.
+  auto other = kiln::run::plan_steps(spec_in(d, R"({"packages": ["numpy", "pkg @ https://user:t0k3n-one@wheels.example/pkg-2.0-py3-none-any.whl", "git+https://t0k3n-one@git.example/org/repo.git@v1"]})"), {}, "", 0);
+  CHECK(kiln::run::step_key("p", other[0], "gzip") != kiln::run::step_key("p", a[0], "gzip"));
+}
+
 TEST_CASE("steps: a missing requirements file or secret source is an input error", "[run]") {
   TempDir d;
   CHECK_THROWS_AS(kiln::run::plan_steps(spec_in(d, R"({"requirements": "nope.txt"})"), {}, "", 0),
