@@ -295,7 +295,10 @@ int run_plan(Context& ctx, const BuildArgs& a, bool build_too) {
       builds[id] = outcome_json(r);
       builds[id].erase("log_path");
     }
-    result = {{"status", errors ? "failed" : "success"}, {"plan", result}, {"builds", builds}};
+    result = {{"status", errors ? "failed" : "success"},
+              {"exit_code", errors ? static_cast<int>(kUsage) : static_cast<int>(kOk)},
+              {"plan", result},
+              {"builds", builds}};
   }
   std::cout << result.dump(2) << std::endl;
   return errors ? kUsage : kOk;

@@ -33,7 +33,8 @@ void add_push_command(CLI::App& app, Common& c, std::vector<Command>& out) {
                    if (!r.ok()) return report_failure(r.failure, ctx.common);
                    const builder::PushResult& pr = *r.pushed;
                    if (ctx.common.json_out) {
-                     std::cout << json{{"status", "success"},    {"reference", pr.reference}, {"digest", pr.digest},
+                     std::cout << json{{"status", "success"},    {"exit_code", static_cast<int>(kOk)},
+                                       {"reference", pr.reference}, {"digest", pr.digest},
                                        {"uploaded", pr.uploaded}, {"skipped", pr.skipped},     {"mounted", pr.mounted},
                                        {"bytes_uploaded", pr.bytes_uploaded},
                                        {"previous_digest", pr.previous_digest.empty() ? json(nullptr)

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <climits>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -17,9 +18,11 @@ namespace fs = std::filesystem;
 
 namespace kiln::cli {
 
-layers::Store Context::open_store() const {
-  return layers::Store(common.cache_dir.empty() ? layers::Store::default_root() : fs::path(common.cache_dir));
+fs::path Context::store_root() const {
+  return common.cache_dir.empty() ? layers::Store::default_root() : fs::path(common.cache_dir);
 }
+
+layers::Store Context::open_store() const { return layers::Store(store_root()); }
 
 int Context::jobs() const {
   if (common.jobs > 0) return common.jobs;
@@ -56,7 +59,20 @@ void add_common_options(CLI::App* sub, Common& c, bool cache_used, bool jobs_use
   sub->add_option("--progress", c.progress, "Progress on stderr: auto, plain or quiet")
       ->check(CLI::IsMember({"auto", "plain", "quiet"}));
   sub->add_flag("--json", c.json_out, "Print a machine-readable JSON result on stdout");
-  auto* jobs = sub->add_option("-j,--jobs", c.jobs, "Threads for hashing and layer writing (default: cores)");
+  auto* jobs = sub->add_option("-j,--jobs", c.jobs, "Threads for hashing and layer writing (default: cores)")
+                   ->check([](const std::string& v) {
+                     // CLI11 has converted nothing yet: "0", "-1" and "abc" all come here as text.
+                     std::size_t used = 0;
+                     long n = 0;
+                     try {
+                       n = std::stol(v, &used);
+                     } catch (const std::exception&) {
+                       used = 0;
+                     }
+                     return used == v.size() && !v.empty() && n >= 1 && n <= INT_MAX
+                                ? std::string()
+                                : "must be a positive number of threads (1 or more), not '" + v + "'";
+                   });
   if (!cache_used) cache->group("");  // accepted, not shown
   if (!jobs_used) jobs->group("");
 }
@@ -249,6 +265,7 @@ json outcome_json(const session::Outcome& o) {
          {"pushed", pushed}};
     if (o.has_source) j["source"] = {{"digest", o.source_digest}, {"dest", o.source_dest}, {"copy_mode", o.copy_mode}};
   }
+  j["exit_code"] = static_cast<int>(kOk);  // as in a failure object and the several-spec wrapper
   j["build_id"] = o.build_id;
   j["log_path"] = opt(o.log_path);
   return j;

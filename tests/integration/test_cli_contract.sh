@@ -124,3 +124,43 @@ assert_contains "$ERR" "another kiln is using" "prune says what it waits for"
 assert_ne "0" "$(jget "j['removed_blobs']" <<<"$OUT")" "then it pruned"
 kiln cache prune --all --json
 assert_not_contains "$ERR" "another kiln is using" "nobody else: no wait"
+
+# ---- small contract points (QA A15) -------------------------------------------------------------
+# A success object says exit_code 0, as a failure object and the several-spec wrapper say theirs.
+build_ok "$W/spec.json"
+assert_eq "success 0" "$(jget "j['status'] + ' ' + str(j['exit_code'])" <<<"$OUT")" "a success --json object: exit_code 0"
+kiln build "$W/spec.json" "$W/v2.json" --json --progress quiet
+assert_eq "0 0 [0, 0]" "$RC $(jget "j['exit_code']" <<<"$OUT") $(jget "[b['exit_code'] for b in j['builds']]" <<<"$OUT")" \
+  "several specs: the wrapper and each build say exit_code 0"
+# -j takes 1 or more threads.
+for jobs in 0 -1; do
+  kiln build "$W/spec.json" -j "$jobs" --json --progress quiet
+  assert_eq "2 usage" "$RC $(jget "j['error_kind']" <<<"$OUT")" "-j $jobs: a usage error (exit 2)"
+  assert_contains "$ERR" "positive number of threads" "-j $jobs: says what it takes"
+done
+# history -n 0 lists none (as head -n 0); -n -1 is a usage error.
+kiln history -n 0 --json
+assert_eq "0 []" "$RC $OUT" "history -n 0: no record"
+kiln history -n 1 --json
+assert_eq 1 "$(jget "len(j)" <<<"$OUT")" "history -n 1: one record"
+kiln history -n -1
+assert_eq 2 "$RC" "history -n -1: a usage error"
+# Reading the cache or the history creates neither.
+kiln cache du --cache "$T/no-store" --json
+assert_eq "0 false 0" "$RC $(jget "j['exists']" <<<"$OUT") $(jget "j['blobs']" <<<"$OUT")" "cache du where there is no store: empty"
+kiln cache prune --all --cache "$T/no-store" --json
+assert_eq "0 0" "$RC $(jget "j['removed_blobs']" <<<"$OUT")" "cache prune where there is no store: nothing removed"
+[[ -e $T/no-store ]] && fail "cache du / prune created a store at $T/no-store" || pass
+SAVED_STATE=$KILN_STATE_DIR
+export KILN_STATE_DIR=$T/no-state
+kiln history --json
+assert_eq "0 []" "$RC $OUT" "history without a state directory: no record"
+kiln show 01ABC
+assert_eq 5 "$RC" "show without a state directory: not found"
+[[ -e $T/no-state ]] && fail "history / show created the state directory" || pass
+export KILN_STATE_DIR=$SAVED_STATE
+# A tag_format error starts with the spec's path, as every other spec error does.
+echo '{"name": "contract-app", "tag_format": "latest"}' >"$W/fmt.json"
+kiln build "$W/fmt.json" --json --progress quiet
+assert_eq "2 tag_format" "$RC $(jget "j['field']" <<<"$OUT")" "tag_format without {spec_hash}: exit 2, the field named"
+assert_contains "$(jget "j['message']" <<<"$OUT")" "$W/fmt.json: field 'tag_format'" "tag_format error: SPEC: field 'tag_format' …"
