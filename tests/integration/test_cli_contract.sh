@@ -164,3 +164,53 @@ echo '{"name": "contract-app", "tag_format": "latest"}' >"$W/fmt.json"
 kiln build "$W/fmt.json" --json --progress quiet
 assert_eq "2 tag_format" "$RC $(jget "j['field']" <<<"$OUT")" "tag_format without {spec_hash}: exit 2, the field named"
 assert_contains "$(jget "j['message']" <<<"$OUT")" "$W/fmt.json: field 'tag_format'" "tag_format error: SPEC: field 'tag_format' …"
+
+# ---- a source file kiln may not read is bad input: exit 2, on every path (QA A7) ----------------
+# Root reads any file, so kiln runs as uid 65534 (setpriv) where the test runs as root; as another
+# user, chmod 000 is enough.
+U=$T/unread
+mkdir -p "$U/proj"
+echo 'A = 1' >"$U/proj/a.py"
+echo 'secret' >"$U/proj/locked.py"
+chmod 000 "$U/proj/locked.py"
+echo '{"name": "unread", "source_root": "proj", "source_copy_mode": "all"}' >"$U/spec.json"
+echo '{"name": "unread", "source_root": "proj", "source_copy_mode": "all", "compression": "zstd"}' >"$U/zstd.json"
+AS_USER=()
+if [[ $(id -u) -eq 0 ]]; then
+  if command -v setpriv >/dev/null && setpriv --reuid=65534 --regid=65534 --clear-groups true 2>/dev/null; then
+    AS_USER=(setpriv --reuid=65534 --regid=65534 --clear-groups)
+    chmod 755 "$T"
+  else
+    AS_USER=(skip)
+  fi
+fi
+if [[ "${AS_USER[*]-}" == skip ]]; then
+  echo "$TEST_NAME: SKIP unreadable-file checks: running as root, and setpriv cannot switch to uid 65534" >&2
+else
+  # as_user CACHE SPEC: kiln build SPEC --json as the unprivileged user, with its own state.
+  as_user() {
+    mkdir -p "$U/state"
+    if [[ $(id -u) -eq 0 ]]; then chown -R 65534:65534 "$1" "$U/state"; fi
+    RC=0
+    "${AS_USER[@]}" env KILN_CACHE="$1" KILN_STATE_DIR="$U/state" "$KILN" build "$2" --json --progress quiet \
+      >"$T/.user.out" 2>"$T/.user.err" || RC=$?
+    OUT=$(<"$T/.user.out")
+    ERR=$(<"$T/.user.err")
+  }
+  mkdir -p "$U/cache-a"
+  as_user "$U/cache-a" "$U/spec.json"
+  assert_eq "2 input" "$RC $(jget "j['error_kind']" <<<"$OUT")" "an unreadable file met when hashing: exit 2, input"
+  assert_contains "$(jget "j['message']" <<<"$OUT")" "$U/proj/locked.py" "the message names the file"
+  if [[ $(id -u) -eq 0 ]]; then
+    # The file's digest known from the stat index (root built it before; chown leaves the file's
+    # ctime alone), and a layer to write (zstd): the layer writer is the first to open it. (The
+    # index does not trust a file changed less than a second before it was written.)
+    sleep 1.2
+    KILN_CACHE=$U/cache-b build_ok "$U/spec.json"
+    as_user "$U/cache-b" "$U/zstd.json"
+    assert_eq "2 input" "$RC $(jget "j['error_kind']" <<<"$OUT")" \
+      "an unreadable file met by the layer writer: exit 2, input (not 3)"
+    assert_contains "$(jget "j['message']" <<<"$OUT")" "Permission denied" "the message says why"
+  fi
+fi
+chmod 644 "$U/proj/locked.py"

@@ -49,13 +49,13 @@ class KilnError(FlyteUserException):
 
 
 class KilnSpecError(KilnError, FlyteValidationException):
-    """Exit 2: the spec (or a flag, or a file it names) is wrong; fix the ImageSpec."""
+    """Exit 2: the spec (or a flag, or a file it names, or a project file kiln may not read) is wrong; fix it."""
 
     _ERROR_CODE = "USER:KilnSpecError"
 
 
 class KilnBuildError(KilnError):
-    """Exit 3: a build step failed (a RUN command, or a layer that cannot be written)."""
+    """Exit 3: a build step failed (a RUN command, or a layer whose files changed while it was written)."""
 
     _ERROR_CODE = "USER:KilnBuildError"
 
