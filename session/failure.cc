@@ -15,6 +15,13 @@ namespace fs = std::filesystem;
 namespace kiln::session {
 
 Failure classify(const std::exception& e) {
+  if (auto* fe = dynamic_cast<const builder::FieldError*>(&e)) {
+    // The error itself decides the code and kind; the field it is about goes in front of any
+    // field the error names (a nested base spec's: "base_image.source_root").
+    Failure f = fe->nested_ptr() ? classify(fe->nested_ptr()) : Failure{kUsage, "permanent", "input", fe->what(), ""};
+    f.field = f.field.empty() ? fe->field() : fe->field() + "." + f.field;
+    return f;
+  }
   if (auto* s = dynamic_cast<const spec::SpecError*>(&e)) return {kUsage, "permanent", "spec", s->what(), s->field()};
   if (auto* st = dynamic_cast<const builder::StepError*>(&e)) {
     Failure f{kBuildFailed, "permanent", "step", st->what(), ""};
@@ -24,14 +31,14 @@ Failure classify(const std::exception& e) {
   }
   if (auto* n = dynamic_cast<const builder::NotFoundError*>(&e)) return {kNotFound, "permanent", "not_found", n->what(), ""};
   if (auto* b = dynamic_cast<const BusyError*>(&e)) return {kTransient, "transient", "busy", b->what(), ""};
-  if (auto* b = dynamic_cast<const builder::BaseError*>(&e)) return {kUsage, "permanent", "base", b->what(), ""};
+  if (auto* b = dynamic_cast<const builder::BaseError*>(&e)) return {kUsage, "permanent", "base", b->what(), b->field()};
   if (auto* l = dynamic_cast<const LintError*>(&e)) {
     Failure f{kUsage, "permanent", "lint", l->what(), ""};
     f.lint = l->findings();
     f.digest = l->digest();
     return f;
   }
-  if (auto* i = dynamic_cast<const layers::InputError*>(&e)) return {kUsage, "permanent", "input", i->what(), ""};
+  if (auto* i = dynamic_cast<const layers::InputError*>(&e)) return {kUsage, "permanent", "input", i->what(), i->field()};
   if (auto* r = dynamic_cast<const registry::RegistryError*>(&e)) {
     using K = registry::RegistryError::Kind;
     int code = kInternal;

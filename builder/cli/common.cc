@@ -87,8 +87,8 @@ json failure_json(const Failure& f) {
             {"failed_step", opt(f.step)},
             {"step_exit_code", f.step_exit_code ? json(*f.step_exit_code) : json(nullptr)},
             {"log_path", opt(f.log_path)},
-            {"log_tail", f.log_tail}};
-  if (!f.field.empty()) j["field"] = f.field;
+            {"log_tail", f.log_tail},
+            {"field", opt(f.field)}};
   if (!f.build_id.empty()) j["build_id"] = f.build_id;
   if (!f.spec_path.empty()) j["spec"] = f.spec_path;
   if (f.cancelled) j["cancelled"] = true;
@@ -130,14 +130,28 @@ int spec_line(const Failure& f) {
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   std::string last = f.field.substr(f.field.rfind('.') == std::string::npos ? 0 : f.field.rfind('.') + 1);
   std::string first = f.field.substr(0, f.field.find('.'));
-  for (const std::string& key : {last, first}) {
+  // Where `"key":` is written, from `from` on (npos when nowhere).
+  auto key_at = [&](const std::string& key, std::size_t from) {
     std::string quoted = "\"" + key + "\"";
-    for (std::size_t pos = text.find(quoted); pos != std::string::npos; pos = text.find(quoted, pos + 1)) {
+    for (std::size_t pos = text.find(quoted, from); pos != std::string::npos; pos = text.find(quoted, pos + 1)) {
       std::size_t k = pos + quoted.size();
       while (k < text.size() && std::isspace(static_cast<unsigned char>(text[k]))) ++k;
-      if (k < text.size() && text[k] == ':') return 1 + static_cast<int>(std::count(text.begin(), text.begin() + pos, '\n'));
+      if (k < text.size() && text[k] == ':') return pos;
+    }
+    return std::string::npos;
+  };
+  auto line_of = [&](std::size_t pos) { return 1 + static_cast<int>(std::count(text.begin(), text.begin() + pos, '\n')); };
+  // A nested field ("base_image.source_root"): its last key after its first one, so a nested
+  // spec's field is not taken for the outer spec's.
+  if (last != first) {
+    std::size_t outer = key_at(first, 0);
+    if (outer != std::string::npos) {
+      std::size_t inner = key_at(last, outer + 1);
+      return line_of(inner != std::string::npos ? inner : outer);
     }
   }
+  for (const std::string& key : {last, first})
+    if (std::size_t pos = key_at(key, 0); pos != std::string::npos) return line_of(pos);
   return 0;
 }
 

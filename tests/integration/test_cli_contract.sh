@@ -214,3 +214,24 @@ else
   fi
 fi
 chmod 644 "$U/proj/locked.py"
+
+# ---- source_root, copy and base_image errors name their field (QA A9) -----------------------------
+# The failure object's `field`, and the GitHub annotation's line=, for errors met after the spec
+# was read: a missing source_root or copy entry, a base layout or registry that is not there, and a
+# nested base spec's own field (its line, not the outer spec's source_root).
+F=$T/fields
+mkdir -p "$F"
+printf '{\n  "name": "fields",\n  "source_root": "missing-dir",\n  "source_copy_mode": "all"\n}\n' >"$F/root.json"
+printf '{\n  "name": "fields",\n  "copy": ["missing.txt"]\n}\n' >"$F/copy.json"
+printf '{\n  "name": "fields",\n  "base_image": "oci:%s/no-layout:x"\n}\n' "$F" >"$F/oci.json"
+printf '{\n  "name": "fields",\n  "base_image": "127.0.0.1:1/none/base:1"\n}\n' >"$F/registry.json"
+printf '{\n  "name": "fields",\n  "source_root": ".",\n  "base_image": {\n    "name": "inner",\n    "source_root": "missing-dir"\n  }\n}\n' >"$F/nested.json"
+for c in "root 2 source_root 3" "copy 2 copy 3" "oci 5 base_image 3" "registry 6 base_image 3" "nested 2 base_image.source_root 6"; do
+  read -r name code field line <<<"$c"
+  GITHUB_ACTIONS=true GITHUB_WORKSPACE=$F kiln build "$F/$name.json" --json --progress quiet
+  assert_eq "$code $field" "$RC $(jget "j['field']" <<<"$OUT")" "$name: exit $code, the failure names field $field"
+  assert_contains "$ERR" "::error file=$name.json,line=$line," "$name: the annotation points at line $line"
+done
+# A failure about no one field says so: field is there, null.
+kiln build "$W/spec.json" -o "bogus:$T/x" --json --progress quiet
+assert_eq "2 None" "$RC $(jget "str(j['field'])" <<<"$OUT")" "a failure about no field: field null"
