@@ -8,6 +8,7 @@
 #include "builder/errors.h"
 #include "layers/fileset.h"
 #include "registry/client.h"
+#include "registry/reference.h"
 #include "spec/image_spec.h"
 
 namespace fs = std::filesystem;
@@ -56,6 +57,7 @@ Failure classify(const std::exception& e) {
     }
     return {code, r->transient() ? "transient" : "permanent", registry::RegistryError::kind_name(r->kind()), r->what(), ""};
   }
+  if (auto* r = dynamic_cast<const registry::ReferenceError*>(&e)) return {kUsage, "permanent", "reference", r->what(), ""};
   if (auto* a = dynamic_cast<const std::invalid_argument*>(&e)) return {kUsage, "permanent", "usage", a->what(), ""};
   if (auto* se = dynamic_cast<const std::system_error*>(&e)) {
     if (se->code() == std::errc::no_such_file_or_directory) return {kNotFound, "permanent", "not_found", se->what(), ""};
@@ -63,6 +65,27 @@ Failure classify(const std::exception& e) {
   }
   if (auto* fe = dynamic_cast<const fs::filesystem_error*>(&e)) return {kInternal, "permanent", "system", fe->what(), ""};
   return {kInternal, "permanent", "internal", e.what(), ""};
+}
+
+nlohmann::json failure_object(const Failure& f) {
+  using nlohmann::json;
+  auto opt = [](const std::string& s) { return s.empty() ? json(nullptr) : json(s); };
+  json j = {{"status", "failed"},
+            {"exit_code", f.code},
+            {"error_class", f.error_class},
+            {"error_kind", f.kind},
+            {"message", f.message},
+            {"failed_step", opt(f.step)},
+            {"step_exit_code", f.step_exit_code ? json(*f.step_exit_code) : json(nullptr)},
+            {"log_path", opt(f.log_path)},
+            {"log_tail", f.log_tail},
+            {"field", opt(f.field)}};
+  if (!f.build_id.empty()) j["build_id"] = f.build_id;
+  if (!f.spec_path.empty()) j["spec"] = f.spec_path;
+  if (f.cancelled) j["cancelled"] = true;
+  if (!f.digest.empty()) j["digest"] = f.digest;
+  if (!f.lint.empty()) j["lint"] = modelcar::to_json(f.lint);
+  return j;
 }
 
 Failure classify(std::exception_ptr e) {

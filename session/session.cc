@@ -151,6 +151,16 @@ void name_from_broken_spec(const std::string& path, history::Record* rec) {
 
 std::mutex g_image_refs_mu;  // --image-refs appends, from any build of this process
 
+/// A failed preflight as the error a build fails with: a reference kiln cannot use is bad input
+/// (exit 2, kind "reference"), any other check the registry's error (its own exit code).
+std::exception_ptr preflight_error(const builder::PreflightReport& pre) {
+  const auto& last = pre.steps.back();
+  const std::string msg = "preflight failed at '" + last.name + "': " + last.message;
+  if (last.name == "reference") return std::make_exception_ptr(registry::ReferenceError(msg));
+  return std::make_exception_ptr(
+      registry::RegistryError(pre.failure.value_or(registry::RegistryError::Kind::Protocol), msg));
+}
+
 /// One session: its record, log, progress, step and outcome. `run()` wraps a body in the failure
 /// handling, the record and the name lock's release.
 class Job {
@@ -247,11 +257,7 @@ class Job {
                             : st.message;
       progress_.log(std::string("preflight ") + (st.ok ? "ok   " : "FAIL ") + st.name + ": " + msg);
     }
-    if (!pre.ok) {
-      const auto& last = pre.steps.back();
-      throw registry::RegistryError(pre.failure.value_or(registry::RegistryError::Kind::Protocol),
-                                    "preflight failed at '" + last.name + "': " + last.message);
-    }
+    if (!pre.ok) std::rethrow_exception(preflight_error(pre));
   }
 
   void from_spec(const spec::ImageSpec& s) {
@@ -640,6 +646,18 @@ Outcome Session::push(const std::string& source, const std::string& platform, co
   Job job(env_, opts, "push", source);
   return job.run([&] { job.push_layout(source, platform, target); },
                  "push " + job.record().id + " of " + source + " to " + target.str());
+}
+
+PreflightOutcome Session::preflight(const std::string& target) const {
+  PreflightOutcome out;
+  builder::RegistrySession rs(env_.registry, env_.progress);
+  out.report = builder::preflight(rs, target);
+  if (!out.report.ok) {
+    Failure f = classify(preflight_error(out.report));
+    f.step = "preflight";
+    out.failure = f;
+  }
+  return out;
 }
 
 Batch Session::build_all(const std::vector<std::string>& spec_paths, const Options& opts, int parallel,

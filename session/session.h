@@ -170,6 +170,12 @@ struct Batch {
   std::string first_failed_spec;
 };
 
+/// `kiln preflight REF`: the dry push, as data.
+struct PreflightOutcome {
+  builder::PreflightReport report;  // each check
+  std::optional<Failure> failure;   // the failed check's, as a build reports it (failed_step "preflight")
+};
+
 class Session {
  public:
   explicit Session(Environment env) : env_(std::move(env)) {}
@@ -188,6 +194,9 @@ class Session {
   /// `target`'s tag: blobs the registry has are skipped, the manifest goes last.
   Outcome push(const std::string& source, const std::string& platform, const registry::Reference& target,
                const Options& opts) const;
+  /// The dry push to `target` (reference, reachability, credentials, repository, push
+  /// permission), with the environment's registry settings; recorded nowhere.
+  PreflightOutcome preflight(const std::string& target) const;
 
   const Environment& environment() const { return env_; }
 

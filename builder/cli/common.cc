@@ -77,25 +77,7 @@ void add_common_options(CLI::App* sub, Common& c, bool cache_used, bool jobs_use
   if (!jobs_used) jobs->group("");
 }
 
-json failure_json(const Failure& f) {
-  auto opt = [](const std::string& s) { return s.empty() ? json(nullptr) : json(s); };
-  json j = {{"status", "failed"},
-            {"exit_code", f.code},
-            {"error_class", f.error_class},
-            {"error_kind", f.kind},
-            {"message", f.message},
-            {"failed_step", opt(f.step)},
-            {"step_exit_code", f.step_exit_code ? json(*f.step_exit_code) : json(nullptr)},
-            {"log_path", opt(f.log_path)},
-            {"log_tail", f.log_tail},
-            {"field", opt(f.field)}};
-  if (!f.build_id.empty()) j["build_id"] = f.build_id;
-  if (!f.spec_path.empty()) j["spec"] = f.spec_path;
-  if (f.cancelled) j["cancelled"] = true;
-  if (!f.digest.empty()) j["digest"] = f.digest;
-  if (!f.lint.empty()) j["lint"] = modelcar::to_json(f.lint);
-  return j;
-}
+json failure_json(const Failure& f) { return session::failure_object(f); }
 
 namespace {
 

@@ -235,3 +235,21 @@ done
 # A failure about no one field says so: field is there, null.
 kiln build "$W/spec.json" -o "bogus:$T/x" --json --progress quiet
 assert_eq "2 None" "$RC $(jget "str(j['field'])" <<<"$OUT")" "a failure about no field: field null"
+
+# ---- kiln preflight --json fails with the failure object every command prints (QA A12) -----------
+FAILURE_KEYS="['error_class', 'error_kind', 'exit_code', 'failed_step', 'field', 'log_path', 'log_tail', 'message', 'status', 'step_exit_code']"
+kiln build "$F/root.json" --json --progress quiet
+assert_eq "[]" "$(jget "[k for k in $FAILURE_KEYS if k not in j]" <<<"$OUT")" "a build's failure object has every documented key"
+kiln preflight 127.0.0.1:1/contract/app --json
+assert_eq 6 "$RC" "preflight of a registry that does not answer: exit 6"
+assert_eq "[]" "$(jget "[k for k in $FAILURE_KEYS if k not in j]" <<<"$OUT")" "preflight's failure object has the same keys"
+assert_eq "failed 6 transient unreachable preflight reachable" \
+  "$(jget "' '.join(str(j[k]) for k in ('status', 'exit_code', 'error_class', 'error_kind', 'failed_step', 'failed_check'))" <<<"$OUT")" \
+  "preflight failure: status, exit_code, class, kind, failed_step, and the failed check"
+assert_contains "$(jget "j['message']" <<<"$OUT")" "preflight failed at 'reachable'" "preflight failure: the message says which check, as a build's does"
+kiln preflight 'Not/A Reference' --json
+assert_eq "2 reference preflight" "$RC $(jget "j['error_kind'] + ' ' + j['failed_step']" <<<"$OUT")" "preflight of a bad reference: exit 2"
+# A build's own preflight refuses a bad reference the same way: exit 2, not 8 (protocol).
+KILN_DEFAULT_REPO='127.0.0.1:1/not a repo' kiln build "$W/spec.json" --push --json --progress quiet
+assert_eq "2 reference preflight" "$RC $(jget "j['error_kind'] + ' ' + j['failed_step']" <<<"$OUT")" \
+  "build --push to a bad reference: exit 2 at the preflight"
