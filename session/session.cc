@@ -19,6 +19,7 @@
 #include "layers/fileset.h"
 #include "layers/unique_fd.h"
 #include "spec/tag.h"
+#include "spec/userinfo.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -143,8 +144,11 @@ void name_from_broken_spec(const std::string& path, history::Record* rec) {
     if (!j.is_object() || !j.contains("name") || !j["name"].is_string()) return;
     rec->name = lower(j["name"].get<std::string>());
     rec->repository = rec->name;
-    if (j.contains("registry") && j["registry"].is_string() && !j["registry"].get<std::string>().empty())
-      rec->repository = lower(j["registry"].get<std::string>()) + "/" + rec->name;
+    if (j.contains("registry") && j["registry"].is_string() && !j["registry"].get<std::string>().empty()) {
+      const std::string reg = j["registry"].get<std::string>();
+      // Credentials in it (the spec was refused for them) are never recorded.
+      rec->repository = lower(spec::redact_userinfo(reg).value_or(reg)) + "/" + rec->name;
+    }
   } catch (const std::exception&) {
   }
 }

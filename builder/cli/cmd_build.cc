@@ -19,6 +19,7 @@
 #include "plan/prepare.h"
 #include "session/session.h"
 #include "spec/image_spec.h"
+#include "spec/userinfo.h"
 
 namespace fs = std::filesystem;
 
@@ -68,6 +69,8 @@ void set_platform(spec::ImageSpec& s, const std::string& platform) {
 std::string default_repo() {
   const char* r = std::getenv("KILN_DEFAULT_REPO");
   std::string v = r ? r : "";
+  if (auto redacted = spec::redact_userinfo(v))
+    throw std::invalid_argument("KILN_DEFAULT_REPO " + spec::userinfo_message(*redacted));
   while (!v.empty() && v.back() == '/') v.pop_back();
   return v;
 }

@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include "builder/cli/common.h"
+#include "spec/userinfo.h"
 
 namespace kiln::cli {
 
@@ -26,7 +27,7 @@ void add_preflight_command(CLI::App& app, Common& c, std::vector<Command>& out) 
                      j = r.failure ? failure_json(*r.failure) : json{{"status", "ok"}, {"exit_code", static_cast<int>(kOk)}};
                      json checks = json::array();
                      for (const auto& s : rep.steps) checks.push_back({{"check", s.name}, {"ok", s.ok}, {"message", s.message}});
-                     j["reference"] = *ref;
+                     j["reference"] = spec::redact_userinfo(*ref).value_or(*ref);  // never credentials
                      j["checks"] = checks;
                      j["seconds"] = rep.seconds;
                      if (r.failure) j["failed_check"] = rep.steps.back().name;

@@ -253,3 +253,52 @@ assert_eq "2 reference preflight" "$RC $(jget "j['error_kind'] + ' ' + j['failed
 KILN_DEFAULT_REPO='127.0.0.1:1/not a repo' kiln build "$W/spec.json" --push --json --progress quiet
 assert_eq "2 reference preflight" "$RC $(jget "j['error_kind'] + ' ' + j['failed_step']" <<<"$OUT")" \
   "build --push to a bad reference: exit 2 at the preflight"
+
+# ---- a reference with credentials in it is refused up front, never echoed (QA A11b) -------------
+# Docker's references have no user:password@; kiln refuses one as bad input (exit 2) wherever a
+# reference is taken, and shows the credentials as ***: not on stdout, stderr, the history or a log.
+S=$T/secret
+mkdir -p "$S/model"
+echo w >"$S/model/w.bin"
+build_ok "$W/spec.json" -o "oci:$S/layout:t"
+printf '{"name": "sec", "registry": "user:S3CRET@127.0.0.1:1"}\n' >"$S/registry.json"
+printf '{"name": "sec", "base_image": "user:S3CRET@127.0.0.1:1/base:1"}\n' >"$S/base.json"
+printf '{"name": "sec", "base_image": "user:S3CRET@127.0.0.1:1"}\n' >"$S/base-host.json"
+SECRET_STATE=$T/secret-state
+cases=(
+  "preflight user:S3CRET@127.0.0.1:1/app --json"
+  "preflight user:S3CRET@127.0.0.1:1"
+  "inspect user:S3CRET@127.0.0.1:1/app --json"
+  "push oci:$S/layout:t user:S3CRET@127.0.0.1:1/app --json"
+  "push oci:$S/layout:t tok3n:S3CRET@127.0.0.1:1/pass/word@127.0.0.1:1/app"
+  "build $S/registry.json --json --progress quiet"
+  "build $S/base.json --json --progress quiet"
+  "build $S/base-host.json --json --progress quiet"
+  "build $W/spec.json -o user:S3CRET@127.0.0.1:1/app --json"
+  "modelcar $S/model --base user:S3CRET@127.0.0.1:1/busybox -o oci:$S/mc --json"
+  "modelcar $S/model --base oci:$S/layout:t --push user:S3CRET@127.0.0.1:1/m:v1 --json"
+  "modelcar verify user:S3CRET@127.0.0.1:1/m:v1 --json"
+  "k8s-patch --modelcar user:S3CRET@127.0.0.1:1/m:v1 --mode init"
+)
+for c in "${cases[@]}"; do
+  # shellcheck disable=SC2086
+  KILN_STATE_DIR=$SECRET_STATE kiln $c
+  assert_eq 2 "$RC" "kiln $c: exit 2"
+  assert_not_contains "$OUT$ERR" "S3CRET" "kiln $c: the password is never printed"
+  assert_contains "$OUT$ERR" "***@127.0.0.1:1" "kiln $c: *** in its place"
+  if [[ "$c" == *--json* ]]; then
+    assert_eq "failed 2" "$(jget "j['status'] + ' ' + str(j['exit_code'])" <<<"$OUT")" "kiln $c: the failure object"
+  fi
+done
+KILN_DEFAULT_REPO=user:S3CRET@127.0.0.1:1 KILN_STATE_DIR=$SECRET_STATE kiln build "$W/spec.json" --push --json --progress quiet
+assert_eq "2 usage" "$RC $(jget "j['error_kind']" <<<"$OUT")" "KILN_DEFAULT_REPO with credentials: exit 2"
+assert_not_contains "$OUT$ERR" "S3CRET" "KILN_DEFAULT_REPO with credentials: never printed"
+KILN_STATE_DIR=$SECRET_STATE kiln history --json
+assert_not_contains "$OUT" "S3CRET" "the history records no credentials"
+if grep -rqa S3CRET "$SECRET_STATE" 2>/dev/null; then fail "credentials in the state directory: $(grep -rla S3CRET "$SECRET_STATE")"; else pass; fi
+# A digest reference, a registry with a port, and a tag with a digest are references, not credentials.
+kiln inspect "127.0.0.1:1/app@sha256:$(printf '%064d' 0)" --json
+assert_not_contains "$ERR" "credentials" "name@sha256:… is a digest"
+kiln preflight "127.0.0.1:1/app:22.04@sha256:$(printf '%064d' 0)" --json
+assert_eq "reference=ok" "$(jget "' '.join(c['check'] + '=' + ('ok' if c['ok'] else 'FAIL') for c in j['checks'][:1])" <<<"$OUT")" \
+  "name:tag@sha256:… parses"
