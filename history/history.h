@@ -49,8 +49,9 @@ struct Record {
   std::vector<std::string> outputs;  // targets written ("oci:DIR:TAG", "docker-archive:FILE")
   std::vector<std::string> pushed;   // references pushed (registry/repo:tag@sha256:…)
   std::string tag_moved_from;   // a pushed tag pointed at this digest before: roll back with a push of it
-  // "running" | "success" | "exists" (pushed tag already there) | "failed" | "cancelled";
-  // reads report a "running" record whose process is gone as "interrupted".
+  // "running" | "success" | "exists" (pushed tag already there) | "failed" | "cancelled" |
+  // "interrupted" (stopped by SIGINT/SIGTERM, exit_code 130/143); reads report a "running" record
+  // whose process is gone as "interrupted" too (exit_code 0: it never ended).
   std::string status = "running";
   int exit_code = 0;
   std::string error_class;      // "permanent" | "transient" ("" on success)

@@ -1,6 +1,7 @@
 // Exceptions → failures (exit code, class, kind).
 #include "session/failure.h"
 
+#include <csignal>
 #include <filesystem>
 #include <system_error>
 
@@ -65,6 +66,13 @@ Failure classify(const std::exception& e) {
   }
   if (auto* fe = dynamic_cast<const fs::filesystem_error*>(&e)) return {kInternal, "permanent", "system", fe->what(), ""};
   return {kInternal, "permanent", "internal", e.what(), ""};
+}
+
+Failure interrupted_failure(int signal) {
+  const char* name = signal == SIGINT ? "SIGINT" : signal == SIGTERM ? "SIGTERM" : nullptr;
+  Failure f{128 + signal, "permanent", "interrupted",
+            std::string("interrupted by ") + (name ? name : "signal " + std::to_string(signal)), ""};
+  return f;
 }
 
 nlohmann::json failure_object(const Failure& f) {

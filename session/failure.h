@@ -50,6 +50,11 @@ struct Failure {
 Failure classify(const std::exception& e);
 Failure classify(std::exception_ptr e);
 
+/// A run stopped by a signal (SIGINT, SIGTERM): exit 128 + the signal (130, 143, as a shell
+/// reports a process the signal killed), kind "interrupted", class "permanent" (stopped on
+/// purpose: not retried automatically).
+Failure interrupted_failure(int signal);
+
 /// The failure object an SDK reads (README, "Exit codes"), the same for every command: status
 /// "failed", exit_code, error_class, error_kind, message, failed_step, step_exit_code, log_path,
 /// log_tail, field (null when unknown or none), and build_id, spec, cancelled, digest, lint when

@@ -50,18 +50,18 @@ std::string CancelToken::origin() const {
 }
 
 BuildProgress::BuildProgress(builder::Progress* inner, history::LogSink& sink, std::string prefix,
-                             const std::atomic<bool>* cancel)
-    : inner_(inner ? inner : &null_), sink_(sink), prefix_(std::move(prefix)), cancel_(cancel) {}
+                             const std::atomic<bool>* cancel, const std::atomic<int>* interrupt)
+    : inner_(inner ? inner : &null_), sink_(sink), prefix_(std::move(prefix)), cancel_(cancel), interrupt_(interrupt) {}
 
 void BuildProgress::check_cancel(const std::string& id) {
-  if (cancel_ && cancel_->load() && id.rfind("layer", 0) == 0) {
+  if (stop_requested() && id.rfind("layer", 0) == 0) {
     threw_cancel_ = true;
     throw Cancelled("cancelled");
   }
 }
 
 void BuildProgress::checkpoint() {
-  if (cancel_ && cancel_->load()) {
+  if (stop_requested()) {
     threw_cancel_ = true;
     throw Cancelled("cancelled");
   }
@@ -174,7 +174,7 @@ class Job {
         o_(o),
         rec_(history::Record::start()),
         log_(env.history ? env.history->log_path(rec_.id) : fs::path()),
-        progress_(env.progress, log_, o.log_prefix, o.cancel ? &o.cancel->flag() : nullptr) {
+        progress_(env.progress, log_, o.log_prefix, o.cancel ? &o.cancel->flag() : nullptr, env.interrupt) {
     rec_.kind = kind;
     rec_.spec_path = spec_path;
     rec_.log_path = log_.path();
@@ -564,7 +564,12 @@ class Job {
     } catch (...) {
     }
     Failure f;
-    if (cancelled) {
+    const int signal = env_.interrupt ? env_.interrupt->load() : 0;
+    if (signal) {  // whatever the exception (a RUN step the same Ctrl-C killed, Cancelled): interrupted
+      f = interrupted_failure(signal);
+      const std::string where = classify(e).step;  // "step command 2", when a step says so
+      f.step = where.empty() ? step_ : where;
+    } else if (cancelled) {
       Failure cause = o_.cancel ? o_.cancel->cause() : Failure{};
       std::string origin = o_.cancel ? o_.cancel->origin() : std::string();
       f.code = cause.code;
@@ -583,7 +588,7 @@ class Job {
     progress_.note(std::string("error: ") + (f.kind == "step" ? f.step + ": " : "") + f.message);
     f.log_path = log_.path();
     f.log_tail = log_.tail(20);
-    rec_.status = out_.status = cancelled ? "cancelled" : "failed";
+    rec_.status = out_.status = signal ? "interrupted" : cancelled ? "cancelled" : "failed";
     rec_.exit_code = f.code;
     rec_.error_class = f.error_class;
     rec_.error_kind = f.kind;

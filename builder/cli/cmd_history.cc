@@ -39,7 +39,8 @@ std::string seconds(const history::Record& r) {
 std::string short_digest(const std::string& d) { return d.size() > 19 ? d.substr(0, 19) + "…" : (d.empty() ? "-" : d); }
 
 std::string status_of(const history::Record& r) {
-  if (r.status == "failed" || r.status == "cancelled") return r.status + " (" + std::to_string(r.exit_code) + ")";
+  if (r.status == "failed" || r.status == "cancelled" || (r.status == "interrupted" && r.exit_code))
+    return r.status + " (" + std::to_string(r.exit_code) + ")";
   if (!r.tag_moved_from.empty()) return r.status + " (tag moved)";
   return r.status;
 }
@@ -125,7 +126,7 @@ int run_show(Context& ctx, const HistoryArgs& a) {
   line("name:", r.name);
   line("repository:", r.repository);
   std::string status = r.status;
-  if (r.status == "failed" || r.status == "cancelled")
+  if (r.status == "failed" || r.status == "cancelled" || (r.status == "interrupted" && r.exit_code))
     status += " (exit " + std::to_string(r.exit_code) + ", " + r.error_class + ", " + r.error_kind + ")";
   line("status:", status);
   line("failed step:", r.failed_step);

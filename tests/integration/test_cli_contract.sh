@@ -302,3 +302,56 @@ assert_not_contains "$ERR" "credentials" "name@sha256:… is a digest"
 kiln preflight "127.0.0.1:1/app:22.04@sha256:$(printf '%064d' 0)" --json
 assert_eq "reference=ok" "$(jget "' '.join(c['check'] + '=' + ('ok' if c['ok'] else 'FAIL') for c in j['checks'][:1])" <<<"$OUT")" \
   "name:tag@sha256:… parses"
+
+# ---- SIGTERM / SIGINT where a build cannot stop by itself: still one failure object (QA A14) -----
+# A build waiting for another kiln's build of the same name cannot stop at a layer event: 3 s
+# after the signal (or at a second one) kiln prints the interrupted failure itself and exits 143 /
+# 130. (RUN steps stopped mid-way: test_run_steps.sh.) env --default-signal: a script's background
+# job starts with SIGINT ignored, and kiln keeps a signal it was started with ignored.
+"$PYTHON" - "$KILN_STATE_DIR/locks/contract-app.lock" "$T/name.held" <<'PY' &
+import fcntl, os, sys, time
+os.makedirs(os.path.dirname(sys.argv[1]), exist_ok=True)
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+open(sys.argv[2], "w").close()
+time.sleep(60)
+PY
+HOLDER=$!
+for _ in $(seq 100); do [[ -e $T/name.held ]] && break; sleep 0.05; done
+# interrupted_build SIG [SIG2]: kiln build --json waiting for the name, then SIG (and SIG2 at once).
+interrupted_build() {
+  rm -f "$T/int.err"
+  env --default-signal=INT "$KILN" build "$W/spec.json" --json --progress plain >"$T/int.out" 2>"$T/int.err" &
+  local pid=$!
+  for _ in $(seq 100); do
+    grep -q "waiting for it to finish" "$T/int.err" 2>/dev/null && break
+    sleep 0.05
+  done
+  START_MS=$(($(date +%s%N) / 1000000))
+  kill -"$1" "$pid"
+  if [[ -n "${2:-}" ]]; then
+    sleep 0.3
+    kill -"$2" "$pid"
+  fi
+  RC=0
+  wait "$pid" || RC=$?
+  TOOK_MS=$(($(date +%s%N) / 1000000 - START_MS))
+  OUT=$(<"$T/int.out")
+  ERR=$(<"$T/int.err")
+}
+interrupted_build TERM
+assert_eq 143 "$RC" "SIGTERM while waiting for the name: exit 143"
+assert_eq 1 "$(grep -c '^{' "$T/int.out")" "SIGTERM: one JSON object on stdout"
+assert_eq "failed 143 interrupted $W/spec.json" \
+  "$(jget "' '.join(str(j[k]) for k in ('status', 'exit_code', 'error_kind', 'spec'))" <<<"$OUT")" \
+  "SIGTERM: the interrupted failure object"
+assert_eq "[]" "$(jget "[k for k in $FAILURE_KEYS if k not in j]" <<<"$OUT")" "SIGTERM: every key of the failure object"
+assert_cmd "SIGTERM: kiln gave the build 3 s, no more (${TOOK_MS} ms)" test "$TOOK_MS" -ge 2500 -a "$TOOK_MS" -lt 8000
+interrupted_build INT INT
+assert_eq "130 interrupted" "$RC $(jget "j['error_kind']" <<<"$OUT")" "SIGINT twice: exit 130, interrupted"
+assert_cmd "SIGINT twice: kiln stops at the second (${TOOK_MS} ms)" test "$TOOK_MS" -lt 2500
+assert_contains "$ERR" "again to stop at once" "the first signal says a second one stops at once"
+kill "$HOLDER" 2>/dev/null || true
+wait "$HOLDER" 2>/dev/null || true
+# Once nothing holds the name, the next build goes through.
+build_ok "$W/spec.json"
