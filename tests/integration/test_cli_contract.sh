@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # The subprocess contract an SDK relies on, where a QA probe found it broken: a failing build moves
 # no tag; a layout blob is kept only when it is right; --json prints the failure object for flag
-# errors too; stdin is read once; `kiln tag --platform` gives `kiln build --platform`'s tag.
+# errors too; stdin is read once; `kiln tag --platform` gives `kiln build --platform`'s tag. And a
+# second probe's findings: success objects say exit_code 0, -j and history -n are checked, readers
+# create no store, tag_format errors start with SPEC: (A15); an unreadable source file is exit 2 on
+# every path (A7); source_root, copy and base_image errors name their field (A9); kiln preflight
+# fails with the common failure object (A12); references with credentials are refused and never
+# echoed (A11b); a signal during a build still gives one failure object (A14).
 source "$(dirname "$0")/lib.sh"
 
 W=$T/ws
