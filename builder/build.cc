@@ -18,6 +18,7 @@
 
 #include <xxhash.h>
 
+#include "builder/errors.h"
 #include "builder/oci_layout.h"
 #include "builder/registry_io.h"
 #include "builder/run_steps.h"
@@ -360,34 +361,42 @@ namespace {
 Prepared prepare_walk(const spec::ImageSpec& s, const BuildOptions& opts) {
   Prepared p;
   p.spec = &s;
-  switch (s.base_image.kind) {
-    case spec::BaseImage::Kind::Scratch: p.base_id = "scratch"; break;
-    case spec::BaseImage::Kind::OciLayout:
-      p.base_id = resolve_oci_layout(s.base_image.layout_dir, s.base_image.layout_tag, s.platform);
-      break;
-    case spec::BaseImage::Kind::Spec:
-      p.nested = std::make_shared<Prepared>(prepare(*s.base_image.spec, opts));
-      p.base_id = "spec:" + p.nested->spec_hash;
-      break;
-    case spec::BaseImage::Kind::Registry: {
-      if (!opts.registries) throw std::logic_error("a registry base needs a registry session");
-      registry::Reference ref = parse_base_reference(s);
-      try {
-        p.base_id = resolve_remote(*opts.registries, ref, s.platform, *opts.store);
-      } catch (const registry::RegistryError& e) {
-        // Say which field led kiln to the registry, and the way around an unreachable one.
-        using K = registry::RegistryError::Kind;
-        const bool reach = e.kind() == K::Unreachable || e.kind() == K::UnknownHost || e.kind() == K::Transient;
-        throw registry::RegistryError(
-            e.kind(),
-            "field 'base_image': cannot pull '" + s.base_image.ref + "': " + e.what() +
-                (reach ? "; to build without this registry, copy the base to a local layout (skopeo copy docker://" +
-                             ref.str() + " oci:DIR:TAG) and set base_image to \"oci:DIR:TAG\""
-                       : std::string()),
-            e.status(), e.code());
+  // Whatever goes wrong with the base is about the field base_image: the failure names it (and a
+  // GitHub annotation points at its line). A bad reference is a SpecError on it already.
+  registry::Reference base_ref;
+  if (s.base_image.kind == spec::BaseImage::Kind::Registry) base_ref = parse_base_reference(s);
+  try {
+    switch (s.base_image.kind) {
+      case spec::BaseImage::Kind::Scratch: p.base_id = "scratch"; break;
+      case spec::BaseImage::Kind::OciLayout:
+        p.base_id = resolve_oci_layout(s.base_image.layout_dir, s.base_image.layout_tag, s.platform);
+        break;
+      case spec::BaseImage::Kind::Spec:
+        p.nested = std::make_shared<Prepared>(prepare(*s.base_image.spec, opts));
+        p.base_id = "spec:" + p.nested->spec_hash;
+        break;
+      case spec::BaseImage::Kind::Registry: {
+        if (!opts.registries) throw std::logic_error("a registry base needs a registry session");
+        const registry::Reference& ref = base_ref;
+        try {
+          p.base_id = resolve_remote(*opts.registries, ref, s.platform, *opts.store);
+        } catch (const registry::RegistryError& e) {
+          // Say which field led kiln to the registry, and the way around an unreachable one.
+          using K = registry::RegistryError::Kind;
+          const bool reach = e.kind() == K::Unreachable || e.kind() == K::UnknownHost || e.kind() == K::Transient;
+          throw registry::RegistryError(
+              e.kind(),
+              "field 'base_image': cannot pull '" + s.base_image.ref + "': " + e.what() +
+                  (reach ? "; to build without this registry, copy the base to a local layout (skopeo copy docker://" +
+                               ref.str() + " oci:DIR:TAG) and set base_image to \"oci:DIR:TAG\""
+                         : std::string()),
+              e.status(), e.code());
+        }
+        break;
       }
-      break;
     }
+  } catch (...) {
+    rethrow_with_field("base_image");
   }
   NullProgress silent;
   Progress& progress = opts.progress ? *opts.progress : silent;

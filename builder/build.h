@@ -89,7 +89,8 @@ BuildResult build(Prepared& prep, const BuildOptions& opts);
 
 /// A build step failed: a RUN step's command ("step pip", exit_code its status, what() the cause
 /// with its last output lines), or writing a layer ("layer source_root (12 files)": a source file
-/// unreadable, or changed while read; exit_code -1).
+/// whose content changed while read; exit_code -1). A file kiln may not read is an InputError
+/// (exit 2), not a StepError.
 class StepError : public std::runtime_error {
  public:
   StepError(std::string step, const std::string& cause, int exit_code = -1)

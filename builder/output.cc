@@ -5,6 +5,7 @@
 
 #include "builder/docker_archive.h"
 #include "builder/oci_layout.h"
+#include "spec/userinfo.h"
 
 namespace kiln::builder {
 
@@ -19,7 +20,9 @@ OutputTarget parse_output(const std::string& text) {
     t.path = text.substr(15);
     if (t.path.empty()) throw std::invalid_argument("'" + text + "' names no file; use docker-archive:FILE");
   } else {
-    throw std::invalid_argument("unknown output '" + text + "'; use oci:DIR[:TAG] or docker-archive:FILE");
+    // (Never echoed with credentials in it: "-o user:pw@host/repo" is a registry reference.)
+    throw std::invalid_argument("unknown output '" + spec::redact_userinfo(text).value_or(text) +
+                                "'; use oci:DIR[:TAG] or docker-archive:FILE (a registry: --push)");
   }
   return t;
 }

@@ -11,6 +11,7 @@
 #include <array>
 #include <cerrno>
 #include <chrono>
+#include <cstdint>
 #include <cstring>
 #include <random>
 #include <set>
@@ -403,6 +404,12 @@ HistoryDb::HistoryDb(const fs::path& dir) : dir_(dir) {
 
 HistoryDb::~HistoryDb() { sqlite3_close(db_); }
 
+std::unique_ptr<HistoryDb> HistoryDb::open_existing(const fs::path& dir) {
+  std::error_code ec;
+  if (!fs::is_regular_file(dir / "builds.db", ec)) return nullptr;
+  return std::make_unique<HistoryDb>(dir);
+}
+
 fs::path HistoryDb::log_path(const std::string& id) const { return dir_ / "logs" / (id + ".log"); }
 
 void HistoryDb::append(const Record& r) {
@@ -444,14 +451,15 @@ Record HistoryDb::settle(Record r) const {
   return r;
 }
 
-std::vector<Record> HistoryDb::list(const std::string& name, std::size_t limit) const {
+std::vector<Record> HistoryDb::list(const std::string& name, std::optional<std::size_t> limit) const {
   std::vector<Record> out;
+  if (limit && *limit == 0) return out;
   {
     std::lock_guard<std::mutex> lock(mu_);
     Stmt s(db_, std::string("SELECT ") + kColumns +
                     " FROM builds WHERE (?1 = '' OR name = ?1 OR repository = ?1) ORDER BY id DESC LIMIT ?2");
     s.text(1, name);
-    s.integer(2, limit == 0 ? -1 : static_cast<std::int64_t>(limit));
+    s.integer(2, limit ? static_cast<std::int64_t>(std::min<std::size_t>(*limit, INT64_MAX)) : -1);
     while (s.step() == SQLITE_ROW) out.push_back(read_record(s));
   }
   for (auto& r : out) r = settle(std::move(r));

@@ -49,8 +49,9 @@ struct Record {
   std::vector<std::string> outputs;  // targets written ("oci:DIR:TAG", "docker-archive:FILE")
   std::vector<std::string> pushed;   // references pushed (registry/repo:tag@sha256:…)
   std::string tag_moved_from;   // a pushed tag pointed at this digest before: roll back with a push of it
-  // "running" | "success" | "exists" (pushed tag already there) | "failed" | "cancelled";
-  // reads report a "running" record whose process is gone as "interrupted".
+  // "running" | "success" | "exists" (pushed tag already there) | "failed" | "cancelled" |
+  // "interrupted" (stopped by SIGINT/SIGTERM, exit_code 130/143); reads report a "running" record
+  // whose process is gone as "interrupted" too (exit_code 0: it never ended).
   std::string status = "running";
   int exit_code = 0;
   std::string error_class;      // "permanent" | "transient" ("" on success)
@@ -89,6 +90,9 @@ class HistoryDb {
 
   /// Opens (creating if needed) the database in `dir`. Throws HistoryError.
   explicit HistoryDb(const std::filesystem::path& dir);
+  /// The database in `dir` when one is there, else null: for readers (`kiln history`, `show`,
+  /// `diff`), which create no state directory. Throws HistoryError when it cannot be opened.
+  static std::unique_ptr<HistoryDb> open_existing(const std::filesystem::path& dir);
   ~HistoryDb();
   HistoryDb(const HistoryDb&) = delete;
   HistoryDb& operator=(const HistoryDb&) = delete;
@@ -101,8 +105,9 @@ class HistoryDb {
   void append(const Record& r);
   /// Replaces the record with r.id (a running build's end). Thread-safe.
   void update(const Record& r);
-  /// Records, newest first; `name` ("" = all) matches the name or the repository.
-  std::vector<Record> list(const std::string& name = "", std::size_t limit = 0) const;
+  /// Records, newest first; `name` ("" = all) matches the name or the repository. At most
+  /// `limit` of them (nullopt = all; 0 = none).
+  std::vector<Record> list(const std::string& name = "", std::optional<std::size_t> limit = std::nullopt) const;
   /// The record with this id, or with this unique id prefix; nullopt when none. Throws
   /// std::invalid_argument when the prefix is ambiguous.
   std::optional<Record> get(const std::string& id_or_prefix) const;

@@ -646,10 +646,11 @@ std::size_t walk_threads(int jobs) {
   return static_cast<std::size_t>(std::clamp(cores, 1, 4));
 }
 
-/// realpath that throws InputError.
-std::string real(const std::string& p, const std::string& what) {
+/// realpath that throws InputError (about the spec field `field`, when it is one's).
+std::string real(const std::string& p, const std::string& what, const std::string& field = "") {
   char* r = ::realpath(p.c_str(), nullptr);
-  if (!r) throw InputError(what + " '" + printable(p) + "' " + (errno == ENOENT ? "does not exist" : std::strerror(errno)));
+  if (!r)
+    throw InputError(field, what + " '" + printable(p) + "' " + (errno == ENOENT ? "does not exist" : std::strerror(errno)));
   std::string s(r);
   std::free(r);
   return s;
@@ -660,9 +661,9 @@ bool inside(const std::string& path, const std::string& root) {
                           (root == "/" || path[root.size()] == '/'));
 }
 
-UniqueFd open_root(const std::string& root) {
+UniqueFd open_root(const std::string& root, const std::string& field = "") {
   UniqueFd fd(::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!fd) throw InputError("cannot read directory '" + printable(root) + "': " + std::strerror(errno));
+  if (!fd) throw InputError(field, "cannot read directory '" + printable(root) + "': " + std::strerror(errno));
   return fd;
 }
 
@@ -681,6 +682,7 @@ void add_listed(const std::shared_ptr<const std::string>& root_ptr, int root_fd,
                 const std::string& dest_prefix, const char* what, std::vector<FileEntry>* out,
                 std::vector<std::string>* warnings, bool whole_dir = false) {
   const std::string& root = *root_ptr;
+  const std::string field = whole_dir ? "copy" : "loaded_modules";  // the spec field the entry is in
   // A copy entry's directory is copied whole (`whole_dir`), as flytekit's shutil.copytree does: no
   // ignore rule applies inside it. A listed module directory is walked minus .git, __pycache__, *.pyc.
   IgnoreRules none;
@@ -689,7 +691,7 @@ void add_listed(const std::shared_ptr<const std::string>& root_ptr, int root_fd,
   const IgnoreRules* rules = whole_dir ? &none : &builtin;
   if (rel == ".") {  // copy ["."]: the whole directory, at dest_prefix (flytekit: COPY . /root/./)
     UniqueFd dir(::fcntl(root_fd, F_DUPFD_CLOEXEC, 0));
-    if (!dir) throw InputError(std::string(what) + " '.': cannot open " + root + ": " + std::strerror(errno));
+    if (!dir) throw InputError(field, std::string(what) + " '.': cannot open " + root + ": " + std::strerror(errno));
     Walker w{root, dest_prefix, rules, nullptr, "", nullptr, false, out, warnings, root_ptr, ""};
     w.walk(dir.get(), "");
     return;
@@ -703,18 +705,18 @@ void add_listed(const std::shared_ptr<const std::string>& root_ptr, int root_fd,
   } else {
     parent = open_dir_beneath(root_fd, parent_rel);
     if (!parent && errno == ENOSYS) {  // no openat2: resolve, then check the result stays inside
-      std::string real_parent = real(root + "/" + parent_rel, what);
+      std::string real_parent = real(root + "/" + parent_rel, what, field);
       if (!inside(real_parent, root))
-        throw InputError(std::string(what) + " '" + rel + "' resolves outside " + root + " (through a symlink); refused");
+        throw InputError(field, std::string(what) + " '" + rel + "' resolves outside " + root + " (through a symlink); refused");
       parent = UniqueFd(::open(real_parent.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
     }
     if (!parent && errno == EXDEV)
-      throw InputError(std::string(what) + " '" + rel + "' resolves outside " + root + " (through a symlink); refused");
+      throw InputError(field, std::string(what) + " '" + rel + "' resolves outside " + root + " (through a symlink); refused");
   }
-  if (!parent) throw InputError(std::string(what) + " '" + rel + "' not found under " + root);
+  if (!parent) throw InputError(field, std::string(what) + " '" + rel + "' not found under " + root);
   struct stat st{};
   if (::fstatat(parent.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0)
-    throw InputError(std::string(what) + " '" + rel + "' not found under " + root);
+    throw InputError(field, std::string(what) + " '" + rel + "' not found under " + root);
   FileEntry e = make_entry(rel, dest_prefix + rel, root_ptr, st, parent.get(), name.c_str());
   if (e.type == FileEntry::Type::Symlink && !link_stays_inside(rel, e.link_target()))
     warnings->push_back(std::string(what) + " '" + rel + "' is a symlink pointing outside " +
@@ -913,11 +915,11 @@ FileSet collect_files(const spec::ImageSpec& spec, const CollectOptions& opts) {
     std::string root = spec.source_root->string();
     struct stat st{};
     if (::stat(root.c_str(), &st) != 0)
-      throw InputError("source_root '" + root + "' does not exist (resolved from " + spec.origin + ")");
-    if (!S_ISDIR(st.st_mode)) throw InputError("source_root '" + root + "' is not a directory");
-    root = real(root, "source_root");
+      throw InputError("source_root", "source_root '" + root + "' does not exist (resolved from " + spec.origin + ")");
+    if (!S_ISDIR(st.st_mode)) throw InputError("source_root", "source_root '" + root + "' is not a directory");
+    root = real(root, "source_root", "source_root");
     auto root_ptr = std::make_shared<const std::string>(root);
-    UniqueFd root_fd = open_root(root);
+    UniqueFd root_fd = open_root(root, "source_root");
     if (set.mode == spec::CopyMode::All) {
       // flytekit's image builder: IgnoreGroup([GitIgnore, DockerIgnore, StandardIgnore]); the
       // fast-register bundle adds FlyteIgnore.
@@ -985,7 +987,7 @@ FileSet collect_files(const spec::ImageSpec& spec, const CollectOptions& opts) {
         std::string clean = fs::path(m).lexically_normal().generic_string();
         while (!clean.empty() && clean.back() == '/') clean.pop_back();
         if (clean.empty() || clean == "." || clean.front() == '/' || clean.rfind("../", 0) == 0 || clean == "..")
-          throw InputError("loaded module '" + m + "' must be a relative path inside source_root");
+          throw InputError("loaded_modules", "loaded module '" + m + "' must be a relative path inside source_root");
         add_listed(root_ptr, root_fd.get(), clean, prefix, "loaded module", &set.source, &set.warnings);
       }
     }

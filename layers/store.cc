@@ -298,6 +298,11 @@ fs::path Store::default_root() {
   return fs::temp_directory_path() / "kiln-cache";
 }
 
+bool Store::exists_at(const fs::path& root) {
+  std::error_code ec;
+  return fs::is_regular_file(root / "VERSION", ec);
+}
+
 fs::path Store::blob_path(const std::string& digest) const {
   return root_ / "blobs" / "sha256" / std::string(digest_hex(digest));
 }

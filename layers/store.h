@@ -131,6 +131,9 @@ class Store {
 
   /// $KILN_CACHE, else $XDG_CACHE_HOME/kiln, else $HOME/.cache/kiln.
   static std::filesystem::path default_root();
+  /// Is there a store at `root` (its VERSION file)? Creates nothing: for readers (`kiln cache
+  /// du`, `kiln cache prune`), which must not make a store where there is none.
+  static bool exists_at(const std::filesystem::path& root);
 
   const std::filesystem::path& root() const { return root_; }
   std::filesystem::path blob_path(const std::string& digest) const;

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <condition_variable>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <optional>
@@ -249,6 +250,10 @@ WrittenLayer write_layer(const std::vector<TarEntry>& entries, const LayerWriteO
       throw InputError("'" + e.source + "' changed while kiln read the tree (" +
                        (errno == ELOOP ? "a file became a symlink" : "a file disappeared") +
                        "); re-run the build once the tree is stable");
+    // A file kiln may not read is bad input (exit 2), wherever it is met: the walk, the hashing
+    // (open_walked_file) or here, when its digest came from the stat index.
+    if (fd < 0 && (errno == EACCES || errno == EPERM))
+      throw InputError("cannot open '" + e.source + "': " + std::strerror(errno));
     if (fd < 0) throw std::system_error(errno, std::generic_category(), "cannot open " + e.source);
     struct FdGuard {
       int fd;

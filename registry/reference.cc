@@ -3,6 +3,8 @@
 
 #include <cctype>
 
+#include "spec/userinfo.h"
+
 namespace kiln::registry {
 
 namespace {
@@ -91,6 +93,8 @@ bool Reference::is_loopback() const {
 
 Reference parse_reference(const std::string& text) {
   if (text.empty()) throw ReferenceError("empty image reference");
+  // Before anything echoes the text: credentials in it are refused, and never shown.
+  if (auto redacted = spec::redact_userinfo(text)) throw ReferenceError(spec::userinfo_message(*redacted));
   if (text.size() > 255 + 128 + 72) throw ReferenceError("image reference is too long: " + text);
   Reference r;
   std::string rest = text;

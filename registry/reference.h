@@ -31,7 +31,8 @@ struct Reference {
 };
 
 /// Parses a reference; a missing tag and digest gives tag "latest". Throws ReferenceError with a
-/// message that says what is wrong.
+/// message that says what is wrong; a reference with credentials in it ("user:pw@host/repo") is
+/// refused with them shown as "***" (spec/userinfo.h).
 Reference parse_reference(const std::string& text);
 
 }  // namespace kiln::registry

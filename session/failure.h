@@ -4,6 +4,7 @@
 #pragma once
 
 #include <exception>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -48,6 +49,17 @@ struct Failure {
 /// The exception's failure: exit code, class and kind by its type.
 Failure classify(const std::exception& e);
 Failure classify(std::exception_ptr e);
+
+/// A run stopped by a signal (SIGINT, SIGTERM): exit 128 + the signal (130, 143, as a shell
+/// reports a process the signal killed), kind "interrupted", class "permanent" (stopped on
+/// purpose: not retried automatically).
+Failure interrupted_failure(int signal);
+
+/// The failure object an SDK reads (README, "Exit codes"), the same for every command: status
+/// "failed", exit_code, error_class, error_kind, message, failed_step, step_exit_code, log_path,
+/// log_tail, field (null when unknown or none), and build_id, spec, cancelled, digest, lint when
+/// they apply.
+nlohmann::json failure_object(const Failure& f);
 
 /// Another process is building the same image name right now, and the caller asked not to wait.
 class BusyError : public std::runtime_error {

@@ -19,6 +19,7 @@
 #include "layers/fileset.h"
 #include "layers/unique_fd.h"
 #include "spec/tag.h"
+#include "spec/userinfo.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -49,18 +50,18 @@ std::string CancelToken::origin() const {
 }
 
 BuildProgress::BuildProgress(builder::Progress* inner, history::LogSink& sink, std::string prefix,
-                             const std::atomic<bool>* cancel)
-    : inner_(inner ? inner : &null_), sink_(sink), prefix_(std::move(prefix)), cancel_(cancel) {}
+                             const std::atomic<bool>* cancel, const std::atomic<int>* interrupt)
+    : inner_(inner ? inner : &null_), sink_(sink), prefix_(std::move(prefix)), cancel_(cancel), interrupt_(interrupt) {}
 
 void BuildProgress::check_cancel(const std::string& id) {
-  if (cancel_ && cancel_->load() && id.rfind("layer", 0) == 0) {
+  if (stop_requested() && id.rfind("layer", 0) == 0) {
     threw_cancel_ = true;
     throw Cancelled("cancelled");
   }
 }
 
 void BuildProgress::checkpoint() {
-  if (cancel_ && cancel_->load()) {
+  if (stop_requested()) {
     threw_cancel_ = true;
     throw Cancelled("cancelled");
   }
@@ -143,13 +144,26 @@ void name_from_broken_spec(const std::string& path, history::Record* rec) {
     if (!j.is_object() || !j.contains("name") || !j["name"].is_string()) return;
     rec->name = lower(j["name"].get<std::string>());
     rec->repository = rec->name;
-    if (j.contains("registry") && j["registry"].is_string() && !j["registry"].get<std::string>().empty())
-      rec->repository = lower(j["registry"].get<std::string>()) + "/" + rec->name;
+    if (j.contains("registry") && j["registry"].is_string() && !j["registry"].get<std::string>().empty()) {
+      const std::string reg = j["registry"].get<std::string>();
+      // Credentials in it (the spec was refused for them) are never recorded.
+      rec->repository = lower(spec::redact_userinfo(reg).value_or(reg)) + "/" + rec->name;
+    }
   } catch (const std::exception&) {
   }
 }
 
 std::mutex g_image_refs_mu;  // --image-refs appends, from any build of this process
+
+/// A failed preflight as the error a build fails with: a reference kiln cannot use is bad input
+/// (exit 2, kind "reference"), any other check the registry's error (its own exit code).
+std::exception_ptr preflight_error(const builder::PreflightReport& pre) {
+  const auto& last = pre.steps.back();
+  const std::string msg = "preflight failed at '" + last.name + "': " + last.message;
+  if (last.name == "reference") return std::make_exception_ptr(registry::ReferenceError(msg));
+  return std::make_exception_ptr(
+      registry::RegistryError(pre.failure.value_or(registry::RegistryError::Kind::Protocol), msg));
+}
 
 /// One session: its record, log, progress, step and outcome. `run()` wraps a body in the failure
 /// handling, the record and the name lock's release.
@@ -160,7 +174,7 @@ class Job {
         o_(o),
         rec_(history::Record::start()),
         log_(env.history ? env.history->log_path(rec_.id) : fs::path()),
-        progress_(env.progress, log_, o.log_prefix, o.cancel ? &o.cancel->flag() : nullptr) {
+        progress_(env.progress, log_, o.log_prefix, o.cancel ? &o.cancel->flag() : nullptr, env.interrupt) {
     rec_.kind = kind;
     rec_.spec_path = spec_path;
     rec_.log_path = log_.path();
@@ -247,11 +261,7 @@ class Job {
                             : st.message;
       progress_.log(std::string("preflight ") + (st.ok ? "ok   " : "FAIL ") + st.name + ": " + msg);
     }
-    if (!pre.ok) {
-      const auto& last = pre.steps.back();
-      throw registry::RegistryError(pre.failure.value_or(registry::RegistryError::Kind::Protocol),
-                                    "preflight failed at '" + last.name + "': " + last.message);
-    }
+    if (!pre.ok) std::rethrow_exception(preflight_error(pre));
   }
 
   void from_spec(const spec::ImageSpec& s) {
@@ -554,7 +564,12 @@ class Job {
     } catch (...) {
     }
     Failure f;
-    if (cancelled) {
+    const int signal = env_.interrupt ? env_.interrupt->load() : 0;
+    if (signal) {  // whatever the exception (a RUN step the same Ctrl-C killed, Cancelled): interrupted
+      f = interrupted_failure(signal);
+      const std::string where = classify(e).step;  // "step command 2", when a step says so
+      f.step = where.empty() ? step_ : where;
+    } else if (cancelled) {
       Failure cause = o_.cancel ? o_.cancel->cause() : Failure{};
       std::string origin = o_.cancel ? o_.cancel->origin() : std::string();
       f.code = cause.code;
@@ -573,7 +588,7 @@ class Job {
     progress_.note(std::string("error: ") + (f.kind == "step" ? f.step + ": " : "") + f.message);
     f.log_path = log_.path();
     f.log_tail = log_.tail(20);
-    rec_.status = out_.status = cancelled ? "cancelled" : "failed";
+    rec_.status = out_.status = signal ? "interrupted" : cancelled ? "cancelled" : "failed";
     rec_.exit_code = f.code;
     rec_.error_class = f.error_class;
     rec_.error_kind = f.kind;
@@ -640,6 +655,18 @@ Outcome Session::push(const std::string& source, const std::string& platform, co
   Job job(env_, opts, "push", source);
   return job.run([&] { job.push_layout(source, platform, target); },
                  "push " + job.record().id + " of " + source + " to " + target.str());
+}
+
+PreflightOutcome Session::preflight(const std::string& target) const {
+  PreflightOutcome out;
+  builder::RegistrySession rs(env_.registry, env_.progress);
+  out.report = builder::preflight(rs, target);
+  if (!out.report.ok) {
+    Failure f = classify(preflight_error(out.report));
+    f.step = "preflight";
+    out.failure = f;
+  }
+  return out;
 }
 
 Batch Session::build_all(const std::vector<std::string>& spec_paths, const Options& opts, int parallel,

@@ -72,8 +72,10 @@ class CancelToken {
 /// never interrupted mid-callback.
 class BuildProgress : public builder::Progress {
  public:
+  /// `interrupt`: a signal number once the process must stop (SIGINT, SIGTERM); it stops the build
+  /// as `cancel` does.
   BuildProgress(builder::Progress* inner, history::LogSink& sink, std::string prefix = "",
-                const std::atomic<bool>* cancel = nullptr);
+                const std::atomic<bool>* cancel = nullptr, const std::atomic<int>* interrupt = nullptr);
   void log(const std::string& line) override;
   void warn(const std::string& line) override;
   void begin(const std::string& id, const std::string& label, std::uint64_t total) override;
@@ -84,7 +86,9 @@ class BuildProgress : public builder::Progress {
   void phase_end(builder::Phase ph) override { inner_->phase_end(ph); }
   void layers_planned(std::size_t count, std::uint64_t bytes) override { inner_->layers_planned(count, bytes); }
   void layer_cached(const std::string& label, std::uint64_t bytes) override { inner_->layer_cached(prefix_ + label, bytes); }
-  bool stop_requested() const override { return cancel_ && cancel_->load(); }
+  bool stop_requested() const override {
+    return (cancel_ && cancel_->load()) || (interrupt_ && interrupt_->load() != 0);
+  }
   /// A line for the log only (not passed on).
   void note(const std::string& line);
   /// Throws Cancelled if the build is cancelled (for callers between steps).
@@ -99,6 +103,7 @@ class BuildProgress : public builder::Progress {
   history::LogSink& sink_;
   std::string prefix_;
   const std::atomic<bool>* cancel_;
+  const std::atomic<int>* interrupt_;
   std::atomic<bool> threw_cancel_{false};
 };
 
@@ -109,6 +114,11 @@ struct Environment {
   history::HistoryDb* history = nullptr; // null: no record, no name lock, no log file
   builder::Progress* progress = nullptr; // where events go (null: nowhere)
   builder::RegistrySettings registry;    // docker_config "" = the spec's registry_config, else the default
+  /// Set to a signal number (SIGINT, SIGTERM) when the run must stop, e.g. by a signal handler:
+  /// each build stops as --fail-fast stops one (at its next layer event, a running RUN step
+  /// killed, never mid-commit), and fails as interrupted (exit 128 + signal, recorded
+  /// "interrupted"); builds not started yet fail so at once. Null: never.
+  const std::atomic<int>* interrupt = nullptr;
 };
 
 /// How one build runs.
@@ -141,7 +151,7 @@ struct WrittenOutput {
 /// How a build (or push) ended.
 struct Outcome {
   std::string kind = "build";
-  std::string status = "failed";  // "success" | "exists" | "failed" | "cancelled"
+  std::string status = "failed";  // "success" | "exists" | "failed" | "cancelled" | "interrupted"
   bool ok() const { return status == "success" || status == "exists"; }
   std::string spec_path;          // as given ("-" = stdin); the source for a push
   std::string build_id, log_path; // the record and its log ("" without a history)
@@ -170,6 +180,12 @@ struct Batch {
   std::string first_failed_spec;
 };
 
+/// `kiln preflight REF`: the dry push, as data.
+struct PreflightOutcome {
+  builder::PreflightReport report;  // each check
+  std::optional<Failure> failure;   // the failed check's, as a build reports it (failed_step "preflight")
+};
+
 class Session {
  public:
   explicit Session(Environment env) : env_(std::move(env)) {}
@@ -188,6 +204,9 @@ class Session {
   /// `target`'s tag: blobs the registry has are skipped, the manifest goes last.
   Outcome push(const std::string& source, const std::string& platform, const registry::Reference& target,
                const Options& opts) const;
+  /// The dry push to `target` (reference, reachability, credentials, repository, push
+  /// permission), with the environment's registry settings; recorded nowhere.
+  PreflightOutcome preflight(const std::string& target) const;
 
   const Environment& environment() const { return env_; }
 

@@ -4,6 +4,7 @@
 // against the known fields and every value against its type (recursively for a nested
 // base_image); then the supported-features table rejects fields kiln cannot build yet.
 #include "spec/image_spec.h"
+#include "spec/userinfo.h"
 
 #include <algorithm>
 #include <cctype>
@@ -90,6 +91,14 @@ std::size_t edit_distance(std::string_view a, std::string_view b) {
 std::string shorten(const std::string& s) {
   constexpr std::size_t kMax = 80;
   return s.size() <= kMax ? s : s.substr(0, kMax) + "…(" + std::to_string(s.size()) + " characters)";
+}
+
+/// A registry or base_image that carries credentials ("user:pw@host"): what a Field says, with
+/// them shown as "***" (the value is never echoed).
+std::string credentials_refused(const std::string& redacted) {
+  return "must not hold credentials ('" + redacted +
+         "'): kiln reads them from docker's config.json (docker login, $DOCKER_CONFIG, --registry-config, "
+         "or the spec's registry_config)";
 }
 
 /// `s` with control characters (NUL first of all) written as \uXXXX, for error messages: a raw
@@ -331,6 +340,7 @@ BaseImage parse_base(const Field& f) {
   }
   if (base.ref.rfind("oci:", 0) != 0) {
     base.kind = BaseImage::Kind::Registry;
+    if (auto redacted = redact_userinfo(base.ref)) f.fail(credentials_refused(*redacted));
     return base;
   }
   base.kind = BaseImage::Kind::OciLayout;
@@ -449,6 +459,7 @@ const std::map<std::string, Handler>& handlers() {
        [](const Field& f, ImageSpec& s) {
          s.registry = f.opt_str();
          if (!s.registry) return;
+         if (auto redacted = redact_userinfo(*s.registry)) f.fail(credentials_refused(*redacted));
          s.registry = lower(*s.registry);
          if (!valid_registry(*s.registry))
            f.fail("must be a registry like 'localhost:30000' or 'ghcr.io/org', not '" + f.str() +

@@ -148,10 +148,12 @@ std::string make_tag(const ImageSpec& spec, const std::string& hash) {
       out += fmt[i++];
     }
   }
+  // "SPEC: field 'tag_format' …", as every other spec error begins.
+  const std::string where = (spec.origin.empty() ? std::string() : spec.origin + ": ") + "field 'tag_format' ";
   if (!used)
-    throw SpecError("tag_format", "tag_format '" + fmt + "' must contain {spec_hash}, or every build would get the same tag");
+    throw SpecError("tag_format", where + "('" + fmt + "') must contain {spec_hash}, or every build would get the same tag");
   if (!valid_tag(out))
-    throw SpecError("tag_format", "tag_format '" + fmt + "' gives '" + out +
+    throw SpecError("tag_format", where + "('" + fmt + "') gives '" + out +
                                       "', which is not a valid tag (letters, digits, '_', '.', '-'; at most 128)");
   return out;
 }

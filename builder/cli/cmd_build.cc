@@ -13,12 +13,14 @@
 
 #include "builder/build.h"
 #include "builder/cli/common.h"
+#include "builder/cli/interrupt.h"
 #include "builder/oci_layout.h"
 #include "builder/output.h"
 #include "plan/plan.h"
 #include "plan/prepare.h"
 #include "session/session.h"
 #include "spec/image_spec.h"
+#include "spec/userinfo.h"
 
 namespace fs = std::filesystem;
 
@@ -68,6 +70,8 @@ void set_platform(spec::ImageSpec& s, const std::string& platform) {
 std::string default_repo() {
   const char* r = std::getenv("KILN_DEFAULT_REPO");
   std::string v = r ? r : "";
+  if (auto redacted = spec::redact_userinfo(v))
+    throw std::invalid_argument("KILN_DEFAULT_REPO " + spec::userinfo_message(*redacted));
   while (!v.empty() && v.back() == '/') v.pop_back();
   return v;
 }
@@ -157,7 +161,9 @@ void print_summary(const std::vector<session::Outcome>& outs) {
     char secs[32];
     std::snprintf(secs, sizeof secs, "%.2fs", o.seconds);
     std::string status = o.ok() ? (o.status == "exists" ? "exists" : "ok")
-                                : o.failure.cancelled ? "CANCELLED" : "FAILED (" + std::to_string(o.failure.code) + ")";
+                                : o.failure.cancelled ? "CANCELLED"
+                                : o.status == "interrupted" ? "INTERRUPTED (" + std::to_string(o.failure.code) + ")"
+                                                            : "FAILED (" + std::to_string(o.failure.code) + ")";
     std::string result = o.ok() ? o.repository + "@" + o.digest
                                 : shorten(message_beside_spec(o.failure), 90);
     rows.push_back({o.spec_path, o.image.empty() ? "-" : o.image, status, secs, result});
@@ -215,7 +221,28 @@ void print_layer_summaries(ProgressView& view, const std::vector<session::Outcom
   view.finish();
 }
 
-int run_builds(Context& ctx, const BuildArgs& a) {
+/// What an interrupted build prints when it did not stop in time (InterruptGuard's fallback): the
+/// interrupted failure of each spec (no build id or log: the builds were abandoned mid-way).
+void print_abandoned(const Common& c, const std::vector<std::string>& specs, int sig) {
+  session::Failure f = session::interrupted_failure(sig);
+  f.message += ": the build did not stop in time and was abandoned (nothing half written is kept)";
+  std::fprintf(stderr, "kiln: error: %s\n", f.message.c_str());
+  if (!c.json_out) return;
+  if (specs.size() <= 1) {
+    if (!specs.empty()) f.spec_path = specs[0];
+    std::cout << failure_json(f).dump(2) << std::endl;
+    return;
+  }
+  json builds = json::array();
+  for (const auto& spec : specs) {
+    json j = failure_json(f);
+    j["spec"] = spec;
+    builds.push_back(j);
+  }
+  std::cout << json{{"status", "failed"}, {"exit_code", f.code}, {"builds", builds}}.dump(2) << std::endl;
+}
+
+int run_builds(Context& ctx, const BuildArgs& a, InterruptGuard& guard) {
   if (a.specs.empty()) throw std::invalid_argument("kiln build needs a spec file (or - for stdin), or --plan");
   if (std::count(a.specs.begin(), a.specs.end(), "-") > 1) throw std::invalid_argument("'-' (stdin) can be given once");
   if (a.modules_from == "-" && std::count(a.specs.begin(), a.specs.end(), "-"))
@@ -224,6 +251,7 @@ int run_builds(Context& ctx, const BuildArgs& a) {
   auto targets = targets_of(a, n);
   Resources res;
   open_resources(ctx, res);
+  res.env.interrupt = guard.flag();
   session::Session sess(res.env);
   // --jobs N: with several specs, up to N build at once, sharing the N threads.
   const int total = ctx.jobs();
@@ -235,10 +263,13 @@ int run_builds(Context& ctx, const BuildArgs& a) {
 
   if (n == 1) {
     const session::Outcome& r = outs[0];
+    auto claimed = guard.claim_output(r.ok() ? static_cast<int>(kOk) : r.failure.code);
     if (!r.ok()) return report_failure(r.failure, ctx.common);
     std::cout << (ctx.common.json_out ? outcome_json(r).dump(2) : r.repository + "@" + r.digest) << std::endl;
     return kOk;
   }
+  const int code = batch.first_failure ? batch.first_failure->code : static_cast<int>(kOk);
+  auto claimed = guard.claim_output(code);
   if (ctx.common.progress != "quiet") {
     print_summary(outs);
   } else {
@@ -248,7 +279,6 @@ int run_builds(Context& ctx, const BuildArgs& a) {
   }
   for (const auto& r : outs)
     if (!r.ok() && !r.failure.cancelled) annotate_github(r.failure);
-  const int code = batch.first_failure ? batch.first_failure->code : static_cast<int>(kOk);
   if (ctx.common.json_out) {
     json builds = json::array();
     for (const auto& r : outs) {
@@ -266,7 +296,8 @@ int run_builds(Context& ctx, const BuildArgs& a) {
   return code;
 }
 
-int run_plan(Context& ctx, const BuildArgs& a, bool build_too) {
+/// `guard`: kiln build --plan (the builds stop on SIGINT/SIGTERM); null for kiln plan.
+int run_plan(Context& ctx, const BuildArgs& a, bool build_too, InterruptGuard* guard = nullptr) {
   plan::PlanInput in = plan::load_plan(a.plan_path);
   auto targets = targets_of(a, 1);
   layers::Store store = ctx.open_store();
@@ -285,18 +316,28 @@ int run_plan(Context& ctx, const BuildArgs& a, bool build_too) {
   if (build_too) {
     Resources res;
     open_resources(ctx, res);
+    if (guard) res.env.interrupt = guard->flag();
     session::Session sess(res.env);
     session::Options o = options_of(ctx, a, targets, 0);
     o.push = session::Options::Push::Never;
     json builds = json::object();
     for (auto& [id, p] : prepared) {
       session::Outcome r = sess.build(p, o);
-      if (!r.ok()) return report_failure(r.failure, ctx.common);
+      if (!r.ok()) {
+        std::unique_lock<std::mutex> claimed;
+        if (guard) claimed = guard->claim_output(r.failure.code);
+        return report_failure(r.failure, ctx.common);
+      }
       builds[id] = outcome_json(r);
       builds[id].erase("log_path");
     }
-    result = {{"status", errors ? "failed" : "success"}, {"plan", result}, {"builds", builds}};
+    result = {{"status", errors ? "failed" : "success"},
+              {"exit_code", errors ? static_cast<int>(kUsage) : static_cast<int>(kOk)},
+              {"plan", result},
+              {"builds", builds}};
   }
+  std::unique_lock<std::mutex> claimed;
+  if (guard) claimed = guard->claim_output(errors ? kUsage : kOk);
   std::cout << result.dump(2) << std::endl;
   return errors ? kUsage : kOk;
 }
@@ -327,11 +368,13 @@ int run_tag(Context& ctx, const BuildArgs& a) {
 }
 
 int run_build(Context& ctx, const BuildArgs& a) {
+  // SIGINT/SIGTERM: the builds stop and the command prints their failure (exit 130/143).
+  InterruptGuard guard([&ctx, &a](int sig) { print_abandoned(ctx.common, a.specs, sig); });
   if (!a.plan_path.empty()) {
     if (!a.specs.empty()) throw std::invalid_argument("give either specs or --plan, not both");
-    return run_plan(ctx, a, true);
+    return run_plan(ctx, a, true, &guard);
   }
-  return run_builds(ctx, a);
+  return run_builds(ctx, a, guard);
 }
 
 }  // namespace

@@ -4,6 +4,8 @@
 #include <ctime>
 #include <fstream>
 #include <iostream>
+#include <memory>
+#include <optional>
 
 #include "builder/cli/common.h"
 #include "builder/oci_layout.h"
@@ -14,7 +16,7 @@ namespace {
 
 struct HistoryArgs {
   std::string name, id, id2;
-  std::size_t limit = 0;
+  std::optional<std::size_t> limit;  // -n: at most this many (0: none); unset: all
   bool log = false;
 };
 
@@ -37,7 +39,8 @@ std::string seconds(const history::Record& r) {
 std::string short_digest(const std::string& d) { return d.size() > 19 ? d.substr(0, 19) + "…" : (d.empty() ? "-" : d); }
 
 std::string status_of(const history::Record& r) {
-  if (r.status == "failed" || r.status == "cancelled") return r.status + " (" + std::to_string(r.exit_code) + ")";
+  if (r.status == "failed" || r.status == "cancelled" || (r.status == "interrupted" && r.exit_code))
+    return r.status + " (" + std::to_string(r.exit_code) + ")";
   if (!r.tag_moved_from.empty()) return r.status + " (tag moved)";
   return r.status;
 }
@@ -57,9 +60,19 @@ std::string value_text(const json& v) {
   return v.dump();
 }
 
+/// The records, read without creating a state directory: none is no build recorded yet.
+std::unique_ptr<history::HistoryDb> open_db() { return history::HistoryDb::open_existing(history::HistoryDb::default_dir()); }
+
+history::Record get_or_throw(const std::unique_ptr<history::HistoryDb>& db, const std::string& id) {
+  if (!db)
+    throw builder::NotFoundError("no build with id '" + id + "': no build recorded in " +
+                                 history::HistoryDb::default_dir().string() + " yet");
+  return get_or_throw(*db, id);
+}
+
 int run_history(Context& ctx, const HistoryArgs& a) {
-  history::HistoryDb db(history::HistoryDb::default_dir());
-  auto records = db.list(a.name, a.limit);
+  auto db = open_db();
+  auto records = db ? db->list(a.name, a.limit) : std::vector<history::Record>{};
   if (ctx.common.json_out) {
     json arr = json::array();
     for (const auto& r : records) arr.push_back(r.to_json());
@@ -67,8 +80,9 @@ int run_history(Context& ctx, const HistoryArgs& a) {
     return kOk;
   }
   if (records.empty()) {
+    if (a.limit && *a.limit == 0) return kOk;  // -n 0: none asked for
     std::fprintf(stderr, "no builds recorded%s (in %s)\n", a.name.empty() ? "" : (" for " + a.name).c_str(),
-                 db.dir().c_str());
+                 history::HistoryDb::default_dir().c_str());
     return kOk;
   }
   std::vector<std::array<std::string, 7>> rows;
@@ -92,8 +106,7 @@ int run_history(Context& ctx, const HistoryArgs& a) {
 }
 
 int run_show(Context& ctx, const HistoryArgs& a) {
-  history::HistoryDb db(history::HistoryDb::default_dir());
-  history::Record r = get_or_throw(db, a.id);
+  history::Record r = get_or_throw(open_db(), a.id);
   if (a.log) {
     if (r.log_path.empty()) throw builder::NotFoundError("build " + r.id + " has no log");
     std::ifstream in(r.log_path);
@@ -113,7 +126,7 @@ int run_show(Context& ctx, const HistoryArgs& a) {
   line("name:", r.name);
   line("repository:", r.repository);
   std::string status = r.status;
-  if (r.status == "failed" || r.status == "cancelled")
+  if (r.status == "failed" || r.status == "cancelled" || (r.status == "interrupted" && r.exit_code))
     status += " (exit " + std::to_string(r.exit_code) + ", " + r.error_class + ", " + r.error_kind + ")";
   line("status:", status);
   line("failed step:", r.failed_step);
@@ -143,7 +156,7 @@ int run_show(Context& ctx, const HistoryArgs& a) {
 }
 
 int run_diff(Context& ctx, const HistoryArgs& a) {
-  history::HistoryDb db(history::HistoryDb::default_dir());
+  auto db = open_db();
   history::Record x = get_or_throw(db, a.id), y = get_or_throw(db, a.id2);
   auto changes = history::diff(x, y);
   if (ctx.common.json_out) {
@@ -168,7 +181,12 @@ void add_history_commands(CLI::App& app, Common& c, std::vector<Command>& out) {
 
   auto* hist = app.add_subcommand("history", "List recorded builds, newest first (all, or those of NAME)");
   hist->add_option("name", a->name, "Image name or [registry/]name");
-  hist->add_option("-n,--limit", a->limit, "Show at most this many builds");
+  hist->add_option("-n,--limit", a->limit, "Show at most this many builds (0: none)")
+      ->check([](const std::string& v) {
+        return !v.empty() && v.find_first_not_of("0123456789") == std::string::npos
+                   ? std::string()
+                   : "must be a number of builds (0 or more), not '" + v + "'";
+      });
   hist->add_flag("--json", c.json_out, "Print the records as a JSON array");
   out.push_back({hist, [a](Context& ctx) { return run_history(ctx, *a); }});
 

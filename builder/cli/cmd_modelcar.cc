@@ -149,6 +149,7 @@ int run_verify(Context& ctx, const VerifyArgs& a) {
   auto [errors, warnings] = tally(findings);
   if (ctx.common.json_out) {
     std::cout << json{{"status", errors ? "failed" : "ok"},
+                      {"exit_code", errors ? static_cast<int>(kUsage) : static_cast<int>(kOk)},
                       {"reference", shown},
                       {"digest", digest},
                       {"errors", errors},

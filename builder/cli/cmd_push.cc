@@ -6,6 +6,7 @@
 #include "builder/cli/common.h"
 #include "registry/reference.h"
 #include "session/session.h"
+#include "spec/userinfo.h"
 
 namespace kiln::cli {
 
@@ -22,7 +23,8 @@ void add_push_command(CLI::App& app, Common& c, std::vector<Command>& out) {
   add_registry_options(push, c);
   out.push_back({push, [a](Context& ctx) -> int {
                    if (a->src.rfind("oci:", 0) != 0)
-                     throw std::invalid_argument("'" + a->src + "': the source must be oci:DIR[:TAG]");
+                     throw std::invalid_argument("'" + spec::redact_userinfo(a->src).value_or(a->src) +
+                                                 "': the source must be oci:DIR[:TAG]");
                    registry::Reference target = registry::parse_reference(a->dest);
                    if (!target.digest.empty())
                      throw std::invalid_argument("'" + a->dest + "': push to a tag, not a digest");
@@ -33,7 +35,8 @@ void add_push_command(CLI::App& app, Common& c, std::vector<Command>& out) {
                    if (!r.ok()) return report_failure(r.failure, ctx.common);
                    const builder::PushResult& pr = *r.pushed;
                    if (ctx.common.json_out) {
-                     std::cout << json{{"status", "success"},    {"reference", pr.reference}, {"digest", pr.digest},
+                     std::cout << json{{"status", "success"},    {"exit_code", static_cast<int>(kOk)},
+                                       {"reference", pr.reference}, {"digest", pr.digest},
                                        {"uploaded", pr.uploaded}, {"skipped", pr.skipped},     {"mounted", pr.mounted},
                                        {"bytes_uploaded", pr.bytes_uploaded},
                                        {"previous_digest", pr.previous_digest.empty() ? json(nullptr)

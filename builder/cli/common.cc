@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <climits>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -17,9 +18,11 @@ namespace fs = std::filesystem;
 
 namespace kiln::cli {
 
-layers::Store Context::open_store() const {
-  return layers::Store(common.cache_dir.empty() ? layers::Store::default_root() : fs::path(common.cache_dir));
+fs::path Context::store_root() const {
+  return common.cache_dir.empty() ? layers::Store::default_root() : fs::path(common.cache_dir);
 }
+
+layers::Store Context::open_store() const { return layers::Store(store_root()); }
 
 int Context::jobs() const {
   if (common.jobs > 0) return common.jobs;
@@ -56,30 +59,25 @@ void add_common_options(CLI::App* sub, Common& c, bool cache_used, bool jobs_use
   sub->add_option("--progress", c.progress, "Progress on stderr: auto, plain or quiet")
       ->check(CLI::IsMember({"auto", "plain", "quiet"}));
   sub->add_flag("--json", c.json_out, "Print a machine-readable JSON result on stdout");
-  auto* jobs = sub->add_option("-j,--jobs", c.jobs, "Threads for hashing and layer writing (default: cores)");
+  auto* jobs = sub->add_option("-j,--jobs", c.jobs, "Threads for hashing and layer writing (default: cores)")
+                   ->check([](const std::string& v) {
+                     // CLI11 has converted nothing yet: "0", "-1" and "abc" all come here as text.
+                     std::size_t used = 0;
+                     long n = 0;
+                     try {
+                       n = std::stol(v, &used);
+                     } catch (const std::exception&) {
+                       used = 0;
+                     }
+                     return used == v.size() && !v.empty() && n >= 1 && n <= INT_MAX
+                                ? std::string()
+                                : "must be a positive number of threads (1 or more), not '" + v + "'";
+                   });
   if (!cache_used) cache->group("");  // accepted, not shown
   if (!jobs_used) jobs->group("");
 }
 
-json failure_json(const Failure& f) {
-  auto opt = [](const std::string& s) { return s.empty() ? json(nullptr) : json(s); };
-  json j = {{"status", "failed"},
-            {"exit_code", f.code},
-            {"error_class", f.error_class},
-            {"error_kind", f.kind},
-            {"message", f.message},
-            {"failed_step", opt(f.step)},
-            {"step_exit_code", f.step_exit_code ? json(*f.step_exit_code) : json(nullptr)},
-            {"log_path", opt(f.log_path)},
-            {"log_tail", f.log_tail}};
-  if (!f.field.empty()) j["field"] = f.field;
-  if (!f.build_id.empty()) j["build_id"] = f.build_id;
-  if (!f.spec_path.empty()) j["spec"] = f.spec_path;
-  if (f.cancelled) j["cancelled"] = true;
-  if (!f.digest.empty()) j["digest"] = f.digest;
-  if (!f.lint.empty()) j["lint"] = modelcar::to_json(f.lint);
-  return j;
-}
+json failure_json(const Failure& f) { return session::failure_object(f); }
 
 namespace {
 
@@ -114,14 +112,28 @@ int spec_line(const Failure& f) {
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   std::string last = f.field.substr(f.field.rfind('.') == std::string::npos ? 0 : f.field.rfind('.') + 1);
   std::string first = f.field.substr(0, f.field.find('.'));
-  for (const std::string& key : {last, first}) {
+  // Where `"key":` is written, from `from` on (npos when nowhere).
+  auto key_at = [&](const std::string& key, std::size_t from) {
     std::string quoted = "\"" + key + "\"";
-    for (std::size_t pos = text.find(quoted); pos != std::string::npos; pos = text.find(quoted, pos + 1)) {
+    for (std::size_t pos = text.find(quoted, from); pos != std::string::npos; pos = text.find(quoted, pos + 1)) {
       std::size_t k = pos + quoted.size();
       while (k < text.size() && std::isspace(static_cast<unsigned char>(text[k]))) ++k;
-      if (k < text.size() && text[k] == ':') return 1 + static_cast<int>(std::count(text.begin(), text.begin() + pos, '\n'));
+      if (k < text.size() && text[k] == ':') return pos;
+    }
+    return std::string::npos;
+  };
+  auto line_of = [&](std::size_t pos) { return 1 + static_cast<int>(std::count(text.begin(), text.begin() + pos, '\n')); };
+  // A nested field ("base_image.source_root"): its last key after its first one, so a nested
+  // spec's field is not taken for the outer spec's.
+  if (last != first) {
+    std::size_t outer = key_at(first, 0);
+    if (outer != std::string::npos) {
+      std::size_t inner = key_at(last, outer + 1);
+      return line_of(inner != std::string::npos ? inner : outer);
     }
   }
+  for (const std::string& key : {last, first})
+    if (std::size_t pos = key_at(key, 0); pos != std::string::npos) return line_of(pos);
   return 0;
 }
 
@@ -249,6 +261,7 @@ json outcome_json(const session::Outcome& o) {
          {"pushed", pushed}};
     if (o.has_source) j["source"] = {{"digest", o.source_digest}, {"dest", o.source_dest}, {"copy_mode", o.copy_mode}};
   }
+  j["exit_code"] = static_cast<int>(kOk);  // as in a failure object and the several-spec wrapper
   j["build_id"] = o.build_id;
   j["log_path"] = opt(o.log_path);
   return j;

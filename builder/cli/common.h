@@ -40,6 +40,8 @@ struct Context {
   Common& common;
   ProgressView& view;
   layers::Store open_store() const;
+  /// Where the store is (--cache, else the default), without opening or creating it.
+  std::filesystem::path store_root() const;
   int jobs() const;
   /// Registry settings from the flags; `spec_config` is a spec's registry_config (flags win).
   builder::RegistrySettings registry_settings(const std::string& spec_config = "") const;

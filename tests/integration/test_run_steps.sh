@@ -202,6 +202,42 @@ assert_eq "never" "$(cat "$T/slow-bundle/rootfs/late")" "the next build after th
 kiln cache du --json
 assert_eq 0 "$RC" "cache du after a killed build"
 
+# ---- SIGINT / SIGTERM mid-step: one failure object on stdout, exit 130 / 143, nothing left ----------
+# (env --default-signal: a script's background job starts with SIGINT ignored, and kiln, as a shell,
+# keeps a signal it was started with ignored.)
+for sig in INT TERM; do
+  [[ $sig == INT ]] && code=130 || code=143
+  sed "s/echo started;/echo started $sig;/" "$T/slow.json" >"$T/slow-$sig.json"  # a step not cached yet
+  BEFORE=$(snapshot "$L")
+  env --default-signal=INT "$KILN" build "$T/slow-$sig.json" --json --progress plain -o "oci:$L:slow-$sig" \
+    >"$T/sig.out" 2>"$T/sig.err" &
+  KPID=$!
+  for _ in $(seq 100); do
+    grep -q "\[command\] started" "$T/sig.err" && break
+    sleep 0.1
+  done
+  assert_contains "$(cat "$T/sig.err")" "[command] started" "SIG$sig: the slow step started"
+  START=$SECONDS
+  kill -"$sig" "$KPID"
+  st=0
+  wait "$KPID" || st=$?
+  OUT=$(<"$T/sig.out")
+  assert_eq "$code" "$st" "SIG$sig during a RUN step: exit $code"
+  assert_cmd "SIG$sig: the build stopped at once ($((SECONDS - START)) s), not after the step" test $((SECONDS - START)) -lt 10
+  assert_eq "1" "$(grep -c '^{' "$T/sig.out")" "SIG$sig: one JSON object on stdout"
+  assert_eq "failed $code permanent interrupted step command" \
+    "$(jget "' '.join(str(j[k]) for k in ('status', 'exit_code', 'error_class', 'error_kind', 'failed_step'))" <<<"$OUT")" \
+    "SIG$sig: the failure object: status, exit_code, class, kind, the step"
+  assert_contains "$(jget "j['message']" <<<"$OUT")" "interrupted by SIG$sig" "SIG$sig: the message names the signal"
+  assert_ne "None" "$(jget "str(j['log_path'])" <<<"$OUT")" "SIG$sig: the failure has its log"
+  sleep 0.5
+  assert_eq "" "$(pgrep -f "echo started $sig; sleep 60" || true)" "SIG$sig: no process of the step is left"
+  assert_eq "" "$(grep -F "$KILN_CACHE" /proc/self/mounts || true)" "SIG$sig: no overlay mount is left"
+  assert_eq "$BEFORE" "$(snapshot "$L")" "SIG$sig: the layout is untouched"
+  kiln show "$(jget "j['build_id']" <<<"$OUT")" --json
+  assert_eq "interrupted $code" "$(jget "j['status'] + ' ' + str(j['exit_code'])" <<<"$OUT")" "SIG$sig: the history says interrupted"
+done
+
 # ---- as an ordinary user: the same image ----------------------------------------------------------
 if [[ $(id -u) -eq 0 ]] && command -v setpriv >/dev/null; then
   U="$T/user"

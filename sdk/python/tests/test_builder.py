@@ -87,6 +87,8 @@ class ErrorMappingTest(unittest.TestCase):
             6: (plugin.KilnTransientError, FlyteRecoverableException),
             7: (plugin.KilnPermissionError, FlyteAuthenticationException),
             8: (plugin.KilnRegistryError, FlyteUserException),
+            130: (plugin.KilnInterruptedError, FlyteUserException),
+            143: (plugin.KilnInterruptedError, FlyteUserException),
             42: (plugin.KilnInternalError, FlyteNonRecoverableSystemException),
         }
         for code, (cls, flyte_cls) in cases.items():

@@ -49,13 +49,13 @@ class KilnError(FlyteUserException):
 
 
 class KilnSpecError(KilnError, FlyteValidationException):
-    """Exit 2: the spec (or a flag, or a file it names) is wrong; fix the ImageSpec."""
+    """Exit 2: the spec (or a flag, or a file it names, or a project file kiln may not read) is wrong; fix it."""
 
     _ERROR_CODE = "USER:KilnSpecError"
 
 
 class KilnBuildError(KilnError):
-    """Exit 3: a build step failed (a RUN command, or a layer that cannot be written)."""
+    """Exit 3: a build step failed (a RUN command, or a layer whose files changed while it was written)."""
 
     _ERROR_CODE = "USER:KilnBuildError"
 
@@ -90,6 +90,12 @@ class KilnRegistryError(KilnError):
     _ERROR_CODE = "USER:KilnRegistryError"
 
 
+class KilnInterruptedError(KilnError):
+    """Exit 130 or 143: kiln was stopped by SIGINT or SIGTERM (error_kind "interrupted"); nothing it had not committed is kept."""
+
+    _ERROR_CODE = "USER:KilnInterrupted"
+
+
 class KilnInternalError(KilnError, FlyteNonRecoverableSystemException):
     """Exit 1 (or any code kiln does not document): a kiln bug or an unexpected system failure."""
 
@@ -104,6 +110,8 @@ _BY_CODE = {
     cli.EXIT_TRANSIENT: KilnTransientError,
     cli.EXIT_PERMISSION: KilnPermissionError,
     cli.EXIT_REGISTRY: KilnRegistryError,
+    cli.EXIT_SIGINT: KilnInterruptedError,
+    cli.EXIT_SIGTERM: KilnInterruptedError,
 }
 
 

@@ -24,6 +24,8 @@ EXIT_NOT_FOUND = 5
 EXIT_TRANSIENT = 6
 EXIT_PERMISSION = 7
 EXIT_REGISTRY = 8
+EXIT_SIGINT = 130  # interrupted: 128 + the signal
+EXIT_SIGTERM = 143
 
 
 class KilnRun:
