@@ -408,12 +408,12 @@ void add_build_commands(CLI::App& app, Common& c, std::vector<Command>& out) {
   build->add_option("--step-timeout", a->step_timeout,
                     "Kill a RUN step (and fail the build, exit 3) when it runs longer than DURATION: 90, 90s, 10m, 2h")
       ->check([](const std::string& v) {
-        return parse_duration(v) > 0 ? std::string() : "--step-timeout takes a duration such as 90s, 10m or 2h";
+        return parse_duration(v) > 0 ? std::string() : "takes a duration such as 90s, 10m or 2h, not '" + v + "'";
       });
   build->add_option("--platform", a->platform,
                     "Build for this os/arch[/variant] instead of the spec's platform (e.g. linux/arm64)")
       ->check([](const std::string& v) {
-        return valid_platform(v) ? std::string() : "--platform takes os/arch[/variant], e.g. linux/arm64";
+        return valid_platform(v) ? std::string() : "takes os/arch[/variant], e.g. linux/arm64, not '" + v + "'";
       });
   build->add_flag("--no-wait", a->no_wait,
                   "Fail (exit 6) instead of waiting when another kiln is building the same image name");
@@ -428,7 +428,7 @@ void add_build_commands(CLI::App& app, Common& c, std::vector<Command>& out) {
   tag->add_option("--modules-from", a->modules_from, "File listing loaded modules, one per line ('-': stdin)");
   tag->add_option("--platform", a->platform, "The tag of a build for this os/arch[/variant] (as kiln build --platform)")
       ->check([](const std::string& v) {
-        return valid_platform(v) ? std::string() : "--platform takes os/arch[/variant], e.g. linux/arm64";
+        return valid_platform(v) ? std::string() : "takes os/arch[/variant], e.g. linux/arm64, not '" + v + "'";
       });
   add_common_options(tag, c);
   add_registry_options(tag, c);
