@@ -1,6 +1,7 @@
 // RUN steps as data (see steps.h).
 #include "run/steps.h"
 
+#include <array>
 #include <system_error>
 
 #include "layers/digest.h"
@@ -59,10 +60,25 @@ std::string apt_script(const spec::ImageSpec& s) {
          "/var/log/alternatives.log /var/cache/ldconfig/aux-cache\n";
 }
 
-/// The variable that carries pip_extra_args[i] when it holds a credential.
-std::string pip_arg_var(std::size_t i) { return "KILN_PIP_ARG_" + std::to_string(i); }
-/// The variable that carries packages[i] when it holds a credential (a direct URL with userinfo).
-std::string pip_pkg_var(std::size_t i) { return "KILN_PIP_PKG_" + std::to_string(i); }
+/// pip's arguments that may hold a URL with credentials, and the variables (prefix + index) that
+/// carry such an item to pip: pip_extra_args ("--index-url", "https://user:token@host/simple", or
+/// "--extra-index-url=https://…") and packages given as a direct URL ("pkg @ https://…").
+struct SecretArgs {
+  const std::vector<std::string>& items;
+  const char* field;
+  const char* var_prefix;
+};
+std::array<SecretArgs, 2> secret_args(const spec::ImageSpec& s) {
+  return {SecretArgs{s.pip_extra_args, "pip_extra_args", "KILN_PIP_ARG_"},
+          SecretArgs{s.packages, "packages", "KILN_PIP_PKG_"}};
+}
+
+/// Item i of `a` on pip's command line: quoted, or, when it holds a credential, the variable that
+/// carries it (the script is part of the cache key and of bwrap's command line: it only names it).
+std::string pip_arg(const SecretArgs& a, std::size_t i) {
+  const std::string& v = a.items[i];
+  return spec::without_userinfo(v) == v ? shell_quote(v) : "\"$" + std::string(a.var_prefix) + std::to_string(i) + "\"";
+}
 
 /// Chooses the interpreter (python_exec; else pythonX.Y for python_version, then python3, then
 /// python, checking the version), then installs with its pip.
@@ -76,18 +92,10 @@ std::string pip_script(const spec::ImageSpec& s, bool with_requirements) {
     candidates += "python3 python";
   }
   std::string args;  // pip_index and pip_extra_index_url come as PIP_INDEX_URL / PIP_EXTRA_INDEX_URL
-  // An argument with a URL's userinfo ("https://user:token@host/simple") comes as a secret
-  // variable too (plan_steps): the script, part of the cache key and of bwrap's command line,
-  // only names it.
-  for (std::size_t i = 0; i < s.pip_extra_args.size(); ++i) {
-    const std::string& a = s.pip_extra_args[i];
-    args += " " + (spec::without_userinfo(a) == a ? shell_quote(a) : "\"$" + pip_arg_var(i) + "\"");
-  }
+  const auto [extra_args, packages] = secret_args(s);
+  for (std::size_t i = 0; i < extra_args.items.size(); ++i) args += " " + pip_arg(extra_args, i);
   if (with_requirements) args += std::string(" -r ") + kRequirementsTarget;
-  for (std::size_t i = 0; i < s.packages.size(); ++i) {
-    const std::string& p = s.packages[i];
-    args += " " + (spec::without_userinfo(p) == p ? shell_quote(p) : "\"$" + pip_pkg_var(i) + "\"");
-  }
+  for (std::size_t i = 0; i < packages.items.size(); ++i) args += " " + pip_arg(packages, i);
 
   std::string sh = "PY=\n"
                    "for c in " + candidates + "; do\n"
@@ -210,24 +218,16 @@ std::vector<Step> plan_steps(const spec::ImageSpec& s, const std::vector<std::st
       st.secret_env.emplace_back("PIP_EXTRA_INDEX_URL", all);
       st.inputs.emplace_back("pip_extra_index_url", shown);
     }
-    // So may pip_extra_args ("--index-url", "https://user:token@host/simple", or
-    // "--extra-index-url=https://…"): such an argument reaches pip as "$KILN_PIP_ARG_<i>" in the
-    // script, its value in the environment, and the key sees it without the credentials.
-    for (std::size_t i = 0; i < s.pip_extra_args.size(); ++i) {
-      const std::string& a = s.pip_extra_args[i];
-      std::string shown = spec::without_userinfo(a);
-      if (shown == a) continue;
-      st.secret_env.emplace_back(pip_arg_var(i), a);
-      st.inputs.emplace_back("pip_extra_args[" + std::to_string(i) + "]", std::move(shown));
-    }
-    // The same for a package given as a direct URL with credentials.
-    for (std::size_t i = 0; i < s.packages.size(); ++i) {
-      const std::string& p = s.packages[i];
-      std::string shown = spec::without_userinfo(p);
-      if (shown == p) continue;
-      st.secret_env.emplace_back(pip_pkg_var(i), p);
-      st.inputs.emplace_back("packages[" + std::to_string(i) + "]", std::move(shown));
-    }
+    // So may pip_extra_args and packages items: such an item reaches pip as "$KILN_PIP_ARG_<i>"
+    // (or KILN_PIP_PKG_) in the script, its value in the environment, and the key sees it
+    // without the credentials.
+    for (const SecretArgs& a : secret_args(s))
+      for (std::size_t i = 0; i < a.items.size(); ++i) {
+        std::string shown = spec::without_userinfo(a.items[i]);
+        if (shown == a.items[i]) continue;
+        st.secret_env.emplace_back(a.var_prefix + std::to_string(i), a.items[i]);
+        st.inputs.emplace_back(std::string(a.field) + "[" + std::to_string(i) + "]", std::move(shown));
+      }
     if (s.requirements) st.mounts.push_back({resolve(s, *s.requirements), kRequirementsTarget, true});
     for (const auto& [src, target] : s.pip_secret_mounts) {
       fs::path p = resolve(s, src);
