@@ -11,6 +11,7 @@
 #include <stdexcept>
 
 #include "layers/fileset.h"
+#include "spec/userinfo.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -141,6 +142,10 @@ PlanInput parse_plan(std::string_view text, const fs::path& base_dir, const std:
       bad(where, where + " must be an image reference string or an object");
     }
     if (!im.spec && im.ref.empty()) bad(where, where + ": empty image reference");
+    // A reference with credentials written into it is refused as everywhere else, never echoed
+    // (the plan's output lists each image's reference).
+    if (auto shown = spec::redact_userinfo(im.ref))
+      bad(where, where + ": " + spec::userinfo_message(*shown));
     in.images.push_back(std::move(im));
   }
 

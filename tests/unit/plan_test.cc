@@ -593,6 +593,14 @@ TEST_CASE("plan: parse_plan rejects malformed input, naming the field") {
   CHECK(err(R"({"images": {"a": {"ref": "x", "inline": {}}}})").second == "images.a");
   CHECK(err(R"({"images": {"a": {}}})").second == "images.a");
   CHECK(err(R"({"images": {"a": ""}})").second == "images.a");
+  // A reference with credentials in it: refused, the secret never echoed.
+  for (const char* ref : {R"("user:s3cr3t@ghcr.io/acme/app:1")", R"({"ref": "user:s3cr3t@ghcr.io/acme/app:1"})"}) {
+    auto e = err(std::string(R"({"images": {"a": )") + ref + "}}");
+    CHECK(e.second == "images.a");
+    CHECK(has(e.first, "***@ghcr.io/acme/app:1"));
+    CHECK_FALSE(has(e.first, "s3cr3t"));
+  }
+  CHECK(err(R"({"images": {"a": "ghcr.io/acme/app@sha256:)" + std::string(64, 'a') + R"("}})").first == "no error");
   CHECK(err(R"({"images": {"a": {"spec": "missing.json"}}})").second == "images.a.spec");
   CHECK(err(R"({"images": {"a": {"inline": {"nonsense_field": 1}}}})").first != "no error");
   CHECK(err(R"({"images": {"a": "x"}, "tasks": [{"image": "a"}]})").second == "tasks[0].name");
