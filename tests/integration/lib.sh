@@ -330,6 +330,17 @@ run_entrypoint() {
 
 # need_tools TOOL...: dies with a clear message when a test tool is missing.
 # skip_test WHY: the test cannot run here (a missing optional resource): ctest reports it skipped.
+# wait_for_text FILE TEXT: waits (up to 10 s) until FILE holds TEXT (a fixed string); the caller
+# asserts what it needs afterwards.
+wait_for_text() {
+  local _
+  for _ in $(seq 200); do
+    grep -qF -- "$2" "$1" 2>/dev/null && return 0
+    sleep 0.05
+  done
+  return 0
+}
+
 skip_test() {
   echo "SKIP: $TEST_NAME: $*" >&2
   exit 77

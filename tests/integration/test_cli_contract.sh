@@ -328,10 +328,7 @@ interrupted_build() {
   rm -f "$T/int.err"
   env --default-signal=INT "$KILN" build "$W/spec.json" --json --progress plain >"$T/int.out" 2>"$T/int.err" &
   local pid=$!
-  for _ in $(seq 100); do
-    grep -q "waiting for it to finish" "$T/int.err" 2>/dev/null && break
-    sleep 0.05
-  done
+  wait_for_text "$T/int.err" "waiting for it to finish"
   START_MS=$(($(date +%s%N) / 1000000))
   kill -"$1" "$pid"
   if [[ -n "${2:-}" ]]; then

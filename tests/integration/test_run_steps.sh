@@ -184,10 +184,7 @@ EOF2
 BEFORE=$(snapshot "$L")
 "$KILN" build "$T/slow.json" --progress plain -o "oci:$L:slow" >"$T/slow.out" 2>"$T/slow.err" &
 KPID=$!
-for _ in $(seq 100); do
-  grep -q "\[command\] started" "$T/slow.err" && break
-  sleep 0.1
-done
+wait_for_text "$T/slow.err" "[command] started"
 assert_contains "$(cat "$T/slow.err")" "[command] started" "the slow step started"
 kill -9 "$KPID"
 wait "$KPID" 2>/dev/null || true
@@ -212,10 +209,7 @@ for sig in INT TERM; do
   env --default-signal=INT "$KILN" build "$T/slow-$sig.json" --json --progress plain -o "oci:$L:slow-$sig" \
     >"$T/sig.out" 2>"$T/sig.err" &
   KPID=$!
-  for _ in $(seq 100); do
-    grep -q "\[command\] started" "$T/sig.err" && break
-    sleep 0.1
-  done
+  wait_for_text "$T/sig.err" "[command] started"
   assert_contains "$(cat "$T/sig.err")" "[command] started" "SIG$sig: the slow step started"
   START=$SECONDS
   kill -"$sig" "$KPID"
