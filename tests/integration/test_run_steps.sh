@@ -190,7 +190,8 @@ kill -9 "$KPID"
 wait "$KPID" 2>/dev/null || true
 sleep 0.5
 assert_eq "" "$(grep -F "$KILN_CACHE" /proc/self/mounts || true)" "no overlay mount outlives a killed build"
-assert_eq "" "$(pgrep -f "sleep 60" || true)" "the step's processes die with kiln"
+# (pgrep patterns name this test's own steps: a parallel test may run a "sleep 600" of its own)
+assert_eq "" "$(pgrep -f "echo started; sleep 60" || true)" "the step's processes die with kiln"
 assert_eq "$BEFORE" "$(snapshot "$L")" "the layout is untouched by the killed build"
 sed 's/sleep 60; //' "$T/slow.json" >"$T/slow2.json"
 build_ok "$T/slow2.json" -o "oci:$L:slow"
@@ -206,11 +207,14 @@ for sig in INT TERM; do
   [[ $sig == INT ]] && code=130 || code=143
   sed "s/echo started;/echo started $sig;/" "$T/slow.json" >"$T/slow-$sig.json"  # a step not cached yet
   BEFORE=$(snapshot "$L")
+  # The redirection below happens in the background job, later than the wait may look: the wait
+  # must not find the previous signal's log, so the file goes first and the text names the signal.
+  rm -f "$T/sig.out" "$T/sig.err"
   env --default-signal=INT "$KILN" build "$T/slow-$sig.json" --json --progress plain -o "oci:$L:slow-$sig" \
     >"$T/sig.out" 2>"$T/sig.err" &
   KPID=$!
-  wait_for_text "$T/sig.err" "[command] started"
-  assert_contains "$(cat "$T/sig.err")" "[command] started" "SIG$sig: the slow step started"
+  wait_for_text "$T/sig.err" "[command] started $sig"
+  assert_contains "$(cat "$T/sig.err" 2>/dev/null)" "[command] started $sig" "SIG$sig: the slow step started"
   START=$SECONDS
   kill -"$sig" "$KPID"
   st=0
@@ -283,4 +287,4 @@ assert_eq 3 "$RC" "--fail-fast with a failed step: exit 3"
 assert_cmd "the running step was stopped, not waited for ($((SECONDS - START)) s)" test $((SECONDS - START)) -lt 30
 assert_eq "True,False" "$(jget "','.join(str(b.get('cancelled', False)) for b in j['builds'])" <<<"$OUT")" \
   "the long build is reported cancelled, the failing one failed"
-assert_eq "" "$(pgrep -f "sleep 60" || true)" "no process of the stopped step is left"
+assert_eq "" "$(pgrep -f "long-started; sleep 60" || true)" "no process of the stopped step is left"
