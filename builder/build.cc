@@ -82,31 +82,6 @@ std::pair<std::uint32_t, std::uint32_t> owner_of(const spec::ImageSpec& s) {
   return spec::numeric_owner(*s.user).value_or(std::pair<std::uint32_t, std::uint32_t>{0, 0});
 }
 
-layers::TarEntry to_tar(const layers::FileEntry& f, std::uint32_t uid, std::uint32_t gid) {
-  layers::TarEntry t;
-  t.path = f.dest;
-  t.mode = f.mode;
-  t.uid = uid;
-  t.gid = gid;
-  switch (f.type) {
-    case layers::FileEntry::Type::Dir: t.type = layers::TarEntry::Type::Dir; break;
-    case layers::FileEntry::Type::Symlink:
-      t.type = layers::TarEntry::Type::Symlink;
-      t.link_target = f.link_target();
-      break;
-    case layers::FileEntry::Type::File:
-      t.type = layers::TarEntry::Type::File;
-      t.size = f.size;
-      t.source = f.abs();
-      t.mtime_ns = f.key.mtime_ns;
-      t.ctime_ns = f.key.ctime_ns;
-      t.dev = f.key.dev;
-      t.ino = f.key.ino;
-      break;
-  }
-  return t;
-}
-
 /// For each file of a layer, the index of the first file in the layer sharing its inode (itself
 /// when it has no earlier link): later links are stored as tar hardlinks to the first.
 std::vector<std::size_t> hardlink_groups(const std::vector<const layers::FileEntry*>& files) {
@@ -149,31 +124,77 @@ std::string layer_key(const LayerPlan& p, std::int64_t mtime, std::uint32_t uid,
   return h.hex();
 }
 
-/// The tar entries of a planned layer: parents added, sorted, hardlinks linked.
-std::vector<layers::TarEntry> tar_entries(const LayerPlan& p, std::uint32_t uid, std::uint32_t gid) {
-  std::vector<layers::TarEntry> entries;
-  entries.reserve(p.files.size());
-  std::vector<std::size_t> groups = hardlink_groups(p.files);
-  for (std::size_t i = 0; i < p.files.size(); ++i) {
-    layers::TarEntry t = to_tar(*p.files[i], uid, gid);
-    if (groups[i] != i) {
-      t.type = layers::TarEntry::Type::Hardlink;
-      t.link_target = p.files[groups[i]]->dest;
-      t.size = 0;
-      t.source.clear();
+/// The tar entries of a planned layer (parents added, sorted, hardlinks linked), made one at a
+/// time as the layer is written: a layer of n files holds the order (4 bytes a file) and the
+/// hardlink groups (8), not n TarEntry.
+class LayerEntries {
+ public:
+  LayerEntries(const LayerPlan& p, std::uint32_t uid, std::uint32_t gid)
+      : p_(p), uid_(uid), gid_(gid), groups_(hardlink_groups(p.files)),
+        order_(p.files.size(), [&p](std::size_t i) { return std::string_view(p.files[i]->dest); }) {}
+
+  bool next(layers::TarEntry& t) {
+    const std::string* parent = nullptr;
+    if (!order_.next(&current_, &parent)) return false;
+    t.uid = uid_;
+    t.gid = gid_;
+    t.size = 0;
+    t.link_target.clear();
+    t.source.clear();
+    t.capability.clear();
+    t.mtime_ns = t.ctime_ns = 0;
+    t.dev = t.ino = 0;
+    if (parent) {
+      current_ = kNone;
+      t.path = *parent;
+      t.type = layers::TarEntry::Type::Dir;
+      t.mode = 0755;
+    } else {
+      const layers::FileEntry& f = *p_.files[current_];
+      t.path = f.dest;
+      t.mode = f.mode;
+      switch (f.type) {
+        case layers::FileEntry::Type::Dir: t.type = layers::TarEntry::Type::Dir; break;
+        case layers::FileEntry::Type::Symlink:
+          t.type = layers::TarEntry::Type::Symlink;
+          t.link_target = f.link_target();
+          break;
+        case layers::FileEntry::Type::File:
+          if (groups_[current_] != current_) {  // a later link of a file in this layer
+            t.type = layers::TarEntry::Type::Hardlink;
+            t.link_target = p_.files[groups_[current_]]->dest;
+            break;
+          }
+          t.type = layers::TarEntry::Type::File;
+          t.size = f.size;
+          t.source = f.abs();
+          t.mtime_ns = f.key.mtime_ns;
+          t.ctime_ns = f.key.ctime_ns;
+          t.dev = f.key.dev;
+          t.ino = f.key.ino;
+          break;
+      }
     }
-    entries.push_back(std::move(t));
+    // The parents a layer adds implicitly must match the walked directories, or a later layer would
+    // reset /models to 0755.
+    const std::string& root = p_.modelcar_root;
+    if (!root.empty() && t.type == layers::TarEntry::Type::Dir &&
+        (t.path == root || (t.path.size() > root.size() && t.path.compare(0, root.size(), root) == 0 &&
+                            t.path[root.size()] == '/')))
+      t.mode = spec::kModelcarDirMode;
+    return true;
   }
-  entries = layers::normalize_entries(std::move(entries), uid, gid);
-  // The parents a layer adds implicitly must match the walked directories, or a later layer would
-  // reset /models to 0755.
-  const std::string& root = p.modelcar_root;
-  if (!root.empty())
-    for (auto& e : entries)
-      if (e.type == layers::TarEntry::Type::Dir && (e.path == root || e.path.rfind(root + "/", 0) == 0))
-        e.mode = spec::kModelcarDirMode;
-  return entries;
-}
+  /// The plan's file next() gave last (null for a parent directory it added).
+  const layers::FileEntry* current() const { return current_ == kNone ? nullptr : p_.files[current_]; }
+
+ private:
+  static constexpr std::size_t kNone = static_cast<std::size_t>(-1);
+  const LayerPlan& p_;
+  std::uint32_t uid_, gid_;
+  std::vector<std::size_t> groups_;
+  layers::LayerOrder order_;
+  std::size_t current_ = kNone;
+};
 
 /// Splits a list of files into layers: one per large file, one for already-compressed files, and
 /// the rest (directories included) in content-defined chunks. Stable, heavy layers come first.
@@ -761,8 +782,14 @@ BuildResult build_impl(const Prepared& prep, Prepared* deferred, const BuildOpti
             std::atomic<std::size_t>& n;
             ~Done() { --n; }
           } done{writing_now};
-          layers::WrittenLayer w =
-              layers::write_layer(tar_entries(p, uid, gid), wo, blob->sink(), [&](std::uint64_t n) { progress.advance(id, n); });
+          LayerEntries entries(p, uid, gid);
+          if (hash)  // a file's digest from the bytes just written (a later hardlink: its first link's, below)
+            wo.on_content = [&entries](const layers::TarEntry&, const std::string& hex) {
+              auto* f = const_cast<layers::FileEntry*>(entries.current());
+              if (f && !f->sha256.set) f->sha256 = layers::ContentDigest::from_hex(hex);
+            };
+          layers::WrittenLayer w = layers::write_layer([&entries](layers::TarEntry& t) { return entries.next(t); }, wo,
+                                                       blob->sink(), [&](std::uint64_t n) { progress.advance(id, n); });
           return std::make_pair(std::move(w), std::move(blob));
         };
         // A layer whose files are not all hashed yet (deferred): its key needs their digests.
@@ -776,15 +803,13 @@ BuildResult build_impl(const Prepared& prep, Prepared* deferred, const BuildOpti
             // cores when there are). If the key then turns out to be cached (a warm cache, a
             // tree moved or touched), the blob is dropped: only a copy was wasted.
             early = write(true);
-            std::map<std::string_view, std::string_view> got;
-            for (const auto& [path, hex] : early->first.contents) got.emplace(path, hex);
             std::vector<std::size_t> groups = hardlink_groups(p.files);
             for (std::size_t k = 0; k < p.files.size(); ++k) {
               const layers::FileEntry* f = p.files[k];
               if (f->type != layers::FileEntry::Type::File || f->sha256.set) continue;
-              auto it = got.find(p.files[groups[k]]->dest);  // a later hardlink: its first link's bytes
-              if (it == got.end()) throw std::logic_error("layer " + p.label + ": no digest for " + f->dest);
-              const_cast<layers::FileEntry*>(f)->sha256 = layers::ContentDigest::from_hex(it->second);
+              const layers::FileEntry* first = p.files[groups[k]];  // a later hardlink: its first link's bytes
+              if (!first->sha256.set) throw std::logic_error("layer " + p.label + ": no digest for " + f->dest);
+              const_cast<layers::FileEntry*>(f)->sha256 = first->sha256;
             }
             std::uint64_t bytes = 0;
             for (const layers::FileEntry* e : mine) bytes += e->size;

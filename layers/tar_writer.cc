@@ -30,16 +30,16 @@ namespace {
 // Files from this size get their content digest on a second thread (hash_contents, threads >= 2).
 constexpr std::uint64_t kSideHashMin = 4ull << 20;
 
-void check_rel_path(const std::string& p) {
+void check_rel_path(std::string_view p) {
   if (p.empty() || p.front() == '/' || p.back() == '/')
-    throw std::runtime_error("invalid path in layer: '" + p + "'");
+    throw std::runtime_error("invalid path in layer: '" + std::string(p) + "'");
   std::size_t start = 0;
   while (start <= p.size()) {
     std::size_t end = p.find('/', start);
     if (end == std::string::npos) end = p.size();
     std::string_view seg(p.data() + start, end - start);
     if (seg.empty() || seg == "." || seg == "..")
-      throw std::runtime_error("invalid path in layer: '" + p + "'");
+      throw std::runtime_error("invalid path in layer: '" + std::string(p) + "'");
     start = end + 1;
   }
 }
@@ -118,49 +118,91 @@ class SideHasher {
 
 }  // namespace
 
-std::vector<TarEntry> normalize_entries(std::vector<TarEntry> entries, std::uint32_t uid, std::uint32_t gid) {
-  // In place (a layer of a big tree has thousands of entries; no map of them): sort bytewise
-  // (stable, so for a path given twice the last one given wins), then add the missing parents.
-  for (const auto& e : entries) check_rel_path(e.path);
-  auto by_path = [](const TarEntry& a, const TarEntry& b) { return a.path < b.path; };
-  if (!std::is_sorted(entries.begin(), entries.end(), by_path)) std::stable_sort(entries.begin(), entries.end(), by_path);
-  std::size_t w = 0;
-  for (std::size_t i = 0; i < entries.size(); ++i) {
-    if (i + 1 < entries.size() && entries[i].path == entries[i + 1].path) continue;
-    if (w != i) entries[w] = std::move(entries[i]);
-    ++w;
-  }
-  entries.resize(w);
-  std::vector<std::string> missing;
+LayerOrder::LayerOrder(std::size_t n, std::function<std::string_view(std::size_t)> path) : path_(std::move(path)) {
+  if (n > UINT32_MAX) throw std::runtime_error("a layer of more than 4 billion entries");
+  for (std::size_t i = 0; i < n; ++i) check_rel_path(path_(i));
+  // Sort bytewise (stable, so for a path given twice the last one given wins); walked lists come
+  // sorted already.
+  std::vector<std::uint32_t> idx(n);
+  for (std::size_t i = 0; i < n; ++i) idx[i] = static_cast<std::uint32_t>(i);
+  auto by_path = [this](std::uint32_t a, std::uint32_t b) { return path_(a) < path_(b); };
+  if (!std::is_sorted(idx.begin(), idx.end(), by_path)) std::stable_sort(idx.begin(), idx.end(), by_path);
+  kept_.reserve(n);
+  for (std::size_t i = 0; i < n; ++i)
+    if (i + 1 == n || path_(idx[i]) != path_(idx[i + 1])) kept_.push_back(idx[i]);
+  std::vector<std::uint32_t>().swap(idx);
+  kept_.shrink_to_fit();
+  // The parents no input is. Entries below one directory are contiguous in bytewise order, so the
+  // parents the previous entry was found to have (`known`, by depth) answer for most entries: a
+  // directory is looked up once, when its first entry comes.
   auto present = [&](std::string_view p) {
-    auto it = std::lower_bound(entries.begin(), entries.end(), p, [](const TarEntry& e, std::string_view x) { return e.path < x; });
-    return it != entries.end() && it->path == p;
+    auto it = std::lower_bound(kept_.begin(), kept_.end(), p,
+                               [this](std::uint32_t e, std::string_view x) { return path_(e) < x; });
+    return it != kept_.end() && path_(*it) == p;
   };
-  for (const auto& e : entries) {
-    for (std::size_t pos = e.path.find('/'); pos != std::string::npos; pos = e.path.find('/', pos + 1)) {
-      std::string_view parent(e.path.data(), pos);
-      if (!present(parent) && !std::binary_search(missing.begin(), missing.end(), parent, std::less<>())) {
-        missing.insert(std::upper_bound(missing.begin(), missing.end(), parent, std::less<>()), std::string(parent));
-      }
+  std::vector<std::string_view> known;  // views into the inputs' paths (they outlive this loop)
+  for (std::uint32_t e : kept_) {
+    const std::string_view p = path_(e);
+    std::size_t depth = 0;
+    for (std::size_t pos = p.find('/'); pos != std::string_view::npos; pos = p.find('/', pos + 1), ++depth) {
+      std::string_view parent = p.substr(0, pos);
+      if (depth < known.size() && known[depth] == parent) continue;
+      known.resize(depth);
+      known.push_back(parent);
+      if (!present(parent)) missing_.emplace_back(parent);
     }
+    known.resize(depth);
   }
-  if (missing.empty()) return entries;
-  const std::size_t n = entries.size();
-  entries.reserve(n + missing.size());
-  for (auto& parent : missing) {
+  std::sort(missing_.begin(), missing_.end());
+  missing_.erase(std::unique(missing_.begin(), missing_.end()), missing_.end());
+}
+
+bool LayerOrder::next(std::size_t* index, const std::string** parent) {
+  *parent = nullptr;
+  if (b_ < missing_.size() && (a_ == kept_.size() || std::string_view(missing_[b_]) < path_(kept_[a_]))) {
+    *parent = &missing_[b_++];
+    return true;
+  }
+  if (a_ == kept_.size()) return false;
+  *index = kept_[a_++];
+  return true;
+}
+
+std::vector<TarEntry> normalize_entries(std::vector<TarEntry> entries, std::uint32_t uid, std::uint32_t gid) {
+  LayerOrder order(entries.size(), [&entries](std::size_t i) { return std::string_view(entries[i].path); });
+  std::vector<TarEntry> out;
+  out.reserve(order.size());
+  std::size_t i = 0;
+  const std::string* parent = nullptr;
+  while (order.next(&i, &parent)) {
+    if (!parent) {
+      out.push_back(std::move(entries[i]));  // (yielded once: its path is not looked at again)
+      continue;
+    }
     TarEntry d;
-    d.path = std::move(parent);
+    d.path = *parent;
     d.type = TarEntry::Type::Dir;
     d.mode = 0755;
     d.uid = uid;
     d.gid = gid;
-    entries.push_back(std::move(d));
+    out.push_back(std::move(d));
   }
-  std::inplace_merge(entries.begin(), entries.begin() + static_cast<std::ptrdiff_t>(n), entries.end(), by_path);
-  return entries;
+  return out;
 }
 
 WrittenLayer write_layer(const std::vector<TarEntry>& entries, const LayerWriteOptions& opts, const ByteSink& out,
+                         const std::function<void(std::uint64_t)>& on_progress) {
+  std::size_t i = 0;
+  return write_layer(
+      [&](TarEntry& e) {
+        if (i == entries.size()) return false;
+        e = entries[i++];
+        return true;
+      },
+      opts, out, on_progress);
+}
+
+WrittenLayer write_layer(const EntrySource& next, const LayerWriteOptions& opts, const ByteSink& out,
                          const std::function<void(std::uint64_t)>& on_progress) {
   Pipeline p;
   p.out = &out;
@@ -190,15 +232,13 @@ WrittenLayer write_layer(const std::vector<TarEntry>& entries, const LayerWriteO
   if (archive_write_open(a, &p, nullptr, on_write, nullptr) != ARCHIVE_OK) fail(a, "tar open");
 
   WrittenLayer w;
-  // The read buffer: as big as the largest file (1 MiB at most, the side hasher's piece), so a
-  // layer of small files (two are written at once) holds little. The bytes written do not depend
-  // on it.
-  std::size_t want = 64u << 10;
-  for (const TarEntry& e : entries)
-    if (e.type == TarEntry::Type::File) want = std::max<std::size_t>(want, std::min<std::uint64_t>(e.size, 1u << 20));
-  std::vector<char> buf(want);
+  // The read buffer: 64 KiB, grown to the largest file met (1 MiB at most, the side hasher's
+  // piece), so a layer of small files (two are written at once) holds little. The bytes written
+  // do not depend on it.
+  std::vector<char> buf(64u << 10);
   std::unique_ptr<SideHasher> side;  // after buf: its thread ends before the buffer goes
-  for (const TarEntry& e : entries) {
+  TarEntry e;
+  while (next(e)) {
     archive_entry_clear(ae);
     archive_entry_set_pathname_utf8(ae, e.path.c_str());
     archive_entry_set_uid(ae, e.uid);
@@ -242,8 +282,10 @@ WrittenLayer write_layer(const std::vector<TarEntry>& entries, const LayerWriteO
       if (!p.error.empty()) throw std::runtime_error(p.error);
       fail(a, "tar header for '" + e.path + "'");
     }
-    if (e.type == TarEntry::Type::File && e.size == 0 && opts.hash_contents) w.contents.emplace_back(e.path, Sha256().hex());
+    if (e.type == TarEntry::Type::File && e.size == 0 && opts.hash_contents && opts.on_content)
+      opts.on_content(e, Sha256().hex());
     if (e.type != TarEntry::Type::File || e.size == 0) continue;
+    if (e.size > buf.size() && buf.size() < (1u << 20)) buf.resize(std::min<std::uint64_t>(e.size, 1u << 20));
 
     int fd = ::open(e.source.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
     if (fd < 0 && (errno == ELOOP || errno == ENOENT || errno == ENOTDIR))
@@ -306,7 +348,7 @@ WrittenLayer write_layer(const std::vector<TarEntry>& entries, const LayerWriteO
     if (changed)
       throw std::runtime_error("file changed while the build read it: " + e.source +
                                " (re-run the build once the tree is stable)");
-    if (content) w.contents.emplace_back(e.path, content->hex());
+    if (content && opts.on_content) opts.on_content(e, content->hex());
   }
   if (archive_write_close(a) != ARCHIVE_OK) {
     if (!p.error.empty()) throw std::runtime_error(p.error);

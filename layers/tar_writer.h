@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <functional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -39,18 +40,42 @@ struct TarEntry {
 
 /// Sort bytewise, add missing parent directories (mode 0755), drop duplicate paths (the last
 /// one given wins). Throws on a path that is absolute, empty or has a "." / ".." segment.
+/// (LayerOrder, on the paths alone.)
 std::vector<TarEntry> normalize_entries(std::vector<TarEntry> entries, std::uint32_t uid = 0,
                                         std::uint32_t gid = 0);
+
+/// The order normalize_entries gives, worked out on the paths alone, for a writer that makes each
+/// entry only as it is written (a layer of a million files then holds 4 bytes per entry, not a
+/// TarEntry): `path(i)` is the i-th input's path; next() yields, in the layer's order, either an
+/// input's index or a parent directory the input lacks. `path` must stay valid while next() is
+/// called, for the inputs not yet yielded. Throws as normalize_entries does.
+class LayerOrder {
+ public:
+  LayerOrder(std::size_t n, std::function<std::string_view(std::size_t)> path);
+  /// The next item: true with *index set (and *parent null), or *parent set (a missing parent
+  /// directory); false at the end.
+  bool next(std::size_t* index, const std::string** parent);
+  /// How many items next() yields in all.
+  std::size_t size() const { return kept_.size() + missing_.size(); }
+
+ private:
+  std::function<std::string_view(std::size_t)> path_;
+  std::vector<std::uint32_t> kept_;   // input indices, sorted by path, one per path (the last given)
+  std::vector<std::string> missing_;  // parents no input is, sorted
+  std::size_t a_ = 0, b_ = 0;         // next of kept_, of missing_
+};
 
 struct LayerWriteOptions {
   Compression compression = Compression::Gzip;
   int level = -1;               // codec default
   std::int64_t mtime = 0;       // SOURCE_DATE_EPOCH or 0
   int threads = 1;              // gzip compression threads (the bytes do not depend on it)
-  /// Also compute each regular file's SHA-256 from the very bytes written (WrittenLayer::contents),
-  /// for a build that hashes files as it writes them. With threads >= 2, a big file's digest is
+  /// Also compute each regular file's SHA-256 from the very bytes written, for a build that hashes
+  /// files as it writes them: on_content(entry, hex) is called for every File entry once its bytes
+  /// are written, before the next entry is asked for. With threads >= 2, a big file's digest is
   /// computed on a second thread beside the tar's.
   bool hash_contents = false;
+  std::function<void(const TarEntry&, const std::string& hex)> on_content;
 };
 
 struct WrittenLayer {
@@ -59,8 +84,6 @@ struct WrittenLayer {
   std::string media_type;
   std::uint64_t size = 0;       // blob size
   std::uint64_t tar_size = 0;   // uncompressed size
-  /// hash_contents: (entry path, content SHA-256 hex) for every File entry, in entry order.
-  std::vector<std::pair<std::string, std::string>> contents;
 };
 
 /// Writes the (normalized) entries as a tar to `out`, compressed. `on_progress` receives counts
@@ -68,6 +91,14 @@ struct WrittenLayer {
 /// when a source file changed since it was hashed.
 WrittenLayer write_layer(const std::vector<TarEntry>& entries, const LayerWriteOptions& opts,
                          const ByteSink& out,
+                         const std::function<void(std::uint64_t)>& on_progress = {});
+
+/// The entries of a layer one at a time, already in normalized order (LayerOrder): fills in `e`
+/// (a reused object: every field is set) and returns true, or returns false at the end.
+using EntrySource = std::function<bool(TarEntry& e)>;
+
+/// write_layer for entries made as they are written: no list of them is held.
+WrittenLayer write_layer(const EntrySource& next, const LayerWriteOptions& opts, const ByteSink& out,
                          const std::function<void(std::uint64_t)>& on_progress = {});
 
 }  // namespace kiln::layers
