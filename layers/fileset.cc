@@ -114,7 +114,7 @@ FileEntry make_entry(std::string rel, std::string dest, const std::shared_ptr<co
     if (n < 0) throw InputError("cannot read symlink '" + printable(e.abs()) + "': " + std::strerror(errno));
     target.resize(static_cast<std::size_t>(n));
     if (!valid_utf8(target)) throw InputError("symlink '" + printable(e.abs()) + "' has a target that is not valid UTF-8");
-    e.link = std::move(target);
+    e.set_link(std::move(target));
     e.size = 0;
     e.key.size = 0;
   } else {
@@ -796,7 +796,7 @@ void mark_hardlinks(std::vector<FileEntry>& list) {
   for (FileEntry& e : list) {
     if (e.type != FileEntry::Type::File || e.nlink < 2) continue;
     auto [it, inserted] = first.emplace(std::make_pair(e.key.dev, e.key.ino), e.dest);
-    if (!inserted) e.link = it->second;
+    if (!inserted) e.set_link(it->second);
   }
 }
 
@@ -1035,11 +1035,33 @@ void FileEntry::set_paths(std::string rel, std::string dest_path) {
   const bool tail = rel.size() <= dest.size() && dest.compare(dest.size() - rel.size(), rel.size(), rel) == 0;
   if (tail && rel.size() <= UINT16_MAX) {
     rel_tail_ = static_cast<std::uint16_t>(rel.size());
-    rel_own_.clear();
+    if (extra_) extra_->rel.clear();
   } else {
-    rel_own_ = std::move(rel);
+    extra().rel = std::move(rel);
     rel_tail_ = 0;
   }
+  if (extra_ && extra_->rel.empty() && extra_->link.empty()) extra_.reset();
+}
+
+void FileEntry::set_link(std::string l) {
+  if (!l.empty()) {
+    extra().link = std::move(l);
+  } else if (extra_) {
+    extra_->link.clear();
+    if (extra_->rel.empty()) extra_.reset();
+  }
+}
+
+FileEntry::FileEntry(const FileEntry& o)
+    : dest(o.dest), root(o.root), key(o.key), size(o.size), mode(o.mode), nlink(o.nlink), rel_tail_(o.rel_tail_),
+      sha256(o.sha256), type(o.type), extra_(o.extra_ ? std::make_unique<Extra>(*o.extra_) : nullptr) {}
+
+FileEntry& FileEntry::operator=(const FileEntry& o) {
+  if (this != &o) {
+    FileEntry copy(o);
+    *this = std::move(copy);
+  }
+  return *this;
 }
 
 void ContentDigest::hex_to(char* out) const {

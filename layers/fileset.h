@@ -41,13 +41,9 @@ struct ContentDigest {
 
 struct FileEntry {
   enum class Type : std::uint8_t { File, Dir, Symlink };
-  // (Members ordered for size, no padding holes: 200 bytes. A 100k-file tree holds 100k of them.)
+  // (Members ordered for size, no padding holes: 144 bytes. A walked tree holds one per file, so
+  // what most entries never have (a link, a rel of their own) lives behind one pointer.)
   std::string dest;         // inside the image, relative: "root/pkg/mod.py"
-  std::string rel_own_;     // (use rel()) rel when it is not the tail of dest, else ""
-  /// Symlink: its target (link_target()). File: the dest of the first (bytewise) file of the
-  /// same list sharing its inode, stored as a hardlink to it, "" for the first or a lone file
-  /// (link_to()). One string for the two: an entry is one or the other.
-  std::string link;
   /// The real path `rel` is relative to, shared by the entries of one walk (no per-file copy).
   std::shared_ptr<const std::string> root;
   StatIndex::Key key;       // identity when walked
@@ -57,23 +53,47 @@ struct FileEntry {
   std::uint16_t rel_tail_ = 0;  // (use rel()) rel's length, when it is dest's tail
   ContentDigest sha256;     // File: content digest, filled by hash_files()
   Type type = Type::File;
-  const std::string& link_target() const { return type == Type::Symlink ? link : kNoLink; }
-  const std::string& link_to() const { return type == Type::File ? link : kNoLink; }
+
+  /// Symlink: its target. File: the dest of the first (bytewise) file of the same list sharing its
+  /// inode, stored as a hardlink to it, "" for the first or a lone file. (One string for the two:
+  /// an entry is one or the other.)
+  const std::string& link_target() const { return type == Type::Symlink ? link() : kNoLink; }
+  const std::string& link_to() const { return type == Type::File ? link() : kNoLink; }
+  const std::string& link() const { return extra_ ? extra_->link : kNoLink; }
+  void set_link(std::string l);
   inline static const std::string kNoLink;
   /// The absolute path on disk (built on demand: root + "/" + rel).
   std::string abs() const;
   /// The path relative to its root (source_root, or the spec's directory for copy). A walked
   /// entry's rel is the tail of its dest ("pkg/mod.py" of "root/pkg/mod.py"): it is kept as that
-  /// tail, so an entry costs one path string, not two (a 100k-file tree: 100k fewer allocations
-  /// on the walk's path, ~7 MB less held).
+  /// tail, so an entry costs one path string, not two.
   std::string_view rel() const {
-    return rel_own_.empty() ? std::string_view(dest).substr(dest.size() - rel_tail_) : std::string_view(rel_own_);
+    return extra_ && !extra_->rel.empty() ? std::string_view(extra_->rel)
+                                          : std::string_view(dest).substr(dest.size() - rel_tail_);
   }
   /// Sets rel and dest together (dest is not changed on its own afterwards).
   void set_paths(std::string rel, std::string dest_path);
+  /// Does rel have a string of its own (it is not dest's tail)?
+  bool owns_rel() const { return extra_ && !extra_->rel.empty(); }
 
+  FileEntry() = default;
+  FileEntry(const FileEntry& o);
+  FileEntry& operator=(const FileEntry& o);
+  FileEntry(FileEntry&&) noexcept = default;
+  FileEntry& operator=(FileEntry&&) noexcept = default;
+
+ private:
+  struct Extra {
+    std::string rel;   // rel when it is not the tail of dest, else ""
+    std::string link;  // see link()
+  };
+  std::unique_ptr<Extra> extra_;  // null while both are ""
+  Extra& extra() {
+    if (!extra_) extra_ = std::make_unique<Extra>();
+    return *extra_;
+  }
 };
-static_assert(sizeof(FileEntry) <= 200, "FileEntry grew: every walked file pays for it");
+static_assert(sizeof(FileEntry) <= 144, "FileEntry grew: every walked file pays for it");
 
 struct FileSet {
   bool has_source = false;                 // source_root set and copied (mode != no_copy)

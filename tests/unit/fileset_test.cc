@@ -235,7 +235,7 @@ TEST_CASE("fileset: FileEntry keeps rel as the tail of dest when it is one, else
   tail.set_paths("pkg/mod.py", "root/pkg/mod.py");
   CHECK(tail.rel() == "pkg/mod.py");
   CHECK(tail.dest == "root/pkg/mod.py");
-  CHECK(tail.rel_own_.empty());  // no second string
+  CHECK_FALSE(tail.owns_rel());  // no second string
   FileEntry own;
   own.set_paths("data/x.csv", "root/renamed.csv");
   CHECK(own.rel() == "data/x.csv");
@@ -254,6 +254,19 @@ TEST_CASE("fileset: FileEntry keeps rel as the tail of dest when it is one, else
   for (int i = 0; i < 100; ++i) CHECK(moved[static_cast<std::size_t>(i)].rel() == "f" + std::to_string(i));
   FileEntry copy = own;
   CHECK(copy.rel() == "data/x.csv");
+  // A link lives beside an own rel; a copy is deep, and clearing both frees the extra.
+  own.type = FileEntry::Type::Symlink;
+  own.set_link("../target");
+  FileEntry linked = own;
+  own.set_link("");
+  CHECK(own.link_target().empty());
+  CHECK(own.rel() == "data/x.csv");
+  CHECK(linked.link_target() == "../target");
+  CHECK(linked.link_to().empty());  // a symlink's target is no hardlink
+  CHECK(linked.rel() == "data/x.csv");
+  linked.set_paths("x.csv", "root/x.csv");
+  CHECK_FALSE(linked.owns_rel());
+  CHECK(linked.link_target() == "../target");
 }
 
 TEST_CASE("fileset: a symlink's target and a file's first hardlink share one string, each read as its own") {
