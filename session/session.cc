@@ -54,7 +54,11 @@ BuildProgress::BuildProgress(builder::Progress* inner, history::LogSink& sink, s
     : inner_(inner ? inner : &null_), sink_(sink), prefix_(std::move(prefix)), cancel_(cancel), interrupt_(interrupt) {}
 
 void BuildProgress::check_cancel(const std::string& id) {
-  if (stop_requested() && id.rfind("layer", 0) == 0) {
+  // Layers stop at a cancel or a signal; an upload at a signal only (a fail-fast cancel lets a
+  // push under way finish). The manifest goes last, so a stopped push names nothing half sent.
+  const bool layer = id.rfind("layer", 0) == 0;
+  const bool upload = id.rfind("push ", 0) == 0 && interrupt_ && interrupt_->load() != 0;
+  if ((layer && stop_requested()) || upload) {
     threw_cancel_ = true;
     throw Cancelled("cancelled");
   }

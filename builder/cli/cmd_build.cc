@@ -224,15 +224,11 @@ void print_layer_summaries(ProgressView& view, const std::vector<session::Outcom
 /// What an interrupted build prints when it did not stop in time (InterruptGuard's fallback): the
 /// interrupted failure of each spec (no build id or log: the builds were abandoned mid-way).
 void print_abandoned(const Common& c, const std::vector<std::string>& specs, int sig) {
+  if (specs.size() <= 1) return print_interrupted(c, sig, "build", specs.empty() ? "" : specs[0]);
   session::Failure f = session::interrupted_failure(sig);
   f.message += ": the build did not stop in time and was abandoned (nothing half written is kept)";
   std::fprintf(stderr, "kiln: error: %s\n", f.message.c_str());
   if (!c.json_out) return;
-  if (specs.size() <= 1) {
-    if (!specs.empty()) f.spec_path = specs[0];
-    std::cout << failure_json(f).dump(2) << std::endl;
-    return;
-  }
   json builds = json::array();
   for (const auto& spec : specs) {
     json j = failure_json(f);

@@ -11,6 +11,7 @@
 #include <iostream>
 
 #include "builder/cli/common.h"
+#include "builder/cli/interrupt.h"
 #include "builder/oci_layout.h"
 #include "builder/output.h"
 #include "builder/registry_io.h"
@@ -95,10 +96,14 @@ int run_build(Context& ctx, const ModelcarArgs& a) {
   spec::ImageSpec s = modelcar::make_spec(req);
   o.build = build_options(ctx);
 
+  // SIGINT/SIGTERM: the build (or its push) stops and the failure is printed (exit 130/143).
+  InterruptGuard guard([&ctx](int sig) { print_interrupted(ctx.common, sig, "modelcar"); });
   Resources res;
   open_resources(ctx, res);
+  res.env.interrupt = guard.flag();
   session::Session sess(res.env);
   session::Outcome r = sess.build(s, a.model_dir, o);
+  auto claimed = guard.claim_output(r.ok() ? static_cast<int>(kOk) : r.failure.code);
   if (!r.ok()) return report_failure(r.failure, ctx.common);
 
   std::string reference =

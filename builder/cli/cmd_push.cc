@@ -1,9 +1,11 @@
 // kiln push oci:DIR[:TAG] REF: copy an image from an OCI layout to a registry — blobs the
 // registry has are skipped, the manifest goes last. The same sink as `kiln build --push`, through a
 // build session: the push is recorded in the history (kind "push", with tag_moved_from).
+#include <cstdio>
 #include <iostream>
 
 #include "builder/cli/common.h"
+#include "builder/cli/interrupt.h"
 #include "registry/reference.h"
 #include "session/session.h"
 #include "spec/userinfo.h"
@@ -28,10 +30,15 @@ void add_push_command(CLI::App& app, Common& c, std::vector<Command>& out) {
                    registry::Reference target = registry::parse_reference(a->dest);
                    if (!target.digest.empty())
                      throw std::invalid_argument("'" + a->dest + "': push to a tag, not a digest");
+                   // SIGINT/SIGTERM: the upload stops at its next piece, the manifest is not sent,
+                   // and the failure is printed (exit 130/143), as for kiln build.
+                   InterruptGuard guard([&ctx](int sig) { print_interrupted(ctx.common, sig, "push"); });
                    Resources res;
                    open_resources(ctx, res);
+                   res.env.interrupt = guard.flag();
                    session::Session sess(res.env);
                    session::Outcome r = sess.push(a->src, a->platform, target, session::Options{});
+                   auto claimed = guard.claim_output(r.ok() ? static_cast<int>(kOk) : r.failure.code);
                    if (!r.ok()) return report_failure(r.failure, ctx.common);
                    const builder::PushResult& pr = *r.pushed;
                    if (ctx.common.json_out) {

@@ -177,6 +177,14 @@ int report_failure(const Failure& f, const Common& c) {
   return f.code;
 }
 
+void print_interrupted(const Common& c, int sig, const std::string& what, const std::string& spec) {
+  Failure f = session::interrupted_failure(sig);
+  f.message += ": the " + what + " did not stop in time and was abandoned (nothing half written is kept)";
+  if (!spec.empty()) f.spec_path = spec;
+  std::fprintf(stderr, "kiln: error: %s\n", f.message.c_str());
+  if (c.json_out) std::cout << failure_json(f).dump(2) << std::endl;
+}
+
 std::unique_ptr<history::HistoryDb> open_history(ProgressView& view) {
   try {
     return std::make_unique<history::HistoryDb>(history::HistoryDb::default_dir());

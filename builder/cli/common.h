@@ -71,6 +71,9 @@ json failure_json(const Failure& f);
 void annotate_github(const Failure& f);
 /// Prints the failure (stderr line, annotation, --json object on stdout); returns its exit code.
 int report_failure(const Failure& f, const Common& c);
+/// An InterruptGuard's fallback: the interrupted failure of a `what` ("build", "push") that did
+/// not stop in time (stderr line, --json object; no build id or log: it was abandoned mid-way).
+void print_interrupted(const Common& c, int sig, const std::string& what, const std::string& spec = "");
 
 /// What a build session shares, from the flags: the store (or why it cannot be opened), the
 /// history (or none, with a warning), the view, the registry settings.

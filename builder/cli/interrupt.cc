@@ -101,7 +101,7 @@ void InterruptGuard::watch() {
         seen = true;
         timer = true;
         deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(grace_));
-        std::fprintf(stderr, "\nkiln: %s: stopping the build (nothing it has not committed is kept); again to stop at once\n",
+        std::fprintf(stderr, "\nkiln: %s: stopping (nothing not yet committed is kept); again to stop at once\n",
                      signal_name(g_signal.load()));
         continue;
       }

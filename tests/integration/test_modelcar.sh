@@ -259,3 +259,23 @@ assert_eq "$R/models/demo@$PUSHED" "$(yget "j['spec']['volumes'][0]['image']['re
   "k8s-patch resolves the tag to the pushed digest"
 kiln modelcar verify "$R/models/demo:v2" --json --cache "$T/cache-verify"
 assert_eq "0 ok $PUSHED" "$RC $(jget "j['status'] + ' ' + j['digest']" <<<"$OUT")" "verify of a registry reference (layers downloaded)"
+
+# ---- SIGINT while the push's upload hangs: one failure object, exit 130, nothing pushed ---------
+start_fault_proxy "$R" 'stall=30,method=PUT,path=/blobs/uploads/,count=1'
+rm -f "$T/int.out" "$T/int.err"
+env --default-signal=INT "$KILN" modelcar "$M" --base "$REG_BASE" --push "$PROXY_ADDR/models/demo-int:v1" \
+  --json --progress plain >"$T/int.out" 2>"$T/int.err" &
+KPID=$!
+wait_for_text "$PROXY_LOG" "stall"
+assert_contains "$(cat "$PROXY_LOG")" "stall 30s [rule 0]" "the upload is held by the proxy"
+START=$SECONDS
+kill -INT "$KPID"
+st=0
+wait "$KPID" || st=$?
+assert_eq 130 "$st" "SIGINT during kiln modelcar --push: exit 130"$'\n'"$(cat "$T/int.err")"
+assert_cmd "it stopped within the grace ($((SECONDS - START)) s)" test $((SECONDS - START)) -lt 10
+assert_eq "1" "$(grep -c '^{' "$T/int.out")" "one JSON object on stdout"
+assert_eq "failed 130 interrupted" \
+  "$(jget "' '.join(str(j[k]) for k in ('status', 'exit_code', 'error_kind'))" <"$T/int.out")" "the failure object"
+assert_eq 0 "$(grep -c "PUT /v2/models/demo-int/manifests/" "$PROXY_LOG" || true)" "no manifest was sent"
+stop_fault_proxy

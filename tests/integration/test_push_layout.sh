@@ -36,3 +36,35 @@ kiln push "$T/out" "$R/layoutapp:v2" --progress quiet
 assert_eq 2 "$RC" "a non-oci source is refused"
 kiln push "oci:$T/out:nope" "$R/layoutapp:v2" --progress quiet
 assert_eq 5 "$RC" "a missing layout tag is not found"
+
+# ---- SIGTERM while a blob upload hangs: one failure object, exit 143, no manifest, no tag --------
+# (The proxy holds the first blob PUT for 30 s; kiln is stopped while it waits on it.)
+start_fault_proxy "$R" 'stall=30,method=PUT,path=/blobs/uploads/,count=1'
+rm -f "$T/term.out" "$T/term.err"
+env --default-signal=INT "$KILN" push "oci:$T/out:v1" "$PROXY_ADDR/layoutapp-term:v1" --json --progress plain \
+  >"$T/term.out" 2>"$T/term.err" &
+KPID=$!
+wait_for_text "$PROXY_LOG" "stall"
+assert_contains "$(cat "$PROXY_LOG")" "stall 30s [rule 0]" "the upload is held by the proxy"
+START=$SECONDS
+kill -TERM "$KPID"
+st=0
+wait "$KPID" || st=$?
+assert_eq 143 "$st" "SIGTERM during a push: exit 143"$'\n'"$(cat "$T/term.err")"
+assert_cmd "the push stopped within the grace ($((SECONDS - START)) s), not after the upload" test $((SECONDS - START)) -lt 10
+OUT=$(<"$T/term.out")
+assert_eq "1" "$(grep -c '^{' "$T/term.out")" "one JSON object on stdout"
+assert_eq "failed 143 interrupted" "$(jget "' '.join(str(j[k]) for k in ('status', 'exit_code', 'error_kind'))" <<<"$OUT")" \
+  "the failure object: status, exit_code, kind"
+assert_contains "$(jget "j['message']" <<<"$OUT")" "interrupted by SIGTERM" "the message names the signal"
+assert_eq 404 "$("$PYTHON" - "$R" <<'PY'
+import sys, urllib.error, urllib.request
+req = urllib.request.Request("http://%s/v2/layoutapp-term/manifests/v1" % sys.argv[1], method="HEAD",
+                             headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+try:
+    print(urllib.request.urlopen(req).status)
+except urllib.error.HTTPError as e:
+    print(e.code)
+PY
+)" "no manifest and no tag were pushed"
+stop_fault_proxy

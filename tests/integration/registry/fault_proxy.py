@@ -21,6 +21,8 @@ the query), and act on the first `count` of them (default 1; 0 = every one):
                                                               Location at http://HOST:PORT instead
     redirect=HOST:PORT,method=GET,path=/blobs/sha256:         answer 307 to http://HOST:PORT/<same
                                                               path> (a CDN serving blobs)
+    stall=30,method=PATCH,path=/blobs/uploads/                read nothing for 30 s, then forward
+                                                              (an upload hanging on a slow link)
 
 Options beyond the rules:
     --drop-reused      every connection serves one request; the next request on it is read (headers
@@ -65,13 +67,14 @@ class Rule:
         self.name_unknown = kv.get("name_unknown")
         self.relocate = kv.get("relocate")
         self.redirect = kv.get("redirect")
+        self.stall = float(kv["stall"]) if "stall" in kv else None
         if self.name_unknown:
             self.method = "POST"
             self.path = re.compile("^/v2/" + re.escape(self.name_unknown) + "/blobs/uploads/?(\\?|$)")
             self.count = 0
             self.status = 404
-        if not (self.status or self.drop or self.relocate or self.redirect):
-            raise SystemExit("rule %r: needs status=, drop=1, name_unknown=, relocate= or redirect=" % text)
+        if not (self.status or self.drop or self.relocate or self.redirect or self.stall):
+            raise SystemExit("rule %r: needs status=, drop=1, name_unknown=, relocate=, redirect= or stall=" % text)
         self.fired = 0
         self.lock = threading.Lock()
 
@@ -239,7 +242,11 @@ class Handler(BaseHTTPRequestHandler):
             return
         for rule in cfg.rules:
             if rule.take(self.command, self.path):
-                if rule.redirect:
+                if rule.stall:
+                    self._log("stall %gs [rule %d]" % (rule.stall, rule.idx))
+                    time.sleep(rule.stall)
+                    self._forward()
+                elif rule.redirect:
                     self._redirect(rule)
                 elif rule.relocate:
                     self._forward(relocate=rule)
