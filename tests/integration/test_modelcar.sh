@@ -262,18 +262,10 @@ assert_eq "0 ok $PUSHED" "$RC $(jget "j['status'] + ' ' + j['digest']" <<<"$OUT"
 
 # ---- SIGINT while the push's upload hangs: one failure object, exit 130, nothing pushed ---------
 start_fault_proxy "$R" 'stall=30,method=PUT,path=/blobs/uploads/,count=1'
-rm -f "$T/int.out" "$T/int.err"
-env --default-signal=INT "$KILN" modelcar "$M" --base "$REG_BASE" --push "$PROXY_ADDR/models/demo-int:v1" \
-  --json --progress plain >"$T/int.out" 2>"$T/int.err" &
-KPID=$!
-wait_for_text "$PROXY_LOG" "stall"
-assert_contains "$(cat "$PROXY_LOG")" "stall 30s [rule 0]" "the upload is held by the proxy"
-START=$SECONDS
-kill -INT "$KPID"
-st=0
-wait "$KPID" || st=$?
-assert_eq 130 "$st" "SIGINT during kiln modelcar --push: exit 130"$'\n'"$(cat "$T/int.err")"
-assert_cmd "it stopped within the grace ($((SECONDS - START)) s)" test $((SECONDS - START)) -lt 10
+stop_during_stall INT "$T/int.out" "$T/int.err" "$KILN" modelcar "$M" --base "$REG_BASE" \
+  --push "$PROXY_ADDR/models/demo-int:v1" --json --progress plain
+assert_eq 130 "$STOP_RC" "SIGINT during kiln modelcar --push: exit 130"$'\n'"$(cat "$T/int.err")"
+assert_cmd "it stopped within the grace ($STOP_SECS s)" test "$STOP_SECS" -lt 10
 assert_eq "1" "$(grep -c '^{' "$T/int.out")" "one JSON object on stdout"
 assert_eq "failed 130 interrupted" \
   "$(jget "' '.join(str(j[k]) for k in ('status', 'exit_code', 'error_kind'))" <"$T/int.out")" "the failure object"

@@ -40,18 +40,10 @@ assert_eq 5 "$RC" "a missing layout tag is not found"
 # ---- SIGTERM while a blob upload hangs: one failure object, exit 143, no manifest, no tag --------
 # (The proxy holds the first blob PUT for 30 s; kiln is stopped while it waits on it.)
 start_fault_proxy "$R" 'stall=30,method=PUT,path=/blobs/uploads/,count=1'
-rm -f "$T/term.out" "$T/term.err"
-env --default-signal=INT "$KILN" push "oci:$T/out:v1" "$PROXY_ADDR/layoutapp-term:v1" --json --progress plain \
-  >"$T/term.out" 2>"$T/term.err" &
-KPID=$!
-wait_for_text "$PROXY_LOG" "stall"
-assert_contains "$(cat "$PROXY_LOG")" "stall 30s [rule 0]" "the upload is held by the proxy"
-START=$SECONDS
-kill -TERM "$KPID"
-st=0
-wait "$KPID" || st=$?
-assert_eq 143 "$st" "SIGTERM during a push: exit 143"$'\n'"$(cat "$T/term.err")"
-assert_cmd "the push stopped within the grace ($((SECONDS - START)) s), not after the upload" test $((SECONDS - START)) -lt 10
+stop_during_stall TERM "$T/term.out" "$T/term.err" "$KILN" push "oci:$T/out:v1" "$PROXY_ADDR/layoutapp-term:v1" \
+  --json --progress plain
+assert_eq 143 "$STOP_RC" "SIGTERM during a push: exit 143"$'\n'"$(cat "$T/term.err")"
+assert_cmd "the push stopped within the grace ($STOP_SECS s), not after the upload" test "$STOP_SECS" -lt 10
 OUT=$(<"$T/term.out")
 assert_eq "1" "$(grep -c '^{' "$T/term.out")" "one JSON object on stdout"
 assert_eq "failed 143 interrupted" "$(jget "' '.join(str(j[k]) for k in ('status', 'exit_code', 'error_kind'))" <<<"$OUT")" \

@@ -232,6 +232,25 @@ stop_fault_proxy() {
   PROXY_PID=""
 }
 
+# stop_during_stall SIG OUT ERR CMD...: runs CMD in the background (stdout to OUT, stderr to ERR),
+# waits until the fault proxy holds a request (a stall= rule), sends SIG and waits for CMD:
+# STOP_RC is its exit status, STOP_SECS the seconds from the signal to its end. (env
+# --default-signal: a script's background job starts with SIGINT ignored, and kiln keeps it so.)
+stop_during_stall() {
+  local sig=$1 out=$2 err=$3 pid start
+  shift 3
+  rm -f "$out" "$err"
+  env --default-signal=INT "$@" >"$out" 2>"$err" &
+  pid=$!
+  wait_for_text "$PROXY_LOG" "stall"
+  assert_contains "$(cat "$PROXY_LOG")" "stall" "the request is held by the proxy"
+  start=$SECONDS
+  kill -"$sig" "$pid"
+  STOP_RC=0
+  wait "$pid" || STOP_RC=$?
+  STOP_SECS=$((SECONDS - start))
+}
+
 # docker_config FILE USER PASS [HOST]: a docker config.json with credentials for HOST (REG_ADDR).
 docker_config() {
   local file=$1 user=$2 pass=$3 host=${4:-$REG_ADDR}
