@@ -27,7 +27,8 @@ namespace kiln::layers {
 
 namespace {
 
-// Files from this size get their content digest on a second thread (hash_contents, threads >= 2).
+// Files from this size get their content digest on a second thread (hash_contents, with threads >= 2
+// or uncompressed).
 constexpr std::uint64_t kSideHashMin = 4ull << 20;
 
 void check_rel_path(std::string_view p) {
@@ -312,7 +313,8 @@ WrittenLayer write_layer(const EntrySource& next, const LayerWriteOptions& opts,
     std::optional<Sha256> content;
     if (opts.hash_contents) {
       content.emplace();
-      if (opts.threads >= 2 && e.size >= kSideHashMin && !side) side = std::make_unique<SideHasher>();
+      if ((opts.threads >= 2 || opts.compression == Compression::None) && e.size >= kSideHashMin && !side)
+        side = std::make_unique<SideHasher>();
     }
     SideHasher* beside = content && e.size >= kSideHashMin ? side.get() : nullptr;
     while (left > 0) {

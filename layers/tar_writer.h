@@ -72,8 +72,9 @@ struct LayerWriteOptions {
   int threads = 1;              // gzip compression threads (the bytes do not depend on it)
   /// Also compute each regular file's SHA-256 from the very bytes written, for a build that hashes
   /// files as it writes them: on_content(entry, hex) is called for every File entry once its bytes
-  /// are written, before the next entry is asked for. With threads >= 2, a big file's digest is
-  /// computed on a second thread beside the tar's.
+  /// are written, before the next entry is asked for. A big file's digest is computed on a second
+  /// thread beside the tar's when threads >= 2, and always when uncompressed: there the two SHA-256
+  /// passes are nearly all the work, and a thread idle once the other layers are done takes one.
   bool hash_contents = false;
   std::function<void(const TarEntry&, const std::string& hex)> on_content;
 };

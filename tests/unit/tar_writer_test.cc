@@ -357,6 +357,40 @@ TEST_CASE("tar: write_layer from a source gives the bytes of write_layer from th
   }
 }
 
+TEST_CASE("tar: a big file's digest from the side hasher is its SHA-256, uncompressed on one thread too") {
+  // Files from 4 MiB are hashed on a second thread, beside the tar: with gzip when the layer has
+  // two threads, and always when uncompressed (the two SHA-256 passes are most of its work).
+  TempDir tmp;
+  std::vector<TarEntry> entries;
+  const std::size_t sizes[] = {9u << 20, 100, (4u << 20) + 1, 0, (5u << 20) + 4097};
+  for (std::size_t i = 0; i < std::size(sizes); ++i) {
+    std::string data(sizes[i], '\0');
+    for (std::size_t k = 0; k < data.size(); ++k) data[k] = static_cast<char>((k * 2654435761u + i) >> 13);
+    auto f = tmp / ("f" + std::to_string(i));
+    kiln::testutil::write_file(f, data);
+    entries.push_back(tar_file("f" + std::to_string(i), f));
+  }
+  entries = normalize_entries(std::move(entries));
+  for (auto [c, threads] : {std::pair{Compression::None, 1}, std::pair{Compression::None, 2},
+                            std::pair{Compression::Gzip, 2}, std::pair{Compression::Gzip, 1}}) {
+    INFO("compression " << static_cast<int>(c) << ", threads " << threads);
+    LayerWriteOptions opts;
+    opts.compression = c;
+    opts.threads = threads;
+    opts.hash_contents = true;
+    std::map<std::string, std::string> hashed;
+    opts.on_content = [&](const TarEntry& e, const std::string& hex) { hashed[e.path] = hex; };
+    std::string blob;
+    auto w = write_layer(entries, opts, [&](const void* d, std::size_t n) { blob.append(static_cast<const char*>(d), n); });
+    REQUIRE(hashed.size() == std::size(sizes));
+    for (const TarEntry& e : entries) CHECK(hashed[e.path] == sha256_file_hex(e.source));
+    if (c == Compression::None) {
+      CHECK(w.digest == w.diff_id);
+      CHECK(w.digest == "sha256:" + sha256_hex(blob));
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // write_layer
 
