@@ -64,6 +64,7 @@ class BlobWriter {
   std::filesystem::path commit(const std::string& digest);
 
  private:
+  class Direct;
   void flush();
   void written(std::size_t n);
   std::filesystem::path tmp_path_, blobs_dir_;
@@ -72,6 +73,9 @@ class BlobWriter {
   std::string buf_;
   std::uint64_t size_ = 0, kicked_ = 0;  // bytes written; bytes whose writeback was started
   std::shared_ptr<UniqueFd> kick_fd_;     // a duplicate of fd_ for the writeback thread (store.cc)
+  // A blob past kDirectFrom bytes writes the rest with O_DIRECT (store.cc, BlobWriter::Direct).
+  std::unique_ptr<Direct> direct_;
+  bool direct_tried_ = false;
 };
 
 /// An exclusive flock, released on destruction (or by the kernel when the process dies).
