@@ -73,6 +73,20 @@ def children_cpu():
     return r.ru_utime + r.ru_stime
 
 
+def io_full_us():
+    """The kernel's IO pressure, "full" line (/proc/pressure/io): microseconds so far during which
+    every runnable task of the machine waited on IO at once (the device stalled everything), or
+    None where PSI is not available."""
+    try:
+        with open("/proc/pressure/io") as f:
+            for line in f:
+                if line.startswith("full"):
+                    return int(line.rsplit("total=", 1)[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def read_time_file(path):
     """Parses a GNU time '-f "%M %U %S"' output file: (rss_kb, cpu_s)."""
     with open(path) as f:
@@ -119,6 +133,7 @@ class Bench:
         # --small check can run while a full run is going on.
         self.tmp = os.path.join(self.work, f"run-{a.preset}")
         self.samples = {}   # scenario -> [Sample]
+        self.pending_stall = 0.0  # device stall (s) of the sample being measured (add_stall)
         self.checks = []    # (what, ok, detail)
         self.notes = []
         self.kiln_results = {}  # scenario -> [kiln JSON]
@@ -142,10 +157,12 @@ class Bench:
         tf = self.tfile(name)
         rm(tf)
         c0 = children_cpu()
+        io0 = io_full_us()
         t0 = time.perf_counter()
         cp = subprocess.run([TIME, "-f", TIME_FMT, "-o", tf] + argv, stdout=stdout, stderr=subprocess.PIPE,
                             env=env)
         wall = time.perf_counter() - t0
+        self.add_stall(io0)
         cpu = children_cpu() - c0  # GNU time's %U/%S have 10 ms resolution; rusage has 1 us
         if cp.returncode != 0:
             raise RuntimeError(f"{' '.join(argv)} exited {cp.returncode}: {cp.stderr.decode(errors='replace')[-2000:]}")
@@ -162,9 +179,11 @@ class Bench:
             parts.append(f"{TIME} -f '{TIME_FMT}' -o {tf} {st}")
         cmd = "set -o pipefail; " + " | ".join(parts) + f" > {out_path}"
         c0 = children_cpu()
+        io0 = io_full_us()
         t0 = time.perf_counter()
         cp = subprocess.run(["bash", "-c", cmd], stderr=subprocess.PIPE)
         wall = time.perf_counter() - t0
+        self.add_stall(io0)
         cpu = children_cpu() - c0  # every stage (and bash, and GNU time) summed
         if cp.returncode != 0:
             raise RuntimeError(f"{cmd} exited {cp.returncode}: {cp.stderr.decode(errors='replace')[-2000:]}")
@@ -184,8 +203,20 @@ class Bench:
     def settle(self):
         """Between measurements (untimed): flush dirty pages left by the previous one."""
         subprocess.run(["sync"])
+        self.pending_stall = 0.0
+
+    def add_stall(self, io0):
+        """Adds the device stall seen since `io0` (io_full_us() before a timed command) to the
+        sample being measured."""
+        io1 = io_full_us()
+        if io0 is not None and io1 is not None:
+            self.pending_stall += (io1 - io0) / 1e6
 
     def record(self, scenario, sample):
+        # The device stall during the timed commands since the last record (or settle): seconds in
+        # which the whole machine waited on IO. Reported beside the rows, never subtracted.
+        sample.extra.setdefault("io_stall", self.pending_stall)
+        self.pending_stall = 0.0
         self.samples.setdefault(scenario, []).append(sample)
 
     def check(self, what, ok, detail=""):
@@ -452,9 +483,11 @@ class Bench:
                f"{TIME} -f '{TIME_FMT}' -o {tf_tar} tar -cf - -C {self.src} {excl} . | "
                f"{TIME} -f '{TIME_FMT}' -o {tf_codec} {codec} > {out}; rc=$?; wait || rc=1; exit $rc")
         c0 = children_cpu()
+        io0 = io_full_us()
         t0 = time.perf_counter()
         cp = subprocess.run(["bash", "-c", cmd], stderr=subprocess.PIPE)
         wall = time.perf_counter() - t0
+        self.add_stall(io0)
         cpu = children_cpu() - c0
         if cp.returncode != 0:
             raise RuntimeError(f"{cmd} exited {cp.returncode}: {cp.stderr.decode(errors='replace')[-2000:]}")
@@ -877,6 +910,12 @@ class Bench:
 
     # ---------------------------------------------------------------- reporting
 
+    def stall(self, scenario):
+        """Median device stall (s) over a scenario's reps: time the whole machine waited on IO
+        (PSI "full") while its timed commands ran; None when not measured."""
+        xs = [s.extra["io_stall"] for s in self.samples.get(scenario, []) if "io_stall" in s.extra]
+        return statistics.median(xs) if xs else None
+
     def med(self, scenario, attr="wall"):
         xs = self.samples.get(scenario)
         return statistics.median(getattr(s, attr) for s in xs) if xs else None
@@ -1096,8 +1135,10 @@ class Bench:
             n, d = self.med(num), self.med(den)
             if n is None or d is None:
                 return
+            stalled = [f"{sc}: {self.stall(sc):.2f} s" for sc in (num, den) if (self.stall(sc) or 0) >= 0.1]
             target(name, n / d, limit, "{:.2f}", "×",
-                   f"{n:.3f} s / {d:.3f} s; by CPU: " + cpu_ratio(num, den, limit))
+                   f"{n:.3f} s / {d:.3f} s; by CPU: " + cpu_ratio(num, den, limit)
+                   + (f"; device stalled (median rep) {', '.join(stalled)}" if stalled else ""))
 
         ratio_target("cold build (gzip) ≤ 0.4× umoci insert (bench tree)", "kiln cold (gzip)", "umoci insert", 0.4)
         ratio_target("cold build (gzip) ≤ 0.7× umoci insert (100k tree)", T100 + "kiln cold (gzip)",
@@ -1144,6 +1185,29 @@ class Bench:
                      f"`{sorted(digests)[0][:19]}…` |")
         self.push_targets(target, cpu_ratio)
         L.append("")
+
+        # Device stalls.
+        stalls = [(sc, xs) for sc, xs in self.samples.items()
+                  if any(x.extra.get("io_stall", 0) >= 0.05 for x in xs)]
+        if any("io_stall" in x.extra for xs in self.samples.values() for x in xs):
+            L.append("## Device stalls")
+            L.append("")
+            L.append("Seconds in which every runnable task of the machine waited on IO at once (the kernel's IO "
+                     "pressure, `full` line of /proc/pressure/io), while a row's timed commands ran: a disk that "
+                     "stalls (on this VM, its IO budget running out) slows whatever writes or reads then. Shown for "
+                     "what it explains, never subtracted from a time.")
+            L.append("")
+            if stalls:
+                L.append("| scenario | stall per rep, s (median) | max | share of the median wall |")
+                L.append("|---|---:|---:|---:|")
+                for sc, xs in stalls:
+                    st = [x.extra.get("io_stall", 0) for x in xs]
+                    m = self.med(sc)
+                    L.append(f"| {esc(sc)} | {statistics.median(st):.2f} | {max(st):.2f} | "
+                             f"{statistics.median(st) / m * 100 if m else 0:.0f}% |")
+            else:
+                L.append("None of at least 0.05 s in any rep.")
+            L.append("")
 
         # Correctness.
         L.append("## Correctness checks")
