@@ -68,3 +68,25 @@ fi
 
 # umoci reads it back (every digest and diff_id checked).
 oci_validate "$T/out" a
+
+# A cache disk that fills up while the 12 MiB layer is written past its first 8 MiB (the part
+# written with O_DIRECT, from a thread of the blob's own): the build fails, saying so, promptly,
+# and leaves no temp file and no blob; with room again, the same build gives the same image.
+if [[ $(id -u) == 0 ]] && mkdir -p "$T/smallcache" &&
+   mount -t tmpfs -o size=10m kiln-test-cache-full "$T/smallcache" 2>/dev/null; then
+  KILN_CACHE=$T/smallcache/c kiln build "$T/spec.json" --json --progress quiet -o "oci:$T/out-full:a" --jobs 1
+  rc=$RC
+  err=$ERR
+  tmp_left=$(find "$T/smallcache/c/tmp" -mindepth 1 | wc -l)
+  blobs=$(find "$T/smallcache/c/blobs" -type f -size +1M | wc -l)
+  umount "$T/smallcache"
+  assert_ne 0 "$rc" "a full cache disk fails the build"
+  assert_contains "$err" "No space left on device" "the error says the disk is full"
+  assert_eq 0 "$tmp_left" "nothing is left in the store's tmp/"
+  assert_eq 0 "$blobs" "no big blob was stored"
+  [[ ! -e "$T/out-full/index.json" ]] && pass || fail "no output layout was written"
+  KILN_CACHE=$T/cache3 build_ok "$T/spec.json" -o "oci:$T/out3:a" --jobs 1
+  assert_eq "$DIGEST1" "$(jget "j['digest']" <<<"$OUT")" "with room again, the same image"
+else
+  echo "$TEST_NAME: not root or no tmpfs mount here: the full-cache-disk check is skipped" >&2
+fi
