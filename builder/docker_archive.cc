@@ -14,6 +14,7 @@
 #include "layers/compress.h"
 #include "layers/digest.h"
 #include "layers/fsutil.h"
+#include "layers/store.h"
 
 namespace fs = std::filesystem;
 
@@ -37,15 +38,16 @@ std::string stream_plain(const Layer& l, const layers::ByteSink& sink, std::uint
 }
 
 struct Out {
-  int fd;
-  fs::path path;
+  layers::FileWriter file;
+  std::string error;  // what the last failed write said (libarchive only sees -1)
 };
 
 la_ssize_t on_write(struct archive*, void* ctx, const void* buf, size_t n) {
   auto* o = static_cast<Out*>(ctx);
   try {
-    layers::write_all(o->fd, buf, n, o->path);
-  } catch (const std::exception&) {
+    o->file.write(buf, n);
+  } catch (const std::exception& e) {
+    o->error = e.what();
     return -1;
   }
   return static_cast<la_ssize_t>(n);
@@ -57,20 +59,21 @@ void write_docker_archive(const Image& img, const fs::path& file, const std::str
   fs::path dir = file.parent_path().empty() ? fs::path(".") : file.parent_path();
   fs::create_directories(dir);
   fs::path tmp = dir / layers::unique_name("." + file.filename().string());
-  Out out{::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644), tmp};
-  if (out.fd < 0) throw std::system_error(errno, std::generic_category(), "cannot create " + tmp.string());
+  // Written through the page cache for its first 8 MiB, then with O_DIRECT (layers::FileWriter);
+  // removed unless renamed into place below.
+  Out out{layers::FileWriter(tmp), {}};
   struct archive* a = archive_write_new();
-  auto cleanup = [&](bool ok) {
-    archive_write_free(a);
-    if (out.fd >= 0) ::close(out.fd);
-    out.fd = -1;
-    if (!ok) ::unlink(tmp.c_str());
+  auto cleanup = [&] { archive_write_free(a); };
+  // A failed write says why (the disk is full, ...), not libarchive's generic error.
+  auto fail = [&] {
+    const char* why = archive_error_string(a);
+    throw std::runtime_error("docker-archive: " + (!out.error.empty() ? out.error : why ? std::string(why) : "tar error"));
   };
   try {
     archive_write_set_format_pax_restricted(a);
     archive_write_set_bytes_in_last_block(a, 1);
     if (archive_write_open(a, &out, nullptr, on_write, nullptr) != ARCHIVE_OK)
-      throw std::runtime_error(std::string("docker-archive: ") + archive_error_string(a));
+      fail();
     std::unique_ptr<struct archive_entry, void (*)(struct archive_entry*)> e(archive_entry_new(), archive_entry_free);
     auto header = [&](const std::string& name, std::uint64_t size, bool dir_entry) {
       archive_entry_clear(e.get());
@@ -80,11 +83,11 @@ void write_docker_archive(const Image& img, const fs::path& file, const std::str
       archive_entry_set_size(e.get(), static_cast<la_int64_t>(size));
       archive_entry_set_mtime(e.get(), 0, 0);
       if (archive_write_header(a, e.get()) != ARCHIVE_OK)
-        throw std::runtime_error(std::string("docker-archive: ") + archive_error_string(a));
+        fail();
     };
     auto data = [&](const void* d, std::size_t n) {
       if (archive_write_data(a, d, n) != static_cast<la_ssize_t>(n))
-        throw std::runtime_error(std::string("docker-archive: ") + archive_error_string(a));
+        fail();
     };
     std::string cfg = img.config_bytes();
     std::string cfg_name = "blobs/sha256/" + std::string(layers::digest_hex(layers::sha256_digest(cfg)));
@@ -99,9 +102,11 @@ void write_docker_archive(const Image& img, const fs::path& file, const std::str
       for (auto& w : written) dup |= (w == name);
       if (dup) continue;  // the same layer twice in one image is stored once
       written.push_back(name);
+      // The plain tar's size goes into its header. When the layer's record does not know it, the
+      // tar is read once first to size it (and check the diff_id); either way the pass that
+      // writes it checks its size and diff_id, and a mismatch leaves no archive.
       std::uint64_t size = l.tar_size;
-      if (size == 0 || layers::compression_of_media_type(l.desc.media_type) != layers::Compression::None) {
-        // Size the plain tar first (and check the diff_id), then stream it.
+      if (size == 0) {
         std::string got = stream_plain(l, nullptr, &size);
         if (got != l.diff_id) throw std::runtime_error("layer " + l.desc.digest + " does not match its diff_id");
       }
@@ -120,18 +125,16 @@ void write_docker_archive(const Image& img, const fs::path& file, const std::str
     header("manifest.json", ms.size(), false);
     data(ms.data(), ms.size());
     if (archive_write_close(a) != ARCHIVE_OK)
-      throw std::runtime_error(std::string("docker-archive: ") + archive_error_string(a));
-    if (::fsync(out.fd) != 0) throw std::system_error(errno, std::generic_category(), "fsync " + tmp.string());
+      fail();
+    out.file.finish();
   } catch (...) {
-    cleanup(false);
-    throw;
+    cleanup();
+    throw;  // (out.file removes the temp file)
   }
-  cleanup(true);
-  if (::rename(tmp.c_str(), file.c_str()) != 0) {
-    int err = errno;
-    ::unlink(tmp.c_str());
-    throw std::system_error(err, std::generic_category(), "cannot write " + file.string());
-  }
+  cleanup();
+  if (::rename(tmp.c_str(), file.c_str()) != 0)
+    throw std::system_error(errno, std::generic_category(), "cannot write " + file.string());
+  out.file.keep();
 }
 
 }  // namespace kiln::builder

@@ -79,18 +79,18 @@ void pwrite_all(int fd, const char* d, std::size_t n, std::uint64_t off, const f
 }
 }  // namespace
 
-/// The O_DIRECT part of a big blob. Every byte kiln stores is fsynced before it is named, so a
-/// layer's bytes going through the page cache bought nothing but a copy, and pages the machine has
-/// to find: where the kernel must first get them back (a VM handing free memory to its host; the
-/// bench's machine, after the previous build's files were removed), that copy cost a cold
-/// uncompressed build of the bench tree 2-3 s of system time (`copy_folio_from_iter_atomic` half
-/// the profile) for 0.3 s of writing. Written directly, the bytes go from the writer's buffer to the
-/// disk. Two aligned buffers: the layer writer fills one while a thread of the blob's own writes the
-/// other, so the writer waits for the disk only when the disk is the slower of the two. Where the
-/// file system refuses O_DIRECT (tmpfs, some network file systems) the blob stays buffered: open()
-/// failing leaves no Direct; a refused write (EINVAL) goes through the page cache instead, as do
-/// the next ones.
-class BlobWriter::Direct {
+/// The O_DIRECT part of a big file (a blob, a docker-archive). Every byte kiln stores or outputs is
+/// fsynced before it is named, so going through the page cache bought nothing but a copy, and pages
+/// the machine has to find: where the kernel must first get them back (a VM handing free memory to
+/// its host; the bench's machine, after the previous build's files were removed), that copy cost a
+/// cold uncompressed build of the bench tree 2-3 s of system time (`copy_folio_from_iter_atomic`
+/// half the profile) for 0.3 s of writing. Written directly, the bytes go from the writer's buffer
+/// to the disk. Two aligned buffers: the writer fills one while a thread of the file's own writes
+/// the other, so the writer waits for the disk only when the disk is the slower of the two. Where
+/// the file system refuses O_DIRECT (some network or old file systems) the file stays buffered:
+/// open() failing leaves no Direct; a refused write (EINVAL) goes through the page cache instead,
+/// as do the next ones.
+class FileWriter::Direct {
  public:
   /// Null when O_DIRECT cannot be opened here. `off`: where the direct part starts (aligned).
   static std::unique_ptr<Direct> open(const fs::path& path, int buffered_fd, std::uint64_t off) {
@@ -215,22 +215,19 @@ class BlobWriter::Direct {
   std::thread thread_;
 };
 
-BlobWriter::BlobWriter(const fs::path& tmp_dir, const fs::path& blobs_dir)
-    : tmp_path_(tmp_dir / unique_name("blob")), blobs_dir_(blobs_dir) {
-  fd_ = ::open(tmp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd_ < 0) throw std::system_error(errno, std::generic_category(), "cannot create " + tmp_path_.string());
+FileWriter::FileWriter(fs::path path) : path_(std::move(path)) {
+  fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd_ < 0) throw std::system_error(errno, std::generic_category(), "cannot create " + path_.string());
   buf_.reserve(kBuffer);
 }
 
-BlobWriter::~BlobWriter() {
+FileWriter::~FileWriter() {
   direct_.reset();  // its thread may be writing through fd_
-  if (fd_ >= 0) {
-    ::close(fd_);
-    ::unlink(tmp_path_.c_str());
-  }
+  if (fd_ >= 0) ::close(fd_);
+  if (!keep_) ::unlink(path_.c_str());
 }
 
-void BlobWriter::write(const void* data, std::size_t n) {
+void FileWriter::write(const void* data, std::size_t n) {
   const char* d = static_cast<const char*>(data);
   if (direct_) {
     direct_->append(d, n);
@@ -249,7 +246,7 @@ void BlobWriter::write(const void* data, std::size_t n) {
       direct_tried_ = false;
       return;
     }
-    direct_ = Direct::open(tmp_path_, fd_, start);
+    direct_ = Direct::open(path_, fd_, start);
     if (direct_) {
       direct_->append(d, n);
       return;
@@ -257,16 +254,16 @@ void BlobWriter::write(const void* data, std::size_t n) {
   }
   if (buf_.size() + n > kBuffer) flush();
   if (n >= kBuffer) {
-    write_all(fd_, d, n, tmp_path_);
+    write_all(fd_, d, n, path_);
     written(n);
   } else {
     buf_.append(d, n);
   }
 }
 
-void BlobWriter::flush() {
+void FileWriter::flush() {
   if (!buf_.empty()) {
-    write_all(fd_, buf_.data(), buf_.size(), tmp_path_);
+    write_all(fd_, buf_.data(), buf_.size(), path_);
     written(buf_.size());
   }
   buf_.clear();
@@ -339,7 +336,7 @@ class Writeback {
 // being written and commit()'s fsync waits for the tail only (on this machine, a 792 MB blob's
 // write + fsync: 0.50 s instead of 0.60-1.1 s), by the Writeback thread, so the writer does not
 // wait for the disk's queue. A hint: failure changes nothing, fsync still decides.
-void BlobWriter::written(std::size_t n) {
+void FileWriter::written(std::size_t n) {
   constexpr std::uint64_t kKick = 8u << 20;
   size_ += n;
   if (size_ - kicked_ >= kKick) {
@@ -353,27 +350,33 @@ void BlobWriter::written(std::size_t n) {
   }
 }
 
-fs::path BlobWriter::commit(const std::string& digest) {
-  // First, while the destructor still owns (and removes) the temp file: digest_hex throws on a
-  // malformed digest.
-  fs::path dest = blobs_dir_ / std::string(digest_hex(digest));
+struct stat FileWriter::finish() {
   flush();
   if (direct_) {
     direct_->finish();
     direct_.reset();
   }
-  if (::fsync(fd_) != 0) throw std::system_error(errno, std::generic_category(), "fsync " + tmp_path_.string());
+  if (::fsync(fd_) != 0) throw std::system_error(errno, std::generic_category(), "fsync " + path_.string());
   struct stat st{};
-  const bool have_stat = ::fstat(fd_, &st) == 0;
+  if (::fstat(fd_, &st) != 0) st = {};
   ::close(fd_);
   fd_ = -1;
-  if (::rename(tmp_path_.c_str(), dest.c_str()) != 0) {
-    int e = errno;
-    ::unlink(tmp_path_.c_str());
-    throw std::system_error(e, std::generic_category(), "cannot store blob " + digest);
-  }
+  return st;
+}
+
+BlobWriter::BlobWriter(const fs::path& tmp_dir, const fs::path& blobs_dir)
+    : file_(tmp_dir / unique_name("blob")), blobs_dir_(blobs_dir) {}
+
+fs::path BlobWriter::commit(const std::string& digest) {
+  // First, while the writer still owns (and removes) the temp file: digest_hex throws on a
+  // malformed digest.
+  fs::path dest = blobs_dir_ / std::string(digest_hex(digest));
+  const struct stat st = file_.finish();
+  if (::rename(file_.path().c_str(), dest.c_str()) != 0)
+    throw std::system_error(errno, std::generic_category(), "cannot store blob " + digest);  // (the writer removes it)
+  file_.keep();
   // The digest was computed on these very bytes: the blob is verified as written.
-  if (have_stat) remember_verified(blobs_dir_.parent_path().parent_path(), dest.filename().string(), st);
+  if (st.st_ino != 0) remember_verified(blobs_dir_.parent_path().parent_path(), dest.filename().string(), st);
   return dest;
 }
 

@@ -18,6 +18,7 @@
 //   tmp/                         in-flight writes; anything here is garbage after a crash
 #pragma once
 
+#include <sys/stat.h>
 #include <sys/types.h>
 
 #include <condition_variable>
@@ -47,15 +48,49 @@ struct LayerRecord {
   std::uint64_t size = 0, tar_size = 0;
 };
 
+/// A new file written front to back and made durable: small writes are gathered (256 KiB); the
+/// first 8 MiB go through the page cache, with their writeback started as they grow; the rest goes
+/// with O_DIRECT, from two aligned buffers and a thread of the file's own (store.cc,
+/// FileWriter::Direct); finish() writes what is left and fsyncs. Destroyed before keep(), the file
+/// is removed. Not thread-safe.
+class FileWriter {
+ public:
+  /// Creates `path` (O_EXCL, mode 0644).
+  explicit FileWriter(std::filesystem::path path);
+  ~FileWriter();
+  FileWriter(const FileWriter&) = delete;
+  FileWriter& operator=(const FileWriter&) = delete;
+  void write(const void* data, std::size_t n);
+  /// Writes every byte, fsyncs and closes. Returns the file's stat taken before the close
+  /// (st_ino 0 when fstat failed).
+  struct stat finish();
+  /// The file stays when this writer goes (after finish() and a successful rename of path()).
+  void keep() { keep_ = true; }
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  class Direct;
+  void flush();
+  void written(std::size_t n);
+  std::filesystem::path path_;
+  int fd_ = -1;
+  bool keep_ = false;
+  static constexpr std::size_t kBuffer = 256u << 10;  // small writes are gathered up to this
+  std::string buf_;
+  std::uint64_t size_ = 0, kicked_ = 0;  // bytes written; bytes whose writeback was started
+  std::shared_ptr<UniqueFd> kick_fd_;     // a duplicate of fd_ for the writeback thread (store.cc)
+  std::unique_ptr<Direct> direct_;        // past kDirectFrom bytes
+  bool direct_tried_ = false;
+};
+
 /// A blob being written: bytes go to a temp file; commit() verifies the digest and renames it into
 /// place. Destroyed without commit(), the temp file is removed.
 class BlobWriter {
  public:
   BlobWriter(const std::filesystem::path& tmp_dir, const std::filesystem::path& blobs_dir);
-  ~BlobWriter();
   BlobWriter(const BlobWriter&) = delete;
   BlobWriter& operator=(const BlobWriter&) = delete;
-  void write(const void* data, std::size_t n);
+  void write(const void* data, std::size_t n) { file_.write(data, n); }
   ByteSink sink() {
     return [this](const void* d, std::size_t n) { write(d, n); };
   }
@@ -64,18 +99,8 @@ class BlobWriter {
   std::filesystem::path commit(const std::string& digest);
 
  private:
-  class Direct;
-  void flush();
-  void written(std::size_t n);
-  std::filesystem::path tmp_path_, blobs_dir_;
-  int fd_ = -1;
-  static constexpr std::size_t kBuffer = 256u << 10;  // small writes are gathered up to this
-  std::string buf_;
-  std::uint64_t size_ = 0, kicked_ = 0;  // bytes written; bytes whose writeback was started
-  std::shared_ptr<UniqueFd> kick_fd_;     // a duplicate of fd_ for the writeback thread (store.cc)
-  // A blob past kDirectFrom bytes writes the rest with O_DIRECT (store.cc, BlobWriter::Direct).
-  std::unique_ptr<Direct> direct_;
-  bool direct_tried_ = false;
+  FileWriter file_;
+  std::filesystem::path blobs_dir_;
 };
 
 /// An exclusive flock, released on destruction (or by the kernel when the process dies).

@@ -69,6 +69,20 @@ fi
 # umoci reads it back (every digest and diff_id checked).
 oci_validate "$T/out" a
 
+# The same image as a docker-archive (a file past 8 MiB: written through the page cache, then with
+# O_DIRECT): every layer file in it hashes to its diff_id, in the config's order.
+build_ok "$T/spec.json" -o "docker-archive:$T/img.tar" --jobs 1
+assert_eq "$DIGEST1" "$(jget "j['digest']" <<<"$OUT")" "the docker-archive build is the same image"
+ARCHIVE_CHECK='
+import hashlib, json, sys, tarfile
+with tarfile.open(sys.argv[1]) as t:
+    m = json.load(t.extractfile("manifest.json"))[0]
+    cfg = json.load(t.extractfile(m["Config"]))
+    got = ["sha256:" + hashlib.sha256(t.extractfile(n).read()).hexdigest() for n in m["Layers"]]
+print("ok" if got == cfg["rootfs"]["diff_ids"] else "layers %s != diff_ids %s" % (got, cfg["rootfs"]["diff_ids"]))
+'
+assert_eq ok "$("$PYTHON" -c "$ARCHIVE_CHECK" "$T/img.tar")" "the archive's layers hash to the config's diff_ids"
+
 # A cache disk that fills up while the 12 MiB layer is written past its first 8 MiB (the part
 # written with O_DIRECT, from a thread of the blob's own): the build fails, saying so, promptly,
 # and leaves no temp file and no blob; with room again, the same build gives the same image.
@@ -85,6 +99,16 @@ if [[ $(id -u) == 0 ]] && mkdir -p "$T/smallcache" &&
   assert_eq 0 "$tmp_left" "nothing is left in the store's tmp/"
   assert_eq 0 "$blobs" "no big blob was stored"
   [[ ! -e "$T/out-full/index.json" ]] && pass || fail "no output layout was written"
+  # The same for a docker-archive output on a full disk (the cache has room).
+  mount -t tmpfs -o size=10m kiln-test-out-full "$T/smallcache"
+  kiln build "$T/spec.json" --json --progress quiet -o "docker-archive:$T/smallcache/img.tar" --jobs 1
+  rc=$RC
+  err=$ERR
+  left=$(find "$T/smallcache" -mindepth 1 | wc -l)
+  umount "$T/smallcache"
+  assert_ne 0 "$rc" "a full output disk fails the docker-archive build"
+  assert_contains "$err" "No space left on device" "the error says the disk is full"
+  assert_eq 0 "$left" "no archive and no temp file are left on the full disk"
   KILN_CACHE=$T/cache3 build_ok "$T/spec.json" -o "oci:$T/out3:a" --jobs 1
   assert_eq "$DIGEST1" "$(jget "j['digest']" <<<"$OUT")" "with room again, the same image"
 else
