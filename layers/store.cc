@@ -28,6 +28,7 @@
 
 #include "layers/digest.h"
 #include "layers/fsutil.h"
+#include "layers/parallel.h"
 #include "layers/unique_fd.h"
 
 namespace fs = std::filesystem;
@@ -96,22 +97,17 @@ class FileWriter::Direct {
   static std::unique_ptr<Direct> open(const fs::path& path, int buffered_fd, std::uint64_t off) {
     UniqueFd dfd(::open(path.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC));
     if (!dfd) return nullptr;
-    auto d = std::unique_ptr<Direct>(new Direct(path, std::move(dfd), buffered_fd, off));
+    std::unique_ptr<Direct> d(new Direct(path, std::move(dfd), buffered_fd, off));
     if (!d->bufs_[0] || !d->bufs_[1]) return nullptr;
     try {
-      d->thread_ = std::thread([p = d.get()] { p->run(); });
+      d->io_ = std::make_unique<Handoff>();
     } catch (const std::system_error&) {
       return nullptr;
     }
     return d;
   }
   ~Direct() {
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    if (thread_.joinable()) thread_.join();
+    io_.reset();  // (waits for the piece in hand) before the buffers go
     std::free(bufs_[0]);
     std::free(bufs_[1]);
   }
@@ -123,16 +119,14 @@ class FileWriter::Direct {
       if (fill_ == kDirectBlock) submit(kDirectBlock);
     }
   }
-  /// Writes what is left (the unaligned tail through the page cache) and waits for the thread.
-  /// Returns the offset after the last byte.
-  std::uint64_t finish() {
+  /// Writes what is left (the unaligned tail through the page cache) once the thread is done.
+  void finish() {
     const std::size_t aligned = fill_ / kDirectAlign * kDirectAlign;
     const std::size_t tail = fill_ - aligned;
     char* last = bufs_[cur_];
     if (aligned) submit(aligned);  // (moves to the other buffer: `last` still holds the tail)
-    wait_idle();
+    io_->wait();
     pwrite_all(buffered_fd_, last + aligned, tail, off_, path_);
-    return off_ + tail;
   }
 
  private:
@@ -143,43 +137,13 @@ class FileWriter::Direct {
       b = ::posix_memalign(&p, kDirectAlign, kDirectBlock) == 0 ? static_cast<char*>(p) : nullptr;
     }
   }
-  /// Hands the first `n` bytes of the current buffer to the thread, then fills the other one.
+  /// Hands the first `n` bytes of the current buffer to the thread (once it is done with the other
+  /// one, which is filled next).
   void submit(std::size_t n) {
-    wait_idle();  // the other buffer is free again
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      job_ = bufs_[cur_], job_len_ = n, job_off_ = off_, busy_ = true;
-    }
-    cv_.notify_all();
+    io_->start([this, d = bufs_[cur_], n, off = off_] { write_piece(d, n, off); });
     off_ += n;
     cur_ ^= 1;
     fill_ = 0;
-  }
-  void wait_idle() {
-    std::unique_lock<std::mutex> lk(mu_);
-    cv_.wait(lk, [&] { return !busy_; });
-    if (error_) std::rethrow_exception(error_);
-  }
-  void run() {
-    std::unique_lock<std::mutex> lk(mu_);
-    for (;;) {
-      cv_.wait(lk, [&] { return stop_ || busy_; });
-      if (!busy_) return;  // stopped with nothing in hand
-      const char* d = job_;
-      const std::size_t n = job_len_;
-      const std::uint64_t off = job_off_;
-      lk.unlock();
-      std::exception_ptr err;
-      try {
-        write_piece(d, n, off);
-      } catch (...) {
-        err = std::current_exception();
-      }
-      lk.lock();
-      if (err && !error_) error_ = err;
-      busy_ = false;
-      cv_.notify_all();
-    }
   }
   void write_piece(const char* d, std::size_t n, std::uint64_t off) {
     while (n > 0 && direct_) {
@@ -205,14 +169,7 @@ class FileWriter::Direct {
   int cur_ = 0;
   std::size_t fill_ = 0;
   bool direct_ = true;  // the thread's: false once the file system refused a direct write
-  std::mutex mu_;
-  std::condition_variable cv_;
-  const char* job_ = nullptr;
-  std::size_t job_len_ = 0;
-  std::uint64_t job_off_ = 0;
-  bool busy_ = false, stop_ = false;
-  std::exception_ptr error_;
-  std::thread thread_;
+  std::unique_ptr<Handoff> io_;  // writes the pieces
 };
 
 FileWriter::FileWriter(fs::path path) : path_(std::move(path)) {

@@ -10,17 +10,15 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <condition_variable>
 #include <cstring>
 #include <map>
 #include <memory>
 #include <optional>
-#include <mutex>
 #include <stdexcept>
 #include <system_error>
-#include <thread>
 
 #include "layers/digest.h"
+#include "layers/parallel.h"
 #include "layers/utf8_locale.h"
 
 namespace kiln::layers {
@@ -66,52 +64,6 @@ la_ssize_t on_write(struct archive*, void* ctx, const void* buf, size_t n) {
   }
   return static_cast<la_ssize_t>(n);
 }
-
-/// Hashes chunks on a thread of its own while the caller works on the same (read-only) bytes.
-class SideHasher {
- public:
-  SideHasher() : t_([this] { run(); }) {}
-  ~SideHasher() {
-    {
-      std::lock_guard<std::mutex> lk(m_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    t_.join();
-  }
-  void start(Sha256* h, const void* d, std::size_t n) {
-    {
-      std::lock_guard<std::mutex> lk(m_);
-      h_ = h, d_ = d, n_ = n, busy_ = true;
-    }
-    cv_.notify_all();
-  }
-  void wait() {
-    std::unique_lock<std::mutex> lk(m_);
-    cv_.wait(lk, [&] { return !busy_; });
-  }
-
- private:
-  void run() {
-    std::unique_lock<std::mutex> lk(m_);
-    for (;;) {
-      cv_.wait(lk, [&] { return stop_ || busy_; });
-      if (stop_) return;
-      lk.unlock();
-      h_->update(d_, n_);  // Sha256::update does not throw
-      lk.lock();
-      busy_ = false;
-      cv_.notify_all();
-    }
-  }
-  std::mutex m_;
-  std::condition_variable cv_;
-  Sha256* h_ = nullptr;
-  const void* d_ = nullptr;
-  std::size_t n_ = 0;
-  bool busy_ = false, stop_ = false;
-  std::thread t_;  // last: started once the members above exist
-};
 
 [[noreturn]] void fail(struct archive* a, const std::string& what) {
   throw std::runtime_error(what + ": " + (archive_error_string(a) ? archive_error_string(a) : "tar error"));
@@ -237,7 +189,8 @@ WrittenLayer write_layer(const EntrySource& next, const LayerWriteOptions& opts,
   // piece), so a layer of small files (two are written at once) holds little. The bytes written
   // do not depend on it.
   std::vector<char> buf(64u << 10);
-  std::unique_ptr<SideHasher> side;  // after buf: its thread ends before the buffer goes
+  // Hashes a big file's pieces beside the tar, on the same (read-only) bytes.
+  std::unique_ptr<Handoff> side;  // after buf: its thread ends before the buffer goes
   TarEntry e;
   while (next(e)) {
     archive_entry_clear(ae);
@@ -314,22 +267,22 @@ WrittenLayer write_layer(const EntrySource& next, const LayerWriteOptions& opts,
     if (opts.hash_contents) {
       content.emplace();
       if ((opts.threads >= 2 || opts.compression == Compression::None) && e.size >= kSideHashMin && !side)
-        side = std::make_unique<SideHasher>();
+        side = std::make_unique<Handoff>();
     }
-    SideHasher* beside = content && e.size >= kSideHashMin ? side.get() : nullptr;
+    Handoff* beside = content && e.size >= kSideHashMin ? side.get() : nullptr;
     while (left > 0) {
       ssize_t n = ::read(fd, buf.data(), std::min<std::uint64_t>(buf.size(), left));
       if (n < 0 && errno == EINTR) continue;
       if (n < 0) throw std::system_error(errno, std::generic_category(), "cannot read " + e.source);
       if (n == 0) break;
       if (beside) {
-        beside->start(&*content, buf.data(), static_cast<std::size_t>(n));
+        beside->start([h = &*content, d = buf.data(), n] { h->update(d, static_cast<std::size_t>(n)); });
       } else if (content) {
         content->update(buf.data(), static_cast<std::size_t>(n));
       }
       struct Join {  // the buffer is not read again, nor thrown away, while the side thread reads it
-        SideHasher* s;
-        ~Join() { if (s) s->wait(); }
+        Handoff* s;
+        ~Join() { if (s) s->drain(); }
       } join{beside};
       if (archive_write_data(a, buf.data(), static_cast<std::size_t>(n)) != n) {
         if (!p.error.empty()) throw std::runtime_error(p.error);
