@@ -392,10 +392,23 @@ Prepared prepare_walk(const spec::ImageSpec& s, const BuildOptions& opts) {
       case spec::BaseImage::Kind::OciLayout:
         p.base_id = resolve_oci_layout(s.base_image.layout_dir, s.base_image.layout_tag, s.platform);
         break;
-      case spec::BaseImage::Kind::Spec:
-        p.nested = std::make_shared<Prepared>(prepare(*s.base_image.spec, opts));
+      case spec::BaseImage::Kind::Spec: {
+        const spec::ImageSpec& inner = *s.base_image.spec;
+        if (inner.multi_platform()) {
+          // A base for several platforms: this spec's platform of it.
+          const auto list = inner.platforms();
+          if (std::find(list.begin(), list.end(), s.platform) == list.end())
+            throw spec::SpecError("base_image", s.origin + ": the nested base spec is for " + inner.platform +
+                                                    ", not for this spec's platform " + s.platform);
+          auto own = std::make_shared<const spec::ImageSpec>(spec::with_platform(inner, s.platform));
+          p.nested = std::make_shared<Prepared>(prepare(*own, opts));
+          p.nested->own_spec = std::move(own);
+        } else {
+          p.nested = std::make_shared<Prepared>(prepare(inner, opts));
+        }
         p.base_id = "spec:" + p.nested->spec_hash;
         break;
+      }
       case spec::BaseImage::Kind::Registry: {
         if (!opts.registries) throw std::logic_error("a registry base needs a registry session");
         const registry::Reference& ref = base_ref;
@@ -523,7 +536,78 @@ void compute_tag(Prepared& p, const BuildOptions& opts) {
 
 }  // namespace
 
+namespace {
+
+/// Do two walks of the same tree agree (paths, types, modes, digests, links)?
+bool same_entries(const std::vector<layers::FileEntry>& a, const std::vector<layers::FileEntry>& b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i)
+    if (a[i].dest != b[i].dest || a[i].type != b[i].type || a[i].mode != b[i].mode || a[i].sha256 != b[i].sha256 ||
+        a[i].link() != b[i].link())
+      return false;
+  return true;
+}
+
+/// The index's identity, once every platform's is known: its spec hash and tag, and the files
+/// (the same for every platform, or the build fails: the tree changed between the walks).
+void finish_index(Prepared& p) {
+  std::vector<std::pair<std::string, std::string>> hashes;
+  const Prepared& first = *p.platforms.front();
+  std::string bases;
+  for (const auto& c : p.platforms) {
+    if (c->source_digest != first.source_digest || !same_entries(c->files.source, first.files.source) ||
+        !same_entries(c->files.copy, first.files.copy))
+      throw layers::InputError("the files changed between the walks for " + first.spec->platform + " and " +
+                               c->spec->platform + " (a file was written while kiln read the tree); re-run the "
+                               "build once the tree is stable");
+    hashes.emplace_back(c->spec->platform, c->spec_hash);
+    bases += (bases.empty() ? "" : ",") + c->spec->platform + "=" + c->base_id;
+  }
+  p.spec_hash = spec::index_hash(hashes);
+  p.tag = spec::make_tag(*p.spec, p.spec_hash);
+  p.source_digest = first.source_digest;
+  p.base_id = bases;
+  p.files = first.files;
+  p.timings = first.timings;
+  p.deferred = false;
+}
+
+/// One platform of a spec for several: prepared on a spec of its own.
+std::shared_ptr<Prepared> prepare_platform(const spec::ImageSpec& s, const std::string& platform,
+                                           const BuildOptions& opts, bool deferred) {
+  auto own = std::make_shared<const spec::ImageSpec>(spec::with_platform(s, platform));
+  auto child = std::make_shared<Prepared>(deferred ? prepare_deferred(*own, opts) : prepare(*own, opts));
+  child->own_spec = std::move(own);
+  return child;
+}
+
+/// A spec for several platforms: each platform prepared on its own spec, in the spec's order.
+Prepared prepare_index(const spec::ImageSpec& s, const BuildOptions& opts, bool deferred) {
+  if (s.modelcar)
+    throw spec::SpecError("platform", s.origin + ": field 'platform' lists several platforms (" + s.platform +
+                                          "); a modelcar image is built for one");
+  Prepared p;
+  p.spec = &s;
+  p.repository = spec::repository(s);
+  for (const std::string& platform : s.platforms()) {
+    p.platforms.push_back(prepare_platform(s, platform, opts, deferred));
+    // Deferred: the first platform's build hashes the files and records them in the stat index;
+    // the others are prepared after it (build_index), so their walks find every digest there.
+    if (deferred) break;
+  }
+  if (deferred) {
+    p.deferred = true;
+    p.files = p.platforms.front()->files;  // (the digests come with the build)
+  } else {
+    finish_index(p);
+  }
+  return p;
+}
+
+}  // namespace
+
 Prepared prepare(const spec::ImageSpec& s, const BuildOptions& opts) {
+  if (s.multi_platform()) return prepare_index(s, opts, false);
   Prepared p = prepare_walk(s, opts);
   NullProgress silent;
   Progress& progress = opts.progress ? *opts.progress : silent;
@@ -540,6 +624,7 @@ Prepared prepare(const spec::ImageSpec& s, const BuildOptions& opts) {
 }
 
 Prepared prepare_deferred(const spec::ImageSpec& s, const BuildOptions& opts) {
+  if (s.multi_platform()) return prepare_index(s, opts, true);
   Prepared p = prepare_walk(s, opts);
   auto t0 = Clock::now();
   const bool all_known = layers::lookup_hashes(p.files, p.index.get()).empty();
@@ -558,12 +643,51 @@ namespace {
 BuildResult build_impl(const Prepared& prep, Prepared* deferred, const BuildOptions& opts);
 }  // namespace
 
+namespace {
+
+/// Each platform's image, in the spec's order (a layer cached for one, such as the source layers,
+/// is a cache hit for the next), under one index.
+BuildResult build_index(const Prepared& prep, Prepared* deferred, const BuildOptions& opts) {
+  NullProgress silent;
+  Progress& progress = opts.progress ? *opts.progress : silent;
+  BuildResult r;
+  ImageIndex index;
+  const std::vector<std::string> platforms = prep.spec->platforms();
+  for (std::size_t i = 0; i < platforms.size(); ++i) {
+    if (i == prep.platforms.size()) {
+      if (!deferred) throw std::logic_error("build: a platform of the index was not prepared");
+      deferred->platforms.push_back(prepare_platform(*prep.spec, platforms[i], opts, false));
+    }
+    const std::shared_ptr<Prepared>& child = prep.platforms[i];
+    const std::string& platform = child->spec->platform;
+    progress.log("platform " + platform + ": building");
+    BuildResult one = child->deferred ? build(*child, opts) : build(static_cast<const Prepared&>(*child), opts);
+    for (LayerReport lr : one.layers) {
+      lr.label = platform + ": " + lr.label;
+      r.layers.push_back(std::move(lr));
+    }
+    for (const std::string& w : one.warnings)
+      if (std::find(r.warnings.begin(), r.warnings.end(), w) == r.warnings.end()) r.warnings.push_back(w);
+    for (const auto& [k, v] : one.timings) r.timings[k] += v;
+    index.images.emplace_back(platform, one.image);
+    r.platforms.push_back(std::move(one));
+  }
+  if (deferred) finish_index(*deferred);
+  r.manifest_digest = index.digest();
+  r.index = std::move(index);
+  return r;
+}
+
+}  // namespace
+
 BuildResult build(const Prepared& prep, const BuildOptions& opts) {
   if (prep.deferred) throw std::logic_error("build: a deferred Prepared must be passed as non-const");
+  if (prep.multi()) return build_index(prep, nullptr, opts);
   return build_impl(prep, nullptr, opts);
 }
 
 BuildResult build(Prepared& prep, const BuildOptions& opts) {
+  if (prep.multi()) return build_index(prep, prep.deferred ? &prep : nullptr, opts);
   return build_impl(prep, prep.deferred ? &prep : nullptr, opts);
 }
 

@@ -58,6 +58,15 @@ struct Prepared {
   bool deferred = false;
   std::shared_ptr<layers::StatIndex> index;
   std::filesystem::path index_file;
+
+  /// A spec listing several platforms (an image index): one Prepared per platform, in the spec's
+  /// order, each for the spec with that platform alone (spec::with_platform). This one's spec_hash
+  /// and tag are the index's (spec::index_hash, docs/tag.md); its files and source_digest are the
+  /// platforms' (which must agree: the tree did not change between their walks).
+  std::vector<std::shared_ptr<Prepared>> platforms;
+  bool multi() const { return !platforms.empty(); }
+  /// The spec `spec` points to, when this Prepared owns it (a platform's, a narrowed nested base).
+  std::shared_ptr<const spec::ImageSpec> own_spec;
 };
 
 Prepared prepare(const spec::ImageSpec& spec, const BuildOptions& opts);
@@ -79,6 +88,12 @@ struct BuildResult {
   std::vector<LayerReport> layers;
   std::map<std::string, double> timings;  // seconds: "walk", "hash", "layers", "total"
   std::vector<std::string> warnings;
+
+  /// A multi-platform build: `index` holds each platform's image, `platforms` each one's result (in
+  /// the spec's order), `manifest_digest` is the index's digest; `image` and `config_digest` are
+  /// empty, and `layers` lists every platform's layers.
+  std::optional<ImageIndex> index;
+  std::vector<BuildResult> platforms;
 };
 
 /// Builds the prepared image. The store receives every new layer; nothing is written elsewhere.

@@ -45,6 +45,27 @@ std::string Image::manifest_bytes() const {
 
 std::string Image::manifest_digest() const { return layers::sha256_digest(manifest_bytes()); }
 
+std::vector<Descriptor> ImageIndex::manifests() const {
+  std::vector<Descriptor> out;
+  for (const auto& [platform, img] : images) {
+    std::string man = img.manifest_bytes();
+    Platform p = parse_platform(platform);
+    Descriptor d{kManifestMediaType, layers::sha256_digest(man), man.size(), {}, nullptr};
+    d.platform = {{"architecture", p.architecture}, {"os", p.os}};
+    if (!p.variant.empty()) d.platform["variant"] = p.variant;
+    out.push_back(std::move(d));
+  }
+  return out;
+}
+
+std::string ImageIndex::index_bytes() const {
+  nlohmann::json idx = {{"schemaVersion", 2}, {"mediaType", kIndexMediaType}, {"manifests", nlohmann::json::array()}};
+  for (const Descriptor& d : manifests()) idx["manifests"].push_back(d.to_json());
+  return idx.dump();
+}
+
+std::string ImageIndex::digest() const { return layers::sha256_digest(index_bytes()); }
+
 Platform parse_platform(const std::string& p) {
   Platform out;
   std::size_t a = p.find('/');

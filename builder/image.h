@@ -58,6 +58,18 @@ struct Image {
   std::string manifest_digest() const;
 };
 
+/// A multi-platform image: one image per platform (os/arch[/variant]), in the spec's order, under
+/// one OCI image index.
+struct ImageIndex {
+  std::vector<std::pair<std::string, Image>> images;
+
+  /// Each image's manifest descriptor, with its platform.
+  std::vector<Descriptor> manifests() const;
+  /// The serialized index (deterministic: sorted keys, no whitespace).
+  std::string index_bytes() const;
+  std::string digest() const;
+};
+
 /// An empty image for a platform ("linux/amd64[/variant]").
 Image scratch_image(const std::string& platform);
 

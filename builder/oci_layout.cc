@@ -244,11 +244,12 @@ void stage_oci_layout(const Image& img, const fs::path& dir) {
   if (wrote) layers::sync_dir(dir / "blobs" / "sha256");
 }
 
-std::string write_oci_layout(const Image& img, const fs::path& dir, const std::string& tag) {
-  stage_oci_layout(img, dir);
-  std::string man = img.manifest_bytes();
-  std::string man_digest = layers::sha256_digest(man);
+namespace {
 
+/// Points `tag` at `d` (a manifest or an index, staged already) in index.json, under the layout's
+/// lock, atomically. Returns d's digest.
+std::string tag_in_layout(const fs::path& dir, const Descriptor& target, const std::string& tag) {
+  const std::string& man_digest = target.digest;
   DirLock lock(dir);
   std::string text;
   if (!layers::read_file_if_exists(dir / "oci-layout", &text))
@@ -256,7 +257,7 @@ std::string write_oci_layout(const Image& img, const fs::path& dir, const std::s
   json index = {{"schemaVersion", 2}, {"mediaType", kIndexMediaType}, {"manifests", json::array()}};
   if (layers::read_file_if_exists(dir / "index.json", &text)) index = parse_json(text, (dir / "index.json").string());
   json kept = json::array();
-  Descriptor d{kManifestMediaType, man_digest, man.size(), {}, nullptr};
+  Descriptor d = target;
   if (!tag.empty()) d.annotations[kRefName] = tag;
   const json entry = d.to_json();
   bool unchanged = false;
@@ -274,6 +275,26 @@ std::string write_oci_layout(const Image& img, const fs::path& dir, const std::s
   if (!index.contains("mediaType")) index["mediaType"] = kIndexMediaType;
   layers::atomic_write(dir / "index.json", index.dump(), dir);
   return man_digest;
+}
+
+}  // namespace
+
+std::string write_oci_layout(const Image& img, const fs::path& dir, const std::string& tag) {
+  stage_oci_layout(img, dir);
+  std::string man = img.manifest_bytes();
+  return tag_in_layout(dir, Descriptor{kManifestMediaType, layers::sha256_digest(man), man.size(), {}, nullptr}, tag);
+}
+
+void stage_oci_layout(const ImageIndex& index, const fs::path& dir) {
+  for (const auto& [platform, img] : index.images) stage_oci_layout(img, dir);
+  std::string bytes = index.index_bytes();
+  if (put_blob(dir, layers::sha256_digest(bytes), bytes.size(), nullptr, &bytes)) layers::sync_dir(dir / "blobs" / "sha256");
+}
+
+std::string write_oci_layout(const ImageIndex& index, const fs::path& dir, const std::string& tag) {
+  stage_oci_layout(index, dir);
+  std::string bytes = index.index_bytes();
+  return tag_in_layout(dir, Descriptor{kIndexMediaType, layers::sha256_digest(bytes), bytes.size(), {}, nullptr}, tag);
 }
 
 }  // namespace kiln::builder

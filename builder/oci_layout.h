@@ -33,6 +33,11 @@ std::string write_oci_layout(const Image& img, const std::filesystem::path& dir,
 /// size is replaced.
 void stage_oci_layout(const Image& img, const std::filesystem::path& dir);
 
+/// The same for a multi-platform image: every platform's blobs, then the index, whose digest
+/// `tag` then names. Returns the index digest.
+std::string write_oci_layout(const ImageIndex& index, const std::filesystem::path& dir, const std::string& tag);
+void stage_oci_layout(const ImageIndex& index, const std::filesystem::path& dir);
+
 /// Checks, before a build, that `dir` can take an image: absent (it is created), or a writable
 /// directory whose index.json, if any, is an index. Throws layers::InputError naming what is wrong.
 void check_oci_output(const std::filesystem::path& dir);

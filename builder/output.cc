@@ -5,6 +5,7 @@
 
 #include "builder/docker_archive.h"
 #include "builder/oci_layout.h"
+#include "layers/input_error.h"
 #include "spec/userinfo.h"
 
 namespace kiln::builder {
@@ -35,6 +36,26 @@ std::string write_output(const Image& img, const OutputTarget& target, const std
     case OutputTarget::Kind::DockerArchive:
       write_docker_archive(img, target.path, repository + ":" + tag);
       return img.manifest_digest();
+  }
+  throw std::logic_error("unknown output kind");
+}
+
+void check_output_for_index(const OutputTarget& target, const std::string& platforms) {
+  if (target.kind == OutputTarget::Kind::DockerArchive)
+    throw layers::InputError("-o " + target.text + ": a docker-archive holds one image, and this spec builds one for each of " +
+                             platforms + "; write an OCI layout (oci:DIR) or push, or pick one platform with --platform");
+}
+
+std::string write_output(const ImageIndex& index, const OutputTarget& target, const std::string& /*repository*/,
+                         const std::string& tag) {
+  switch (target.kind) {
+    case OutputTarget::Kind::OciLayout:
+      return write_oci_layout(index, target.path, target.tag.empty() ? tag : target.tag);
+    case OutputTarget::Kind::DockerArchive: {
+      std::string platforms;
+      for (const auto& [p, img] : index.images) platforms += (platforms.empty() ? "" : ",") + p;
+      check_output_for_index(target, platforms);
+    }
   }
   throw std::logic_error("unknown output kind");
 }

@@ -25,4 +25,12 @@ OutputTarget parse_output(const std::string& text);
 std::string write_output(const Image& img, const OutputTarget& target, const std::string& repository,
                          const std::string& tag);
 
+/// Writes a multi-platform image: an OCI layout takes the index; a docker-archive, which holds one
+/// image, is refused (layers::InputError). Returns the index digest.
+std::string write_output(const ImageIndex& index, const OutputTarget& target, const std::string& repository,
+                         const std::string& tag);
+
+/// Refuses, before a build, a target that cannot take a multi-platform image (layers::InputError).
+void check_output_for_index(const OutputTarget& target, const std::string& platforms);
+
 }  // namespace kiln::builder

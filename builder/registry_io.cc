@@ -213,6 +213,37 @@ PushResult push_remote(RegistrySession& s, const Image& img, const registry::Ref
   return r;
 }
 
+PushResult push_remote(RegistrySession& s, const ImageIndex& index, const registry::Reference& target,
+                       layers::Store& store) {
+  registry::Client& c = s.client(target.registry);
+  const std::string& repo = target.repository;
+  PushResult r;
+  c.authenticate({registry::push_scope(repo)});
+  try {
+    if (!target.tag.empty())
+      if (auto prev = c.head_manifest(repo, target.tag)) r.previous_digest = *prev;
+  } catch (const RegistryError& e) {
+    if (e.kind() == RegistryError::Kind::Unauthorized || e.kind() == RegistryError::Kind::Denied) throw;
+  }
+  registry::Reference by_digest = target;
+  by_digest.tag.clear();
+  by_digest.digest.clear();
+  for (const auto& [platform, img] : index.images) {
+    PushResult one = push_remote(s, img, by_digest, store);
+    r.uploaded += one.uploaded;
+    r.skipped += one.skipped;
+    r.mounted += one.mounted;
+    r.bytes_uploaded += one.bytes_uploaded;
+  }
+  std::string bytes = index.index_bytes();
+  r.digest = c.put_manifest(repo, target.tag.empty() ? layers::sha256_digest(bytes) : target.tag, bytes, kIndexMediaType);
+  if (r.previous_digest == r.digest) r.previous_digest.clear();
+  registry::Reference done = target;
+  done.digest = r.digest;
+  r.reference = done.str();
+  return r;
+}
+
 PreflightReport preflight(RegistrySession& s, const std::string& text, bool describe_repository) {
   auto t0 = std::chrono::steady_clock::now();
   PreflightReport rep;

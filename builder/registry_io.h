@@ -73,6 +73,10 @@ struct PushResult {
 /// Pushes `img` to `target` (its tag), blobs first (HEAD, mount or upload, in parallel), the
 /// manifest last: a failed push never leaves a tag pointing at a half-pushed image.
 PushResult push_remote(RegistrySession& s, const Image& img, const registry::Reference& target, layers::Store& store);
+/// Pushes a multi-platform image: each platform's image by digest (its blobs, then its manifest),
+/// then the index, under `target`'s tag, last.
+PushResult push_remote(RegistrySession& s, const ImageIndex& index, const registry::Reference& target,
+                       layers::Store& store);
 
 /// Does `ref` exist? `repo_missing` tells a missing repository from a missing tag.
 std::optional<std::string> remote_exists(RegistrySession& s, const registry::Reference& ref, bool* repo_missing);

@@ -275,6 +275,7 @@ class Job {
     named(s.name, spec::repository(s));
     registries(s.registry_config ? s.registry_config->string() : "");
     const bool push = wants_push(s);
+    check_outputs(s);
     if (push && o_.preflight)
       preflight(o_.push_to ? o_.push_to->name() : spec::repository(s), o_.push_to ? o_.push_to->tag : "");
     step_ = "prepare";
@@ -292,9 +293,18 @@ class Job {
     named(prep.spec->name, prep.repository);
     registries(prep.spec->registry_config ? prep.spec->registry_config->string() : "");
     const bool push = wants_push(*prep.spec);
+    check_outputs(*prep.spec);
     if (push && o_.preflight)
       preflight(o_.push_to ? o_.push_to->name() : prep.repository, o_.push_to ? o_.push_to->tag : prep.tag);
     from_prepared(prep, nullptr, push);
+  }
+
+  /// A spec for several platforms cannot go to a docker-archive (one image): refused before
+  /// anything is walked.
+  void check_outputs(const spec::ImageSpec& s) {
+    if (!s.multi_platform()) return;
+    step_ = "output";
+    for (const auto& t : o_.outputs) builder::check_output_for_index(t, s.platform);
   }
 
   /// The tag and what goes with it (for a deferred Prepared: known once built).
@@ -320,6 +330,7 @@ class Job {
       throw layers::InputError("the model directory '" + (s.source_root ? s.source_root->string() : std::string()) +
                                "' holds no file (after .dockerignore): /models would be empty");
     std::optional<registry::Reference> target;
+    std::string existing;  // an index already at the target's tag (written to the outputs, not pushed)
     if (push) {
       step_ = "check registry";
       target = o_.push_to ? *o_.push_to : registry::parse_reference(prep.image_ref());
@@ -329,11 +340,19 @@ class Job {
       if (o_.skip_existing && !o_.push_to) {
         bool repo_missing = false;
         if (auto d = builder::remote_exists(*rs_, *target, &repo_missing)) {
-          exists(prep, *target, *d);
-          return;
+          if (!prep.multi() || o_.outputs.empty()) {
+            exists(prep, *target, *d);
+            return;
+          }
+          // An index and outputs to write: built from the cache (where its layers most likely
+          // are), then written, not pushed, when it is the registry's index byte for byte.
+          progress_.log(target->name() + ":" + target->tag + " already exists (" + d->substr(0, 19) +
+                        "); building it for the outputs, from the cache where it can (--force pushes it again)");
+          existing = *d;
+        } else {
+          progress_.log(repo_missing ? "repository " + target->name() + " does not exist yet: building"
+                                     : "tag " + target->tag + " not in " + target->name() + " yet: building");
         }
-        progress_.log(repo_missing ? "repository " + target->name() + " does not exist yet: building"
-                                   : "tag " + target->tag + " not in " + target->name() + " yet: building");
       }
     }
     step_ = "build";
@@ -346,6 +365,9 @@ class Job {
     out_.warnings = rec_.warnings = r.warnings;
     out_.layers = r.layers;
     out_.annotations = r.image.annotations;
+    if (r.index)
+      for (std::size_t i = 0; i < r.platforms.size(); ++i)
+        out_.platforms.push_back({r.index->images[i].first, r.platforms[i].manifest_digest, r.platforms[i].config_digest});
     rec_.layers.clear();
     for (const auto& l : r.layers)
       rec_.layers.push_back({l.label, l.digest, l.diff_id, l.media_type, l.size, l.cache_hit, l.from_base});
@@ -357,12 +379,25 @@ class Job {
     }
     if (!o_.outputs.empty() || s.modelcar) {  // a registry base's layers: the outputs and the lint read them
       step_ = "fetch base layers";
-      builder::fetch_layers(*rs_, r.image, *env_.store);
+      if (r.index) {
+        for (const auto& [platform, img] : r.index->images) builder::fetch_layers(*rs_, img, *env_.store);
+      } else {
+        builder::fetch_layers(*rs_, r.image, *env_.store);
+      }
     }
     if (s.modelcar) lint(r, prep, target);
     progress_.checkpoint();  // cancelled (--fail-fast): nothing is committed
 
-    commit(r.image, prep.repository, prep.tag, target);
+    if (r.index) {
+      if (!existing.empty() && existing != r.manifest_digest)
+        throw std::invalid_argument(target->name() + ":" + target->tag + " exists as " + existing +
+                                    ", which kiln cannot write byte for byte (it builds " + r.manifest_digest +
+                                    "); nothing was written: --force rebuilds it for the outputs");
+      commit(*r.index, prep.repository, prep.tag, existing.empty() ? target : std::nullopt);
+      if (!existing.empty()) rec_.status = out_.status = "exists";
+    } else {
+      commit(r.image, prep.repository, prep.tag, target);
+    }
     image_refs(prep.image_ref() + "@" + r.manifest_digest);
     std::size_t hits = 0, built = 0;
     for (const auto& l : r.layers)
@@ -372,7 +407,7 @@ class Job {
     progress_.log("built " + prep.image_ref() + " in " + secs + " s: " + std::to_string(built) +
                   " layer(s) written, " + std::to_string(hits) + " from cache");
     if (o_.outputs.empty() && !target) progress_.log("no --output given: the image is in the cache only");
-    rec_.status = out_.status = "success";
+    if (existing.empty()) rec_.status = out_.status = "success";
   }
 
   /// The tag is in the registry already: nothing to build; the requested outputs get the
@@ -428,9 +463,14 @@ class Job {
                       r.manifest_digest);
   }
 
-  /// Commits a complete image, in the documented order: 1. the blobs into every layout (no tag
-  /// moves), 2. the push (blobs, then the manifest), 3. docker-archives, 4. the layout tags.
-  void commit(const builder::Image& img, const std::string& repository, const std::string& tag,
+  static std::string digest_of(const builder::Image& img) { return img.manifest_digest(); }
+  static std::string digest_of(const builder::ImageIndex& index) { return index.digest(); }
+
+  /// Commits a complete image (builder::Image, or builder::ImageIndex for several platforms), in
+  /// the documented order: 1. the blobs into every layout (no tag moves), 2. the push (blobs, then
+  /// the manifest), 3. docker-archives, 4. the layout tags.
+  template <class Img>
+  void commit(const Img& img, const std::string& repository, const std::string& tag,
               const std::optional<registry::Reference>& target) {
     using Kind = builder::OutputTarget::Kind;
     for (const auto& t : o_.outputs)
@@ -440,7 +480,7 @@ class Job {
       }
     if (target) {
       step_ = "push";
-      pushed(builder::push_remote(*rs_, img, *target, *env_.store), *target, img.manifest_digest());
+      pushed(builder::push_remote(*rs_, img, *target, *env_.store), *target, digest_of(img));
     }
     std::vector<std::optional<WrittenOutput>> written(o_.outputs.size());
     for (int pass = 0; pass < 2; ++pass)

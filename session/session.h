@@ -167,6 +167,12 @@ struct Outcome {
   bool has_source = false;
   std::string source_digest, source_dest, copy_mode;
   std::map<std::string, std::string> annotations;  // the manifest's
+  /// A spec for several platforms: `digest` is the image index's, and each platform's image is here
+  /// (in the spec's order); `config_digest` and `annotations` are empty.
+  struct PlatformImage {
+    std::string platform, digest, config_digest;
+  };
+  std::vector<PlatformImage> platforms;
   std::vector<modelcar::Finding> lint;             // a modelcar's lint findings
   Failure failure;                                 // when !ok()
   double seconds = 0;

@@ -317,6 +317,62 @@ bool valid_platform(std::string_view platform) {
          });
 }
 
+}  // namespace
+
+std::string normalize_platform(std::string_view text, std::string* error) {
+  std::vector<std::string> items;
+  std::size_t start = 0;
+  for (;;) {
+    std::size_t comma = text.find(',', start);
+    std::string_view item = text.substr(start, comma == std::string_view::npos ? std::string_view::npos : comma - start);
+    while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) item.remove_prefix(1);
+    while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) item.remove_suffix(1);
+    std::string p = lower(std::string(item));
+    if (!valid_platform(p)) {
+      if (error) *error = p.empty() && text.find(',') != std::string_view::npos
+                   ? "lists an empty platform ('" + std::string(text) + "'): separate os/arch[/variant] items with one comma"
+                   : "must be os/arch[/variant] like 'linux/amd64' (or several, comma-separated: "
+                     "'linux/amd64,linux/arm64'), not '" + std::string(item) + "'";
+      return {};
+    }
+    if (std::find(items.begin(), items.end(), p) != items.end()) {
+      if (error) *error = "lists " + p + " twice ('" + std::string(text) + "')";
+      return {};
+    }
+    items.push_back(std::move(p));
+    if (comma == std::string_view::npos) break;
+    start = comma + 1;
+  }
+  if (items.size() > kMaxPlatforms) {
+    if (error) *error = "lists " + std::to_string(items.size()) + " platforms; at most " + std::to_string(kMaxPlatforms);
+    return {};
+  }
+  std::string out;
+  for (const auto& p : items) out += (out.empty() ? "" : ",") + p;
+  return out;
+}
+
+std::vector<std::string> ImageSpec::platforms() const {
+  std::vector<std::string> out;
+  std::size_t start = 0;
+  for (;;) {
+    std::size_t comma = platform.find(',', start);
+    out.push_back(platform.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
+    if (comma == std::string::npos) return out;
+    start = comma + 1;
+  }
+}
+
+ImageSpec with_platform(const ImageSpec& s, const std::string& platform) {
+  ImageSpec out = s;
+  out.platform = platform;
+  if (out.base_image.kind == BaseImage::Kind::Spec && out.base_image.spec)
+    out.base_image.spec = std::make_shared<ImageSpec>(with_platform(*out.base_image.spec, platform));
+  return out;
+}
+
+namespace {
+
 ImageSpec parse_fields(const json& obj, const fs::path& base_dir, const std::string& origin,
                        const std::string& prefix, int depth);
 
@@ -475,12 +531,9 @@ const std::map<std::string, Handler>& handlers() {
       {"base_image", [](const Field& f, ImageSpec& s) { s.base_image = parse_base(f); }},
       {"platform",
        [](const Field& f, ImageSpec& s) {
-         s.platform = lower(f.str());
-         if (s.platform.find(',') != std::string::npos)
-           f.fail("lists several platforms ('" + f.str() +
-                  "'): multi-platform builds are not supported yet; give one os/arch[/variant]");
-         if (!valid_platform(s.platform))
-           f.fail("must be os/arch[/variant] like 'linux/amd64', not '" + f.str() + "'");
+         std::string error;
+         s.platform = normalize_platform(f.str(), &error);
+         if (s.platform.empty()) f.fail(error);
        }},
       {"pip_index", [](const Field& f, ImageSpec& s) { s.pip_index = f.opt_str(); }},
       // A list, as in flytekit ("pip_extra_index_url must be a list of strings or None").

@@ -75,6 +75,9 @@ struct ImageSpec {
   std::optional<std::string> cuda;
   std::optional<std::string> cudnn;
   BaseImage base_image;                            // default: scratch
+  /// os/arch[/variant], or several comma-separated ("linux/amd64,linux/arm64", flytekit's and
+  /// buildx's form): one image per platform, under one image index. Normalized: lowercase, no
+  /// spaces, no repeats.
   std::string platform = "linux/amd64";
   std::optional<std::string> pip_index;
   std::vector<std::string> pip_extra_index_url;
@@ -132,7 +135,22 @@ struct ImageSpec {
   bool bakes_files() const {
     return (source_root && source_copy_mode != CopyMode::NoCopy) || !copy.empty();
   }
+
+  /// The platforms `platform` lists, in its order (one for most specs).
+  std::vector<std::string> platforms() const;
+  bool multi_platform() const { return platform.find(',') != std::string::npos; }
 };
+
+/// The most platforms one spec may list.
+inline constexpr std::size_t kMaxPlatforms = 16;
+
+/// Normalizes a `platform` value: one os/arch[/variant] or several, comma-separated (spaces
+/// around items allowed, letters lowercased). Returns "" and sets `error` when it is not one.
+std::string normalize_platform(std::string_view text, std::string* error);
+
+/// `s` with `platform` set (normalized already) on it and on every nested base spec: a base built
+/// for another platform is not one the image can use.
+ImageSpec with_platform(const ImageSpec& s, const std::string& platform);
 
 /// The largest uid or gid `user` may give: 2^32-2 ((uid_t)-1 means "no id").
 inline constexpr std::uint64_t kMaxUserId = 4294967294;

@@ -134,6 +134,12 @@ bool valid_tag(const std::string& tag) {
   return std::all_of(tag.begin() + 1, tag.end(), [&](char c) { return word(c) || c == '.' || c == '-'; });
 }
 
+std::string index_hash(const std::vector<std::pair<std::string, std::string>>& platform_hashes) {
+  std::string text = "kiln-index-hash-v1\n";
+  for (const auto& [platform, hash] : platform_hashes) text += platform + " " + hash + "\n";
+  return layers::sha256_hex(text);
+}
+
 std::string make_tag(const ImageSpec& spec, const std::string& hash) {
   std::string fmt = spec.tag_format.value_or("{spec_hash}");
   std::string short_hash = hash.substr(0, 32);

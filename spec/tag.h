@@ -70,6 +70,11 @@ class TagHasher {
   std::unique_ptr<Impl> impl_;
 };
 
+/// The spec hash of a spec listing several platforms (an image index): sha256 hex over
+/// "kiln-index-hash-v1\n", then per platform, in the spec's order, platform + " " + the spec hash of
+/// the spec built for that platform alone + "\n" (docs/tag.md).
+std::string index_hash(const std::vector<std::pair<std::string, std::string>>& platform_hashes);
+
 /// The tag: tag_format (default "{spec_hash}") with {spec_hash} replaced by the first 32 hex
 /// characters of `hash`. Throws SpecError when the result is not a valid OCI tag.
 std::string make_tag(const ImageSpec& spec, const std::string& hash);

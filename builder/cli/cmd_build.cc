@@ -39,31 +39,10 @@ struct BuildArgs {
   std::string platform;      // --platform: overrides the spec's (and its nested bases')
 };
 
-/// os/arch[/variant], each part lowercase letters, digits, '_', '.', '-'.
-bool valid_platform(const std::string& p) {
-  int parts = 1;
-  bool empty_part = p.empty() || p.front() == '/' || p.back() == '/';
-  for (std::size_t i = 0; i < p.size(); ++i) {
-    char c = p[i];
-    if (c == '/') {
-      ++parts;
-      if (i + 1 < p.size() && p[i + 1] == '/') empty_part = true;
-    } else if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-')) {
-      return false;
-    }
-  }
-  return !empty_part && (parts == 2 || parts == 3);
-}
-
-/// --platform on a spec and on every nested base spec (a base built for another platform would
-/// not be one the image can use).
-void set_platform(spec::ImageSpec& s, const std::string& platform) {
-  s.platform = platform;
-  if (s.base_image.kind == spec::BaseImage::Kind::Spec && s.base_image.spec) {
-    auto copy = std::make_shared<spec::ImageSpec>(*s.base_image.spec);
-    set_platform(*copy, platform);
-    s.base_image.spec = copy;
-  }
+/// --platform's check: one os/arch[/variant], or several comma-separated (as the spec's field).
+std::string check_platform_flag(const std::string& v) {
+  std::string error;
+  return spec::normalize_platform(v, &error).empty() ? "--platform " + error : std::string();
 }
 
 /// $KILN_DEFAULT_REPO (as ko's KO_DOCKER_REPO): where `--push` sends a spec that names no registry.
@@ -201,7 +180,7 @@ session::Options options_of(Context& ctx, const BuildArgs& a, std::vector<builde
   const std::string repo = a.push ? default_repo() : "";
   if (!a.platform.empty() || !repo.empty()) {
     o.adjust_spec = [platform = a.platform, repo](spec::ImageSpec& s) {
-      if (!platform.empty()) set_platform(s, platform);
+      if (!platform.empty()) s = spec::with_platform(s, spec::normalize_platform(platform, nullptr));
       if (!repo.empty() && (!s.registry || s.registry->empty())) {
         std::string lower = repo;
         for (auto& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -342,7 +321,7 @@ int run_tag(Context& ctx, const BuildArgs& a) {
   if (a.modules_from == "-" && a.spec_path == "-")
     throw std::invalid_argument("--modules-from - and the spec '-' would both read stdin: give one of them as a file");
   spec::ImageSpec s = spec::load_spec(a.spec_path);
-  if (!a.platform.empty()) set_platform(s, a.platform);  // as kiln build --platform: the tag follows it
+  if (!a.platform.empty()) s = spec::with_platform(s, spec::normalize_platform(a.platform, nullptr));  // as kiln build --platform: the tag follows it
   layers::Store store = ctx.open_store();
   builder::RegistrySession registries(ctx.registry_settings(s.registry_config ? s.registry_config->string() : ""),
                                       &ctx.view);
@@ -407,10 +386,9 @@ void add_build_commands(CLI::App& app, Common& c, std::vector<Command>& out) {
         return parse_duration(v) > 0 ? std::string() : "takes a duration such as 90s, 10m or 2h, not '" + v + "'";
       });
   build->add_option("--platform", a->platform,
-                    "Build for this os/arch[/variant] instead of the spec's platform (e.g. linux/arm64)")
-      ->check([](const std::string& v) {
-        return valid_platform(v) ? std::string() : "takes os/arch[/variant], e.g. linux/arm64, not '" + v + "'";
-      });
+                    "Build for this os/arch[/variant] instead of the spec's platform (e.g. linux/arm64), or for "
+                    "several, comma-separated, under one image index")
+      ->check(check_platform_flag);
   build->add_flag("--no-wait", a->no_wait,
                   "Fail (exit 6) instead of waiting when another kiln is building the same image name");
   add_common_options(build, c);
@@ -422,10 +400,8 @@ void add_build_commands(CLI::App& app, Common& c, std::vector<Command>& out) {
   tag->add_option("--module", a->modules, "A loaded module file, relative to source_root (repeatable)")
       ->allow_extra_args(false);
   tag->add_option("--modules-from", a->modules_from, "File listing loaded modules, one per line ('-': stdin)");
-  tag->add_option("--platform", a->platform, "The tag of a build for this os/arch[/variant] (as kiln build --platform)")
-      ->check([](const std::string& v) {
-        return valid_platform(v) ? std::string() : "takes os/arch[/variant], e.g. linux/arm64, not '" + v + "'";
-      });
+  tag->add_option("--platform", a->platform, "The tag of a build for this os/arch[/variant], or several (as kiln build --platform)")
+      ->check(check_platform_flag);
   add_common_options(tag, c);
   add_registry_options(tag, c);
   out.push_back({tag, [a](Context& ctx) { return run_tag(ctx, *a); }});

@@ -415,14 +415,45 @@ TEST_CASE("spec: registry is lowercased and checked with flytekit's pattern") {
 TEST_CASE("spec: platform must be os/arch[/variant]") {
   CHECK(parse(R"({"platform": "linux/arm64/v8"})").platform == "linux/arm64/v8");
   CHECK(parse(R"({"platform": "Linux/ARM64"})").platform == "linux/arm64");
-  CHECK(error_of(R"({"platform": "linux"})") ==
-        "spec.json: field 'platform' must be os/arch[/variant] like 'linux/amd64', not 'linux'");
-  CHECK(error_of(R"({"platform": "linux/amd64/v2/x"})") ==
-        "spec.json: field 'platform' must be os/arch[/variant] like 'linux/amd64', not "
-        "'linux/amd64/v2/x'");
-  CHECK(error_of(R"({"platform": "linux/amd64,linux/arm64"})") ==
-        "spec.json: field 'platform' lists several platforms ('linux/amd64,linux/arm64'): "
-        "multi-platform builds are not supported yet; give one os/arch[/variant]");
+  const std::string msg =
+      "spec.json: field 'platform' must be os/arch[/variant] like 'linux/amd64' (or several, comma-separated: "
+      "'linux/amd64,linux/arm64'), not ";
+  CHECK(error_of(R"({"platform": "linux"})") == msg + "'linux'");
+  CHECK(error_of(R"({"platform": "linux/amd64/v2/x"})") == msg + "'linux/amd64/v2/x'");
+}
+
+TEST_CASE("spec: platform may list several platforms, comma-separated, as flytekit and buildx take them") {
+  const ImageSpec two = parse(R"({"platform": "linux/amd64,linux/arm64"})");
+  CHECK(two.platform == "linux/amd64,linux/arm64");
+  CHECK(two.multi_platform());
+  CHECK(two.platforms() == std::vector<std::string>{"linux/amd64", "linux/arm64"});
+  CHECK(two.canonical()["platform"] == "linux/amd64,linux/arm64");
+  // Spaces around items and upper case are normalized away; the order is kept.
+  const ImageSpec spaced = parse(R"({"platform": " Linux/ARM64/v8 ,\tlinux/amd64 "})");
+  CHECK(spaced.platform == "linux/arm64/v8,linux/amd64");
+  CHECK(spaced.platforms() == std::vector<std::string>{"linux/arm64/v8", "linux/amd64"});
+  CHECK_FALSE(parse(R"({"platform": "linux/arm64"})").multi_platform());
+  CHECK(parse(R"({"platform": "linux/arm64"})").platforms() == std::vector<std::string>{"linux/arm64"});
+
+  CHECK(error_of(R"({"platform": "linux/amd64,linux/amd64"})") ==
+        "spec.json: field 'platform' lists linux/amd64 twice ('linux/amd64,linux/amd64')");
+  CHECK(error_of(R"({"platform": "linux/amd64,"})") ==
+        "spec.json: field 'platform' lists an empty platform ('linux/amd64,'): separate os/arch[/variant] items "
+        "with one comma");
+  CHECK(error_of(R"({"platform": "linux/amd64,arm64"})") ==
+        "spec.json: field 'platform' must be os/arch[/variant] like 'linux/amd64' (or several, comma-separated: "
+        "'linux/amd64,linux/arm64'), not 'arm64'");
+  std::string seventeen;
+  for (int i = 0; i < 17; ++i) seventeen += (i ? ",linux/a" : "linux/a") + std::to_string(i);
+  CHECK(error_of(R"({"platform": ")" + seventeen + "\"}") ==
+        "spec.json: field 'platform' lists 17 platforms; at most 16");
+
+  // A nested base spec takes its parent's platform, for each platform.
+  const ImageSpec nested = parse(R"({"platform": "linux/amd64,linux/arm64", "base_image": {"name": "b"}})");
+  const ImageSpec arm = kiln::spec::with_platform(nested, "linux/arm64");
+  CHECK(arm.platform == "linux/arm64");
+  CHECK(arm.base_image.spec->platform == "linux/arm64");
+  CHECK(nested.base_image.spec->platform == "linux/amd64");  // the original is unchanged
 }
 
 TEST_CASE("spec: user is user[:group], names or ids up to 2^32-2") {

@@ -69,6 +69,17 @@ TEST_CASE("tag: spec_hash follows the documented algorithm exactly") {
   CHECK(h.size() == 64);
 }
 
+TEST_CASE("tag: index_hash follows the documented algorithm: the platforms' own spec hashes, in order") {
+  const std::string a(64, 'a'), b(64, 'b');
+  CHECK(kiln::spec::index_hash({{"linux/amd64", a}, {"linux/arm64", b}}) ==
+        sha256_hex("kiln-index-hash-v1\nlinux/amd64 " + a + "\nlinux/arm64 " + b + "\n"));
+  // The order is the index's (another order is another index), and any platform's hash counts.
+  CHECK(kiln::spec::index_hash({{"linux/arm64", b}, {"linux/amd64", a}}) !=
+        kiln::spec::index_hash({{"linux/amd64", a}, {"linux/arm64", b}}));
+  CHECK(kiln::spec::index_hash({{"linux/amd64", a}, {"linux/arm64", a}}) !=
+        kiln::spec::index_hash({{"linux/amd64", a}, {"linux/arm64", b}}));
+}
+
 TEST_CASE("tag: files_digest follows the documented algorithm and differs from spec_hash framing") {
   auto files = sample_files();
   CHECK(files_digest(files) == sha256_hex("kiln-files-v1\n" + entry_bytes(sorted(files))));
