@@ -259,3 +259,44 @@ class RegistryTest(kiln_env.TempDirTest):
         second = spec()
         self.assertFalse(builder.should_build(second))
         self.assertEqual(second.image_name(), first.image_name())
+
+    def test_several_platforms_push_one_index(self):
+        """flytekit's multi-platform form (platform="linux/amd64,linux/arm64", which its default
+        builder hands to docker buildx) builds and pushes one image index through the plugin."""
+        kiln_env.require_kiln(self)
+        registry = os.environ["KILN_TEST_REGISTRY"]
+        self.put("proj/wf/__init__.py")
+        self.put("proj/wf/hello.py", "def greet():\n    return 'hi'\n")
+        builder = KilnImageSpecBuilder(
+            kiln=Kiln(
+                common_args=["--cache", self.cache, "--insecure-allow-http", registry],
+                env={"KILN_STATE_DIR": os.path.join(self.tmp, "state")},
+            ),
+            outputs=[],
+        )
+        previous = ImageBuildEngine.get_registry()["kiln"]
+        plugin.register(builder)
+        self.addCleanup(ImageBuildEngine.register, "kiln", previous[0], previous[1])
+
+        def spec():
+            return ImageSpec(
+                name="kiln-multi", builder="kiln", registry=registry, source_root=os.path.join(self.tmp, "proj"),
+                source_copy_mode=CopyFileDetection.ALL, platform="linux/amd64,linux/arm64",
+            )
+
+        first = spec()
+        self.assertTrue(builder.should_build(first))
+        ImageBuildEngine.build(first)
+        result = builder.last_result
+        self.assertEqual(first.image_name(), "%s/kiln-multi:%s" % (registry, result["tag"]))
+        self.assertEqual(result["media_type"], "application/vnd.oci.image.index.v1+json")
+        self.assertEqual([p["platform"] for p in result["platforms"]], ["linux/amd64", "linux/arm64"])
+        # Each platform's image is in the registry, under the index.
+        for p in result["platforms"]:
+            r = builder.kiln.run(["inspect", first.image_name(), "--platform", p["platform"]] + builder.kiln.common_args)
+            self.assertEqual(r.code, 0, r.stderr)
+            self.assertEqual(r.json.get("digest"), p["digest"], r.json)
+        ImageBuildEngine._IMAGE_NAME_TO_REAL_NAME.clear()
+        second = spec()
+        self.assertFalse(builder.should_build(second))
+        self.assertEqual(second.image_name(), first.image_name())
