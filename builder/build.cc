@@ -25,6 +25,7 @@
 #include "layers/digest.h"
 #include "layers/parallel.h"
 #include "layers/tar_writer.h"
+#include "run/exec_check.h"
 #include "run/rootfs.h"
 #include "run/steps.h"
 #include "spec/tag.h"
@@ -366,6 +367,19 @@ void check_platform(const Image& img, const spec::ImageSpec& s) {
                                         " (or an index that has one), or set platform to " + have);
 }
 
+/// RUN steps execute the base's own programs: refused (before anything is unpacked or run) for a
+/// platform this machine cannot execute, with the way out (run/exec_check.h).
+void check_steps_can_run(const spec::ImageSpec& s) {
+  const std::string why = run::why_cannot_execute(s.platform, run::host_architecture(), "/proc/sys/fs/binfmt_misc");
+  if (!why.empty()) throw spec::SpecError("platform", s.origin + ": field 'platform' is " + s.platform + ": " + why);
+}
+
+/// The same for a spec and its nested base specs, before any of them is built.
+void check_steps_can_run_all(const spec::ImageSpec& s) {
+  if (!run::plan_steps(s, {}, "", 0).empty()) check_steps_can_run(s);
+  if (s.base_image.kind == spec::BaseImage::Kind::Spec && s.base_image.spec) check_steps_can_run_all(*s.base_image.spec);
+}
+
 registry::Reference parse_base_reference(const spec::ImageSpec& s) {
   try {
     return registry::parse_reference(s.base_image.ref);
@@ -653,6 +667,8 @@ BuildResult build_index(const Prepared& prep, Prepared* deferred, const BuildOpt
   BuildResult r;
   ImageIndex index;
   const std::vector<std::string> platforms = prep.spec->platforms();
+  // Every platform's RUN steps must be able to run here before the first platform is built.
+  for (const std::string& platform : platforms) check_steps_can_run_all(spec::with_platform(*prep.spec, platform));
   for (std::size_t i = 0; i < platforms.size(); ++i) {
     if (i == prep.platforms.size()) {
       if (!deferred) throw std::logic_error("build: a platform of the index was not prepared");
@@ -767,6 +783,7 @@ BuildResult build_impl(const Prepared& prep, Prepared* deferred, const BuildOpti
     for (run::Step& st : run::plan_steps(s, base_env, base_workdir, epoch))
       (st.after_files ? post_steps : pre_steps).push_back(std::move(st));
   }
+  if (!pre_steps.empty() || !post_steps.empty()) check_steps_can_run(s);
   auto run_phase = [&](const std::vector<run::Step>& steps) {
     if (!steps.empty()) {
       StepRunOptions ro;

@@ -54,7 +54,10 @@ std::string failure_message(const run::SandboxResult& r) {
   if (r.exit_code > 128 && r.exit_code < 128 + 65) msg += " (killed by signal " + std::to_string(r.exit_code - 128) + "?)";
   for (const auto& l : r.tail)
     if (l.find("bwrap: execvp /bin/sh") != std::string::npos)
-      return msg + ": the image has no /bin/sh, and RUN steps run under it (use a base image with a shell)";
+      return msg + (l.find("Exec format error") != std::string::npos
+                        ? ": the image's /bin/sh is not a program this machine can execute (built for another "
+                          "architecture than its config says?), and RUN steps run under it"
+                        : ": the image has no /bin/sh, and RUN steps run under it (use a base image with a shell)");
   if (!r.tail.empty()) {
     msg += "; its last lines:";
     std::size_t from = r.tail.size() > 10 ? r.tail.size() - 10 : 0;

@@ -78,6 +78,19 @@ assert_not_contains "$ERR" "walked" "refused before the walk"
 kiln build "$W/spec.json" -o "docker-archive:$T/one.tar" --platform linux/arm64 --progress quiet
 assert_eq 0 "$RC" "--platform linux/arm64 narrows it to one image: the archive is written"
 
+# ---- RUN steps run the base's own programs: a platform this machine cannot execute is refused
+# before any platform is built (unless an emulator is registered with binfmt_misc's F flag) ------
+if grep -qs '^flags: .*F' /proc/sys/fs/binfmt_misc/qemu-aarch64 && grep -qs '^enabled' /proc/sys/fs/binfmt_misc/qemu-aarch64; then
+  echo "test_multi_platform: an aarch64 emulator is registered here: the refusal of foreign RUN steps is not checked" >&2
+elif [[ $(uname -m) == x86_64 ]]; then
+  echo '{"name": "multi-steps", "platform": "linux/amd64,linux/arm64", "commands": ["echo hi"]}' >"$W/steps.json"
+  KILN_CACHE=$T/cache-steps kiln build "$W/steps.json" --progress plain
+  assert_eq 2 "$RC" "RUN steps for linux/arm64 on x86_64 without an emulator: exit 2"
+  assert_contains "$ERR" "field 'platform' is linux/arm64: RUN steps run the base image's own linux/arm64 programs, and this linux/amd64 machine cannot execute them" "says why"
+  assert_contains "$ERR" "qemu-user-static" "says the way out"
+  assert_not_contains "$ERR" "platform linux/amd64: building" "refused before the first platform is built"
+fi
+
 # ---- a nested base spec is built for each platform --------------------------------------------
 cat >"$W/nested.json" <<'EOF'
 {"name": "multi-nested", "platform": "linux/amd64,linux/arm64", "source_root": "app", "source_copy_mode": "all",
