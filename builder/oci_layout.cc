@@ -185,8 +185,10 @@ std::string resolve_oci_layout(const fs::path& dir, const std::string& tag, cons
   return resolve(dir, tag, platform).digest;
 }
 
-LayoutImage read_oci_layout(const fs::path& dir, const std::string& tag, const std::string& platform) {
-  Descriptor md = resolve(dir, tag, platform);
+namespace {
+
+/// The image whose manifest `md` describes, every blob verified.
+LayoutImage read_manifest(const fs::path& dir, const Descriptor& md) {
   std::string where = "image " + md.digest + " in " + dir.string();
   json manifest = parse_json(read_blob_verified(dir, md.digest), where);
   LayoutImage out;
@@ -214,6 +216,40 @@ LayoutImage read_oci_layout(const fs::path& dir, const std::string& tag, const s
                       " bytes, the manifest says " + std::to_string(l.desc.size) + ")");
     out.image.layers.push_back(std::move(l));
   }
+  return out;
+}
+
+}  // namespace
+
+LayoutImage read_oci_layout(const fs::path& dir, const std::string& tag, const std::string& platform) {
+  return read_manifest(dir, resolve(dir, tag, platform));
+}
+
+std::optional<ImageIndex> read_oci_layout_index(const fs::path& dir, const std::string& tag) {
+  const std::string where = "layout " + dir.string() + (tag.empty() ? "" : ":" + tag);
+  Descriptor d = pick(read_index(dir), tag, nullptr, where);
+  if (!is_index(d.media_type)) return std::nullopt;
+  const std::string bytes = read_blob_verified(dir, d.digest);
+  json idx = parse_json(bytes, "index " + d.digest);
+  ImageIndex out;
+  const std::string cannot = where + " names an image index that kiln cannot push as it is (";
+  const std::string instead = "); push one platform with --platform, or the whole index with skopeo copy --all";
+  for (const json& m : idx.value("manifests", json::array())) {
+    Descriptor md = Descriptor::from_json(m);
+    if (is_index(md.media_type)) throw layers::InputError(cannot + "it nests another index" + instead);
+    const json& p = md.platform;
+    if (!p.is_object() || !p.contains("os") || !p.contains("architecture"))
+      throw layers::InputError(cannot + "an entry names no platform" + instead);
+    std::string platform = p.value("os", "") + "/" + p.value("architecture", "");
+    if (!p.value("variant", "").empty()) platform += "/" + p.value("variant", "");
+    LayoutImage li = read_manifest(dir, md);
+    if (li.manifest_digest != li.image.manifest_digest())
+      throw layers::InputError(cannot + "the manifest of " + platform + " is not in the form kiln writes" + instead);
+    out.images.emplace_back(platform, std::move(li.image));
+  }
+  if (out.images.empty()) throw layers::InputError(cannot + "it is empty" + instead);
+  if (out.digest() != d.digest)
+    throw layers::InputError(cannot + "it is not in the form kiln writes" + instead);
   return out;
 }
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <filesystem>
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -20,6 +21,12 @@ struct LayoutImage {
 /// Reads the image tagged `tag` ("" = the layout's only image) from the layout at `dir`, resolving
 /// an image index to `platform`. Every blob read is verified against its digest.
 LayoutImage read_oci_layout(const std::filesystem::path& dir, const std::string& tag, const std::string& platform);
+
+/// The multi-platform image `tag` names ("" = the layout's only entry), when it names an image index
+/// (each platform's image read and verified); nullopt when it names one image. An index kiln would
+/// not write byte for byte (a nested index, an entry without a platform, another manifest form) is
+/// refused (layers::InputError): pushed as kiln writes it, it would be another digest.
+std::optional<ImageIndex> read_oci_layout_index(const std::filesystem::path& dir, const std::string& tag);
 
 /// Only resolves `tag` to its manifest digest (cheap: reads index.json, and nested indexes).
 std::string resolve_oci_layout(const std::filesystem::path& dir, const std::string& tag, const std::string& platform);

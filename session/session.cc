@@ -549,21 +549,40 @@ class Job {
     fs::path dir;
     std::string tag;
     builder::split_oci_ref(source, &dir, &tag);
-    builder::LayoutImage li = builder::read_oci_layout(dir, tag, platform);
+    auto report_layers = [&](const builder::Image& img, const std::string& prefix) {
+      for (const auto& l : img.layers) {
+        rec_.layers.push_back({prefix + "layer " + std::to_string(out_.layers.size()), l.desc.digest, l.diff_id,
+                               l.desc.media_type, l.desc.size, false, true});
+        builder::LayerReport lr;
+        lr.label = rec_.layers.back().label;
+        lr.digest = l.desc.digest;
+        lr.diff_id = l.diff_id;
+        lr.media_type = l.desc.media_type;
+        lr.size = l.desc.size;
+        lr.from_base = true;
+        out_.layers.push_back(lr);
+      }
+    };
+    // No --platform and the tag names an index: the whole index goes (never one platform of it
+    // silently).
+    if (platform.empty())
+      if (std::optional<builder::ImageIndex> index = builder::read_oci_layout_index(dir, tag)) {
+        for (const auto& [p, img] : index->images) {
+          out_.platforms.push_back({p, img.manifest_digest(), layers::sha256_digest(img.config_bytes())});
+          report_layers(img, p + ": ");
+        }
+        registries("");
+        step_ = "push";
+        progress_.checkpoint();
+        pushed(builder::push_remote(*rs_, *index, target, *env_.store), target, index->digest());
+        out_.digest = rec_.image_digest = out_.pushed->digest;
+        rec_.status = out_.status = "success";
+        return;
+      }
+    builder::LayoutImage li = builder::read_oci_layout(dir, tag, platform.empty() ? "linux/amd64" : platform);
     out_.config_digest = rec_.config_digest = layers::sha256_digest(li.image.config_bytes());
     out_.annotations = li.image.annotations;
-    for (const auto& l : li.image.layers) {
-      rec_.layers.push_back({"layer " + std::to_string(rec_.layers.size()), l.desc.digest, l.diff_id,
-                             l.desc.media_type, l.desc.size, false, true});
-      builder::LayerReport lr;
-      lr.label = rec_.layers.back().label;
-      lr.digest = l.desc.digest;
-      lr.diff_id = l.diff_id;
-      lr.media_type = l.desc.media_type;
-      lr.size = l.desc.size;
-      lr.from_base = true;
-      out_.layers.push_back(lr);
-    }
+    report_layers(li.image, "");
     registries("");
     step_ = "push";
     progress_.checkpoint();

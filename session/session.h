@@ -207,7 +207,9 @@ class Session {
   /// cancelled, with the first failure's exit code); otherwise they all finish.
   Batch build_all(const std::vector<std::string>& spec_paths, const Options& opts, int parallel, bool fail_fast) const;
   /// `kiln push`: the image of an OCI layout ("oci:DIR[:TAG]", resolved to `platform`) to
-  /// `target`'s tag: blobs the registry has are skipped, the manifest goes last.
+  /// `target`'s tag: blobs the registry has are skipped, the manifest goes last. With `platform`
+  /// "", a tag naming an image index pushes the whole index (each platform's image by digest, the
+  /// index last); one naming an image pushes it.
   Outcome push(const std::string& source, const std::string& platform, const registry::Reference& target,
                const Options& opts) const;
   /// The dry push to `target` (reference, reachability, credentials, repository, push

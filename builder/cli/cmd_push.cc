@@ -14,13 +14,14 @@ namespace kiln::cli {
 
 void add_push_command(CLI::App& app, Common& c, std::vector<Command>& out) {
   struct Args {
-    std::string src, dest, platform = "linux/amd64";
+    std::string src, dest, platform;
   };
   auto a = std::make_shared<Args>();
   auto* push = app.add_subcommand("push", "Push an image from an OCI layout to a registry");
   push->add_option("source", a->src, "oci:DIR[:TAG]")->required();
   push->add_option("ref", a->dest, "[host[:port]/]repo[:tag]")->required();
-  push->add_option("--platform", a->platform, "Platform to pick from an image index");
+  push->add_option("--platform", a->platform,
+                   "Push only this platform's image of an image index (default: the whole index)");
   add_common_options(push, c);
   add_registry_options(push, c);
   out.push_back({push, [a](Context& ctx) -> int {
@@ -42,16 +43,16 @@ void add_push_command(CLI::App& app, Common& c, std::vector<Command>& out) {
                    if (!r.ok()) return report_failure(r.failure, ctx.common);
                    const builder::PushResult& pr = *r.pushed;
                    if (ctx.common.json_out) {
-                     std::cout << json{{"status", "success"},    {"exit_code", static_cast<int>(kOk)},
+                     json out{{"status", "success"},    {"exit_code", static_cast<int>(kOk)},
                                        {"reference", pr.reference}, {"digest", pr.digest},
                                        {"uploaded", pr.uploaded}, {"skipped", pr.skipped},     {"mounted", pr.mounted},
                                        {"bytes_uploaded", pr.bytes_uploaded},
                                        {"previous_digest", pr.previous_digest.empty() ? json(nullptr)
                                                                                       : json(pr.previous_digest)},
                                        {"build_id", r.build_id},
-                                       {"log_path", r.log_path.empty() ? json(nullptr) : json(r.log_path)}}
-                                       .dump(2)
-                               << std::endl;
+                                       {"log_path", r.log_path.empty() ? json(nullptr) : json(r.log_path)}};
+                     add_platforms_json(r, out);
+                     std::cout << out.dump(2) << std::endl;
                    } else {
                      std::cout << pr.reference << std::endl;
                    }

@@ -238,6 +238,14 @@ json outputs_json(const session::Outcome& o) {
 }
 }  // namespace
 
+void add_platforms_json(const session::Outcome& o, json& j) {
+  if (o.platforms.empty()) return;
+  j["media_type"] = builder::kIndexMediaType;  // a multi-platform image: `digest` is its index's
+  j["platforms"] = json::array();
+  for (const auto& p : o.platforms)
+    j["platforms"].push_back({{"platform", p.platform}, {"digest", p.digest}, {"config_digest", p.config_digest}});
+}
+
 json outcome_json(const session::Outcome& o) {
   auto opt = [](const std::string& s) { return s.empty() ? json(nullptr) : json(s); };
   json j;
@@ -269,12 +277,7 @@ json outcome_json(const session::Outcome& o) {
          {"pushed", pushed}};
     if (o.has_source) j["source"] = {{"digest", o.source_digest}, {"dest", o.source_dest}, {"copy_mode", o.copy_mode}};
   }
-  if (!o.platforms.empty()) {  // a multi-platform image: `digest` is its index's
-    j["media_type"] = builder::kIndexMediaType;
-    j["platforms"] = json::array();
-    for (const auto& p : o.platforms)
-      j["platforms"].push_back({{"platform", p.platform}, {"digest", p.digest}, {"config_digest", p.config_digest}});
-  }
+  add_platforms_json(o, j);
   j["exit_code"] = static_cast<int>(kOk);  // as in a failure object and the several-spec wrapper
   j["build_id"] = o.build_id;
   j["log_path"] = opt(o.log_path);

@@ -88,6 +88,8 @@ builder::BuildOptions build_options(Context& ctx, int jobs = 0);
 /// The --json form of a build's layers and of a successful build.
 json layers_json(const std::vector<builder::LayerReport>& ls);
 json outcome_json(const session::Outcome& o);
+/// A multi-platform outcome's `media_type` (the index's) and `platforms` (each image), added to `j`.
+void add_platforms_json(const session::Outcome& o, json& j);
 
 /// Another process is building the same image name right now, and --no-wait was given.
 using session::BusyError;

@@ -140,6 +140,38 @@ assert_eq "$INDEX" "$(jget "j['outputs'][0]['digest']" <<<"$OUT")" "exists + out
 assert_eq 0 "$(reg_count PUT . "$M")" "exists + output: nothing PUT"
 skopeo inspect --raw "oci:$T/again:$TAG" | cmp -s - "$T/raw.json" || fail "exists + output: the layout's index is the registry's"
 
+# ---- kiln push of a layout's index: the whole index, or one platform with --platform ---------
+kiln push "oci:$T/out:$TAG" "$R/pushed:v1" --json --insecure-allow-http "$R"
+assert_eq 0 "$RC" "kiln push of an index tag: exit 0"$'\n'"$ERR"
+assert_eq "$INDEX" "$(jget "j['digest']" <<<"$OUT")" "kiln push: the whole index, under its digest"
+assert_eq "[\"$AMD\", \"$ARM\"]" "$(jget "[p['digest'] for p in j['platforms']]" <<<"$OUT")" "kiln push: both platforms' images"
+skopeo inspect --tls-verify=false --raw "docker://$R/pushed:v1" | cmp -s - "$T/raw.json" || fail "kiln push: the registry holds the layout's index byte for byte"
+kiln push "oci:$T/out:$TAG" "$R/pushed:arm" --platform linux/arm64 --json --insecure-allow-http "$R"
+assert_eq 0 "$RC" "kiln push --platform linux/arm64: exit 0"
+assert_eq "$ARM" "$(jget "j['digest']" <<<"$OUT")" "kiln push --platform: that platform's image only"
+# An index kiln would not write byte for byte (here: one with an annotation) is refused whole,
+# never pushed as another digest.
+"$PYTHON" - "$T/out" "$TAG" <<'PY'
+import hashlib, json, os, sys
+d, tag = sys.argv[1], sys.argv[2]
+idx = json.load(open(os.path.join(d, "index.json")))
+top = [m for m in idx["manifests"] if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag][0]
+inner = json.load(open(os.path.join(d, "blobs", "sha256", top["digest"].split(":")[1])))
+inner["annotations"] = {"org.example.made-by": "another tool"}
+b = json.dumps(inner).encode()
+h = hashlib.sha256(b).hexdigest()
+open(os.path.join(d, "blobs", "sha256", h), "wb").write(b)
+idx["manifests"].append({"mediaType": top["mediaType"], "digest": "sha256:" + h, "size": len(b),
+                         "annotations": {"org.opencontainers.image.ref.name": "foreign"}})
+json.dump(idx, open(os.path.join(d, "index.json"), "w"))
+PY
+M=$(reg_mark)
+kiln push "oci:$T/out:foreign" "$R/pushed:foreign" --insecure-allow-http "$R"
+assert_eq 2 "$RC" "an index kiln cannot push as it is: exit 2"
+assert_contains "$ERR" "names an image index that kiln cannot push as it is (it is not in the form kiln writes)" "says why"
+assert_contains "$ERR" "--platform" "says the way out"
+assert_eq 0 "$(reg_count PUT . "$M")" "an index refused: nothing PUT"
+
 # ---- a multi-platform registry base: each platform builds on its own base ---------------------
 cat >"$W/on-base.json" <<EOF
 {"name": "on-base", "platform": "linux/arm64,linux/amd64", "base_image": "$R/multi:$TAG",
