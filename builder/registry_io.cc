@@ -151,18 +151,41 @@ std::optional<std::string> remote_exists(RegistrySession& s, const registry::Ref
   return s.client(ref.registry).head_manifest(ref.repository, ref.manifest_ref(), repo_missing);
 }
 
+namespace {
+
+/// Authenticates for a push to `target`; returns what its tag names now ("" when nothing, or when
+/// the registry will not say).
+std::string start_push(registry::Client& c, const registry::Reference& target) {
+  c.authenticate({registry::push_scope(target.repository)});
+  try {
+    if (!target.tag.empty())
+      if (auto prev = c.head_manifest(target.repository, target.tag)) return *prev;
+  } catch (const RegistryError& e) {
+    if (e.kind() == RegistryError::Kind::Unauthorized || e.kind() == RegistryError::Kind::Denied) throw;
+  }
+  return "";
+}
+
+/// Puts the manifest (or index) last, under the tag (or its digest), and fills in what `r`
+/// reports of it.
+void put_last(registry::Client& c, const registry::Reference& target, const std::string& bytes, const char* media_type,
+              PushResult& r) {
+  r.digest = c.put_manifest(target.repository, target.tag.empty() ? layers::sha256_digest(bytes) : target.tag, bytes,
+                            media_type);
+  if (r.previous_digest == r.digest) r.previous_digest.clear();
+  registry::Reference done = target;
+  done.digest = r.digest;
+  r.reference = done.str();
+}
+
+}  // namespace
+
 PushResult push_remote(RegistrySession& s, const Image& img, const registry::Reference& target, layers::Store& store) {
   registry::Client& c = s.client(target.registry);
   const std::string& repo = target.repository;
   Progress* progress = s.progress();
   PushResult r;
-  c.authenticate({registry::push_scope(repo)});
-  try {
-    if (!target.tag.empty())
-      if (auto prev = c.head_manifest(repo, target.tag)) r.previous_digest = *prev;
-  } catch (const RegistryError& e) {
-    if (e.kind() == RegistryError::Kind::Unauthorized || e.kind() == RegistryError::Kind::Denied) throw;
-  }
+  r.previous_digest = start_push(c, target);
   std::string cfg = img.config_bytes();
   std::string cfg_digest = store.put_bytes(cfg);
   struct Blob {
@@ -204,27 +227,15 @@ PushResult push_remote(RegistrySession& s, const Image& img, const registry::Ref
     ++r.uploaded;
     r.bytes_uploaded += b.size;
   });
-  std::string man = img.manifest_bytes();
-  r.digest = c.put_manifest(repo, target.tag.empty() ? layers::sha256_digest(man) : target.tag, man, kManifestMediaType);
-  if (r.previous_digest == r.digest) r.previous_digest.clear();
-  registry::Reference done = target;
-  done.digest = r.digest;
-  r.reference = done.str();
+  put_last(c, target, img.manifest_bytes(), kManifestMediaType, r);
   return r;
 }
 
 PushResult push_remote(RegistrySession& s, const ImageIndex& index, const registry::Reference& target,
                        layers::Store& store) {
   registry::Client& c = s.client(target.registry);
-  const std::string& repo = target.repository;
   PushResult r;
-  c.authenticate({registry::push_scope(repo)});
-  try {
-    if (!target.tag.empty())
-      if (auto prev = c.head_manifest(repo, target.tag)) r.previous_digest = *prev;
-  } catch (const RegistryError& e) {
-    if (e.kind() == RegistryError::Kind::Unauthorized || e.kind() == RegistryError::Kind::Denied) throw;
-  }
+  r.previous_digest = start_push(c, target);
   registry::Reference by_digest = target;
   by_digest.tag.clear();
   by_digest.digest.clear();
@@ -235,12 +246,7 @@ PushResult push_remote(RegistrySession& s, const ImageIndex& index, const regist
     r.mounted += one.mounted;
     r.bytes_uploaded += one.bytes_uploaded;
   }
-  std::string bytes = index.index_bytes();
-  r.digest = c.put_manifest(repo, target.tag.empty() ? layers::sha256_digest(bytes) : target.tag, bytes, kIndexMediaType);
-  if (r.previous_digest == r.digest) r.previous_digest.clear();
-  registry::Reference done = target;
-  done.digest = r.digest;
-  r.reference = done.str();
+  put_last(c, target, index.index_bytes(), kIndexMediaType, r);
   return r;
 }
 

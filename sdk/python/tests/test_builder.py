@@ -223,7 +223,9 @@ class BuildTest(kiln_env.TempDirTest):
 class RegistryTest(kiln_env.TempDirTest):
     """A build with `registry` pushes, and a second look finds the tag there (no Docker daemon)."""
 
-    def test_push_to_a_registry(self):
+    def registered_builder(self):
+        """The test registry, and a kiln builder for it registered with ImageBuildEngine (a
+        project with one module in proj/)."""
         kiln_env.require_kiln(self)
         registry = os.environ["KILN_TEST_REGISTRY"]
         self.put("proj/wf/__init__.py")
@@ -238,6 +240,10 @@ class RegistryTest(kiln_env.TempDirTest):
         previous = ImageBuildEngine.get_registry()["kiln"]
         plugin.register(builder)
         self.addCleanup(ImageBuildEngine.register, "kiln", previous[0], previous[1])
+        return registry, builder
+
+    def test_push_to_a_registry(self):
+        registry, builder = self.registered_builder()
 
         def spec():
             return ImageSpec(
@@ -263,20 +269,7 @@ class RegistryTest(kiln_env.TempDirTest):
     def test_several_platforms_push_one_index(self):
         """flytekit's multi-platform form (platform="linux/amd64,linux/arm64", which its default
         builder hands to docker buildx) builds and pushes one image index through the plugin."""
-        kiln_env.require_kiln(self)
-        registry = os.environ["KILN_TEST_REGISTRY"]
-        self.put("proj/wf/__init__.py")
-        self.put("proj/wf/hello.py", "def greet():\n    return 'hi'\n")
-        builder = KilnImageSpecBuilder(
-            kiln=Kiln(
-                common_args=["--cache", self.cache, "--insecure-allow-http", registry],
-                env={"KILN_STATE_DIR": os.path.join(self.tmp, "state")},
-            ),
-            outputs=[],
-        )
-        previous = ImageBuildEngine.get_registry()["kiln"]
-        plugin.register(builder)
-        self.addCleanup(ImageBuildEngine.register, "kiln", previous[0], previous[1])
+        registry, builder = self.registered_builder()
 
         def spec():
             return ImageSpec(
