@@ -92,6 +92,23 @@ std::string platform_list(const nlohmann::json& manifests) {
   return out.empty() ? "no platform named" : out;
 }
 
+IndexSummary IndexSummary::from_json(const std::string& digest, const nlohmann::json& manifests) {
+  IndexSummary out;
+  out.digest = digest;
+  if (manifests.is_array())
+    for (const nlohmann::json& m : manifests) {
+      if (!m.is_object() || !m.contains("digest") || !m["digest"].is_string()) continue;
+      std::string platform;
+      if (m.contains("platform") && m["platform"].is_object()) {
+        const nlohmann::json& p = m["platform"];
+        auto str = [&](const char* k) { return p.contains(k) && p[k].is_string() ? p[k].get<std::string>() : std::string(); };
+        platform = str("os") + "/" + str("architecture") + (str("variant").empty() ? "" : "/" + str("variant"));
+      }
+      out.manifests.emplace_back(platform, m["digest"].get<std::string>());
+    }
+  return out;
+}
+
 Image scratch_image(const std::string& platform) {
   Platform p = parse_platform(platform);
   Image img;

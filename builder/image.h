@@ -70,6 +70,15 @@ struct ImageIndex {
   std::string digest() const;
 };
 
+/// The image index a reference resolved through, as `kiln inspect` shows it: its digest and, for
+/// each entry, its platform ("os/arch[/variant]", "" when it names none) and manifest digest.
+struct IndexSummary {
+  std::string digest;
+  std::vector<std::pair<std::string, std::string>> manifests;
+  /// From an index's `manifests` array.
+  static IndexSummary from_json(const std::string& digest, const nlohmann::json& manifests);
+};
+
 /// An empty image for a platform ("linux/amd64[/variant]").
 Image scratch_image(const std::string& platform);
 

@@ -94,13 +94,16 @@ json read_index(const fs::path& dir) {
   return parse_json(text, (dir / "index.json").string());
 }
 
-/// Follows index → (nested index →) manifest; returns the manifest descriptor.
-Descriptor resolve(const fs::path& dir, const std::string& tag, const std::string& platform) {
+/// Follows index → (nested index →) manifest; returns the manifest descriptor (and, in `index`,
+/// the first image index it went through).
+Descriptor resolve(const fs::path& dir, const std::string& tag, const std::string& platform,
+                   std::optional<IndexSummary>* index = nullptr) {
   Platform plat = parse_platform(platform);
   Descriptor d = pick(read_index(dir), tag, nullptr, "layout " + dir.string());
   for (int depth = 0; is_index(d.media_type); ++depth) {
     if (depth > 4) throw layers::InputError("layout " + dir.string() + ": image indexes nested too deep");
     json nested = parse_json(read_blob_verified(dir, d.digest), "index " + d.digest);
+    if (index && !*index) *index = IndexSummary::from_json(d.digest, nested.value("manifests", json::array()));
     d = pick(nested, "", &plat, "layout " + dir.string() + (tag.empty() ? "" : ":" + tag) + " (index " + d.digest.substr(0, 19) + ")");
   }
   return d;
@@ -222,7 +225,10 @@ LayoutImage read_manifest(const fs::path& dir, const Descriptor& md) {
 }  // namespace
 
 LayoutImage read_oci_layout(const fs::path& dir, const std::string& tag, const std::string& platform) {
-  return read_manifest(dir, resolve(dir, tag, platform));
+  std::optional<IndexSummary> index;
+  LayoutImage out = read_manifest(dir, resolve(dir, tag, platform, &index));
+  out.index = std::move(index);
+  return out;
 }
 
 std::optional<ImageIndex> read_oci_layout_index(const fs::path& dir, const std::string& tag) {

@@ -16,6 +16,7 @@ namespace kiln::builder {
 struct LayoutImage {
   Image image;
   std::string manifest_digest;
+  std::optional<IndexSummary> index;  // the tag named an image index, resolved to the platform
 };
 
 /// Reads the image tagged `tag` ("" = the layout's only image) from the layout at `dir`, resolving

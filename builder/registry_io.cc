@@ -86,13 +86,14 @@ std::uint64_t RegistrySession::requests() const {
 }
 
 std::string resolve_remote(RegistrySession& s, const registry::Reference& ref, const std::string& platform,
-                           layers::Store& store) {
+                           layers::Store& store, std::optional<IndexSummary>* index) {
   registry::Client& c = s.client(ref.registry);
   registry::Manifest m = c.get_manifest(ref.repository, ref.manifest_ref());
   store.put_bytes(m.bytes);
   if (!is_index_type(m.media_type)) return m.digest;
   Platform want = parse_platform(platform);
   json idx = parse(m.bytes, "index " + ref.str());
+  if (index) *index = IndexSummary::from_json(m.digest, idx.value("manifests", json::array()));
   for (const json& e : idx.value("manifests", json::array())) {
     const json& p = e.value("platform", json::object());
     if (p.value("os", "") == want.os && p.value("architecture", "") == want.architecture &&
@@ -112,7 +113,7 @@ std::string resolve_remote(RegistrySession& s, const registry::Reference& ref, c
 RemoteImage pull_remote(RegistrySession& s, const registry::Reference& ref, const std::string& platform,
                         layers::Store& store) {
   RemoteImage out;
-  out.manifest_digest = resolve_remote(s, ref, platform, store);
+  out.manifest_digest = resolve_remote(s, ref, platform, store, &out.index);
   registry::Client& c = s.client(ref.registry);
   json man = parse(store.read_bytes(out.manifest_digest), "manifest " + out.manifest_digest);
   if (man.contains("annotations") && man["annotations"].is_object())

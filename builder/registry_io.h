@@ -49,13 +49,14 @@ class RegistrySession {
 /// The manifest digest `ref` resolves to for `platform` (an index is resolved). Manifests and
 /// configs read along the way are kept in the store.
 std::string resolve_remote(RegistrySession& s, const registry::Reference& ref, const std::string& platform,
-                           layers::Store& store);
+                           layers::Store& store, std::optional<IndexSummary>* index = nullptr);
 
 /// The image at `ref` for `platform`. Layers are not downloaded: each Layer has `remote` set and
 /// `blob` pointing where fetch_layers() puts it in the store.
 struct RemoteImage {
   Image image;
   std::string manifest_digest;
+  std::optional<IndexSummary> index;  // the reference named an image index, resolved to the platform
 };
 RemoteImage pull_remote(RegistrySession& s, const registry::Reference& ref, const std::string& platform,
                         layers::Store& store);

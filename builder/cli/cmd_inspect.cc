@@ -12,7 +12,8 @@ namespace fs = std::filesystem;
 namespace kiln::cli {
 namespace {
 
-json inspect_json(const builder::Image& img, const std::string& digest, const std::string& ref) {
+json inspect_json(const builder::Image& img, const std::string& digest, const std::string& ref,
+                  const std::optional<builder::IndexSummary>& index) {
   json ls = json::array();
   const json& hist = img.config.value("history", json::array());
   std::vector<json> layer_hist;
@@ -32,8 +33,16 @@ json inspect_json(const builder::Image& img, const std::string& digest, const st
               {"dest", labels.value(builder::kLabelSourceDest, "")},
               {"copy_mode", labels.value(builder::kLabelSourceMode, "")},
               {"files", std::stoul(labels.value(builder::kLabelSourceFiles, "0"))}};
-  return {{"reference", ref}, {"digest", digest}, {"config", img.config}, {"labels", labels},
-          {"layers", ls},     {"source", source}, {"annotations", img.annotations}};
+  json out = {{"reference", ref}, {"digest", digest}, {"config", img.config}, {"labels", labels},
+              {"layers", ls},     {"source", source}, {"annotations", img.annotations}};
+  // Resolved through an image index (--platform picked this image): the index and its images.
+  if (index) {
+    json ms = json::array();
+    for (const auto& [platform, d] : index->manifests)
+      ms.push_back({{"platform", platform.empty() ? json(nullptr) : json(platform)}, {"digest", d}});
+    out["index"] = {{"digest", index->digest}, {"manifests", ms}};
+  }
+  return out;
 }
 
 }  // namespace
@@ -45,7 +54,8 @@ void add_inspect_command(CLI::App& app, Common& c, std::vector<Command>& out) {
   auto a = std::make_shared<Args>();
   auto* inspect = app.add_subcommand("inspect", "Print an image's config, labels and layers as JSON");
   inspect->add_option("ref", a->ref, "oci:DIR[:TAG] or a registry reference")->required();
-  inspect->add_option("--platform", a->platform, "Platform to pick from an image index");
+  inspect->add_option("--platform", a->platform,
+                      "Platform to pick from an image index (default linux/amd64); the output's index field lists them all");
   add_common_options(inspect, c);
   add_registry_options(inspect, c);
   out.push_back({inspect, [a](Context& ctx) {
@@ -61,14 +71,14 @@ void add_inspect_command(CLI::App& app, Common& c, std::vector<Command>& out) {
                      builder::RemoteImage ri = builder::pull_remote(session, ref, a->platform, store);
                      registry::Reference done = ref;
                      done.digest = ri.manifest_digest;
-                     std::cout << inspect_json(ri.image, ri.manifest_digest, done.str()).dump(2) << std::endl;
+                     std::cout << inspect_json(ri.image, ri.manifest_digest, done.str(), ri.index).dump(2) << std::endl;
                      return kOk;
                    }
                    fs::path dir;
                    std::string t;
                    builder::split_oci_ref(a->ref, &dir, &t);
                    builder::LayoutImage li = builder::read_oci_layout(dir, t, a->platform);
-                   std::cout << inspect_json(li.image, li.manifest_digest, a->ref).dump(2) << std::endl;
+                   std::cout << inspect_json(li.image, li.manifest_digest, a->ref, li.index).dump(2) << std::endl;
                    return kOk;
                  }});
 }

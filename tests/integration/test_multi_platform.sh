@@ -49,7 +49,12 @@ for p in amd64 arm64; do
   oci_validate "$T/one-$p" x
   kiln inspect "oci:$T/out:$TAG" --platform "linux/$p"
   assert_eq "linux $p" "$(jget "j['config']['os'] + ' ' + j['config']['architecture']" <<<"$OUT")" "kiln inspect --platform linux/$p picks its image from the index"
+  assert_eq "$want $INDEX [[\"linux/amd64\", \"$AMD\"], [\"linux/arm64\", \"$ARM\"]]" \
+    "$(jget "' '.join([j['digest'], j['index']['digest'], json.dumps([[m['platform'], m['digest']] for m in j['index']['manifests']])])" <<<"$OUT")" \
+    "kiln inspect --platform linux/$p: that image's digest, and the index it came through with every platform"
 done
+kiln inspect "oci:$T/one-arm64:x"
+assert_eq "null" "$(jget "j.get('index')" <<<"$OUT")" "kiln inspect of a one-platform image: no index"
 # skopeo copies the whole index (every platform's blobs are in the layout).
 skopeo copy -q --all "oci:$T/out:$TAG" "oci:$T/copy:c" >"$T/copy.log" 2>&1 || fail "skopeo copy --all of the index: $(cat "$T/copy.log")"
 assert_eq "$INDEX" "sha256:$(skopeo inspect --raw "oci:$T/copy:c" | sha256sum | cut -d' ' -f1)" "skopeo copy --all keeps the index byte for byte"
@@ -122,6 +127,8 @@ for p in amd64 arm64; do
     fail "skopeo copy --override-arch $p from the registry: $(cat "$T/pull.log")"
   assert_eq "$want" "sha256:$(skopeo inspect --raw "oci:$T/pull-$p:x" | sha256sum | cut -d' ' -f1)" \
     "skopeo resolves linux/$p to its image in the registry"
+  kiln inspect "$R/multi:$TAG" --platform "linux/$p" --insecure-allow-http "$R"
+  assert_eq "$want $INDEX" "$(jget "j['digest'] + ' ' + j['index']['digest']" <<<"$OUT")" "kiln inspect of the registry's index: linux/$p's image, through the index"
 done
 # The tag is a content hash: a second build finds the index and builds nothing.
 M=$(reg_mark)
