@@ -581,9 +581,26 @@ void finish_index(Prepared& p) {
   p.tag = spec::make_tag(*p.spec, p.spec_hash);
   p.source_digest = first.source_digest;
   p.base_id = bases;
-  p.files = first.files;
   p.timings = first.timings;
+  if (p.deferred) {
+    // Every platform is built: the first one's lists become the index's, the others' go.
+    p.files = std::move(p.platforms.front()->files);
+    for (const auto& c : p.platforms) c->files = layers::FileSet{};
+  } else {
+    p.files = first.files;  // (each platform's build still needs its own)
+  }
   p.deferred = false;
+}
+
+/// A file set without its lists (what a Prepared says of its files before they are hashed).
+layers::FileSet without_lists(const layers::FileSet& f) {
+  layers::FileSet out;
+  out.has_source = f.has_source;
+  out.mode = f.mode;
+  out.dest = f.dest;
+  out.warnings = f.warnings;
+  out.git_workdir = f.git_workdir;
+  return out;
 }
 
 /// One platform of a spec for several: prepared on a spec of its own.
@@ -611,7 +628,7 @@ Prepared prepare_index(const spec::ImageSpec& s, const BuildOptions& opts, bool 
   }
   if (deferred) {
     p.deferred = true;
-    p.files = p.platforms.front()->files;  // (the digests come with the build)
+    p.files = without_lists(p.platforms.front()->files);  // (the lists come with the build)
   } else {
     finish_index(p);
   }
