@@ -392,10 +392,11 @@ registry::Reference parse_base_reference(const spec::ImageSpec& s) {
 
 namespace {
 
-/// The base resolved, the files walked and their digests looked up in the stat index (p.index).
-Prepared prepare_walk(const spec::ImageSpec& s, const BuildOptions& opts) {
+/// The base resolved (its id known), nothing walked.
+Prepared prepare_base(const spec::ImageSpec& s, const BuildOptions& opts) {
   Prepared p;
   p.spec = &s;
+  p.repository = spec::repository(s);
   // Whatever goes wrong with the base is about the field base_image: the failure names it (and a
   // GitHub annotation points at its line). A bad reference is a SpecError on it already.
   registry::Reference base_ref;
@@ -446,6 +447,12 @@ Prepared prepare_walk(const spec::ImageSpec& s, const BuildOptions& opts) {
   } catch (...) {
     rethrow_with_field("base_image");
   }
+  return p;
+}
+
+/// The base resolved, the files walked and their digests looked up in the stat index (p.index).
+Prepared prepare_walk(const spec::ImageSpec& s, const BuildOptions& opts) {
+  Prepared p = prepare_base(s, opts);
   NullProgress silent;
   Progress& progress = opts.progress ? *opts.progress : silent;
   layers::CollectOptions co;
@@ -466,7 +473,6 @@ Prepared prepare_walk(const spec::ImageSpec& s, const BuildOptions& opts) {
   p.files = layers::collect_files(s, co);
   progress.phase_end(Phase::Walk);
   p.timings["walk"] = since(t0);
-  p.repository = spec::repository(s);
   return p;
 }
 
@@ -552,28 +558,13 @@ void compute_tag(Prepared& p, const BuildOptions& opts) {
 
 namespace {
 
-/// Do two walks of the same tree agree (paths, types, modes, digests, links)?
-bool same_entries(const std::vector<layers::FileEntry>& a, const std::vector<layers::FileEntry>& b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i)
-    if (a[i].dest != b[i].dest || a[i].type != b[i].type || a[i].mode != b[i].mode || a[i].sha256 != b[i].sha256 ||
-        a[i].link() != b[i].link())
-      return false;
-  return true;
-}
-
 /// The index's identity, once every platform's is known: its spec hash and tag, and the files
-/// (the same for every platform, or the build fails: the tree changed between the walks).
+/// (one walk's, shared by every platform).
 void finish_index(Prepared& p) {
   std::vector<std::pair<std::string, std::string>> hashes;
   const Prepared& first = *p.platforms.front();
   std::string bases;
   for (const auto& c : p.platforms) {
-    if (c->source_digest != first.source_digest || !same_entries(c->files.source, first.files.source) ||
-        !same_entries(c->files.copy, first.files.copy))
-      throw layers::InputError("the files changed between the walks for " + first.spec->platform + " and " +
-                               c->spec->platform + " (a file was written while kiln read the tree); re-run the "
-                               "build once the tree is stable");
     hashes.emplace_back(c->spec->platform, c->spec_hash);
     bases += (bases.empty() ? "" : ",") + c->spec->platform + "=" + c->base_id;
   }
@@ -603,11 +594,21 @@ layers::FileSet without_lists(const layers::FileSet& f) {
   return out;
 }
 
-/// One platform of a spec for several: prepared on a spec of its own.
+/// One platform of a spec for several, prepared on a spec of its own: the first walks (`files`
+/// null); the others take its files, hashed already, so every platform bakes the very same files
+/// and the tree is walked once.
 std::shared_ptr<Prepared> prepare_platform(const spec::ImageSpec& s, const std::string& platform,
-                                           const BuildOptions& opts, bool deferred) {
+                                           const BuildOptions& opts, bool deferred, const layers::FileSet* files) {
   auto own = std::make_shared<const spec::ImageSpec>(spec::with_platform(s, platform));
-  auto child = std::make_shared<Prepared>(deferred ? prepare_deferred(*own, opts) : prepare(*own, opts));
+  std::shared_ptr<Prepared> child;
+  if (files) {
+    child = std::make_shared<Prepared>(prepare_base(*own, opts));
+    child->files = *files;
+    child->timings = {{"walk", 0.0}, {"hash", 0.0}};  // (the first platform's)
+    compute_tag(*child, opts);
+  } else {
+    child = std::make_shared<Prepared>(deferred ? prepare_deferred(*own, opts) : prepare(*own, opts));
+  }
   child->own_spec = std::move(own);
   return child;
 }
@@ -621,9 +622,10 @@ Prepared prepare_index(const spec::ImageSpec& s, const BuildOptions& opts, bool 
   p.spec = &s;
   p.repository = spec::repository(s);
   for (const std::string& platform : s.platforms()) {
-    p.platforms.push_back(prepare_platform(s, platform, opts, deferred));
-    // Deferred: the first platform's build hashes the files and records them in the stat index;
-    // the others are prepared after it (build_index), so their walks find every digest there.
+    p.platforms.push_back(
+        prepare_platform(s, platform, opts, deferred, p.platforms.empty() ? nullptr : &p.platforms.front()->files));
+    // Deferred: the first platform's build hashes the files; the others are prepared after it
+    // (build_index), with them.
     if (deferred) break;
   }
   if (deferred) {
@@ -689,7 +691,7 @@ BuildResult build_index(const Prepared& prep, Prepared* deferred, const BuildOpt
   for (std::size_t i = 0; i < platforms.size(); ++i) {
     if (i == prep.platforms.size()) {
       if (!deferred) throw std::logic_error("build: a platform of the index was not prepared");
-      deferred->platforms.push_back(prepare_platform(*prep.spec, platforms[i], opts, false));
+      deferred->platforms.push_back(prepare_platform(*prep.spec, platforms[i], opts, false, &prep.platforms.front()->files));
     }
     const std::shared_ptr<Prepared>& child = prep.platforms[i];
     const std::string& platform = child->spec->platform;
