@@ -147,6 +147,17 @@ assert_eq "$INDEX" "$(jget "j['outputs'][0]['digest']" <<<"$OUT")" "exists + out
 assert_eq 0 "$(reg_count PUT . "$M")" "exists + output: nothing PUT"
 skopeo inspect --raw "oci:$T/again:$TAG" | cmp -s - "$T/raw.json" || fail "exists + output: the layout's index is the registry's"
 
+# ---- never half an index under the tag: a platform's manifest that cannot be put stops the push
+# before the index is put -----------------------------------------------------------------------
+start_fault_proxy "$R" "status=500,method=PUT,path=/manifests/$ARM,count=0"
+sed "s|\"name\": \"multi\"|\"name\": \"multi-fault\", \"registry\": \"$PROXY_ADDR\"|" "$W/spec.json" >"$W/fault.json"
+kiln build "$W/fault.json" --json --progress quiet
+assert_eq 6 "$RC" "the arm64 manifest PUT always fails: exit 6 (transient)"
+assert_contains "$(cat "$PROXY_LOG")" "PUT /v2/multi-fault/manifests/$ARM" "the fault did fire"
+assert_eq 0 "$(grep -c "PUT /v2/multi-fault/manifests/$TAG" "$PROXY_LOG" || true)" "no index PUT under the tag after a platform failed"
+skopeo inspect --tls-verify=false --raw "docker://$R/multi-fault:$TAG" >/dev/null 2>&1 && fail "the tag exists after a failed push" || pass
+stop_fault_proxy
+
 # ---- kiln push of a layout's index: the whole index, or one platform with --platform ---------
 kiln push "oci:$T/out:$TAG" "$R/pushed:v1" --json --insecure-allow-http "$R"
 assert_eq 0 "$RC" "kiln push of an index tag: exit 0"$'\n'"$ERR"
