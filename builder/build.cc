@@ -615,9 +615,6 @@ std::shared_ptr<Prepared> prepare_platform(const spec::ImageSpec& s, const std::
 
 /// A spec for several platforms: each platform prepared on its own spec, in the spec's order.
 Prepared prepare_index(const spec::ImageSpec& s, const BuildOptions& opts, bool deferred) {
-  if (s.modelcar)
-    throw spec::SpecError("platform", s.origin + ": field 'platform' lists several platforms (" + s.platform +
-                                          "); a modelcar image is built for one");
   Prepared p;
   p.spec = &s;
   p.repository = spec::repository(s);

@@ -185,6 +185,7 @@ void split_oci_ref(const std::string& ref, fs::path* dir, std::string* tag) {
 }
 
 std::string resolve_oci_layout(const fs::path& dir, const std::string& tag, const std::string& platform) {
+  if (platform.empty()) return pick(read_index(dir), tag, nullptr, "layout " + dir.string()).digest;
   return resolve(dir, tag, platform).digest;
 }
 

@@ -46,8 +46,9 @@ class RegistrySession {
   std::map<std::string, std::unique_ptr<registry::Client>> clients_;
 };
 
-/// The manifest digest `ref` resolves to for `platform` (an index is resolved). Manifests and
-/// configs read along the way are kept in the store.
+/// The manifest digest `ref` resolves to for `platform` (an index is resolved; with `platform` "",
+/// not: the digest `ref` names, verified). Manifests and configs read along the way are kept in
+/// the store.
 std::string resolve_remote(RegistrySession& s, const registry::Reference& ref, const std::string& platform,
                            layers::Store& store, std::optional<IndexSummary>* index = nullptr);
 

@@ -324,9 +324,10 @@ class Job {
     rec_.base = prep.base_id;
     out_.repository = prep.repository;
     if (!prep.deferred) identity(prep);
-    if (s.modelcar &&
-        std::none_of(prep.files.source.begin(), prep.files.source.end(),
-                     [](const layers::FileEntry& f) { return f.type != layers::FileEntry::Type::Dir; }))
+    // (An index's own lists come with its build: its first platform holds them until then.)
+    const layers::FileSet& files = prep.multi() ? prep.platforms.front()->files : prep.files;
+    if (s.modelcar && std::none_of(files.source.begin(), files.source.end(),
+                                   [](const layers::FileEntry& f) { return f.type != layers::FileEntry::Type::Dir; }))
       throw layers::InputError("the model directory '" + (s.source_root ? s.source_root->string() : std::string()) +
                                "' holds no file (after .dockerignore): /models would be empty");
     std::optional<registry::Reference> target;
@@ -452,7 +453,15 @@ class Job {
     if (tags.empty()) tags.push_back(prep.tag);
     for (const auto& t : tags)
       if (lo.tag.empty() || t == "latest") lo.tag = t;
-    out_.lint = lint_modelcar(r.image, lo);
+    if (r.index) {  // each platform's image, its findings named after it
+      for (const auto& [platform, img] : r.index->images)
+        for (modelcar::Finding f : lint_modelcar(img, lo)) {
+          f.message = platform + ": " + f.message;
+          out_.lint.push_back(std::move(f));
+        }
+    } else {
+      out_.lint = lint_modelcar(r.image, lo);
+    }
     std::string errors;
     for (const auto& f : out_.lint) {
       if (f.severity == modelcar::Finding::Severity::Warning) progress_.warn(f.code + ": " + f.message);

@@ -38,7 +38,7 @@ struct VerifyArgs {
 };
 
 struct PatchArgs {
-  std::string ref, mode = "init", repository, container = modelcar::kServerContainer, platform = "linux/amd64";
+  std::string ref, mode = "init", repository, container = modelcar::kServerContainer, platform;
   std::string cpu = modelcar::kModelcarCpu, memory = modelcar::kModelcarMemory;
   long long uid = -1;
   bool template_wrap = false;
@@ -231,7 +231,9 @@ void add_modelcar_commands(CLI::App& app, Common& c, std::vector<Command>& out) 
       ->allow_extra_args(false);
   mc->add_option("--push", a->push, "Push to this registry reference (REGISTRY/REPO[:TAG])");
   mc->add_option("--name", a->name, "Image name (default: the --push repository, else the directory's name)");
-  mc->add_option("--platform", a->platform, "Platform of the base (default linux/amd64)");
+  mc->add_option("--platform", a->platform,
+                 "Platform of the image (default linux/amd64), or several, comma-separated: one image index, the "
+                 "model's layers shared by every platform");
   mc->add_flag("--volume-only", a->volume_only, "Only for image volumes: do not require the shell tools");
   mc->add_flag("--skip-preflight", a->skip_preflight, "Do not check push permission before building");
   add_common_options(mc, c);
@@ -258,7 +260,9 @@ void add_modelcar_commands(CLI::App& app, Common& c, std::vector<Command>& out) 
   patch->add_option("--memory", p->memory, "Memory request and limit of the modelcar containers (default 15Mi)");
   patch->add_option("--run-as-user", p->uid, "runAsUser for the modelcar and the server (they must match)");
   patch->add_flag("--template", p->template_wrap, "Wrap for a pod template (Deployment, StatefulSet, Job)");
-  patch->add_option("--platform", p->platform, "Platform to pick from an image index");
+  patch->add_option("--platform", p->platform,
+                    "Pin this platform's image of an image index (default: the index itself, so each node pulls "
+                    "its own platform's image)");
   add_common_options(patch, c);
   add_registry_options(patch, c);
   out.push_back({patch, [p](Context& ctx) { return run_patch(ctx, *p); }});

@@ -151,6 +151,32 @@ assert_eq 2 "$RC" "an oci: modelcar needs --repository"
 kiln k8s-patch --modelcar "oci:$L:v1" --repository registry.example/models/demo:v1
 assert_eq 2 "$RC" "--repository with a tag is refused"
 
+# ---- several platforms: one index, the model's layers shared, each node pinned to the index -----
+# A two-platform busybox base. Its arm64 image is a stand-in (this machine's busybox labelled
+# arm64): nothing here runs it, and only which base each platform gets is checked.
+build_ok "$T/busybox.json" --platform linux/amd64,linux/arm64 -o "oci:$L:busybox-multi"
+kiln modelcar "$M" --base "oci:$L:busybox-multi" --platform linux/amd64,linux/arm64 -o "oci:$L:multi" --json --progress quiet
+((RC == 0)) || die "kiln modelcar --platform linux/amd64,linux/arm64 exited $RC"$'\n'"$ERR"$'\n'"$OUT"
+printf '%s' "$OUT" >"$T/multi.json"
+MC_INDEX=$(jget "j['digest']" "$T/multi.json")
+assert_eq "application/vnd.oci.image.index.v1+json" "$(jget "j['media_type']" "$T/multi.json")" "a modelcar for two platforms is an image index"
+assert_eq "[]" "$(jget "[f for f in j['lint'] if f['severity'] == 'error']" "$T/multi.json")" "both platforms pass the lint"
+MC_AMD=$(jget "j['platforms'][0]['digest']" "$T/multi.json")
+MC_ARM=$(jget "j['platforms'][1]['digest']" "$T/multi.json")
+kiln modelcar "$M" --base "oci:$L:busybox-multi" --platform linux/amd64 -o "oci:$T/one:x" --json --progress quiet
+assert_eq "$MC_AMD" "$(jget "j['digest']" <<<"$OUT")" "its linux/amd64 image is the one a one-platform modelcar on that base gives"
+model_layers() { kiln inspect "oci:$L:multi" --platform "$1"; jget "[l['digest'] for l in j['layers']][1:]" <<<"$OUT"; }
+assert_eq "$(model_layers linux/amd64)" "$(model_layers linux/arm64)" "the model's layers are the same blobs on both platforms"
+kiln inspect "oci:$L:multi" --platform linux/arm64
+assert_eq "arm64 $(jget "j['platforms'][1]['digest']" <<<"$(kiln build "$T/busybox.json" --platform linux/amd64,linux/arm64 --json --progress quiet; echo "$OUT")")" \
+  "$(jget "j['config']['architecture'] + ' ' + j['config']['config']['Labels']['dev.kiln.base.digest']" <<<"$OUT")" \
+  "the arm64 image sits on the base's arm64 image"
+# k8s-patch pins the index (each node pulls its own platform's image), or one platform on request.
+kiln k8s-patch --modelcar "oci:$L:multi" --repository registry.example/models/demo --json
+assert_contains "$OUT" "registry.example/models/demo@$MC_INDEX" "k8s-patch of an index pins the index digest"
+kiln k8s-patch --modelcar "oci:$L:multi" --repository registry.example/models/demo --platform linux/arm64 --json
+assert_contains "$OUT" "registry.example/models/demo@$MC_ARM" "k8s-patch --platform linux/arm64 pins that platform's image"
+
 # ---- one small file changes: only the small files' layer is rebuilt --------------------------------
 printf 'again\n' >>"$M/tokenizer/vocab.txt"
 kiln modelcar "$M" --base "oci:$L:busybox" -o "oci:$L:v2" --json --progress quiet
