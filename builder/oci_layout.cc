@@ -184,6 +184,13 @@ void split_oci_ref(const std::string& ref, fs::path* dir, std::string* tag) {
   if (dir->empty()) throw layers::InputError("'" + ref + "' names no directory; use oci:DIR[:TAG]");
 }
 
+std::optional<IndexSummary> oci_layout_index_summary(const fs::path& dir, const std::string& tag) {
+  Descriptor d = pick(read_index(dir), tag, nullptr, "layout " + dir.string());
+  if (!is_index(d.media_type)) return std::nullopt;
+  json idx = parse_json(read_blob_verified(dir, d.digest), "index " + d.digest);
+  return IndexSummary::from_json(d.digest, idx.value("manifests", json::array()));
+}
+
 std::string resolve_oci_layout(const fs::path& dir, const std::string& tag, const std::string& platform) {
   if (platform.empty()) return pick(read_index(dir), tag, nullptr, "layout " + dir.string()).digest;
   return resolve(dir, tag, platform).digest;

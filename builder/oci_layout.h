@@ -29,6 +29,9 @@ LayoutImage read_oci_layout(const std::filesystem::path& dir, const std::string&
 /// refused (layers::InputError): pushed as kiln writes it, it would be another digest.
 std::optional<ImageIndex> read_oci_layout_index(const std::filesystem::path& dir, const std::string& tag);
 
+/// The image index `tag` names, summarized; nullopt when it names one image.
+std::optional<IndexSummary> oci_layout_index_summary(const std::filesystem::path& dir, const std::string& tag);
+
 /// Only resolves `tag` to its manifest digest (cheap: reads index.json, and nested indexes). With
 /// `platform` "": the digest the tag names, an image index included (not resolved).
 std::string resolve_oci_layout(const std::filesystem::path& dir, const std::string& tag, const std::string& platform);

@@ -90,10 +90,11 @@ std::string resolve_remote(RegistrySession& s, const registry::Reference& ref, c
   registry::Client& c = s.client(ref.registry);
   registry::Manifest m = c.get_manifest(ref.repository, ref.manifest_ref());
   store.put_bytes(m.bytes);
-  if (!is_index_type(m.media_type) || platform.empty()) return m.digest;
-  Platform want = parse_platform(platform);
+  if (!is_index_type(m.media_type)) return m.digest;
   json idx = parse(m.bytes, "index " + ref.str());
   if (index) *index = IndexSummary::from_json(m.digest, idx.value("manifests", json::array()));
+  if (platform.empty()) return m.digest;
+  Platform want = parse_platform(platform);
   for (const json& e : idx.value("manifests", json::array())) {
     const json& p = e.value("platform", json::object());
     if (p.value("os", "") == want.os && p.value("architecture", "") == want.architecture &&

@@ -33,7 +33,7 @@ struct ModelcarArgs {
 };
 
 struct VerifyArgs {
-  std::string ref, platform = "linux/amd64";
+  std::string ref, platform;
   bool volume_only = false;
 };
 
@@ -126,31 +126,59 @@ int run_build(Context& ctx, const ModelcarArgs& a) {
 
 // ---- kiln modelcar verify REF ----
 
+/// The platforms to lint: `chosen`, or (none chosen) every platform an index names, or the one image.
+std::vector<std::string> platforms_to_lint(const std::string& chosen, const std::optional<builder::IndexSummary>& index) {
+  std::vector<std::string> out;
+  if (chosen.empty() && index)
+    for (const auto& [platform, d] : index->manifests)
+      if (!platform.empty() && platform != "unknown/unknown") out.push_back(platform);  // (not attestations)
+  if (out.empty()) out.push_back(chosen.empty() ? "linux/amd64" : chosen);
+  return out;
+}
+
 int run_verify(Context& ctx, const VerifyArgs& a) {
-  builder::Image img;
   std::string digest, shown = a.ref;
   modelcar::LintOptions lo;
   lo.volume_only = a.volume_only;
+  std::vector<modelcar::Finding> findings;
+  // Each image linted; with several (an index), a finding names its platform.
+  auto lint = [&](const builder::Image& img, const std::string& platform, bool several) {
+    for (modelcar::Finding f : session::lint_modelcar(img, lo)) {
+      if (several) f.message = platform + ": " + f.message;
+      findings.push_back(std::move(f));
+    }
+  };
   if (a.ref.rfind("oci:", 0) == 0) {
     fs::path dir;
     std::string tag;
     builder::split_oci_ref(a.ref, &dir, &tag);
-    builder::LayoutImage li = builder::read_oci_layout(dir, tag, a.platform);
-    img = std::move(li.image);
-    digest = li.manifest_digest;
     lo.tag = tag;
+    std::optional<builder::IndexSummary> index = builder::oci_layout_index_summary(dir, tag);
+    const std::vector<std::string> platforms = platforms_to_lint(a.platform, index);
+    for (const std::string& p : platforms) {
+      builder::LayoutImage li = builder::read_oci_layout(dir, tag, p);
+      digest = li.manifest_digest;
+      lint(li.image, p, platforms.size() > 1);
+    }
+    if (platforms.size() > 1) digest = index->digest;
   } else {
     registry::Reference ref = registry::parse_reference(a.ref);
     layers::Store store = ctx.open_store();
     builder::RegistrySession session(ctx.registry_settings(), &ctx.view);
-    builder::RemoteImage ri = builder::pull_remote(session, ref, a.platform, store);
-    builder::fetch_layers(session, ri.image, store);
-    img = std::move(ri.image);
-    digest = ri.manifest_digest;
     lo.tag = ref.tag;  // "latest" when the reference names none
     shown = ref.name() + (ref.tag.empty() ? "" : ":" + ref.tag);
+    std::optional<builder::IndexSummary> index;
+    registry::Reference pinned = ref;  // what the tag names now, for every platform read below
+    pinned.digest = builder::resolve_remote(session, ref, "", store, &index);
+    const std::vector<std::string> platforms = platforms_to_lint(a.platform, index);
+    for (const std::string& p : platforms) {
+      builder::RemoteImage ri = builder::pull_remote(session, pinned, p, store);
+      builder::fetch_layers(session, ri.image, store);
+      digest = ri.manifest_digest;
+      lint(ri.image, p, platforms.size() > 1);
+    }
+    if (platforms.size() > 1) digest = index->digest;
   }
-  std::vector<modelcar::Finding> findings = session::lint_modelcar(img, lo);
   auto [errors, warnings] = tally(findings);
   if (ctx.common.json_out) {
     std::cout << json{{"status", errors ? "failed" : "ok"},
@@ -241,7 +269,8 @@ void add_modelcar_commands(CLI::App& app, Common& c, std::vector<Command>& out) 
 
   auto* verify = mc->add_subcommand("verify", "Lint a modelcar image; exit 0 when it has no errors, 2 otherwise");
   verify->add_option("ref", v->ref, "oci:DIR[:TAG] or a registry reference")->required();
-  verify->add_option("--platform", v->platform, "Platform to pick from an image index");
+  verify->add_option("--platform", v->platform,
+                     "Lint only this platform's image of an image index (default: every platform's)");
   verify->add_flag("--volume-only", v->volume_only, "Only for image volumes: do not require the shell tools");
   add_common_options(verify, c);
   add_registry_options(verify, c);

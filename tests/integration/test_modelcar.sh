@@ -171,6 +171,35 @@ kiln inspect "oci:$L:multi" --platform linux/arm64
 assert_eq "arm64 $(jget "j['platforms'][1]['digest']" <<<"$(kiln build "$T/busybox.json" --platform linux/amd64,linux/arm64 --json --progress quiet; echo "$OUT")")" \
   "$(jget "j['config']['architecture'] + ' ' + j['config']['config']['Labels']['dev.kiln.base.digest']" <<<"$OUT")" \
   "the arm64 image sits on the base's arm64 image"
+# verify lints every platform of an index: an index whose arm64 entry is the bare base (no
+# /models) fails, naming the platform; --platform linux/amd64 lints the good one alone.
+kiln modelcar verify "oci:$L:multi" --json
+assert_eq "0 ok" "$(jget "str(j['exit_code']) + ' ' + j['status']" <<<"$OUT")" "modelcar verify of the index: both platforms pass"
+assert_eq "$MC_INDEX" "$(jget "j['digest']" <<<"$OUT")" "modelcar verify of the index: names the index"
+BB_ARM=$(kiln inspect "oci:$L:busybox-multi" --platform linux/arm64; jget "j['digest']" <<<"$OUT")
+"$PYTHON" - "$L" "$MC_AMD" "$BB_ARM" <<'PY'
+import hashlib, json, os, sys
+d, amd, arm = sys.argv[1:]
+def desc(digest, arch):
+    size = os.path.getsize(os.path.join(d, "blobs", "sha256", digest.split(":")[1]))
+    return {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": size,
+            "platform": {"architecture": arch, "os": "linux"}}
+b = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                "manifests": [desc(amd, "amd64"), desc(arm, "arm64")]}).encode()
+h = hashlib.sha256(b).hexdigest()
+open(os.path.join(d, "blobs", "sha256", h), "wb").write(b)
+idx = json.load(open(os.path.join(d, "index.json")))
+idx["manifests"].append({"mediaType": "application/vnd.oci.image.index.v1+json", "digest": "sha256:" + h,
+                         "size": len(b), "annotations": {"org.opencontainers.image.ref.name": "mixed"}})
+json.dump(idx, open(os.path.join(d, "index.json"), "w"))
+PY
+kiln modelcar verify "oci:$L:mixed"
+assert_eq 2 "$RC" "modelcar verify of an index with a bad platform: exit 2"
+assert_contains "$OUT" "linux/arm64: " "the finding names the platform"
+assert_not_contains "$OUT" "linux/amd64: " "the good platform has no finding"
+kiln modelcar verify "oci:$L:mixed" --platform linux/amd64
+assert_eq 0 "$RC" "modelcar verify --platform linux/amd64 lints that image alone"
+
 # k8s-patch pins the index (each node pulls its own platform's image), or one platform on request.
 kiln k8s-patch --modelcar "oci:$L:multi" --repository registry.example/models/demo --json
 assert_contains "$OUT" "registry.example/models/demo@$MC_INDEX" "k8s-patch of an index pins the index digest"
