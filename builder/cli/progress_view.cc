@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <set>
+#include <string>
 
 namespace kiln::cli {
 
@@ -223,14 +225,24 @@ std::size_t terminal_height(int fd) {
 
 std::vector<std::string> layer_summary(const std::string& image, const std::vector<builder::LayerReport>& layers,
                                        std::size_t width) {
-  std::size_t built = 0, cached = 0, base = 0;
+  std::size_t built = 0, cached = 0, base = 0, shared_n = 0;
   std::uint64_t size = 0, tar = 0;
   std::size_t label_w = 5;  // "LAYER"
-  for (const auto& l : layers) {
+  // A blob listed above already (an image index's platforms share their source layers) is
+  // "shared": counted once in the total, as it is stored and pushed once.
+  std::vector<char> shared(layers.size());
+  std::set<std::string> seen;
+  for (std::size_t i = 0; i < layers.size(); ++i) {
+    const auto& l = layers[i];
+    shared[i] = !l.digest.empty() && !seen.insert(l.digest).second;
+    label_w = std::max(label_w, display_width(l.label));
+    if (shared[i]) {
+      ++shared_n;
+      continue;
+    }
     (l.from_base ? base : l.cache_hit ? cached : built) += 1;
     size += l.size;
     tar += l.tar_size;
-    label_w = std::max(label_w, display_width(l.label));
   }
   auto row = [&](std::string label, const std::string& status, const std::string& c, const std::string& u,
                  const std::string& t, const std::string& r) {
@@ -247,13 +259,15 @@ std::vector<std::string> layer_summary(const std::string& image, const std::vect
   };
   // The counts first: a narrow terminal cuts the end of the image reference.
   std::string head = std::to_string(layers.size()) + " layer(s): " + std::to_string(built) + " built, " +
-                     std::to_string(cached) + " cached, " + std::to_string(base) + " from the base, in " + image;
+                     std::to_string(cached) + " cached, " + std::to_string(base) + " from the base, " +
+                     (shared_n ? std::to_string(shared_n) + " shared, " : std::string()) + "in " + image;
   std::vector<std::string> out{width ? fit(head, width) : head};
   out.push_back(row("LAYER", "STATUS", "COMPRESSED", "UNCOMPRESSED", "TIME", "RATE"));
-  for (const auto& l : layers) {
-    const char* status = l.from_base ? "base" : l.cache_hit ? "cached" : "built";
+  for (std::size_t i = 0; i < layers.size(); ++i) {
+    const auto& l = layers[i];
+    const char* status = shared[i] ? "shared" : l.from_base ? "base" : l.cache_hit ? "cached" : "built";
     std::string rate = "-";
-    if (!l.from_base && !l.cache_hit && l.seconds > 0.001 && l.tar_size)
+    if (!shared[i] && !l.from_base && !l.cache_hit && l.seconds > 0.001 && l.tar_size)
       rate = human_rate(static_cast<double>(l.tar_size) / l.seconds);
     out.push_back(row(l.label, status, human_bytes(l.size), l.tar_size ? human_bytes(l.tar_size) : "-",
                       l.from_base ? "-" : human_duration(l.seconds), rate));

@@ -44,8 +44,9 @@ std::size_t terminal_width(int fd);
 std::size_t terminal_height(int fd);
 
 /// The per-layer summary of a build of `image`: a title line, then per layer its label, whether it
-/// was built, cached or from the base, its size compressed and uncompressed, time and rate, and a
-/// total. Lines fit in `width` columns (0: no limit).
+/// was built, cached or from the base (or shared: the same blob as a row above, as an image index's
+/// platforms share their source layers), its size compressed and uncompressed, time and rate, and
+/// a total that counts each blob once. Lines fit in `width` columns (0: no limit).
 std::vector<std::string> layer_summary(const std::string& image, const std::vector<builder::LayerReport>& layers,
                                        std::size_t width);
 

@@ -249,3 +249,29 @@ TEST_CASE("progress: the layer summary says built, cached or base, with sizes, t
   auto wide = layer_summary("t", ls, 0);
   CHECK(wide[3].find(ls[1].label) != std::string::npos);
 }
+
+TEST_CASE("progress: in the layer summary, a blob listed above is shared and counted once", "[progress]") {
+  // An index of two platforms: the second one's source layer is the first one's blob.
+  std::vector<kiln::builder::LayerReport> ls(3);
+  ls[0].label = "linux/amd64: source_root (3 files)";
+  ls[0].digest = "sha256:aaa";
+  ls[0].size = 2u << 20;
+  ls[0].tar_size = 6u << 20;
+  ls[0].seconds = 0.1;
+  ls[1].label = "linux/arm64: base";
+  ls[1].digest = "sha256:bbb";
+  ls[1].from_base = ls[1].cache_hit = true;
+  ls[1].size = 1u << 20;
+  ls[2].label = "linux/arm64: source_root (3 files)";
+  ls[2].digest = "sha256:aaa";
+  ls[2].cache_hit = true;
+  ls[2].size = 2u << 20;
+  ls[2].tar_size = 6u << 20;
+  auto lines = layer_summary("idx:1", ls, 0);
+  REQUIRE(lines.size() == 6);
+  CHECK(lines[0] == "3 layer(s): 1 built, 0 cached, 1 from the base, 1 shared, in idx:1");
+  CHECK(lines[4].find("shared") != std::string::npos);
+  CHECK(lines[5].find("total") != std::string::npos);
+  CHECK(lines[5].find("3.0 MiB") != std::string::npos);  // 2 + 1, not 2 + 1 + 2
+  CHECK(lines[5].find("6.0 MiB") != std::string::npos);
+}
