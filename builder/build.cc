@@ -558,6 +558,17 @@ void compute_tag(Prepared& p, const BuildOptions& opts) {
 
 namespace {
 
+/// A file set without its lists.
+layers::FileSet without_lists(const layers::FileSet& f) {
+  layers::FileSet out;
+  out.has_source = f.has_source;
+  out.mode = f.mode;
+  out.dest = f.dest;
+  out.warnings = f.warnings;
+  out.git_workdir = f.git_workdir;
+  return out;
+}
+
 /// The index's identity, once every platform's is known: its spec hash and tag, and the files
 /// (one walk's, shared by every platform).
 void finish_index(Prepared& p) {
@@ -573,38 +584,39 @@ void finish_index(Prepared& p) {
   p.source_digest = first.source_digest;
   p.base_id = bases;
   p.timings = first.timings;
-  if (p.deferred) {
-    // Every platform is built: the first one's lists become the index's, the others' go.
-    p.files = std::move(p.platforms.front()->files);
-    for (const auto& c : p.platforms) c->files = layers::FileSet{};
-  } else {
-    p.files = first.files;  // (each platform's build still needs its own)
-  }
+  p.files = without_lists(first.files);  // (the lists stay with the first platform: Prepared::file_set)
   p.deferred = false;
 }
 
-/// A file set without its lists (what a Prepared says of its files before they are hashed).
-layers::FileSet without_lists(const layers::FileSet& f) {
-  layers::FileSet out;
-  out.has_source = f.has_source;
-  out.mode = f.mode;
-  out.dest = f.dest;
-  out.warnings = f.warnings;
-  out.git_workdir = f.git_workdir;
-  return out;
-}
+/// The platforms of an index share one file list, held by the first platform: another one borrows
+/// it (swapped in, and back) while its tag is computed and while it is built, one at a time. So
+/// an index holds the list once, as a one-platform build does.
+class BorrowLists {
+ public:
+  BorrowLists(layers::FileSet& holder, layers::FileSet& borrower) : holder_(holder), borrower_(borrower) {
+    std::swap(holder_, borrower_);
+  }
+  ~BorrowLists() { std::swap(holder_, borrower_); }
+  BorrowLists(const BorrowLists&) = delete;
+  BorrowLists& operator=(const BorrowLists&) = delete;
 
-/// One platform of a spec for several, prepared on a spec of its own: the first walks (`files`
-/// null); the others take its files, hashed already, so every platform bakes the very same files
+ private:
+  layers::FileSet& holder_;
+  layers::FileSet& borrower_;
+};
+
+/// One platform of a spec for several, prepared on a spec of its own: the first walks (`lists`
+/// null); the others borrow its lists, hashed already, so every platform bakes the very same files
 /// and the tree is walked once.
 std::shared_ptr<Prepared> prepare_platform(const spec::ImageSpec& s, const std::string& platform,
-                                           const BuildOptions& opts, bool deferred, const layers::FileSet* files) {
+                                           const BuildOptions& opts, bool deferred, layers::FileSet* lists) {
   auto own = std::make_shared<const spec::ImageSpec>(spec::with_platform(s, platform));
   std::shared_ptr<Prepared> child;
-  if (files) {
+  if (lists) {
     child = std::make_shared<Prepared>(prepare_base(*own, opts));
-    child->files = *files;
+    child->files = without_lists(*lists);
     child->timings = {{"walk", 0.0}, {"hash", 0.0}};  // (the first platform's)
+    BorrowLists borrow(*lists, child->files);
     compute_tag(*child, opts);
   } else {
     child = std::make_shared<Prepared>(deferred ? prepare_deferred(*own, opts) : prepare(*own, opts));
@@ -693,7 +705,10 @@ BuildResult build_index(const Prepared& prep, Prepared* deferred, const BuildOpt
     const std::shared_ptr<Prepared>& child = prep.platforms[i];
     const std::string& platform = child->spec->platform;
     progress.log("platform " + platform + ": building");
+    std::optional<BorrowLists> borrow;
+    if (i > 0) borrow.emplace(prep.platforms.front()->files, child->files);
     BuildResult one = child->deferred ? build(*child, opts) : build(static_cast<const Prepared&>(*child), opts);
+    borrow.reset();
     for (LayerReport lr : one.layers) {
       lr.label = platform + ": " + lr.label;
       r.layers.push_back(std::move(lr));

@@ -61,10 +61,13 @@ struct Prepared {
 
   /// A spec listing several platforms (an image index): one Prepared per platform, in the spec's
   /// order, each for the spec with that platform alone (spec::with_platform). This one's spec_hash
-  /// and tag are the index's (spec::index_hash, docs/tag.md); its files and source_digest are the
-  /// platforms' (which must agree: the tree did not change between their walks).
+  /// and tag are the index's (spec::index_hash, docs/tag.md); its source_digest is the platforms'
+  /// (one walk, shared).
   std::vector<std::shared_ptr<Prepared>> platforms;
   bool multi() const { return !platforms.empty(); }
+  /// The file set with its lists: `files`, or an index's first platform's (which holds the one
+  /// list the platforms share; an index's own `files` says only what its files are).
+  const layers::FileSet& file_set() const { return multi() ? platforms.front()->files : files; }
   /// The spec `spec` points to, when this Prepared owns it (a platform's, a narrowed nested base).
   std::shared_ptr<const spec::ImageSpec> own_spec;
 };

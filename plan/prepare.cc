@@ -20,7 +20,7 @@ std::map<std::string, builder::Prepared> prepare_images(const PlanInput& in, con
 PreparedImage prepared_image(const builder::Prepared& p) {
   PreparedImage im;
   im.image_ref = p.image_ref();
-  im.files = &p.files;
+  im.files = &p.file_set();
   im.source_digest = p.source_digest;
   if (p.spec) {
     if (p.spec->source_root) im.source_root = *p.spec->source_root;

@@ -324,8 +324,7 @@ class Job {
     rec_.base = prep.base_id;
     out_.repository = prep.repository;
     if (!prep.deferred) identity(prep);
-    // (An index's own lists come with its build: its first platform holds them until then.)
-    const layers::FileSet& files = prep.multi() ? prep.platforms.front()->files : prep.files;
+    const layers::FileSet& files = prep.file_set();
     if (s.modelcar && std::none_of(files.source.begin(), files.source.end(),
                                    [](const layers::FileEntry& f) { return f.type != layers::FileEntry::Type::Dir; }))
       throw layers::InputError("the model directory '" + (s.source_root ? s.source_root->string() : std::string()) +
