@@ -77,17 +77,21 @@ Platform parse_platform(const std::string& p) {
   return out;
 }
 
+std::string platform_string(const nlohmann::json& p) {
+  if (!p.is_object()) return "";
+  auto str = [&](const char* k) { return p.contains(k) && p[k].is_string() ? p[k].get<std::string>() : std::string(); };
+  if (str("os").empty()) return "";
+  std::string out = str("os") + "/" + (str("architecture").empty() ? "?" : str("architecture"));
+  if (!str("variant").empty()) out += "/" + str("variant");
+  return out;
+}
+
 std::string platform_list(const nlohmann::json& manifests) {
   std::string out;
   if (manifests.is_array())
     for (const nlohmann::json& m : manifests) {
-      if (!m.is_object() || !m.contains("platform") || !m["platform"].is_object()) continue;
-      const nlohmann::json& p = m["platform"];
-      auto str = [&](const char* k) { return p.contains(k) && p[k].is_string() ? p[k].get<std::string>() : std::string(); };
-      if (str("os").empty()) continue;
-      std::string one = str("os") + "/" + (str("architecture").empty() ? "?" : str("architecture"));
-      if (!str("variant").empty()) one += "/" + str("variant");
-      out += (out.empty() ? "" : ", ") + one;
+      const std::string one = m.is_object() && m.contains("platform") ? platform_string(m["platform"]) : "";
+      if (!one.empty()) out += (out.empty() ? "" : ", ") + one;
     }
   return out.empty() ? "no platform named" : out;
 }
@@ -98,13 +102,8 @@ IndexSummary IndexSummary::from_json(const std::string& digest, const nlohmann::
   if (manifests.is_array())
     for (const nlohmann::json& m : manifests) {
       if (!m.is_object() || !m.contains("digest") || !m["digest"].is_string()) continue;
-      std::string platform;
-      if (m.contains("platform") && m["platform"].is_object()) {
-        const nlohmann::json& p = m["platform"];
-        auto str = [&](const char* k) { return p.contains(k) && p[k].is_string() ? p[k].get<std::string>() : std::string(); };
-        platform = str("os") + "/" + str("architecture") + (str("variant").empty() ? "" : "/" + str("variant"));
-      }
-      out.manifests.emplace_back(platform, m["digest"].get<std::string>());
+      out.manifests.emplace_back(m.contains("platform") ? platform_string(m["platform"]) : "",
+                                 m["digest"].get<std::string>());
     }
   return out;
 }

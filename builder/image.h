@@ -94,6 +94,10 @@ struct Platform {
 };
 Platform parse_platform(const std::string& platform);
 
+/// "os/arch[/variant]" of a descriptor's `platform` object ("?" for a missing architecture), or ""
+/// when it names no os.
+std::string platform_string(const nlohmann::json& platform);
+
 /// "linux/amd64, linux/arm64/v8": the platforms an index's `manifests` name (for errors), or
 /// "no platform named".
 std::string platform_list(const nlohmann::json& manifests);

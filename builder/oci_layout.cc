@@ -254,8 +254,7 @@ std::optional<ImageIndex> read_oci_layout_index(const fs::path& dir, const std::
     const json& p = md.platform;
     if (!p.is_object() || !p.contains("os") || !p.contains("architecture"))
       throw layers::InputError(cannot + "an entry names no platform" + instead);
-    std::string platform = p.value("os", "") + "/" + p.value("architecture", "");
-    if (!p.value("variant", "").empty()) platform += "/" + p.value("variant", "");
+    const std::string platform = platform_string(p);
     LayoutImage li = read_manifest(dir, md);
     if (li.manifest_digest != li.image.manifest_digest())
       throw layers::InputError(cannot + "the manifest of " + platform + " is not in the form kiln writes" + instead);

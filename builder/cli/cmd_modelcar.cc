@@ -8,6 +8,8 @@
 // (session/session.h), which lints the image before anything is written and records the build in
 // the history (kind "modelcar").
 #include <algorithm>
+#include <functional>
+#include <optional>
 #include <iostream>
 
 #include "builder/cli/common.h"
@@ -140,45 +142,47 @@ int run_verify(Context& ctx, const VerifyArgs& a) {
   std::string digest, shown = a.ref;
   modelcar::LintOptions lo;
   lo.volume_only = a.volume_only;
-  std::vector<modelcar::Finding> findings;
-  // Each image linted; with several (an index), a finding names its platform.
-  auto lint = [&](const builder::Image& img, const std::string& platform, bool several) {
-    for (modelcar::Finding f : session::lint_modelcar(img, lo)) {
-      if (several) f.message = platform + ": " + f.message;
-      findings.push_back(std::move(f));
-    }
-  };
+  std::optional<builder::IndexSummary> index;
+  // A platform's image and its manifest digest (the registry's layers fetched).
+  std::function<std::pair<builder::Image, std::string>(const std::string&)> read;
+  std::optional<layers::Store> store;
+  std::optional<builder::RegistrySession> registries;
   if (a.ref.rfind("oci:", 0) == 0) {
     fs::path dir;
     std::string tag;
     builder::split_oci_ref(a.ref, &dir, &tag);
     lo.tag = tag;
-    std::optional<builder::IndexSummary> index = builder::oci_layout_index_summary(dir, tag);
-    const std::vector<std::string> platforms = platforms_to_lint(a.platform, index);
-    for (const std::string& p : platforms) {
+    index = builder::oci_layout_index_summary(dir, tag);
+    read = [dir, tag](const std::string& p) {
       builder::LayoutImage li = builder::read_oci_layout(dir, tag, p);
-      digest = li.manifest_digest;
-      lint(li.image, p, platforms.size() > 1);
-    }
-    if (platforms.size() > 1) digest = index->digest;
+      return std::make_pair(std::move(li.image), li.manifest_digest);
+    };
   } else {
     registry::Reference ref = registry::parse_reference(a.ref);
-    layers::Store store = ctx.open_store();
-    builder::RegistrySession session(ctx.registry_settings(), &ctx.view);
+    store.emplace(ctx.open_store());
+    registries.emplace(ctx.registry_settings(), &ctx.view);
     lo.tag = ref.tag;  // "latest" when the reference names none
     shown = ref.name() + (ref.tag.empty() ? "" : ":" + ref.tag);
-    std::optional<builder::IndexSummary> index;
     registry::Reference pinned = ref;  // what the tag names now, for every platform read below
-    pinned.digest = builder::resolve_remote(session, ref, "", store, &index);
-    const std::vector<std::string> platforms = platforms_to_lint(a.platform, index);
-    for (const std::string& p : platforms) {
-      builder::RemoteImage ri = builder::pull_remote(session, pinned, p, store);
-      builder::fetch_layers(session, ri.image, store);
-      digest = ri.manifest_digest;
-      lint(ri.image, p, platforms.size() > 1);
-    }
-    if (platforms.size() > 1) digest = index->digest;
+    pinned.digest = builder::resolve_remote(*registries, ref, "", *store, &index);
+    read = [&registries, &store, pinned](const std::string& p) {
+      builder::RemoteImage ri = builder::pull_remote(*registries, pinned, p, *store);
+      builder::fetch_layers(*registries, ri.image, *store);
+      return std::make_pair(std::move(ri.image), ri.manifest_digest);
+    };
   }
+  // Each image linted; with several (an index), a finding names its platform.
+  const std::vector<std::string> platforms = platforms_to_lint(a.platform, index);
+  std::vector<modelcar::Finding> findings;
+  for (const std::string& p : platforms) {
+    auto [img, d] = read(p);
+    digest = d;
+    for (modelcar::Finding f : session::lint_modelcar(img, lo)) {
+      if (platforms.size() > 1) f.message = p + ": " + f.message;
+      findings.push_back(std::move(f));
+    }
+  }
+  if (platforms.size() > 1) digest = index->digest;
   auto [errors, warnings] = tally(findings);
   if (ctx.common.json_out) {
     std::cout << json{{"status", errors ? "failed" : "ok"},
