@@ -716,8 +716,7 @@ BuildResult build_index(const Prepared& prep, Prepared* deferred, const BuildOpt
     for (const std::string& w : one.warnings)
       if (std::find(r.warnings.begin(), r.warnings.end(), w) == r.warnings.end()) r.warnings.push_back(w);
     for (const auto& [k, v] : one.timings) r.timings[k] += v;
-    index.images.emplace_back(platform, one.image);
-    r.platforms.push_back(std::move(one));
+    index.images.emplace_back(platform, std::move(one.image));
   }
   if (deferred) finish_index(*deferred);
   r.manifest_digest = index.digest();

@@ -92,11 +92,10 @@ struct BuildResult {
   std::map<std::string, double> timings;  // seconds: "walk", "hash", "layers", "total"
   std::vector<std::string> warnings;
 
-  /// A multi-platform build: `index` holds each platform's image, `platforms` each one's result (in
-  /// the spec's order), `manifest_digest` is the index's digest; `image` and `config_digest` are
-  /// empty, and `layers` lists every platform's layers.
+  /// A multi-platform build: `index` holds each platform's image (in the spec's order),
+  /// `manifest_digest` is the index's digest; `image` and `config_digest` are empty, and `layers`
+  /// lists every platform's layers.
   std::optional<ImageIndex> index;
-  std::vector<BuildResult> platforms;
 };
 
 /// Builds the prepared image. The store receives every new layer; nothing is written elsewhere.

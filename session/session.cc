@@ -366,8 +366,8 @@ class Job {
     out_.layers = r.layers;
     out_.annotations = r.image.annotations;
     if (r.index)
-      for (std::size_t i = 0; i < r.platforms.size(); ++i)
-        out_.platforms.push_back({r.index->images[i].first, r.platforms[i].manifest_digest, r.platforms[i].config_digest});
+      for (const auto& [platform, img] : r.index->images)
+        out_.platforms.push_back({platform, img.manifest_digest(), layers::sha256_digest(img.config_bytes())});
     rec_.layers.clear();
     for (const auto& l : r.layers)
       rec_.layers.push_back({l.label, l.digest, l.diff_id, l.media_type, l.size, l.cache_hit, l.from_base});
