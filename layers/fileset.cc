@@ -21,9 +21,11 @@
 #include <cstring>
 #include <mutex>
 #include <new>
+#include <optional>
 #include <thread>
 
 #include "layers/digest.h"
+#include "layers/entry_spill.h"
 #include "layers/fsutil.h"
 #include "layers/git_repo.h"
 #include "layers/ignore.h"
@@ -375,6 +377,11 @@ struct Walker {
   std::size_t slot_next = 0, slot_end = 0;  // this walker's block of slots: the next free, the end
   static constexpr std::size_t kSlotBlock = 64;  // slots claimed at a time (one atomic add per block)
   EntryChunks* files = nullptr;              // where files go (not `out`) when set
+  /// A streamed walk (collect_files_streamed): files go here, before `slots` and `files`; in a
+  /// parallel one, their ancestors go to `below_dirs` (what `dirs` keeps after the walk).
+  EntryRuns* runs = nullptr;
+  std::unordered_set<std::string>* below_dirs = nullptr;
+  std::string last_parent_;                  // the directory whose ancestors below_dirs holds already
   std::size_t emitted = 0;                   // entries this walker has emitted so far
   std::vector<FileEntry>* dirs = nullptr;
   std::vector<std::pair<std::string, std::string>>* keyed_warnings = nullptr;
@@ -485,6 +492,11 @@ struct Walker {
       walked_bytes_ += e.size;
       if (walked_files_ == 256) report_walked();  // a big directory: not only once it is done
       ++emitted;
+      if (runs) {
+        if (below_dirs) mark_parents(e.rel());
+        runs->add(std::move(e));
+        continue;
+      }
       if (slots) {  // a parallel walk: the next slot of this walker's block of the shared, presized list
         if (slot_next == slot_end) {
           slot_next = std::min(shared->next_slot.fetch_add(kSlotBlock, std::memory_order_relaxed), slots->size());
@@ -503,6 +515,16 @@ struct Walker {
       out->push_back(std::move(e));
     }
     report_walked();
+  }
+
+  /// Adds the ancestors of `rel` to below_dirs (a directory's files lie side by side: once each).
+  void mark_parents(std::string_view rel) {
+    const std::size_t slash = rel.rfind('/');
+    if (slash == std::string::npos || slash == 0) return;
+    if (rel.substr(0, slash) == last_parent_) return;
+    last_parent_.assign(rel.substr(0, slash));
+    for (std::size_t p = slash; p != std::string::npos && p > 0; p = rel.rfind('/', p - 1))
+      if (!below_dirs->emplace(rel.substr(0, p)).second) break;
   }
 };
 
@@ -523,14 +545,23 @@ bool walk_order_less(std::string_view a, std::string_view b) {
 /// `warnings`: the same entries (in another order: the caller sorts them) and the same warnings
 /// in the same order. False, with nothing added, when a walker failed: the caller walks again
 /// serially, for the very error a serial walk reports.
+///
+/// Streamed (`runs` set, `spill_dir` and `spill_budget` for them): each thread's files go to
+/// EntryRuns of its own, moved to `runs` at the end; only the kept directories go to `out`.
 bool walk_parallel(const Walker& proto, int root_fd, std::size_t threads, std::size_t expected,
-                   std::vector<FileEntry>* out, std::vector<std::string>* warnings) {
+                   std::vector<FileEntry>* out, std::vector<std::string>* warnings,
+                   std::vector<EntryRuns>* runs = nullptr, const fs::path& spill_dir = {},
+                   std::size_t spill_budget = 0) {
   struct Part {
     std::vector<FileEntry> dirs;
     EntryChunks files;
     std::vector<std::pair<std::string, std::string>> warnings;
+    std::optional<EntryRuns> runs;
+    std::unordered_set<std::string> below;  // streamed: the ancestors of this thread's files
   };
   std::vector<Part> parts(threads);
+  if (runs)
+    for (Part& part : parts) part.runs.emplace(spill_dir, spill_budget);
   const std::size_t before = out->size();
   WalkShared sh;
   sh.queue_cap = 4 * threads;
@@ -555,6 +586,10 @@ bool walk_parallel(const Walker& proto, int root_fd, std::size_t threads, std::s
     w.dirs = &part.dirs;
     w.keyed_warnings = &part.warnings;
     w.shared = &sh;
+    if (part.runs) {
+      w.runs = &*part.runs;
+      w.below_dirs = &part.below;
+    }
     std::unique_lock<std::mutex> lock(sh.mu);
     for (;;) {
       ++sh.idle;
@@ -615,10 +650,18 @@ bool walk_parallel(const Walker& proto, int root_fd, std::size_t threads, std::s
   };
   for (std::size_t i = before; i < out->size(); ++i) mark((*out)[i]);
   for (const Part& part : parts) part.files.for_each(mark);
+  auto is_below = [&](std::string_view dir) {
+    if (below.count(dir)) return true;
+    for (const Part& part : parts)
+      if (!part.below.empty() && part.below.count(std::string(dir))) return true;
+    return false;
+  };
   std::vector<FileEntry> kept_dirs;
   for (Part& part : parts)
     for (FileEntry& d : part.dirs)
-      if (below.count(d.rel())) kept_dirs.push_back(std::move(d));
+      if (is_below(d.rel())) kept_dirs.push_back(std::move(d));
+  if (runs)
+    for (Part& part : parts) runs->push_back(std::move(*part.runs));
   below.clear();  // its views point into the entries moved below
   std::size_t total = out->size() + kept_dirs.size();
   for (const Part& part : parts) total += part.files.size();
@@ -902,8 +945,13 @@ FileSet collect_files(const spec::ImageSpec& spec, const std::vector<std::string
   return collect_files(spec, opts);
 }
 
-FileSet collect_files(const spec::ImageSpec& spec, const CollectOptions& opts) {
+namespace {
+
+/// collect_files, or (`stream` set) collect_files_streamed.
+FileSet collect(const spec::ImageSpec& spec, const CollectOptions& opts, std::unique_ptr<SourceStream>* stream) {
   FileSet set;
+  const fs::path spill_dir = !stream ? fs::path() : !opts.spill_dir.empty() ? opts.spill_dir : fs::temp_directory_path();
+  std::vector<EntryRuns> runs;  // streamed: the source files, in runs
   set.dest = spec.source_dest;
   set.mode = spec.source_root ? spec.source_copy_mode : spec::CopyMode::NoCopy;
   const std::string prefix = dest_prefix_of(spec.source_dest);
@@ -911,7 +959,7 @@ FileSet collect_files(const spec::ImageSpec& spec, const CollectOptions& opts) {
   if (spec.source_root && set.mode != spec::CopyMode::NoCopy) {
     set.has_source = true;
     // The hint is bounded, so a stale index cannot make kiln reserve much more than it needs.
-    if (opts.expected_entries) reserve_entries(set.source, std::min<std::size_t>(opts.expected_entries, std::size_t(4) << 20));
+    if (opts.expected_entries && !stream) reserve_entries(set.source, std::min<std::size_t>(opts.expected_entries, std::size_t(4) << 20));
     std::string root = spec.source_root->string();
     struct stat st{};
     if (::stat(root.c_str(), &st) != 0)
@@ -947,7 +995,8 @@ FileSet collect_files(const spec::ImageSpec& spec, const CollectOptions& opts) {
       Walker w{root,       prefix,      &rules,         &git_rules, git ? git->prefix() : "", git.get(), true,
                &set.source, &set.warnings, root_ptr, "", opts.walked};
       const std::size_t threads = walk_threads(opts.jobs);
-      if (threads < 2 || !walk_parallel(w, root_fd.get(), threads, opts.expected_entries, &set.source, &set.warnings)) {
+      if (threads < 2 || !walk_parallel(w, root_fd.get(), threads, stream ? 0 : opts.expected_entries, &set.source,
+                                        &set.warnings, stream ? &runs : nullptr, spill_dir, opts.spill_budget)) {
         if (threads >= 2) {  // a walker failed: again, serially, for the error a serial walk meets first
           git_rules = IgnoreRules();  // the .gitignore files met so far are added again as the walk meets them
           if (git) git->add_rules(git_rules);
@@ -956,8 +1005,15 @@ FileSet collect_files(const spec::ImageSpec& spec, const CollectOptions& opts) {
         // list: a list grown by doubling would keep up to half its room unused all build long.
         EntryChunks chunks;
         if (set.source.capacity() == 0) w.files = &chunks;
+        std::optional<EntryRuns> serial_runs;
+        if (stream) {  // files to runs, directories (kept when something below them is) to the list
+          serial_runs.emplace(spill_dir, opts.spill_budget);
+          w.runs = &*serial_runs;
+        }
         w.walk(root_fd.get(), "");
         w.files = nullptr;
+        w.runs = nullptr;
+        if (serial_runs) runs.push_back(std::move(*serial_runs));
         set.source.reserve(set.source.size() + chunks.size());
         chunks.move_into(set.source);
       }
@@ -973,6 +1029,7 @@ FileSet collect_files(const spec::ImageSpec& spec, const CollectOptions& opts) {
           if (git_rules.ignored(dir, true)) {
             std::size_t files = 0;
             for (const auto& e : set.source) files += e.type != FileEntry::Type::Dir;
+            for (const auto& r : runs) files += r.size();  // files and symlinks only
             set.warnings.push_back("source_root " + root + " lies in '" + dir + "/', which git ignores in " +
                                    git->workdir() + ": only files git tracks there are baked (" +
                                    std::to_string(files) + "), as flytekit selects them");
@@ -991,11 +1048,25 @@ FileSet collect_files(const spec::ImageSpec& spec, const CollectOptions& opts) {
         add_listed(root_ptr, root_fd.get(), clean, prefix, "loaded module", &set.source, &set.warnings);
       }
     }
-    sort_entries(set.source, [](const FileEntry& e) { return e.rel(); });
-    set.source.erase(std::unique(set.source.begin(), set.source.end(),
-                                 [](const FileEntry& a, const FileEntry& b) { return a.rel() == b.rel(); }),
-                     set.source.end());
-    mark_hardlinks(set.source);
+    if (stream) {  // merged, deduplicated and linked as they are read (SourceStream)
+      auto merge = std::make_unique<EntryMerge>(root_ptr);
+      std::size_t spilled = 0;
+      for (EntryRuns& r : runs) {
+        spilled += r.runs();
+        merge->add(std::move(r));
+      }
+      merge->add(std::move(set.source));
+      set.source = std::vector<FileEntry>();
+      *stream = std::make_unique<SourceStream>(std::move(merge), spec.modelcar, spilled);
+    } else {
+      sort_entries(set.source, [](const FileEntry& e) { return e.rel(); });
+      set.source.erase(std::unique(set.source.begin(), set.source.end(),
+                                   [](const FileEntry& a, const FileEntry& b) { return a.rel() == b.rel(); }),
+                       set.source.end());
+      mark_hardlinks(set.source);
+    }
+  } else if (stream) {
+    *stream = std::make_unique<SourceStream>(std::make_unique<EntryMerge>(nullptr), spec.modelcar, 0);
   }
 
   if (!spec.copy.empty()) {
@@ -1017,6 +1088,38 @@ FileSet collect_files(const spec::ImageSpec& spec, const CollectOptions& opts) {
       }
   }
   return set;
+}
+
+}  // namespace
+
+FileSet collect_files(const spec::ImageSpec& spec, const CollectOptions& opts) { return collect(spec, opts, nullptr); }
+
+FileSet collect_files_streamed(const spec::ImageSpec& spec, const CollectOptions& opts,
+                               std::unique_ptr<SourceStream>* source) {
+  return collect(spec, opts, source);
+}
+
+SourceStream::SourceStream(std::unique_ptr<EntryMerge> merge, bool modelcar, std::size_t runs)
+    : merge_(std::move(merge)), modelcar_(modelcar), runs_(runs) {}
+SourceStream::~SourceStream() = default;
+
+bool SourceStream::next(FileEntry& e) {
+  for (;;) {
+    if (!merge_->next(e)) return false;
+    if (started_ && e.rel() == prev_) continue;  // given twice (a module listed alone and in its directory)
+    started_ = true;
+    prev_.assign(e.rel());
+    break;
+  }
+  if (e.type == FileEntry::Type::File && e.nlink > 1) {  // as mark_hardlinks: the first link in order
+    auto [it, inserted] = first_link_.emplace(std::make_pair(e.key.dev, e.key.ino), e.dest);
+    if (!inserted) e.set_link(it->second);
+  }
+  if (modelcar_) {
+    if (e.type == FileEntry::Type::File) e.mode = spec::kModelcarFileMode;
+    if (e.type == FileEntry::Type::Dir) e.mode = spec::kModelcarDirMode;
+  }
+  return true;
 }
 
 std::string FileEntry::abs() const {

@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <memory>
 #include <functional>
+#include <map>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -135,6 +136,35 @@ struct CollectOptions {
   /// Threads for mode all's walk of source_root: 0 = one per core the process may run on, at most
   /// 4. The file set (entries, warnings, the error reported) does not depend on it.
   int jobs = 0;
+  /// collect_files_streamed only: where the walk's entries go once a walk thread holds
+  /// `spill_budget` of them (sorted runs in unnamed temporary files, layers/entry_spill.h); empty:
+  /// the system's temporary directory.
+  std::filesystem::path spill_dir;
+  std::size_t spill_budget = std::size_t(1) << 15;
+};
+
+class EntryMerge;
+
+/// The source entries of collect_files_streamed, in collect_files' order (by rel), each once:
+/// later hardlinks marked, modelcar modes applied, as collect_files lists them.
+class SourceStream {
+ public:
+  SourceStream(std::unique_ptr<EntryMerge> merge, bool modelcar, std::size_t runs);
+  SourceStream(const SourceStream&) = delete;
+  SourceStream& operator=(const SourceStream&) = delete;
+  ~SourceStream();
+  /// The next entry; false at the end. Throws std::runtime_error when a run cannot be read back.
+  bool next(FileEntry& e);
+  /// How many sorted runs the walk wrote to disk (0: it all fit in memory).
+  std::size_t spilled_runs() const { return runs_; }
+
+ private:
+  std::unique_ptr<EntryMerge> merge_;
+  bool modelcar_;
+  std::size_t runs_;
+  std::string prev_;
+  bool started_ = false;
+  std::map<std::pair<std::uint64_t, std::uint64_t>, std::string> first_link_;
 };
 
 /// Walks what `spec` copies. Reads no file content. Throws InputError.
@@ -149,6 +179,13 @@ struct CollectOptions {
 /// against what lstat saw, so a directory swapped for a symlink is an InputError, never followed.
 FileSet collect_files(const spec::ImageSpec& spec, const CollectOptions& opts);
 FileSet collect_files(const spec::ImageSpec& spec, const std::vector<std::string>& extra_modules = {});
+
+/// collect_files for a consumer that reads the source entries once, in order, in bounded memory:
+/// the same file set, except that `source` is empty and its entries come from `*source` (a walk
+/// thread holds at most opts.spill_budget entries; the rest wait on disk in sorted runs). The
+/// warnings, the copy list and every error are collect_files'; the walk is done when this returns.
+FileSet collect_files_streamed(const spec::ImageSpec& spec, const CollectOptions& opts,
+                               std::unique_ptr<SourceStream>* source);
 
 /// Opens a walked file for reading: O_NOFOLLOW, and refused (InputError) unless the descriptor is
 /// the regular file the walk saw (same device and inode), so bytes from outside the root are

@@ -243,8 +243,10 @@ json bundle_files(const PlanInput& in) {
     // docker-py's matcher. This is the only place the bundle's file list is computed.
     layers::CollectOptions opts;
     opts.pyflyte_bundle = true;
-    layers::FileSet set = layers::collect_files(s, opts);
-    for (const auto& f : set.source)
+    std::unique_ptr<layers::SourceStream> source;  // read once, in order: not held as a list
+    layers::collect_files_streamed(s, opts, &source);
+    layers::FileEntry f;
+    while (source->next(f))
       if (f.type != layers::FileEntry::Type::Dir) files.push_back(std::string(f.rel()));
   } else {
     std::set<std::string> mods(in.loaded_modules.begin(), in.loaded_modules.end());

@@ -19,15 +19,40 @@ const char* type_name(layers::FileEntry::Type t) {
   return "?";
 }
 
+json entry_json(const layers::FileEntry& e) {
+  json j = {{"path", std::string(e.rel())}, {"dest", "/" + e.dest}, {"type", type_name(e.type)}, {"mode", e.mode}};
+  if (e.type == layers::FileEntry::Type::File) j["size"] = e.size;
+  if (e.type == layers::FileEntry::Type::Symlink) j["target"] = e.link_target();
+  return j;
+}
+
 json entries_json(const std::vector<layers::FileEntry>& list) {
   json out = json::array();
-  for (const layers::FileEntry& e : list) {
-    json j = {{"path", std::string(e.rel())}, {"dest", "/" + e.dest}, {"type", type_name(e.type)}, {"mode", e.mode}};
-    if (e.type == layers::FileEntry::Type::File) j["size"] = e.size;
-    if (e.type == layers::FileEntry::Type::Symlink) j["target"] = e.link_target();
-    out.push_back(std::move(j));
-  }
+  for (const layers::FileEntry& e : list) out.push_back(entry_json(e));
   return out;
+}
+
+/// Prints `doc` as doc.dump(2) would with its "source" array holding the entries of `source`,
+/// written one at a time as they are read (a tree of a million files is never held as JSON).
+void print_streamed(json doc, layers::SourceStream& source) {
+  static const std::string kMark = "\"source\": []";
+  doc["source"] = json::array();
+  const std::string text = doc.dump(2);
+  const std::size_t at = text.find(kMark);  // the only array named so: keys are unique
+  std::cout << text.substr(0, at) << "\"source\": [";
+  layers::FileEntry e;
+  bool any = false;
+  while (source.next(e)) {
+    std::string item = entry_json(e).dump(2);
+    std::string indented = "\n    ";
+    for (char ch : item) {
+      indented += ch;
+      if (ch == '\n') indented += "    ";
+    }
+    std::cout << (any ? "," : "") << indented;
+    any = true;
+  }
+  std::cout << (any ? "\n  ]" : "]") << text.substr(at + kMark.size()) << std::endl;
 }
 
 }  // namespace
@@ -55,19 +80,22 @@ void add_files_command(CLI::App& app, Common& c, std::vector<Command>& out) {
                    if (!a->modules_from.empty())
                      for (auto& m : read_module_list(a->modules_from)) opts.extra_modules.push_back(m);
                    opts.pyflyte_bundle = a->flyteignore;
-                   layers::FileSet set = layers::collect_files(s, opts);
+                   // The source entries are streamed: a big tree waits on disk in sorted runs, not in memory.
+                   std::unique_ptr<layers::SourceStream> source;
+                   layers::FileSet set = layers::collect_files_streamed(s, opts, &source);
                    if (ctx.common.json_out) {
                      json j = {{"source_root", s.source_root ? json(s.source_root->string()) : json(nullptr)},
                                {"copy_mode", set.has_source ? spec::to_string(set.mode) : "no_copy"},
                                {"git_workdir", set.git_workdir.empty() ? json(nullptr) : json(set.git_workdir)},
-                               {"source", entries_json(set.source)},
                                {"copy", entries_json(set.copy)},
                                {"warnings", set.warnings}};
-                     std::cout << j.dump(2) << std::endl;
+                     print_streamed(std::move(j), *source);
                    } else {
-                     for (const auto* list : {&set.source, &set.copy})
-                       for (const layers::FileEntry& e : *list)
-                         if (e.type != layers::FileEntry::Type::Dir) std::cout << "/" << e.dest << "\n";
+                     layers::FileEntry e;
+                     while (source->next(e))
+                       if (e.type != layers::FileEntry::Type::Dir) std::cout << "/" << e.dest << "\n";
+                     for (const layers::FileEntry& c : set.copy)
+                       if (c.type != layers::FileEntry::Type::Dir) std::cout << "/" << c.dest << "\n";
                      for (const std::string& w : set.warnings) ctx.view.warn(w);
                    }
                    return kOk;

@@ -1,0 +1,248 @@
+// Bounded-memory sorting of a walk's entries (entry_spill.h).
+#include "layers/entry_spill.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <stdexcept>
+#include <type_traits>
+
+#include "layers/string_sort.h"
+
+namespace kiln::layers {
+
+namespace {
+
+/// A record's fixed part; the digest (when set), then dest, the entry's own rel (when it is not
+/// dest's tail) and its link follow. Native layout: a run is read back by the process that wrote it.
+struct Head {
+  std::uint32_t dest_len = 0, rel_len = 0, link_len = 0;
+  std::uint16_t mode = 0, nlink = 0;
+  std::uint8_t type = 0, sha_set = 0, rel_own = 0;  // rel_own: rel's bytes follow dest; else dest's tail
+  std::uint8_t pad = 0;
+  StatIndex::Key key;
+  std::uint64_t size = 0;
+};
+static_assert(std::is_trivially_copyable_v<Head>);
+
+[[noreturn]] void fail(const std::string& what, const std::filesystem::path& dir) {
+  throw std::runtime_error(what + " (the walk's sorted runs, in " + dir.string() + "): " + std::strerror(errno));
+}
+
+/// An unnamed file in `dir`: O_TMPFILE, or where the file system has none, a file unlinked at once.
+UniqueFd open_unnamed(const std::filesystem::path& dir) {
+  UniqueFd fd(::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600));
+  if (fd) return fd;
+  if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL) fail("cannot create a temporary file", dir);
+  std::string path = (dir / "kiln-walk-XXXXXX").string();
+  fd = UniqueFd(::mkostemp(path.data(), O_CLOEXEC));
+  if (!fd) fail("cannot create a temporary file", dir);
+  ::unlink(path.c_str());
+  return fd;
+}
+
+void write_all(int fd, const char* p, std::size_t n, const std::filesystem::path& dir) {
+  while (n) {
+    ssize_t w = ::write(fd, p, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) fail("cannot write a temporary file", dir);
+    p += w;
+    n -= static_cast<std::size_t>(w);
+  }
+}
+
+void encode(const FileEntry& e, std::string& out) {
+  Head h;
+  const std::string_view own_rel = e.owns_rel() ? e.rel() : std::string_view();
+  h.dest_len = static_cast<std::uint32_t>(e.dest.size());
+  h.rel_len = static_cast<std::uint32_t>(e.rel().size());
+  h.rel_own = e.owns_rel();
+  h.link_len = static_cast<std::uint32_t>(e.link().size());
+  h.mode = e.mode;
+  h.nlink = e.nlink;
+  h.type = static_cast<std::uint8_t>(e.type);
+  h.sha_set = e.sha256.set;
+  h.key = e.key;
+  h.size = e.size;
+  out.append(reinterpret_cast<const char*>(&h), sizeof h);
+  if (e.sha256.set) out.append(reinterpret_cast<const char*>(e.sha256.bytes.data()), e.sha256.bytes.size());
+  out += e.dest;
+  out += own_rel;
+  out += e.link();
+}
+
+/// The order of `list` by rel (indices), without moving the entries.
+std::vector<std::uint32_t> rel_order(const std::vector<FileEntry>& list) {
+  std::vector<KeyedIndex> items(list.size());
+  for (std::size_t i = 0; i < list.size(); ++i) items[i] = {list[i].rel(), static_cast<std::uint32_t>(i)};
+  sort_keyed(items.data(), items.size());
+  std::vector<std::uint32_t> order(items.size());
+  for (std::size_t i = 0; i < items.size(); ++i) order[i] = items[i].index;
+  return order;
+}
+
+}  // namespace
+
+EntryRuns::EntryRuns(std::filesystem::path dir, std::size_t budget) : dir_(std::move(dir)), budget_(std::max<std::size_t>(budget, 1)) {}
+EntryRuns::EntryRuns(EntryRuns&&) noexcept = default;
+EntryRuns& EntryRuns::operator=(EntryRuns&&) noexcept = default;
+EntryRuns::~EntryRuns() = default;
+
+void EntryRuns::add(FileEntry&& e) {
+  if (buffer_.size() >= budget_) spill();
+  if (buffer_.capacity() == 0) buffer_.reserve(std::min<std::size_t>(budget_, 4096));
+  buffer_.push_back(std::move(e));
+  ++added_;
+}
+
+void EntryRuns::spill() {
+  if (buffer_.empty()) return;
+  Run run{open_unnamed(dir_), 0};
+  std::string out;
+  out.reserve(1 << 20);
+  for (std::uint32_t i : rel_order(buffer_)) {
+    encode(buffer_[i], out);
+    if (out.size() >= (1u << 20)) {
+      write_all(run.fd.get(), out.data(), out.size(), dir_);
+      run.bytes += out.size();
+      out.clear();
+    }
+  }
+  write_all(run.fd.get(), out.data(), out.size(), dir_);
+  run.bytes += out.size();
+  runs_.push_back(std::move(run));
+  buffer_.clear();  // its room is kept for the next run
+}
+
+/// One sorted source of a merge: a run read back through a buffer, or a list in memory.
+struct EntryMerge::Source {
+  // A run.
+  UniqueFd fd;
+  std::uint64_t bytes = 0, offset = 0;  // the run's size; where the buffer's end was read from
+  std::vector<char> buf;
+  std::size_t pos = 0, len = 0;
+  std::filesystem::path dir;
+  // A list.
+  std::vector<FileEntry> list;
+  std::vector<std::uint32_t> order;
+  std::size_t next_index = 0;
+  bool is_run = false;
+
+  FileEntry current;
+
+  /// Makes `n` bytes available at buf[pos]; false at the run's end.
+  bool want(std::size_t n) {
+    if (len - pos >= n) return true;
+    std::memmove(buf.data(), buf.data() + pos, len - pos);
+    len -= pos;
+    pos = 0;
+    if (buf.size() < n) buf.resize(n);
+    while (len < n && offset < bytes) {
+      ssize_t r = ::pread(fd.get(), buf.data() + len, buf.size() - len, static_cast<off_t>(offset));
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) fail("cannot read a temporary file", dir);
+      len += static_cast<std::size_t>(r);
+      offset += static_cast<std::uint64_t>(r);
+    }
+    return len - pos >= n;
+  }
+
+  /// Loads the next entry into `current` (with `root`); false at the end.
+  bool load(const std::shared_ptr<const std::string>& root) {
+    if (!is_run) {
+      if (next_index == order.size()) return false;
+      current = std::move(list[order[next_index++]]);
+      return true;
+    }
+    if (!want(sizeof(Head))) {
+      if (len != pos) throw std::runtime_error("a temporary file of the walk ends within a record");
+      return false;
+    }
+    Head h;
+    std::memcpy(&h, buf.data() + pos, sizeof h);
+    const std::size_t own_rel = h.rel_own ? h.rel_len : 0;
+    if (!h.rel_own && h.rel_len > h.dest_len) throw std::runtime_error("a temporary file of the walk holds a bad record");
+    const std::size_t body = (h.sha_set ? 32 : 0) + std::size_t(h.dest_len) + own_rel + h.link_len;
+    if (!want(sizeof h + body)) throw std::runtime_error("a temporary file of the walk ends within a record");
+    const char* p = buf.data() + pos + sizeof h;
+    FileEntry e;
+    if (h.sha_set) {
+      std::memcpy(e.sha256.bytes.data(), p, 32);
+      e.sha256.set = true;
+      p += 32;
+    }
+    std::string dest(p, h.dest_len);
+    p += h.dest_len;
+    std::string rel = h.rel_own ? std::string(p, h.rel_len) : dest.substr(dest.size() - h.rel_len);
+    p += own_rel;
+    e.set_paths(std::move(rel), std::move(dest));
+    if (h.link_len) e.set_link(std::string(p, h.link_len));
+    p += h.link_len;
+    e.mode = h.mode;
+    e.nlink = h.nlink;
+    e.type = static_cast<FileEntry::Type>(h.type);
+    e.key = h.key;
+    e.size = h.size;
+    e.root = root;
+    pos += sizeof h + body;
+    current = std::move(e);
+    return true;
+  }
+};
+
+EntryMerge::EntryMerge(std::shared_ptr<const std::string> root) : root_(std::move(root)) {}
+EntryMerge::~EntryMerge() = default;
+
+void EntryMerge::add(EntryRuns&& runs) {
+  for (auto& r : runs.runs_) {
+    auto s = std::make_unique<Source>();
+    s->is_run = true;
+    s->fd = std::move(r.fd);
+    s->bytes = r.bytes;
+    s->dir = runs.dir_;
+    s->buf.resize(64 << 10);
+    sources_.push_back(std::move(s));
+  }
+  runs.runs_.clear();
+  add(std::move(runs.buffer_));
+  runs.buffer_ = std::vector<FileEntry>();
+}
+
+void EntryMerge::add(std::vector<FileEntry>&& list) {
+  if (list.empty()) return;
+  auto s = std::make_unique<Source>();
+  s->order = rel_order(list);
+  s->list = std::move(list);
+  sources_.push_back(std::move(s));
+}
+
+bool EntryMerge::less(std::size_t a, std::size_t b) const {
+  return sources_[a]->current.rel() < sources_[b]->current.rel();
+}
+
+bool EntryMerge::next(FileEntry& e) {
+  // A min-heap of the sources by their current entry (std::*_heap keep the greatest on top).
+  auto after = [this](std::size_t a, std::size_t b) { return less(b, a); };
+  if (!started_) {
+    started_ = true;
+    for (std::size_t i = 0; i < sources_.size(); ++i)
+      if (sources_[i]->load(root_)) heap_.push_back(i);
+    std::make_heap(heap_.begin(), heap_.end(), after);
+  }
+  if (heap_.empty()) return false;
+  std::pop_heap(heap_.begin(), heap_.end(), after);
+  const std::size_t s = heap_.back();
+  e = std::move(sources_[s]->current);
+  if (sources_[s]->load(root_)) {
+    std::push_heap(heap_.begin(), heap_.end(), after);
+  } else {
+    heap_.pop_back();
+    sources_[s].reset();  // its descriptor and buffer go now
+  }
+  return true;
+}
+
+}  // namespace kiln::layers
