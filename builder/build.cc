@@ -665,6 +665,148 @@ Prepared prepare(const spec::ImageSpec& s, const BuildOptions& opts) {
   return p;
 }
 
+Prepared prepare_tag(const spec::ImageSpec& s, const BuildOptions& opts) {
+  NullProgress silent;
+  Progress& progress = opts.progress ? *opts.progress : silent;
+  // The base of each platform (one Prepared per platform for an index, as prepare_index makes).
+  Prepared p;
+  if (s.multi_platform()) {
+    p.spec = &s;
+    p.repository = spec::repository(s);
+    for (const std::string& platform : s.platforms()) {
+      auto own = std::make_shared<const spec::ImageSpec>(spec::with_platform(s, platform));
+      auto child = std::make_shared<Prepared>(prepare_base(*own, opts));
+      child->own_spec = std::move(own);
+      p.platforms.push_back(std::move(child));
+    }
+  } else {
+    p = prepare_base(s, opts);
+  }
+  auto t0 = Clock::now();
+  // The walk, streamed: its entries wait in sorted runs in the store's tmp/ past the budget.
+  layers::StatIndex index;
+  p.index_file = opts.store->stat_index_path(index_key(s.source_root ? *s.source_root : s.base_dir));
+  index.load(p.index_file);
+  layers::CollectOptions co;
+  co.extra_modules = opts.extra_modules;
+  co.walked = [&](std::uint64_t files, std::uint64_t bytes) { progress.phase_advance(Phase::Walk, files, bytes); };
+  co.git_memo = fs::path(p.index_file).replace_extension(".git");
+  co.spill_dir = opts.store->tmp_dir();
+  if (opts.walk_spill_budget) co.spill_budget = opts.walk_spill_budget;
+  if (opts.jobs == 1) co.jobs = 1;
+  progress.phase_begin(Phase::Walk, 0, 0);
+  std::unique_ptr<layers::SourceStream> source;
+  p.files = layers::collect_files_streamed(s, co, &source);
+  progress.phase_end(Phase::Walk);
+  p.timings["walk"] = since(t0);
+  t0 = Clock::now();
+
+  // One tag hasher per platform, fed the same lines in dest order: the source entries as they
+  // pass, the copy entries (a short list, hashed first) merged in.
+  std::vector<const Prepared*> each;
+  if (p.multi()) {
+    for (const auto& c : p.platforms) each.push_back(c.get());
+  } else {
+    each.push_back(&p);
+  }
+  std::vector<std::unique_ptr<spec::TagHasher>> hashers;
+  for (const Prepared* one : each)
+    hashers.push_back(std::make_unique<spec::TagHasher>(*one->spec, one->base_id, opts.source_date_epoch,
+                                                        run::step_inputs(*one->spec)));
+  layers::HashProgress hp{nullptr, [&](std::uint64_t f, std::uint64_t b) { progress.phase_advance(Phase::Hash, f, b); }};
+  progress.phase_begin(Phase::Hash, 0, 0);
+  {
+    layers::FileSet copies;  // the copy list alone: hash_files reads and records it as prepare() does
+    copies.copy = std::move(p.files.copy);
+    layers::hash_files(copies, &index, opts.jobs, hp);
+    p.files.copy = std::move(copies.copy);
+  }
+  const auto& cp = p.files.copy;
+  std::size_t j = 0;
+  spec::TagFile t;
+  std::string last_dest;
+  auto feed = [&](const layers::FileEntry& f, bool in_source) {
+    to_tag_file(f, t);
+    for (std::size_t k = 0; k < hashers.size(); ++k) hashers[k]->add(t, in_source && k == 0);
+  };
+  auto feed_source = [&](const layers::FileEntry& f) {
+    if (!last_dest.empty() && !(last_dest < f.dest))
+      throw std::logic_error("prepare_tag: the source entries are not in dest order at " + f.dest);
+    last_dest = f.dest;
+    while (j < cp.size() && cp[j].dest < f.dest) feed(cp[j++], false);
+    feed(f, p.files.has_source);
+  };
+  // The source entries a batch at a time: looked up as they come, the unknown ones of a batch
+  // hashed together (on `jobs` threads), then fed and recorded in order.
+  constexpr std::size_t kBatchFiles = 4096;
+  constexpr std::uint64_t kBatchBytes = 64ull << 20;
+  std::vector<layers::FileEntry> batch;
+  std::vector<std::size_t> unknown;  // positions in batch, increasing
+  std::uint64_t unknown_bytes = 0, read_files = 0, read_bytes = 0;
+  const fs::path spill = opts.store->tmp_dir();
+  auto flush = [&] {
+    layers::parallel_for(unknown.size(), unknown.size() > 1 ? opts.jobs : 1,
+                         [&](std::size_t k) { layers::hash_file(batch[unknown[k]], hp); });
+    std::size_t u = 0;
+    for (std::size_t k = 0; k < batch.size(); ++k) {
+      const layers::FileEntry& f = batch[k];
+      if (u < unknown.size() && unknown[u] == k) {
+        index.update_ordered(f.rel(), f.key, f.sha256.bytes, spill);
+        ++u;
+      }
+      feed_source(f);
+    }
+    read_files += unknown.size();
+    read_bytes += unknown_bytes;
+    batch.clear();
+    unknown.clear();
+    unknown_bytes = 0;
+  };
+  layers::FileEntry e;
+  while (source->next(e)) {
+    if (e.type == layers::FileEntry::Type::File && !e.sha256.set) {
+      if (index.lookup(e.rel(), e.key, &e.sha256.bytes)) {
+        e.sha256.set = true;
+      } else {
+        unknown.push_back(batch.size());
+        unknown_bytes += e.size;
+      }
+    }
+    batch.push_back(std::move(e));
+    if (batch.size() >= kBatchFiles || unknown_bytes >= kBatchBytes) flush();
+  }
+  flush();
+  while (j < cp.size()) feed(cp[j++], false);
+  progress.phase_end(Phase::Hash);
+  index.save(p.index_file);
+  p.timings["hash"] = since(t0);
+  if (read_files)  // (the totals were not known ahead: the files were met as the walk gave them)
+    progress.log("hashed " + std::to_string(read_files) + " new or changed source files (" +
+                 std::to_string(read_bytes >> 20) + " MiB) in " + std::to_string(static_cast<int>(p.timings["hash"] * 1000)) + " ms");
+
+  if (!p.multi()) {
+    p.spec_hash = hashers[0]->spec_hash();
+    if (p.files.has_source) p.source_digest = "sha256:" + hashers[0]->files_digest();
+    p.tag = spec::make_tag(s, p.spec_hash);
+    return p;
+  }
+  std::vector<std::pair<std::string, std::string>> hashes;
+  std::string bases;
+  for (std::size_t k = 0; k < p.platforms.size(); ++k) {
+    Prepared& c = *p.platforms[k];
+    c.spec_hash = hashers[k]->spec_hash();
+    c.tag = spec::make_tag(*c.spec, c.spec_hash);
+    hashes.emplace_back(c.spec->platform, c.spec_hash);
+    bases += (bases.empty() ? "" : ",") + c.spec->platform + "=" + c.base_id;
+  }
+  if (p.files.has_source) p.source_digest = "sha256:" + hashers[0]->files_digest();
+  for (auto& c : p.platforms) c->source_digest = p.source_digest;
+  p.spec_hash = spec::index_hash(hashes);
+  p.tag = spec::make_tag(s, p.spec_hash);
+  p.base_id = bases;
+  return p;
+}
+
 Prepared prepare_deferred(const spec::ImageSpec& s, const BuildOptions& opts) {
   if (s.multi_platform()) return prepare_index(s, opts, true);
   Prepared p = prepare_walk(s, opts);

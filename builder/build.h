@@ -38,6 +38,9 @@ struct BuildOptions {
   bool network = true;                    // RUN steps reach the network (--network none: no)
   std::string run_capture = "auto";       // RUN step capture: auto, overlay or snapshot
   double step_timeout = 0;                // seconds a RUN step may run (0: no limit)
+  /// prepare_tag: entries a walk thread holds before it spills a sorted run (0: the default,
+  /// layers::CollectOptions::spill_budget). Tests set it small to make every walk spill.
+  std::size_t walk_spill_budget = 0;
 };
 
 /// Everything known before any layer is built.
@@ -75,6 +78,12 @@ struct Prepared {
 Prepared prepare(const spec::ImageSpec& spec, const BuildOptions& opts);
 /// Resolves the base and walks, looking digests up in the stat index only (see above).
 Prepared prepare_deferred(const spec::ImageSpec& spec, const BuildOptions& opts);
+/// What prepare() says of the image (spec_hash, tag, source_digest, warnings; an index's platforms
+/// too), from one streamed pass, in memory that does not grow with the tree: the walk's entries
+/// are read once, in order (layers::collect_files_streamed), looked up in the stat index or hashed
+/// a batch at a time, and fed to the tag's hashers as they pass; new digests reach the index in
+/// order, through a file. No file list is kept (`files` holds none): for `kiln tag`, not a build.
+Prepared prepare_tag(const spec::ImageSpec& spec, const BuildOptions& opts);
 
 /// What happened to one layer.
 struct LayerReport {

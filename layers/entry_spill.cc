@@ -1,12 +1,10 @@
 // Bounded-memory sorting of a walk's entries (entry_spill.h).
 #include "layers/entry_spill.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <optional>
 #include <stdexcept>
 #include <type_traits>
 
@@ -27,32 +25,6 @@ struct Head {
   std::uint64_t size = 0;
 };
 static_assert(std::is_trivially_copyable_v<Head>);
-
-[[noreturn]] void fail(const std::string& what, const std::filesystem::path& dir) {
-  throw std::runtime_error(what + " (the walk's sorted runs, in " + dir.string() + "): " + std::strerror(errno));
-}
-
-/// An unnamed file in `dir`: O_TMPFILE, or where the file system has none, a file unlinked at once.
-UniqueFd open_unnamed(const std::filesystem::path& dir) {
-  UniqueFd fd(::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600));
-  if (fd) return fd;
-  if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL) fail("cannot create a temporary file", dir);
-  std::string path = (dir / "kiln-walk-XXXXXX").string();
-  fd = UniqueFd(::mkostemp(path.data(), O_CLOEXEC));
-  if (!fd) fail("cannot create a temporary file", dir);
-  ::unlink(path.c_str());
-  return fd;
-}
-
-void write_all(int fd, const char* p, std::size_t n, const std::filesystem::path& dir) {
-  while (n) {
-    ssize_t w = ::write(fd, p, n);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) fail("cannot write a temporary file", dir);
-    p += w;
-    n -= static_cast<std::size_t>(w);
-  }
-}
 
 void encode(const FileEntry& e, std::string& out) {
   Head h;
@@ -100,74 +72,43 @@ void EntryRuns::add(FileEntry&& e) {
 
 void EntryRuns::spill() {
   if (buffer_.empty()) return;
-  Run run{open_unnamed(dir_), 0};
+  SpillFile run(dir_);
   std::string out;
-  out.reserve(1 << 20);
   for (std::uint32_t i : rel_order(buffer_)) {
+    out.clear();
     encode(buffer_[i], out);
-    if (out.size() >= (1u << 20)) {
-      write_all(run.fd.get(), out.data(), out.size(), dir_);
-      run.bytes += out.size();
-      out.clear();
-    }
+    run.append(out.data(), out.size());
   }
-  write_all(run.fd.get(), out.data(), out.size(), dir_);
-  run.bytes += out.size();
+  run.flush();
   runs_.push_back(std::move(run));
   buffer_.clear();  // its room is kept for the next run
 }
 
 /// One sorted source of a merge: a run read back through a buffer, or a list in memory.
 struct EntryMerge::Source {
-  // A run.
-  UniqueFd fd;
-  std::uint64_t bytes = 0, offset = 0;  // the run's size; where the buffer's end was read from
-  std::vector<char> buf;
-  std::size_t pos = 0, len = 0;
-  std::filesystem::path dir;
-  // A list.
-  std::vector<FileEntry> list;
+  std::optional<SpillFile> run;
+  std::optional<SpillFile::Reader> reader;
+  std::vector<FileEntry> list;  // or a list, in `order`
   std::vector<std::uint32_t> order;
   std::size_t next_index = 0;
-  bool is_run = false;
-
   FileEntry current;
 
-  /// Makes `n` bytes available at buf[pos]; false at the run's end.
-  bool want(std::size_t n) {
-    if (len - pos >= n) return true;
-    std::memmove(buf.data(), buf.data() + pos, len - pos);
-    len -= pos;
-    pos = 0;
-    if (buf.size() < n) buf.resize(n);
-    while (len < n && offset < bytes) {
-      ssize_t r = ::pread(fd.get(), buf.data() + len, buf.size() - len, static_cast<off_t>(offset));
-      if (r < 0 && errno == EINTR) continue;
-      if (r <= 0) fail("cannot read a temporary file", dir);
-      len += static_cast<std::size_t>(r);
-      offset += static_cast<std::uint64_t>(r);
-    }
-    return len - pos >= n;
-  }
-
-  /// Loads the next entry into `current` (with `root`); false at the end.
+  /// Loads the next entry into `current` (a run's with `root`); false at the end.
   bool load(const std::shared_ptr<const std::string>& root) {
-    if (!is_run) {
+    if (!run) {
       if (next_index == order.size()) return false;
       current = std::move(list[order[next_index++]]);
       return true;
     }
-    if (!want(sizeof(Head))) {
-      if (len != pos) throw std::runtime_error("a temporary file of the walk ends within a record");
-      return false;
-    }
+    const char* at = reader->take(sizeof(Head));
+    if (!at) return false;
     Head h;
-    std::memcpy(&h, buf.data() + pos, sizeof h);
+    std::memcpy(&h, at, sizeof h);
     const std::size_t own_rel = h.rel_own ? h.rel_len : 0;
     if (!h.rel_own && h.rel_len > h.dest_len) throw std::runtime_error("a temporary file of the walk holds a bad record");
     const std::size_t body = (h.sha_set ? 32 : 0) + std::size_t(h.dest_len) + own_rel + h.link_len;
-    if (!want(sizeof h + body)) throw std::runtime_error("a temporary file of the walk ends within a record");
-    const char* p = buf.data() + pos + sizeof h;
+    const char* p = reader->take(body);
+    if (!p && body) throw std::runtime_error("a temporary file of the walk ends within a record");
     FileEntry e;
     if (h.sha_set) {
       std::memcpy(e.sha256.bytes.data(), p, 32);
@@ -180,14 +121,12 @@ struct EntryMerge::Source {
     p += own_rel;
     e.set_paths(std::move(rel), std::move(dest));
     if (h.link_len) e.set_link(std::string(p, h.link_len));
-    p += h.link_len;
     e.mode = h.mode;
     e.nlink = h.nlink;
     e.type = static_cast<FileEntry::Type>(h.type);
     e.key = h.key;
     e.size = h.size;
     e.root = root;
-    pos += sizeof h + body;
     current = std::move(e);
     return true;
   }
@@ -199,11 +138,8 @@ EntryMerge::~EntryMerge() = default;
 void EntryMerge::add(EntryRuns&& runs) {
   for (auto& r : runs.runs_) {
     auto s = std::make_unique<Source>();
-    s->is_run = true;
-    s->fd = std::move(r.fd);
-    s->bytes = r.bytes;
-    s->dir = runs.dir_;
-    s->buf.resize(64 << 10);
+    s->run.emplace(std::move(r));
+    s->reader.emplace(*s->run);
     sources_.push_back(std::move(s));
   }
   runs.runs_.clear();

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "layers/fileset.h"
-#include "layers/unique_fd.h"
+#include "layers/spill_file.h"
 
 namespace kiln::layers {
 
@@ -39,11 +39,7 @@ class EntryRuns {
   std::filesystem::path dir_;
   std::size_t budget_;
   std::vector<FileEntry> buffer_;
-  struct Run {
-    UniqueFd fd;
-    std::uint64_t bytes = 0;
-  };
-  std::vector<Run> runs_;
+  std::vector<SpillFile> runs_;
   std::size_t added_ = 0;
 };
 

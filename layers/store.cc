@@ -1,6 +1,8 @@
 // The content-addressed store, the layer cache and the stat index.
 #include "layers/store.h"
 
+#include "layers/spill_file.h"
+
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/mman.h>
@@ -13,6 +15,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <cstdio>
 #include <cstdlib>
@@ -846,6 +849,8 @@ void StatIndex::load(const fs::path& file) {
   unmap();
   updates_.clear();
   owned_.clear();
+  ordered_.reset();
+  ordered_last_.clear();
   updates_sorted_ = true;
   dirty_ = false;
   written_ns_ = 0;
@@ -858,10 +863,14 @@ void StatIndex::load(const fs::path& file) {
   }
   const std::size_t len = static_cast<std::size_t>(st.st_size);
   // Populated: every page is read below (the check) and again by the lookups; mapping them in one
-  // call saves a page fault per 4 KiB.
-  void* m = ::mmap(nullptr, len, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
+  // call saves a page fault per 4 KiB. Not a big index (a tree of some 100k files and more): its
+  // pages are mapped as the check reaches them and dropped behind it (drop_below), so the build's
+  // peak memory never holds the whole file; the kernel reads ahead of the check meanwhile.
+  constexpr std::size_t kPopulateMax = 16u << 20;
+  void* m = ::mmap(nullptr, len, PROT_READ, MAP_PRIVATE | (len <= kPopulateMax ? MAP_POPULATE : 0), fd, 0);
   ::close(fd);
   if (m == MAP_FAILED) return;
+  if (len > kPopulateMax) ::madvise(m, len, MADV_WILLNEED);
   const auto* p = static_cast<const unsigned char*>(m);
   // Anything that does not check out (another version, a torn or foreign file) loads as empty.
   const std::uint64_t count = load_at<std::uint64_t>(p + 24);
@@ -1010,6 +1019,22 @@ void StatIndex::update_borrowed(std::string_view path, const Key& key, const Dig
   dirty_ = true;
 }
 
+void StatIndex::update_ordered(std::string_view path, const Key& key, const Digest& sha256,
+                               const fs::path& spill_dir) {
+  if (!ordered_) {
+    ordered_ = std::make_unique<SpillFile>(spill_dir);
+  } else if (!(ordered_last_ < path)) {
+    throw std::logic_error("StatIndex::update_ordered: '" + std::string(path) + "' is not after '" + ordered_last_ + "'");
+  }
+  ordered_last_.assign(path);
+  const auto n = static_cast<std::uint32_t>(path.size());
+  ordered_->append(&n, sizeof n);
+  ordered_->append(path.data(), path.size());
+  ordered_->append(&key, sizeof key);
+  ordered_->append(sha256.data(), sha256.size());
+  dirty_ = true;
+}
+
 void StatIndex::update(std::string_view path, const Key& key, const std::string& sha256_hex) {
   Digest d{};
   if (!hex_to_digest(sha256_hex, &d)) throw std::invalid_argument("StatIndex::update: not a sha256 hex digest");
@@ -1030,16 +1055,48 @@ void StatIndex::save(const fs::path& file) {
     dropped_rec_ = dropped_arena_ = 0;
     drop_below(count_);
     dropped_rec_ = dropped_arena_ = 0;
+    // The ordered updates (update_ordered), read back from their file: a third sorted source.
+    std::optional<SpillFile::Reader> spilled;
+    std::string sp;
+    Key sk;
+    Digest ssha{};
+    bool have_s = false;
+    auto next_spilled = [&] {
+      const char* at = spilled->take(sizeof(std::uint32_t));
+      have_s = at != nullptr;
+      if (!have_s) return;
+      std::uint32_t n;
+      std::memcpy(&n, at, sizeof n);
+      const char* p = spilled->take(n + sizeof(Key) + 32);
+      if (!p) throw std::runtime_error("the stat index's ordered updates end within a record");
+      sp.assign(p, n);
+      std::memcpy(&sk, p + n, sizeof sk);
+      std::memcpy(ssha.data(), p + n + sizeof sk, 32);
+    };
+    if (ordered_) {
+      spilled.emplace(*ordered_);
+      next_spilled();
+    }
     std::size_t i = 0, j = 0;
-    while (i < count_ || j < updates_.size()) {
+    while (i < count_ || j < updates_.size() || have_s) {
       RecordView r{i < count_ ? records_ + i * kStatRecord : nullptr};
       std::string_view rp = i < count_ ? r.path(map_) : std::string_view();
-      std::string_view up = j < updates_.size() ? update_path(updates_[j]) : std::string_view();
-      if (j < updates_.size() && (i == count_ || up <= rp)) {
-        if (i < count_ && up == rp) ++i;
-        const Update& u = updates_[j++];
-        emit(up, *u.key, u.sha256->data(), std::uint16_t(0));
-        continue;
+      // The least of the two kinds of update (an in-memory one wins a tie: the same path twice).
+      const bool from_memory = j < updates_.size() && (!have_s || update_path(updates_[j]) <= std::string_view(sp));
+      if (from_memory || have_s) {
+        const std::string_view up = from_memory ? update_path(updates_[j]) : std::string_view(sp);
+        if (i == count_ || up <= rp) {
+          if (i < count_ && up == rp) ++i;
+          if (from_memory) {
+            const Update& u = updates_[j++];
+            emit(up, *u.key, u.sha256->data(), std::uint16_t(0));
+            if (have_s && std::string_view(sp) == up) next_spilled();
+          } else {
+            emit(up, sk, ssha.data(), std::uint16_t(0));
+            next_spilled();
+          }
+          continue;
+        }
       }
       const bool seen = seen_[i];
       if ((i & 4095) == 4095) drop_below(i);
@@ -1049,6 +1106,7 @@ void StatIndex::save(const fs::path& file) {
       emit(rp, k, r.sha256(), seen ? std::uint16_t(0) : static_cast<std::uint16_t>(r.age() + 1));
     }
   };
+  if (ordered_) ordered_->flush();
   each([&](std::string_view, const Key&, const unsigned char*, std::uint16_t) { ++n_out; });
   // Streamed to the file (the records, then the paths): no copy of the index in memory.
   atomic_write_stream(file, file.parent_path().parent_path() / "tmp", /*sync=*/false, [&](const ByteSink& out) {
@@ -1067,6 +1125,8 @@ void StatIndex::save(const fs::path& file) {
     each([&](std::string_view p, const Key&, const unsigned char*, std::uint16_t) { out(p.data(), p.size()); });
   });
   dirty_ = false;
+  ordered_.reset();
+  ordered_last_.clear();
 }
 
 }  // namespace kiln::layers

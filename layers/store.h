@@ -37,6 +37,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "layers/spill_file.h"
 #include "layers/compress.h"
 #include "layers/unique_fd.h"
 
@@ -252,6 +253,11 @@ class StatIndex {
   /// save() (a walk's entries, recorded right before saving). 32 bytes per update.
   void update_borrowed(std::string_view path, const Key& key, const Digest& sha256);
   void reserve_updates(std::size_t n) { updates_.reserve(updates_.size() + n); }
+  /// For a walk that records its digests in path order (a streamed walk): each `path` must come
+  /// after the previous one's (std::logic_error otherwise). The updates wait in an unnamed file in
+  /// `spill_dir`, not in memory, until save() merges them in; lookup() does not see them before.
+  void update_ordered(std::string_view path, const Key& key, const Digest& sha256,
+                      const std::filesystem::path& spill_dir);
 
   /// Records in the loaded file (for tests and `kiln cache du`).
   std::size_t loaded_size() const { return count_; }
@@ -282,6 +288,8 @@ class StatIndex {
   mutable std::vector<Update> updates_;
   mutable bool updates_sorted_ = true;
   std::deque<Owned> owned_;  // a deque: its elements never move
+  std::unique_ptr<SpillFile> ordered_;  // update_ordered's records: u32 path length, path, Key, sha256
+  std::string ordered_last_;
   std::int64_t written_ns_ = 0;
   mutable std::size_t cursor_ = 0;                        // where the last lookup landed
   mutable std::size_t dropped_rec_ = 0, dropped_arena_ = 0;  // mapped bytes already released

@@ -330,7 +330,7 @@ int run_tag(Context& ctx, const BuildArgs& a) {
   opts.registries = &registries;
   opts.progress = &ctx.view;
   opts.extra_modules = modules_of(a);
-  builder::Prepared prep = builder::prepare(s, opts);
+  builder::Prepared prep = builder::prepare_tag(s, opts);  // streamed: flat memory on a big tree
   ctx.view.finish();
   for (const auto& w : prep.files.warnings) ctx.view.warn(w);
   if (ctx.common.json_out) {

@@ -1,6 +1,9 @@
 // Unit tests for the tag of a big tree (builder/build.cc compute_tag): the source digest computed on
 // a thread of its own, and the layer keys computed in parallel, give what one thread gives.
 #include <catch2/catch.hpp>
+#include <atomic>
+#include <chrono>
+#include <thread>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -68,4 +71,107 @@ TEST_CASE("A tree above the threaded-tag threshold: the same tag, source digest 
   CHECK(changed.source_digest != one.source_digest);
   CHECK(changed.spec_hash != one.spec_hash);
   CHECK(build_with(s, tmp / "c1", 1, false) == changed);
+}
+
+namespace {
+
+/// Counts the files prepare() or prepare_tag() reads (those the stat index did not know).
+struct HashCount : kiln::builder::Progress {
+  std::atomic<std::uint64_t> hashed{0};  // advanced from the hashing threads
+  void log(const std::string&) override {}
+  void begin(const std::string&, const std::string&, std::uint64_t) override {}
+  void advance(const std::string&, std::uint64_t) override {}
+  void end(const std::string&, const std::string&) override {}
+  void phase_advance(kiln::builder::Phase ph, std::uint64_t files, std::uint64_t) override {
+    if (ph == kiln::builder::Phase::Hash) hashed += files;
+  }
+};
+
+struct TagAnswer {
+  std::string spec_hash, tag, source_digest, base_id;
+  std::vector<std::string> platforms;  // each platform's spec hash
+  std::vector<std::string> warnings;
+  std::uint64_t hashed = 0;
+  bool operator==(const TagAnswer& o) const {  // `hashed` says how, not what
+    return spec_hash == o.spec_hash && tag == o.tag && source_digest == o.source_digest && base_id == o.base_id &&
+           platforms == o.platforms && warnings == o.warnings;
+  }
+};
+
+TagAnswer tag_with(const kiln::spec::ImageSpec& s, const fs::path& cache, int jobs, bool streamed,
+                   std::size_t budget = 0) {
+  kiln::layers::Store store(cache);
+  HashCount count;
+  kiln::builder::BuildOptions opts;
+  opts.store = &store;
+  opts.jobs = jobs;
+  opts.progress = &count;
+  opts.walk_spill_budget = budget;
+  kiln::builder::Prepared p = streamed ? kiln::builder::prepare_tag(s, opts) : kiln::builder::prepare(s, opts);
+  TagAnswer a{p.spec_hash, p.tag, p.source_digest, p.base_id, {}, p.files.warnings, count.hashed};
+  for (const auto& c : p.platforms) a.platforms.push_back(c->spec_hash);
+  CHECK(p.file_set().source.empty() == streamed);  // prepare_tag keeps no list
+  return a;
+}
+
+}  // namespace
+
+TEST_CASE("kiln tag's streamed pass gives prepare()'s answer, spilled or not, and fills the same stat index") {
+  TempDir tmp;
+  const fs::path src = tmp / "proj";
+  for (int d = 0; d < 30; ++d)
+    for (int f = 0; f < 20; ++f)
+      write_file(src / ("pkg" + std::to_string(d % 7) + (d % 2 ? "-x" : "") + "/s" + std::to_string(d)) /
+                     ("m" + std::to_string(f) + ".py"),
+                 "x = " + std::to_string(d * 100 + f) + "\n");
+  write_file(src / "run.sh", "#!/bin/sh\n", 0755);
+  write_file(src / "a.b", "dot\n");
+  fs::create_symlink("pkg0/s0/m0.py", src / "link.py");
+  fs::create_symlink("/etc/passwd", src / "out.py");  // a warning
+  fs::create_hard_link(src / "pkg1-x/s1/m1.py", src / "hard.py");
+  fs::create_hard_link(src / "pkg1-x/s1/m1.py", src / "pkg0-x/s7/hard2.py");
+  write_file(tmp / "extra/conf.toml", "a = 1\n");
+  write_file(tmp / "extra/z/late.txt", "z\n");
+  // Past the stat index's racy window (a file changed within a second of the index's write is
+  // read again), so a warm pass reads nothing.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  write_file(tmp / "spec.json", R"({"name": "streamed", "source_root": "proj", "source_copy_mode": "all",
+                                    "copy": ["extra/conf.toml", "extra/z"]})");
+  write_file(tmp / "multi.json", R"({"name": "streamed", "source_root": "proj", "source_copy_mode": "all",
+                                     "platform": "linux/amd64,linux/arm64", "copy": ["extra/conf.toml"]})");
+  for (const char* name : {"spec.json", "multi.json"}) {
+    INFO(name);
+    const kiln::spec::ImageSpec s = kiln::spec::load_spec((tmp / name).string());
+    const fs::path fresh = tmp / (std::string("want-") + name);
+    const TagAnswer want = tag_with(s, fresh, 1, false);
+    REQUIRE(want.hashed >= 600);
+    CHECK(want.warnings.size() == 1);
+    CHECK(want.platforms.size() == (s.multi_platform() ? 2u : 0u));
+    int n = 0;
+    for (int jobs : {1, 2}) {
+      for (std::size_t budget : {std::size_t(0), std::size_t(3)}) {
+        INFO("jobs " << jobs << " budget " << budget);
+        const fs::path cache = tmp / (std::string("c") + std::to_string(n++) + name);
+        // Cold: every file read, and recorded in the stat index (update_ordered, merged at save)...
+        const TagAnswer cold = tag_with(s, cache, jobs, true, budget);
+        CHECK(cold == want);
+        CHECK(cold.hashed == want.hashed);
+        // ...so that neither path reads a file again.
+        const TagAnswer warm = tag_with(s, cache, jobs, true, budget);
+        CHECK(warm == want);
+        CHECK(warm.hashed == 0);
+        CHECK(tag_with(s, cache, jobs, false).hashed == 0);
+      }
+    }
+    // prepare() fills the index the streamed pass then reads.
+    CHECK(tag_with(s, fresh, 2, true, 3).hashed == 0);
+  }
+  // And the answer follows a file's bytes.
+  const kiln::spec::ImageSpec s = kiln::spec::load_spec((tmp / "spec.json").string());
+  const TagAnswer before = tag_with(s, tmp / "c0spec.json", 2, true, 3);
+  write_file(src / "pkg3-x/s3/m5.py", "changed\n");
+  const TagAnswer after = tag_with(s, tmp / "c0spec.json", 2, true, 3);
+  CHECK(after.hashed == 1);
+  CHECK(after.source_digest != before.source_digest);
+  CHECK(after == tag_with(s, tmp / "fresh-after", 1, false));
 }

@@ -736,6 +736,55 @@ TEST_CASE("store: StatIndex format 3: sorted records, last update wins, merge on
   CHECK(loads_empty(swapped));
 }
 
+TEST_CASE("store: StatIndex ordered updates wait in a file and merge with the records and the other updates") {
+  TempDir tmp;
+  Store s(tmp / "cache");
+  const fs::path file = s.stat_index_path("ordered");
+  auto key = [](int i) { return old_key(static_cast<std::uint64_t>(i), static_cast<std::uint64_t>(i) + 7); };
+  auto digest = [](const std::string& text) {
+    StatIndex::Digest d{};
+    const std::string hex = sha256_hex(text);
+    for (std::size_t i = 0; i < 32; ++i) d[i] = static_cast<unsigned char>(std::stoi(hex.substr(2 * i, 2), nullptr, 16));
+    return d;
+  };
+  {
+    StatIndex idx;
+    for (int i = 0; i < 300; i += 2) idx.update("p/" + std::to_string(1000 + i), key(i), sha256_hex("old" + std::to_string(i)));
+    idx.save(file);
+  }
+  {
+    StatIndex idx;
+    idx.load(file);
+    // Every third path in order, some replacing a record, some new; an in-memory update beside them.
+    for (int i = 0; i < 300; i += 3)
+      idx.update_ordered("p/" + std::to_string(1000 + i), key(i), digest("new" + std::to_string(i)), s.tmp_dir());
+    CHECK_THROWS_AS(idx.update_ordered("p/1000", key(0), digest("x"), s.tmp_dir()), std::logic_error);  // not after p/1297
+    idx.update("/abs/copy", key(5), sha256_hex("copy"));
+    idx.update("p/1003", key(3), sha256_hex("memory wins"));  // also given ordered: the in-memory one wins
+    CHECK(fs::is_empty(s.tmp_dir()));  // the ordered updates' file is unnamed
+    idx.save(file);
+  }
+  StatIndex idx;
+  idx.load(file);
+  std::size_t want = 1;  // the copy
+  for (int i = 0; i < 300; ++i) want += (i % 2 == 0 || i % 3 == 0);
+  CHECK(idx.loaded_size() == want);
+  bool all = true;
+  for (int i = 0; i < 300; ++i) {
+    const std::string path = "p/" + std::to_string(1000 + i);
+    if (i == 3) continue;
+    if (i % 3 == 0)
+      all = all && idx.lookup(path, key(i)) == sha256_hex("new" + std::to_string(i));
+    else if (i % 2 == 0)
+      all = all && idx.lookup(path, key(i)) == sha256_hex("old" + std::to_string(i));
+    else
+      all = all && !idx.lookup(path, key(i));
+  }
+  CHECK(all);
+  CHECK(idx.lookup("p/1003", key(3)) == sha256_hex("memory wins"));
+  CHECK(idx.lookup("/abs/copy", key(5)) == sha256_hex("copy"));
+}
+
 TEST_CASE("store: StatIndex does not trust racy entries") {
   TempDir tmp;
   Store s(tmp / "cache");
