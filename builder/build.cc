@@ -12,6 +12,8 @@
 #include <chrono>
 #include <exception>
 #include <system_error>
+#include <deque>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -68,6 +70,10 @@ struct LayerPlan {
   std::uint64_t bytes = 0, nfiles = 0;
   std::string key;
   std::string modelcar_root;  // "models" for a modelcar: every directory at or below it is 0775
+  /// A streamed build hands a layer over before the chunk count is known: `label` is what its
+  /// progress shows, `final_label` ("part i/N") what the result says, set once planning ends.
+  std::string final_label;
+  bool handed = false;
 };
 
 /// Source layers are cut into content-defined chunks of at least kChunkMin bytes: a cut falls
@@ -75,6 +81,12 @@ struct LayerPlan {
 /// not on offsets, so editing or adding one file rebuilds one chunk, not the whole tree.
 constexpr std::uint64_t kChunkMin = 16ull << 20;
 constexpr std::uint64_t kChunkMax = 32ull << 20;
+/// ... or of at least kChunkEntriesMin entries, and never more than kChunkEntriesMax: a tree of
+/// tiny files would otherwise make chunks of hundreds of thousands of entries (16 MiB of 40-byte
+/// files is 400,000 tar headers), which a streamed build could not hold while writing them. A tree
+/// of files averaging over 1 KiB never reaches the cap: its layers are unchanged by it.
+constexpr std::size_t kChunkEntriesMin = 16384;
+constexpr std::size_t kChunkEntriesMax = 32768;
 
 /// Who owns the source and copy files: a numeric `user` (uid[:gid], as the spec validates it,
 /// spec::numeric_owner), else root (a name: kiln does not read the base's /etc/passwd).
@@ -197,78 +209,144 @@ class LayerEntries {
   std::size_t current_ = kNone;
 };
 
-/// Splits a list of files into layers: one per large file, one for already-compressed files, and
-/// the rest (directories included) in content-defined chunks. Stable, heavy layers come first.
-void plan_layers(const std::vector<layers::FileEntry>& files, const std::string& what, const spec::ImageSpec& s,
-                 std::vector<LayerPlan>* out) {
-  if (files.empty()) return;
-  LayerPlan packed;
-  std::vector<LayerPlan> large, chunks(1);
-  // Where each multiply-linked file went, so a hardlink joins the layer of the file it links to
-  // (the tag records the link, so the tar must store it as one). Only files with several links
-  // can be linked to: the map stays empty for an ordinary tree.
-  std::map<std::string, std::pair<char, std::size_t>> home;
-  auto remember = [&](const layers::FileEntry& f, char kind, std::size_t i) {
-    if (f.type == layers::FileEntry::Type::File && f.nlink > 1) home[f.dest] = {kind, i};
-  };
-  for (const auto& f : files) {
+/// Splits files into layers, one file at a time (in dest order): one layer per large file, one for
+/// already-compressed files, and the rest (directories included) in content-defined chunks. A
+/// layer goes to `ready` (when given) as soon as no later file can join it: a chunk once cut, a
+/// large file's layer, unless they hold a file with several links (a later link joins its first
+/// link's layer: the tag records the link, so the tar must store it as one). finish() returns
+/// every plan in the image's order: stable, heavy layers first. The entries must outlive the plans.
+class LayerPlanner {
+ public:
+  LayerPlanner(std::string what, const spec::ImageSpec& s, std::function<void(LayerPlan*)> ready = nullptr)
+      : what_(std::move(what)), s_(s), ready_(std::move(ready)) {
+    if (s_.modelcar) modelcar_root_ = std::string(spec::kModelcarDest).substr(1);
+    packed_.modelcar_root = modelcar_root_;
+  }
+
+  void add(const layers::FileEntry& f) {
     const bool file = f.type == layers::FileEntry::Type::File;
-    if (file && !f.link_to().empty() && home.count(f.link_to())) {
-      auto [kind, i] = home.at(f.link_to());
-      LayerPlan& p = kind == 'L' ? large[i] : kind == 'P' ? packed : chunks[i];
-      p.files.push_back(&f);
-      ++p.nfiles;
-      remember(f, kind, i);
-      continue;
+    const bool linked = file && f.nlink > 1;
+    if (file && !f.link_to().empty()) {
+      auto it = home_.find(f.link_to());
+      if (it != home_.end()) {
+        auto [kind, i] = it->second;
+        LayerPlan& p = kind == 'L' ? large_[i] : kind == 'P' ? packed_ : chunks_[i];
+        p.files.push_back(&f);
+        ++p.nfiles;
+        home_[f.dest] = {kind, i};
+        return;
+      }
     }
-    if (file && f.size >= s.large_file_threshold) {
-      remember(f, 'L', large.size());
-      LayerPlan p;
-      p.label = what + " large file " + std::string(f.rel());
+    if (file && f.size >= s_.large_file_threshold) {
+      if (linked) home_[f.dest] = {'L', large_.size()};
+      LayerPlan& p = large_.emplace_back();
+      p.label = what_ + " large file " + std::string(f.rel());
       p.created_by = "kiln: COPY " + std::string(f.rel()) + " /" + f.dest;
       p.sample = true;
       p.bytes = f.size;
       p.nfiles = 1;
       p.files.push_back(&f);
-      large.push_back(std::move(p));
+      p.modelcar_root = modelcar_root_;
+      held_large_.push_back(linked);
+      if (!linked) hand_over(p);
     } else if (file && f.size >= kPackedMin && precompressed_name(f.rel())) {
-      remember(f, 'P', 0);
-      packed.bytes += f.size;
-      ++packed.nfiles;
-      packed.files.push_back(&f);
+      if (linked) home_[f.dest] = {'P', 0};
+      packed_.bytes += f.size;
+      ++packed_.nfiles;
+      packed_.files.push_back(&f);
     } else {
-      // The cap is checked before adding, so no chunk overshoots it by its last file.
-      if (!chunks.back().files.empty() && chunks.back().bytes + f.size > kChunkMax) chunks.emplace_back();
-      LayerPlan& c = chunks.back();
-      remember(f, 'C', chunks.size() - 1);
+      // The caps are checked before adding, so no chunk overshoots them by its last file.
+      if (!chunks_.empty() && !chunks_.back().files.empty() &&
+          (chunks_.back().bytes + f.size > kChunkMax || chunks_.back().files.size() >= kChunkEntriesMax))
+        cut();
+      if (chunks_.empty()) new_chunk();
+      LayerPlan& c = chunks_.back();
+      if (linked) {
+        home_[f.dest] = {'C', chunks_.size() - 1};
+        held_chunks_.back() = true;
+      }
       c.bytes += f.size;
       c.nfiles += file;
       c.files.push_back(&f);
-      if (c.bytes >= kChunkMin && (XXH3_64bits(f.dest.data(), f.dest.size()) & 7) == 0) chunks.emplace_back();
+      if ((c.bytes >= kChunkMin || c.files.size() >= kChunkEntriesMin) && (XXH3_64bits(f.dest.data(), f.dest.size()) & 7) == 0)
+        cut();
     }
   }
-  if (chunks.back().files.empty()) chunks.pop_back();
-  if (s.modelcar) {
-    std::string root = std::string(spec::kModelcarDest).substr(1);
-    for (auto* list : {&large, &chunks})
-      for (auto& p : *list) p.modelcar_root = root;
-    packed.modelcar_root = root;
+
+  /// Every plan, in the image's order; the held ones (and the last chunk, and the packed layer) go
+  /// to `ready` now. Each plan's final label and created_by are set ("part i/N" needs N): a plan
+  /// handed over keeps the label it was handed with until its layer is written.
+  std::vector<LayerPlan*> finish() {
+    if (!chunks_.empty() && chunks_.back().files.empty()) {
+      chunks_.pop_back();
+      held_chunks_.pop_back();
+    }
+    std::vector<LayerPlan*> out;
+    for (std::size_t i = 0; i < large_.size(); ++i) {
+      out.push_back(&large_[i]);
+      if (held_large_[i]) hand_over(large_[i]);
+    }
+    if (!packed_.files.empty()) {
+      packed_.label = what_ + " compressed files (" + std::to_string(packed_.nfiles) + ")";
+      packed_.created_by = "kiln: COPY " + what_ + " (already-compressed files) " + s_.source_dest;
+      packed_.compression = spec::Compression::None;
+      packed_.final_label = packed_.label;
+      out.push_back(&packed_);
+      hand_over(packed_);
+    }
+    for (std::size_t i = 0; i < chunks_.size(); ++i) {
+      LayerPlan& c = chunks_[i];
+      std::string part = chunks_.size() > 1 ? " part " + std::to_string(i + 1) + "/" + std::to_string(chunks_.size()) : "";
+      c.final_label = what_ + part + " (" + std::to_string(c.nfiles) + " files)";
+      c.created_by = "kiln: COPY " + what_ + part + " " + s_.source_dest;
+      if (!c.handed) c.label = c.final_label;
+      out.push_back(&c);
+      if (held_chunks_[i] || i + 1 == chunks_.size()) hand_over(c);
+    }
+    for (LayerPlan& l : large_) l.final_label = l.label;
+    return out;
   }
-  for (auto& p : large) out->push_back(std::move(p));
-  if (!packed.files.empty()) {
-    packed.label = what + " compressed files (" + std::to_string(packed.nfiles) + ")";
-    packed.created_by = "kiln: COPY " + what + " (already-compressed files) " + s.source_dest;
-    packed.compression = spec::Compression::None;
-    out->push_back(std::move(packed));
+
+ private:
+  void new_chunk() {
+    LayerPlan& c = chunks_.emplace_back();
+    c.compression = s_.compression;
+    c.modelcar_root = modelcar_root_;
+    held_chunks_.push_back(false);
   }
-  for (std::size_t i = 0; i < chunks.size(); ++i) {
-    LayerPlan& c = chunks[i];
-    std::string part = chunks.size() > 1 ? " part " + std::to_string(i + 1) + "/" + std::to_string(chunks.size()) : "";
-    c.label = what + part + " (" + std::to_string(c.nfiles) + " files)";
-    c.created_by = "kiln: COPY " + what + part + " " + s.source_dest;
-    c.compression = s.compression;
-    out->push_back(std::move(c));
+  /// The current chunk is complete: handed over unless a later link may join it.
+  void cut() {
+    const std::size_t i = chunks_.size() - 1;
+    if (!held_chunks_[i]) {
+      LayerPlan& c = chunks_[i];
+      c.label = what_ + " part " + std::to_string(i + 1) + " (" + std::to_string(c.nfiles) + " files)";
+      hand_over(c);
+    }
+    new_chunk();
   }
+  void hand_over(LayerPlan& p) {
+    if (!ready_ || p.handed) return;
+    p.handed = true;
+    ready_(&p);
+  }
+
+  std::string what_;
+  std::string modelcar_root_;  // "models" for a modelcar, else ""
+  const spec::ImageSpec& s_;
+  std::function<void(LayerPlan*)> ready_;
+  std::deque<LayerPlan> large_, chunks_;  // deques: a plan handed over never moves
+  LayerPlan packed_;
+  std::vector<char> held_large_, held_chunks_;  // holds a file another may link to
+  std::map<std::string, std::pair<char, std::size_t>> home_;  // multiply-linked files' layers
+};
+
+/// The plans of a whole list (the list path): in the image's order, each with its final label.
+void plan_layers(const std::vector<layers::FileEntry>& files, const std::string& what, const spec::ImageSpec& s,
+                 std::vector<LayerPlan>* out) {
+  if (files.empty()) return;
+  LayerPlanner planner(what, s);
+  for (const auto& f : files) planner.add(f);
+  for (LayerPlan* p : planner.finish()) out->push_back(std::move(*p));
 }
 
 /// Reads the first MiB of a file to decide whether compressing it pays.
@@ -1188,6 +1266,7 @@ BuildResult build_impl(const Prepared& prep, Prepared* deferred, const BuildOpti
     l.blob = opts.store->blob_path(rec.digest);
     l.tar_size = rec.tar_size;
     append_layer(img, std::move(l), plans[i].created_by, created);
+    reports[i].label = plans[i].final_label;
     reports[i].digest = rec.digest;
     reports[i].diff_id = rec.diff_id;
     reports[i].media_type = rec.media_type;
