@@ -10,6 +10,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <cstring>
 #include <exception>
 #include <system_error>
 #include <deque>
@@ -25,6 +27,7 @@
 #include "builder/registry_io.h"
 #include "builder/run_steps.h"
 #include "layers/digest.h"
+#include "layers/entry_spill.h"
 #include "layers/parallel.h"
 #include "layers/tar_writer.h"
 #include "run/exec_check.h"
@@ -74,6 +77,14 @@ struct LayerPlan {
   /// progress shows, `final_label` ("part i/N") what the result says, set once planning ends.
   std::string final_label;
   bool handed = false;
+  /// A streamed build: the plan owns its entries (freed once its layer is written), with each
+  /// one's position in the walk's order and whether its digest was unknown when planned.
+  std::vector<std::unique_ptr<layers::FileEntry>> owned;
+  std::vector<std::uint64_t> ordinals;
+  std::vector<char> unknown;
+  bool streamed = false;
+  LayerReport report;           // a streamed plan's outcome (the list path keeps them in arrays)
+  layers::LayerRecord record;
 };
 
 /// Source layers are cut into content-defined chunks of at least kChunkMin bytes: a cut falls
@@ -223,7 +234,13 @@ class LayerPlanner {
     packed_.modelcar_root = modelcar_root_;
   }
 
-  void add(const layers::FileEntry& f) {
+  /// Adds `f` (a streamed build: `own` holds it, and the plan it lands in takes it, with its
+  /// position `ordinal` in the walk and `unknown`, whether its digest was unknown).
+  void add(const layers::FileEntry& f, std::unique_ptr<layers::FileEntry> own = nullptr, std::uint64_t ordinal = 0,
+           bool unknown = false) {
+    own_ = std::move(own);
+    ordinal_ = ordinal;
+    unknown_ = unknown;
     const bool file = f.type == layers::FileEntry::Type::File;
     const bool linked = file && f.nlink > 1;
     if (file && !f.link_to().empty()) {
@@ -231,7 +248,7 @@ class LayerPlanner {
       if (it != home_.end()) {
         auto [kind, i] = it->second;
         LayerPlan& p = kind == 'L' ? large_[i] : kind == 'P' ? packed_ : chunks_[i];
-        p.files.push_back(&f);
+        attach(p, f);
         ++p.nfiles;
         home_[f.dest] = {kind, i};
         return;
@@ -245,7 +262,7 @@ class LayerPlanner {
       p.sample = true;
       p.bytes = f.size;
       p.nfiles = 1;
-      p.files.push_back(&f);
+      attach(p, f);
       p.modelcar_root = modelcar_root_;
       held_large_.push_back(linked);
       if (!linked) hand_over(p);
@@ -253,7 +270,7 @@ class LayerPlanner {
       if (linked) home_[f.dest] = {'P', 0};
       packed_.bytes += f.size;
       ++packed_.nfiles;
-      packed_.files.push_back(&f);
+      attach(packed_, f);
     } else {
       // The caps are checked before adding, so no chunk overshoots them by its last file.
       if (!chunks_.empty() && !chunks_.back().files.empty() &&
@@ -267,7 +284,7 @@ class LayerPlanner {
       }
       c.bytes += f.size;
       c.nfiles += file;
-      c.files.push_back(&f);
+      attach(c, f);
       if ((c.bytes >= kChunkMin || c.files.size() >= kChunkEntriesMin) && (XXH3_64bits(f.dest.data(), f.dest.size()) & 7) == 0)
         cut();
     }
@@ -308,6 +325,14 @@ class LayerPlanner {
   }
 
  private:
+  void attach(LayerPlan& p, const layers::FileEntry& f) {
+    p.files.push_back(&f);
+    if (!own_) return;
+    p.streamed = true;
+    p.owned.push_back(std::move(own_));
+    p.ordinals.push_back(ordinal_);
+    p.unknown.push_back(unknown_);
+  }
   void new_chunk() {
     LayerPlan& c = chunks_.emplace_back();
     c.compression = s_.compression;
@@ -338,6 +363,9 @@ class LayerPlanner {
   LayerPlan packed_;
   std::vector<char> held_large_, held_chunks_;  // holds a file another may link to
   std::map<std::string, std::pair<char, std::size_t>> home_;  // multiply-linked files' layers
+  std::unique_ptr<layers::FileEntry> own_;  // what add() was given, until attached
+  std::uint64_t ordinal_ = 0;
+  bool unknown_ = false;
 };
 
 /// The plans of a whole list (the list path): in the image's order, each with its final label.
@@ -697,7 +725,8 @@ std::shared_ptr<Prepared> prepare_platform(const spec::ImageSpec& s, const std::
     BorrowLists borrow(*lists, child->files);
     compute_tag(*child, opts);
   } else {
-    child = std::make_shared<Prepared>(deferred ? prepare_deferred(*own, opts) : prepare(*own, opts));
+    // (Not streamed: the other platforms borrow the first one's list.)
+    child = std::make_shared<Prepared>(deferred ? prepare_deferred_impl(*own, opts, false) : prepare(*own, opts));
   }
   child->own_spec = std::move(own);
   return child;
@@ -886,8 +915,56 @@ Prepared prepare_tag(const spec::ImageSpec& s, const BuildOptions& opts) {
 }
 
 Prepared prepare_deferred(const spec::ImageSpec& s, const BuildOptions& opts) {
+  return prepare_deferred_impl(s, opts, true);
+}
+
+namespace {
+
+/// prepare_walk for a build that may read the walk as a stream: walked streamed, and when the
+/// walk spilled (a tree past its budget), the stream is kept for the build (Prepared::stream);
+/// otherwise its entries become the list, as prepare_walk's.
+Prepared prepare_walk_streamed(const spec::ImageSpec& s, const BuildOptions& opts) {
+  Prepared p = prepare_base(s, opts);
+  NullProgress silent;
+  Progress& progress = opts.progress ? *opts.progress : silent;
+  layers::CollectOptions co;
+  co.extra_modules = opts.extra_modules;
+  co.walked = [&](std::uint64_t files, std::uint64_t bytes) { progress.phase_advance(Phase::Walk, files, bytes); };
+  auto t0 = Clock::now();
+  p.index = std::make_shared<layers::StatIndex>();
+  p.index_file = opts.store->stat_index_path(index_key(s.source_root ? *s.source_root : s.base_dir));
+  p.index->load(p.index_file);
+  co.git_memo = fs::path(p.index_file).replace_extension(".git");
+  co.spill_dir = opts.store->tmp_dir();
+  if (opts.walk_spill_budget) co.spill_budget = opts.walk_spill_budget;
+  if (opts.jobs == 1) co.jobs = 1;
+  progress.phase_begin(Phase::Walk, 0, 0);
+  std::unique_ptr<layers::SourceStream> stream;
+  p.files = layers::collect_files_streamed(s, co, &stream);
+  progress.phase_end(Phase::Walk);
+  if (stream->spilled_runs() > 0) {
+    p.stream = std::move(stream);
+    ::malloc_trim(0);  // the walk threads' buffers, freed: not kept through the build
+  } else {
+    layers::FileEntry e;
+    while (stream->next(e)) p.files.source.push_back(std::move(e));
+    p.files.source.shrink_to_fit();
+  }
+  p.timings["walk"] = since(t0);
+  return p;
+}
+
+}  // namespace
+
+Prepared prepare_deferred_impl(const spec::ImageSpec& s, const BuildOptions& opts, bool may_stream) {
   if (s.multi_platform()) return prepare_index(s, opts, true);
-  Prepared p = prepare_walk(s, opts);
+  Prepared p = may_stream ? prepare_walk_streamed(s, opts) : prepare_walk(s, opts);
+  if (p.stream) {  // the build looks the source's digests up as it reads the stream
+    p.timings["hash"] = 0;
+    layers::lookup_hashes(p.files, p.index.get());  // (the copy entries)
+    p.deferred = true;
+    return p;
+  }
   auto t0 = Clock::now();
   const bool all_known = layers::lookup_hashes(p.files, p.index.get()).empty();
   p.timings["hash"] = since(t0);
@@ -958,6 +1035,174 @@ BuildResult build(Prepared& prep, const BuildOptions& opts) {
 }
 
 namespace {
+
+/// A streamed build's source layers, planned and written as the walk's entries passed, and what
+/// its final pass reads: every entry in the walk's order, and the digests the layers found.
+struct StreamedSource {
+  std::unique_ptr<LayerPlanner> planner;  // owns the plans
+  std::vector<LayerPlan*> plans;          // the image's order
+  std::optional<layers::SpillFile> ordered, digests;  // entries; 32 bytes per entry's position
+  std::uint64_t entries = 0;
+  std::size_t files = 0;                  // entries that are not directories (a label says it)
+  std::shared_ptr<const std::string> root;
+};
+
+using WriteOne = std::function<void(LayerPlan&, std::size_t, LayerReport&, layers::LayerRecord&,
+                                    std::optional<layers::LayerRecord>, const std::function<int()>&)>;
+
+/// Reads the walk's stream once: each entry looked up in the stat index, appended to the ordered
+/// spill and planned (LayerPlanner); each layer handed over goes to `jobs` workers (write_one),
+/// which write the digests they find to their slots and free the layer's entries. At most one
+/// layer waits for a worker: memory is a few chunks' entries, whatever the tree.
+StreamedSource stream_source_layers(Prepared& d, const spec::ImageSpec& s, const BuildOptions& opts,
+                                    Progress& progress, std::size_t jobs, std::atomic<std::size_t>& writing_now,
+                                    const WriteOne& write_one) {
+  StreamedSource out;
+  const fs::path tmp = opts.store->tmp_dir();
+  out.ordered.emplace(tmp);
+  out.digests.emplace(tmp);
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<LayerPlan*> queue;
+  bool done = false;
+  std::exception_ptr failed;
+  std::atomic<bool> stop{false};
+  std::size_t next_id = std::size_t(1) << 20;  // progress ids apart from the list path's
+  auto worker = [&] {
+    for (;;) {
+      LayerPlan* p = nullptr;
+      std::size_t id = 0;
+      {
+        std::unique_lock<std::mutex> lk(mu);
+        cv.wait(lk, [&] { return !queue.empty() || done || failed; });
+        if (failed || queue.empty()) return;  // failed, or done and drained
+        p = queue.front();
+        queue.pop_front();
+        id = next_id++;
+      }
+      cv.notify_all();  // room in the queue
+      try {
+        p->level = s.compression_level.value_or(-1);
+        write_one(*p, id, p->report, p->record, std::nullopt, [&] {
+          const std::size_t others = writing_now.fetch_add(1);
+          return static_cast<int>(jobs > others ? jobs - others : 1);
+        });
+        for (std::size_t k = 0; k < p->files.size(); ++k) {
+          if (!p->unknown[k]) continue;
+          const layers::FileEntry* f = p->files[k];
+          if (!f->sha256.set) throw std::logic_error("build: no digest for " + f->dest + " after its layer");
+          out.digests->write_at(p->ordinals[k] * 32, f->sha256.bytes.data(), 32);
+        }
+        // The layer is written: its entries go.
+        std::vector<const layers::FileEntry*>().swap(p->files);
+        std::vector<std::unique_ptr<layers::FileEntry>>().swap(p->owned);
+        std::vector<std::uint64_t>().swap(p->ordinals);
+        std::vector<char>().swap(p->unknown);
+      } catch (...) {
+        std::lock_guard<std::mutex> lk(mu);
+        if (!failed) failed = std::current_exception();
+        stop = true;
+        cv.notify_all();
+        return;
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  auto join = [&] {
+    {
+      std::lock_guard<std::mutex> lk(mu);
+      done = true;
+    }
+    cv.notify_all();
+    for (auto& t : pool) t.join();
+    pool.clear();
+  };
+  try {
+    for (std::size_t t = 0; t < std::max<std::size_t>(1, jobs); ++t) pool.emplace_back(worker);
+    out.planner = std::make_unique<LayerPlanner>("source_root", s, [&](LayerPlan* p) {
+      progress.layers_planned(1, p->bytes);
+      std::unique_lock<std::mutex> lk(mu);
+      cv.wait(lk, [&] { return queue.empty() || failed; });
+      if (failed) return;
+      queue.push_back(p);
+      lk.unlock();
+      cv.notify_all();
+    });
+    layers::StatIndex& index = *d.index;
+    auto e = std::make_unique<layers::FileEntry>();
+    while (!stop && d.stream->next(*e)) {
+      if (!out.root) out.root = e->root;
+      bool unknown = false;
+      if (e->type == layers::FileEntry::Type::File && !e->sha256.set) {
+        if (index.lookup(e->rel(), e->key, &e->sha256.bytes))
+          e->sha256.set = true;
+        else
+          unknown = true;
+      }
+      out.files += e->type != layers::FileEntry::Type::Dir;
+      layers::append_entry(*out.ordered, *e);
+      const layers::FileEntry& entry = *e;
+      out.planner->add(entry, std::move(e), out.entries++, unknown);
+      e = std::make_unique<layers::FileEntry>();
+    }
+    if (!stop) out.plans = out.planner->finish();
+  } catch (...) {
+    {
+      std::lock_guard<std::mutex> lk(mu);
+      if (!failed) failed = std::current_exception();
+    }
+    join();
+    std::rethrow_exception(failed);
+  }
+  join();
+  if (failed) std::rethrow_exception(failed);
+  d.stream.reset();
+  return out;
+}
+
+/// The final pass of a streamed build: every entry again, in order, with the digests the layers
+/// found; those go to the stat index (in order, through its file), and every line to the tag.
+void finish_streamed(Prepared& d, StreamedSource& src, const BuildOptions& opts) {
+  const spec::ImageSpec& s = *d.spec;
+  src.ordered->flush();
+  src.digests->extend(src.entries * 32);
+  layers::EntryReader entries(*src.ordered, src.root);
+  layers::SpillFile::Reader digests(*src.digests);
+  spec::TagHasher h(s, d.base_id, opts.source_date_epoch, run::step_inputs(s));
+  spec::TagFile t;
+  const auto& cp = d.files.copy;
+  std::size_t j = 0;
+  const fs::path tmp = opts.store->tmp_dir();
+  layers::FileEntry e;
+  for (std::uint64_t k = 0; k < src.entries; ++k) {
+    const char* digest = digests.take(32);
+    if (!entries.next(e) || !digest) throw std::runtime_error("build: the walk's spill ended early");
+    if (e.type == layers::FileEntry::Type::File && !e.sha256.set) {
+      std::memcpy(e.sha256.bytes.data(), digest, 32);
+      e.sha256.set = true;
+      d.index->update_ordered(e.rel(), e.key, e.sha256.bytes, tmp);
+    }
+    while (j < cp.size() && cp[j].dest < e.dest) {
+      to_tag_file(cp[j++], t);
+      h.add(t, false);
+    }
+    to_tag_file(e, t);
+    h.add(t, true);
+  }
+  while (j < cp.size()) {
+    to_tag_file(cp[j++], t);
+    h.add(t, false);
+  }
+  d.index->save(d.index_file);
+  d.index.reset();
+  d.spec_hash = h.spec_hash();
+  d.source_digest = "sha256:" + h.files_digest();
+  d.tag = spec::make_tag(s, d.spec_hash);
+}
+
+}  // namespace
+
+namespace {
 BuildResult build_impl(const Prepared& prep, Prepared* deferred, const BuildOptions& opts) {
   const spec::ImageSpec& s = *prep.spec;
   NullProgress silent;
@@ -1001,7 +1246,8 @@ BuildResult build_impl(const Prepared& prep, Prepared* deferred, const BuildOpti
     }
   }
   check_platform(img, s);
-  if (prep.files.has_source && prep.files.mode == spec::CopyMode::LoadedModules && prep.files.source.empty()) {
+  if (prep.files.has_source && prep.files.mode == spec::CopyMode::LoadedModules && prep.files.source.empty() &&
+      !(deferred && deferred->stream)) {
     std::string w = "source_root is set with source_copy_mode loaded_modules, but no module was given "
                     "(loaded_modules, --module, --modules-from): no source file is baked";
     progress.warn(w);
@@ -1064,8 +1310,11 @@ BuildResult build_impl(const Prepared& prep, Prepared* deferred, const BuildOpti
 
   // Plan and build the new layers.
   const auto [uid, gid] = owner_of(s);
+  // A streamed build (prepare_deferred on a tree past the walk's budget) plans and writes its
+  // source layers as the walk's entries pass (below); `plans` then holds the copy entries' only.
+  const bool streamed = deferred && deferred->stream;
   std::vector<LayerPlan> plans;
-  plan_layers(prep.files.source, "source_root", s, &plans);
+  if (!streamed) plan_layers(prep.files.source, "source_root", s, &plans);
   plan_layers(prep.files.copy, "copy", s, &plans);
   std::uint64_t planned_bytes = 0;
   // Deferred hashing (prepare_deferred): a layer whose files are not all known hashes them when a
@@ -1096,7 +1345,7 @@ BuildResult build_impl(const Prepared& prep, Prepared* deferred, const BuildOpti
   if (!deferred && std::any_of(plans.begin(), plans.end(), unhashed))
     throw std::logic_error("build: a file of the plan has no digest");
   progress.layers_planned(plans.size(), planned_bytes);
-  if (unhashed_files) progress.phase_begin(Phase::Hash, unhashed_files, unhashed_bytes);
+  if (unhashed_files && !streamed) progress.phase_begin(Phase::Hash, unhashed_files, unhashed_bytes);
   layers::HashProgress hash_progress{nullptr, [&](std::uint64_t f, std::uint64_t b) { progress.phase_advance(Phase::Hash, f, b); }};
   std::mutex hashed_mu;
   std::vector<layers::FileEntry*> hashed;  // to record in the stat index
@@ -1135,16 +1384,11 @@ BuildResult build_impl(const Prepared& prep, Prepared* deferred, const BuildOpti
   // Finished blobs are made durable and recorded on a thread of their own (fsync, rename, record,
   // unlock), so the layer writers never wait for the disk; drained before the image names them.
   layers::BlobCommitter committer;
-  layers::parallel_for(order.size(), opts.jobs, [&](std::size_t n) {
-      auto layer_threads = [&](std::size_t i) {
-        const std::size_t left = big_to_write[i] ? big_left.fetch_sub(1) : big_left.load() + 1;  // this one included
-        const std::size_t others = writing_now.fetch_add(1);
-        const std::size_t free_cores = jobs > others ? jobs - others : 1;
-        return static_cast<int>(std::max<std::size_t>(1, std::min(free_cores, jobs / std::min(jobs, std::max<std::size_t>(1, left)))));
-      };
-      std::size_t i = order[n];
-      LayerPlan& p = plans[i];
-      LayerReport& lr = reports[i];
+  // One layer, on a worker: its files hashed when they are not known (deferred), its key, then the
+  // cache or the writer. `i` names it in progress events; `layer_threads` gives its compression
+  // threads (and counts it as being written: writing_now); `pre` is what the pre-pass found.
+  auto write_one = [&](LayerPlan& p, std::size_t i, LayerReport& lr, layers::LayerRecord& record,
+                       std::optional<layers::LayerRecord> pre, const std::function<int()>& layer_threads) {
       lr.label = p.label;
       lr.files = p.nfiles;
       auto t0 = Clock::now();
@@ -1167,7 +1411,7 @@ BuildResult build_impl(const Prepared& prep, Prepared* deferred, const BuildOpti
           if (c == spec::Compression::Gzip && wo.level > 9)
             throw spec::SpecError("compression_level", s.origin + ": gzip levels go from 1 to 9");
           wo.mtime = epoch;
-          wo.threads = layer_threads(i);
+          wo.threads = layer_threads();
           wo.hash_contents = hash;
           struct Done {
             std::atomic<std::size_t>& n;
@@ -1209,18 +1453,23 @@ BuildResult build_impl(const Prepared& prep, Prepared* deferred, const BuildOpti
             for (layers::FileEntry* e : mine) layers::hash_file(*e, hash_progress);
           }
           p.key = layer_key(p, epoch, uid, gid);
-          std::lock_guard<std::mutex> lk(hashed_mu);
-          hashed.insert(hashed.end(), mine.begin(), mine.end());
+          if (!p.streamed) {  // (a streamed plan's digests are recorded from its files, below)
+            std::lock_guard<std::mutex> lk(hashed_mu);
+            hashed.insert(hashed.end(), mine.begin(), mine.end());
+          }
         }
+        // A streamed plan whose digests were all known is keyed here (the list path keys such
+        // plans before the loop, in parallel).
+        if (p.key.empty()) p.key = layer_key(p, epoch, uid, gid);
         // Another kiln may be writing this very layer: wait for it, then take it from the cache.
-        std::optional<layers::LayerRecord> rec = found[i] ? std::move(found[i]) : opts.store->find_layer(p.key);
+        std::optional<layers::LayerRecord> rec = pre ? std::move(pre) : opts.store->find_layer(p.key);
         std::optional<layers::FileLock> writing;
         if (!rec) {
           writing.emplace(opts.store->lock_layer(p.key, [&] { progress.log("layer " + p.label + ": another build is writing it; waiting"); }));
           rec = opts.store->find_layer(p.key);
         }
         if (rec) {
-          records[i] = *rec;
+          record = *rec;
           lr.cache_hit = true;
           if (early) progress.end(id, "layer " + p.label + ": cached " + rec->digest.substr(0, 19));
           progress.log("layer " + p.label + ": cached " + rec->digest.substr(0, 19));
@@ -1228,9 +1477,9 @@ BuildResult build_impl(const Prepared& prep, Prepared* deferred, const BuildOpti
         } else {
           if (!early) early = write(false);
           const layers::WrittenLayer& w = early->first;
-          records[i] = {w.digest, w.diff_id, w.media_type, w.size, w.tar_size};
+          record = {w.digest, w.diff_id, w.media_type, w.size, w.tar_size};
           committer.submit(std::move(early->second), w.digest,
-                           [store = opts.store, key = p.key, rec = records[i]] { store->put_layer(key, rec); },
+                           [store = opts.store, key = p.key, rec = record] { store->put_layer(key, rec); },
                            std::move(writing));
           progress.end(id, "layer " + p.label + ": " + w.digest.substr(0, 19));
         }
@@ -1238,7 +1487,26 @@ BuildResult build_impl(const Prepared& prep, Prepared* deferred, const BuildOpti
         std::rethrow_exception(StepError::wrap(std::current_exception(), "layer " + p.label));
       }
       lr.seconds = since(t0);
-  });
+  };
+  auto list_driver = [&] {
+    layers::parallel_for(order.size(), opts.jobs, [&](std::size_t n) {
+      const std::size_t i = order[n];
+      write_one(plans[i], i, reports[i], records[i], std::move(found[i]), [&] {
+        const std::size_t left = big_to_write[i] ? big_left.fetch_sub(1) : big_left.load() + 1;  // this one included
+        const std::size_t others = writing_now.fetch_add(1);
+        const std::size_t free_cores = jobs > others ? jobs - others : 1;
+        return static_cast<int>(std::max<std::size_t>(1, std::min(free_cores, jobs / std::min(jobs, std::max<std::size_t>(1, left)))));
+      });
+    });
+  };
+  StreamedSource src;  // a streamed build's source layers and what the final pass needs
+  if (streamed) {
+    src = stream_source_layers(*deferred, s, opts, progress, jobs, writing_now, write_one);
+    if (s.modelcar && src.files == 0)
+      throw layers::InputError("the model directory '" + (s.source_root ? s.source_root->string() : std::string()) +
+                               "' holds no file (after .dockerignore): /models would be empty");
+  }
+  list_driver();
   auto t_sync = Clock::now();
   committer.drain();
   r.timings["sync"] = since(t_sync);  // the wait for the disk after the last layer was written
@@ -1248,16 +1516,30 @@ BuildResult build_impl(const Prepared& prep, Prepared* deferred, const BuildOpti
   ::malloc_trim(0);
   if (deferred) {
     // Every file is hashed now: record the digests, then the tag (the config's labels name it).
-    if (unhashed_files) progress.phase_end(Phase::Hash);
+    if (unhashed_files && !streamed) progress.phase_end(Phase::Hash);
     layers::record_hashes(deferred->files, std::move(hashed), deferred->index.get());
-    deferred->index->save(deferred->index_file);
-    deferred->index.reset();
-    compute_tag(*deferred, opts);
+    if (streamed) {
+      finish_streamed(*deferred, src, opts);  // the source's digests to the index, and the tag
+    } else {
+      deferred->index->save(deferred->index_file);
+      deferred->index.reset();
+      compute_tag(*deferred, opts);
+    }
     deferred->deferred = false;
   }
 
-  for (std::size_t i = 0; i < plans.size(); ++i) {
-    const layers::LayerRecord& rec = records[i];
+  // The streamed source layers (in the image's order), then the plans of the list path.
+  const std::size_t streamed_layers = src.plans.size();
+  for (std::size_t n = 0; n < streamed_layers + plans.size(); ++n) {
+    LayerPlan& plan = n < streamed_layers ? *src.plans[n] : plans[n - streamed_layers];
+    const std::size_t i = n - streamed_layers;
+    if (n < streamed_layers) {
+      plan.report.label = plan.final_label;
+    } else {
+      reports[i].label = plan.final_label;
+    }
+    LayerReport& report = n < streamed_layers ? plan.report : reports[i];
+    const layers::LayerRecord& rec = n < streamed_layers ? plan.record : records[i];
     Layer l;
     l.desc.media_type = rec.media_type;
     l.desc.digest = rec.digest;
@@ -1265,14 +1547,13 @@ BuildResult build_impl(const Prepared& prep, Prepared* deferred, const BuildOpti
     l.diff_id = rec.diff_id;
     l.blob = opts.store->blob_path(rec.digest);
     l.tar_size = rec.tar_size;
-    append_layer(img, std::move(l), plans[i].created_by, created);
-    reports[i].label = plans[i].final_label;
-    reports[i].digest = rec.digest;
-    reports[i].diff_id = rec.diff_id;
-    reports[i].media_type = rec.media_type;
-    reports[i].size = rec.size;
-    reports[i].tar_size = rec.tar_size;
-    r.layers.push_back(reports[i]);
+    append_layer(img, std::move(l), plan.created_by, created);
+    report.digest = rec.digest;
+    report.diff_id = rec.diff_id;
+    report.media_type = rec.media_type;
+    report.size = rec.size;
+    report.tar_size = rec.tar_size;
+    r.layers.push_back(report);
   }
   run_phase(post_steps);
 
@@ -1332,7 +1613,7 @@ BuildResult build_impl(const Prepared& prep, Prepared* deferred, const BuildOpti
     labels[kLabelSourceDigest] = prep.source_digest;
     labels[kLabelSourceDest] = s.source_dest;
     labels[kLabelSourceMode] = spec::to_string(prep.files.mode);
-    std::size_t nfiles = 0;
+    std::size_t nfiles = src.files;  // (a streamed build counted them as they passed)
     for (const auto& f : prep.files.source) nfiles += f.type != layers::FileEntry::Type::Dir;
     labels[kLabelSourceFiles] = std::to_string(nfiles);
   }

@@ -38,8 +38,9 @@ struct BuildOptions {
   bool network = true;                    // RUN steps reach the network (--network none: no)
   std::string run_capture = "auto";       // RUN step capture: auto, overlay or snapshot
   double step_timeout = 0;                // seconds a RUN step may run (0: no limit)
-  /// prepare_tag: entries a walk thread holds before it spills a sorted run (0: the default,
-  /// layers::CollectOptions::spill_budget). Tests set it small to make every walk spill.
+  /// prepare_tag and prepare_deferred: entries a walk thread holds before it spills a sorted run
+  /// (0: the default, layers::CollectOptions::spill_budget). Tests set it small to make every walk
+  /// spill (and a deferred build stream).
   std::size_t walk_spill_budget = 0;
 };
 
@@ -61,6 +62,10 @@ struct Prepared {
   bool deferred = false;
   std::shared_ptr<layers::StatIndex> index;
   std::filesystem::path index_file;
+  /// prepare_deferred() of a tree past the walk's memory budget: `files` holds no source list;
+  /// build() reads the source entries from this stream once, planning and writing layers as they
+  /// pass (docs/flat-memory.md).
+  std::shared_ptr<layers::SourceStream> stream;
 
   /// A spec listing several platforms (an image index): one Prepared per platform, in the spec's
   /// order, each for the spec with that platform alone (spec::with_platform). This one's spec_hash
@@ -78,6 +83,8 @@ struct Prepared {
 Prepared prepare(const spec::ImageSpec& spec, const BuildOptions& opts);
 /// Resolves the base and walks, looking digests up in the stat index only (see above).
 Prepared prepare_deferred(const spec::ImageSpec& spec, const BuildOptions& opts);
+/// prepare_deferred; `may_stream` false: always a list (the platforms of an index share one).
+Prepared prepare_deferred_impl(const spec::ImageSpec& spec, const BuildOptions& opts, bool may_stream);
 /// What prepare() says of the image (spec_hash, tag, source_digest, warnings; an index's platforms
 /// too), from one streamed pass, in memory that does not grow with the tree: the walk's entries
 /// are read once, in order (layers::collect_files_streamed), looked up in the stat index or hashed

@@ -46,6 +46,39 @@ void encode(const FileEntry& e, std::string& out) {
   out += e.link();
 }
 
+/// Reads one record into `out`; false at the end of the file.
+bool read_entry(SpillFile::Reader& reader, const std::shared_ptr<const std::string>& root, FileEntry& out) {
+  const char* at = reader.take(sizeof(Head));
+  if (!at) return false;
+  Head h;
+  std::memcpy(&h, at, sizeof h);
+  const std::size_t own_rel = h.rel_own ? h.rel_len : 0;
+  if (!h.rel_own && h.rel_len > h.dest_len) throw std::runtime_error("a temporary file of the walk holds a bad record");
+  const std::size_t body = (h.sha_set ? 32 : 0) + std::size_t(h.dest_len) + own_rel + h.link_len;
+  const char* p = reader.take(body);
+  if (!p && body) throw std::runtime_error("a temporary file of the walk ends within a record");
+  FileEntry e;
+  if (h.sha_set) {
+    std::memcpy(e.sha256.bytes.data(), p, 32);
+    e.sha256.set = true;
+    p += 32;
+  }
+  std::string dest(p, h.dest_len);
+  p += h.dest_len;
+  std::string rel = h.rel_own ? std::string(p, h.rel_len) : dest.substr(dest.size() - h.rel_len);
+  p += own_rel;
+  e.set_paths(std::move(rel), std::move(dest));
+  if (h.link_len) e.set_link(std::string(p, h.link_len));
+  e.mode = h.mode;
+  e.nlink = h.nlink;
+  e.type = static_cast<FileEntry::Type>(h.type);
+  e.key = h.key;
+  e.size = h.size;
+  e.root = root;
+  out = std::move(e);
+  return true;
+}
+
 /// The order of `list` by rel (indices), without moving the entries.
 std::vector<std::uint32_t> rel_order(const std::vector<FileEntry>& list) {
   std::vector<KeyedIndex> items(list.size());
@@ -57,6 +90,14 @@ std::vector<std::uint32_t> rel_order(const std::vector<FileEntry>& list) {
 }
 
 }  // namespace
+
+void append_entry(SpillFile& f, const FileEntry& e) {
+  std::string out;
+  encode(e, out);
+  f.append(out.data(), out.size());
+}
+
+bool EntryReader::next(FileEntry& e) { return read_entry(reader_, root_, e); }
 
 EntryRuns::EntryRuns(std::filesystem::path dir, std::size_t budget) : dir_(std::move(dir)), budget_(std::max<std::size_t>(budget, 1)) {}
 EntryRuns::EntryRuns(EntryRuns&&) noexcept = default;
@@ -100,35 +141,7 @@ struct EntryMerge::Source {
       current = std::move(list[order[next_index++]]);
       return true;
     }
-    const char* at = reader->take(sizeof(Head));
-    if (!at) return false;
-    Head h;
-    std::memcpy(&h, at, sizeof h);
-    const std::size_t own_rel = h.rel_own ? h.rel_len : 0;
-    if (!h.rel_own && h.rel_len > h.dest_len) throw std::runtime_error("a temporary file of the walk holds a bad record");
-    const std::size_t body = (h.sha_set ? 32 : 0) + std::size_t(h.dest_len) + own_rel + h.link_len;
-    const char* p = reader->take(body);
-    if (!p && body) throw std::runtime_error("a temporary file of the walk ends within a record");
-    FileEntry e;
-    if (h.sha_set) {
-      std::memcpy(e.sha256.bytes.data(), p, 32);
-      e.sha256.set = true;
-      p += 32;
-    }
-    std::string dest(p, h.dest_len);
-    p += h.dest_len;
-    std::string rel = h.rel_own ? std::string(p, h.rel_len) : dest.substr(dest.size() - h.rel_len);
-    p += own_rel;
-    e.set_paths(std::move(rel), std::move(dest));
-    if (h.link_len) e.set_link(std::string(p, h.link_len));
-    e.mode = h.mode;
-    e.nlink = h.nlink;
-    e.type = static_cast<FileEntry::Type>(h.type);
-    e.key = h.key;
-    e.size = h.size;
-    e.root = root;
-    current = std::move(e);
-    return true;
+    return read_entry(*reader, root, current);
   }
 };
 

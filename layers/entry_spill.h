@@ -29,6 +29,9 @@ class EntryRuns {
   ~EntryRuns();
 
   void add(FileEntry&& e);
+  /// Writes what is still in memory as a run too (a walk that spilled: the merge then holds no
+  /// entries, only the runs' read buffers).
+  void spill_rest() { spill(); }
   std::size_t size() const { return added_; }
   /// Runs written so far (0: everything is still in memory).
   std::size_t runs() const { return runs_.size(); }
@@ -41,6 +44,21 @@ class EntryRuns {
   std::vector<FileEntry> buffer_;
   std::vector<SpillFile> runs_;
   std::size_t added_ = 0;
+};
+
+/// Appends `e` to `f` as a record (what EntryReader reads back).
+void append_entry(SpillFile& f, const FileEntry& e);
+
+/// Reads back the entries append_entry wrote, in order, with `root` as their root.
+class EntryReader {
+ public:
+  EntryReader(const SpillFile& f, std::shared_ptr<const std::string> root) : reader_(f), root_(std::move(root)) {}
+  /// The next entry; false at the end. Throws std::runtime_error on a torn or bad record.
+  bool next(FileEntry& e);
+
+ private:
+  SpillFile::Reader reader_;
+  std::shared_ptr<const std::string> root_;
 };
 
 /// Entries in rel order (bytewise), merged from runs and from lists sorted by rel. Equal rels are

@@ -1051,8 +1051,13 @@ FileSet collect(const spec::ImageSpec& spec, const CollectOptions& opts, std::un
     if (stream) {  // merged, deduplicated and linked as they are read (SourceStream)
       auto merge = std::make_unique<EntryMerge>(root_ptr);
       std::size_t spilled = 0;
+      for (const EntryRuns& r : runs) spilled += r.runs();
       for (EntryRuns& r : runs) {
-        spilled += r.runs();
+        if (spilled) {  // a big tree: what each thread still holds goes to disk too, not to the merge
+          const std::size_t before = r.runs();
+          r.spill_rest();
+          spilled += r.runs() - before;
+        }
         merge->add(std::move(r));
       }
       merge->add(std::move(set.source));

@@ -51,6 +51,25 @@ void SpillFile::write_pending() {
   pending_.clear();
 }
 
+void SpillFile::extend(std::uint64_t size) {
+  if (size <= size_) return;
+  flush();
+  if (::ftruncate(fd_.get(), static_cast<off_t>(size)) != 0) fail("cannot extend a temporary file");
+  size_ = size;
+}
+
+void SpillFile::write_at(std::uint64_t offset, const void* p, std::size_t n) {
+  const char* at = static_cast<const char*>(p);
+  while (n) {
+    ssize_t w = ::pwrite(fd_.get(), at, n, static_cast<off_t>(offset));
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) fail("cannot write a temporary file");
+    at += w;
+    n -= static_cast<std::size_t>(w);
+    offset += static_cast<std::uint64_t>(w);
+  }
+}
+
 SpillFile::Reader::Reader(const SpillFile& f, std::size_t buffer) : f_(&f), buf_(buffer) {}
 
 const char* SpillFile::Reader::take(std::size_t n) {
@@ -62,7 +81,8 @@ const char* SpillFile::Reader::take(std::size_t n) {
     while (len_ < n && offset_ < f_->size_) {
       ssize_t r = ::pread(f_->fd_.get(), buf_.data() + len_, buf_.size() - len_, static_cast<off_t>(offset_));
       if (r < 0 && errno == EINTR) continue;
-      if (r <= 0) f_->fail("cannot read a temporary file");
+      if (r < 0) f_->fail("cannot read a temporary file");
+      if (r == 0) throw std::runtime_error("a temporary file of kiln's is shorter than written (in " + f_->dir_.string() + ")");
       len_ += static_cast<std::size_t>(r);
       offset_ += static_cast<std::uint64_t>(r);
     }

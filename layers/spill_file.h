@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstddef>
+#include <algorithm>
 #include <cstdint>
 #include <filesystem>
 #include <string>
@@ -26,6 +27,11 @@ class SpillFile {
   void append(const void* p, std::size_t n);
   void flush();
   std::uint64_t size() const { return size_; }
+  /// Writes at `offset` (pwrite: threads may write disjoint ranges at once), for a file of slots
+  /// written out of order; then extend() to the slots' end before reading (a slot never written
+  /// reads as zeros).
+  void write_at(std::uint64_t offset, const void* p, std::size_t n);
+  void extend(std::uint64_t size);
 
   /// Reads the file from its start (after flush()).
   class Reader {

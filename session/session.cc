@@ -325,7 +325,8 @@ class Job {
     out_.repository = prep.repository;
     if (!prep.deferred) identity(prep);
     const layers::FileSet& files = prep.file_set();
-    if (s.modelcar && std::none_of(files.source.begin(), files.source.end(),
+    // (A streamed build checks it as the walk's entries pass: its file set holds no list.)
+    if (s.modelcar && !prep.stream && std::none_of(files.source.begin(), files.source.end(),
                                    [](const layers::FileEntry& f) { return f.type != layers::FileEntry::Type::Dir; }))
       throw layers::InputError("the model directory '" + (s.source_root ? s.source_root->string() : std::string()) +
                                "' holds no file (after .dockerignore): /models would be empty");

@@ -1,6 +1,7 @@
 // Unit tests for the tag of a big tree (builder/build.cc compute_tag): the source digest computed on
 // a thread of its own, and the layer keys computed in parallel, give what one thread gives.
 #include <catch2/catch.hpp>
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <thread>
@@ -174,4 +175,109 @@ TEST_CASE("kiln tag's streamed pass gives prepare()'s answer, spilled or not, an
   CHECK(after.hashed == 1);
   CHECK(after.source_digest != before.source_digest);
   CHECK(after == tag_with(s, tmp / "fresh-after", 1, false));
+}
+
+namespace {
+
+struct Built {
+  std::string digest, tag, spec_hash, source_digest;
+  std::vector<std::string> labels, layers;
+  std::size_t hits = 0;  // layers taken from the cache (how, not what: not compared)
+  std::uint64_t hashed = 0;
+  bool operator==(const Built& o) const {
+    return digest == o.digest && tag == o.tag && spec_hash == o.spec_hash && source_digest == o.source_digest &&
+           labels == o.labels && layers == o.layers;
+  }
+};
+
+/// A deferred build (kiln build's path) with `budget` entries per walk thread before a run is
+/// spilled: a tiny budget makes the build stream (Prepared::stream), 0 keeps the list.
+Built deferred_build(const kiln::spec::ImageSpec& s, const fs::path& cache, int jobs, std::size_t budget) {
+  kiln::layers::Store store(cache);
+  HashCount count;
+  kiln::builder::BuildOptions opts;
+  opts.store = &store;
+  opts.jobs = jobs;
+  opts.progress = &count;
+  opts.walk_spill_budget = budget ? budget : std::size_t(1) << 30;
+  kiln::builder::Prepared prep = kiln::builder::prepare_deferred(s, opts);
+  CHECK(static_cast<bool>(prep.stream) == (budget != 0));
+  kiln::builder::BuildResult r = kiln::builder::build(prep, opts);
+  CHECK_FALSE(prep.stream);
+  Built b{r.manifest_digest, prep.tag, prep.spec_hash, prep.source_digest, {}, {}, 0, count.hashed};
+  for (const auto& l : r.layers) {
+    b.labels.push_back(l.label);
+    b.hits += l.cache_hit;
+    b.layers.push_back(l.digest);
+  }
+  return b;
+}
+
+}  // namespace
+
+TEST_CASE("a build that streams its walk writes the list path's image, cold and warm, and fills the same stat index") {
+  TempDir tmp;
+  const fs::path src = tmp / "proj";
+  // Files of every kind of layer: chunks (tiny files, cut by bytes past 64 KiB... and by entry
+  // count), large files (threshold 200 KiB), already-compressed files, hardlinks into a chunk and
+  // into a large file's layer, symlinks, executables, names sorting around '/'.
+  for (int d = 0; d < 24; ++d)
+    for (int f = 0; f < 30; ++f)
+      write_file(src / ("pkg" + std::to_string(d % 5) + (d % 3 ? "-a" : "") + "/s" + std::to_string(d)) /
+                     ("m" + std::to_string(f) + ".py"),
+                 std::string(static_cast<std::size_t>(f * 37 % 300), 'x') + std::to_string(d * 100 + f) + "\n",
+                 f % 7 == 0 ? 0755 : 0644);
+  write_file(src / "big" / "weights.bin", kiln::testutil::random_bytes(300 << 10, 7));
+  write_file(src / "big" / "model.safetensors", kiln::testutil::random_bytes(1100 << 10, 8));
+  write_file(src / "big" / "notes.txt", std::string(250 << 10, 'n'));
+  fs::create_hard_link(src / "pkg1-a/s1/m1.py", src / "hard.py");
+  fs::create_hard_link(src / "big/notes.txt", src / "zz-notes-link.txt");
+  fs::create_symlink("pkg0/s0/m0.py", src / "link.py");
+  fs::create_symlink("../outside", src / "out.py");
+  write_file(tmp / "extra/conf.toml", "a = 1\n");
+  // Enough bytes for several chunks when large files start at 8 MiB (a chunk is cut past 16 MiB),
+  // with a hardlink from a late chunk into an early one: that chunk is held to the end.
+  for (int i = 0; i < 44; ++i)
+    write_file(src / "bulk" / ("b" + std::to_string(i) + ".dat"), std::string(900 << 10, static_cast<char>('a' + i % 26)));
+  fs::create_hard_link(src / "bulk/b3.dat", src / "bulk/zz-b3-again.dat");
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));  // past the stat index's racy window
+  const std::string common = R"("source_root": "proj", "source_copy_mode": "all", "copy": ["extra/conf.toml"],
+                                "large_file_threshold": 204800)";
+  write_file(tmp / "gzip.json", R"({"name": "s", )" + common + "}");
+  write_file(tmp / "plain.json", R"({"name": "s", "compression": "none", )" + common + "}");
+  write_file(tmp / "chunks.json", R"({"name": "s", "source_root": "proj", "source_copy_mode": "all",
+                                      "large_file_threshold": 8388608})");
+  write_file(tmp / "modelcar.json", R"({"name": "s", "modelcar": true, "source_root": "proj", "source_copy_mode": "all"})");
+  int n = 0;
+  for (const char* name : {"gzip.json", "plain.json", "chunks.json", "modelcar.json"}) {
+    INFO(name);
+    const kiln::spec::ImageSpec s = kiln::spec::load_spec((tmp / name).string());
+    const Built want = deferred_build(s, tmp / (std::string("list-") + name), 1, 0);
+    REQUIRE(want.layers.size() >= 2);
+    if (std::string(name) == "chunks.json")
+      CHECK(std::count_if(want.labels.begin(), want.labels.end(),
+                          [](const std::string& l) { return l.find(" part ") != std::string::npos; }) >= 2);
+    for (int jobs : {1, 2}) {
+      INFO("jobs " << jobs);
+      const fs::path cache = tmp / ("c" + std::to_string(n++));
+      const Built cold = deferred_build(s, cache, jobs, 5);
+      CHECK(cold == want);
+      CHECK(cold.hashed > 700);
+      // Warm: every digest from the stat index the streamed build filled, every layer cached.
+      const Built warm = deferred_build(s, cache, jobs, 5);
+      CHECK(warm.digest == want.digest);
+      CHECK(warm.hashed == 0);
+      CHECK(warm == want);
+      CHECK(warm.hits == warm.layers.size());
+      // And the list path reads nothing after it either.
+      CHECK(deferred_build(s, cache, jobs, 0).hashed == 0);
+    }
+  }
+  // A changed file: one chunk rebuilt, the same image as the list path's.
+  write_file(src / "pkg2/s12/m3.py", "changed\n");
+  const kiln::spec::ImageSpec s = kiln::spec::load_spec((tmp / "gzip.json").string());
+  const Built changed = deferred_build(s, tmp / "c0", 2, 5);
+  CHECK(changed.hashed == 1);
+  CHECK(changed.hits == changed.layers.size() - 1);  // the one chunk holding the changed file
+  CHECK(changed == deferred_build(s, tmp / "fresh", 1, 0));
 }
