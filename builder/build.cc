@@ -891,6 +891,7 @@ Prepared prepare_tag(const spec::ImageSpec& s, const BuildOptions& opts) {
     progress.log("hashed " + std::to_string(read_files) + " new or changed source files (" +
                  std::to_string(read_bytes >> 20) + " MiB) in " + std::to_string(static_cast<int>(p.timings["hash"] * 1000)) + " ms");
 
+  p.tag_only = true;
   if (!p.multi()) {
     p.spec_hash = hashers[0]->spec_hash();
     if (p.files.has_source) p.source_digest = "sha256:" + hashers[0]->files_digest();
@@ -1025,11 +1026,13 @@ BuildResult build_index(const Prepared& prep, Prepared* deferred, const BuildOpt
 
 BuildResult build(const Prepared& prep, const BuildOptions& opts) {
   if (prep.deferred) throw std::logic_error("build: a deferred Prepared must be passed as non-const");
+  if (prep.tag_only) throw std::logic_error("build: prepare_tag() keeps no file list; prepare again to build");
   if (prep.multi()) return build_index(prep, nullptr, opts);
   return build_impl(prep, nullptr, opts);
 }
 
 BuildResult build(Prepared& prep, const BuildOptions& opts) {
+  if (prep.tag_only) throw std::logic_error("build: prepare_tag() keeps no file list; prepare again to build");
   if (prep.multi()) return build_index(prep, prep.deferred ? &prep : nullptr, opts);
   return build_impl(prep, prep.deferred ? &prep : nullptr, opts);
 }

@@ -66,6 +66,8 @@ struct Prepared {
   /// build() reads the source entries from this stream once, planning and writing layers as they
   /// pass (docs/flat-memory.md).
   std::shared_ptr<layers::SourceStream> stream;
+  /// prepare_tag(): the tag and what it names, but no file list: not to be built (walk again).
+  bool tag_only = false;
 
   /// A spec listing several platforms (an image index): one Prepared per platform, in the spec's
   /// order, each for the spec with that platform alone (spec::with_platform). This one's spec_hash

@@ -280,8 +280,13 @@ class Job {
       preflight(o_.push_to ? o_.push_to->name() : spec::repository(s), o_.push_to ? o_.push_to->tag : "");
     step_ = "prepare";
     // Without a push nothing asks for the tag before the layers (no registry holds it to skip the
-    // build): hashing is deferred into the layer writing, where it overlaps the compression.
-    builder::Prepared prep = push ? builder::prepare(s, build_options()) : builder::prepare_deferred(s, build_options());
+    // build): hashing is deferred into the layer writing, where it overlaps the compression. A
+    // push that skips a tag the registry holds asks for the tag first, in one streamed pass
+    // (prepare_tag: flat memory, whatever the tree); only a build walks again (from_prepared).
+    const bool tag_first = push && o_.skip_existing && !o_.push_to;
+    builder::Prepared prep = tag_first ? builder::prepare_tag(s, build_options())
+                             : push    ? builder::prepare(s, build_options())
+                                       : builder::prepare_deferred(s, build_options());
     for (const auto& w : prep.files.warnings) progress_.warn(w);
     from_prepared(prep, &prep, push);
   }
@@ -324,12 +329,7 @@ class Job {
     rec_.base = prep.base_id;
     out_.repository = prep.repository;
     if (!prep.deferred) identity(prep);
-    const layers::FileSet& files = prep.file_set();
-    // (A streamed build checks it as the walk's entries pass: its file set holds no list.)
-    if (s.modelcar && !prep.stream && std::none_of(files.source.begin(), files.source.end(),
-                                   [](const layers::FileEntry& f) { return f.type != layers::FileEntry::Type::Dir; }))
-      throw layers::InputError("the model directory '" + (s.source_root ? s.source_root->string() : std::string()) +
-                               "' holds no file (after .dockerignore): /models would be empty");
+    if (!prep.tag_only) check_model_files(prep);
     std::optional<registry::Reference> target;
     std::string existing;  // an index already at the target's tag (written to the outputs, not pushed)
     if (push) {
@@ -357,7 +357,16 @@ class Job {
       }
     }
     step_ = "build";
+    std::optional<builder::Prepared> walked;  // prep knows the tag only: the build walks again
+    if (prep.tag_only) {
+      walked.emplace(builder::prepare_deferred(s, build_options()));
+      check_model_files(*walked);
+      own = &*walked;
+    }
     builder::BuildResult r = own ? builder::build(*own, build_options()) : builder::build(prep, build_options());
+    if (walked && walked->tag != prep.tag)  // the tree changed between the two walks: push nothing
+      throw layers::InputError("the files changed while kiln built them (the tag went from " + prep.tag + " to " +
+                               walked->tag + "); nothing was pushed: re-run the build once the tree is stable");
     identity(prep);
     out_.digest = rec_.image_digest = r.manifest_digest;
     out_.config_digest = rec_.config_digest = r.config_digest;
@@ -409,6 +418,17 @@ class Job {
                   " layer(s) written, " + std::to_string(hits) + " from cache");
     if (o_.outputs.empty() && !target) progress_.log("no --output given: the image is in the cache only");
     if (existing.empty()) rec_.status = out_.status = "success";
+  }
+
+  /// A modelcar must hold a file. (A streamed build checks it as the walk's entries pass: its file
+  /// set holds no list.)
+  void check_model_files(const builder::Prepared& prep) {
+    const spec::ImageSpec& s = *prep.spec;
+    const layers::FileSet& files = prep.file_set();
+    if (s.modelcar && !prep.stream && std::none_of(files.source.begin(), files.source.end(),
+                                   [](const layers::FileEntry& f) { return f.type != layers::FileEntry::Type::Dir; }))
+      throw layers::InputError("the model directory '" + (s.source_root ? s.source_root->string() : std::string()) +
+                               "' holds no file (after .dockerignore): /models would be empty");
   }
 
   /// The tag is in the registry already: nothing to build; the requested outputs get the

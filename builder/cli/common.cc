@@ -1,6 +1,9 @@
 // Shared pieces of kiln's CLI.
 #include "builder/cli/common.h"
 
+#include <cerrno>
+#include <cstdlib>
+
 #include <algorithm>
 #include <cctype>
 #include <climits>
@@ -211,6 +214,15 @@ builder::BuildOptions build_options(Context& ctx, int jobs) {
   builder::BuildOptions opts;
   opts.jobs = jobs > 0 ? jobs : ctx.jobs();
   opts.source_date_epoch = source_date_epoch_from_env();
+  // Entries a walk thread holds before it spills sorted runs to the store's tmp/ (docs/flat-memory.md).
+  if (const char* v = std::getenv("KILN_WALK_BUDGET"); v && *v) {
+    char* end = nullptr;
+    errno = 0;
+    const unsigned long long n = std::strtoull(v, &end, 10);
+    if (errno || *end || n == 0 || n > (1ull << 30) || *v == '-')
+      throw std::invalid_argument(std::string("KILN_WALK_BUDGET must be a number of entries from 1 to 1073741824, not '") + v + "'");
+    opts.walk_spill_budget = static_cast<std::size_t>(n);
+  }
   return opts;
 }
 

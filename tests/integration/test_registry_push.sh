@@ -245,3 +245,24 @@ EOF
 kiln build "$W/on-s390x.json" --json --progress quiet -o "oci:$T/on-s390x:t" --cache "$T/cache-mp"
 assert_eq 2 "$RC" "a platform missing from the base index: exit 2 (the input, not a lookup to retry)"
 assert_contains "$ERR" "no image for platform linux/s390x (it has: " "a platform missing from the base index: the error names it and what the index has"
+
+# ---- a tree past the walk's memory budget: the push streams, the image is the list path's -------
+# KILN_WALK_BUDGET=2: every walk thread spills sorted runs after two entries, so the tag pass
+# (prepare_tag) and the build (a streamed build) read the walk as a stream.
+mkdir -p "$W/many"
+make_tree "$W/many" 3 6 many
+cat >"$W/stream.json" <<EOF
+{"name": "pushstream", "registry": "$R", "source_root": "many", "source_copy_mode": "all"}
+EOF
+KILN_WALK_BUDGET=2 kiln build "$W/stream.json" --json --progress quiet --cache "$T/cache-stream"
+[[ $RC == 0 ]] || die "streamed push failed ($RC): $ERR"
+SD=$(jget "j['digest']" <<<"$OUT")
+assert_eq success "$(jget "j['status']" <<<"$OUT")" "streamed push: status success"
+# The same spec without the budget, into a layout from a store of its own: the same image.
+build_ok "$W/stream.json" -o "oci:$T/stream-list:t" --cache "$T/cache-list"
+assert_eq "$SD" "$(jget "j['digest']" <<<"$OUT")" "a streamed push builds the list path's image"
+KILN_WALK_BUDGET=2 kiln build "$W/stream.json" --json --progress quiet --cache "$T/cache-stream"
+assert_eq exists "$(jget "j['status']" <<<"$OUT")" "streamed: the pushed tag is found, nothing is built"
+KILN_WALK_BUDGET=0 kiln build "$W/stream.json" --json --progress quiet --cache "$T/cache-stream"
+assert_eq 2 "$RC" "KILN_WALK_BUDGET=0: refused as a usage error"
+assert_contains "$ERR" "KILN_WALK_BUDGET must be a number of entries" "KILN_WALK_BUDGET=0: the error names the variable"
