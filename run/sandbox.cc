@@ -22,7 +22,9 @@
 #include <linux/close_range.h>
 #include <linux/mount.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -581,6 +583,25 @@ bool read_byte(int fd, char* c) {
   }
 }
 
+int max_fd_hint();
+
+/// In a forked helper that never execs: closes every descriptor but 0, 1, 2 and `keep_a`,
+/// `keep_b`. kiln forks from several threads at once (builds run side by side): a helper keeps
+/// whatever descriptors the fork copied, among them another thread's pipe ends, and a write end
+/// it holds keeps that thread's helper from ever reading the end of file it waits for. Two such
+/// helpers then wait on each other forever. `max_fd`: computed before the fork.
+void close_all_but(int keep_a, int keep_b, int max_fd) {
+  const int lo = std::min(keep_a, keep_b), hi = std::max(keep_a, keep_b);
+  auto close_between = [max_fd](int from, int to) {
+    if (from > to) return;
+    if (::close_range(static_cast<unsigned>(from), static_cast<unsigned>(to), 0) == 0) return;
+    for (int fd = from; fd <= std::min(to, max_fd); ++fd) ::close(fd);  // kernels before 5.9
+  };
+  close_between(3, lo - 1);
+  close_between(lo + 1, hi - 1);
+  close_between(hi + 1, INT_MAX);
+}
+
 /// Makes the namespaces (see above) with two short-lived helper processes: A unshares U1, whose
 /// maps kiln writes; A forks B, which unshares U2, whose map A writes (only a process of U1 or
 /// of U2 may); kiln opens both namespaces and lets the helpers go.
@@ -588,13 +609,13 @@ UserNamespaces make_user_namespaces(bool shift) {
   Pipe up = make_pipe();    // helpers → kiln: 'a' (U1 made), 'c' + pid of B (U2 mapped)
   Pipe down = make_pipe();  // kiln → A: 'g' (U1 mapped); end of file: exit
   const pid_t parent = ::getpid();
+  const int max_fd = max_fd_hint();
   sigset_t all, old;
   ::sigfillset(&all);
   ::pthread_sigmask(SIG_SETMASK, &all, &old);
   pid_t a = ::fork();
   if (a == 0) {
-    ::close(up.read.get());
-    ::close(down.write.get());
+    close_all_but(up.write.get(), down.read.get(), max_fd);
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (::getppid() != parent) ::_exit(1);
     char c;
