@@ -556,27 +556,51 @@ Prepared prepare_base(const spec::ImageSpec& s, const BuildOptions& opts) {
   return p;
 }
 
-/// The base resolved, the files walked and their digests looked up in the stat index (p.index).
-Prepared prepare_walk(const spec::ImageSpec& s, const BuildOptions& opts) {
-  Prepared p = prepare_base(s, opts);
-  NullProgress silent;
-  Progress& progress = opts.progress ? *opts.progress : silent;
+/// Loads the stat index of the tree `s` walks (into `index`, from `*index_file`) and returns the
+/// walk's options: progress, the git memo beside the index, the spill directory and budget.
+layers::CollectOptions walk_options(const spec::ImageSpec& s, const BuildOptions& opts, Progress& progress,
+                                    layers::StatIndex& index, fs::path* index_file) {
   layers::CollectOptions co;
   co.extra_modules = opts.extra_modules;
-  co.walked = [&](std::uint64_t files, std::uint64_t bytes) { progress.phase_advance(Phase::Walk, files, bytes); };
-  auto t0 = Clock::now();
-  p.index = std::make_shared<layers::StatIndex>();
-  layers::StatIndex& index = *p.index;
+  co.walked = [&progress](std::uint64_t files, std::uint64_t bytes) { progress.phase_advance(Phase::Walk, files, bytes); };
   // Keyed on what the walk read: source_root when set, else the directory copy entries resolve in.
   // Specs sharing a root share the index (it keeps entries another walk saw). Loaded first: its
   // size is the walk's size hint (no doubling of the entry list on a rebuild).
-  p.index_file = opts.store->stat_index_path(index_key(s.source_root ? *s.source_root : s.base_dir));
-  index.load(p.index_file);
+  *index_file = opts.store->stat_index_path(index_key(s.source_root ? *s.source_root : s.base_dir));
+  index.load(*index_file);
   co.expected_entries = index.loaded_size() + index.loaded_size() / 16;
-  co.git_memo = fs::path(p.index_file).replace_extension(".git");  // beside the stat index
+  co.git_memo = fs::path(*index_file).replace_extension(".git");  // beside the stat index
+  co.spill_dir = opts.store->tmp_dir();  // (a streamed walk's sorted runs, unnamed)
+  if (opts.walk_spill_budget) co.spill_budget = opts.walk_spill_budget;
   if (opts.jobs == 1) co.jobs = 1;  // --jobs 1: one thread for everything; else as the load allows
+  return co;
+}
+
+/// The base resolved, the files walked and their digests looked up in the stat index (p.index).
+/// `stream`: walked as a stream (collect_files_streamed); when the walk spilled (a tree past its
+/// budget), the stream is kept for the build (Prepared::stream), else its entries become the list.
+Prepared prepare_walk(const spec::ImageSpec& s, const BuildOptions& opts, bool stream = false) {
+  Prepared p = prepare_base(s, opts);
+  NullProgress silent;
+  Progress& progress = opts.progress ? *opts.progress : silent;
+  auto t0 = Clock::now();
+  p.index = std::make_shared<layers::StatIndex>();
+  const layers::CollectOptions co = walk_options(s, opts, progress, *p.index, &p.index_file);
   progress.phase_begin(Phase::Walk, 0, 0);
-  p.files = layers::collect_files(s, co);
+  if (!stream) {
+    p.files = layers::collect_files(s, co);
+  } else {
+    std::unique_ptr<layers::SourceStream> source;
+    p.files = layers::collect_files_streamed(s, co, &source);
+    if (source->spilled_runs() > 0) {
+      p.stream = std::move(source);
+      ::malloc_trim(0);  // the walk threads' buffers, freed: not kept through the build
+    } else {
+      layers::FileEntry e;
+      while (source->next(e)) p.files.source.push_back(std::move(e));
+      p.files.source.shrink_to_fit();
+    }
+  }
   progress.phase_end(Phase::Walk);
   p.timings["walk"] = since(t0);
   return p;
@@ -792,15 +816,7 @@ Prepared prepare_tag(const spec::ImageSpec& s, const BuildOptions& opts) {
   auto t0 = Clock::now();
   // The walk, streamed: its entries wait in sorted runs in the store's tmp/ past the budget.
   layers::StatIndex index;
-  p.index_file = opts.store->stat_index_path(index_key(s.source_root ? *s.source_root : s.base_dir));
-  index.load(p.index_file);
-  layers::CollectOptions co;
-  co.extra_modules = opts.extra_modules;
-  co.walked = [&](std::uint64_t files, std::uint64_t bytes) { progress.phase_advance(Phase::Walk, files, bytes); };
-  co.git_memo = fs::path(p.index_file).replace_extension(".git");
-  co.spill_dir = opts.store->tmp_dir();
-  if (opts.walk_spill_budget) co.spill_budget = opts.walk_spill_budget;
-  if (opts.jobs == 1) co.jobs = 1;
+  const layers::CollectOptions co = walk_options(s, opts, progress, index, &p.index_file);
   progress.phase_begin(Phase::Walk, 0, 0);
   std::unique_ptr<layers::SourceStream> source;
   p.files = layers::collect_files_streamed(s, co, &source);
@@ -919,47 +935,9 @@ Prepared prepare_deferred(const spec::ImageSpec& s, const BuildOptions& opts) {
   return prepare_deferred_impl(s, opts, true);
 }
 
-namespace {
-
-/// prepare_walk for a build that may read the walk as a stream: walked streamed, and when the
-/// walk spilled (a tree past its budget), the stream is kept for the build (Prepared::stream);
-/// otherwise its entries become the list, as prepare_walk's.
-Prepared prepare_walk_streamed(const spec::ImageSpec& s, const BuildOptions& opts) {
-  Prepared p = prepare_base(s, opts);
-  NullProgress silent;
-  Progress& progress = opts.progress ? *opts.progress : silent;
-  layers::CollectOptions co;
-  co.extra_modules = opts.extra_modules;
-  co.walked = [&](std::uint64_t files, std::uint64_t bytes) { progress.phase_advance(Phase::Walk, files, bytes); };
-  auto t0 = Clock::now();
-  p.index = std::make_shared<layers::StatIndex>();
-  p.index_file = opts.store->stat_index_path(index_key(s.source_root ? *s.source_root : s.base_dir));
-  p.index->load(p.index_file);
-  co.git_memo = fs::path(p.index_file).replace_extension(".git");
-  co.spill_dir = opts.store->tmp_dir();
-  if (opts.walk_spill_budget) co.spill_budget = opts.walk_spill_budget;
-  if (opts.jobs == 1) co.jobs = 1;
-  progress.phase_begin(Phase::Walk, 0, 0);
-  std::unique_ptr<layers::SourceStream> stream;
-  p.files = layers::collect_files_streamed(s, co, &stream);
-  progress.phase_end(Phase::Walk);
-  if (stream->spilled_runs() > 0) {
-    p.stream = std::move(stream);
-    ::malloc_trim(0);  // the walk threads' buffers, freed: not kept through the build
-  } else {
-    layers::FileEntry e;
-    while (stream->next(e)) p.files.source.push_back(std::move(e));
-    p.files.source.shrink_to_fit();
-  }
-  p.timings["walk"] = since(t0);
-  return p;
-}
-
-}  // namespace
-
 Prepared prepare_deferred_impl(const spec::ImageSpec& s, const BuildOptions& opts, bool may_stream) {
   if (s.multi_platform()) return prepare_index(s, opts, true);
-  Prepared p = may_stream ? prepare_walk_streamed(s, opts) : prepare_walk(s, opts);
+  Prepared p = prepare_walk(s, opts, may_stream);
   if (p.stream) {  // the build looks the source's digests up as it reads the stream
     p.timings["hash"] = 0;
     layers::lookup_hashes(p.files, p.index.get());  // (the copy entries)

@@ -218,9 +218,9 @@ Built deferred_build(const kiln::spec::ImageSpec& s, const fs::path& cache, int 
 TEST_CASE("a build that streams its walk writes the list path's image, cold and warm, and fills the same stat index") {
   TempDir tmp;
   const fs::path src = tmp / "proj";
-  // Files of every kind of layer: chunks (tiny files, cut by bytes past 64 KiB... and by entry
-  // count), large files (threshold 200 KiB), already-compressed files, hardlinks into a chunk and
-  // into a large file's layer, symlinks, executables, names sorting around '/'.
+  // Files of every kind of layer: a chunk of small files (several chunks in chunks.json, below),
+  // large files (threshold 200 KiB), already-compressed files, hardlinks into a chunk and into a
+  // large file's layer, symlinks, executables, names sorting around '/'.
   for (int d = 0; d < 24; ++d)
     for (int f = 0; f < 30; ++f)
       write_file(src / ("pkg" + std::to_string(d % 5) + (d % 3 ? "-a" : "") + "/s" + std::to_string(d)) /
