@@ -1033,8 +1033,8 @@ using WriteOne = std::function<void(LayerPlan&, std::size_t, LayerReport&, layer
 
 /// Reads the walk's stream once: each entry looked up in the stat index, appended to the ordered
 /// spill and planned (LayerPlanner); each layer handed over goes to `jobs` workers (write_one),
-/// which write the digests they find to their slots and free the layer's entries. At most one
-/// layer waits for a worker: memory is a few chunks' entries, whatever the tree.
+/// which write the digests they find to their slots and free the layer's entries. A layer is
+/// handed over only to a free worker: memory is `jobs` + 1 chunks' entries, whatever the tree.
 StreamedSource stream_source_layers(Prepared& d, const spec::ImageSpec& s, const BuildOptions& opts,
                                     Progress& progress, std::size_t jobs, std::atomic<std::size_t>& writing_now,
                                     const WriteOne& write_one) {
@@ -1046,6 +1046,7 @@ StreamedSource stream_source_layers(Prepared& d, const spec::ImageSpec& s, const
   std::condition_variable cv;
   std::deque<LayerPlan*> queue;
   bool done = false;
+  std::size_t busy = 0;  // workers writing a layer
   std::exception_ptr failed;
   std::atomic<bool> stop{false};
   std::size_t next_id = std::size_t(1) << 20;  // progress ids apart from the list path's
@@ -1060,8 +1061,20 @@ StreamedSource stream_source_layers(Prepared& d, const spec::ImageSpec& s, const
         p = queue.front();
         queue.pop_front();
         id = next_id++;
+        ++busy;
       }
-      cv.notify_all();  // room in the queue
+      struct Idle {  // free again (and the producer told) however the layer ends
+        std::mutex& mu;
+        std::condition_variable& cv;
+        std::size_t& busy;
+        ~Idle() {
+          {
+            std::lock_guard<std::mutex> lk(mu);
+            --busy;
+          }
+          cv.notify_all();
+        }
+      } idle{mu, cv, busy};
       try {
         p->level = s.compression_level.value_or(-1);
         write_one(*p, id, p->report, p->record, std::nullopt, [&] {
@@ -1103,7 +1116,7 @@ StreamedSource stream_source_layers(Prepared& d, const spec::ImageSpec& s, const
     out.planner = std::make_unique<LayerPlanner>("source_root", s, [&](LayerPlan* p) {
       progress.layers_planned(1, p->bytes);
       std::unique_lock<std::mutex> lk(mu);
-      cv.wait(lk, [&] { return queue.empty() || failed; });
+      cv.wait(lk, [&] { return (queue.empty() && busy < jobs) || failed; });
       if (failed) return;
       queue.push_back(p);
       lk.unlock();
