@@ -26,25 +26,6 @@ struct Head {
 };
 static_assert(std::is_trivially_copyable_v<Head>);
 
-void encode(const FileEntry& e, std::string& out) {
-  Head h;
-  const std::string_view own_rel = e.owns_rel() ? e.rel() : std::string_view();
-  h.dest_len = static_cast<std::uint32_t>(e.dest.size());
-  h.rel_len = static_cast<std::uint32_t>(e.rel().size());
-  h.rel_own = e.owns_rel();
-  h.link_len = static_cast<std::uint32_t>(e.link().size());
-  h.mode = e.mode;
-  h.nlink = e.nlink;
-  h.type = static_cast<std::uint8_t>(e.type);
-  h.sha_set = e.sha256.set;
-  h.key = e.key;
-  h.size = e.size;
-  out.append(reinterpret_cast<const char*>(&h), sizeof h);
-  if (e.sha256.set) out.append(reinterpret_cast<const char*>(e.sha256.bytes.data()), e.sha256.bytes.size());
-  out += e.dest;
-  out += own_rel;
-  out += e.link();
-}
 
 /// Reads one record into `out`; false at the end of the file.
 bool read_entry(SpillFile::Reader& reader, const std::shared_ptr<const std::string>& root, FileEntry& out) {
@@ -92,9 +73,24 @@ std::vector<std::uint32_t> rel_order(const std::vector<FileEntry>& list) {
 }  // namespace
 
 void append_entry(SpillFile& f, const FileEntry& e) {
-  std::string out;
-  encode(e, out);
-  f.append(out.data(), out.size());
+  Head h;
+  const std::string_view own_rel = e.owns_rel() ? e.rel() : std::string_view();
+  h.dest_len = static_cast<std::uint32_t>(e.dest.size());
+  h.rel_len = static_cast<std::uint32_t>(e.rel().size());
+  h.rel_own = e.owns_rel();
+  h.link_len = static_cast<std::uint32_t>(e.link().size());
+  h.mode = e.mode;
+  h.nlink = e.nlink;
+  h.type = static_cast<std::uint8_t>(e.type);
+  h.sha_set = e.sha256.set;
+  h.key = e.key;
+  h.size = e.size;
+  // Piece by piece into the file's buffer: no string per entry.
+  f.append(&h, sizeof h);
+  if (e.sha256.set) f.append(e.sha256.bytes.data(), e.sha256.bytes.size());
+  f.append(e.dest.data(), e.dest.size());
+  f.append(own_rel.data(), own_rel.size());
+  f.append(e.link().data(), e.link().size());
 }
 
 bool EntryReader::next(FileEntry& e) { return read_entry(reader_, root_, e); }
@@ -114,12 +110,7 @@ void EntryRuns::add(FileEntry&& e) {
 void EntryRuns::spill() {
   if (buffer_.empty()) return;
   SpillFile run(dir_);
-  std::string out;
-  for (std::uint32_t i : rel_order(buffer_)) {
-    out.clear();
-    encode(buffer_[i], out);
-    run.append(out.data(), out.size());
-  }
+  for (std::uint32_t i : rel_order(buffer_)) append_entry(run, buffer_[i]);
   run.flush();
   runs_.push_back(std::move(run));
   buffer_.clear();  // its room is kept for the next run

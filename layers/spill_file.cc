@@ -38,16 +38,8 @@ void SpillFile::flush() {
 }
 
 void SpillFile::write_pending() {
-  const char* p = pending_.data();
-  std::size_t n = pending_.size();
-  while (n) {
-    ssize_t w = ::pwrite(fd_.get(), p, n, static_cast<off_t>(size_));
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) fail("cannot write a temporary file");
-    p += w;
-    n -= static_cast<std::size_t>(w);
-    size_ += static_cast<std::uint64_t>(w);
-  }
+  write_at(size_, pending_.data(), pending_.size());
+  size_ += pending_.size();
   pending_.clear();
 }
 

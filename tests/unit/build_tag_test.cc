@@ -20,6 +20,32 @@ using kiln::testutil::write_file;
 
 namespace {
 
+/// Counts the files prepare() or prepare_tag() reads (those the stat index did not know).
+struct HashCount : kiln::builder::Progress {
+  std::atomic<std::uint64_t> hashed{0};  // advanced from the hashing threads
+  void log(const std::string&) override {}
+  void begin(const std::string&, const std::string&, std::uint64_t) override {}
+  void advance(const std::string&, std::uint64_t) override {}
+  void end(const std::string&, const std::string&) override {}
+  void phase_advance(kiln::builder::Phase ph, std::uint64_t files, std::uint64_t) override {
+    if (ph == kiln::builder::Phase::Hash) hashed += files;
+  }
+};
+
+/// A store of its own under `cache`, and build options on it (`jobs` threads, walk budget
+/// `budget`, 0: the default) that count the files read.
+struct Harness {
+  kiln::layers::Store store;
+  HashCount count;
+  kiln::builder::BuildOptions opts;
+  Harness(const fs::path& cache, int jobs, std::size_t budget = 0) : store(cache) {
+    opts.store = &store;
+    opts.jobs = jobs;
+    opts.progress = &count;
+    opts.walk_spill_budget = budget;
+  }
+};
+
 struct Answer {
   std::string spec_hash, tag, source_digest;
   std::vector<std::string> layers;
@@ -28,10 +54,8 @@ struct Answer {
 
 /// Prepares (deferred or not) and builds `s` with `jobs` threads into a store of its own.
 Answer build_with(const kiln::spec::ImageSpec& s, const fs::path& cache, int jobs, bool deferred) {
-  kiln::layers::Store store(cache);
-  kiln::builder::BuildOptions opts;
-  opts.store = &store;
-  opts.jobs = jobs;
+  Harness h(cache, jobs);
+  const kiln::builder::BuildOptions& opts = h.opts;
   kiln::builder::Prepared prep =
       deferred ? kiln::builder::prepare_deferred(s, opts) : kiln::builder::prepare(s, opts);
   kiln::builder::BuildResult r = kiln::builder::build(prep, opts);
@@ -76,18 +100,6 @@ TEST_CASE("A tree above the threaded-tag threshold: the same tag, source digest 
 
 namespace {
 
-/// Counts the files prepare() or prepare_tag() reads (those the stat index did not know).
-struct HashCount : kiln::builder::Progress {
-  std::atomic<std::uint64_t> hashed{0};  // advanced from the hashing threads
-  void log(const std::string&) override {}
-  void begin(const std::string&, const std::string&, std::uint64_t) override {}
-  void advance(const std::string&, std::uint64_t) override {}
-  void end(const std::string&, const std::string&) override {}
-  void phase_advance(kiln::builder::Phase ph, std::uint64_t files, std::uint64_t) override {
-    if (ph == kiln::builder::Phase::Hash) hashed += files;
-  }
-};
-
 struct TagAnswer {
   std::string spec_hash, tag, source_digest, base_id;
   std::vector<std::string> platforms;  // each platform's spec hash
@@ -101,13 +113,9 @@ struct TagAnswer {
 
 TagAnswer tag_with(const kiln::spec::ImageSpec& s, const fs::path& cache, int jobs, bool streamed,
                    std::size_t budget = 0) {
-  kiln::layers::Store store(cache);
-  HashCount count;
-  kiln::builder::BuildOptions opts;
-  opts.store = &store;
-  opts.jobs = jobs;
-  opts.progress = &count;
-  opts.walk_spill_budget = budget;
+  Harness h(cache, jobs, budget);
+  const kiln::builder::BuildOptions& opts = h.opts;
+  const HashCount& count = h.count;
   kiln::builder::Prepared p = streamed ? kiln::builder::prepare_tag(s, opts) : kiln::builder::prepare(s, opts);
   TagAnswer a{p.spec_hash, p.tag, p.source_digest, p.base_id, {}, p.files.warnings, count.hashed};
   for (const auto& c : p.platforms) a.platforms.push_back(c->spec_hash);
@@ -193,13 +201,9 @@ struct Built {
 /// A deferred build (kiln build's path) with `budget` entries per walk thread before a run is
 /// spilled: a tiny budget makes the build stream (Prepared::stream), 0 keeps the list.
 Built deferred_build(const kiln::spec::ImageSpec& s, const fs::path& cache, int jobs, std::size_t budget) {
-  kiln::layers::Store store(cache);
-  HashCount count;
-  kiln::builder::BuildOptions opts;
-  opts.store = &store;
-  opts.jobs = jobs;
-  opts.progress = &count;
-  opts.walk_spill_budget = budget ? budget : std::size_t(1) << 30;
+  Harness h(cache, jobs, budget ? budget : std::size_t(1) << 30);
+  const kiln::builder::BuildOptions& opts = h.opts;
+  const HashCount& count = h.count;
   kiln::builder::Prepared prep = kiln::builder::prepare_deferred(s, opts);
   CHECK(static_cast<bool>(prep.stream) == (budget != 0));
   kiln::builder::BuildResult r = kiln::builder::build(prep, opts);
